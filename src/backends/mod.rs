@@ -1,0 +1,181 @@
+//! Where services run. The [`Backend`] trait is the only way `apply`, `status`,
+//! refresh and `cleanup` touch the world; bollard stays inside `docker` and
+//! `swarm`.
+//!
+//! Every instance a backend starts is marked as this project's: containers and
+//! Swarm services by labels, processes by environment variables read back from
+//! `/proc/<pid>/environ`. That mark is how a run that was killed is reconciled:
+//! its instances are adopted or removed, never duplicated.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::model::{BackendKind, NetworkSettings, ServiceName, ServiceSpec};
+use crate::state::{GpuRef, Handle};
+
+/// Labels (containers, Swarm services) and environment variables (processes)
+/// that mark an instance as this tool's.
+pub mod marks {
+    pub const PROJECT: &str = "io.deploy-code.project";
+    pub const SERVICE: &str = "io.deploy-code.service";
+    pub const SPEC_HASH: &str = "io.deploy-code.spec-hash";
+    pub const DEPLOYMENT: &str = "io.deploy-code.deployment";
+    pub const LINEAGE: &str = "io.deploy-code.lineage";
+    pub const REPLICA: &str = "io.deploy-code.replica";
+    /// Environment variables given to processes, same meaning.
+    pub const ENV_PROJECT: &str = "DEPLOY_CODE_PROJECT";
+    pub const ENV_SERVICE: &str = "DEPLOY_CODE_SERVICE";
+    pub const ENV_SPEC_HASH: &str = "DEPLOY_CODE_SPEC_HASH";
+    pub const ENV_DEPLOYMENT: &str = "DEPLOY_CODE_DEPLOYMENT";
+    pub const ENV_LINEAGE: &str = "DEPLOY_CODE_LINEAGE";
+    pub const ENV_REPLICA: &str = "DEPLOY_CODE_REPLICA";
+}
+
+/// What a backend needs to know about the run that starts an instance.
+#[derive(Clone, Debug)]
+pub struct StartContext {
+    pub project: String,
+    pub lineage: String,
+    /// The deployment revision doing the start.
+    pub revision: u64,
+    pub log_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// Directory of the config file: relative `working_dir`s resolve against it.
+    pub base_dir: PathBuf,
+    pub network: NetworkSettings,
+    /// GPUs the plan assigned (CUDA_VISIBLE_DEVICES / device requests).
+    pub gpus: Vec<GpuRef>,
+}
+
+/// Whether an instance still runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Liveness {
+    Running,
+    /// Exited with this code (`None`: killed by a signal or unknown).
+    Exited(Option<i32>),
+    /// Gone, or the pid now belongs to another process.
+    Missing,
+}
+
+/// The result of one health probe run by a backend (a command in a container).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeOutcome {
+    pub healthy: bool,
+    /// Short evidence: status code, exit code, the first lines of output.
+    pub detail: String,
+}
+
+/// An instance found by its marks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Discovered {
+    pub service: ServiceName,
+    pub handle: Handle,
+    pub spec_hash: Option<String>,
+    pub lineage: Option<String>,
+    pub liveness: Liveness,
+}
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum BackendError {
+    #[error("`{service}` could not be started: {message}")]
+    #[diagnostic(code("deploy_code::E005"))]
+    StartFailed { service: String, message: String },
+    #[error("command `{command}` of `{service}` was not found")]
+    #[diagnostic(
+        code("deploy_code::E003"),
+        help("install it, give its full path, or fix `command` in the config")
+    )]
+    BinaryNotFound { service: String, command: String },
+    #[error("image `{image}` is not present and could not be pulled: {message}")]
+    #[diagnostic(
+        code("deploy_code::E015"),
+        help(
+            "build or load the image on this host (docker build / docker load), or make its registry reachable"
+        )
+    )]
+    ImageUnavailable { image: String, message: String },
+    #[error("{what} is not reachable: {message}")]
+    #[diagnostic(
+        code("deploy_code::E014"),
+        help(
+            "start the Docker engine (dockerd) or set DOCKER_HOST; `deploy-code doctor` checks it"
+        )
+    )]
+    Unavailable { what: String, message: String },
+    #[error("network error: {message}")]
+    #[diagnostic(code("deploy_code::E010"))]
+    Network { message: String },
+    #[error("volume `{volume}` could not be mounted: {message}")]
+    #[diagnostic(code("deploy_code::S005"))]
+    Volume { volume: String, message: String },
+    #[error("`{service}` could not be stopped: {message}")]
+    #[diagnostic(code("deploy_code::E005"))]
+    StopFailed { service: String, message: String },
+    #[error("the {backend} backend cannot update `{service}` in place")]
+    #[diagnostic(code("deploy_code::E005"))]
+    Unsupported {
+        backend: BackendKind,
+        service: String,
+    },
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync {
+    fn kind(&self) -> BackendKind;
+
+    /// Starts every replica of `spec` (plaintext secrets exposed to the instance
+    /// only) and returns their handles at once, without waiting for health.
+    async fn start(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+    ) -> Result<Vec<Handle>, BackendError>;
+
+    /// Stops and removes these instances: graceful first, forced after `grace`.
+    /// Instances that are already gone are not an error.
+    async fn stop(&self, handles: &[Handle], grace: Duration) -> Result<(), BackendError>;
+
+    /// Changes running instances in place (only the fields that
+    /// `BackendKind::updatable_in_place` names) and returns the new handles.
+    async fn update(
+        &self,
+        spec: &ServiceSpec,
+        handles: &[Handle],
+        ctx: &StartContext,
+    ) -> Result<Vec<Handle>, BackendError> {
+        let _ = (handles, ctx);
+        Err(BackendError::Unsupported {
+            backend: self.kind(),
+            service: spec.name.to_string(),
+        })
+    }
+
+    /// Whether an instance still runs (for Swarm: enough running tasks).
+    async fn liveness(&self, handle: &Handle) -> Liveness;
+
+    /// Runs a command health probe for an instance (in the container for Docker).
+    async fn exec_probe(&self, handle: &Handle, argv: &[String], timeout: Duration)
+    -> ProbeOutcome;
+
+    /// The engine's own health verdict when it has one (Docker HEALTHCHECK):
+    /// `Some(true)` healthy, `Some(false)` unhealthy, `None` none or starting.
+    async fn native_health(&self, handle: &Handle) -> Option<bool> {
+        let _ = handle;
+        None
+    }
+
+    /// The address at which HTTP and TCP probes reach `port` of an instance:
+    /// `(host, port)`. Processes: the loopback and the port itself.
+    async fn probe_address(&self, handle: &Handle, port: u16) -> (String, u16) {
+        let _ = handle;
+        ("127.0.0.1".to_owned(), port)
+    }
+
+    /// The last `lines` lines of an instance's output.
+    async fn logs(&self, handle: &Handle, lines: usize) -> Vec<String>;
+
+    /// Every instance marked as this project's, running or not.
+    async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError>;
+}

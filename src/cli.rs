@@ -1,0 +1,624 @@
+//! The command line: every flag is defined once here (clap derive); help, the man
+//! page and shell completions are generated from these definitions.
+//!
+//! This is the only module that prints errors or chooses the exit code: commands
+//! return `Result<u8, Failure>` and [`run`] renders the failure.
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::commands;
+use crate::error::{Failure, exit};
+
+/// Declare services in YAML; plan the change; apply it phase by phase, with
+/// health gates and automatic rollback.
+#[derive(Debug, Parser)]
+#[command(
+    name = "deploy-code",
+    version,
+    about = "Declarative plan/apply deployments for services: local processes, Docker and Docker Swarm",
+    long_about = "deploy-code deploys services the way Terraform deploys infrastructure: declare them in \
+deploy-code.yaml, review the change with `plan`, execute it with `apply`. The state of what is deployed \
+lives in a SQLite file; `apply` runs the change set phase by phase, proves each phase healthy and rolls \
+the whole change set back when anything fails.",
+    after_help = "Examples:\n  deploy-code validate\n  deploy-code plan --out release.plan\n  deploy-code apply release.plan\n  deploy-code state show\n\nExit codes: 0 ok, 1 error, 2 changes (plan --detailed-exitcode), 3 infeasible, 4 failed and rolled back, 5 rollback incomplete.",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// The configuration file
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        env = "DEPLOY_CODE_CONFIG",
+        default_value = "deploy-code.yaml",
+        value_name = "FILE"
+    )]
+    pub config: PathBuf,
+
+    /// Set a template variable (repeatable); overrides --var-file and DEPLOY_CODE_VAR_<NAME>
+    #[arg(long = "var", global = true, value_name = "KEY=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+
+    /// Read template variables from a YAML mapping (repeatable; later files win)
+    #[arg(long = "var-file", global = true, value_name = "FILE")]
+    pub var_files: Vec<PathBuf>,
+
+    /// The state file [default: `state.path` from the config, else .deploy-code/state.db beside it]
+    #[arg(
+        long = "state",
+        global = true,
+        env = "DEPLOY_CODE_STATE",
+        value_name = "FILE"
+    )]
+    pub state: Option<PathBuf>,
+
+    /// Output format
+    #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+
+    /// No colour in output (also when NO_COLOR is set or output is not a terminal)
+    #[arg(long, global = true)]
+    pub no_color: bool,
+
+    /// More detail on stderr (repeat for more)
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors and the final result
+    #[arg(short = 'q', long = "quiet", global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// How long to wait for the state lock held by another run, e.g. `30s`, `2m` [default: fail at once]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub lock_timeout: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Readable text (colour on a terminal)
+    Human,
+    /// A versioned JSON document (or one JSON event per line while applying)
+    Json,
+    /// Markdown, for pull-request comments
+    Markdown,
+    /// YAML (for `health` and `inventory`)
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the configuration: render the template, parse, validate; report every problem
+    #[command(
+        after_help = "Examples:\n  deploy-code validate\n  deploy-code -c prod.yaml --var replicas=3 validate\n  deploy-code validate --format json"
+    )]
+    Validate(ValidateArgs),
+
+    /// Show what apply would change, in phases, with resource and GPU feasibility
+    #[command(
+        after_help = "Examples:\n  deploy-code plan\n  deploy-code plan --out release.plan\n  deploy-code plan --inventory host.yaml --format markdown --detailed-exitcode\n  deploy-code plan --target api_gateway --replace auth_service\n\nExit codes with --detailed-exitcode: 0 no changes, 1 error, 2 changes, 3 infeasible."
+    )]
+    Plan(PlanArgs),
+
+    /// Execute a plan phase by phase with health gates; roll back on failure
+    #[command(
+        visible_alias = "deploy",
+        after_help = "Examples:\n  deploy-code apply\n  deploy-code apply --auto-approve\n  deploy-code apply release.plan\n  deploy-code deploy --target auth_service --auto-approve\n\nExit codes: 0 ok, 1 error before any change, 3 infeasible, 4 failed and rolled back, 5 rollback incomplete."
+    )]
+    Apply(ApplyArgs),
+
+    /// Remove everything the state records, dependents first
+    #[command(
+        visible_alias = "stop",
+        after_help = "Examples:\n  deploy-code destroy --auto-approve\n  deploy-code stop --target redis --auto-approve"
+    )]
+    Destroy(DestroyArgs),
+
+    /// Render a saved plan file
+    #[command(
+        after_help = "Examples:\n  deploy-code show release.plan\n  deploy-code show release.plan --format json"
+    )]
+    Show(ShowArgs),
+
+    /// Live status of each deployed service: pid or container, health, uptime
+    #[command(
+        after_help = "Examples:\n  deploy-code status\n  deploy-code status --detailed\n  deploy-code status --watch"
+    )]
+    Status(StatusArgs),
+
+    /// Probe every deployed service's health check once
+    #[command(after_help = "Examples:\n  deploy-code health\n  deploy-code health --format yaml")]
+    Health(HealthArgs),
+
+    /// Print a service's log
+    #[command(
+        after_help = "Examples:\n  deploy-code logs api_gateway\n  deploy-code logs api_gateway --lines 200 --follow"
+    )]
+    Logs(LogsArgs),
+
+    /// Re-apply the configuration of an earlier successful revision
+    #[command(
+        after_help = "Examples:\n  deploy-code rollback\n  deploy-code rollback --to 3 --auto-approve"
+    )]
+    Rollback(RollbackArgs),
+
+    /// Replace the given services (apply with --replace)
+    #[command(
+        after_help = "Examples:\n  deploy-code restart --services auth_service,api_gateway --auto-approve"
+    )]
+    Restart(RestartArgs),
+
+    /// Remove processes and containers of this project that the state does not know
+    #[command(
+        after_help = "Examples:\n  deploy-code cleanup --dry-run\n  deploy-code cleanup --auto-approve"
+    )]
+    Cleanup(CleanupArgs),
+
+    /// Print this host's capacity (CPU, memory, disk, GPUs, ports) as an inventory file
+    #[command(
+        after_help = "Examples:\n  deploy-code inventory > host.yaml\n  deploy-code plan --inventory host.yaml"
+    )]
+    Inventory(InventoryArgs),
+
+    /// Inspect and maintain the state file
+    #[command(subcommand)]
+    State(StateCommand),
+
+    /// Consistent copy of the state file (same as `state backup`)
+    #[command(after_help = "Examples:\n  deploy-code backup --state-out backup.db")]
+    Backup(BackupArgs),
+
+    /// Print the Prometheus exposition of what the state knows
+    #[command(after_help = "Examples:\n  deploy-code metrics")]
+    Metrics(MetricsArgs),
+
+    /// Check the environment: state, lock, Docker, GPUs, directories
+    #[command(after_help = "Examples:\n  deploy-code doctor")]
+    Doctor(DoctorArgs),
+
+    /// Print shell completions
+    #[command(
+        after_help = "Examples:\n  deploy-code completions bash > /etc/bash_completion.d/deploy-code\n  deploy-code completions zsh > ~/.zfunc/_deploy-code"
+    )]
+    Completions(CompletionsArgs),
+
+    /// Print the man page (roff)
+    #[command(after_help = "Examples:\n  deploy-code man > deploy-code.1 && man ./deploy-code.1")]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {}
+
+/// The flags that choose what a plan covers; shared by `plan`, `apply`, `destroy`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct PlanScope {
+    /// Plan only this service and what it depends on (repeatable)
+    #[arg(long = "target", value_name = "SERVICE")]
+    pub targets: Vec<String>,
+
+    /// Leave this service out of the plan (repeatable)
+    #[arg(long = "exclude", value_name = "SERVICE")]
+    pub excludes: Vec<String>,
+
+    /// Force a replace of this service even if unchanged (repeatable)
+    #[arg(long = "replace", value_name = "SERVICE")]
+    pub replaces: Vec<String>,
+
+    /// Compare with what is really running (processes, containers) and plan repairs of drift
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub refresh: bool,
+
+    /// Same as --refresh=false: work from the state file alone
+    #[arg(long, conflicts_with = "refresh")]
+    pub no_refresh: bool,
+
+    /// Check feasibility against this inventory file instead of probing this host
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+}
+
+impl PlanScope {
+    pub fn refresh(&self) -> bool {
+        self.refresh && !self.no_refresh
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub scope: PlanScope,
+
+    /// Plan to remove everything the state records
+    #[arg(long)]
+    pub destroy: bool,
+
+    /// Save the plan, bound to the current state, for `apply FILE`
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    /// Exit 0 for no changes, 2 for changes, 3 when infeasible (1 on error)
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// A plan saved by `plan --out`; executed exactly, or refused as stale
+    #[arg(value_name = "PLAN_FILE")]
+    pub plan_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub scope: PlanScope,
+
+    /// Do not ask for confirmation (required when not on a terminal)
+    #[arg(long, short = 'y')]
+    pub auto_approve: bool,
+
+    /// Apply even when the plan is infeasible
+    #[arg(long)]
+    pub force: bool,
+
+    /// On failure leave failed services as they are (tainted) instead of rolling back
+    #[arg(long)]
+    pub no_rollback: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DestroyArgs {
+    /// Remove only these services (and what depends on them) (repeatable)
+    #[arg(long = "target", value_name = "SERVICE")]
+    pub targets: Vec<String>,
+
+    /// Do not ask for confirmation (required when not on a terminal)
+    #[arg(long, short = 'y')]
+    pub auto_approve: bool,
+
+    /// Seconds to wait for each service to stop before killing it
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+
+    /// Accepted for compatibility: destroy always covers every service in the state
+    #[arg(long, hide = true)]
+    pub all: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    /// The saved plan
+    #[arg(value_name = "PLAN_FILE")]
+    pub plan_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Also the spec hash, ports, health probe, log path and recent events
+    #[arg(long)]
+    pub detailed: bool,
+
+    /// Refresh every interval until interrupted
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Seconds between refreshes with --watch
+    #[arg(long, default_value_t = 2, value_name = "SECONDS")]
+    pub interval: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// The service
+    pub service: String,
+
+    /// How many lines from the end
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub lines: usize,
+
+    /// Keep printing new lines
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    /// The revision to return to [default: the last successful one before the current]
+    #[arg(long, value_name = "REVISION")]
+    pub to: Option<u64>,
+
+    /// Do not ask for confirmation (required when not on a terminal)
+    #[arg(long, short = 'y')]
+    pub auto_approve: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestartArgs {
+    /// Services to replace, comma-separated [default: all]
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub services: Vec<String>,
+
+    /// Do not ask for confirmation (required when not on a terminal)
+    #[arg(long, short = 'y')]
+    pub auto_approve: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CleanupArgs {
+    /// Only list what would be removed
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Do not ask for confirmation (required when not on a terminal)
+    #[arg(long, short = 'y')]
+    pub auto_approve: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InventoryArgs {}
+
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Services with backend, status, revision and last change
+    List,
+    /// The state's identity and lock, or one service's applied spec, handles and events
+    Show(StateShowArgs),
+    /// The deployment history, newest first
+    History(StateHistoryArgs),
+    /// Forget a service without touching what runs
+    Rm(StateRmArgs),
+    /// Write a consistent copy of the state file (SQLite backup API)
+    Backup(StateFileArgs),
+    /// Replace the state file with a backup (guarded)
+    Restore(StateRestoreArgs),
+    /// Release the state lock
+    Unlock(StateUnlockArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StateShowArgs {
+    /// A service to show
+    pub service: Option<String>,
+
+    /// What was deployed at this revision
+    #[arg(long, value_name = "N")]
+    pub revision: Option<u64>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StateHistoryArgs {
+    /// At most this many deployments
+    #[arg(long, default_value_t = 20)]
+    pub limit: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StateRmArgs {
+    /// The service to forget
+    pub service: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StateFileArgs {
+    /// The file to write
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StateRestoreArgs {
+    /// The backup to restore
+    pub file: PathBuf,
+
+    /// Restore even when the backup belongs to another lineage or is older
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StateUnlockArgs {
+    /// Release the lock even when its holder is alive
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// Where to write the copy of the state
+    #[arg(long = "state-out", value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))?;
+    let k = k.trim();
+    if k.is_empty() {
+        return Err(format!("expected KEY=VALUE, got `{s}`"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// `30`, `30s`, `500ms`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration such as 30s or 2m, got `{s}`"))?;
+    let ms = match unit {
+        "" | "s" => n * 1000,
+        "ms" => n,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("unknown unit `{unit}`: use ms, s, m or h")),
+    };
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+/// How output should look, resolved once from the flags and the environment.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub global: GlobalArgs,
+    /// Colour on stdout.
+    pub color: bool,
+    /// stdin and stdout are terminals (confirmation prompts, progress bars).
+    pub interactive: bool,
+}
+
+impl Context {
+    pub fn from_global(global: GlobalArgs) -> Self {
+        let no_color_env = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let stdout_tty = std::io::stdout().is_terminal();
+        let color = !global.no_color && !no_color_env && stdout_tty;
+        let interactive = stdout_tty && std::io::stdin().is_terminal();
+        Self {
+            global,
+            color,
+            interactive,
+        }
+    }
+}
+
+/// Parses the arguments, runs the command and returns the exit code. Errors are
+/// rendered here, as miette diagnostics (or JSON with `--format json`).
+pub fn run<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                exit::ERROR
+            } else {
+                exit::OK
+            };
+        }
+    };
+    let ctx = Context::from_global(cli.global.clone());
+    init_tracing(&ctx);
+    install_miette_handler(&ctx);
+    match dispatch(&ctx, cli.command) {
+        Ok(code) => code,
+        Err(failure) => {
+            report_failure(&ctx, &failure);
+            failure.exit_code
+        }
+    }
+}
+
+fn dispatch(ctx: &Context, command: Command) -> Result<u8, Failure> {
+    match command {
+        Command::Validate(a) => commands::validate::run(ctx, &a),
+        Command::Plan(a) => commands::plan::run(ctx, &a),
+        Command::Apply(a) => commands::apply::run(ctx, &a),
+        Command::Destroy(a) => commands::apply::destroy(ctx, &a),
+        Command::Show(a) => commands::plan::show(ctx, &a),
+        Command::Status(a) => commands::status::status(ctx, &a),
+        Command::Health(a) => commands::status::health(ctx, &a),
+        Command::Logs(a) => commands::status::logs(ctx, &a),
+        Command::Rollback(a) => commands::apply::rollback(ctx, &a),
+        Command::Restart(a) => commands::apply::restart(ctx, &a),
+        Command::Cleanup(a) => commands::apply::cleanup(ctx, &a),
+        Command::Inventory(a) => commands::plan::inventory(ctx, &a),
+        Command::State(c) => commands::state::run(ctx, c),
+        Command::Backup(a) => {
+            commands::state::run(ctx, StateCommand::Backup(StateFileArgs { file: a.out }))
+        }
+        Command::Metrics(a) => commands::ops::metrics(ctx, &a),
+        Command::Doctor(a) => commands::ops::doctor(ctx, &a),
+        Command::Completions(a) => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(a.shell, &mut cmd, "deploy-code", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Man(_) => {
+            let man = clap_mangen::Man::new(Cli::command());
+            let mut out = Vec::new();
+            man.render(&mut out)
+                .map_err(|e| crate::error::Plain::new(crate::error::Code::E016, e.to_string()))?;
+            std::io::stdout()
+                .write_all(&out)
+                .map_err(|e| crate::error::Plain::new(crate::error::Code::E016, e.to_string()))?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn init_tracing(ctx: &Context) {
+    let level = if ctx.global.quiet {
+        "error"
+    } else {
+        match ctx.global.verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DEPLOY_CODE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("deploy_code={level}")));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ctx.color)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+fn install_miette_handler(ctx: &Context) {
+    let color = ctx.color;
+    let _ = miette::set_hook(Box::new(move |_| {
+        Box::new(
+            miette::MietteHandlerOpts::new()
+                .color(color)
+                .unicode(color)
+                .terminal_links(false)
+                .width(100)
+                .build(),
+        )
+    }));
+}
+
+fn report_failure(ctx: &Context, failure: &Failure) {
+    if ctx.global.format == Format::Json {
+        let doc = crate::render::diagnostics_json(failure.report.as_ref());
+        println!("{doc}");
+    } else {
+        eprintln!("{:?}", failure.report);
+    }
+}

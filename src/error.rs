@@ -1,0 +1,256 @@
+//! Error codes and the top-level failure type.
+//!
+//! Every error the tool reports carries one [`Code`]; the seeds' codes
+//! (E001–E010, S001–S005) keep their meaning, and the codes from E011 up are
+//! this tool's own. `docs/errors.md` lists every code with an example and a fix,
+//! and a test fails when one is missing there.
+//!
+//! Modules define their own error types (thiserror + miette `Diagnostic`) and put
+//! `Code::X.diagnostic_code()` in their `#[diagnostic(code(...))]`. Only `cli`
+//! turns a [`Failure`] into printed output and an exit code.
+
+use std::fmt;
+
+/// A stable error code, shown as `deploy_code::E004` by miette.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Code {
+    /// E001 CONFIG_NOT_FOUND: the configuration file does not exist or cannot be read.
+    E001,
+    /// E002 CONFIG_INVALID: the configuration does not render, parse or validate.
+    E002,
+    /// E003 BINARY_NOT_FOUND: a service's command (or a health-check command) is not found.
+    E003,
+    /// E004 INSUFFICIENT_RESOURCES: the deployment does not fit the capacity.
+    E004,
+    /// E005 SERVICE_START_FAILED: a service could not be started.
+    E005,
+    /// E006 HEALTH_CHECK_FAILED: a service did not pass its health gate.
+    E006,
+    /// E007 DEPENDENCY_FAILED: a dependency is missing, disabled or failed.
+    E007,
+    /// E008 TIMEOUT_EXCEEDED: an apply, rollback or lock wait ran out of time.
+    E008,
+    /// E009 ROLLBACK_FAILED: a rollback did not complete.
+    E009,
+    /// E010 NETWORK_ERROR: a network could not be set up, or an endpoint is unreachable.
+    E010,
+    /// E011 STATE_LOCKED: another run holds the state lock.
+    E011,
+    /// E012 STATE_UNUSABLE: the state file is foreign, newer, corrupt or unsafe.
+    E012,
+    /// E013 PLAN_STALE: a saved plan no longer matches the state or the configuration.
+    E013,
+    /// E014 BACKEND_UNAVAILABLE: the Docker engine (or Swarm) cannot be reached.
+    E014,
+    /// E015 IMAGE_UNAVAILABLE: an image is neither present nor pullable.
+    E015,
+    /// E016 INVALID_ARGUMENT: a command-line argument or an input file is wrong.
+    E016,
+    /// S001 SERVICE_NOT_FOUND: no such service in the configuration or the state.
+    S001,
+    /// S002 SERVICE_ALREADY_EXISTS: a service name is defined twice.
+    S002,
+    /// S003 INVALID_SERVICE_CONFIG: a service's definition is invalid.
+    S003,
+    /// S004 PORT_CONFLICT: a host port is claimed twice or already in use.
+    S004,
+    /// S005 VOLUME_MOUNT_FAILED: a volume could not be created or mounted.
+    S005,
+}
+
+impl Code {
+    pub const ALL: [Code; 21] = [
+        Code::E001,
+        Code::E002,
+        Code::E003,
+        Code::E004,
+        Code::E005,
+        Code::E006,
+        Code::E007,
+        Code::E008,
+        Code::E009,
+        Code::E010,
+        Code::E011,
+        Code::E012,
+        Code::E013,
+        Code::E014,
+        Code::E015,
+        Code::E016,
+        Code::S001,
+        Code::S002,
+        Code::S003,
+        Code::S004,
+        Code::S005,
+    ];
+
+    /// `E004`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::E001 => "E001",
+            Code::E002 => "E002",
+            Code::E003 => "E003",
+            Code::E004 => "E004",
+            Code::E005 => "E005",
+            Code::E006 => "E006",
+            Code::E007 => "E007",
+            Code::E008 => "E008",
+            Code::E009 => "E009",
+            Code::E010 => "E010",
+            Code::E011 => "E011",
+            Code::E012 => "E012",
+            Code::E013 => "E013",
+            Code::E014 => "E014",
+            Code::E015 => "E015",
+            Code::E016 => "E016",
+            Code::S001 => "S001",
+            Code::S002 => "S002",
+            Code::S003 => "S003",
+            Code::S004 => "S004",
+            Code::S005 => "S005",
+        }
+    }
+
+    /// `INSUFFICIENT_RESOURCES`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::E001 => "CONFIG_NOT_FOUND",
+            Code::E002 => "CONFIG_INVALID",
+            Code::E003 => "BINARY_NOT_FOUND",
+            Code::E004 => "INSUFFICIENT_RESOURCES",
+            Code::E005 => "SERVICE_START_FAILED",
+            Code::E006 => "HEALTH_CHECK_FAILED",
+            Code::E007 => "DEPENDENCY_FAILED",
+            Code::E008 => "TIMEOUT_EXCEEDED",
+            Code::E009 => "ROLLBACK_FAILED",
+            Code::E010 => "NETWORK_ERROR",
+            Code::E011 => "STATE_LOCKED",
+            Code::E012 => "STATE_UNUSABLE",
+            Code::E013 => "PLAN_STALE",
+            Code::E014 => "BACKEND_UNAVAILABLE",
+            Code::E015 => "IMAGE_UNAVAILABLE",
+            Code::E016 => "INVALID_ARGUMENT",
+            Code::S001 => "SERVICE_NOT_FOUND",
+            Code::S002 => "SERVICE_ALREADY_EXISTS",
+            Code::S003 => "INVALID_SERVICE_CONFIG",
+            Code::S004 => "PORT_CONFLICT",
+            Code::S005 => "VOLUME_MOUNT_FAILED",
+        }
+    }
+
+    pub fn from_str(code: &str) -> Option<Code> {
+        let code = code.strip_prefix("deploy_code::").unwrap_or(code);
+        let code = code.split("::").next().unwrap_or(code);
+        Code::ALL.into_iter().find(|c| c.as_str() == code)
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Process exit codes. Documented in `docs/exit-codes.md`.
+pub mod exit {
+    /// Success; for `plan --detailed-exitcode`: no changes.
+    pub const OK: u8 = 0;
+    /// An error before any change was made.
+    pub const ERROR: u8 = 1;
+    /// `plan --detailed-exitcode`: the plan has changes.
+    pub const CHANGES: u8 = 2;
+    /// The plan is infeasible (capacity, GPUs, ports); `apply` refused it.
+    pub const INFEASIBLE: u8 = 3;
+    /// `apply` failed and rolled back cleanly: the previous deployment runs.
+    pub const ROLLED_BACK: u8 = 4;
+    /// `apply` failed and the rollback did not complete: see the output and the state.
+    pub const ROLLBACK_FAILED: u8 = 5;
+}
+
+/// What a command returns when it fails: a rendered-later diagnostic and the exit
+/// code it implies. Any miette diagnostic converts into one with exit code 1.
+pub struct Failure {
+    pub report: miette::Report,
+    pub exit_code: u8,
+}
+
+impl Failure {
+    pub fn new(report: miette::Report, exit_code: u8) -> Self {
+        Self { report, exit_code }
+    }
+
+    pub fn with_exit_code(mut self, exit_code: u8) -> Self {
+        self.exit_code = exit_code;
+        self
+    }
+}
+
+impl<E> From<E> for Failure
+where
+    E: miette::Diagnostic + Send + Sync + 'static,
+{
+    fn from(err: E) -> Self {
+        Self {
+            report: miette::Report::new(err),
+            exit_code: exit::ERROR,
+        }
+    }
+}
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Failure(exit {}): {:?}", self.exit_code, self.report)
+    }
+}
+
+/// A plain error with a code, a message and a help line, for errors that point at
+/// no file (arguments, the environment).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Plain {
+    pub code: Code,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl Plain {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    pub fn help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+}
+
+impl miette::Diagnostic for Plain {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(format!("deploy_code::{}", self.code)))
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display + 'a>)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for code in Code::ALL {
+            assert_eq!(Code::from_str(code.as_str()), Some(code));
+            assert_eq!(
+                Code::from_str(&format!("deploy_code::{code}::unknown_key")),
+                Some(code)
+            );
+        }
+    }
+}

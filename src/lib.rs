@@ -1,0 +1,28 @@
+//! deploy-code: declarative plan/apply deployments for services.
+//!
+//! Data flows one way: the config (a minijinja template) is rendered, parsed and
+//! validated into a [`model::DesiredState`]; the [`state`] file yields a
+//! snapshot; [`inventory`] gives the capacity; [`plan`] (pure) turns those into
+//! an ordered change set; [`apply`] executes it through the [`backends`]; and
+//! [`render`] shows every step. Only [`cli`] prints and picks exit codes.
+
+pub mod apply;
+pub mod backends;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod inventory;
+pub mod model;
+pub mod plan;
+pub mod render;
+pub mod state;
+
+/// Runs the tool on these arguments and returns the process exit code.
+pub fn run<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    cli::run(args)
+}

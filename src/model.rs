@@ -1,0 +1,613 @@
+//! The desired state: what the configuration asks to be running, as plain values.
+//!
+//! Everything here is pure data that checks its own invariants. The configuration
+//! loader (`config`) produces these values; `plan` compares them with the state;
+//! `apply` and the backends execute them. Nothing in this module does I/O.
+//!
+//! Secrets: a [`Text`] is either plain or [`Sensitive`]. A sensitive value
+//! serializes as its keyed digest only (`{"sensitive": "hmac-sha256:…"}`), so any
+//! spec that is written to the state, a plan file or the screen carries no
+//! plaintext by construction. The plaintext is kept in memory for the backends
+//! that need it (`Sensitive::expose`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A service name: `[a-z0-9][a-z0-9_-]{0,62}`, unique within a configuration.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    pub const MAX_LEN: usize = 63;
+
+    /// Checks the name; the error says what is wrong in words fit for a diagnostic.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if name.is_empty() {
+            return Err("a service name cannot be empty".into());
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(format!(
+                "a service name is at most {} characters, this one has {}",
+                Self::MAX_LEN,
+                name.len()
+            ));
+        }
+        let mut chars = name.chars();
+        let first = chars.next().unwrap_or('_');
+        if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+            return Err("a service name starts with a lowercase letter or a digit".into());
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
+        {
+            return Err(format!(
+                "a service name holds only lowercase letters, digits, `_` and `-`, not `{bad}`"
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ServiceName {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<ServiceName> for String {
+    fn from(value: ServiceName) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for ServiceName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The key that turns a secret into a digest. One per state lineage (kept in the
+/// state's metadata), so a change of a secret is detected without storing it.
+#[derive(Clone)]
+pub struct SecretKey([u8; 32]);
+
+impl SecretKey {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    pub fn from_hex(hex_str: &str) -> Option<Self> {
+        let bytes = hex::decode(hex_str).ok()?;
+        Some(Self(bytes.try_into().ok()?))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// `hmac-sha256:<hex>` of the plaintext.
+    pub fn digest(&self, plaintext: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(plaintext.as_bytes());
+        format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(..)")
+    }
+}
+
+/// A sensitive value. Equality, hashing, `Debug`, `Display` and serialization see
+/// only the digest; the plaintext is reachable only through [`Sensitive::expose`].
+#[derive(Clone)]
+pub struct Sensitive {
+    digest: String,
+    plaintext: Option<String>,
+}
+
+impl Sensitive {
+    pub fn new(key: &SecretKey, plaintext: String) -> Self {
+        Self {
+            digest: key.digest(&plaintext),
+            plaintext: Some(plaintext),
+        }
+    }
+
+    /// A value known only by its digest (read back from the state or a plan).
+    pub fn from_digest(digest: String) -> Self {
+        Self {
+            digest,
+            plaintext: None,
+        }
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Recomputes the digest under another key (the state's), keeping the plaintext.
+    /// A value without plaintext keeps its digest.
+    pub fn rekey(&mut self, key: &SecretKey) {
+        if let Some(p) = &self.plaintext {
+            self.digest = key.digest(p);
+        }
+    }
+
+    /// The plaintext, for a backend that must hand it to a process or container.
+    /// `None` when the value was read back from the state.
+    pub fn expose(&self) -> Option<&str> {
+        self.plaintext.as_deref()
+    }
+}
+
+impl PartialEq for Sensitive {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+impl Eq for Sensitive {}
+
+impl fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("(sensitive)")
+    }
+}
+
+impl fmt::Display for Sensitive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("(sensitive)")
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SensitiveWire {
+    sensitive: String,
+}
+
+impl Serialize for Sensitive {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SensitiveWire {
+            sensitive: self.digest.clone(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sensitive {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let wire = SensitiveWire::deserialize(d)?;
+        Ok(Self::from_digest(wire.sensitive))
+    }
+}
+
+/// A string value that may be sensitive (env values, command arguments).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Text {
+    Plain(String),
+    Sensitive(Sensitive),
+}
+
+impl Text {
+    pub fn plain(s: impl Into<String>) -> Self {
+        Text::Plain(s.into())
+    }
+
+    pub fn is_sensitive(&self) -> bool {
+        matches!(self, Text::Sensitive(_))
+    }
+
+    /// The value to hand to a process: the plaintext, or `None` for a sensitive
+    /// value read back without its plaintext.
+    pub fn expose(&self) -> Option<&str> {
+        match self {
+            Text::Plain(s) => Some(s),
+            Text::Sensitive(s) => s.expose(),
+        }
+    }
+
+    pub fn rekey(&mut self, key: &SecretKey) {
+        if let Text::Sensitive(s) = self {
+            s.rekey(key);
+        }
+    }
+
+    /// What may be shown to a person: the plain value, or `(sensitive)`.
+    pub fn display(&self) -> &str {
+        match self {
+            Text::Plain(s) => s,
+            Text::Sensitive(_) => "(sensitive)",
+        }
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.display())
+    }
+}
+
+/// Where a service runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// A local child process, detached into its own session (the embedded default).
+    Process,
+    /// A container on the local Docker engine.
+    Docker,
+    /// A Docker Swarm service.
+    Swarm,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Process => "process",
+            BackendKind::Docker => "docker",
+            BackendKind::Swarm => "swarm",
+        }
+    }
+
+    /// Top-level fields of a [`ServiceSpec`] (its canonical JSON keys) that this
+    /// backend can change on a running service without a restart. A change to any
+    /// other field forces a replace.
+    pub fn updatable_in_place(self) -> &'static [&'static str] {
+        match self {
+            BackendKind::Process => &[],
+            BackendKind::Docker => &[],
+            BackendKind::Swarm => &["replicas"],
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A long-running service is healthy when its gate passes; a one-shot task
+/// (a migration, say) succeeds by exiting 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    #[default]
+    Service,
+    Task,
+}
+
+/// The resources one replica needs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Logical CPUs (fractions allowed).
+    pub cpu_cores: f64,
+    pub memory_mb: u64,
+    pub storage_gb: u64,
+    pub gpu_count: u32,
+    /// The memory each assigned GPU must have free, when the service says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_mb: Option<u64>,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// The port the service listens on (inside the container; for a process the
+    /// same as the host port).
+    pub container_port: u16,
+    /// The host port. `None` for a container: allocated from `network.port_range`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    /// A named volume, or for a bind mount the name given in the config.
+    pub name: String,
+    /// A host path for a bind mount; `None` for a named volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_path: Option<String>,
+    pub mount_path: String,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Probe {
+    /// `GET url`, healthy on 2xx.
+    Http { url: String },
+    /// A TCP connect to `host:port`.
+    Tcp { host: String, port: u16 },
+    /// An argv run without a shell (in the container for Docker); healthy on exit 0.
+    Command { argv: Vec<String> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval_seconds: u64,
+    pub timeout_seconds: u64,
+    /// Consecutive failures, after the start period, that fail the gate.
+    pub retries: u32,
+    pub start_period_seconds: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    No,
+    OnFailure,
+    Always,
+    UnlessStopped,
+}
+
+/// One service as the configuration asks for it, in canonical form: every default
+/// filled in, maps ordered, so that two equal specs serialize to the same bytes.
+/// `serde_json::to_value` of this struct is the canonical form that plans diff,
+/// that the state stores and whose hash identifies it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: ServiceName,
+    pub backend: BackendKind,
+    pub workload: Workload,
+    pub replicas: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Text>,
+    #[serde(default)]
+    pub args: Vec<Text>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, Text>,
+    /// Names of the services this one needs running first.
+    #[serde(default)]
+    pub dependencies: Vec<ServiceName>,
+    pub resources: Resources,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ServiceSpec {
+    /// The canonical JSON form (sensitive values as digests).
+    pub fn canonical(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("a ServiceSpec always serializes")
+    }
+
+    /// `sha256:<hex>` of the canonical JSON: the identity of this exact spec.
+    pub fn spec_hash(&self) -> String {
+        let bytes = serde_json::to_vec(&self.canonical()).expect("JSON always serializes");
+        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// Recomputes every sensitive digest under `key` (see [`Sensitive::rekey`]).
+    pub fn rekey(&mut self, key: &SecretKey) {
+        if let Some(c) = &mut self.command {
+            c.rekey(key);
+        }
+        self.args.iter_mut().for_each(|a| a.rekey(key));
+        self.env.values_mut().for_each(|v| v.rekey(key));
+    }
+
+    /// True when any value of this spec is sensitive.
+    pub fn has_sensitive(&self) -> bool {
+        self.command.as_ref().is_some_and(Text::is_sensitive)
+            || self.args.iter().any(Text::is_sensitive)
+            || self.env.values().any(Text::is_sensitive)
+    }
+
+    /// Host ports this service claims (all replicas), with their protocol.
+    pub fn host_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
+        self.ports
+            .iter()
+            .filter_map(|p| p.host_port.map(|h| (h, p.protocol)))
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub enum Strategy {
+    /// One action at a time.
+    Sequential,
+    /// Every action of a phase at once (bounded by `max_parallel`).
+    Parallel,
+    /// Phases in order, actions within a phase in parallel (the default).
+    #[default]
+    Hybrid,
+    /// As Hybrid; replicas of a service are replaced one at a time where the backend can.
+    RollingUpdate,
+    /// As Hybrid; the new instance is healthy before the old one stops, where ports allow.
+    BlueGreen,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentSettings {
+    pub strategy: Strategy,
+    pub max_parallel: u32,
+    /// Default interval between health probes, seconds.
+    pub health_check_interval: u64,
+    /// Budget for a whole apply, seconds.
+    pub timeout_seconds: u64,
+    pub rollback_on_failure: bool,
+    /// Budget for the rollback of a failed apply, seconds.
+    pub rollback_timeout_seconds: u64,
+    /// Grace period between SIGTERM and SIGKILL (or a container's stop timeout).
+    pub stop_grace_seconds: u64,
+}
+
+impl Default for DeploymentSettings {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Hybrid,
+            max_parallel: 10,
+            health_check_interval: 30,
+            timeout_seconds: 300,
+            rollback_on_failure: true,
+            rollback_timeout_seconds: 300,
+            stop_grace_seconds: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSettings {
+    /// Bridge, Host or Overlay.
+    pub mode: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
+    /// Host ports allocated to containers that name none.
+    pub port_range: (u16, u16),
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        Self {
+            mode: "Bridge".into(),
+            cidr: None,
+            dns_servers: Vec::new(),
+            port_range: (30000, 40000),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MonitoringSettings {
+    pub enabled: bool,
+    /// A Prometheus Pushgateway base URL that `apply` and `destroy` push to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushgateway: Option<String>,
+    /// A node-exporter textfile-collector directory to write `deploy_code.prom` into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub textfile_dir: Option<String>,
+}
+
+/// Settings that apply to the whole deployment, resolved with defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Names containers (`<project>-<service>`), labels everything the tool creates.
+    pub project: String,
+    pub environment: String,
+    /// Where services run unless a service says otherwise.
+    pub default_backend: BackendKind,
+    pub deployment: DeploymentSettings,
+    pub network: NetworkSettings,
+    /// Absolute, resolved against the config file's directory.
+    pub data_dir: std::path::PathBuf,
+    /// Absolute, resolved against the config file's directory; per-service logs of processes.
+    pub log_dir: std::path::PathBuf,
+    /// Share of each capacity dimension kept for the system (the seeds keep 20%).
+    pub reserve_percent: u8,
+    pub monitoring: MonitoringSettings,
+    /// The state file from the config (`state.path`), resolved; flags and env override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_path: Option<std::path::PathBuf>,
+}
+
+/// The rendered, validated configuration: the desired state.
+#[derive(Clone, Debug)]
+pub struct DesiredState {
+    pub settings: Settings,
+    /// Enabled services only. Disabled ones are listed in `disabled`.
+    pub services: BTreeMap<ServiceName, ServiceSpec>,
+    pub disabled: Vec<ServiceName>,
+}
+
+impl DesiredState {
+    /// Recomputes every secret digest under the state's key, so that specs compare
+    /// equal to what the state recorded.
+    pub fn rekey(&mut self, key: &SecretKey) {
+        self.services.values_mut().for_each(|s| s.rekey(key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_are_checked() {
+        assert!(ServiceName::parse("api_gateway").is_ok());
+        assert!(ServiceName::parse("mcp-01").is_ok());
+        assert!(ServiceName::parse("").is_err());
+        assert!(ServiceName::parse("Api").is_err());
+        assert!(ServiceName::parse("a b").is_err());
+        assert!(ServiceName::parse(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn sensitive_values_never_serialize_their_plaintext() {
+        let key = SecretKey::new([7; 32]);
+        let t = Text::Sensitive(Sensitive::new(&key, "hunter2-canary".into()));
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
+        assert!(json.contains("hmac-sha256:"));
+        assert_eq!(format!("{t:?} {t}"), "Sensitive((sensitive)) (sensitive)");
+        let back: Text = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, t, "equality is by digest");
+        assert_eq!(back.expose(), None);
+        assert_eq!(t.expose(), Some("hunter2-canary"));
+    }
+
+    #[test]
+    fn a_changed_secret_changes_the_digest() {
+        let key = SecretKey::new([1; 32]);
+        assert_ne!(key.digest("a"), key.digest("b"));
+        assert_ne!(key.digest("a"), SecretKey::new([2; 32]).digest("a"));
+    }
+}

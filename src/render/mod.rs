@@ -1,0 +1,54 @@
+//! Views: plan, state, inventory and apply events as human text, JSON (with a
+//! `format_version`) and Markdown; diagnostics as JSON for editors and CI.
+
+/// Diagnostics as one JSON document: `{"format_version":1,"diagnostics":[{code,
+/// severity, message, file, line, column, help}]}`. A diagnostic with related
+/// diagnostics (a config with several problems) lists each of them.
+pub fn diagnostics_json(diag: &dyn miette::Diagnostic) -> String {
+    let mut out = Vec::new();
+    collect(diag, &mut out);
+    serde_json::to_string_pretty(&serde_json::json!({
+        "format_version": 1,
+        "diagnostics": out,
+    }))
+    .expect("JSON always serializes")
+}
+
+fn collect(diag: &dyn miette::Diagnostic, out: &mut Vec<serde_json::Value>) {
+    let related: Vec<&dyn miette::Diagnostic> =
+        diag.related().map(|r| r.collect()).unwrap_or_default();
+    if !related.is_empty() {
+        for r in related {
+            collect(r, out);
+        }
+        return;
+    }
+    let code = diag.code().map(|c| c.to_string()).map(|c| {
+        c.strip_prefix("deploy_code::")
+            .map(str::to_owned)
+            .unwrap_or(c)
+    });
+    let help = diag.help().map(|h| h.to_string());
+    let (mut file, mut line, mut column) = (None, None, None);
+    if let (Some(src), Some(label)) = (diag.source_code(), diag.labels().and_then(|mut l| l.next()))
+    {
+        if let Ok(contents) = src.read_span(label.inner(), 0, 0) {
+            file = contents.name().map(str::to_owned);
+            line = Some(contents.line() + 1);
+            column = Some(contents.column() + 1);
+        }
+    }
+    out.push(serde_json::json!({
+        "code": code,
+        "severity": match diag.severity() {
+            Some(miette::Severity::Warning) => "warning",
+            Some(miette::Severity::Advice) => "advice",
+            _ => "error",
+        },
+        "message": diag.to_string(),
+        "file": file,
+        "line": line,
+        "column": column,
+        "help": help,
+    }));
+}
