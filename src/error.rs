@@ -137,7 +137,7 @@ impl Code {
         }
     }
 
-    pub fn from_str(code: &str) -> Option<Code> {
+    pub fn parse(code: &str) -> Option<Code> {
         let code = code.strip_prefix("deploy_code::").unwrap_or(code);
         let code = code.split("::").next().unwrap_or(code);
         Code::ALL.into_iter().find(|c| c.as_str() == code)
@@ -246,9 +246,9 @@ mod tests {
     #[test]
     fn codes_round_trip() {
         for code in Code::ALL {
-            assert_eq!(Code::from_str(code.as_str()), Some(code));
+            assert_eq!(Code::parse(code.as_str()), Some(code));
             assert_eq!(
-                Code::from_str(&format!("deploy_code::{code}::unknown_key")),
+                Code::parse(&format!("deploy_code::{code}::unknown_key")),
                 Some(code)
             );
         }

@@ -31,12 +31,11 @@ fn collect(diag: &dyn miette::Diagnostic, out: &mut Vec<serde_json::Value>) {
     let help = diag.help().map(|h| h.to_string());
     let (mut file, mut line, mut column) = (None, None, None);
     if let (Some(src), Some(label)) = (diag.source_code(), diag.labels().and_then(|mut l| l.next()))
+        && let Ok(contents) = src.read_span(label.inner(), 0, 0)
     {
-        if let Ok(contents) = src.read_span(label.inner(), 0, 0) {
-            file = contents.name().map(str::to_owned);
-            line = Some(contents.line() + 1);
-            column = Some(contents.column() + 1);
-        }
+        file = contents.name().map(str::to_owned);
+        line = Some(contents.line() + 1);
+        column = Some(contents.column() + 1);
     }
     out.push(serde_json::json!({
         "code": code,
