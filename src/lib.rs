@@ -13,6 +13,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod inventory;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod render;
