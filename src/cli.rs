@@ -373,18 +373,35 @@ pub struct InventoryArgs {}
 #[derive(Debug, Subcommand)]
 pub enum StateCommand {
     /// Services with backend, status, revision and last change
+    #[command(
+        after_help = "Examples:\n  deploy-code state list\n  deploy-code state list --format json"
+    )]
     List,
     /// The state's identity and lock, or one service's applied spec, handles and events
+    #[command(
+        after_help = "Examples:\n  deploy-code state show\n  deploy-code state show api_gateway\n  deploy-code state show --revision 3 --format json"
+    )]
     Show(StateShowArgs),
     /// The deployment history, newest first
+    #[command(after_help = "Examples:\n  deploy-code state history --limit 5")]
     History(StateHistoryArgs),
     /// Forget a service without touching what runs
+    #[command(after_help = "Examples:\n  deploy-code state rm legacy_worker")]
     Rm(StateRmArgs),
     /// Write a consistent copy of the state file (SQLite backup API)
+    #[command(
+        after_help = "Examples:\n  deploy-code state backup /var/backups/deploy-code/state-$(date +%F).db"
+    )]
     Backup(StateFileArgs),
     /// Replace the state file with a backup (guarded)
+    #[command(
+        after_help = "Examples:\n  deploy-code state restore state-2026-01-01.db\n  deploy-code state restore other.db --force"
+    )]
     Restore(StateRestoreArgs),
     /// Release the state lock
+    #[command(
+        after_help = "Examples:\n  deploy-code state unlock\n  deploy-code state unlock --force"
+    )]
     Unlock(StateUnlockArgs),
 }
 

@@ -1,0 +1,68 @@
+//! The tool explains itself: help with examples on every command, a man page and
+//! shell completions generated from the same definitions.
+
+use assert_cmd::cargo::cargo_bin_cmd;
+use clap::CommandFactory;
+use deploy_code::cli::Cli;
+
+fn all_paths(cmd: &clap::Command, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+    for sub in cmd.get_subcommands() {
+        let mut p = prefix.clone();
+        p.push(sub.get_name().to_owned());
+        if sub.has_subcommands() {
+            all_paths(sub, p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    let cmd = Cli::command();
+    let mut paths = Vec::new();
+    all_paths(&cmd, Vec::new(), &mut paths);
+    assert!(paths.len() > 20, "{paths:?}");
+    for path in paths {
+        let out = cargo_bin_cmd!("deploy-code")
+            .args(&path)
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{path:?} --help failed");
+        assert!(
+            text.contains("Examples:"),
+            "`{}` --help has no examples:\n{text}",
+            path.join(" ")
+        );
+    }
+}
+
+#[test]
+fn man_page_is_generated() {
+    let out = cargo_bin_cmd!("deploy-code").arg("man").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(".ie") || text.contains(".TH"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    assert!(text.contains("deploy\\-code"));
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = cargo_bin_cmd!("deploy-code")
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        for sub in ["plan", "apply", "validate", "state"] {
+            assert!(text.contains(sub), "{shell} completions lack `{sub}`");
+        }
+    }
+}

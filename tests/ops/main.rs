@@ -1,0 +1,6 @@
+//! Operator-facing integration tests: metrics against a real Pushgateway and
+//! promtool, man page and completions.
+
+mod cli;
+mod metrics;
+mod support;
