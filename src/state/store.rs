@@ -934,14 +934,22 @@ impl Store {
 
     /// Inserts or replaces a service record.
     pub fn put_service(&mut self, record: &ServiceRecord) -> Result<(), StateError> {
-        let spec = serde_json::to_string(&record.spec.canonical()).expect("JSON serializes");
-        let handles = serde_json::to_string(&record.handles).expect("JSON serializes");
-        let gpus = serde_json::to_string(&record.gpus).expect("JSON serializes");
+        self.put_services(std::slice::from_ref(record))
+    }
+
+    /// Inserts or replaces several service records in one transaction (one commit).
+    pub fn put_services(&mut self, records: &[ServiceRecord]) -> Result<(), StateError> {
         self.write("record a service in", |tx| {
-            tx.execute(
+            let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO services (name, spec, spec_hash, backend, handles, status, \
                  gpus, revision, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
+            )?;
+            for record in records {
+                let spec =
+                    serde_json::to_string(&record.spec.canonical()).expect("JSON serializes");
+                let handles = serde_json::to_string(&record.handles).expect("JSON serializes");
+                let gpus = serde_json::to_string(&record.gpus).expect("JSON serializes");
+                stmt.execute(params![
                     record.name.as_str(),
                     spec,
                     record.spec_hash,
@@ -952,8 +960,8 @@ impl Store {
                     to_i64(record.revision),
                     record.created_at,
                     record.updated_at
-                ],
-            )?;
+                ])?;
+            }
             Ok(())
         })
     }
