@@ -687,6 +687,8 @@ pub struct Store {
     conn: Connection,
     holder: Holder,
     start_time: Option<u64>,
+    /// Whether this store took the lock (and so releases it when dropped).
+    locked: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -710,6 +712,7 @@ impl Store {
             conn,
             holder: holder.clone(),
             start_time: process_start_time(holder.pid),
+            locked: false,
         };
         store.acquire(lock_timeout)?;
         Ok(store)
@@ -774,6 +777,7 @@ impl Store {
                 )
                 .map_err(e("lock"))?;
                 tx.commit().map_err(e("lock"))?;
+                self.locked = true;
                 return Ok(());
             }
             drop(tx);
@@ -1071,6 +1075,9 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        if !self.locked {
+            return;
+        }
         let released = self.conn.execute(
             "DELETE FROM lock WHERE id = 1 AND host = ?1 AND pid = ?2",
             params![self.holder.host, i64::from(self.holder.pid)],
