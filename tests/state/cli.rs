@@ -14,6 +14,14 @@ fn run_ok(path: &Path, args: &[&str]) -> String {
     String::from_utf8(out.get_output().stdout.clone()).unwrap()
 }
 
+/// Runs a command that must fail with exit code 1; returns its stderr on one line.
+fn run_err(path: &Path, args: &[&str]) -> String {
+    let mut all = vec!["--state", path.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = bin().args(&all).assert().code(1);
+    flat(&String::from_utf8_lossy(&out.get_output().stderr))
+}
+
 fn schema_path() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/state.schema.json")
 }
@@ -120,27 +128,10 @@ fn human_output_is_plain_aligned_text() {
     assert!(hist.starts_with("REVISION  STARTED"), "{hist}");
     assert!(hist.contains("succeeded"), "{hist}");
 
-    let out = bin()
-        .args(["--state", path.to_str().unwrap(), "state", "show", "nope"])
-        .assert()
-        .code(1);
-    let stderr = flat(&String::from_utf8_lossy(&out.get_output().stderr));
-    assert!(
-        stderr.contains("S001") && stderr.contains("`nope`"),
-        "{stderr}"
-    );
-    bin()
-        .args([
-            "--state",
-            path.to_str().unwrap(),
-            "state",
-            "show",
-            "--revision",
-            "9",
-        ])
-        .assert()
-        .code(1)
-        .stderr(predicates::str::contains("no deployment with revision 9"));
+    let err = run_err(&path, &["state", "show", "nope"]);
+    assert!(err.contains("S001") && err.contains("`nope`"), "{err}");
+    let err = run_err(&path, &["state", "show", "--revision", "9"]);
+    assert!(err.contains("no deployment with revision 9"), "{err}");
 }
 
 #[test]
@@ -163,11 +154,8 @@ fn state_rm_forgets_one_service_and_raises_the_serial() {
     assert!(after.lock.is_none());
     let ev = state::events(&path, Some(&name("api")), 1).unwrap();
     assert_eq!(ev[0].kind, "forget");
-    bin()
-        .args(["--state", path.to_str().unwrap(), "state", "rm", "api"])
-        .assert()
-        .code(1)
-        .stderr(predicates::str::contains("S001"));
+    let err = run_err(&path, &["state", "rm", "api"]);
+    assert!(err.contains("S001"), "{err}");
 }
 
 #[test]
@@ -182,17 +170,8 @@ fn restore_is_guarded_by_lineage_and_serial() {
     // Same lineage, same serial: restores, saving the current state first.
     run_ok(&path, &["state", "rm", "api"]);
     // Now the backup is older than the state: refused without --force.
-    bin()
-        .args([
-            "--state",
-            path.to_str().unwrap(),
-            "state",
-            "restore",
-            backup.to_str().unwrap(),
-        ])
-        .assert()
-        .code(1)
-        .stderr(predicates::str::contains("older than the current state"));
+    let err = run_err(&path, &["state", "restore", backup.to_str().unwrap()]);
+    assert!(err.contains("older than the current state"), "{err}");
     let serial_before = state::load_snapshot(&path).unwrap().serial;
     let out = run_ok(
         &path,
@@ -225,32 +204,16 @@ fn restore_is_guarded_by_lineage_and_serial() {
     // Another lineage is refused.
     let other = dir.path().join("other.db");
     seed(&other, &["web"]);
-    bin()
-        .args([
-            "--state",
-            path.to_str().unwrap(),
-            "state",
-            "restore",
-            other.to_str().unwrap(),
-        ])
-        .assert()
-        .code(1)
-        .stderr(predicates::str::contains("lineage"));
+    let err = run_err(&path, &["state", "restore", other.to_str().unwrap()]);
+    assert!(err.contains("lineage"), "{err}");
     // A file that is not a state is refused, whatever --force says.
     let junk = dir.path().join("junk.db");
     std::fs::write(&junk, "not a database").unwrap();
-    bin()
-        .args([
-            "--state",
-            path.to_str().unwrap(),
-            "state",
-            "restore",
-            "--force",
-            junk.to_str().unwrap(),
-        ])
-        .assert()
-        .code(1)
-        .stderr(predicates::str::contains("not a SQLite database"));
+    let err = run_err(
+        &path,
+        &["state", "restore", "--force", junk.to_str().unwrap()],
+    );
+    assert!(err.contains("not a SQLite database"), "{err}");
     assert_eq!(state::load_snapshot(&path).unwrap().services.len(), 2);
 
     // Restoring into a missing state creates it.
