@@ -87,6 +87,13 @@ fn json_output_of_every_state_command_validates_against_the_schema() {
     );
     let doc = check(&["state", "history", "--limit", "5"], "history");
     assert_eq!(doc["deployments"][0]["revision"], 1);
+    // The schema has teeth: a document without its version or with a wrong status fails.
+    let mut broken = doc.clone();
+    broken.as_object_mut().unwrap().remove("format_version");
+    assert!(!validator.is_valid(&broken));
+    let mut broken = check(&["state", "list"], "list");
+    broken["services"][0]["status"] = "sleeping".into();
+    assert!(!validator.is_valid(&broken));
 }
 
 #[test]

@@ -144,3 +144,57 @@ fn identity_is_made_once_and_keeps_a_given_key() {
     store.ensure_identity(None).unwrap();
     assert_ne!(store.snapshot().unwrap().lineage, first.lineage);
 }
+
+fn plant_lock(path: &std::path::Path, host: &str, pid: u32, start_time: Option<i64>) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute(
+        "INSERT OR REPLACE INTO lock (id, host, pid, start_time, user, command, acquired_at) \
+         VALUES (1, ?1, ?2, ?3, 'ops', 'deploy-code apply', '2026-01-01T00:00:00Z')",
+        rusqlite::params![host, pid, start_time],
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_lock_held_on_another_host_is_never_broken_automatically() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    seed(&path, &["api"]);
+    plant_lock(&path, "build-host-7", 1, None);
+    let err = Store::open(&path, &holder("deploy-code apply"), None).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("pid 1 on host `build-host-7`"), "{text}");
+    assert!(matches!(
+        state::unlock(&path, false).unwrap_err(),
+        state::StateError::HolderAlive { .. }
+    ));
+    let released = state::unlock(&path, true).unwrap().unwrap();
+    assert_eq!(released.host, "build-host-7");
+    assert_eq!(
+        state::unlock(&path, false).unwrap(),
+        None,
+        "nothing left to release"
+    );
+    Store::open(&path, &holder("deploy-code apply"), None).unwrap();
+}
+
+#[test]
+fn a_lock_whose_pid_now_belongs_to_another_process_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    seed(&path, &["api"]);
+    // This process's pid, but a start time it never had: the holder is gone
+    // and the pid was reused.
+    let host = deploy_code::state::hostname();
+    plant_lock(&path, &host, std::process::id(), Some(1));
+    let store = Store::open(&path, &holder("deploy-code apply"), None).unwrap();
+    assert_eq!(
+        store.snapshot().unwrap().lock.unwrap().command,
+        "deploy-code apply"
+    );
+    drop(store);
+    // The same pid with its real start time is alive: not broken.
+    let real = state::process_start_time(std::process::id()).unwrap();
+    plant_lock(&path, &host, std::process::id(), Some(real as i64));
+    assert!(Store::open(&path, &holder("deploy-code apply"), None).is_err());
+}
