@@ -390,6 +390,13 @@ fn dir_of(path: &Path) -> &Path {
 /// the file. In a directory this process cannot write (a CI artifact) the file is
 /// opened as immutable. `None` when the file does not exist or is empty.
 fn open_read(path: &Path) -> Result<Option<(Connection, u32)>, StateError> {
+    open_read_as(path, false)
+}
+
+fn open_read_as(
+    path: &Path,
+    force_immutable: bool,
+) -> Result<Option<(Connection, u32)>, StateError> {
     let meta = match fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -397,7 +404,8 @@ fn open_read(path: &Path) -> Result<Option<(Connection, u32)>, StateError> {
     };
     check_permissions(path, &meta)?;
     check_magic(path)?;
-    let dir_writable = nix::unistd::access(dir_of(path), nix::unistd::AccessFlags::W_OK).is_ok();
+    let dir_writable = !force_immutable
+        && nix::unistd::access(dir_of(path), nix::unistd::AccessFlags::W_OK).is_ok();
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let attempt = |immutable: bool| -> Result<(Connection, Kind), StateError> {
         let conn = if immutable {
@@ -1353,4 +1361,41 @@ pub fn events(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The immutable mode used for a state in a directory this process cannot
+    /// write (a CI artifact) reads the same snapshot, even from a path that needs
+    /// escaping in a URI, and leaves no `-shm` or `-wal` behind.
+    #[test]
+    fn an_immutable_read_sees_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("odd ?#% dir");
+        let path = sub.join("state.db");
+        let key = SecretKey::new([3; 32]);
+        {
+            let mut store = Store::open(&path, &Holder::current("t"), None).unwrap();
+            store.ensure_identity(Some(&key)).unwrap();
+            store.event(0, None, "note", "succeeded", "hello").unwrap();
+        }
+        let before: Vec<_> = fs::read_dir(&sub)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let (conn, version) = open_read_as(&path, true).unwrap().unwrap();
+        let snap = read_snapshot(&conn, &path, version).unwrap();
+        drop(conn);
+        let after: Vec<_> = fs::read_dir(&sub)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(before, after);
+        let normal = load_snapshot(&path).unwrap();
+        assert_eq!(snap.lineage, normal.lineage);
+        assert_eq!(snap.serial, 1);
+        assert_eq!(snap.secret_key.unwrap().to_hex(), key.to_hex());
+    }
 }
