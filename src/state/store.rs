@@ -1041,43 +1041,54 @@ impl Store {
     /// The lock stays with this run and the serial moves past both the current
     /// one and the backup's, so that plans saved against either are stale.
     pub fn restore_from(&mut self, file: &Path, saved_copy: &Path) -> Result<(), StateError> {
-        let (src, _) = check_backup(file)?;
+        let (src, incoming) = check_backup(file)?;
         let before = self.snapshot()?;
         self.backup_to(saved_copy)?;
+        // A private copy of the backup, migrated to this schema, is copied in
+        // table by table in one transaction: the lock row is never replaced, so
+        // no other run can slip in while the content changes.
+        let staging = tempfile::Builder::new()
+            .prefix(".deploy-code-restore-")
+            .tempdir_in(dir_of(&self.path))
+            .map_err(StateError::io("create a directory beside", &self.path))?;
+        let staged = staging.path().join("staged.db");
+        backup_conn(&src, file, &staged)?;
+        drop(src);
+        {
+            let mut c = Connection::open(&staged).map_err(StateError::sql("migrate", &staged))?;
+            migrate(&mut c, &staged)?;
+        }
         let path = self.path.clone();
         let e = |op| StateError::sql(op, &path);
-        {
-            let backup =
-                rusqlite::backup::Backup::new(&src, &mut self.conn).map_err(e("restore"))?;
-            step_to_done(&backup).map_err(e("restore"))?;
-        }
-        drop(src);
-        migrate(&mut self.conn, &self.path)?;
-        let after = self.snapshot()?;
-        let serial = before.serial.max(after.serial) + 1;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        self.conn
+            .execute(
+                "ATTACH DATABASE ?1 AS incoming",
+                [staged.to_string_lossy().as_ref()],
+            )
             .map_err(e("restore"))?;
-        tx.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('serial', ?1)",
-            [serial.to_string()],
-        )
-        .map_err(e("restore"))?;
-        tx.execute(
-            "INSERT OR REPLACE INTO lock (id, host, pid, start_time, user, command, acquired_at) \
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                self.holder.host,
-                i64::from(self.holder.pid),
-                self.start_time.map(to_i64),
-                self.holder.user,
-                self.holder.command,
-                now_rfc3339()
-            ],
-        )
-        .map_err(e("restore"))?;
-        tx.commit().map_err(e("restore"))
+        let copied = (|| {
+            let serial = before.serial.max(incoming.serial) + 1;
+            self.write("restore", |tx| {
+                for table in ["meta", "services", "deployments", "events", "intents"] {
+                    tx.execute_batch(&format!(
+                        "DELETE FROM main.{table}; INSERT INTO main.{table} SELECT * FROM incoming.{table};"
+                    ))?;
+                }
+                // `write` adds one after this.
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('serial', ?1)",
+                    [(serial - 1).to_string()],
+                )?;
+                Ok(())
+            })
+        })();
+        let detached = self
+            .conn
+            .execute("DETACH DATABASE incoming", [])
+            .map_err(e("restore"));
+        copied?;
+        detached?;
+        Ok(())
     }
 }
 
