@@ -1066,9 +1066,8 @@ impl Store {
                 [staged.to_string_lossy().as_ref()],
             )
             .map_err(e("restore"))?;
-        let copied = (|| {
-            let serial = before.serial.max(incoming.serial) + 1;
-            self.write("restore", |tx| {
+        let serial = before.serial.max(incoming.serial) + 1;
+        let copied = self.write("restore", |tx| {
                 for table in ["meta", "services", "deployments", "events", "intents"] {
                     tx.execute_batch(&format!(
                         "DELETE FROM main.{table}; INSERT INTO main.{table} SELECT * FROM incoming.{table};"
@@ -1080,8 +1079,7 @@ impl Store {
                     [(serial - 1).to_string()],
                 )?;
                 Ok(())
-            })
-        })();
+            });
         let detached = self
             .conn
             .execute("DETACH DATABASE incoming", [])
