@@ -158,6 +158,16 @@ impl Role {
     }
 }
 
+impl Drop for Role {
+    /// A test that fails half way still ends its children (by their own handle).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[test]
 fn state_files_are_private_whatever_the_umask() {
     let dir = tempfile::tempdir().unwrap();
