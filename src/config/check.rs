@@ -207,8 +207,13 @@ fn check(node: &Node, schema: &J, root: &J, path: &mut Vec<String>, out: &mut Ve
             } else {
                 format!("use a value of at least {min}")
             };
+            let message = if in_resources {
+                format!("{} must be positive, found {}", where_(path), fmt_num(n))
+            } else {
+                format!("{} must be at least {min}, found {}", where_(path), fmt_num(n))
+            };
             out.push(
-                Problem::new(kind, format!("{} must be at least {min}, found {}", where_(path), fmt_num(n)))
+                Problem::new(kind, message)
                     .label(node.span.clone(), "too small")
                     .help(help),
             );
