@@ -260,12 +260,16 @@ pub fn load_text(text: &str, path: &Path, inputs: &template::Inputs) -> Result<L
     let mut services = Vec::new();
     if let Some(yaml::Node { value: yaml::Value::Map(entries), .. }) = root.get("services") {
         for (key, node) in entries {
+            let dirty = schema_problems
+                .iter()
+                .any(|s| s.start >= node.span.start && s.end <= node.span.end)
+                || schema_problems.contains(&key.span);
             let def = if matches!(node.value, yaml::Value::Null) {
                 Some(schema::Service::default())
             } else {
                 serde_json::from_value::<schema::Service>(node.to_json_pruned(&schema_problems)).ok()
             };
-            services.push(lower::Entry { key, node, def });
+            services.push(lower::Entry { key, node, def, dirty });
         }
     }
     let lowering = lower::Lowering {
