@@ -15,23 +15,44 @@ fn validate_prints_one_line_and_exits_0() {
         .assert()
         .success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
-    assert_eq!(stdout, "✓ examples/quickstart/deploy-code.yaml is valid: 4 services\n");
+    assert_eq!(
+        stdout,
+        "✓ examples/quickstart/deploy-code.yaml is valid: 4 services\n"
+    );
 }
 
 #[test]
 fn validate_counts_disabled_services() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deploy-code.yaml");
-    std::fs::write(&path, "services:\n  a:\n    command: x\n  b:\n    enabled: false\n    command: y\n").unwrap();
-    let out = cmd().arg("-c").arg(&path).arg("validate").assert().success();
+    std::fs::write(
+        &path,
+        "services:\n  a:\n    command: x\n  b:\n    enabled: false\n    command: y\n",
+    )
+    .unwrap();
+    let out = cmd()
+        .arg("-c")
+        .arg(&path)
+        .arg("validate")
+        .assert()
+        .success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
-    assert!(stdout.ends_with("is valid: 2 services (1 disabled)\n"), "{stdout}");
+    assert!(
+        stdout.ends_with("is valid: 2 services (1 disabled)\n"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn validate_json_success() {
     let out = cmd()
-        .args(["-c", "examples/quickstart/deploy-code.yaml", "validate", "--format", "json"])
+        .args([
+            "-c",
+            "examples/quickstart/deploy-code.yaml",
+            "validate",
+            "--format",
+            "json",
+        ])
         .assert()
         .success();
     let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
@@ -43,7 +64,11 @@ fn validate_json_success() {
 fn validate_json_diagnostics_have_file_line_column() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deploy-code.yaml");
-    std::fs::write(&path, "services:\n  api:\n    command: x\n    dependencies: [nope]\n").unwrap();
+    std::fs::write(
+        &path,
+        "services:\n  api:\n    command: x\n    dependencies: [nope]\n",
+    )
+    .unwrap();
     let out = cmd()
         .arg("-c")
         .arg(&path)
@@ -61,7 +86,10 @@ fn validate_json_diagnostics_have_file_line_column() {
 
 #[test]
 fn validate_missing_file_exits_1_with_e001() {
-    let out = cmd().args(["-c", "/nonexistent/x.yaml", "validate"]).assert().code(1);
+    let out = cmd()
+        .args(["-c", "/nonexistent/x.yaml", "validate"])
+        .assert()
+        .code(1);
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     assert!(stderr.contains("E001"), "{stderr}");
 }
@@ -70,8 +98,17 @@ fn validate_missing_file_exits_1_with_e001() {
 fn validate_takes_vars_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deploy-code.yaml");
-    std::fs::write(&path, "services:\n{% for i in range(n) %}\n  s{{ i }}:\n    command: x\n{% endfor %}\n").unwrap();
-    let out = cmd().arg("-c").arg(&path).args(["--var", "n=3", "validate"]).assert().success();
+    std::fs::write(
+        &path,
+        "services:\n{% for i in range(n) %}\n  s{{ i }}:\n    command: x\n{% endfor %}\n",
+    )
+    .unwrap();
+    let out = cmd()
+        .arg("-c")
+        .arg(&path)
+        .args(["--var", "n=3", "validate"])
+        .assert()
+        .success();
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     assert!(stdout.contains("3 services"), "{stdout}");
 }

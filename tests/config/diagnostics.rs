@@ -11,12 +11,16 @@ fn snap(text: &str) -> String {
 
 #[test]
 fn yaml_syntax_error() {
-    insta::assert_snapshot!(snap("services:\n  api:\n    command: \"python3\n    args: [1, 2\n"));
+    insta::assert_snapshot!(snap(
+        "services:\n  api:\n    command: \"python3\n    args: [1, 2\n"
+    ));
 }
 
 #[test]
 fn wrong_type() {
-    insta::assert_snapshot!(snap("services:\n  api:\n    command: python3\n    replicas: \"3\"\n"));
+    insta::assert_snapshot!(snap(
+        "services:\n  api:\n    command: python3\n    replicas: \"3\"\n"
+    ));
 }
 
 #[test]
@@ -95,7 +99,8 @@ fn template_syntax_error() {
 
 #[test]
 fn problems_in_the_rendered_text_say_so() {
-    let out = snap("{% set n = 2 %}\nservices:\n  api:\n    command: x\n    replicas: \"{{ n }}\"\n");
+    let out =
+        snap("{% set n = 2 %}\nservices:\n  api:\n    command: x\n    replicas: \"{{ n }}\"\n");
     assert!(out.contains("deploy-code.yaml (rendered)"), "{out}");
     insta::assert_snapshot!(out);
 }
@@ -139,7 +144,10 @@ services:
         "S004::port_conflict",
         "S003::non_positive_resource",
     ] {
-        assert!(codes.iter().any(|c| c == want), "{want} missing from {codes:?}");
+        assert!(
+            codes.iter().any(|c| c == want),
+            "{want} missing from {codes:?}"
+        );
     }
 }
 

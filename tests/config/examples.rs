@@ -50,14 +50,23 @@ fn every_seed_configuration_validates() {
 
 #[test]
 fn the_quickstart_runs_three_phases_and_a_task() {
-    let l = load_file(Path::new("examples/quickstart/deploy-code.yaml"), &inputs(&[]));
+    let l = load_file(
+        Path::new("examples/quickstart/deploy-code.yaml"),
+        &inputs(&[]),
+    );
     let s = &l.desired.services;
     assert_eq!(s.len(), 4);
     assert_eq!(s["migrate"].workload, deploy_code::model::Workload::Task);
     assert_eq!(s["web"].dependencies.len(), 1);
     let api = &s["api"];
     assert_eq!(api.backend, deploy_code::model::BackendKind::Process);
-    assert_eq!(api.dependencies.iter().map(|d| d.as_str()).collect::<Vec<_>>(), ["cache", "migrate"]);
+    assert_eq!(
+        api.dependencies
+            .iter()
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>(),
+        ["cache", "migrate"]
+    );
     match &api.health_check.as_ref().unwrap().probe {
         deploy_code::model::Probe::Http { url } => assert_eq!(url, "http://127.0.0.1:18082/"),
         other => panic!("{other:?}"),
@@ -67,16 +76,31 @@ fn the_quickstart_runs_three_phases_and_a_task() {
 
 #[test]
 fn the_platform_has_the_seed_services_and_a_gpu() {
-    let l = load_file(Path::new("examples/platform/deploy-code.yaml"), &platform_env());
+    let l = load_file(
+        Path::new("examples/platform/deploy-code.yaml"),
+        &platform_env(),
+    );
     let s = &l.desired.services;
-    for name in ["postgresql", "redis", "auth_service", "circle_of_experts", "api_gateway"] {
+    for name in [
+        "postgresql",
+        "redis",
+        "auth_service",
+        "circle_of_experts",
+        "api_gateway",
+    ] {
         assert!(s.contains_key(name), "{name} missing");
     }
     let coe = &s["circle_of_experts"];
     assert_eq!(coe.resources.gpu_count, 1);
     assert_eq!(coe.resources.gpu_memory_mb, Some(16384));
     assert_eq!(coe.backend, deploy_code::model::BackendKind::Docker);
-    assert_eq!(s.keys().filter(|k| k.as_str().starts_with("mcp_")).count(), 27);
+    assert_eq!(
+        s.keys().filter(|k| k.as_str().starts_with("mcp_")).count(),
+        27
+    );
     assert!(coe.env["OPENAI_API_KEY"].is_sensitive());
-    assert!(s["auth_service"].env["DATABASE_URL"].is_sensitive(), "a URL holding a secret is sensitive");
+    assert!(
+        s["auth_service"].env["DATABASE_URL"].is_sensitive(),
+        "a URL holding a secret is sensitive"
+    );
 }

@@ -40,7 +40,10 @@ proptest! {
 
 #[test]
 fn deep_nesting_is_refused_not_crashed() {
-    for doc in ["[".repeat(100_000), "a:\n".to_owned() + &" b:\n".repeat(1)+ &"{x: ".repeat(50_000)] {
+    for doc in [
+        "[".repeat(100_000),
+        "a:\n b:\n".to_owned() + &"{x: ".repeat(50_000),
+    ] {
         let err = load(&doc).unwrap_err();
         assert!(!err.codes().is_empty());
     }
@@ -71,7 +74,11 @@ fn a_huge_file_is_refused_before_reading() {
     let path = dir.path().join("deploy-code.yaml");
     let f = std::fs::File::create(&path).unwrap();
     f.set_len(100 * 1024 * 1024).unwrap();
-    let err = config::load(&config::LoadOptions { path, ..Default::default() }).unwrap_err();
+    let err = config::load(&config::LoadOptions {
+        path,
+        ..Default::default()
+    })
+    .unwrap_err();
     assert_eq!(err.codes(), vec!["E002::too_large"]);
 }
 
@@ -80,6 +87,10 @@ fn invalid_utf8_is_a_diagnostic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deploy-code.yaml");
     std::fs::write(&path, b"services:\n  a:\n    command: \xff\xfe\n").unwrap();
-    let err = config::load(&config::LoadOptions { path, ..Default::default() }).unwrap_err();
+    let err = config::load(&config::LoadOptions {
+        path,
+        ..Default::default()
+    })
+    .unwrap_err();
     assert_eq!(err.codes(), vec!["E002::yaml_syntax"]);
 }

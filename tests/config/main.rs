@@ -34,9 +34,10 @@ pub fn load_with(text: &str, inputs: &Inputs) -> Result<LoadedConfig, ConfigErro
 
 /// The diagnostics as a person sees them, without colour.
 pub fn rendered(err: &ConfigError) -> String {
-    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-        .with_width(100)
-        .with_links(false);
+    let handler =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_width(100)
+            .with_links(false);
     let mut out = String::new();
     handler
         .render_report(&mut out, err)

@@ -21,10 +21,16 @@ fn the_checked_in_schema_is_up_to_date() {
 fn the_examples_satisfy_the_schema_as_a_standard_validator_reads_it() {
     let schema = json_schema();
     let validator = jsonschema::validator_for(&schema).unwrap();
-    for path in ["tests/fixtures/seeds/full_format.yaml", "tests/fixtures/seeds/service_definition.yaml"] {
+    for path in [
+        "tests/fixtures/seeds/full_format.yaml",
+        "tests/fixtures/seeds/service_definition.yaml",
+    ] {
         let text = std::fs::read_to_string(path).unwrap();
         let value: serde_json::Value = serde_yaml::from_str(&text).unwrap();
-        let errors: Vec<String> = validator.iter_errors(&value).map(|e| e.to_string()).collect();
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| e.to_string())
+            .collect();
         assert!(errors.is_empty(), "{path}: {errors:?}");
     }
     let bad: serde_json::Value = serde_json::json!({"services": {"a": {"comand": "x"}}});

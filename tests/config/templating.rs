@@ -2,7 +2,8 @@
 
 use super::*;
 
-const DOC: &str = "variables:\n  replicas: 1\nservices:\n  api:\n    command: x\n    replicas: {{ replicas }}\n";
+const DOC: &str =
+    "variables:\n  replicas: 1\nservices:\n  api:\n    command: x\n    replicas: {{ replicas }}\n";
 
 fn replicas(l: &LoadedConfig) -> u32 {
     l.desired.services["api"].replicas
@@ -19,11 +20,23 @@ fn variables_take_precedence_in_order() {
     assert_eq!(replicas(&load(DOC).unwrap()), 1, "declared default");
     let mut i = inputs(&[]);
     i.var_files = vec![f1.clone(), f2.clone()];
-    assert_eq!(replicas(&load_with(DOC, &i).unwrap()), 3, "later var file wins");
+    assert_eq!(
+        replicas(&load_with(DOC, &i).unwrap()),
+        3,
+        "later var file wins"
+    );
     i.env.insert("DEPLOY_CODE_VAR_REPLICAS".into(), "4".into());
-    assert_eq!(replicas(&load_with(DOC, &i).unwrap()), 4, "environment beats var files");
+    assert_eq!(
+        replicas(&load_with(DOC, &i).unwrap()),
+        4,
+        "environment beats var files"
+    );
     i.vars = vec![("replicas".into(), "5".into())];
-    assert_eq!(replicas(&load_with(DOC, &i).unwrap()), 5, "--var beats everything");
+    assert_eq!(
+        replicas(&load_with(DOC, &i).unwrap()),
+        5,
+        "--var beats everything"
+    );
 }
 
 #[test]
@@ -44,9 +57,23 @@ fn undefined_variables_are_errors() {
 fn env_function_reads_the_environment_with_a_default() {
     let doc = "services:\n  api:\n    command: \"{{ env('CMD', 'fallback') }}\"\n";
     let l = load_with(doc, &inputs(&[("CMD", "from-env")])).unwrap();
-    assert_eq!(l.desired.services["api"].command.as_ref().unwrap().display(), "from-env");
+    assert_eq!(
+        l.desired.services["api"]
+            .command
+            .as_ref()
+            .unwrap()
+            .display(),
+        "from-env"
+    );
     let l = load(doc).unwrap();
-    assert_eq!(l.desired.services["api"].command.as_ref().unwrap().display(), "fallback");
+    assert_eq!(
+        l.desired.services["api"]
+            .command
+            .as_ref()
+            .unwrap()
+            .display(),
+        "fallback"
+    );
     let err = load("services:\n  api:\n    command: \"{{ env('CMD') }}\"\n").unwrap_err();
     assert_eq!(err.codes(), vec!["E002::unset_variable"]);
 }
@@ -72,7 +99,10 @@ fn secrets_never_appear_in_plaintext() {
     let api = &l.desired.services["api"];
     assert!(api.env["PASSWORD"].is_sensitive());
     assert_eq!(api.env["PASSWORD"].expose(), Some(CANARY));
-    assert_eq!(api.args[0].expose(), Some(format!("--token={CANARY}").as_str()));
+    assert_eq!(
+        api.args[0].expose(),
+        Some(format!("--token={CANARY}").as_str())
+    );
 }
 
 #[test]
@@ -97,7 +127,9 @@ fn secrets_come_from_files_too() {
 
 #[test]
 fn a_missing_secret_is_a_diagnostic() {
-    let err = load("services:\n  api:\n    command: x\n    env:\n      A: \"{{ secret('NOPE') }}\"\n").unwrap_err();
+    let err =
+        load("services:\n  api:\n    command: x\n    env:\n      A: \"{{ secret('NOPE') }}\"\n")
+            .unwrap_err();
     assert_eq!(err.codes(), vec!["E002::missing_secret"]);
 }
 
@@ -145,7 +177,13 @@ fn lowering_is_canonical() {
     let doc = "services:\n  z:\n    command: x\n  a:\n    command: x\n  api:\n    command: x\n    dependencies: [z, a]\n    env: {B: 1, A: true}\n";
     let l = load(doc).unwrap();
     let api = &l.desired.services["api"];
-    assert_eq!(api.dependencies.iter().map(|d| d.as_str()).collect::<Vec<_>>(), ["a", "z"]);
+    assert_eq!(
+        api.dependencies
+            .iter()
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "z"]
+    );
     assert_eq!(api.env.keys().collect::<Vec<_>>(), ["A", "B"]);
     assert_eq!(api.env["A"].display(), "true");
     assert_eq!(api.resources.cpu_cores, 0.5);
