@@ -415,7 +415,11 @@ pub fn json_schema_text() -> String {
 pub fn reference_markdown() -> String {
     use serde_json::Value as J;
     let schema = json_schema();
-    let defs = schema.get("$defs").and_then(J::as_object).cloned().unwrap_or_default();
+    let defs = schema
+        .get("$defs")
+        .and_then(J::as_object)
+        .cloned()
+        .unwrap_or_default();
     fn type_of(s: &J) -> String {
         if let Some(r) = s.get("$ref").and_then(J::as_str) {
             let name = r.rsplit('/').next().unwrap_or(r);
@@ -435,11 +439,20 @@ pub fn reference_markdown() -> String {
             return format!("`{c}`");
         }
         if let Some(J::Array(e)) = s.get("enum") {
-            return e.iter().filter_map(J::as_str).map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ");
+            return e
+                .iter()
+                .filter_map(J::as_str)
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
         }
         let types: Vec<&str> = match s.get("type") {
             Some(J::String(t)) => vec![t.as_str()],
-            Some(J::Array(a)) => a.iter().filter_map(J::as_str).filter(|t| *t != "null").collect(),
+            Some(J::Array(a)) => a
+                .iter()
+                .filter_map(J::as_str)
+                .filter(|t| *t != "null")
+                .collect(),
             _ => vec!["any"],
         };
         let mut out = Vec::new();
@@ -464,9 +477,20 @@ pub fn reference_markdown() -> String {
         out.push_str("| key | type | meaning and default |\n|---|---|---|\n");
         if let Some(props) = obj.get("properties").and_then(J::as_object) {
             for (k, v) in props {
-                let desc = v.get("description").and_then(J::as_str).unwrap_or("").replace('\n', " ");
-                let req = if required.contains(&k.as_str()) { " (required)" } else { "" };
-                out.push_str(&format!("| `{k}`{req} | {} | {desc} |\n", type_of(v).replace('|', "\\|")));
+                let desc = v
+                    .get("description")
+                    .and_then(J::as_str)
+                    .unwrap_or("")
+                    .replace('\n', " ");
+                let req = if required.contains(&k.as_str()) {
+                    " (required)"
+                } else {
+                    ""
+                };
+                out.push_str(&format!(
+                    "| `{k}`{req} | {} | {desc} |\n",
+                    type_of(v).replace('|', "\\|")
+                ));
             }
         }
         out.push('\n');
