@@ -39,16 +39,16 @@ fn resolve<'a>(schema: &'a J, root: &'a J) -> &'a J {
 }
 
 fn type_matches(t: &str, v: &Value) -> bool {
-    match (t, v) {
-        ("null", Value::Null) => true,
-        ("boolean", Value::Bool(_)) => true,
-        ("integer", Value::Int(_)) => true,
-        ("number", Value::Int(_) | Value::Float(_)) => true,
-        ("string", Value::Str(_)) => true,
-        ("array", Value::Seq(_)) => true,
-        ("object", Value::Map(_)) => true,
-        _ => false,
-    }
+    matches!(
+        (t, v),
+        ("null", Value::Null)
+            | ("boolean", Value::Bool(_))
+            | ("integer", Value::Int(_))
+            | ("number", Value::Int(_) | Value::Float(_))
+            | ("string", Value::Str(_))
+            | ("array", Value::Seq(_))
+            | ("object", Value::Map(_))
+    )
 }
 
 fn types_of(schema: &J) -> Vec<&str> {
@@ -210,17 +210,19 @@ fn check(node: &Node, schema: &J, root: &J, path: &mut Vec<String>, out: &mut Ve
             } else {
                 format!("use a value of at least {min}")
             };
-            out.push(
-                Problem::new(
-                    kind,
-                    format!(
-                        "{} must be at least {min}, found {}",
-                        where_(path),
-                        fmt_num(n)
-                    ),
+            let message = if in_resources {
+                format!("{} must be positive, found {}", where_(path), fmt_num(n))
+            } else {
+                format!(
+                    "{} must be at least {min}, found {}",
+                    where_(path),
+                    fmt_num(n)
                 )
-                .label(node.span.clone(), "too small")
-                .help(help),
+            };
+            out.push(
+                Problem::new(kind, message)
+                    .label(node.span.clone(), "too small")
+                    .help(help),
             );
         } else if let Some(max) = max.filter(|m| n > *m) {
             out.push(

@@ -154,6 +154,9 @@ pub struct Entry<'a> {
     pub node: &'a Node,
     /// `None` when its definition has type errors (already reported).
     pub def: Option<Service>,
+    /// The definition had schema problems: what is left of it is checked, but
+    /// not for what a misspelt key may have meant (no command, say).
+    pub dirty: bool,
 }
 
 fn span_of(node: &Node, path: &[&str]) -> Option<Range<usize>> {
@@ -280,14 +283,18 @@ impl Lowering<'_> {
             deps.sort();
             deps.dedup();
 
-            let spec = self.service(entry, def, name.clone(), deps, &settings, out);
-            if let (Some(spec), Some(name)) = (spec, name) {
-                if !is_enabled {
-                    disabled.push(name);
-                    continue;
-                }
-                for (i, port) in spec.ports.iter().enumerate() {
-                    let Some(host) = port.host_port else { continue };
+            if is_enabled {
+                let is_process = def.image.is_none() && def.container_image.is_none();
+                for (i, port) in def.ports.iter().flatten().enumerate() {
+                    let host = match port.host_port {
+                        Some(h) => h,
+                        None if is_process => port.container_port,
+                        None => continue,
+                    };
+                    let protocol = match port.protocol {
+                        Some(schema::ProtocolDef::Udp) => Protocol::Udp,
+                        _ => Protocol::Tcp,
+                    };
                     let pspan = entry
                         .node
                         .get("ports")
@@ -301,21 +308,28 @@ impl Lowering<'_> {
                                 .map_or(n.span.clone(), |x| x.span.clone())
                         })
                         .unwrap_or_else(|| entry.key.span.clone());
-                    if let Some((other, ospan)) = port_claims.get(&(host, port.protocol)) {
+                    if let Some((other, ospan)) = port_claims.get(&(host, protocol)) {
                         out.push(
                             Problem::new(
                                 Kind::PortConflict,
-                                format!("host port {host}/{} is claimed by both `{other}` and `{}`", port.protocol.as_str(), entry.key.name),
+                                format!("host port {host}/{} is claimed by both `{other}` and `{}`", protocol.as_str(), entry.key.name),
                             )
                             .label(pspan, "claimed again here")
                             .label(ospan.clone(), "first claimed here")
                             .help("give one of them another `host_port`, or leave `host_port` out on a container to get one from `network.port_range`"),
                         );
                     } else {
-                        port_claims.insert((host, port.protocol), (entry.key.name.clone(), pspan));
+                        port_claims.insert((host, protocol), (entry.key.name.clone(), pspan));
                     }
                 }
-                specs.insert(name, spec);
+            }
+            let spec = self.service(entry, def, name.clone(), deps, &settings, out);
+            if let (Some(spec), Some(name)) = (spec, name) {
+                if is_enabled {
+                    specs.insert(name, spec);
+                } else {
+                    disabled.push(name);
+                }
             }
         }
 
@@ -506,7 +520,7 @@ impl Lowering<'_> {
                 "add `image: <name>:<tag>`",
             ));
         }
-        if image.is_none() && def.command.is_none() {
+        if image.is_none() && def.command.is_none() && !entry.dirty {
             out.push(invalid(
                 format!("`{sname}` has neither a `command` nor an `image`"),
                 Some(entry.key.span.clone()),

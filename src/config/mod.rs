@@ -241,13 +241,6 @@ pub fn load_text(
 
     let mut problems = Vec::new();
     let (root, yaml_problems) = yaml::parse(&rendered);
-    let in_services = |p: &Problem, services: Option<&yaml::Node>| {
-        services.is_some_and(|s| {
-            p.labels
-                .first()
-                .is_some_and(|(sp, _)| sp.start >= s.span.start && sp.end <= s.span.end)
-        })
-    };
     let mut root = root.unwrap_or(yaml::Node {
         span: 0..0,
         value: yaml::Value::Map(Vec::new()),
@@ -255,17 +248,7 @@ pub fn load_text(
     if matches!(root.value, yaml::Value::Null) {
         root.value = yaml::Value::Map(Vec::new());
     }
-    for mut p in yaml_problems {
-        if p.kind == Kind::DuplicateKey
-            && p.message.contains("defined twice")
-            && in_services(&p, root.get("services"))
-            && is_service_key(&root, &p)
-        {
-            p.kind = Kind::DuplicateService;
-            p.message = p.message.replace("the key", "the service");
-        }
-        problems.push(p);
-    }
+    problems.extend(yaml_problems);
     if problems
         .iter()
         .any(|p| matches!(p.kind, Kind::YamlSyntax | Kind::TooLarge | Kind::TooDeep))
@@ -295,7 +278,13 @@ pub fn load_text(
     if let Some(obj) = top.as_object_mut() {
         obj.remove("services");
     }
-    let file: schema::ConfigFile = serde_json::from_value(top).unwrap_or_default();
+    let file: schema::ConfigFile = serde_json::from_value(top).unwrap_or_else(|_| {
+        let mut pruned = root.to_json_pruned(&schema_problems);
+        if let Some(obj) = pruned.as_object_mut() {
+            obj.remove("services");
+        }
+        serde_json::from_value(pruned).unwrap_or_default()
+    });
     let mut services = Vec::new();
     if let Some(yaml::Node {
         value: yaml::Value::Map(entries),
@@ -303,19 +292,22 @@ pub fn load_text(
     }) = root.get("services")
     {
         for (key, node) in entries {
-            let dirty = schema_problems.iter().any(|s| {
-                s.start >= node.span.start
-                    && s.end <= node.span.end
-                    && node.span.end > node.span.start
-            });
-            let def = if dirty {
-                None
-            } else if matches!(node.value, yaml::Value::Null) {
+            let dirty = schema_problems
+                .iter()
+                .any(|s| s.start >= node.span.start && s.end <= node.span.end)
+                || schema_problems.contains(&key.span);
+            let def = if matches!(node.value, yaml::Value::Null) {
                 Some(schema::Service::default())
             } else {
-                serde_json::from_value::<schema::Service>(node.to_json()).ok()
+                serde_json::from_value::<schema::Service>(node.to_json_pruned(&schema_problems))
+                    .ok()
             };
-            services.push(lower::Entry { key, node, def });
+            services.push(lower::Entry {
+                key,
+                node,
+                def,
+                dirty,
+            });
         }
     }
     let lowering = lower::Lowering {
@@ -338,23 +330,6 @@ pub fn load_text(
         }
         _ => Err(finish(problems, &name, text, &rendered)),
     }
-}
-
-fn is_service_key(root: &yaml::Node, p: &Problem) -> bool {
-    let Some((span, _)) = p.labels.first() else {
-        return false;
-    };
-    let Some(yaml::Node {
-        value: yaml::Value::Map(entries),
-        ..
-    }) = root.get("services")
-    else {
-        return false;
-    };
-    // A duplicate service key sits between two direct entries, not inside one.
-    !entries
-        .iter()
-        .any(|(_, n)| span.start >= n.span.start && span.end <= n.span.end)
 }
 
 /// Binds problems to their sources and sorts them by position.

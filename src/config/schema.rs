@@ -409,11 +409,3 @@ pub fn json_schema_text() -> String {
     s.push('\n');
     s
 }
-
-#[cfg(test)]
-mod dump {
-    #[test]
-    fn dump_schema() {
-        std::fs::write("/tmp/schema.json", super::json_schema_text()).unwrap();
-    }
-}

@@ -76,6 +76,29 @@ impl Node {
         }
     }
 
+    /// The JSON form without the values a problem points at (`bad` spans): what
+    /// is left of a definition with errors, to check the rest of it.
+    pub fn to_json_pruned(&self, bad: &[Range<usize>]) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Seq(items) => J::Array(
+                items
+                    .iter()
+                    .filter(|n| !bad.contains(&n.span))
+                    .map(|n| n.to_json_pruned(bad))
+                    .collect(),
+            ),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .filter(|(k, v)| !bad.contains(&k.span) && !bad.contains(&v.span))
+                    .map(|(k, v)| (k.name.clone(), v.to_json_pruned(bad)))
+                    .collect(),
+            ),
+            _ => self.to_json(),
+        }
+    }
+
     /// The plain JSON form of this node (for typed deserialization).
     pub fn to_json(&self) -> serde_json::Value {
         use serde_json::Value as J;
@@ -334,6 +357,8 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
 }
 
 fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut Vec<Problem>) {
+    let in_services = stack.len() == 2
+        && matches!(&stack[0], Frame::Map { pending: Some(k), .. } if k.name == "services");
     match stack.last_mut() {
         None => *root = Some(node),
         Some(Frame::Seq { items, .. }) => items.push(node),
@@ -363,14 +388,16 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut
             }
             Some(key) => {
                 if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == key.name) {
+                    let (kind, what) = if in_services {
+                        (Kind::DuplicateService, "service")
+                    } else {
+                        (Kind::DuplicateKey, "key")
+                    };
                     problems.push(
-                        Problem::new(
-                            Kind::DuplicateKey,
-                            format!("the key `{}` is defined twice", key.name),
-                        )
-                        .label(key.span.clone(), "defined again here")
-                        .label(first.span.clone(), "first defined here")
-                        .help("remove one of the two definitions or rename one of them"),
+                        Problem::new(kind, format!("the {what} `{}` is defined twice", key.name))
+                            .label(key.span.clone(), "defined again here")
+                            .label(first.span.clone(), "first defined here")
+                            .help("remove one of the two definitions or rename one of them"),
                     );
                 } else {
                     entries.push((key, node));
