@@ -396,3 +396,42 @@ fn a_bad_inventory_file_points_at_the_problem() {
     let err = deploy_code::inventory::parse(hosts, "x.yaml").unwrap_err();
     assert_eq!(err.message, "host `a` is declared twice");
 }
+
+#[test]
+fn plan_reads_a_read_only_copy_and_leaves_it_alone() {
+    let case = Case::new();
+    case.record_all(dead);
+    let ro = tempfile::tempdir().unwrap();
+    let copy = ro.path().join("backup.db");
+    state::backup(&case.state(), &copy).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o400)).unwrap();
+    std::fs::set_permissions(ro.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
+    let before = std::fs::read(&copy).unwrap();
+    let out = case
+        .cmd(CANARY)
+        .args([
+            "plan",
+            "--no-refresh",
+            "--inventory",
+            &inv("inventory.yaml"),
+        ])
+        .arg("--state")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let listing: Vec<_> = std::fs::read_dir(ro.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    std::fs::set_permissions(ro.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout(&out).starts_with("No changes."));
+    assert_eq!(std::fs::read(&copy).unwrap(), before);
+    assert_eq!(listing.len(), 1, "{listing:?}");
+}

@@ -94,6 +94,18 @@ fn every_action_with_its_reason() {
 }
 
 #[test]
+fn an_interrupted_service_is_replaced() {
+    let mut r = record(spec("db", &[]));
+    r.status = ServiceStatus::Pending;
+    let p = ok(&desired(vec![spec("db", &[])]), &snapshot(vec![r]), &big());
+    assert_eq!(action(&p, "db"), "replace");
+    assert_eq!(
+        p.change("db").unwrap().reason.as_deref(),
+        Some("pending: an earlier apply was interrupted while changing it")
+    );
+}
+
+#[test]
 fn a_changed_secret_forces_a_replace_by_its_path() {
     let before = with_secret(spec("api", &[]), "API_KEY", "old-value");
     let after = with_secret(spec("api", &[]), "API_KEY", "new-value");
