@@ -435,3 +435,48 @@ fn plan_reads_a_read_only_copy_and_leaves_it_alone() {
     assert_eq!(std::fs::read(&copy).unwrap(), before);
     assert_eq!(listing.len(), 1, "{listing:?}");
 }
+
+#[test]
+fn plan_destroy_removes_dependents_first() {
+    let case = Case::new();
+    case.record_all(dead);
+    let out = case
+        .cmd(CANARY)
+        .args(["plan", "--destroy", "--no-refresh", "--format", "json"])
+        .args(["--inventory", &inv("inventory.yaml"), "--detailed-exitcode"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        doc["phases"],
+        serde_json::json!([
+            ["api_gateway", "mcp_memory"],
+            ["auth_service", "circle_of_experts"],
+            ["postgresql", "redis"]
+        ])
+    );
+    assert_eq!(doc["destroy_all"], true);
+    // Without the configuration file the state alone is enough.
+    std::fs::remove_file(case.config()).unwrap();
+    let out = case
+        .cmd(CANARY)
+        .args([
+            "plan",
+            "--destroy",
+            "--no-refresh",
+            "--inventory",
+            &inv("inventory.yaml"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).starts_with("Plan: 0 to create, 0 to replace, 0 to update, 6 to destroy.")
+    );
+}
