@@ -21,6 +21,9 @@ use diag::{Kind, Origin, Problem, ProblemReport};
 /// before they are read.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The most problems reported for one file; the rest are counted.
+pub const MAX_PROBLEMS: usize = 200;
+
 use crate::model::DesiredState;
 
 /// What loading needs from the command line and the environment.
@@ -123,14 +126,14 @@ impl miette::Diagnostic for ConfigError {
 /// digested under a provisional key; `desired.rekey(state_key)` re-digests them.
 pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
     let name = opts.path.display().to_string();
-    let not_found = |what: String, help: &str| ConfigError {
+    let failed = |kind: Kind, what: String, help: &str| ConfigError {
         problems: vec![miette::Report::new(ProblemReport::new(
-            Problem::new(Kind::NotFound, what)
-                .help(help)
-                .origin(Origin::None),
+            Problem::new(kind, what).help(help).origin(Origin::None),
             None,
         ))],
     };
+    let not_found = |what: String, help: &str| failed(Kind::NotFound, what, help);
+    let unreadable = |what: String, help: &str| failed(Kind::Unreadable, what, help);
     let meta = match std::fs::metadata(&opts.path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -140,14 +143,14 @@ pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
             ));
         }
         Err(e) => {
-            return Err(not_found(
+            return Err(unreadable(
                 format!("cannot read the configuration file `{name}`: {e}"),
                 "check the file's permissions",
             ));
         }
     };
     if meta.is_dir() {
-        return Err(not_found(
+        return Err(unreadable(
             format!("`{name}` is a directory, not a configuration file"),
             "name the YAML file itself with `-c FILE`",
         ));
@@ -170,7 +173,7 @@ pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
         });
     }
     let bytes = std::fs::read(&opts.path).map_err(|e| {
-        not_found(
+        unreadable(
             format!("cannot read the configuration file `{name}`: {e}"),
             "check the file's permissions",
         )
@@ -268,10 +271,11 @@ pub fn load_text(
     lower::check_secret_places(&root, &mut problems);
     let before = problems.len();
     check::check_document(&root, &mut problems);
-    let schema_problems: Vec<std::ops::Range<usize>> = problems[before..]
+    let schema_problems: std::collections::HashSet<std::ops::Range<usize>> = problems[before..]
         .iter()
         .filter_map(|p| p.labels.first().map(|(s, _)| s.clone()))
         .collect();
+    let problem_starts: BTreeSet<usize> = schema_problems.iter().map(|s| s.start).collect();
 
     // Typed settings (without the services); defaults where they do not type-check.
     let mut top = root.to_json();
@@ -292,9 +296,7 @@ pub fn load_text(
     }) = root.get("services")
     {
         for (key, node) in entries {
-            let dirty = schema_problems
-                .iter()
-                .any(|s| s.start >= node.span.start && s.end <= node.span.end)
+            let dirty = problem_starts.range(node.span.clone()).next().is_some()
                 || schema_problems.contains(&key.span);
             let def = if matches!(node.value, yaml::Value::Null) {
                 Some(schema::Service::default())
@@ -335,6 +337,18 @@ pub fn load_text(
 /// Binds problems to their sources and sorts them by position.
 fn finish(mut problems: Vec<Problem>, name: &str, source: &str, rendered: &str) -> ConfigError {
     problems.sort_by_key(|p| (p.origin != Origin::None, p.position()));
+    if problems.len() > MAX_PROBLEMS {
+        let more = problems.len() - MAX_PROBLEMS;
+        problems.truncate(MAX_PROBLEMS);
+        problems.push(
+            Problem::new(
+                Kind::TooManyProblems,
+                format!("{more} more problems are not shown"),
+            )
+            .help("fix the problems above and validate again")
+            .origin(Origin::None),
+        );
+    }
     let template_src =
         miette::NamedSource::new(name, Arc::new(source.to_owned())).with_language("yaml");
     let rendered_src = if rendered == source {

@@ -7,7 +7,10 @@ use super::*;
 const BASE: &str = include_str!("../../examples/quickstart/deploy-code.yaml");
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
@@ -93,4 +96,18 @@ fn invalid_utf8_is_a_diagnostic() {
     })
     .unwrap_err();
     assert_eq!(err.codes(), vec!["E002::yaml_syntax"]);
+}
+
+#[test]
+fn thousands_of_problems_are_capped() {
+    let mut doc = String::from("services:\n");
+    for i in 0..5000 {
+        doc.push_str(&format!("  s{i}:\n    comand: x\n"));
+    }
+    let err = load(&doc).unwrap_err();
+    let codes = err.codes();
+    assert_eq!(codes.len(), config::MAX_PROBLEMS + 1);
+    assert_eq!(codes.last().unwrap(), "E002::too_many_problems");
+    let json = deploy_code::render::diagnostics_json(&err);
+    assert!(json.contains("4800 more problems"), "{json}");
 }
