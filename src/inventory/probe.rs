@@ -78,16 +78,37 @@ fn disk_free_gb(data_dir: &Path) -> u64 {
 }
 
 fn nvidia_gpus() -> Vec<Gpu> {
+    match nvml_probe() {
+        Ok(gpus) => gpus,
+        Err(NvmlAbsent::NoLibrary(_)) => Vec::new(),
+        Err(NvmlAbsent::Unusable(e)) => {
+            tracing::warn!("NVML is present but cannot be used ({e}): counting zero GPUs");
+            Vec::new()
+        }
+    }
+}
+
+/// Why NVML reported no GPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NvmlAbsent {
+    /// No NVIDIA library or driver on this host: zero GPUs, the normal case on
+    /// hosts without NVIDIA hardware.
+    NoLibrary(String),
+    /// The library loaded but failed.
+    Unusable(String),
+}
+
+/// The GPUs NVML sees, or why it cannot say (`deploy-code doctor` shows which).
+pub fn nvml_probe() -> Result<Vec<Gpu>, NvmlAbsent> {
     use nvml_wrapper::error::NvmlError;
     let nvml = match nvml_wrapper::Nvml::init() {
         Ok(n) => n,
         Err(
-            NvmlError::LibloadingError(_) | NvmlError::DriverNotLoaded | NvmlError::LibraryNotFound,
-        ) => return Vec::new(),
-        Err(e) => {
-            tracing::warn!("NVML is present but cannot be used ({e}): counting zero GPUs");
-            return Vec::new();
-        }
+            e @ (NvmlError::LibloadingError(_)
+            | NvmlError::DriverNotLoaded
+            | NvmlError::LibraryNotFound),
+        ) => return Err(NvmlAbsent::NoLibrary(e.to_string())),
+        Err(e) => return Err(NvmlAbsent::Unusable(e.to_string())),
     };
     let count = nvml.device_count().unwrap_or(0);
     let mut out = Vec::new();
@@ -104,7 +125,7 @@ fn nvidia_gpus() -> Vec<Gpu> {
             free_memory_mb: mem.map(|m| m.free / (1024 * 1024)),
         });
     }
-    out
+    Ok(out)
 }
 
 /// TCP ports in LISTEN state on this host (IPv4 and IPv6), sorted.
