@@ -7,7 +7,11 @@
 //! `/proc/<pid>/environ`. That mark is how a run that was killed is reconciled:
 //! its instances are adopted or removed, never duplicated.
 
+pub mod process;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -178,4 +182,36 @@ pub trait Backend: Send + Sync {
 
     /// Every instance marked as this project's, running or not.
     async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError>;
+}
+
+/// The backends a run can use, by kind. `apply`, `status` and `cleanup` pick the
+/// backend of each service through it, so any backend registered here plugs in.
+#[derive(Clone, Default)]
+pub struct Registry {
+    backends: BTreeMap<BackendKind, Arc<dyn Backend>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry with the local-process backend.
+    pub fn with_process() -> Self {
+        let mut r = Self::new();
+        r.register(Arc::new(process::ProcessBackend::new()));
+        r
+    }
+
+    pub fn register(&mut self, backend: Arc<dyn Backend>) {
+        self.backends.insert(backend.kind(), backend);
+    }
+
+    pub fn get(&self, kind: BackendKind) -> Option<Arc<dyn Backend>> {
+        self.backends.get(&kind).cloned()
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
+        self.backends.values()
+    }
 }
