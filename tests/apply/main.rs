@@ -1,0 +1,5 @@
+//! Integration tests of `apply`: real processes, real HTTP endpoints on 127.0.0.1.
+
+mod common;
+mod health;
+mod process;
