@@ -146,9 +146,7 @@ impl Progress {
         let mut inner = self.inner.lock().expect("progress lock");
         match e {
             Event::PhaseStarted { phase, services } => {
-                let bar = inner
-                    .multi
-                    .add(ProgressBar::new(services.len() as u64));
+                let bar = inner.multi.add(ProgressBar::new(services.len() as u64));
                 bar.set_style(
                     ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {msg}")
                         .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -173,7 +171,9 @@ impl Progress {
             Event::ActionFailed {
                 service, reason, ..
             } => {
-                let _ = inner.multi.println(format!("  {service}: failed: {reason}"));
+                let _ = inner
+                    .multi
+                    .println(format!("  {service}: failed: {reason}"));
             }
             Event::PhaseFinished {
                 phase,

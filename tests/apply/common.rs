@@ -4,8 +4,8 @@ use std::sync::OnceLock;
 
 use deploy_code::backends::StartContext;
 use deploy_code::model::{
-    BackendKind, HealthCheck, NetworkSettings, Probe, Resources, RestartPolicy, ServiceName,
-    ServiceSpec, Text, Workload,
+    BackendKind, HealthCheck, NetworkSettings, PortSpec, Probe, Protocol, Resources, RestartPolicy,
+    ServiceName, ServiceSpec, Text, Workload,
 };
 use deploy_code::state::Handle;
 
@@ -66,6 +66,12 @@ pub fn http_spec(service: &str, port: u16, delay_ms: u64) -> ServiceSpec {
     let py = python();
     let mut s = spec(service, &[&py, "-c", &script]);
     s.health_check = Some(http_check(port, 1, 3));
+    s.ports = vec![PortSpec {
+        container_port: port,
+        host_port: Some(port),
+        host_ip: None,
+        protocol: Protocol::Tcp,
+    }];
     s
 }
 
