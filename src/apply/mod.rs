@@ -15,6 +15,7 @@
 //! The engine prints nothing: it reports through an [`Event`] hook.
 
 pub mod health;
+pub mod reconcile;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
