@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::backends::{Backend, BackendError, Registry, StartContext};
-use crate::model::{DesiredState, SecretKey, Sensitive, ServiceName, ServiceSpec, Text};
+use crate::model::{DesiredState, SecretKey, Sensitive, ServiceName, ServiceSpec, Text, Workload};
 use crate::plan::{Action, Change, Plan};
 use crate::state::{
     GpuRef, Handle, NewDeployment, Outcome, ServiceRecord, ServiceStatus, StateError, Store,
@@ -485,7 +485,13 @@ impl Exec<'_> {
         if !g.healthy {
             return Err(self.evidence(spec, &handles, action, g).await);
         }
-        let rec = self.record(spec, handles, ServiceStatus::Ready, gpus);
+        // A task that exited 0 has nothing left running: it keeps no handles.
+        let kept = if spec.workload == Workload::Task {
+            Vec::new()
+        } else {
+            handles
+        };
+        let rec = self.record(spec, kept, ServiceStatus::Ready, gpus);
         self.with_store(|s| {
             s.put_service(&rec)?;
             s.event(

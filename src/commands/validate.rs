@@ -42,7 +42,11 @@ pub fn run(ctx: &Context, _args: &ValidateArgs) -> Result<u8, Failure> {
         } else {
             String::new()
         };
-        let check = if ctx.color { "\u{1b}[32m✓\u{1b}[0m" } else { "✓" };
+        let check = if ctx.color {
+            "\u{1b}[32m✓\u{1b}[0m"
+        } else {
+            "✓"
+        };
         println!("{check} {file} is valid: {total} {noun}{extra}");
     }
     Ok(crate::error::exit::OK)

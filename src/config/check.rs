@@ -25,7 +25,10 @@ fn resolve<'a>(schema: &'a J, root: &'a J) -> &'a J {
     let mut s = schema;
     for _ in 0..16 {
         match s.get("$ref").and_then(J::as_str) {
-            Some(r) => match r.strip_prefix("#/$defs/").and_then(|n| root.get("$defs")?.get(n)) {
+            Some(r) => match r
+                .strip_prefix("#/$defs/")
+                .and_then(|n| root.get("$defs")?.get(n))
+            {
                 Some(t) => s = t,
                 None => return s,
             },
@@ -210,7 +213,11 @@ fn check(node: &Node, schema: &J, root: &J, path: &mut Vec<String>, out: &mut Ve
             let message = if in_resources {
                 format!("{} must be positive, found {}", where_(path), fmt_num(n))
             } else {
-                format!("{} must be at least {min}, found {}", where_(path), fmt_num(n))
+                format!(
+                    "{} must be at least {min}, found {}",
+                    where_(path),
+                    fmt_num(n)
+                )
             };
             out.push(
                 Problem::new(kind, message)
@@ -219,9 +226,16 @@ fn check(node: &Node, schema: &J, root: &J, path: &mut Vec<String>, out: &mut Ve
             );
         } else if let Some(max) = max.filter(|m| n > *m) {
             out.push(
-                Problem::new(Kind::InvalidValue, format!("{} must be at most {max}, found {}", where_(path), fmt_num(n)))
-                    .label(node.span.clone(), "too large")
-                    .help(format!("use a value of at most {max}")),
+                Problem::new(
+                    Kind::InvalidValue,
+                    format!(
+                        "{} must be at most {max}, found {}",
+                        where_(path),
+                        fmt_num(n)
+                    ),
+                )
+                .label(node.span.clone(), "too large")
+                .help(format!("use a value of at most {max}")),
             );
         }
     }
@@ -241,12 +255,18 @@ fn check(node: &Node, schema: &J, root: &J, path: &mut Vec<String>, out: &mut Ve
                             .unwrap_or_default();
                         let help = match did_you_mean(&key.name, names.iter().copied()) {
                             Some(s) => format!("did you mean `{s}`?"),
-                            None => format!("remove it; the keys allowed here are: {}", names.join(", ")),
+                            None => format!(
+                                "remove it; the keys allowed here are: {}",
+                                names.join(", ")
+                            ),
                         };
                         out.push(
-                            Problem::new(Kind::UnknownKey, format!("unknown key `{}` in {}", key.name, where_(path)))
-                                .label(key.span.clone(), "not a known key")
-                                .help(help),
+                            Problem::new(
+                                Kind::UnknownKey,
+                                format!("unknown key `{}` in {}", key.name, where_(path)),
+                            )
+                            .label(key.span.clone(), "not a known key")
+                            .help(help),
                         );
                         continue;
                     }
@@ -259,9 +279,12 @@ fn check(node: &Node, schema: &J, root: &J, path: &mut Vec<String>, out: &mut Ve
                 for r in required.iter().filter_map(J::as_str) {
                     if !entries.iter().any(|(k, _)| k.name == r) {
                         out.push(
-                            Problem::new(Kind::MissingKey, format!("{} needs the key `{r}`", where_(path)))
-                                .label(first_line(node), format!("`{r}` is missing here"))
-                                .help(format!("add `{r}: ...` to this mapping")),
+                            Problem::new(
+                                Kind::MissingKey,
+                                format!("{} needs the key `{r}`", where_(path)),
+                            )
+                            .label(first_line(node), format!("`{r}` is missing here"))
+                            .help(format!("add `{r}: ...` to this mapping")),
                         );
                     }
                 }
@@ -294,18 +317,27 @@ fn first_line(node: &Node) -> std::ops::Range<usize> {
 
 fn wrong_type(node: &Node, types: &[&str], path: &[String]) -> Problem {
     let expected = describe(types);
-    let help = match (&node.value, types.contains(&"integer") || types.contains(&"number")) {
+    let help = match (
+        &node.value,
+        types.contains(&"integer") || types.contains(&"number"),
+    ) {
         (Value::Str(s), true) if s.trim().parse::<f64>().is_ok() => {
             "remove the quotes: this value is a number".to_owned()
         }
-        (Value::Str(s), _) if types.contains(&"boolean") && matches!(s.as_str(), "yes" | "no" | "on" | "off") => {
+        (Value::Str(s), _)
+            if types.contains(&"boolean") && matches!(s.as_str(), "yes" | "no" | "on" | "off") =>
+        {
             "write `true` or `false`".to_owned()
         }
         _ => format!("write {expected} here"),
     };
     Problem::new(
         Kind::WrongType,
-        format!("{} should be {expected}, found {}", where_(path), found(&node.value)),
+        format!(
+            "{} should be {expected}, found {}",
+            where_(path),
+            found(&node.value)
+        ),
     )
     .label(node.span.clone(), format!("expected {expected}"))
     .help(help)
@@ -313,10 +345,16 @@ fn wrong_type(node: &Node, types: &[&str], path: &[String]) -> Problem {
 
 fn invalid_choice(node: &Node, s: &str, allowed: &[&str], path: &[String]) -> Problem {
     let help = match did_you_mean(s, allowed.iter().copied()) {
-        Some(c) => format!("did you mean `{c}`? The values allowed are: {}", allowed.join(", ")),
+        Some(c) => format!(
+            "did you mean `{c}`? The values allowed are: {}",
+            allowed.join(", ")
+        ),
         None => format!("use one of: {}", allowed.join(", ")),
     };
-    Problem::new(Kind::InvalidValue, format!("`{s}` is not a valid value for {}", where_(path)))
-        .label(node.span.clone(), "not allowed here")
-        .help(help)
+    Problem::new(
+        Kind::InvalidValue,
+        format!("`{s}` is not a valid value for {}", where_(path)),
+    )
+    .label(node.span.clone(), "not allowed here")
+    .help(help)
 }

@@ -89,9 +89,14 @@ fn interpolate_str(
             (None, Some(d)) => d.to_owned(),
             (None, None) => {
                 out.push(
-                    Problem::new(Kind::UnsetVariable, format!("the environment variable `{name}` is not set"))
-                        .label(span.clone(), format!("`${{{name}}}` is used here"))
-                        .help(format!("set `{name}` in the environment, or give a default: `${{{name}:-value}}`")),
+                    Problem::new(
+                        Kind::UnsetVariable,
+                        format!("the environment variable `{name}` is not set"),
+                    )
+                    .label(span.clone(), format!("`${{{name}}}` is used here"))
+                    .help(format!(
+                        "set `{name}` in the environment, or give a default: `${{{name}:-value}}`"
+                    )),
                 );
                 String::new()
             }
@@ -198,9 +203,15 @@ impl Lowering<'_> {
                 Ok(n) => Some(n),
                 Err(why) => {
                     out.push(
-                        Problem::new(Kind::InvalidServiceName, format!("`{}` is not a valid service name: {why}", entry.key.name))
-                            .label(entry.key.span.clone(), "invalid name")
-                            .help(format!("rename it, e.g. `{}`", suggest_name(&entry.key.name))),
+                        Problem::new(
+                            Kind::InvalidServiceName,
+                            format!("`{}` is not a valid service name: {why}", entry.key.name),
+                        )
+                        .label(entry.key.span.clone(), "invalid name")
+                        .help(format!(
+                            "rename it, e.g. `{}`",
+                            suggest_name(&entry.key.name)
+                        )),
                     );
                     None
                 }
@@ -220,20 +231,38 @@ impl Lowering<'_> {
                     .unwrap_or_else(|| entry.key.span.clone());
                 match enabled.get(dep.as_str()) {
                     None => {
-                        let help = match did_you_mean(dep, names.iter().copied().filter(|n| *n != entry.key.name)) {
+                        let help = match did_you_mean(
+                            dep,
+                            names.iter().copied().filter(|n| *n != entry.key.name),
+                        ) {
                             Some(s) => format!("did you mean `{s}`?"),
-                            None => "define this service under `services`, or remove the dependency".to_owned(),
+                            None => {
+                                "define this service under `services`, or remove the dependency"
+                                    .to_owned()
+                            }
                         };
                         out.push(
-                            Problem::new(Kind::UnknownDependency, format!("`{}` depends on `{dep}`, which is not defined", entry.key.name))
-                                .label(dspan, "unknown service")
-                                .help(help),
+                            Problem::new(
+                                Kind::UnknownDependency,
+                                format!(
+                                    "`{}` depends on `{dep}`, which is not defined",
+                                    entry.key.name
+                                ),
+                            )
+                            .label(dspan, "unknown service")
+                            .help(help),
                         );
                     }
                     Some(false) if is_enabled => out.push(
-                        Problem::new(Kind::DisabledDependency, format!("`{}` depends on `{dep}`, which is disabled", entry.key.name))
-                            .label(dspan, "disabled service")
-                            .help(format!("enable `{dep}`, or disable `{}` too, or remove the dependency", entry.key.name)),
+                        Problem::new(
+                            Kind::DisabledDependency,
+                            format!("`{}` depends on `{dep}`, which is disabled", entry.key.name),
+                        )
+                        .label(dspan, "disabled service")
+                        .help(format!(
+                            "enable `{dep}`, or disable `{}` too, or remove the dependency",
+                            entry.key.name
+                        )),
                     ),
                     Some(_) => {
                         if is_enabled {
@@ -303,9 +332,12 @@ impl Lowering<'_> {
 
         for (cycle, span) in cycles(&graph) {
             out.push(
-                Problem::new(Kind::DependencyCycle, format!("the dependencies form a cycle: {}", cycle.join(" -> ")))
-                    .label(span, "this dependency closes the cycle")
-                    .help("remove one of these dependencies so that the services can start in order"),
+                Problem::new(
+                    Kind::DependencyCycle,
+                    format!("the dependencies form a cycle: {}", cycle.join(" -> ")),
+                )
+                .label(span, "this dependency closes the cycle")
+                .help("remove one of these dependencies so that the services can start in order"),
             );
         }
 
@@ -324,14 +356,26 @@ impl Lowering<'_> {
         let infra = f.infrastructure.clone().unwrap_or_default();
         let runtime = infra.container_runtime;
         let orchestrator = infra.orchestrator;
-        let at = |key: &str| {
-            span_of(self.root, &["infrastructure", key]).unwrap_or(0..0)
-        };
+        let at = |key: &str| span_of(self.root, &["infrastructure", key]).unwrap_or(0..0);
         if runtime == Some(schema::ContainerRuntime::Containerd) {
-            out.push(unsupported("infrastructure.container_runtime", "Containerd", "use `Docker` (or `Podman`), or `Process` for local processes").label(at("container_runtime"), "not supported"));
+            out.push(
+                unsupported(
+                    "infrastructure.container_runtime",
+                    "Containerd",
+                    "use `Docker` (or `Podman`), or `Process` for local processes",
+                )
+                .label(at("container_runtime"), "not supported"),
+            );
         }
         if orchestrator == Some(schema::Orchestrator::Kubernetes) {
-            out.push(unsupported("infrastructure.orchestrator", "Kubernetes", "use `DockerCompose` for containers on one host or `Swarm` for Docker Swarm").label(at("orchestrator"), "not supported"));
+            out.push(
+                unsupported(
+                    "infrastructure.orchestrator",
+                    "Kubernetes",
+                    "use `DockerCompose` for containers on one host or `Swarm` for Docker Swarm",
+                )
+                .label(at("orchestrator"), "not supported"),
+            );
         }
         let default_backend = match (runtime, orchestrator) {
             (_, Some(schema::Orchestrator::Swarm)) => BackendKind::Swarm,
@@ -361,12 +405,25 @@ impl Lowering<'_> {
         };
         let n = infra.network.clone().unwrap_or_default();
         let nd = NetworkSettings::default();
-        let port_range = n.port_range.as_ref().map_or(nd.port_range, |r| (r.start, r.end));
+        let port_range = n
+            .port_range
+            .as_ref()
+            .map_or(nd.port_range, |r| (r.start, r.end));
         if port_range.0 > port_range.1 {
             out.push(
-                Problem::new(Kind::InvalidValue, format!("`infrastructure.network.port_range` starts at {} after its end {}", port_range.0, port_range.1))
-                    .label(span_of(self.root, &["infrastructure", "network", "port_range"]).unwrap_or(0..0), "empty range")
-                    .help("make `start` lower than or equal to `end`"),
+                Problem::new(
+                    Kind::InvalidValue,
+                    format!(
+                        "`infrastructure.network.port_range` starts at {} after its end {}",
+                        port_range.0, port_range.1
+                    ),
+                )
+                .label(
+                    span_of(self.root, &["infrastructure", "network", "port_range"])
+                        .unwrap_or(0..0),
+                    "empty range",
+                )
+                .help("make `start` lower than or equal to `end`"),
             );
         }
         let network = NetworkSettings {
@@ -382,7 +439,11 @@ impl Lowering<'_> {
         let storage = infra.storage.clone().unwrap_or_default();
         let resolve = |p: Option<&String>, default: &str| -> PathBuf {
             let p = p.map_or_else(|| PathBuf::from(default), PathBuf::from);
-            if p.is_absolute() { p } else { self.base_dir.join(p) }
+            if p.is_absolute() {
+                p
+            } else {
+                self.base_dir.join(p)
+            }
         };
         let m = f.monitoring.clone().unwrap_or_default();
         let prom = m.prometheus.clone().unwrap_or_default();
@@ -468,22 +529,29 @@ impl Lowering<'_> {
             (Some(_), BackendKind::Swarm) => BackendKind::Swarm,
             (Some(_), _) => BackendKind::Docker,
         };
-        let workload = if def.oneshot == Some(true)
-            || def.service_type == Some(schema::ServiceType::Task)
-        {
-            Workload::Task
-        } else {
-            Workload::Service
-        };
+        let workload =
+            if def.oneshot == Some(true) || def.service_type == Some(schema::ServiceType::Task) {
+                Workload::Task
+            } else {
+                Workload::Service
+            };
 
         let r = def.resources.clone().unwrap_or_default();
         let rnode = node.get("resources");
         let positive = |key: &str, v: Option<f64>, out: &mut Vec<Problem>| {
             if v == Some(0.0) {
                 out.push(
-                    Problem::new(Kind::NonPositiveResource, format!("`services.{sname}.resources.{key}` must be positive, found 0"))
-                        .label(rnode.and_then(|n| n.get(key)).map_or(entry.key.span.clone(), |n| n.span.clone()), "zero")
-                        .help("give a value above 0, or leave the key out for the default"),
+                    Problem::new(
+                        Kind::NonPositiveResource,
+                        format!("`services.{sname}.resources.{key}` must be positive, found 0"),
+                    )
+                    .label(
+                        rnode
+                            .and_then(|n| n.get(key))
+                            .map_or(entry.key.span.clone(), |n| n.span.clone()),
+                        "zero",
+                    )
+                    .help("give a value above 0, or leave the key out for the default"),
                 );
             }
         };
@@ -642,15 +710,24 @@ impl Lowering<'_> {
 }
 
 fn unsupported(path: &str, value: &str, help: &str) -> Problem {
-    Problem::new(Kind::InvalidValue, format!("`{path}: {value}` is not supported"))
-        .help(help.to_owned())
+    Problem::new(
+        Kind::InvalidValue,
+        format!("`{path}: {value}` is not supported"),
+    )
+    .help(help.to_owned())
 }
 
 fn suggest_name(name: &str) -> String {
     let s: String = name
         .to_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(ServiceName::MAX_LEN)
         .collect();
     let s = s.trim_start_matches(['_', '-']).to_owned();
@@ -659,7 +736,9 @@ fn suggest_name(name: &str) -> String {
 
 /// Every elementary cycle found by a depth-first search (each reported once),
 /// with the span of the dependency that closes it.
-fn cycles(graph: &BTreeMap<String, Vec<(String, Range<usize>)>>) -> Vec<(Vec<String>, Range<usize>)> {
+fn cycles(
+    graph: &BTreeMap<String, Vec<(String, Range<usize>)>>,
+) -> Vec<(Vec<String>, Range<usize>)> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
@@ -692,9 +771,14 @@ fn cycles(graph: &BTreeMap<String, Vec<(String, Range<usize>)>>) -> Vec<(Vec<Str
                 }
                 Mark::Active => {
                     let pos = stack.iter().position(|(n, _)| *n == next).unwrap_or(0);
-                    let mut cycle: Vec<String> = stack[pos..].iter().map(|(n, _)| (*n).to_owned()).collect();
+                    let mut cycle: Vec<String> =
+                        stack[pos..].iter().map(|(n, _)| (*n).to_owned()).collect();
                     let mut key = cycle.clone();
-                    let min = key.iter().enumerate().min_by_key(|(_, n)| n.as_str()).map_or(0, |(i, _)| i);
+                    let min = key
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, n)| n.as_str())
+                        .map_or(0, |(i, _)| i);
                     key.rotate_left(min);
                     if seen.insert(key) {
                         cycle.push(next.clone());

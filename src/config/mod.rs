@@ -84,7 +84,11 @@ impl ConfigError {
         self.problems
             .iter()
             .filter_map(|p| p.code().map(|c| c.to_string()))
-            .map(|c| c.strip_prefix("deploy_code::").map(str::to_owned).unwrap_or(c))
+            .map(|c| {
+                c.strip_prefix("deploy_code::")
+                    .map(str::to_owned)
+                    .unwrap_or(c)
+            })
             .collect()
     }
 }
@@ -108,7 +112,9 @@ impl miette::Diagnostic for ConfigError {
 
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn miette::Diagnostic> + 'a>> {
         Some(Box::new(
-            self.problems.iter().map(|r| r.as_ref() as &dyn miette::Diagnostic),
+            self.problems
+                .iter()
+                .map(|r| r.as_ref() as &dyn miette::Diagnostic),
         ))
     }
 }
@@ -119,7 +125,9 @@ pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
     let name = opts.path.display().to_string();
     let not_found = |what: String, help: &str| ConfigError {
         problems: vec![miette::Report::new(ProblemReport::new(
-            Problem::new(Kind::NotFound, what).help(help).origin(Origin::None),
+            Problem::new(Kind::NotFound, what)
+                .help(help)
+                .origin(Origin::None),
             None,
         ))],
     };
@@ -190,13 +198,21 @@ pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
 
 /// Loads a configuration from text, as if read from `path` (used for names in
 /// diagnostics and to resolve relative paths). Reads the process environment.
-pub fn load_from_str(text: &str, path: &Path, opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
+pub fn load_from_str(
+    text: &str,
+    path: &Path,
+    opts: &LoadOptions,
+) -> Result<LoadedConfig, ConfigError> {
     let inputs = template::Inputs::from_process(opts.vars.clone(), opts.var_files.clone());
     load_text(text, path, &inputs)
 }
 
 /// Loads a configuration from text with explicit inputs (no process environment).
-pub fn load_text(text: &str, path: &Path, inputs: &template::Inputs) -> Result<LoadedConfig, ConfigError> {
+pub fn load_text(
+    text: &str,
+    path: &Path,
+    inputs: &template::Inputs,
+) -> Result<LoadedConfig, ConfigError> {
     let name = path.display().to_string();
     let base = std::env::current_dir().unwrap_or_default();
     let abs_path = lower::absolute(&base, path);
@@ -204,7 +220,10 @@ pub fn load_text(text: &str, path: &Path, inputs: &template::Inputs) -> Result<L
     if text.len() as u64 > MAX_FILE_BYTES {
         let p = Problem::new(
             Kind::TooLarge,
-            format!("the configuration is larger than the limit of {} MiB", MAX_FILE_BYTES / (1024 * 1024)),
+            format!(
+                "the configuration is larger than the limit of {} MiB",
+                MAX_FILE_BYTES / (1024 * 1024)
+            ),
         )
         .help("generate repeated services with a template loop, or split the deployment")
         .origin(Origin::None);
@@ -222,18 +241,27 @@ pub fn load_text(text: &str, path: &Path, inputs: &template::Inputs) -> Result<L
 
     let mut problems = Vec::new();
     let (root, yaml_problems) = yaml::parse(&rendered);
-    let mut root = root.unwrap_or(yaml::Node { span: 0..0, value: yaml::Value::Map(Vec::new()) });
+    let mut root = root.unwrap_or(yaml::Node {
+        span: 0..0,
+        value: yaml::Value::Map(Vec::new()),
+    });
     if matches!(root.value, yaml::Value::Null) {
         root.value = yaml::Value::Map(Vec::new());
     }
     problems.extend(yaml_problems);
-    if problems.iter().any(|p| matches!(p.kind, Kind::YamlSyntax | Kind::TooLarge | Kind::TooDeep)) {
+    if problems
+        .iter()
+        .any(|p| matches!(p.kind, Kind::YamlSyntax | Kind::TooLarge | Kind::TooDeep))
+    {
         return Err(finish(problems, &name, text, &rendered));
     }
 
     // ${VAR} interpolation, then the schema.
     let declared: BTreeSet<String> = match root.get("secrets").map(|n| &n.value) {
-        Some(yaml::Value::Seq(items)) => items.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect(),
+        Some(yaml::Value::Seq(items)) => items
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect(),
         _ => BTreeSet::new(),
     };
     lower::interpolate(&mut root, &inputs.env, &declared, &secrets, &mut problems);
@@ -258,12 +286,17 @@ pub fn load_text(text: &str, path: &Path, inputs: &template::Inputs) -> Result<L
         serde_json::from_value(pruned).unwrap_or_default()
     });
     let mut services = Vec::new();
-    if let Some(yaml::Node { value: yaml::Value::Map(entries), .. }) = root.get("services") {
+    if let Some(yaml::Node {
+        value: yaml::Value::Map(entries),
+        ..
+    }) = root.get("services")
+    {
         for (key, node) in entries {
             let def = if matches!(node.value, yaml::Value::Null) {
                 Some(schema::Service::default())
             } else {
-                serde_json::from_value::<schema::Service>(node.to_json_pruned(&schema_problems)).ok()
+                serde_json::from_value::<schema::Service>(node.to_json_pruned(&schema_problems))
+                    .ok()
             };
             services.push(lower::Entry { key, node, def });
         }
@@ -280,7 +313,11 @@ pub fn load_text(text: &str, path: &Path, inputs: &template::Inputs) -> Result<L
     match desired {
         Some(desired) if problems.is_empty() => {
             let (redacted_render, _) = secrets.substitute(&rendered, false);
-            Ok(LoadedConfig { path: abs_path, desired, redacted_render })
+            Ok(LoadedConfig {
+                path: abs_path,
+                desired,
+                redacted_render,
+            })
         }
         _ => Err(finish(problems, &name, text, &rendered)),
     }
@@ -289,11 +326,13 @@ pub fn load_text(text: &str, path: &Path, inputs: &template::Inputs) -> Result<L
 /// Binds problems to their sources and sorts them by position.
 fn finish(mut problems: Vec<Problem>, name: &str, source: &str, rendered: &str) -> ConfigError {
     problems.sort_by_key(|p| (p.origin != Origin::None, p.position()));
-    let template_src = miette::NamedSource::new(name, Arc::new(source.to_owned())).with_language("yaml");
+    let template_src =
+        miette::NamedSource::new(name, Arc::new(source.to_owned())).with_language("yaml");
     let rendered_src = if rendered == source {
         template_src.clone()
     } else {
-        miette::NamedSource::new(format!("{name} (rendered)"), Arc::new(rendered.to_owned())).with_language("yaml")
+        miette::NamedSource::new(format!("{name} (rendered)"), Arc::new(rendered.to_owned()))
+            .with_language("yaml")
     };
     ConfigError {
         problems: problems

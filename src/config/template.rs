@@ -159,7 +159,13 @@ pub fn render(
     for file in &inputs.var_files {
         match std::fs::read_to_string(file) {
             Ok(text) => match yaml::parse(&text) {
-                (Some(Node { value: Value::Map(entries), .. }), p) if p.is_empty() => {
+                (
+                    Some(Node {
+                        value: Value::Map(entries),
+                        ..
+                    }),
+                    p,
+                ) if p.is_empty() => {
                     for (k, v) in entries {
                         ctx.insert(k.name, to_jinja(&v));
                     }
@@ -168,7 +174,10 @@ pub fn render(
                 _ => problems.push(
                     Problem::new(
                         Kind::VarFile,
-                        format!("the variable file `{}` is not a YAML mapping", file.display()),
+                        format!(
+                            "the variable file `{}` is not a YAML mapping",
+                            file.display()
+                        ),
                     )
                     .origin(Origin::None)
                     .help("write the variables as `name: value` lines"),
@@ -369,7 +378,11 @@ fn to_jinja(n: &Node) -> JValue {
 fn template_problem(err: &Error, source: &str, secrets: &Secrets) -> Problem {
     let span = err
         .range()
-        .filter(|r| r.end <= source.len() && source.is_char_boundary(r.start) && source.is_char_boundary(r.end))
+        .filter(|r| {
+            r.end <= source.len()
+                && source.is_char_boundary(r.start)
+                && source.is_char_boundary(r.end)
+        })
         .or_else(|| err.line().map(|l| line_span(source, l)));
     let detail = err.detail().unwrap_or("").to_owned();
     let snippet = span
@@ -429,7 +442,9 @@ fn template_problem(err: &Error, source: &str, secrets: &Secrets) -> Problem {
             "fix the expression at this point".to_owned(),
         ),
     };
-    let mut p = Problem::new(kind, message).help(help).origin(Origin::Template);
+    let mut p = Problem::new(kind, message)
+        .help(help)
+        .origin(Origin::Template);
     if let Some(span) = span {
         p = p.label(span, label);
     }
@@ -447,7 +462,11 @@ fn undefined_name(snippet: &str) -> String {
         .chars()
         .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
         .collect();
-    if name.is_empty() { snippet.to_owned() } else { name }
+    if name.is_empty() {
+        snippet.to_owned()
+    } else {
+        name
+    }
 }
 
 fn line_span(source: &str, line: usize) -> Range<usize> {

@@ -267,9 +267,12 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
                 nodes += 1;
                 if stack.len() >= MAX_DEPTH {
                     problems.push(
-                        Problem::new(Kind::TooDeep, format!("the document nests deeper than {MAX_DEPTH} levels"))
-                            .label(span_b.clone(), "too deep here")
-                            .help("flatten the structure; no configuration key nests this deep"),
+                        Problem::new(
+                            Kind::TooDeep,
+                            format!("the document nests deeper than {MAX_DEPTH} levels"),
+                        )
+                        .label(span_b.clone(), "too deep here")
+                        .help("flatten the structure; no configuration key nests this deep"),
                     );
                     return (None, problems);
                 }
@@ -337,9 +340,12 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
         };
         if nodes > MAX_NODES {
             problems.push(
-                Problem::new(Kind::TooLarge, format!("the document has more than {MAX_NODES} nodes"))
-                    .label(span_b.clone(), "the limit is passed here")
-                    .help("split the deployment into several configurations"),
+                Problem::new(
+                    Kind::TooLarge,
+                    format!("the document has more than {MAX_NODES} nodes"),
+                )
+                .label(span_b.clone(), "the limit is passed here")
+                .help("split the deployment into several configurations"),
             );
             return (None, problems);
         }
@@ -403,7 +409,12 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut
 
 fn count_nodes(n: &Node) -> usize {
     match &n.value {
-        Value::Seq(items) => 1usize.saturating_add(items.iter().map(count_nodes).fold(0usize, usize::saturating_add)),
+        Value::Seq(items) => 1usize.saturating_add(
+            items
+                .iter()
+                .map(count_nodes)
+                .fold(0usize, usize::saturating_add),
+        ),
         Value::Map(entries) => 1usize.saturating_add(
             entries
                 .iter()
