@@ -77,8 +77,25 @@ pub struct DiffLine {
     pub text: String,
 }
 
+/// Empty lists and maps say nothing to a reader; they are left out of the view.
+fn prune(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, x)| match x {
+                    Value::Object(o) => !o.is_empty(),
+                    Value::Array(a) => !a.is_empty(),
+                    _ => true,
+                })
+                .map(|(k, x)| (k.clone(), x.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 fn yaml_lines(v: &Value) -> String {
-    let mut s = serde_yaml::to_string(v).unwrap_or_default();
+    let mut s = serde_yaml::to_string(&prune(v)).unwrap_or_default();
     if !s.ends_with('\n') {
         s.push('\n');
     }

@@ -2,6 +2,7 @@
 //! `format_version`) and Markdown; diagnostics as JSON for editors and CI.
 
 pub mod plan;
+pub mod state;
 
 /// Diagnostics as one JSON document: `{"format_version":1,"diagnostics":[{code,
 /// severity, message, file, line, column, help}]}`. A diagnostic with related
