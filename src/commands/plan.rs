@@ -124,7 +124,10 @@ fn print(text: &str) -> Result<(), Failure> {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 Ok(())
             } else {
-                Err(Plain::new(Code::E016, format!("cannot write the output: {e}")))
+                Err(Plain::new(
+                    Code::E016,
+                    format!("cannot write the output: {e}"),
+                ))
             }
         })?;
     Ok(())

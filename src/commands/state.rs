@@ -51,11 +51,7 @@ fn print(text: &str) -> Result<(), Failure> {
 }
 
 /// Prints a document as JSON or YAML when asked, else the human text.
-fn emit(
-    ctx: &Context,
-    doc: StateDocument,
-    human: impl FnOnce() -> String,
-) -> Result<u8, Failure> {
+fn emit(ctx: &Context, doc: StateDocument, human: impl FnOnce() -> String) -> Result<u8, Failure> {
     match ctx.global.format {
         Format::Json => print(&format!("{}\n", view::to_json(&doc)))?,
         Format::Yaml => print(
@@ -80,7 +76,10 @@ fn show(ctx: &Context, path: &Path, args: &StateShowArgs) -> Result<u8, Failure>
         let Some(d) = state::deployment(path, rev)? else {
             return Err(Plain::new(
                 Code::E016,
-                format!("no deployment with revision {rev} in the state `{}`", shown(path)),
+                format!(
+                    "no deployment with revision {rev} in the state `{}`",
+                    shown(path)
+                ),
             )
             .help("`deploy-code state history` lists the revisions")
             .into());

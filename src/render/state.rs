@@ -12,7 +12,9 @@ use owo_colors::OwoColorize;
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::state::{Deployment, Event, Handle, LockInfo, Outcome, ServiceRecord, ServiceStatus, Snapshot};
+use crate::state::{
+    Deployment, Event, Handle, LockInfo, Outcome, ServiceRecord, ServiceStatus, Snapshot,
+};
 
 /// The version of every state JSON document; raised on an incompatible change.
 pub const STATE_FORMAT_VERSION: u32 = 1;
@@ -564,7 +566,14 @@ pub fn list_human(doc: &ListDoc, color: bool) -> String {
         .collect();
     let statuses: Vec<StatusView> = doc.services.iter().map(|s| s.status).collect();
     table(
-        &["SERVICE", "BACKEND", "STATUS", "REVISION", "INSTANCES", "UPDATED"],
+        &[
+            "SERVICE",
+            "BACKEND",
+            "STATUS",
+            "REVISION",
+            "INSTANCES",
+            "UPDATED",
+        ],
         &rows,
         &|r, c, text| {
             if c == 2 {
@@ -613,7 +622,9 @@ pub fn summary_human(doc: &SummaryDoc, _color: bool) -> String {
         ("lock", lock_line(&doc.lock)),
     ]);
     if !doc.open_intents.is_empty() {
-        out.push_str("\nunfinished actions (a run was interrupted; the next apply reconciles them):\n");
+        out.push_str(
+            "\nunfinished actions (a run was interrupted; the next apply reconciles them):\n",
+        );
         for i in &doc.open_intents {
             let _ = writeln!(
                 out,
@@ -626,9 +637,7 @@ pub fn summary_human(doc: &SummaryDoc, _color: bool) -> String {
 }
 
 fn indent(text: &str) -> String {
-    text.lines()
-        .map(|l| format!("  {l}\n"))
-        .collect::<String>()
+    text.lines().map(|l| format!("  {l}\n")).collect::<String>()
 }
 
 pub fn service_human(doc: &ServiceDoc, color: bool) -> String {
@@ -712,7 +721,10 @@ pub fn deployment_human(doc: &DeploymentDoc, color: bool) -> String {
     let d = &doc.deployment;
     let mut out = fields(&[
         ("revision", d.revision.to_string()),
-        ("outcome", paint_outcome(d.outcome, d.outcome.as_str(), color)),
+        (
+            "outcome",
+            paint_outcome(d.outcome, d.outcome.as_str(), color),
+        ),
         ("started", d.started_at.clone()),
         (
             "finished",
