@@ -214,15 +214,15 @@ enum Undo {
     /// New instances were started: stop them.
     Started {
         service: ServiceName,
-        spec: ServiceSpec,
+        spec: Box<ServiceSpec>,
         handles: Vec<Handle>,
     },
     /// The recorded instances were stopped: start the recorded spec again.
-    Stopped { record: ServiceRecord },
+    Stopped { record: Box<ServiceRecord> },
     /// The service was changed in place: change it back.
     Updated {
-        record: ServiceRecord,
-        spec: ServiceSpec,
+        record: Box<ServiceRecord>,
+        spec: Box<ServiceSpec>,
     },
 }
 
@@ -478,7 +478,7 @@ impl Exec<'_> {
             .map_err(|e| self.fail(&spec.name, action, e))?;
         self.undo.lock().expect("undo").push(Undo::Started {
             service: spec.name.clone(),
-            spec: spec.clone(),
+            spec: Box::new(spec.clone()),
             handles: handles.clone(),
         });
         let g = self.gate(spec, &handles, 1, self.deadline).await;
@@ -522,7 +522,7 @@ impl Exec<'_> {
             .expect("alive")
             .remove(&change.service);
         self.undo.lock().expect("undo").push(Undo::Stopped {
-            record: record.clone(),
+            record: Box::new(record.clone()),
         });
         self.with_store(|s| {
             if remove {
@@ -608,7 +608,9 @@ impl Exec<'_> {
             self.undo
                 .lock()
                 .expect("undo")
-                .push(Undo::Stopped { record });
+                .push(Undo::Stopped {
+                    record: Box::new(record),
+                });
             Ok(())
         }
     }
@@ -656,8 +658,8 @@ impl Exec<'_> {
         })
         .map_err(|e| self.fail(&change.service, change.action, e.to_string()))?;
         self.undo.lock().expect("undo").push(Undo::Updated {
-            record,
-            spec: after.clone(),
+            record: Box::new(record),
+            spec: Box::new(after.clone()),
         });
         let g = self.gate(after, &handles, 1, self.deadline).await;
         if !g.healthy {
@@ -750,7 +752,7 @@ impl Exec<'_> {
                     };
                     self.report_step(&service, "stop-new", ok, detail)
                 }
-                Undo::Stopped { record } => self.restart_old(record, deadline).await,
+                Undo::Stopped { record } => self.restart_old(*record, deadline).await,
                 Undo::Updated { record, spec } => {
                     let current = self
                         .with_store(|s| s.snapshot())
