@@ -39,16 +39,16 @@ fn resolve<'a>(schema: &'a J, root: &'a J) -> &'a J {
 }
 
 fn type_matches(t: &str, v: &Value) -> bool {
-    match (t, v) {
-        ("null", Value::Null) => true,
-        ("boolean", Value::Bool(_)) => true,
-        ("integer", Value::Int(_)) => true,
-        ("number", Value::Int(_) | Value::Float(_)) => true,
-        ("string", Value::Str(_)) => true,
-        ("array", Value::Seq(_)) => true,
-        ("object", Value::Map(_)) => true,
-        _ => false,
-    }
+    matches!(
+        (t, v),
+        ("null", Value::Null)
+            | ("boolean", Value::Bool(_))
+            | ("integer", Value::Int(_))
+            | ("number", Value::Int(_) | Value::Float(_))
+            | ("string", Value::Str(_))
+            | ("array", Value::Seq(_))
+            | ("object", Value::Map(_))
+    )
 }
 
 fn types_of(schema: &J) -> Vec<&str> {

@@ -40,10 +40,11 @@ pub enum Kind {
     HealthCheckWithoutProbe,
     InvalidServiceName,
     InvalidService,
+    TooManyProblems,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 26] = [
+    pub const ALL: [Kind; 27] = [
         Kind::NotFound,
         Kind::Unreadable,
         Kind::TooLarge,
@@ -70,6 +71,7 @@ impl Kind {
         Kind::HealthCheckWithoutProbe,
         Kind::InvalidServiceName,
         Kind::InvalidService,
+        Kind::TooManyProblems,
     ];
 
     pub fn code(self) -> Code {
@@ -115,6 +117,7 @@ impl Kind {
             Kind::HealthCheckWithoutProbe => "health_check_without_probe",
             Kind::InvalidServiceName => "invalid_service_name",
             Kind::InvalidService => "invalid_service",
+            Kind::TooManyProblems => "too_many_problems",
         }
     }
 

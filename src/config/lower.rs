@@ -154,6 +154,9 @@ pub struct Entry<'a> {
     pub node: &'a Node,
     /// `None` when its definition has type errors (already reported).
     pub def: Option<Service>,
+    /// The definition had schema problems: what is left of it is checked, but
+    /// not for what a misspelt key may have meant (no command, say).
+    pub dirty: bool,
 }
 
 fn span_of(node: &Node, path: &[&str]) -> Option<Range<usize>> {
@@ -517,7 +520,7 @@ impl Lowering<'_> {
                 "add `image: <name>:<tag>`",
             ));
         }
-        if image.is_none() && def.command.is_none() {
+        if image.is_none() && def.command.is_none() && !entry.dirty {
             out.push(invalid(
                 format!("`{sname}` has neither a `command` nor an `image`"),
                 Some(entry.key.span.clone()),

@@ -21,6 +21,9 @@ use diag::{Kind, Origin, Problem, ProblemReport};
 /// before they are read.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
+/// The most problems reported for one file; the rest are counted.
+pub const MAX_PROBLEMS: usize = 200;
+
 use crate::model::DesiredState;
 
 /// What loading needs from the command line and the environment.
@@ -268,10 +271,11 @@ pub fn load_text(
     lower::check_secret_places(&root, &mut problems);
     let before = problems.len();
     check::check_document(&root, &mut problems);
-    let schema_problems: Vec<std::ops::Range<usize>> = problems[before..]
+    let schema_problems: std::collections::HashSet<std::ops::Range<usize>> = problems[before..]
         .iter()
         .filter_map(|p| p.labels.first().map(|(s, _)| s.clone()))
         .collect();
+    let problem_starts: BTreeSet<usize> = schema_problems.iter().map(|s| s.start).collect();
 
     // Typed settings (without the services); defaults where they do not type-check.
     let mut top = root.to_json();
@@ -292,13 +296,20 @@ pub fn load_text(
     }) = root.get("services")
     {
         for (key, node) in entries {
+            let dirty = problem_starts.range(node.span.clone()).next().is_some()
+                || schema_problems.contains(&key.span);
             let def = if matches!(node.value, yaml::Value::Null) {
                 Some(schema::Service::default())
             } else {
                 serde_json::from_value::<schema::Service>(node.to_json_pruned(&schema_problems))
                     .ok()
             };
-            services.push(lower::Entry { key, node, def });
+            services.push(lower::Entry {
+                key,
+                node,
+                def,
+                dirty,
+            });
         }
     }
     let lowering = lower::Lowering {
@@ -326,6 +337,18 @@ pub fn load_text(
 /// Binds problems to their sources and sorts them by position.
 fn finish(mut problems: Vec<Problem>, name: &str, source: &str, rendered: &str) -> ConfigError {
     problems.sort_by_key(|p| (p.origin != Origin::None, p.position()));
+    if problems.len() > MAX_PROBLEMS {
+        let more = problems.len() - MAX_PROBLEMS;
+        problems.truncate(MAX_PROBLEMS);
+        problems.push(
+            Problem::new(
+                Kind::TooManyProblems,
+                format!("{more} more problems are not shown"),
+            )
+            .help("fix the problems above and validate again")
+            .origin(Origin::None),
+        );
+    }
     let template_src =
         miette::NamedSource::new(name, Arc::new(source.to_owned())).with_language("yaml");
     let rendered_src = if rendered == source {

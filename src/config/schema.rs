@@ -410,10 +410,104 @@ pub fn json_schema_text() -> String {
     s
 }
 
-#[cfg(test)]
-mod dump {
-    #[test]
-    fn dump_schema() {
-        std::fs::write("/tmp/schema.json", super::json_schema_text()).unwrap();
+/// The key reference of `docs/configuration.md`, generated from the schema so
+/// that the docs cannot drift from the types.
+pub fn reference_markdown() -> String {
+    use serde_json::Value as J;
+    let schema = json_schema();
+    let defs = schema
+        .get("$defs")
+        .and_then(J::as_object)
+        .cloned()
+        .unwrap_or_default();
+    fn type_of(s: &J) -> String {
+        if let Some(r) = s.get("$ref").and_then(J::as_str) {
+            let name = r.rsplit('/').next().unwrap_or(r);
+            return format!("[{name}](#{})", name.to_lowercase());
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(J::Array(branches)) = s.get(key) {
+                let parts: Vec<String> = branches
+                    .iter()
+                    .filter(|b| b.get("type").and_then(J::as_str) != Some("null"))
+                    .map(type_of)
+                    .collect();
+                return parts.join(" or ");
+            }
+        }
+        if let Some(c) = s.get("const").and_then(J::as_str) {
+            return format!("`{c}`");
+        }
+        if let Some(J::Array(e)) = s.get("enum") {
+            return e
+                .iter()
+                .filter_map(J::as_str)
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+        }
+        let types: Vec<&str> = match s.get("type") {
+            Some(J::String(t)) => vec![t.as_str()],
+            Some(J::Array(a)) => a
+                .iter()
+                .filter_map(J::as_str)
+                .filter(|t| *t != "null")
+                .collect(),
+            _ => vec!["any"],
+        };
+        let mut out = Vec::new();
+        for t in types {
+            out.push(match t {
+                "array" => format!("list of {}", s.get("items").map_or("any".into(), type_of)),
+                "object" => match s.get("additionalProperties") {
+                    Some(J::Bool(true)) | None => "mapping".to_owned(),
+                    Some(v) => format!("mapping of {}", type_of(v)),
+                },
+                other => other.to_owned(),
+            });
+        }
+        out.join(" or ")
     }
+    fn table(out: &mut String, obj: &J) {
+        let required: Vec<&str> = obj
+            .get("required")
+            .and_then(J::as_array)
+            .map(|r| r.iter().filter_map(J::as_str).collect())
+            .unwrap_or_default();
+        out.push_str("| key | type | meaning and default |\n|---|---|---|\n");
+        if let Some(props) = obj.get("properties").and_then(J::as_object) {
+            for (k, v) in props {
+                let desc = v
+                    .get("description")
+                    .and_then(J::as_str)
+                    .unwrap_or("")
+                    .replace('\n', " ");
+                let req = if required.contains(&k.as_str()) {
+                    " (required)"
+                } else {
+                    ""
+                };
+                out.push_str(&format!(
+                    "| `{k}`{req} | {} | {desc} |\n",
+                    type_of(v).replace('|', "\\|")
+                ));
+            }
+        }
+        out.push('\n');
+    }
+    let mut out = String::from("### Document\n\n");
+    table(&mut out, &schema);
+    for (name, def) in &defs {
+        out.push_str(&format!("### {name}\n\n"));
+        if let Some(d) = def.get("description").and_then(J::as_str) {
+            out.push_str(d);
+            out.push_str("\n\n");
+        }
+        if def.get("properties").is_some() {
+            table(&mut out, def);
+        } else {
+            out.push_str(&format!("One of: {}\n\n", type_of(def)));
+        }
+    }
+    out
 }

@@ -78,7 +78,10 @@ impl Node {
 
     /// The JSON form without the values a problem points at (`bad` spans): what
     /// is left of a definition with errors, to check the rest of it.
-    pub fn to_json_pruned(&self, bad: &[Range<usize>]) -> serde_json::Value {
+    pub fn to_json_pruned(
+        &self,
+        bad: &std::collections::HashSet<Range<usize>>,
+    ) -> serde_json::Value {
         use serde_json::Value as J;
         match &self.value {
             Value::Seq(items) => J::Array(
