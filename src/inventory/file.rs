@@ -76,6 +76,7 @@ optional `gpus: [{model, memory_mb}]` and `ports_in_use: [...]`, or `hosts:` a l
 `deploy-code inventory > host.yaml` writes one for this host";
 
 /// Reads and checks an inventory file.
+#[allow(clippy::result_large_err)] // built once per run, on the error path
 pub fn load_file(path: &Path) -> Result<Inventory, InventoryError> {
     let text = std::fs::read_to_string(path).map_err(|e| InventoryError {
         message: format!("cannot read the inventory file `{}`: {e}", path.display()),
@@ -88,6 +89,7 @@ pub fn load_file(path: &Path) -> Result<Inventory, InventoryError> {
 }
 
 /// Parses inventory YAML; `name` is the file name used in messages.
+#[allow(clippy::result_large_err)] // built once per run, on the error path
 pub fn parse(text: &str, name: &str) -> Result<Inventory, InventoryError> {
     let src = || Some(NamedSource::new(name, text.to_owned()));
     let yaml_err = |e: serde_yaml::Error| {

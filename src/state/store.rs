@@ -687,6 +687,8 @@ pub struct Store {
     conn: Connection,
     holder: Holder,
     start_time: Option<u64>,
+    /// Whether this store took the lock (and so releases it when dropped).
+    locked: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -710,6 +712,7 @@ impl Store {
             conn,
             holder: holder.clone(),
             start_time: process_start_time(holder.pid),
+            locked: false,
         };
         store.acquire(lock_timeout)?;
         Ok(store)
@@ -774,6 +777,7 @@ impl Store {
                 )
                 .map_err(e("lock"))?;
                 tx.commit().map_err(e("lock"))?;
+                self.locked = true;
                 return Ok(());
             }
             drop(tx);
@@ -934,14 +938,22 @@ impl Store {
 
     /// Inserts or replaces a service record.
     pub fn put_service(&mut self, record: &ServiceRecord) -> Result<(), StateError> {
-        let spec = serde_json::to_string(&record.spec.canonical()).expect("JSON serializes");
-        let handles = serde_json::to_string(&record.handles).expect("JSON serializes");
-        let gpus = serde_json::to_string(&record.gpus).expect("JSON serializes");
+        self.put_services(std::slice::from_ref(record))
+    }
+
+    /// Inserts or replaces several service records in one transaction (one commit).
+    pub fn put_services(&mut self, records: &[ServiceRecord]) -> Result<(), StateError> {
         self.write("record a service in", |tx| {
-            tx.execute(
+            let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO services (name, spec, spec_hash, backend, handles, status, \
                  gpus, revision, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
+            )?;
+            for record in records {
+                let spec =
+                    serde_json::to_string(&record.spec.canonical()).expect("JSON serializes");
+                let handles = serde_json::to_string(&record.handles).expect("JSON serializes");
+                let gpus = serde_json::to_string(&record.gpus).expect("JSON serializes");
+                stmt.execute(params![
                     record.name.as_str(),
                     spec,
                     record.spec_hash,
@@ -952,8 +964,8 @@ impl Store {
                     to_i64(record.revision),
                     record.created_at,
                     record.updated_at
-                ],
-            )?;
+                ])?;
+            }
             Ok(())
         })
     }
@@ -1063,6 +1075,9 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        if !self.locked {
+            return;
+        }
         let released = self.conn.execute(
             "DELETE FROM lock WHERE id = 1 AND host = ?1 AND pid = ?2",
             params![self.holder.host, i64::from(self.holder.pid)],

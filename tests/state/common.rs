@@ -83,3 +83,84 @@ pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
+
+/// A state at `path` with the services `names` (revision 1, succeeded),
+/// recorded through the store API; returns its secret key.
+pub fn seed(path: &Path, names: &[&str]) -> SecretKey {
+    use deploy_code::state::{NewDeployment, Outcome, Store};
+    let mut store = Store::open(path, &holder("deploy-code apply"), None).unwrap();
+    store.ensure_identity(None).unwrap();
+    let key = store.snapshot().unwrap().secret_key.unwrap();
+    let rev = store
+        .begin_deployment(&NewDeployment {
+            command: "deploy-code apply --auto-approve".into(),
+            config_snapshot:
+                "project: demo\nservices:\n  api:\n    env:\n      TOKEN: (sensitive)\n".into(),
+            config_hash: "sha256:abc".into(),
+            plan_summary: serde_json::json!({"add": names.len(), "change": 0, "remove": 0}),
+        })
+        .unwrap();
+    for n in names {
+        let id = store
+            .record_intent(rev, &name(n), "start", &serde_json::json!({}))
+            .unwrap();
+        store
+            .put_service(&record(n, &key, Some("seed-secret"), rev))
+            .unwrap();
+        store
+            .close_intent(id, "succeeded", &serde_json::json!({}))
+            .unwrap();
+        store
+            .event(
+                rev,
+                Some(&name(n)),
+                "start",
+                "succeeded",
+                "healthy after 1 probe",
+            )
+            .unwrap();
+    }
+    store
+        .finish_deployment(rev, Outcome::Succeeded, &serde_json::Value::Null)
+        .unwrap();
+    key
+}
+
+/// Every byte of the state: the database, its WAL and its shared-memory file.
+pub fn all_bytes(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        if let Ok(b) = std::fs::read(&p) {
+            out.extend(b);
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+pub fn integrity(path: &Path) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+pub fn bin() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("deploy-code");
+    cmd.env_remove("DEPLOY_CODE_STATE")
+        .env_remove("DEPLOY_CODE_CONFIG")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// A diagnostic as one line: miette wraps long messages and help lines.
+pub fn flat(text: &str) -> String {
+    text.split_whitespace()
+        .filter(|w| *w != "|")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
