@@ -605,12 +605,9 @@ impl Exec<'_> {
                 .lock()
                 .expect("alive")
                 .remove(&change.service);
-            self.undo
-                .lock()
-                .expect("undo")
-                .push(Undo::Stopped {
-                    record: Box::new(record),
-                });
+            self.undo.lock().expect("undo").push(Undo::Stopped {
+                record: Box::new(record),
+            });
             Ok(())
         }
     }

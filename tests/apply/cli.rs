@@ -55,9 +55,7 @@ impl Project {
                 "  {n}:\n    command: {py}\n    args: [\"-c\", \"{script}\"]\n    env:\n      VERSION: \"{version}\"\n"
             ));
             if !secret.is_empty() {
-                s.push_str(&format!(
-                    "      API_TOKEN: \"{{{{ secret('API_TOKEN') }}}}\"\n"
-                ));
+                s.push_str("      API_TOKEN: \"{{ secret('API_TOKEN') }}\"\n");
             }
             if i > 0 {
                 s.push_str(&format!("    dependencies: [{}]\n", names[i - 1]));
