@@ -185,7 +185,11 @@ async fn run_once(run: usize, rt_samples: &mut Vec<f64>, totals: &mut Vec<(f64, 
     // Clean up by the handles this run started.
     let b = ProcessBackend::new();
     let snap = store.snapshot().unwrap();
-    let handles: Vec<_> = snap.services.values().flat_map(|r| r.handles.clone()).collect();
+    let handles: Vec<_> = snap
+        .services
+        .values()
+        .flat_map(|r| r.handles.clone())
+        .collect();
     b.stop(&handles, Duration::from_secs(2)).await.unwrap();
 }
 

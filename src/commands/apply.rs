@@ -302,6 +302,29 @@ fn plan_and_apply(
     what: &str,
 ) -> Result<u8, Failure> {
     let loaded = load_config(ctx)?;
+    plan_and_apply_loaded(
+        ctx,
+        loaded,
+        scope,
+        options,
+        auto_approve,
+        force,
+        no_rollback,
+        what,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_and_apply_loaded(
+    ctx: &Context,
+    loaded: LoadedConfig,
+    scope: &PlanScope,
+    options: plan::Options,
+    auto_approve: bool,
+    force: bool,
+    no_rollback: bool,
+    what: &str,
+) -> Result<u8, Failure> {
     let mut store = open_store(ctx, &loaded)?;
     store.ensure_identity(None)?;
     let backends = registry();
@@ -412,13 +435,118 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
     )
 }
 
-pub fn rollback(_ctx: &Context, _args: &RollbackArgs) -> Result<u8, Failure> {
-    Err(Plain::new(
-        Code::E016,
-        "`rollback --to` is not available in this build",
+/// Re-applies the configuration of an earlier successful revision, as a normal
+/// planned apply. The history keeps that configuration rendered with secrets
+/// redacted, so its sensitive values are taken from the current configuration
+/// (the same field of the same service); a secret the current configuration no
+/// longer has makes the rollback refuse to start.
+pub fn rollback(ctx: &Context, args: &RollbackArgs) -> Result<u8, Failure> {
+    let current = load_config(ctx)?;
+    let path = state_path(ctx, Some(&current));
+    let history = crate::state::history(&path, 10_000)?;
+    let succeeded: Vec<_> = history
+        .iter()
+        .filter(|d| d.outcome == Outcome::Succeeded)
+        .collect();
+    let target = match args.to {
+        Some(rev) => match history.iter().find(|d| d.revision == rev) {
+            Some(d) if d.outcome == Outcome::Succeeded => d,
+            Some(d) => {
+                return Err(Plain::new(
+                    Code::E016,
+                    format!(
+                        "revision {rev} did not succeed (outcome `{}`)",
+                        serde_json::to_value(d.outcome)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    ),
+                )
+                .help("`deploy-code state history` lists the revisions; pick a succeeded one")
+                .into());
+            }
+            None => {
+                return Err(
+                    Plain::new(Code::E016, format!("there is no revision {rev}"))
+                        .help("`deploy-code state history` lists the revisions")
+                        .into(),
+                );
+            }
+        },
+        None => match succeeded.get(1) {
+            Some(d) => d,
+            None => {
+                return Err(Plain::new(
+                    Code::E016,
+                    "there is no earlier successful revision to return to",
+                )
+                .help("`deploy-code state history` lists the revisions")
+                .into());
+            }
+        },
+    };
+    let opts = LoadOptions {
+        path: ctx.global.config.clone(),
+        vars: ctx.global.vars.clone(),
+        var_files: ctx.global.var_files.clone(),
+    };
+    let mut old = config::load_from_str(&target.config_snapshot, &ctx.global.config, &opts)?;
+    let mut missing = Vec::new();
+    for (name, spec) in old.desired.services.iter_mut() {
+        let now = current.desired.services.get(name);
+        let mut fill =
+            |t: &mut crate::model::Text, field: &str, now_t: Option<&crate::model::Text>| {
+                if t.display() == "(sensitive)"
+                    || matches!(t, crate::model::Text::Plain(p) if p == "(sensitive)")
+                {
+                    match now_t {
+                        Some(n) if n.is_sensitive() => *t = n.clone(),
+                        _ => missing.push(format!("`{name}` `{field}`")),
+                    }
+                }
+            };
+        if let Some(c) = spec.command.as_mut() {
+            fill(c, "command", now.and_then(|n| n.command.as_ref()));
+        }
+        for (i, a) in spec.args.iter_mut().enumerate() {
+            fill(a, &format!("args[{i}]"), now.and_then(|n| n.args.get(i)));
+        }
+        for (k, v) in spec.env.iter_mut() {
+            fill(v, &format!("env.{k}"), now.and_then(|n| n.env.get(k)));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Plain::new(
+            Code::E016,
+            format!(
+                "revision {} used secrets the current configuration does not have: {}",
+                target.revision,
+                missing.join(", ")
+            ),
+        )
+        .help("the state keeps only digests of secrets; provide them in the current configuration and run the rollback again")
+        .into());
+    }
+    if ctx.global.format != Format::Json && !ctx.global.quiet {
+        eprintln!(
+            "Returning to the configuration of revision {}.",
+            target.revision
+        );
+    }
+    let scope = PlanScope {
+        refresh: true,
+        ..Default::default()
+    };
+    plan_and_apply_loaded(
+        ctx,
+        old,
+        &scope,
+        plan_options(&scope, false),
+        args.auto_approve,
+        false,
+        false,
+        "return to this revision",
     )
-    .help("check out the configuration of that revision (`deploy-code state history` shows its hash) and run `deploy-code apply`")
-    .into())
 }
 
 pub fn restart(ctx: &Context, args: &RestartArgs) -> Result<u8, Failure> {

@@ -338,3 +338,49 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn rollback_returns_to_the_previous_successful_revision() {
+    let p = Project::new("cli-rollback", 0);
+    let canary = format!("canary-{}-rb", std::process::id());
+    p.write(0, "v1", "yes");
+    let run = |args: &[&str]| {
+        let out = p
+            .cmd()
+            .args(args)
+            .env("API_TOKEN", &canary)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(run(&["apply", "-y"]).0, Some(0));
+    let v1: Vec<_> = deploy_code::state::load_snapshot(&p.state())
+        .unwrap()
+        .services
+        .values()
+        .map(|r| r.spec_hash.clone())
+        .collect();
+    p.write(0, "v2", "yes");
+    assert_eq!(run(&["apply", "-y"]).0, Some(0));
+    let (code, err) = run(&["rollback", "-y"]);
+    assert_eq!(code, Some(0), "{err}");
+    let now: Vec<_> = deploy_code::state::load_snapshot(&p.state())
+        .unwrap()
+        .services
+        .values()
+        .map(|r| r.spec_hash.clone())
+        .collect();
+    assert_eq!(now, v1, "the specs of revision 1 run again");
+    assert!(p.serving().await);
+    p.assert_host_matches_state().await;
+    // The secret came from the current configuration.
+    let snap = deploy_code::state::load_snapshot(&p.state()).unwrap();
+    let pid = pid_of(&snap.services["a"].handles[0]);
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(String::from_utf8_lossy(&environ).contains(&canary));
+    assert!(!err.contains(&canary));
+    p.kill_all().await;
+}
