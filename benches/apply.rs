@@ -103,6 +103,11 @@ async fn run_once(run: usize, rt_samples: &mut Vec<f64>, totals: &mut Vec<(f64, 
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("index.html"), "ok").unwrap();
     let project = format!("bench-apply-{}-{run}", std::process::id());
+    // Hold every listener until all ports are chosen, so that no port is given twice.
+    let listeners: Vec<_> = (0..200)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let mut ports = listeners.iter().map(|l| l.local_addr().unwrap().port());
     let mut services = BTreeMap::new();
     let mut phase_max = Vec::new();
     for p in 0..10u64 {
@@ -118,7 +123,7 @@ async fn run_once(run: usize, rt_samples: &mut Vec<f64>, totals: &mut Vec<(f64, 
             };
             let s = service(
                 &format!("s{p}-{i}"),
-                free_port(),
+                ports.next().unwrap(),
                 delay,
                 deps,
                 www.to_str().unwrap(),
@@ -127,6 +132,7 @@ async fn run_once(run: usize, rt_samples: &mut Vec<f64>, totals: &mut Vec<(f64, 
         }
         phase_max.push(max as f64);
     }
+    drop(listeners);
     let desired = DesiredState {
         settings: settings(dir.path(), &project),
         services,
@@ -197,6 +203,7 @@ async fn detection(samples: &mut Vec<f64>) {
     let dir = tempfile::tempdir().unwrap();
     let www = dir.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "ok").unwrap();
     let port = free_port();
     let s = service("late", port, 300, Vec::new(), www.to_str().unwrap());
     let b = ProcessBackend::new();

@@ -1,8 +1,9 @@
 //! Health gates: HTTP (2xx), TCP connect and command (exit 0) probes.
 //!
 //! The first probe runs at once; while the service is not ready the probes back
-//! off from 20 ms, doubling up to `interval_seconds`, so that a service that is
-//! ready is seen within about 100 ms. Failures during `start_period_seconds` do
+//! off from 20 ms, doubling up to 100 ms during the first 10 s (or the start
+//! period, when longer) and up to `interval_seconds` after, so that a service
+//! that becomes ready is seen within about 100 ms. Failures during `start_period_seconds` do
 //! not count; after it, a failure counts at most once per interval, and
 //! `retries` counted failures fail the gate. A process that exits during its gate
 //! fails it at once. A one-shot task passes by exiting 0.
@@ -41,6 +42,10 @@ pub struct GateOutcome {
 /// How many probe results a gate keeps.
 pub const KEEP: usize = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// The longest pause between probes while a service is starting.
+const FAST_CAP: Duration = Duration::from_millis(100);
+/// How long a gate probes fast before it falls back to `interval_seconds`.
+const FAST_WINDOW: Duration = Duration::from_secs(10);
 
 fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
@@ -278,7 +283,15 @@ pub async fn gate(
         if let Some(why) = wait_or_stop(backoff, cancel, stop_at, deadline).await {
             return rec.done(false, why);
         }
-        backoff = (backoff * 2).min(interval);
+        // Fast probing (at most FAST_CAP apart) while the service may still be
+        // coming up; the configured interval once it has had FAST_WINDOW (or its
+        // start period) to start.
+        let fast = rec.began.elapsed() < FAST_WINDOW.max(start_period);
+        backoff = (backoff * 2).min(if fast {
+            FAST_CAP.min(interval)
+        } else {
+            interval
+        });
     }
 }
 

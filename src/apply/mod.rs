@@ -492,17 +492,8 @@ impl Exec<'_> {
             handles
         };
         let rec = self.record(spec, kept, ServiceStatus::Ready, gpus);
-        self.with_store(|s| {
-            s.put_service(&rec)?;
-            s.event(
-                self.revision,
-                Some(&spec.name),
-                "health",
-                "succeeded",
-                "healthy",
-            )
-        })
-        .map_err(|e| self.fail(&spec.name, action, e.to_string()))
+        self.with_store(|s| s.put_service(&rec))
+            .map_err(|e| self.fail(&spec.name, action, e.to_string()))
     }
 
     /// Stops the recorded instances of a service; the record stays (for a
