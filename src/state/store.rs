@@ -390,6 +390,13 @@ fn dir_of(path: &Path) -> &Path {
 /// the file. In a directory this process cannot write (a CI artifact) the file is
 /// opened as immutable. `None` when the file does not exist or is empty.
 fn open_read(path: &Path) -> Result<Option<(Connection, u32)>, StateError> {
+    open_read_as(path, false)
+}
+
+fn open_read_as(
+    path: &Path,
+    force_immutable: bool,
+) -> Result<Option<(Connection, u32)>, StateError> {
     let meta = match fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -397,7 +404,8 @@ fn open_read(path: &Path) -> Result<Option<(Connection, u32)>, StateError> {
     };
     check_permissions(path, &meta)?;
     check_magic(path)?;
-    let dir_writable = nix::unistd::access(dir_of(path), nix::unistd::AccessFlags::W_OK).is_ok();
+    let dir_writable = !force_immutable
+        && nix::unistd::access(dir_of(path), nix::unistd::AccessFlags::W_OK).is_ok();
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let attempt = |immutable: bool| -> Result<(Connection, Kind), StateError> {
         let conn = if immutable {
@@ -1033,43 +1041,52 @@ impl Store {
     /// The lock stays with this run and the serial moves past both the current
     /// one and the backup's, so that plans saved against either are stale.
     pub fn restore_from(&mut self, file: &Path, saved_copy: &Path) -> Result<(), StateError> {
-        let (src, _) = check_backup(file)?;
+        let (src, incoming) = check_backup(file)?;
         let before = self.snapshot()?;
         self.backup_to(saved_copy)?;
+        // A private copy of the backup, migrated to this schema, is copied in
+        // table by table in one transaction: the lock row is never replaced, so
+        // no other run can slip in while the content changes.
+        let staging = tempfile::Builder::new()
+            .prefix(".deploy-code-restore-")
+            .tempdir_in(dir_of(&self.path))
+            .map_err(StateError::io("create a directory beside", &self.path))?;
+        let staged = staging.path().join("staged.db");
+        backup_conn(&src, file, &staged)?;
+        drop(src);
+        {
+            let mut c = Connection::open(&staged).map_err(StateError::sql("migrate", &staged))?;
+            migrate(&mut c, &staged)?;
+        }
         let path = self.path.clone();
         let e = |op| StateError::sql(op, &path);
-        {
-            let backup =
-                rusqlite::backup::Backup::new(&src, &mut self.conn).map_err(e("restore"))?;
-            step_to_done(&backup).map_err(e("restore"))?;
-        }
-        drop(src);
-        migrate(&mut self.conn, &self.path)?;
-        let after = self.snapshot()?;
-        let serial = before.serial.max(after.serial) + 1;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        self.conn
+            .execute(
+                "ATTACH DATABASE ?1 AS incoming",
+                [staged.to_string_lossy().as_ref()],
+            )
             .map_err(e("restore"))?;
-        tx.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('serial', ?1)",
-            [serial.to_string()],
-        )
-        .map_err(e("restore"))?;
-        tx.execute(
-            "INSERT OR REPLACE INTO lock (id, host, pid, start_time, user, command, acquired_at) \
-             VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                self.holder.host,
-                i64::from(self.holder.pid),
-                self.start_time.map(to_i64),
-                self.holder.user,
-                self.holder.command,
-                now_rfc3339()
-            ],
-        )
-        .map_err(e("restore"))?;
-        tx.commit().map_err(e("restore"))
+        let serial = before.serial.max(incoming.serial) + 1;
+        let copied = self.write("restore", |tx| {
+                for table in ["meta", "services", "deployments", "events", "intents"] {
+                    tx.execute_batch(&format!(
+                        "DELETE FROM main.{table}; INSERT INTO main.{table} SELECT * FROM incoming.{table};"
+                    ))?;
+                }
+                // `write` adds one after this.
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('serial', ?1)",
+                    [(serial - 1).to_string()],
+                )?;
+                Ok(())
+            });
+        let detached = self
+            .conn
+            .execute("DETACH DATABASE incoming", [])
+            .map_err(e("restore"));
+        copied?;
+        detached?;
+        Ok(())
     }
 }
 
@@ -1353,4 +1370,41 @@ pub fn events(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The immutable mode used for a state in a directory this process cannot
+    /// write (a CI artifact) reads the same snapshot, even from a path that needs
+    /// escaping in a URI, and leaves no `-shm` or `-wal` behind.
+    #[test]
+    fn an_immutable_read_sees_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("odd ?#% dir");
+        let path = sub.join("state.db");
+        let key = SecretKey::new([3; 32]);
+        {
+            let mut store = Store::open(&path, &Holder::current("t"), None).unwrap();
+            store.ensure_identity(Some(&key)).unwrap();
+            store.event(0, None, "note", "succeeded", "hello").unwrap();
+        }
+        let before: Vec<_> = fs::read_dir(&sub)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let (conn, version) = open_read_as(&path, true).unwrap().unwrap();
+        let snap = read_snapshot(&conn, &path, version).unwrap();
+        drop(conn);
+        let after: Vec<_> = fs::read_dir(&sub)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(before, after);
+        let normal = load_snapshot(&path).unwrap();
+        assert_eq!(snap.lineage, normal.lineage);
+        assert_eq!(snap.serial, 1);
+        assert_eq!(snap.secret_key.unwrap().to_hex(), key.to_hex());
+    }
 }

@@ -264,3 +264,19 @@ fn a_secret_canary_never_reaches_the_state_file() {
         "{shown}"
     );
 }
+
+#[test]
+fn human_views_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    seed(&path, &["api", "database"]);
+    let list = run_ok(&path, &["state", "list"]);
+    let service = run_ok(&path, &["state", "show", "api"]);
+    let mut settings = insta::Settings::clone_current();
+    settings.add_filter(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "[time]");
+    settings.add_filter(r"sha256:[0-9a-f]{64}", "sha256:[hash]");
+    settings.bind(|| {
+        insta::assert_snapshot!("state_list", list);
+        insta::assert_snapshot!("state_show_service", service);
+    });
+}
