@@ -126,14 +126,14 @@ impl miette::Diagnostic for ConfigError {
 /// digested under a provisional key; `desired.rekey(state_key)` re-digests them.
 pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
     let name = opts.path.display().to_string();
-    let not_found = |what: String, help: &str| ConfigError {
+    let failed = |kind: Kind, what: String, help: &str| ConfigError {
         problems: vec![miette::Report::new(ProblemReport::new(
-            Problem::new(Kind::NotFound, what)
-                .help(help)
-                .origin(Origin::None),
+            Problem::new(kind, what).help(help).origin(Origin::None),
             None,
         ))],
     };
+    let not_found = |what: String, help: &str| failed(Kind::NotFound, what, help);
+    let unreadable = |what: String, help: &str| failed(Kind::Unreadable, what, help);
     let meta = match std::fs::metadata(&opts.path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -143,14 +143,14 @@ pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
             ));
         }
         Err(e) => {
-            return Err(not_found(
+            return Err(unreadable(
                 format!("cannot read the configuration file `{name}`: {e}"),
                 "check the file's permissions",
             ));
         }
     };
     if meta.is_dir() {
-        return Err(not_found(
+        return Err(unreadable(
             format!("`{name}` is a directory, not a configuration file"),
             "name the YAML file itself with `-c FILE`",
         ));
@@ -173,7 +173,7 @@ pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
         });
     }
     let bytes = std::fs::read(&opts.path).map_err(|e| {
-        not_found(
+        unreadable(
             format!("cannot read the configuration file `{name}`: {e}"),
             "check the file's permissions",
         )

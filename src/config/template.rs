@@ -22,7 +22,7 @@ use super::yaml::{self, Node, Value};
 
 /// Fuel for one rendering (about one unit per template instruction): bounds the
 /// time a runaway loop can take.
-pub const FUEL: u64 = 200_000_000;
+pub const FUEL: u64 = 20_000_000;
 /// The largest rendered text accepted, bytes.
 pub const MAX_RENDERED_BYTES: usize = 64 * 1024 * 1024;
 

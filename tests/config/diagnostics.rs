@@ -157,3 +157,14 @@ fn the_invalid_config_is_e002() {
     let err = load("services:\n  a:\n    comand: x\n").unwrap_err();
     assert_eq!(err.code().unwrap().to_string(), "deploy_code::E002");
 }
+
+#[test]
+fn a_directory_is_unreadable_not_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = config::load(&config::LoadOptions {
+        path: dir.path().to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.codes(), vec!["E001::unreadable"]);
+}
