@@ -179,3 +179,6 @@ pub trait Backend: Send + Sync {
     /// Every instance marked as this project's, running or not.
     async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError>;
 }
+
+pub mod docker;
+pub mod swarm;
