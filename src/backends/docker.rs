@@ -142,10 +142,11 @@ fn missing_secret(spec: &ServiceSpec, what: &str) -> BackendError {
     }
 }
 
+/// `(entrypoint, cmd)`: `None` keeps the image's own.
+pub(crate) type CommandLine = (Option<Vec<String>>, Option<Vec<String>>);
+
 /// `(entrypoint, cmd)` as the module documentation describes.
-pub(crate) fn command_line(
-    spec: &ServiceSpec,
-) -> Result<(Option<Vec<String>>, Option<Vec<String>>), BackendError> {
+pub(crate) fn command_line(spec: &ServiceSpec) -> Result<CommandLine, BackendError> {
     let expose = |t: &Text, what: &str| {
         t.expose()
             .map(str::to_owned)

@@ -164,7 +164,10 @@ async fn an_exiting_container_is_seen_at_once_with_its_last_lines() {
     };
     let project = project("exit");
     let _guard = Cleanup::new(&project);
-    let spec = shell("crash", "echo starting; echo config missing >&2; exit 3");
+    let spec = shell(
+        "crash",
+        "echo starting; sleep 0.2; echo config missing >&2; exit 3",
+    );
     let handles = b.start(&spec, &ctx(&project)).await.unwrap();
     let started = Instant::now();
     let exited = eventually(Duration::from_secs(10), || async {
