@@ -333,6 +333,9 @@ fn release_ports(ports: &[u16]) {
     }
 }
 
+/// Serializes network creation within this process.
+pub(crate) static NETWORK_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The Docker backend.
 #[derive(Clone, Debug)]
 pub struct DockerBackend {
@@ -358,6 +361,9 @@ impl DockerBackend {
     /// Creates the project's bridge network (with the configured CIDR) when it
     /// does not exist; returns its name.
     pub async fn ensure_network(&self, ctx: &StartContext) -> Result<String, BackendError> {
+        // The engine does not refuse a second network of the same name, so
+        // concurrent starts of one project must not race to create it.
+        let _serial = NETWORK_LOCK.lock().await;
         let name = network_name(&ctx.project);
         match self
             .docker

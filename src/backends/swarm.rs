@@ -351,6 +351,7 @@ impl SwarmBackend {
     }
 
     async fn ensure_overlay(&self, ctx: &StartContext) -> Result<(), BackendError> {
+        let _serial = dockerb::NETWORK_LOCK.lock().await;
         let name = overlay_name(&ctx.project);
         match self
             .docker

@@ -429,3 +429,49 @@ async fn a_fixed_host_port_is_published_as_asked() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "core");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_of_one_project_started_at_once_share_one_network() {
+    let Some(b) = engine("services_of_one_project_started_at_once_share_one_network").await else {
+        return;
+    };
+    let project = project("level");
+    let _guard = Cleanup::new(&project);
+    let ctx = ctx(&project);
+    let specs: Vec<_> = (0..5).map(|i| web(&format!("s{i}"))).collect();
+    let started = futures_util::future::join_all(specs.iter().map(|s| b.start(s, &ctx))).await;
+    let mut handles = Vec::new();
+    for s in started {
+        handles.push(s.expect("every start succeeds").remove(0));
+    }
+    for h in &handles {
+        wait_http(&b, h).await;
+    }
+    let nets = Command::new("docker")
+        .args([
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name=^{}$", docker::network_name(&project)),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&nets.stdout).lines().count(), 1);
+    // Containers reach each other by service name on the project network.
+    let reach = b
+        .exec_probe(
+            &handles[0],
+            &[
+                "/bin/busybox".into(),
+                "wget".into(),
+                "-q".into(),
+                "-O".into(),
+                "/dev/null".into(),
+                "http://s1:8080/health".into(),
+            ],
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(reach.healthy, "{reach:?}");
+}
