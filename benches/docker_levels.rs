@@ -301,17 +301,24 @@ fn main() {
         v.sort();
         v[v.len() / 2]
     };
+    // Interleaved, so that a change of load on the machine hits every way alike.
+    let (mut fs, mut bes, mut cs) = (Vec::new(), Vec::new(), Vec::new());
+    for r in 0..runs {
+        fs.push(floor(r));
+        bes.push(backend(&rt, &b, r));
+        cs.push(compose(dir.path(), Some("1s"), r));
+        println!(
+            "run {r}: floor {:.2} s, backend {:.2} s, compose-1s {:.2} s",
+            fs[r].as_secs_f64(),
+            bes[r].as_secs_f64(),
+            cs[r].as_secs_f64()
+        );
+    }
     let mut results: Vec<(&str, Duration)> = Vec::new();
-    let f = median((0..runs).map(floor).collect());
+    let f = median(fs);
     results.push(("floor (docker CLI, 20 ms polls)", f));
-    let be = median((0..runs).map(|r| backend(&rt, &b, r)).collect());
-    results.push(("Docker backend", be));
-    let c1 = median(
-        (0..runs)
-            .map(|r| compose(dir.path(), Some("1s"), r))
-            .collect(),
-    );
-    results.push(("docker-compose, 1 s health interval", c1));
+    results.push(("Docker backend", median(bes)));
+    results.push(("docker-compose, 1 s health interval", median(cs)));
     if compose_defaults {
         results.push((
             "docker-compose, default health timing",

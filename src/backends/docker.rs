@@ -336,37 +336,94 @@ fn release_ports(ports: &[u16]) {
 /// Serializes network creation within this process.
 pub(crate) static NETWORK_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A connection to the engine that is made (and its API version agreed) on
+/// first use, so that a build can offer the Docker backends without an
+/// engine until a service needs one. A failed attempt is retried next time.
+#[derive(Clone, Debug, Default)]
+pub struct Engine {
+    cell: std::sync::Arc<tokio::sync::OnceCell<Docker>>,
+}
+
+impl Engine {
+    /// Connects on first use.
+    pub fn lazy() -> Self {
+        Self::default()
+    }
+
+    /// Connects now (see [`connect`]).
+    pub async fn connect() -> Result<Self, BackendError> {
+        let e = Self::lazy();
+        e.get().await?;
+        Ok(e)
+    }
+
+    /// The negotiated client.
+    pub async fn get(&self) -> Result<&Docker, BackendError> {
+        self.cell.get_or_try_init(connect).await
+    }
+}
+
 /// The Docker backend.
 #[derive(Clone, Debug)]
 pub struct DockerBackend {
-    docker: Docker,
+    engine: Engine,
+    prepared: Prepared,
+}
+
+/// Images and networks already known to be present.
+#[derive(Clone, Debug, Default)]
+struct Prepared(std::sync::Arc<Mutex<BTreeSet<String>>>);
+
+impl Prepared {
+    fn known(&self, key: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
+    }
+    fn remember(&self, key: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+    }
+    fn forget(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 impl DockerBackend {
-    /// Connects to the local engine (see [`connect`]).
+    /// Connects to the local engine now (see [`connect`]).
     pub async fn connect() -> Result<Self, BackendError> {
-        Ok(Self {
-            docker: connect().await?,
-        })
+        Ok(Self::with_engine(Engine::connect().await?))
     }
 
-    pub fn from_client(docker: Docker) -> Self {
-        Self { docker }
+    /// A backend that connects on first use.
+    pub fn lazy() -> Self {
+        Self::with_engine(Engine::lazy())
     }
 
-    pub fn client(&self) -> &Docker {
-        &self.docker
+    pub fn with_engine(engine: Engine) -> Self {
+        Self {
+            engine,
+            prepared: Prepared::default(),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    async fn api(&self) -> Result<&Docker, BackendError> {
+        self.engine.get().await
     }
 
     /// Creates the project's bridge network (with the configured CIDR) when it
     /// does not exist; returns its name.
     pub async fn ensure_network(&self, ctx: &StartContext) -> Result<String, BackendError> {
+        let docker = self.api().await?;
         // The engine does not refuse a second network of the same name, so
         // concurrent starts of one project must not race to create it.
         let _serial = NETWORK_LOCK.lock().await;
         let name = network_name(&ctx.project);
-        match self
-            .docker
+        match docker
             .inspect_network(&name, None::<InspectNetworkOptions>)
             .await
         {
@@ -395,7 +452,7 @@ impl DockerBackend {
             labels: Some(labels),
             ..Default::default()
         };
-        match self.docker.create_network(request).await {
+        match docker.create_network(request).await {
             Ok(_) => Ok(name),
             // Created meanwhile by a concurrent start.
             Err(e) if is_conflict(&e) => Ok(name),
@@ -408,9 +465,9 @@ impl DockerBackend {
     /// Removes the project's network when no container is attached to it.
     /// Returns whether it was removed (false: absent or still in use).
     pub async fn remove_network_if_empty(&self, project: &str) -> Result<bool, BackendError> {
+        let docker = self.api().await?;
         let name = network_name(project);
-        let net = match self
-            .docker
+        let net = match docker
             .inspect_network(&name, None::<InspectNetworkOptions>)
             .await
         {
@@ -425,7 +482,8 @@ impl DockerBackend {
         if net.containers.as_ref().is_some_and(|c| !c.is_empty()) {
             return Ok(false);
         }
-        match self.docker.remove_network(&name).await {
+        self.prepared.forget();
+        match docker.remove_network(&name).await {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
             // Something joined it meanwhile.
@@ -439,7 +497,8 @@ impl DockerBackend {
     /// Makes `image` present: used as is when local, else pulled (progress is
     /// traced), else [`BackendError::ImageUnavailable`].
     pub async fn ensure_image(&self, image: &str) -> Result<(), BackendError> {
-        match self.docker.inspect_image(image).await {
+        let docker = self.api().await?;
+        match docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(e) if is_not_found(&e) => {}
             Err(e) => {
@@ -455,7 +514,7 @@ impl DockerBackend {
             .from_image(name)
             .tag(tag)
             .build();
-        let mut stream = self.docker.create_image(Some(options), None, None);
+        let mut stream = docker.create_image(Some(options), None, None);
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
@@ -489,7 +548,7 @@ impl DockerBackend {
                 }
             }
         }
-        match self.docker.inspect_image(image).await {
+        match docker.inspect_image(image).await {
             Ok(_) => Ok(()),
             Err(e) => Err(BackendError::ImageUnavailable {
                 image: image.into(),
@@ -503,6 +562,7 @@ impl DockerBackend {
         spec: &ServiceSpec,
         ctx: &StartContext,
     ) -> Result<(), BackendError> {
+        let docker = self.api().await?;
         for v in spec.volumes.iter().filter(|v| v.host_path.is_none()) {
             let name = volume_name(&ctx.project, &v.name);
             let mut labels = HashMap::new();
@@ -512,7 +572,7 @@ impl DockerBackend {
                 labels: Some(labels),
                 ..Default::default()
             };
-            self.docker
+            docker
                 .create_volume(req)
                 .await
                 .map_err(|e| BackendError::Volume {
@@ -583,10 +643,10 @@ impl DockerBackend {
         name: &str,
         host_ports: &[u16],
     ) -> Result<Handle, Clash> {
+        let docker = self.api().await.map_err(Clash::Backend)?;
         let body = container_body(spec, ctx, replica, host_ports).map_err(Clash::Backend)?;
         let options = CreateContainerOptionsBuilder::default().name(name).build();
-        let created = match self
-            .docker
+        let created = match docker
             .create_container(Some(options.clone()), body.clone())
             .await
         {
@@ -595,7 +655,7 @@ impl DockerBackend {
                 if let Some(adopted) = self.make_room(spec, ctx, replica, name).await? {
                     return Ok(adopted);
                 }
-                self.docker
+                docker
                     .create_container(Some(options), body)
                     .await
                     .map_err(|e| Clash::Other(message(&e)))?
@@ -603,10 +663,9 @@ impl DockerBackend {
             Err(e) => return Err(Clash::Other(message(&e))),
         };
         let id = created.id;
-        if let Err(e) = self.docker.start_container(&id, None).await {
+        if let Err(e) = docker.start_container(&id, None).await {
             let msg = message(&e);
-            let _ = self
-                .docker
+            let _ = docker
                 .remove_container(
                     &id,
                     Some(
@@ -639,8 +698,8 @@ impl DockerBackend {
         replica: u32,
         name: &str,
     ) -> Result<Option<Handle>, Clash> {
-        let existing = self
-            .docker
+        let docker = self.api().await.map_err(Clash::Backend)?;
+        let existing = docker
             .inspect_container(name, None)
             .await
             .map_err(|e| Clash::Other(message(&e)))?;
@@ -679,7 +738,7 @@ impl DockerBackend {
         }
         let short: String = id.chars().take(12).collect();
         let new_name = format!("{name}-{short}");
-        self.docker
+        docker
             .rename_container(
                 &id,
                 RenameContainerOptionsBuilder::default()
@@ -692,10 +751,11 @@ impl DockerBackend {
     }
 
     async fn inspect(&self, handle: &Handle) -> Option<bollard::models::ContainerInspectResponse> {
+        let docker = self.api().await.ok()?;
         let Handle::Container { id, .. } = handle else {
             return None;
         };
-        self.docker.inspect_container(id, None).await.ok()
+        docker.inspect_container(id, None).await.ok()
     }
 
     /// Every container labelled with `project`, with its labels.
@@ -703,13 +763,14 @@ impl DockerBackend {
         &self,
         project: &str,
     ) -> Result<Vec<bollard::models::ContainerSummary>, BackendError> {
+        let docker = self.api().await?;
         let mut filters = HashMap::new();
         filters.insert("label", vec![format!("{}={project}", marks::PROJECT)]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
             .build();
-        self.docker
+        docker
             .list_containers(Some(options))
             .await
             .map_err(|e| BackendError::Unavailable {
@@ -785,38 +846,59 @@ impl Backend for DockerBackend {
                 service: spec.name.to_string(),
                 message: "a container needs an `image`".into(),
             })?;
-        self.ensure_image(image).await?;
-        self.ensure_network(ctx).await?;
-        self.ensure_volumes(spec, ctx).await?;
-        let replicas = spec.replicas.max(1);
-        let results =
-            futures_util::future::join_all((0..replicas).map(|r| self.start_replica(spec, ctx, r)))
-                .await;
-        let mut handles = Vec::new();
-        let mut first_error = None;
-        for r in results {
-            match r {
-                Ok(h) => handles.push(h),
-                Err(e) if first_error.is_none() => first_error = Some(e),
-                Err(_) => {}
+        // The image and the network are checked once per backend; should
+        // either vanish meanwhile, the start fails, both are checked again
+        // and the start is tried once more.
+        for attempt in 0..2 {
+            let image_key = format!("image:{image}");
+            if !self.prepared.known(&image_key) {
+                self.ensure_image(image).await?;
+                self.prepared.remember(image_key);
             }
-        }
-        if let Some(e) = first_error {
+            let net_key = format!("net:{}", ctx.project);
+            if !self.prepared.known(&net_key) {
+                self.ensure_network(ctx).await?;
+                self.prepared.remember(net_key);
+            }
+            self.ensure_volumes(spec, ctx).await?;
+            let replicas = spec.replicas.max(1);
+            let results = futures_util::future::join_all(
+                (0..replicas).map(|r| self.start_replica(spec, ctx, r)),
+            )
+            .await;
+            let mut handles = Vec::new();
+            let mut first_error = None;
+            for r in results {
+                match r {
+                    Ok(h) => handles.push(h),
+                    Err(e) if first_error.is_none() => first_error = Some(e),
+                    Err(_) => {}
+                }
+            }
+            let Some(e) = first_error else {
+                return Ok(handles);
+            };
             // Leave nothing half-started behind.
             let _ = self.stop(&handles, Duration::from_secs(1)).await;
+            let stale = matches!(&e, BackendError::StartFailed { message, .. }
+                if message.contains("No such image") || (message.contains("network") && message.contains("not found")));
+            if attempt == 0 && stale {
+                self.prepared.forget();
+                continue;
+            }
             return Err(e);
         }
-        Ok(handles)
+        unreachable!("the loop returns")
     }
 
     async fn stop(&self, handles: &[Handle], grace: Duration) -> Result<(), BackendError> {
+        let docker = self.api().await?;
         let results = futures_util::future::join_all(handles.iter().map(|h| async move {
             let Handle::Container { id, name, .. } = h else {
                 return Ok(());
             };
             let t = grace.as_secs().min(i32::MAX as u64) as i32;
-            match self
-                .docker
+            match docker
                 .stop_container(id, Some(StopContainerOptionsBuilder::default().t(t).build()))
                 .await
             {
@@ -826,8 +908,7 @@ impl Backend for DockerBackend {
                 Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => {}
                 Err(e) => tracing::debug!(container = %name, error = %message(&e), "stop failed, forcing removal"),
             }
-            match self
-                .docker
+            match docker
                 .remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
                 .await
             {
@@ -845,10 +926,13 @@ impl Backend for DockerBackend {
     }
 
     async fn liveness(&self, handle: &Handle) -> Liveness {
+        let Ok(docker) = self.api().await else {
+            return Liveness::Running;
+        };
         let Handle::Container { id, .. } = handle else {
             return Liveness::Missing;
         };
-        match self.docker.inspect_container(id, None).await {
+        match docker.inspect_container(id, None).await {
             Ok(c) => container_liveness(c.state.as_ref()),
             Err(e) if is_not_found(&e) => Liveness::Missing,
             // The engine did not answer: say nothing stronger than "running".
@@ -862,6 +946,15 @@ impl Backend for DockerBackend {
         argv: &[String],
         timeout: Duration,
     ) -> ProbeOutcome {
+        let docker = match self.api().await {
+            Ok(d) => d,
+            Err(e) => {
+                return ProbeOutcome {
+                    healthy: false,
+                    detail: e.to_string(),
+                };
+            }
+        };
         let Handle::Container { id, .. } = handle else {
             return ProbeOutcome {
                 healthy: false,
@@ -869,8 +962,7 @@ impl Backend for DockerBackend {
             };
         };
         let run = async {
-            let exec = self
-                .docker
+            let exec = docker
                 .create_exec(
                     id,
                     CreateExecOptions {
@@ -885,8 +977,7 @@ impl Backend for DockerBackend {
             let mut output = String::new();
             if let StartExecResults::Attached {
                 output: mut out, ..
-            } = self
-                .docker
+            } = docker
                 .start_exec(&exec.id, None::<StartExecOptions>)
                 .await
                 .map_err(|e| message(&e))?
@@ -899,8 +990,7 @@ impl Backend for DockerBackend {
                     }
                 }
             }
-            let inspect = self
-                .docker
+            let inspect = docker
                 .inspect_exec(&exec.id)
                 .await
                 .map_err(|e| message(&e))?;
@@ -983,6 +1073,9 @@ impl Backend for DockerBackend {
     }
 
     async fn logs(&self, handle: &Handle, lines: usize) -> Vec<String> {
+        let Ok(docker) = self.api().await else {
+            return Vec::new();
+        };
         let Handle::Container { id, .. } = handle else {
             return Vec::new();
         };
@@ -991,7 +1084,7 @@ impl Backend for DockerBackend {
             .stderr(true)
             .tail(&lines.to_string())
             .build();
-        let mut stream = self.docker.logs(id, Some(options));
+        let mut stream = docker.logs(id, Some(options));
         let mut text = String::new();
         while let Some(Ok(chunk)) = stream.next().await {
             text.push_str(&chunk.to_string());

@@ -303,7 +303,7 @@ pub fn gpus_of(resources: &[GenericResourcesInner]) -> Vec<Gpu> {
 /// The Swarm backend (the engine must be a Swarm manager).
 #[derive(Clone, Debug)]
 pub struct SwarmBackend {
-    docker: Docker,
+    engine: dockerb::Engine,
     publish: PublishMode,
 }
 
@@ -323,16 +323,19 @@ pub struct TaskCounts {
 }
 
 impl SwarmBackend {
+    /// Connects to the local engine now.
     pub async fn connect() -> Result<Self, BackendError> {
-        Ok(Self {
-            docker: dockerb::connect().await?,
-            publish: PublishMode::from_env(),
-        })
+        Ok(Self::with_engine(dockerb::Engine::connect().await?))
     }
 
-    pub fn from_client(docker: Docker) -> Self {
+    /// A backend that connects on first use.
+    pub fn lazy() -> Self {
+        Self::with_engine(dockerb::Engine::lazy())
+    }
+
+    pub fn with_engine(engine: dockerb::Engine) -> Self {
         Self {
-            docker,
+            engine,
             publish: PublishMode::from_env(),
         }
     }
@@ -346,15 +349,19 @@ impl SwarmBackend {
         self.publish
     }
 
-    pub fn client(&self) -> &Docker {
-        &self.docker
+    async fn api(&self) -> Result<&Docker, BackendError> {
+        self.engine.get().await
+    }
+
+    fn local(&self) -> dockerb::DockerBackend {
+        dockerb::DockerBackend::with_engine(self.engine.clone())
     }
 
     async fn ensure_overlay(&self, ctx: &StartContext) -> Result<(), BackendError> {
+        let docker = self.api().await?;
         let _serial = dockerb::NETWORK_LOCK.lock().await;
         let name = overlay_name(&ctx.project);
-        match self
-            .docker
+        match docker
             .inspect_network(&name, None::<InspectNetworkOptions>)
             .await
         {
@@ -382,7 +389,7 @@ impl SwarmBackend {
             labels: Some(labels),
             ..Default::default()
         };
-        match self.docker.create_network(req).await {
+        match docker.create_network(req).await {
             Ok(_) => Ok(()),
             Err(e) if message(&e).contains("already exists") => Ok(()),
             Err(e) => Err(BackendError::Network {
@@ -393,10 +400,10 @@ impl SwarmBackend {
 
     /// Removes the project's overlay network when no service uses it.
     pub async fn remove_network_if_empty(&self, project: &str) -> Result<bool, BackendError> {
+        let docker = self.api().await?;
         let mut filters = HashMap::new();
         filters.insert("label", vec![format!("{}={project}", marks::PROJECT)]);
-        let services = self
-            .docker
+        let services = docker
             .list_services(Some(
                 ListServicesOptionsBuilder::default()
                     .filters(&filters)
@@ -409,7 +416,7 @@ impl SwarmBackend {
         if !services.is_empty() {
             return Ok(false);
         }
-        match self.docker.remove_network(&overlay_name(project)).await {
+        match docker.remove_network(&overlay_name(project)).await {
             Ok(()) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e)
@@ -469,8 +476,8 @@ impl SwarmBackend {
     }
 
     async fn inspect_service(&self, id: &str) -> Result<Option<Service>, BackendError> {
-        match self
-            .docker
+        let docker = self.api().await?;
+        match docker
             .inspect_service(id, None::<InspectServiceOptions>)
             .await
         {
@@ -484,9 +491,12 @@ impl SwarmBackend {
     }
 
     async fn tasks(&self, service_id: &str) -> Vec<Task> {
+        let Ok(docker) = self.api().await else {
+            return Vec::new();
+        };
         let mut filters = HashMap::new();
         filters.insert("service", vec![service_id.to_owned()]);
-        self.docker
+        docker
             .list_tasks(Some(
                 ListTasksOptionsBuilder::default().filters(&filters).build(),
             ))
@@ -585,6 +595,7 @@ impl SwarmBackend {
         swarm_spec: SwarmSpec,
         service: &str,
     ) -> Result<(), BackendError> {
+        let docker = self.api().await?;
         let mut tries = 0;
         loop {
             tries += 1;
@@ -599,8 +610,7 @@ impl SwarmBackend {
             let options = UpdateServiceOptionsBuilder::default()
                 .version(version as i32)
                 .build();
-            match self
-                .docker
+            match docker
                 .update_service(id, swarm_spec.clone(), options, None)
                 .await
             {
@@ -660,6 +670,7 @@ impl Backend for SwarmBackend {
         spec: &ServiceSpec,
         ctx: &StartContext,
     ) -> Result<Vec<Handle>, BackendError> {
+        let docker = self.api().await?;
         self.ensure_overlay(ctx).await?;
         let name = service_name(&ctx.project, spec.name.as_str());
         // A service left by a run that was killed: adopt it with this spec.
@@ -684,14 +695,12 @@ impl Backend for SwarmBackend {
         }
         let published = self.published_ports(spec, ctx, None)?;
         let swarm_spec = service_spec(spec, ctx, &published, self.publish)?;
-        let created = self
-            .docker
-            .create_service(swarm_spec, None)
-            .await
-            .map_err(|e| BackendError::StartFailed {
+        let created = docker.create_service(swarm_spec, None).await.map_err(|e| {
+            BackendError::StartFailed {
                 service: spec.name.to_string(),
                 message: message(&e),
-            })?;
+            }
+        })?;
         Ok(vec![Handle::SwarmService {
             id: created.id.unwrap_or_else(|| name.clone()),
             name,
@@ -740,11 +749,12 @@ impl Backend for SwarmBackend {
     }
 
     async fn stop(&self, handles: &[Handle], grace: Duration) -> Result<(), BackendError> {
+        let docker = self.api().await?;
         for h in handles {
             let Handle::SwarmService { id, name } = h else {
                 continue;
             };
-            match self.docker.delete_service(id).await {
+            match docker.delete_service(id).await {
                 Ok(()) => self.wait_gone(id, grace + Duration::from_secs(10)).await,
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => {
@@ -791,7 +801,7 @@ impl Backend for SwarmBackend {
                 detail: "no running task".into(),
             };
         };
-        let local = dockerb::DockerBackend::from_client(self.docker.clone());
+        let local = self.local();
         let h = Handle::Container {
             replica: 0,
             id: container.clone(),
@@ -812,7 +822,7 @@ impl Backend for SwarmBackend {
             let Handle::SwarmService { id, .. } = handle else {
                 return None;
             };
-            let local = dockerb::DockerBackend::from_client(self.docker.clone());
+            let local = self.local();
             for t in self.tasks(id).await {
                 let Some(s) = t.status else { continue };
                 if s.state != Some(TaskState::RUNNING) {
@@ -880,6 +890,9 @@ impl Backend for SwarmBackend {
     }
 
     async fn logs(&self, handle: &Handle, lines: usize) -> Vec<String> {
+        let Ok(docker) = self.api().await else {
+            return Vec::new();
+        };
         let Handle::SwarmService { id, .. } = handle else {
             return Vec::new();
         };
@@ -888,7 +901,7 @@ impl Backend for SwarmBackend {
             .stderr(true)
             .tail(&lines.to_string())
             .build();
-        let mut stream = self.docker.service_logs(id, Some(options));
+        let mut stream = docker.service_logs(id, Some(options));
         let mut text = String::new();
         let read = async {
             while let Some(Ok(chunk)) = stream.next().await {
@@ -902,10 +915,10 @@ impl Backend for SwarmBackend {
     }
 
     async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError> {
+        let docker = self.api().await?;
         let mut filters = HashMap::new();
         filters.insert("label", vec![format!("{}={project}", marks::PROJECT)]);
-        let services = self
-            .docker
+        let services = docker
             .list_services(Some(
                 ListServicesOptionsBuilder::default()
                     .filters(&filters)

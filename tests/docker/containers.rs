@@ -475,3 +475,26 @@ async fn services_of_one_project_started_at_once_share_one_network() {
         .await;
     assert!(reach.healthy, "{reach:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_network_removed_outside_the_tool_is_created_again() {
+    let Some(b) = engine("a_network_removed_outside_the_tool_is_created_again").await else {
+        return;
+    };
+    let project = project("netgone");
+    let _guard = Cleanup::new(&project);
+    let ctx = ctx(&project);
+    let first = b.start(&shell("one", "sleep 60"), &ctx).await.unwrap();
+    b.stop(&first, Duration::from_secs(0)).await.unwrap();
+    let rm = Command::new("docker")
+        .args(["network", "rm", &docker::network_name(&project)])
+        .output()
+        .unwrap();
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    let second = b.start(&shell("two", "sleep 60"), &ctx).await.unwrap();
+    assert_eq!(b.liveness(&second[0]).await, Liveness::Running);
+}
