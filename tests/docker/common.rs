@@ -16,6 +16,7 @@ use deploy_code::model::{
 };
 
 pub const IMAGE: &str = "deploy-code-test-busybox:1";
+pub const IMAGE_WITH_HEALTHCHECK: &str = "deploy-code-test-busybox-healthcheck:1";
 
 /// The engine, or `None` after printing why the test is skipped.
 /// With `DEPLOY_CODE_REQUIRE_DOCKER=1` an unreachable engine fails the test.
@@ -70,6 +71,20 @@ pub fn build_image() {
         .unwrap();
         let out = Command::new("docker")
             .args(["build", "-q", "-t", IMAGE])
+            .arg(dir.path())
+            .output()
+            .expect("docker CLI");
+        assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+        // The same with a HEALTHCHECK that passes while /www/health exists.
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!(
+                "FROM {IMAGE}\nHEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD [\"/bin/busybox\", \"test\", \"-f\", \"/www/health\"]\n"
+            ),
+        )
+        .unwrap();
+        let out = Command::new("docker")
+            .args(["build", "-q", "-t", IMAGE_WITH_HEALTHCHECK])
             .arg(dir.path())
             .output()
             .expect("docker CLI");

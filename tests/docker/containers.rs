@@ -498,3 +498,38 @@ async fn a_network_removed_outside_the_tool_is_created_again() {
     let second = b.start(&shell("two", "sleep 60"), &ctx).await.unwrap();
     assert_eq!(b.liveness(&second[0]).await, Liveness::Running);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_image_healthcheck_verdict_is_read() {
+    let Some(b) = engine("the_image_healthcheck_verdict_is_read").await else {
+        return;
+    };
+    let project = project("hc");
+    let _guard = Cleanup::new(&project);
+    let mut spec = shell("checked", "sleep 60");
+    spec.image = Some(IMAGE_WITH_HEALTHCHECK.into());
+    let h = b.start(&spec, &ctx(&project)).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            b.native_health(&h[0]).await == Some(true)
+        })
+        .await,
+        "never healthy"
+    );
+    // Break it from inside: the engine's verdict turns unhealthy.
+    let rm = b
+        .exec_probe(
+            &h[0],
+            &["/bin/busybox".into(), "rm".into(), "/www/health".into()],
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(rm.healthy, "{rm:?}");
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            b.native_health(&h[0]).await == Some(false)
+        })
+        .await,
+        "never unhealthy"
+    );
+}
