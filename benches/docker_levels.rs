@@ -3,7 +3,8 @@
 //! local Docker engine, measured four ways:
 //!
 //! - `floor`: each level's containers started in parallel with the docker
-//!   CLI, then polled over HTTP every 20 ms, level after level;
+//!   CLI, then polled over HTTP every 20 ms, level after level (on the default
+//!   bridge, and again on a user-defined network as the backend uses);
 //! - `backend`: the same through the Docker backend (`Backend::start` for a
 //!   level's services at once, `probe_address` + HTTP polled every 20 ms);
 //! - `compose-1s`: `docker-compose up -d` on a generated compose file whose
@@ -103,14 +104,23 @@ fn free_port() -> u16 {
 
 /// Level after level: `docker run -d` for the level's containers at once
 /// (one thread each), then HTTP polls every 20 ms.
-fn floor(run: usize) -> Duration {
-    let label = format!("bench-floor-{}-{run}", std::process::id());
+/// With `network`, the containers join a user-defined bridge network created
+/// first (as the backend's and Compose's do); otherwise the default bridge.
+fn floor(run: usize, network: bool) -> Duration {
+    let label = format!("bench-floor-{}-{run}-{network}", std::process::id());
     let start = Instant::now();
+    let net = if network {
+        sh(&["docker", "network", "create", "--label", &label, &label]);
+        label.clone()
+    } else {
+        "bridge".to_owned()
+    };
     for level in 0..LEVELS {
         let addrs: Vec<(String, u16)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..PER_LEVEL)
                 .map(|i| {
                     let label = label.clone();
+                    let net = net.clone();
                     s.spawn(move || {
                         let port = free_port();
                         sh(&[
@@ -121,6 +131,8 @@ fn floor(run: usize) -> Duration {
                             &format!("{label}-l{level}-{i}"),
                             "--label",
                             &label,
+                            "--network",
+                            &net,
                             "-p",
                             &format!("127.0.0.1:{port}:8080"),
                             IMAGE,
@@ -141,6 +153,9 @@ fn floor(run: usize) -> Duration {
     }
     let took = start.elapsed();
     remove_project(&label);
+    if network {
+        sh(&["docker", "network", "rm", &label]);
+    }
     took
 }
 
@@ -302,14 +317,16 @@ fn main() {
         v[v.len() / 2]
     };
     // Interleaved, so that a change of load on the machine hits every way alike.
-    let (mut fs, mut bes, mut cs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut fs, mut fns, mut bes, mut cs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..runs {
-        fs.push(floor(r));
+        fs.push(floor(r, false));
+        fns.push(floor(r, true));
         bes.push(backend(&rt, &b, r));
         cs.push(compose(dir.path(), Some("1s"), r));
         println!(
-            "run {r}: floor {:.2} s, backend {:.2} s, compose-1s {:.2} s",
+            "run {r}: floor {:.2} s, floor+network {:.2} s, backend {:.2} s, compose-1s {:.2} s",
             fs[r].as_secs_f64(),
+            fns[r].as_secs_f64(),
             bes[r].as_secs_f64(),
             cs[r].as_secs_f64()
         );
@@ -317,6 +334,7 @@ fn main() {
     let mut results: Vec<(&str, Duration)> = Vec::new();
     let f = median(fs);
     results.push(("floor (docker CLI, 20 ms polls)", f));
+    results.push(("floor on a project network", median(fns)));
     results.push(("Docker backend", median(bes)));
     results.push(("docker-compose, 1 s health interval", median(cs)));
     if compose_defaults {
