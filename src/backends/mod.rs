@@ -203,6 +203,23 @@ impl Registry {
         r
     }
 
+    /// The process backend plus the Docker and Swarm backends when `kinds` names
+    /// them (they connect to the engine on first use).
+    pub fn for_kinds(kinds: impl IntoIterator<Item = BackendKind>) -> Self {
+        let mut r = Self::with_process();
+        for k in kinds {
+            if r.get(k).is_some() {
+                continue;
+            }
+            match k {
+                BackendKind::Docker => r.register(Arc::new(docker::DockerBackend::lazy())),
+                BackendKind::Swarm => r.register(Arc::new(swarm::SwarmBackend::lazy())),
+                BackendKind::Process => {}
+            }
+        }
+        r
+    }
+
     pub fn register(&mut self, backend: Arc<dyn Backend>) {
         self.backends.insert(backend.kind(), backend);
     }
@@ -215,3 +232,6 @@ impl Registry {
         self.backends.values()
     }
 }
+
+pub mod docker;
+pub mod swarm;

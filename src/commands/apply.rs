@@ -13,9 +13,21 @@ use crate::error::{Code, Failure, Plain, exit};
 use crate::plan::{self, Plan};
 use crate::state::{Holder, Outcome, Store};
 
-/// The backends this build offers.
-pub fn registry() -> Registry {
-    Registry::with_process()
+/// The backends a configuration and a state need: processes always, Docker and
+/// Swarm when a service of either uses them.
+pub fn registry_for(
+    loaded: Option<&LoadedConfig>,
+    snap: Option<&crate::state::Snapshot>,
+) -> Registry {
+    let mut kinds = Vec::new();
+    if let Some(l) = loaded {
+        kinds.push(l.desired.settings.default_backend);
+        kinds.extend(l.desired.services.values().map(|s| s.backend));
+    }
+    if let Some(s) = snap {
+        kinds.extend(s.services.values().map(|r| r.backend));
+    }
+    Registry::for_kinds(kinds)
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -327,7 +339,7 @@ fn plan_and_apply_loaded(
 ) -> Result<u8, Failure> {
     let mut store = open_store(ctx, &loaded)?;
     store.ensure_identity(None)?;
-    let backends = registry();
+    let backends = registry_for(Some(&loaded), Some(&store.snapshot()?));
     let rt = runtime()?;
     let (p, _) = make_plan(&loaded, &store, scope, options.clone(), &backends, &rt)?;
     show_plan(ctx, &p);
@@ -412,7 +424,7 @@ pub fn run(ctx: &Context, args: &ApplyArgs) -> Result<u8, Failure> {
     if !saved.has_changes() {
         return Ok(exit::OK);
     }
-    let backends = registry();
+    let backends = registry_for(Some(&l), Some(&snap));
     let rt = runtime()?;
     let no_rollback = args.no_rollback || !l.desired.settings.deployment.rollback_on_failure;
     execute(ctx, &rt, &saved, &l, &mut store, &backends, no_rollback)
@@ -578,7 +590,8 @@ pub fn restart(ctx: &Context, args: &RestartArgs) -> Result<u8, Failure> {
 
 pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
     let loaded = load_config(ctx)?;
-    let backends = registry();
+    let snap0 = crate::state::load_snapshot(&state_path(ctx, Some(&loaded)))?;
+    let backends = registry_for(Some(&loaded), Some(&snap0));
     let rt = runtime()?;
     let project = loaded.desired.settings.project.clone();
     if args.dry_run {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::apply::health::probe_once;
 use crate::backends::{Liveness, Registry};
 use crate::cli::*;
-use crate::commands::apply::{registry, runtime, state_path};
+use crate::commands::apply::{registry_for, runtime, state_path};
 use crate::error::{Code, Failure, Plain, exit};
 use crate::state::{Handle, ServiceRecord, Snapshot};
 
@@ -231,9 +231,9 @@ fn human(views: &[ServiceView], detailed: bool) -> String {
 
 pub fn status(ctx: &Context, args: &StatusArgs) -> Result<u8, Failure> {
     let rt = runtime()?;
-    let backends = registry();
     loop {
         let snap = snapshot(ctx)?;
+        let backends = registry_for(None, Some(&snap));
         let v = rt.block_on(views(&backends, &snap, true));
         let text = match ctx.global.format {
             Format::Json => {
@@ -260,8 +260,8 @@ pub fn status(ctx: &Context, args: &StatusArgs) -> Result<u8, Failure> {
 
 pub fn health(ctx: &Context, _args: &HealthArgs) -> Result<u8, Failure> {
     let rt = runtime()?;
-    let backends = registry();
     let snap = snapshot(ctx)?;
+    let backends = registry_for(None, Some(&snap));
     let v = rt.block_on(views(&backends, &snap, true));
     let rows: Vec<serde_json::Value> = v
         .iter()
@@ -331,7 +331,7 @@ pub fn logs(ctx: &Context, args: &LogsArgs) -> Result<u8, Failure> {
         .into());
     };
     let rt = runtime()?;
-    let backends = registry();
+    let backends = registry_for(None, Some(&snap));
     let Some(b) = backends.get(r.backend) else {
         return Err(Plain::new(
             Code::E014,
