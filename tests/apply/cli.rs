@@ -384,3 +384,64 @@ async fn rollback_returns_to_the_previous_successful_revision() {
     assert!(!err.contains(&canary));
     p.kill_all().await;
 }
+
+#[tokio::test]
+async fn json_format_emits_one_event_per_line() {
+    let p = Project::new("cli-json", 0);
+    let (code, out, err) = p.run(&["--format", "json", "apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"plan"));
+    assert_eq!(kinds.last(), Some(&"finished"));
+    assert_eq!(events.last().unwrap()["outcome"], "succeeded");
+    assert_eq!(kinds.iter().filter(|k| **k == "phase_finished").count(), 3);
+    assert!(
+        events
+            .iter()
+            .all(|e| e["at"].is_string() || e["event"] == "plan")
+    );
+    p.kill_all().await;
+}
+
+#[tokio::test]
+async fn a_failing_apply_prints_its_evidence_and_exits_4() {
+    let p = Project::new("cli-evidence", 0);
+    assert_eq!(p.run(&["apply", "--auto-approve"]).0, 0);
+    // Break c: its command exits at once after printing a reason.
+    let text = std::fs::read_to_string(p.config()).unwrap();
+    let broken = text.replacen("  c:\n", "  c:\n    working_dir: .\n", 1);
+    let broken = broken.replace(
+        &format!("('127.0.0.1',{})", p.ports[2]),
+        &format!(
+            "('127.0.0.1',{}) if False else print('fatal: bad config') or exit(3)",
+            p.ports[2]
+        ),
+    );
+    std::fs::write(p.config(), broken).unwrap();
+    let (code, _, err) = p.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("E006"), "{err}");
+    assert!(err.contains("exited with code 3"), "{err}");
+    assert!(
+        err.contains("fatal: bad config"),
+        "the log tail is shown: {err}"
+    );
+    let history = deploy_code::state::history(&p.state(), 10).unwrap();
+    assert_eq!(history[0].outcome, deploy_code::state::Outcome::RolledBack);
+    assert!(
+        history[0]
+            .evidence
+            .to_string()
+            .contains("fatal: bad config")
+    );
+    assert!(p.serving().await);
+    p.assert_host_matches_state().await;
+    p.kill_all().await;
+}
