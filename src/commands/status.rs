@@ -201,6 +201,7 @@ fn human(views: &[ServiceView], detailed: bool) -> String {
         let health = match &v.health {
             Some(h) if h.healthy => "healthy".to_owned(),
             Some(h) => format!("unhealthy ({})", h.detail),
+            None if v.workload_task && v.status == "ready" => "completed".to_owned(),
             None => "-".to_owned(),
         };
         out.push_str(&format!(
