@@ -7,7 +7,13 @@
 //! `/proc/<pid>/environ`. That mark is how a run that was killed is reconciled:
 //! its instances are adopted or removed, never duplicated.
 
+pub mod docker;
+pub mod process;
+pub mod swarm;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -180,5 +186,43 @@ pub trait Backend: Send + Sync {
     async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError>;
 }
 
-pub mod docker;
-pub mod swarm;
+/// The backends a run can use, by kind. `apply`, `status` and `cleanup` pick the
+/// backend of each service through it, so any backend registered here plugs in.
+#[derive(Clone, Default)]
+pub struct Registry {
+    backends: BTreeMap<BackendKind, Arc<dyn Backend>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry with the local-process backend.
+    pub fn with_process() -> Self {
+        let mut r = Self::new();
+        r.register(Arc::new(process::ProcessBackend::new()));
+        r
+    }
+
+    /// The local-process backend, Docker and Swarm. The last two connect to
+    /// the engine on first use, so a run without containers needs no engine.
+    pub fn with_all() -> Self {
+        let mut r = Self::with_process();
+        r.register(Arc::new(docker::DockerBackend::lazy()));
+        r.register(Arc::new(swarm::SwarmBackend::lazy()));
+        r
+    }
+
+    pub fn register(&mut self, backend: Arc<dyn Backend>) {
+        self.backends.insert(backend.kind(), backend);
+    }
+
+    pub fn get(&self, kind: BackendKind) -> Option<Arc<dyn Backend>> {
+        self.backends.get(&kind).cloned()
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
+        self.backends.values()
+    }
+}

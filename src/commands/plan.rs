@@ -1,16 +1,222 @@
-//! `plan` commands.
+//! `plan`, `show` and `inventory`.
+//!
+//! [`prepare`] is the whole read side shared with `apply` and `destroy`: load the
+//! configuration, read the state (read-only, no lock), re-digest secrets under
+//! the state's key, take the inventory, observe what runs, and plan.
+
+use std::io::Write;
+use std::path::PathBuf;
 
 use crate::cli::*;
-use crate::error::Failure;
+use crate::config::{self, LoadOptions, LoadedConfig};
+use crate::error::{Code, Failure, Plain, exit};
+use crate::inventory::{self, Inventory};
+use crate::model::SecretKey;
+use crate::plan::{self, Plan};
+use crate::render;
+use crate::state::{self, Snapshot};
 
-pub fn run(_ctx: &Context, _args: &PlanArgs) -> Result<u8, Failure> {
-    Err(super::not_yet("run"))
+/// Everything the read side produced, for `plan`, `apply` and `destroy`.
+pub struct Prepared {
+    /// `None` only for a destroy without a configuration file.
+    pub loaded: Option<LoadedConfig>,
+    pub snapshot: Snapshot,
+    pub plan: Plan,
+    pub state_path: PathBuf,
+    /// `sha256:` of the rendered configuration, after re-digesting secrets.
+    pub config_hash: String,
+    /// The key secrets were digested with: the state's, or a new one for a new
+    /// state (then also in `plan.binding.new_state_key`).
+    pub secret_key: SecretKey,
+    pub inventory: Inventory,
 }
 
-pub fn show(_ctx: &Context, _args: &ShowArgs) -> Result<u8, Failure> {
-    Err(super::not_yet("show"))
+/// Loads the configuration and the state, takes the inventory (the
+/// `--inventory` file, else a probe of this host), observes running processes
+/// when refresh is on, and plans. Never writes anything.
+pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Prepared, Failure> {
+    let g = &ctx.global;
+    let opts = LoadOptions {
+        path: g.config.clone(),
+        vars: g.vars.clone(),
+        var_files: g.var_files.clone(),
+    };
+    let mut loaded = if destroy_all && !g.config.exists() {
+        None
+    } else {
+        Some(config::load(&opts)?)
+    };
+    let state_path = config::state_path(g.state.as_deref(), loaded.as_ref(), &g.config);
+    let snapshot = state::load_snapshot(&state_path)?;
+    let (secret_key, new_key) = match &snapshot.secret_key {
+        Some(k) => (k.clone(), false),
+        None => (SecretKey::random(), true),
+    };
+    if let Some(l) = loaded.as_mut() {
+        l.desired.rekey(&secret_key);
+    }
+    let config_hash = loaded
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), LoadedConfig::config_hash);
+
+    let inventory = match &scope.inventory {
+        Some(path) => inventory::load_file(path)?,
+        None => {
+            let data_dir = loaded.as_ref().map_or_else(
+                || PathBuf::from("."),
+                |l| l.desired.settings.data_dir.clone(),
+            );
+            inventory::probe(&data_dir)
+        }
+    };
+    let observations = scope.refresh().then(|| {
+        let mut obs = plan::refresh::observe_processes(&snapshot);
+        // Containers and Swarm services, by their labels.
+        let containers = snapshot
+            .services
+            .values()
+            .any(|r| r.backend != crate::model::BackendKind::Process);
+        if let (true, Some(l)) = (containers, loaded.as_ref())
+            && let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        {
+            rt.block_on(crate::backends::docker::observe_containers(
+                &crate::commands::apply::registry(),
+                &l.desired.settings.project,
+                &snapshot,
+                &mut obs,
+            ));
+        }
+        obs
+    });
+
+    let input = plan::Input {
+        desired: loaded.as_ref().map(|l| &l.desired),
+        snapshot: &snapshot,
+        observations: observations.as_ref(),
+        inventory: &inventory,
+        config_hash: config_hash.clone(),
+        options: plan::Options {
+            targets: scope.targets.clone(),
+            excludes: scope.excludes.clone(),
+            replaces: scope.replaces.clone(),
+            destroy_all,
+        },
+    };
+    let mut plan = plan::plan(&input)?;
+    if new_key && snapshot.lineage.is_none() {
+        plan.binding.new_state_key = Some(secret_key.to_hex());
+    }
+    Ok(Prepared {
+        loaded,
+        snapshot,
+        plan,
+        state_path,
+        config_hash,
+        secret_key,
+        inventory,
+    })
 }
 
-pub fn inventory(_ctx: &Context, _args: &InventoryArgs) -> Result<u8, Failure> {
-    Err(super::not_yet("inventory"))
+/// The plan in the format asked for.
+pub fn render_plan(ctx: &Context, plan: &Plan) -> String {
+    match ctx.global.format {
+        Format::Human => render::plan::human(plan, ctx.color),
+        Format::Json => {
+            let mut s = render::plan::json(plan);
+            s.push('\n');
+            s
+        }
+        Format::Markdown => render::plan::markdown(plan),
+        Format::Yaml => serde_yaml::to_string(&render::plan::doc(plan))
+            .expect("a plan document always serializes"),
+    }
+}
+
+fn print(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .or_else(|e| {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                Ok(())
+            } else {
+                Err(Plain::new(
+                    Code::E016,
+                    format!("cannot write the output: {e}"),
+                ))
+            }
+        })?;
+    Ok(())
+}
+
+/// The exit code of a plan: 3 when infeasible (always); with
+/// `--detailed-exitcode` 2 when it has changes; else 0.
+pub fn exit_code(plan: &Plan, detailed: bool) -> u8 {
+    if !plan.feasibility.feasible {
+        exit::INFEASIBLE
+    } else if detailed && plan.has_changes() {
+        exit::CHANGES
+    } else {
+        exit::OK
+    }
+}
+
+pub fn run(ctx: &Context, args: &PlanArgs) -> Result<u8, Failure> {
+    let prepared = prepare(ctx, &args.scope, args.destroy)?;
+    let plan = &prepared.plan;
+    let mut text = render_plan(ctx, plan);
+    if let Some(out) = &args.out {
+        plan::saved::write(out, plan)?;
+        if ctx.global.format == Format::Human && !ctx.global.quiet {
+            text.push_str(&format!(
+                "\nSaved the plan to `{}`. Apply exactly this plan with `deploy-code apply {}`.\n",
+                out.display(),
+                out.display()
+            ));
+        }
+    }
+    print(&text)?;
+    Ok(exit_code(plan, args.detailed_exitcode))
+}
+
+pub fn show(ctx: &Context, args: &ShowArgs) -> Result<u8, Failure> {
+    let plan = plan::saved::read(&args.plan_file)?;
+    print(&render_plan(ctx, &plan))?;
+    Ok(exit::OK)
+}
+
+pub fn inventory(ctx: &Context, _args: &InventoryArgs) -> Result<u8, Failure> {
+    let g = &ctx.global;
+    // The data directory decides which disk counts; without a usable
+    // configuration it is the current directory's.
+    let data_dir = if g.config.exists() {
+        config::load(&LoadOptions {
+            path: g.config.clone(),
+            vars: g.vars.clone(),
+            var_files: g.var_files.clone(),
+        })
+        .map(|l| l.desired.settings.data_dir)
+        .unwrap_or_else(|_| PathBuf::from("."))
+    } else {
+        PathBuf::from(".")
+    };
+    let inv = inventory::probe(&data_dir);
+    let text = match g.format {
+        Format::Json => {
+            let v = if inv.hosts.len() == 1 {
+                serde_json::to_value(&inv.hosts[0])
+            } else {
+                serde_json::to_value(serde_json::json!({ "hosts": inv.hosts }))
+            }
+            .expect("an inventory always serializes");
+            let mut s = serde_json::to_string_pretty(&v).expect("JSON always serializes");
+            s.push('\n');
+            s
+        }
+        _ => inventory::to_yaml(&inv),
+    };
+    print(&text)?;
+    Ok(exit::OK)
 }

@@ -5,6 +5,25 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod check;
+pub mod diag;
+pub mod lower;
+pub mod schema;
+pub mod template;
+pub mod yaml;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use diag::{Kind, Origin, Problem, ProblemReport};
+
+/// The largest configuration file accepted, bytes. Larger files are refused
+/// before they are read.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The most problems reported for one file; the rest are counted.
+pub const MAX_PROBLEMS: usize = 200;
+
 use crate::model::DesiredState;
 
 /// What loading needs from the command line and the environment.
@@ -49,19 +68,309 @@ impl LoadedConfig {
 }
 
 /// Every problem found in a configuration, each a diagnostic with its span.
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
-#[error("the configuration is invalid")]
-#[diagnostic(code("deploy_code::E002"))]
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.summary())]
 pub struct ConfigError {
-    #[related]
     pub problems: Vec<miette::Report>,
+}
+
+impl ConfigError {
+    fn summary(&self) -> String {
+        match self.problems.len() {
+            1 => "the configuration is invalid: 1 problem".to_owned(),
+            n => format!("the configuration is invalid: {n} problems"),
+        }
+    }
+
+    /// The codes of the problems (`E002::unknown_key`), in order.
+    pub fn codes(&self) -> Vec<String> {
+        self.problems
+            .iter()
+            .filter_map(|p| p.code().map(|c| c.to_string()))
+            .map(|c| {
+                c.strip_prefix("deploy_code::")
+                    .map(str::to_owned)
+                    .unwrap_or(c)
+            })
+            .collect()
+    }
+}
+
+impl miette::Diagnostic for ConfigError {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        // The code of the problems when they share one (E001 for a missing file).
+        let codes: BTreeSet<String> = self
+            .problems
+            .iter()
+            .filter_map(|p| p.code().map(|c| c.to_string()))
+            .filter_map(|c| crate::error::Code::parse(&c))
+            .map(|c| c.as_str().to_owned())
+            .collect();
+        let code = match codes.len() {
+            1 => codes.into_iter().next().unwrap_or_default(),
+            _ => "E002".to_owned(),
+        };
+        Some(Box::new(format!("deploy_code::{code}")))
+    }
+
+    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn miette::Diagnostic> + 'a>> {
+        Some(Box::new(
+            self.problems
+                .iter()
+                .map(|r| r.as_ref() as &dyn miette::Diagnostic),
+        ))
+    }
 }
 
 /// Renders, parses, validates and lowers the configuration. Sensitive values are
 /// digested under a provisional key; `desired.rekey(state_key)` re-digests them.
 pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
-    let _ = opts;
-    todo!()
+    let name = opts.path.display().to_string();
+    let not_found = |what: String, help: &str| ConfigError {
+        problems: vec![miette::Report::new(ProblemReport::new(
+            Problem::new(Kind::NotFound, what)
+                .help(help)
+                .origin(Origin::None),
+            None,
+        ))],
+    };
+    let meta = match std::fs::metadata(&opts.path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(not_found(
+                format!("the configuration file `{name}` does not exist"),
+                "create it (see examples/quickstart/deploy-code.yaml), or name another file with `-c FILE` or `DEPLOY_CODE_CONFIG`",
+            ));
+        }
+        Err(e) => {
+            return Err(not_found(
+                format!("cannot read the configuration file `{name}`: {e}"),
+                "check the file's permissions",
+            ));
+        }
+    };
+    if meta.is_dir() {
+        return Err(not_found(
+            format!("`{name}` is a directory, not a configuration file"),
+            "name the YAML file itself with `-c FILE`",
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(ConfigError {
+            problems: vec![miette::Report::new(ProblemReport::new(
+                Problem::new(
+                    Kind::TooLarge,
+                    format!(
+                        "the configuration file `{name}` has {} bytes, more than the limit of {} MiB",
+                        meta.len(),
+                        MAX_FILE_BYTES / (1024 * 1024)
+                    ),
+                )
+                .help("generate repeated services with a template loop, or split the deployment into several configurations")
+                .origin(Origin::None),
+                None,
+            ))],
+        });
+    }
+    let bytes = std::fs::read(&opts.path).map_err(|e| {
+        not_found(
+            format!("cannot read the configuration file `{name}`: {e}"),
+            "check the file's permissions",
+        )
+    })?;
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let shown = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            let at = shown
+                .char_indices()
+                .map(|(i, _)| i)
+                .find(|i| *i >= at)
+                .unwrap_or(shown.len().saturating_sub(1));
+            let problem = Problem::new(Kind::YamlSyntax, "the file is not valid UTF-8 text")
+                .label(at..at, "invalid byte here")
+                .help("save the file as UTF-8")
+                .origin(Origin::Template);
+            return Err(finish(vec![problem], &name, &shown, &shown));
+        }
+    };
+    let inputs = template::Inputs::from_process(opts.vars.clone(), opts.var_files.clone());
+    load_text(&text, &opts.path, &inputs)
+}
+
+/// Loads a configuration from text, as if read from `path` (used for names in
+/// diagnostics and to resolve relative paths). Reads the process environment.
+pub fn load_from_str(
+    text: &str,
+    path: &Path,
+    opts: &LoadOptions,
+) -> Result<LoadedConfig, ConfigError> {
+    let inputs = template::Inputs::from_process(opts.vars.clone(), opts.var_files.clone());
+    load_text(text, path, &inputs)
+}
+
+/// Loads a configuration from text with explicit inputs (no process environment).
+pub fn load_text(
+    text: &str,
+    path: &Path,
+    inputs: &template::Inputs,
+) -> Result<LoadedConfig, ConfigError> {
+    let name = path.display().to_string();
+    let base = std::env::current_dir().unwrap_or_default();
+    let abs_path = lower::absolute(&base, path);
+    let base_dir = abs_path.parent().map(Path::to_path_buf).unwrap_or(base);
+    if text.len() as u64 > MAX_FILE_BYTES {
+        let p = Problem::new(
+            Kind::TooLarge,
+            format!(
+                "the configuration is larger than the limit of {} MiB",
+                MAX_FILE_BYTES / (1024 * 1024)
+            ),
+        )
+        .help("generate repeated services with a template loop, or split the deployment")
+        .origin(Origin::None);
+        return Err(finish(vec![p], &name, "", ""));
+    }
+    let secrets = template::Secrets::default();
+    let rendered = if template::is_template(text) {
+        match template::render(text, &name, inputs, &secrets) {
+            Ok(r) => r,
+            Err(problems) => return Err(finish(problems, &name, text, text)),
+        }
+    } else {
+        text.to_owned()
+    };
+
+    let mut problems = Vec::new();
+    let (root, yaml_problems) = yaml::parse(&rendered);
+    let mut root = root.unwrap_or(yaml::Node {
+        span: 0..0,
+        value: yaml::Value::Map(Vec::new()),
+    });
+    if matches!(root.value, yaml::Value::Null) {
+        root.value = yaml::Value::Map(Vec::new());
+    }
+    problems.extend(yaml_problems);
+    if problems
+        .iter()
+        .any(|p| matches!(p.kind, Kind::YamlSyntax | Kind::TooLarge | Kind::TooDeep))
+    {
+        return Err(finish(problems, &name, text, &rendered));
+    }
+
+    // ${VAR} interpolation, then the schema.
+    let declared: BTreeSet<String> = match root.get("secrets").map(|n| &n.value) {
+        Some(yaml::Value::Seq(items)) => items
+            .iter()
+            .filter_map(|n| n.as_str().map(str::to_owned))
+            .collect(),
+        _ => BTreeSet::new(),
+    };
+    lower::interpolate(&mut root, &inputs.env, &declared, &secrets, &mut problems);
+    lower::check_secret_places(&root, &mut problems);
+    let before = problems.len();
+    check::check_document(&root, &mut problems);
+    let schema_problems: std::collections::HashSet<std::ops::Range<usize>> = problems[before..]
+        .iter()
+        .filter_map(|p| p.labels.first().map(|(s, _)| s.clone()))
+        .collect();
+    let problem_starts: BTreeSet<usize> = schema_problems.iter().map(|s| s.start).collect();
+
+    // Typed settings (without the services); defaults where they do not type-check.
+    let mut top = root.to_json();
+    if let Some(obj) = top.as_object_mut() {
+        obj.remove("services");
+    }
+    let file: schema::ConfigFile = serde_json::from_value(top).unwrap_or_else(|_| {
+        let mut pruned = root.to_json_pruned(&schema_problems);
+        if let Some(obj) = pruned.as_object_mut() {
+            obj.remove("services");
+        }
+        serde_json::from_value(pruned).unwrap_or_default()
+    });
+    let mut services = Vec::new();
+    if let Some(yaml::Node {
+        value: yaml::Value::Map(entries),
+        ..
+    }) = root.get("services")
+    {
+        for (key, node) in entries {
+            let dirty = problem_starts.range(node.span.clone()).next().is_some()
+                || schema_problems.contains(&key.span);
+            let def = if matches!(node.value, yaml::Value::Null) {
+                Some(schema::Service::default())
+            } else {
+                serde_json::from_value::<schema::Service>(node.to_json_pruned(&schema_problems))
+                    .ok()
+            };
+            services.push(lower::Entry {
+                key,
+                node,
+                def,
+                dirty,
+            });
+        }
+    }
+    let lowering = lower::Lowering {
+        root: &root,
+        file,
+        services,
+        base_dir,
+        secrets: &secrets,
+        key: crate::model::SecretKey::random(),
+    };
+    let desired = lowering.lower(&mut problems);
+    match desired {
+        Some(desired) if problems.is_empty() => {
+            let (redacted_render, _) = secrets.substitute(&rendered, false);
+            Ok(LoadedConfig {
+                path: abs_path,
+                desired,
+                redacted_render,
+            })
+        }
+        _ => Err(finish(problems, &name, text, &rendered)),
+    }
+}
+
+/// Binds problems to their sources and sorts them by position.
+fn finish(mut problems: Vec<Problem>, name: &str, source: &str, rendered: &str) -> ConfigError {
+    problems.sort_by_key(|p| (p.origin != Origin::None, p.position()));
+    if problems.len() > MAX_PROBLEMS {
+        let more = problems.len() - MAX_PROBLEMS;
+        problems.truncate(MAX_PROBLEMS);
+        problems.push(
+            Problem::new(
+                Kind::TooManyProblems,
+                format!("{more} more problems are not shown"),
+            )
+            .help("fix the problems above and validate again")
+            .origin(Origin::None),
+        );
+    }
+    let template_src =
+        miette::NamedSource::new(name, Arc::new(source.to_owned())).with_language("yaml");
+    let rendered_src = if rendered == source {
+        template_src.clone()
+    } else {
+        miette::NamedSource::new(format!("{name} (rendered)"), Arc::new(rendered.to_owned()))
+            .with_language("yaml")
+    };
+    ConfigError {
+        problems: problems
+            .into_iter()
+            .map(|p| {
+                let src = match p.origin {
+                    Origin::None => None,
+                    Origin::Template => Some(template_src.clone()),
+                    Origin::Rendered => Some(rendered_src.clone()),
+                };
+                let src = if p.labels.is_empty() { None } else { src };
+                miette::Report::new(ProblemReport::new(p, src))
+            })
+            .collect(),
+    }
 }
 
 /// The state file: `--state`/`DEPLOY_CODE_STATE`, else `state.path` from the

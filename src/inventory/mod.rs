@@ -5,6 +5,12 @@
 //! use), from a declared inventory file (`--inventory`, for pull-request checks
 //! far from the target) or from a Swarm cluster's nodes.
 
+mod file;
+mod probe;
+
+pub use file::{InventoryError, load_file, parse, to_yaml};
+pub use probe::{listening_ports, parse_proc_net_tcp, probe};
+
 use serde::{Deserialize, Serialize};
 
 /// One GPU of a host.

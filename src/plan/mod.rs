@@ -5,6 +5,14 @@
 //! byte for byte. Observations of what really runs (refresh) are gathered by the
 //! caller and passed in. A reason explains a decision; it never drives one.
 
+pub mod diff;
+pub mod feasibility;
+mod planner;
+pub mod refresh;
+pub mod saved;
+
+pub use planner::{PlanError, plan};
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,9 @@
 //! Views: plan, state, inventory and apply events as human text, JSON (with a
 //! `format_version`) and Markdown; diagnostics as JSON for editors and CI.
 
+pub mod plan;
+pub mod state;
+
 /// Diagnostics as one JSON document: `{"format_version":1,"diagnostics":[{code,
 /// severity, message, file, line, column, help}]}`. A diagnostic with related
 /// diagnostics (a config with several problems) lists each of them.

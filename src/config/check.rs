@@ -1,0 +1,360 @@
+//! Validation of the parsed YAML against the JSON Schema generated from
+//! [`super::schema`], with spans: every mismatch is one [`Problem`].
+
+use std::sync::OnceLock;
+
+use serde_json::Value as J;
+
+use super::diag::{Kind, Problem, did_you_mean};
+use super::yaml::{Node, Value};
+
+/// The schema, generated once per process.
+pub fn schema() -> &'static J {
+    static SCHEMA: OnceLock<J> = OnceLock::new();
+    SCHEMA.get_or_init(super::schema::json_schema)
+}
+
+/// Checks `node` against the whole document schema.
+pub fn check_document(node: &Node, out: &mut Vec<Problem>) {
+    let root = schema();
+    let mut path = Vec::new();
+    check(node, root, root, &mut path, out);
+}
+
+fn resolve<'a>(schema: &'a J, root: &'a J) -> &'a J {
+    let mut s = schema;
+    for _ in 0..16 {
+        match s.get("$ref").and_then(J::as_str) {
+            Some(r) => match r
+                .strip_prefix("#/$defs/")
+                .and_then(|n| root.get("$defs")?.get(n))
+            {
+                Some(t) => s = t,
+                None => return s,
+            },
+            None => return s,
+        }
+    }
+    s
+}
+
+fn type_matches(t: &str, v: &Value) -> bool {
+    matches!(
+        (t, v),
+        ("null", Value::Null)
+            | ("boolean", Value::Bool(_))
+            | ("integer", Value::Int(_))
+            | ("number", Value::Int(_) | Value::Float(_))
+            | ("string", Value::Str(_))
+            | ("array", Value::Seq(_))
+            | ("object", Value::Map(_))
+    )
+}
+
+fn types_of(schema: &J) -> Vec<&str> {
+    match schema.get("type") {
+        Some(J::String(s)) => vec![s.as_str()],
+        Some(J::Array(a)) => a.iter().filter_map(J::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Every type a schema (with its alternatives) accepts.
+fn accepted_types<'a>(schema: &'a J, root: &'a J, out: &mut Vec<&'a str>) {
+    let schema = resolve(schema, root);
+    for t in types_of(schema) {
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(J::Array(branches)) = schema.get(key) {
+            for b in branches {
+                accepted_types(b, root, out);
+            }
+        }
+    }
+}
+
+/// Every string constant a schema (with its alternatives) allows.
+fn choices<'a>(schema: &'a J, root: &'a J, out: &mut Vec<&'a str>) {
+    let schema = resolve(schema, root);
+    if let Some(c) = schema.get("const").and_then(J::as_str) {
+        out.push(c);
+    }
+    if let Some(J::Array(e)) = schema.get("enum") {
+        out.extend(e.iter().filter_map(J::as_str));
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(J::Array(branches)) = schema.get(key) {
+            for b in branches {
+                choices(b, root, out);
+            }
+        }
+    }
+}
+
+fn describe(types: &[&str]) -> String {
+    let words: Vec<String> = types
+        .iter()
+        .filter(|t| **t != "null")
+        .map(|t| match *t {
+            "integer" => "an integer".to_owned(),
+            "array" => "a list".to_owned(),
+            "object" => "a mapping".to_owned(),
+            other => format!("a {other}"),
+        })
+        .collect();
+    match words.len() {
+        0 => "nothing".to_owned(),
+        1 => words[0].clone(),
+        _ => format!(
+            "{} or {}",
+            words[..words.len() - 1].join(", "),
+            words[words.len() - 1]
+        ),
+    }
+}
+
+fn found(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing (null)",
+        Value::Bool(_) => "a boolean",
+        Value::Int(_) => "an integer",
+        Value::Float(_) => "a number",
+        Value::Str(_) => "a string",
+        Value::Seq(_) => "a list",
+        Value::Map(_) => "a mapping",
+    }
+}
+
+fn where_(path: &[String]) -> String {
+    if path.is_empty() {
+        "the document".to_owned()
+    } else {
+        format!("`{}`", path.join("."))
+    }
+}
+
+fn check(node: &Node, schema: &J, root: &J, path: &mut Vec<String>, out: &mut Vec<Problem>) {
+    let schema = resolve(schema, root);
+    if schema == &J::Bool(true) {
+        return;
+    }
+    let alternatives = schema
+        .get("anyOf")
+        .or_else(|| schema.get("oneOf"))
+        .and_then(J::as_array);
+    if let Some(branches) = alternatives {
+        let mut best: Option<Vec<Problem>> = None;
+        for b in branches {
+            let b = resolve(b, root);
+            let mut tmp = Vec::new();
+            check(node, b, root, path, &mut tmp);
+            if tmp.is_empty() {
+                return;
+            }
+            let mut ts = Vec::new();
+            accepted_types(b, root, &mut ts);
+            if ts.iter().any(|t| type_matches(t, &node.value))
+                && best.as_ref().is_none_or(|p| tmp.len() < p.len())
+            {
+                best = Some(tmp);
+            }
+        }
+        let mut allowed = Vec::new();
+        choices(schema, root, &mut allowed);
+        if let (Value::Str(s), false) = (&node.value, allowed.is_empty()) {
+            out.push(invalid_choice(node, s, &allowed, path));
+            return;
+        }
+        match best {
+            Some(p) => out.extend(p),
+            None => {
+                let mut ts = Vec::new();
+                accepted_types(schema, root, &mut ts);
+                out.push(wrong_type(node, &ts, path));
+            }
+        }
+        return;
+    }
+    let types = types_of(schema);
+    if !types.is_empty() && !types.iter().any(|t| type_matches(t, &node.value)) {
+        out.push(wrong_type(node, &types, path));
+        return;
+    }
+    if let Value::Str(s) = &node.value {
+        let mut allowed = Vec::new();
+        choices(schema, root, &mut allowed);
+        if !allowed.is_empty() && !allowed.contains(&s.as_str()) {
+            out.push(invalid_choice(node, s, &allowed, path));
+        }
+    }
+    let number = match node.value {
+        Value::Int(i) => Some(i as f64),
+        Value::Float(f) => Some(f),
+        _ => None,
+    };
+    if let Some(n) = number {
+        let min = schema.get("minimum").and_then(J::as_f64);
+        let max = schema.get("maximum").and_then(J::as_f64);
+        if let Some(min) = min.filter(|m| n < *m) {
+            let in_resources = path.iter().any(|p| p == "resources");
+            let kind = if in_resources {
+                Kind::NonPositiveResource
+            } else {
+                Kind::InvalidValue
+            };
+            let help = if in_resources {
+                "resources are positive amounts: give a value above 0, or leave the key out for the default".to_owned()
+            } else {
+                format!("use a value of at least {min}")
+            };
+            let message = if in_resources {
+                format!("{} must be positive, found {}", where_(path), fmt_num(n))
+            } else {
+                format!(
+                    "{} must be at least {min}, found {}",
+                    where_(path),
+                    fmt_num(n)
+                )
+            };
+            out.push(
+                Problem::new(kind, message)
+                    .label(node.span.clone(), "too small")
+                    .help(help),
+            );
+        } else if let Some(max) = max.filter(|m| n > *m) {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    format!(
+                        "{} must be at most {max}, found {}",
+                        where_(path),
+                        fmt_num(n)
+                    ),
+                )
+                .label(node.span.clone(), "too large")
+                .help(format!("use a value of at most {max}")),
+            );
+        }
+    }
+    match &node.value {
+        Value::Map(entries) => {
+            let props = schema.get("properties").and_then(J::as_object);
+            let additional = schema.get("additionalProperties");
+            for (key, value) in entries {
+                let sub = props.and_then(|p| p.get(&key.name));
+                path.push(key.name.clone());
+                match (sub, additional) {
+                    (Some(s), _) => check(value, s, root, path, out),
+                    (None, Some(J::Bool(false))) => {
+                        path.pop();
+                        let names: Vec<&str> = props
+                            .map(|p| p.keys().map(String::as_str).collect())
+                            .unwrap_or_default();
+                        let help = match did_you_mean(&key.name, names.iter().copied()) {
+                            Some(s) => format!("did you mean `{s}`?"),
+                            None => format!(
+                                "remove it; the keys allowed here are: {}",
+                                names.join(", ")
+                            ),
+                        };
+                        out.push(
+                            Problem::new(
+                                Kind::UnknownKey,
+                                format!("unknown key `{}` in {}", key.name, where_(path)),
+                            )
+                            .label(key.span.clone(), "not a known key")
+                            .help(help),
+                        );
+                        continue;
+                    }
+                    (None, Some(s)) => check(value, s, root, path, out),
+                    (None, None) => {}
+                }
+                path.pop();
+            }
+            if let Some(J::Array(required)) = schema.get("required") {
+                for r in required.iter().filter_map(J::as_str) {
+                    if !entries.iter().any(|(k, _)| k.name == r) {
+                        out.push(
+                            Problem::new(
+                                Kind::MissingKey,
+                                format!("{} needs the key `{r}`", where_(path)),
+                            )
+                            .label(first_line(node), format!("`{r}` is missing here"))
+                            .help(format!("add `{r}: ...` to this mapping")),
+                        );
+                    }
+                }
+            }
+        }
+        Value::Seq(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    path.push(i.to_string());
+                    check(item, item_schema, root, path, out);
+                    path.pop();
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn fmt_num(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        n.to_string()
+    }
+}
+
+fn first_line(node: &Node) -> std::ops::Range<usize> {
+    node.span.start..node.span.start
+}
+
+fn wrong_type(node: &Node, types: &[&str], path: &[String]) -> Problem {
+    let expected = describe(types);
+    let help = match (
+        &node.value,
+        types.contains(&"integer") || types.contains(&"number"),
+    ) {
+        (Value::Str(s), true) if s.trim().parse::<f64>().is_ok() => {
+            "remove the quotes: this value is a number".to_owned()
+        }
+        (Value::Str(s), _)
+            if types.contains(&"boolean") && matches!(s.as_str(), "yes" | "no" | "on" | "off") =>
+        {
+            "write `true` or `false`".to_owned()
+        }
+        _ => format!("write {expected} here"),
+    };
+    Problem::new(
+        Kind::WrongType,
+        format!(
+            "{} should be {expected}, found {}",
+            where_(path),
+            found(&node.value)
+        ),
+    )
+    .label(node.span.clone(), format!("expected {expected}"))
+    .help(help)
+}
+
+fn invalid_choice(node: &Node, s: &str, allowed: &[&str], path: &[String]) -> Problem {
+    let help = match did_you_mean(s, allowed.iter().copied()) {
+        Some(c) => format!(
+            "did you mean `{c}`? The values allowed are: {}",
+            allowed.join(", ")
+        ),
+        None => format!("use one of: {}", allowed.join(", ")),
+    };
+    Problem::new(
+        Kind::InvalidValue,
+        format!("`{s}` is not a valid value for {}", where_(path)),
+    )
+    .label(node.span.clone(), "not allowed here")
+    .help(help)
+}

@@ -1,0 +1,805 @@
+//! `${VAR}` interpolation, the checks that span several values (dependencies,
+//! cycles, ports, probes) and the lowering of the file into the model.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use super::diag::{Kind, Problem, did_you_mean};
+use super::schema::{self, ConfigFile, Service};
+use super::template::Secrets;
+use super::yaml::{Key, Node, Value};
+use crate::model::{
+    BackendKind, DeploymentSettings, DesiredState, HealthCheck, MonitoringSettings,
+    NetworkSettings, PortSpec, Probe, Protocol, Resources, RestartPolicy, SecretKey, Sensitive,
+    ServiceName, ServiceSpec, Settings, Strategy, Text, VolumeSpec, Workload,
+};
+
+/// Whether an environment variable's name marks it as a secret.
+pub fn looks_secret(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    n.ends_with("_KEY") || n.contains("PASSWORD") || n.contains("SECRET") || n.contains("TOKEN")
+}
+
+/// Replaces `${NAME}` and `${NAME:-default}` in every string value (`$${` is a
+/// literal `${`). A secret's value (declared in `secrets:` or named like one)
+/// goes in as an opaque token, as `secret()` does.
+pub fn interpolate(
+    node: &mut Node,
+    env: &BTreeMap<String, String>,
+    declared: &BTreeSet<String>,
+    secrets: &Secrets,
+    out: &mut Vec<Problem>,
+) {
+    match &mut node.value {
+        Value::Str(s) if s.contains('$') => {
+            if let Some(new) = interpolate_str(s, &node.span, env, declared, secrets, out) {
+                *s = new;
+            }
+        }
+        Value::Seq(items) => items
+            .iter_mut()
+            .for_each(|n| interpolate(n, env, declared, secrets, out)),
+        Value::Map(entries) => entries
+            .iter_mut()
+            .for_each(|(_, n)| interpolate(n, env, declared, secrets, out)),
+        _ => {}
+    }
+}
+
+fn interpolate_str(
+    s: &str,
+    span: &Range<usize>,
+    env: &BTreeMap<String, String>,
+    declared: &BTreeSet<String>,
+    secrets: &Secrets,
+    out: &mut Vec<Problem>,
+) -> Option<String> {
+    if !s.contains("${") {
+        return None;
+    }
+    let mut result = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        result.push_str(&rest[..at]);
+        let after = &rest[at..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            result.push_str("${");
+            rest = tail;
+            continue;
+        }
+        let Some(body_start) = after.strip_prefix("${") else {
+            result.push('$');
+            rest = &after[1..];
+            continue;
+        };
+        let Some(close) = body_start.find('}') else {
+            result.push_str(after);
+            rest = "";
+            break;
+        };
+        let body = &body_start[..close];
+        rest = &body_start[close + 1..];
+        let (name, default) = match body.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (body, None),
+        };
+        let value = match (env.get(name), default) {
+            (Some(v), _) => v.clone(),
+            (None, Some(d)) => d.to_owned(),
+            (None, None) => {
+                out.push(
+                    Problem::new(
+                        Kind::UnsetVariable,
+                        format!("the environment variable `{name}` is not set"),
+                    )
+                    .label(span.clone(), format!("`${{{name}}}` is used here"))
+                    .help(format!(
+                        "set `{name}` in the environment, or give a default: `${{{name}:-value}}`"
+                    )),
+                );
+                String::new()
+            }
+        };
+        if declared.contains(name) || looks_secret(name) {
+            result.push_str(&secrets.token(&format!("${name}"), value));
+        } else {
+            result.push_str(&value);
+        }
+    }
+    result.push_str(rest);
+    Some(result)
+}
+
+/// Reports tokens of secrets in places that cannot hold a sensitive value (only
+/// `env`, `environment`, `command` and `args` of a service can).
+pub fn check_secret_places(root: &Node, out: &mut Vec<Problem>) {
+    fn walk(node: &Node, path: &mut Vec<String>, out: &mut Vec<Problem>) {
+        match &node.value {
+            Value::Str(s) if s.contains("__DC_SECRET_") => {
+                let allowed = path.len() >= 3
+                    && path[0] == "services"
+                    && matches!(path[2].as_str(), "env" | "environment" | "command" | "args");
+                if !allowed {
+                    out.push(
+                        Problem::new(Kind::SecretNotAllowed, format!("a secret cannot be used in `{}`", path.join(".")))
+                            .label(node.span.clone(), "this value holds a secret")
+                            .help("secrets may appear only in a service's `env`, `command` and `args`, where they stay redacted"),
+                    );
+                }
+            }
+            Value::Seq(items) => {
+                for (i, n) in items.iter().enumerate() {
+                    path.push(i.to_string());
+                    walk(n, path, out);
+                    path.pop();
+                }
+            }
+            Value::Map(entries) => {
+                for (k, n) in entries {
+                    path.push(k.name.clone());
+                    walk(n, path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    walk(root, &mut Vec::new(), out);
+}
+
+/// One service as found in the file.
+pub struct Entry<'a> {
+    pub key: &'a Key,
+    pub node: &'a Node,
+    /// `None` when its definition has type errors (already reported).
+    pub def: Option<Service>,
+    /// The definition had schema problems: what is left of it is checked, but
+    /// not for what a misspelt key may have meant (no command, say).
+    pub dirty: bool,
+}
+
+fn span_of(node: &Node, path: &[&str]) -> Option<Range<usize>> {
+    let mut n = node;
+    for p in path {
+        n = n.get(p)?;
+    }
+    Some(n.span.clone())
+}
+
+fn key_span(node: &Node, key: &str) -> Option<Range<usize>> {
+    node.entry(key).map(|(k, _)| k.span.clone())
+}
+
+/// Everything needed to lower: the typed file (settings), the service entries.
+pub struct Lowering<'a> {
+    pub root: &'a Node,
+    pub file: ConfigFile,
+    pub services: Vec<Entry<'a>>,
+    pub base_dir: PathBuf,
+    pub secrets: &'a Secrets,
+    pub key: SecretKey,
+}
+
+impl Lowering<'_> {
+    /// Cross-value checks and lowering; problems are appended to `out`.
+    pub fn lower(self, out: &mut Vec<Problem>) -> Option<DesiredState> {
+        let start = out.len();
+        let settings = self.settings(out);
+        let enabled: HashMap<&str, bool> = self
+            .services
+            .iter()
+            .map(|e| {
+                let on = e.def.as_ref().and_then(|d| d.enabled).unwrap_or(true);
+                (e.key.name.as_str(), on)
+            })
+            .collect();
+        let names: Vec<&str> = self.services.iter().map(|e| e.key.name.as_str()).collect();
+
+        let mut specs = BTreeMap::new();
+        let mut disabled = Vec::new();
+        let mut port_claims: HashMap<(u16, Protocol), (String, Range<usize>)> = HashMap::new();
+        let mut graph: BTreeMap<String, Vec<(String, Range<usize>)>> = BTreeMap::new();
+
+        for entry in &self.services {
+            let name = match ServiceName::parse(&entry.key.name) {
+                Ok(n) => Some(n),
+                Err(why) => {
+                    out.push(
+                        Problem::new(
+                            Kind::InvalidServiceName,
+                            format!("`{}` is not a valid service name: {why}", entry.key.name),
+                        )
+                        .label(entry.key.span.clone(), "invalid name")
+                        .help(format!(
+                            "rename it, e.g. `{}`",
+                            suggest_name(&entry.key.name)
+                        )),
+                    );
+                    None
+                }
+            };
+            let Some(def) = &entry.def else { continue };
+            let is_enabled = def.enabled.unwrap_or(true);
+
+            // dependencies
+            let mut deps = Vec::new();
+            for (i, dep) in def.dependencies.iter().flatten().enumerate() {
+                let dspan = span_of(entry.node, &["dependencies"])
+                    .and_then(|_| entry.node.get("dependencies"))
+                    .and_then(|d| match &d.value {
+                        Value::Seq(items) => items.get(i).map(|n| n.span.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| entry.key.span.clone());
+                match enabled.get(dep.as_str()) {
+                    None => {
+                        let help = match did_you_mean(
+                            dep,
+                            names.iter().copied().filter(|n| *n != entry.key.name),
+                        ) {
+                            Some(s) => format!("did you mean `{s}`?"),
+                            None => {
+                                "define this service under `services`, or remove the dependency"
+                                    .to_owned()
+                            }
+                        };
+                        out.push(
+                            Problem::new(
+                                Kind::UnknownDependency,
+                                format!(
+                                    "`{}` depends on `{dep}`, which is not defined",
+                                    entry.key.name
+                                ),
+                            )
+                            .label(dspan, "unknown service")
+                            .help(help),
+                        );
+                    }
+                    Some(false) if is_enabled => out.push(
+                        Problem::new(
+                            Kind::DisabledDependency,
+                            format!("`{}` depends on `{dep}`, which is disabled", entry.key.name),
+                        )
+                        .label(dspan, "disabled service")
+                        .help(format!(
+                            "enable `{dep}`, or disable `{}` too, or remove the dependency",
+                            entry.key.name
+                        )),
+                    ),
+                    Some(_) => {
+                        if is_enabled {
+                            graph
+                                .entry(entry.key.name.clone())
+                                .or_default()
+                                .push((dep.clone(), dspan));
+                        }
+                        if let Ok(d) = ServiceName::parse(dep) {
+                            deps.push(d);
+                        }
+                    }
+                }
+            }
+            deps.sort();
+            deps.dedup();
+
+            if is_enabled {
+                let is_process = def.image.is_none() && def.container_image.is_none();
+                for (i, port) in def.ports.iter().flatten().enumerate() {
+                    let host = match port.host_port {
+                        Some(h) => h,
+                        None if is_process => port.container_port,
+                        None => continue,
+                    };
+                    let protocol = match port.protocol {
+                        Some(schema::ProtocolDef::Udp) => Protocol::Udp,
+                        _ => Protocol::Tcp,
+                    };
+                    let pspan = entry
+                        .node
+                        .get("ports")
+                        .and_then(|p| match &p.value {
+                            Value::Seq(items) => items.get(i),
+                            _ => None,
+                        })
+                        .map(|n| {
+                            n.get("host_port")
+                                .or_else(|| n.get("container_port"))
+                                .map_or(n.span.clone(), |x| x.span.clone())
+                        })
+                        .unwrap_or_else(|| entry.key.span.clone());
+                    if let Some((other, ospan)) = port_claims.get(&(host, protocol)) {
+                        out.push(
+                            Problem::new(
+                                Kind::PortConflict,
+                                format!("host port {host}/{} is claimed by both `{other}` and `{}`", protocol.as_str(), entry.key.name),
+                            )
+                            .label(pspan, "claimed again here")
+                            .label(ospan.clone(), "first claimed here")
+                            .help("give one of them another `host_port`, or leave `host_port` out on a container to get one from `network.port_range`"),
+                        );
+                    } else {
+                        port_claims.insert((host, protocol), (entry.key.name.clone(), pspan));
+                    }
+                }
+            }
+            let spec = self.service(entry, def, name.clone(), deps, &settings, out);
+            if let (Some(spec), Some(name)) = (spec, name) {
+                if is_enabled {
+                    specs.insert(name, spec);
+                } else {
+                    disabled.push(name);
+                }
+            }
+        }
+
+        for (cycle, span) in cycles(&graph) {
+            out.push(
+                Problem::new(
+                    Kind::DependencyCycle,
+                    format!("the dependencies form a cycle: {}", cycle.join(" -> ")),
+                )
+                .label(span, "this dependency closes the cycle")
+                .help("remove one of these dependencies so that the services can start in order"),
+            );
+        }
+
+        if out.len() > start {
+            return None;
+        }
+        Some(DesiredState {
+            settings,
+            services: specs,
+            disabled,
+        })
+    }
+
+    fn settings(&self, out: &mut Vec<Problem>) -> Settings {
+        let f = &self.file;
+        let infra = f.infrastructure.clone().unwrap_or_default();
+        let runtime = infra.container_runtime;
+        let orchestrator = infra.orchestrator;
+        let at = |key: &str| span_of(self.root, &["infrastructure", key]).unwrap_or(0..0);
+        if runtime == Some(schema::ContainerRuntime::Containerd) {
+            out.push(
+                unsupported(
+                    "infrastructure.container_runtime",
+                    "Containerd",
+                    "use `Docker` (or `Podman`), or `Process` for local processes",
+                )
+                .label(at("container_runtime"), "not supported"),
+            );
+        }
+        if orchestrator == Some(schema::Orchestrator::Kubernetes) {
+            out.push(
+                unsupported(
+                    "infrastructure.orchestrator",
+                    "Kubernetes",
+                    "use `DockerCompose` for containers on one host or `Swarm` for Docker Swarm",
+                )
+                .label(at("orchestrator"), "not supported"),
+            );
+        }
+        let default_backend = match (runtime, orchestrator) {
+            (_, Some(schema::Orchestrator::Swarm)) => BackendKind::Swarm,
+            (Some(schema::ContainerRuntime::Docker | schema::ContainerRuntime::Podman), _) => {
+                BackendKind::Docker
+            }
+            _ => BackendKind::Process,
+        };
+        let d = f.deployment.clone().unwrap_or_default();
+        let dd = DeploymentSettings::default();
+        let deployment = DeploymentSettings {
+            strategy: match d.strategy {
+                Some(schema::Strategy::Sequential) => Strategy::Sequential,
+                Some(schema::Strategy::Parallel) => Strategy::Parallel,
+                Some(schema::Strategy::RollingUpdate) => Strategy::RollingUpdate,
+                Some(schema::Strategy::BlueGreen) => Strategy::BlueGreen,
+                Some(schema::Strategy::Hybrid) | None => Strategy::Hybrid,
+            },
+            max_parallel: d.max_parallel.unwrap_or(dd.max_parallel),
+            health_check_interval: d.health_check_interval.unwrap_or(dd.health_check_interval),
+            timeout_seconds: d.timeout_seconds.unwrap_or(dd.timeout_seconds),
+            rollback_on_failure: d.rollback_on_failure.unwrap_or(dd.rollback_on_failure),
+            rollback_timeout_seconds: d
+                .rollback_timeout_seconds
+                .unwrap_or(dd.rollback_timeout_seconds),
+            stop_grace_seconds: d.stop_grace_seconds.unwrap_or(dd.stop_grace_seconds),
+        };
+        let n = infra.network.clone().unwrap_or_default();
+        let nd = NetworkSettings::default();
+        let port_range = n
+            .port_range
+            .as_ref()
+            .map_or(nd.port_range, |r| (r.start, r.end));
+        if port_range.0 > port_range.1 {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    format!(
+                        "`infrastructure.network.port_range` starts at {} after its end {}",
+                        port_range.0, port_range.1
+                    ),
+                )
+                .label(
+                    span_of(self.root, &["infrastructure", "network", "port_range"])
+                        .unwrap_or(0..0),
+                    "empty range",
+                )
+                .help("make `start` lower than or equal to `end`"),
+            );
+        }
+        let network = NetworkSettings {
+            mode: match n.mode {
+                Some(schema::NetworkMode::Host) => "Host".into(),
+                Some(schema::NetworkMode::Overlay) => "Overlay".into(),
+                _ => "Bridge".into(),
+            },
+            cidr: n.cidr.clone(),
+            dns_servers: n.dns_servers.clone().unwrap_or_default(),
+            port_range,
+        };
+        let storage = infra.storage.clone().unwrap_or_default();
+        let resolve = |p: Option<&String>, default: &str| -> PathBuf {
+            let p = p.map_or_else(|| PathBuf::from(default), PathBuf::from);
+            if p.is_absolute() {
+                p
+            } else {
+                self.base_dir.join(p)
+            }
+        };
+        let m = f.monitoring.clone().unwrap_or_default();
+        let prom = m.prometheus.clone().unwrap_or_default();
+        Settings {
+            project: f.project.clone().unwrap_or_else(|| "code".into()),
+            environment: f.environment.clone().unwrap_or_else(|| "default".into()),
+            default_backend,
+            deployment,
+            network,
+            data_dir: resolve(storage.data_dir.as_ref(), ".deploy-code/data"),
+            log_dir: resolve(storage.log_dir.as_ref(), ".deploy-code/logs"),
+            reserve_percent: infra.resource_reserve_percent.unwrap_or(20),
+            monitoring: MonitoringSettings {
+                enabled: m.enabled.unwrap_or(false),
+                pushgateway: prom.pushgateway.clone(),
+                textfile_dir: prom.textfile_dir.clone(),
+            },
+            state_path: f
+                .state
+                .as_ref()
+                .and_then(|s| s.path.as_ref())
+                .map(|p| resolve(Some(p), "")),
+        }
+    }
+
+    fn text(&self, s: &str) -> Text {
+        let (plain, found) = self.secrets.substitute(s, true);
+        if found {
+            Text::Sensitive(Sensitive::new(&self.key, plain))
+        } else {
+            Text::Plain(plain)
+        }
+    }
+
+    fn service(
+        &self,
+        entry: &Entry<'_>,
+        def: &Service,
+        name: Option<ServiceName>,
+        dependencies: Vec<ServiceName>,
+        settings: &Settings,
+        out: &mut Vec<Problem>,
+    ) -> Option<ServiceSpec> {
+        let start = out.len();
+        let sname = &entry.key.name;
+        let node = entry.node;
+        let invalid = |msg: String, span: Option<Range<usize>>, help: &str| {
+            Problem::new(Kind::InvalidService, msg)
+                .label(span.unwrap_or_else(|| entry.key.span.clone()), "here")
+                .help(help.to_owned())
+        };
+        if def.image.is_some() && def.container_image.is_some() {
+            out.push(invalid(
+                format!("`{sname}` sets both `image` and `container_image`"),
+                key_span(node, "container_image"),
+                "keep one of the two spellings",
+            ));
+        }
+        if def.env.is_some() && def.environment.is_some() {
+            out.push(invalid(
+                format!("`{sname}` sets both `env` and `environment`"),
+                key_span(node, "environment"),
+                "keep one of the two spellings",
+            ));
+        }
+        let image = def.image.clone().or_else(|| def.container_image.clone());
+        if def.service_type == Some(schema::ServiceType::Container) && image.is_none() {
+            out.push(invalid(
+                format!("`{sname}` is a container but names no image"),
+                key_span(node, "service_type"),
+                "add `image: <name>:<tag>`",
+            ));
+        }
+        if image.is_none() && def.command.is_none() && !entry.dirty {
+            out.push(invalid(
+                format!("`{sname}` has neither a `command` nor an `image`"),
+                Some(entry.key.span.clone()),
+                "add `command:` to run a local process, or `image:` to run a container",
+            ));
+        }
+        let backend = match (&image, settings.default_backend) {
+            (None, _) => BackendKind::Process,
+            (Some(_), BackendKind::Swarm) => BackendKind::Swarm,
+            (Some(_), _) => BackendKind::Docker,
+        };
+        let workload =
+            if def.oneshot == Some(true) || def.service_type == Some(schema::ServiceType::Task) {
+                Workload::Task
+            } else {
+                Workload::Service
+            };
+
+        let r = def.resources.clone().unwrap_or_default();
+        let rnode = node.get("resources");
+        let positive = |key: &str, v: Option<f64>, out: &mut Vec<Problem>| {
+            if v == Some(0.0) {
+                out.push(
+                    Problem::new(
+                        Kind::NonPositiveResource,
+                        format!("`services.{sname}.resources.{key}` must be positive, found 0"),
+                    )
+                    .label(
+                        rnode
+                            .and_then(|n| n.get(key))
+                            .map_or(entry.key.span.clone(), |n| n.span.clone()),
+                        "zero",
+                    )
+                    .help("give a value above 0, or leave the key out for the default"),
+                );
+            }
+        };
+        positive("cpu_cores", r.cpu_cores, out);
+        positive("memory_mb", r.memory_mb.map(|v| v as f64), out);
+        positive("gpu_memory_mb", r.gpu_memory_mb.map(|v| v as f64), out);
+        let resources = Resources {
+            cpu_cores: r.cpu_cores.unwrap_or(0.5),
+            memory_mb: r.memory_mb.unwrap_or(256).max(0) as u64,
+            storage_gb: r.storage_gb.unwrap_or(0).max(0) as u64,
+            gpu_count: r.gpu_count.unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
+            gpu_memory_mb: r.gpu_memory_mb.map(|v| v.max(0) as u64),
+        };
+
+        let ports: Vec<PortSpec> = def
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| PortSpec {
+                container_port: p.container_port,
+                host_port: p.host_port.or(if backend == BackendKind::Process {
+                    Some(p.container_port)
+                } else {
+                    None
+                }),
+                host_ip: p.host_ip.clone(),
+                protocol: match p.protocol {
+                    Some(schema::ProtocolDef::Udp) => Protocol::Udp,
+                    _ => Protocol::Tcp,
+                },
+            })
+            .collect();
+
+        let health_check = def.health_check.as_ref().and_then(|h| {
+            let hspan = key_span(node, "health_check");
+            let count = [h.endpoint.is_some(), h.command.is_some(), h.tcp.is_some()]
+                .iter()
+                .filter(|b| **b)
+                .count();
+            let probe = if count == 0 {
+                out.push(
+                    Problem::new(Kind::HealthCheckWithoutProbe, format!("the health check of `{sname}` has neither `endpoint`, `command` nor `tcp`"))
+                        .label(hspan.unwrap_or_else(|| entry.key.span.clone()), "no probe")
+                        .help("add `endpoint: /health` (HTTP), `command: [..]` (exit 0) or `tcp: <port>`; or remove `health_check`"),
+                );
+                return None;
+            } else if count > 1 {
+                out.push(invalid(
+                    format!("the health check of `{sname}` has more than one of `endpoint`, `command` and `tcp`"),
+                    hspan,
+                    "keep exactly one probe",
+                ));
+                return None;
+            } else if let Some(ep) = &h.endpoint {
+                if ep.starts_with('/') {
+                    let Some(port) = ports.first() else {
+                        out.push(invalid(
+                            format!("the health endpoint `{ep}` of `{sname}` is a path, but the service has no port"),
+                            node.get("health_check").and_then(|n| n.get("endpoint")).map(|n| n.span.clone()),
+                            "write a full URL such as `http://127.0.0.1:8080/health`, or add a port",
+                        ));
+                        return None;
+                    };
+                    let p = port.host_port.unwrap_or(port.container_port);
+                    Probe::Http { url: format!("http://127.0.0.1:{p}{ep}") }
+                } else if ep.starts_with("http://") || ep.starts_with("https://") {
+                    Probe::Http { url: ep.clone() }
+                } else {
+                    out.push(invalid(
+                        format!("the health endpoint `{ep}` of `{sname}` is neither a URL nor a path"),
+                        node.get("health_check").and_then(|n| n.get("endpoint")).map(|n| n.span.clone()),
+                        "write `http://host:port/path` or a path starting with `/`",
+                    ));
+                    return None;
+                }
+            } else if let Some(argv) = &h.command {
+                if argv.is_empty() {
+                    out.push(invalid(
+                        format!("the health-check command of `{sname}` is empty"),
+                        hspan,
+                        "give the program and its arguments, e.g. `[pg_isready]`",
+                    ));
+                    return None;
+                }
+                Probe::Command { argv: argv.clone() }
+            } else {
+                Probe::Tcp {
+                    host: h.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                    port: h.tcp.unwrap_or(0),
+                }
+            };
+            Some(HealthCheck {
+                probe,
+                interval_seconds: h
+                    .interval_seconds
+                    .unwrap_or(settings.deployment.health_check_interval),
+                timeout_seconds: h.timeout_seconds.unwrap_or(5),
+                retries: h.retries.unwrap_or(3),
+                start_period_seconds: h.start_period_seconds.unwrap_or(0),
+            })
+        });
+
+        let env: BTreeMap<String, Text> = def
+            .env
+            .iter()
+            .chain(def.environment.iter())
+            .flatten()
+            .map(|(k, v)| {
+                let s = match v {
+                    schema::EnvValue::Bool(b) => b.to_string(),
+                    schema::EnvValue::Int(i) => i.to_string(),
+                    schema::EnvValue::Float(f) => f.to_string(),
+                    schema::EnvValue::Str(s) => s.clone(),
+                };
+                (k.clone(), self.text(&s))
+            })
+            .collect();
+
+        if out.len() > start {
+            return None;
+        }
+        Some(ServiceSpec {
+            name: name?,
+            backend,
+            workload,
+            replicas: def.replicas.unwrap_or(1),
+            image,
+            command: def.command.as_deref().map(|c| self.text(c)),
+            args: def.args.iter().flatten().map(|a| self.text(a)).collect(),
+            working_dir: def.working_dir.clone(),
+            env,
+            dependencies,
+            resources,
+            health_check,
+            ports,
+            volumes: def
+                .volumes
+                .iter()
+                .flatten()
+                .map(|v| VolumeSpec {
+                    name: v.name.clone(),
+                    host_path: v.host_path.clone(),
+                    mount_path: v.mount_path.clone(),
+                    read_only: v.read_only.unwrap_or(false),
+                })
+                .collect(),
+            restart: match def.restart {
+                Some(schema::Restart::OnFailure) => RestartPolicy::OnFailure,
+                Some(schema::Restart::Always) => RestartPolicy::Always,
+                Some(schema::Restart::UnlessStopped) => RestartPolicy::UnlessStopped,
+                Some(schema::Restart::No) | None => RestartPolicy::No,
+            },
+            labels: def.labels.clone().unwrap_or_default(),
+        })
+    }
+}
+
+fn unsupported(path: &str, value: &str, help: &str) -> Problem {
+    Problem::new(
+        Kind::InvalidValue,
+        format!("`{path}: {value}` is not supported"),
+    )
+    .help(help.to_owned())
+}
+
+fn suggest_name(name: &str) -> String {
+    let s: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(ServiceName::MAX_LEN)
+        .collect();
+    let s = s.trim_start_matches(['_', '-']).to_owned();
+    if s.is_empty() { "service".into() } else { s }
+}
+
+/// Every elementary cycle found by a depth-first search (each reported once),
+/// with the span of the dependency that closes it.
+fn cycles(
+    graph: &BTreeMap<String, Vec<(String, Range<usize>)>>,
+) -> Vec<(Vec<String>, Range<usize>)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    let mut marks: HashMap<&str, Mark> = HashMap::new();
+    let mut found = Vec::new();
+    let mut seen: BTreeSet<Vec<String>> = BTreeSet::new();
+    for start in graph.keys() {
+        if marks.get(start.as_str()).copied().unwrap_or(Mark::New) != Mark::New {
+            continue;
+        }
+        // iterative DFS: (node, next edge index)
+        let mut stack: Vec<(&str, usize)> = vec![(start.as_str(), 0)];
+        marks.insert(start.as_str(), Mark::Active);
+        while let Some(&mut (node, ref mut idx)) = stack.last_mut() {
+            let edges = graph.get(node).map(Vec::as_slice).unwrap_or(&[]);
+            if *idx >= edges.len() {
+                marks.insert(node, Mark::Done);
+                stack.pop();
+                continue;
+            }
+            let (next, span) = &edges[*idx];
+            *idx += 1;
+            match marks.get(next.as_str()).copied().unwrap_or(Mark::New) {
+                Mark::New => {
+                    marks.insert(next.as_str(), Mark::Active);
+                    stack.push((next.as_str(), 0));
+                }
+                Mark::Active => {
+                    let pos = stack.iter().position(|(n, _)| *n == next).unwrap_or(0);
+                    let mut cycle: Vec<String> =
+                        stack[pos..].iter().map(|(n, _)| (*n).to_owned()).collect();
+                    let mut key = cycle.clone();
+                    let min = key
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, n)| n.as_str())
+                        .map_or(0, |(i, _)| i);
+                    key.rotate_left(min);
+                    if seen.insert(key) {
+                        cycle.push(next.clone());
+                        found.push((cycle, span.clone()));
+                    }
+                }
+                Mark::Done => {}
+            }
+        }
+    }
+    found
+}
+
+/// Resolves `path` against `base` without touching the file system.
+pub fn absolute(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::path::absolute(base.join(path)).unwrap_or_else(|_| base.join(path))
+    }
+}

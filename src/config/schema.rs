@@ -1,0 +1,513 @@
+//! The file format of `deploy-code.yaml`, as Rust types.
+//!
+//! These types are the one definition of the document: the JSON Schema
+//! (`schemas/deploy-code.schema.json`) is generated from them with schemars, the
+//! loader validates the parsed YAML against that schema (with spans), and the doc
+//! comments are the descriptions editors show. Every field is optional unless
+//! noted; the defaults are applied when the file is lowered to the model.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A deploy-code configuration: settings and the services to run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "deploy-code configuration")]
+pub struct ConfigFile {
+    /// Version of the configuration document, e.g. `"1.0.0"`. Informational.
+    pub version: Option<String>,
+    /// Deployment environment name (development, staging, production...). Default `default`.
+    pub environment: Option<String>,
+    /// Accepted for compatibility; a dry run is `deploy-code plan`. Default false.
+    pub dry_run: Option<bool>,
+    /// Names containers `<project>-<service>` and labels everything the tool creates. Default `code`.
+    pub project: Option<String>,
+    /// Template defaults: the lowest-precedence template variables. Their values must not use template variables themselves.
+    pub variables: Option<BTreeMap<String, serde_json::Value>>,
+    /// Names of environment variables that hold secrets: `${NAME}` of one of these is sensitive.
+    pub secrets: Option<Vec<String>>,
+    /// Where the state lives.
+    pub state: Option<StateSection>,
+    pub infrastructure: Option<Infrastructure>,
+    pub security: Option<Security>,
+    pub deployment: Option<Deployment>,
+    pub monitoring: Option<Monitoring>,
+    /// The services, by name (`[a-z0-9][a-z0-9_-]{0,62}`).
+    pub services: Option<BTreeMap<String, Option<Service>>>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// The state file, relative to the config's directory. Default `.deploy-code/state.db`.
+    pub path: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ContainerRuntime {
+    Docker,
+    /// Treated as Docker (Podman serves the Docker API).
+    Podman,
+    /// Not supported: rejected.
+    Containerd,
+    /// Local processes only.
+    Process,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Orchestrator {
+    /// Containers on the local Docker engine.
+    DockerCompose,
+    /// Not supported: rejected.
+    Kubernetes,
+    /// Docker Swarm services.
+    Swarm,
+    None,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Infrastructure {
+    /// Docker, Podman, Containerd, Process or None. Default: Process (services with an image use Docker).
+    pub container_runtime: Option<ContainerRuntime>,
+    /// DockerCompose, Kubernetes, Swarm or None. Default None; Swarm runs image services as Swarm services.
+    pub orchestrator: Option<Orchestrator>,
+    pub network: Option<Network>,
+    pub storage: Option<Storage>,
+    /// Share (percent) of each capacity dimension kept for the system. Default 20.
+    #[schemars(range(max = 90))]
+    pub resource_reserve_percent: Option<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum NetworkMode {
+    Bridge,
+    Host,
+    Overlay,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// Bridge, Host or Overlay. Default Bridge.
+    pub mode: Option<NetworkMode>,
+    /// Subnet for the project network, e.g. `172.20.0.0/16`.
+    pub cidr: Option<String>,
+    pub dns_servers: Option<Vec<String>>,
+    /// Host ports allocated to containers that name none. Default 30000–40000.
+    pub port_range: Option<PortRange>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortRange {
+    #[schemars(range(min = 1))]
+    pub start: u16,
+    #[schemars(range(min = 1))]
+    pub end: u16,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// Data directory, relative to the config's directory. Default `.deploy-code/data`.
+    pub data_dir: Option<String>,
+    /// Per-service logs of processes. Default `.deploy-code/logs`.
+    pub log_dir: Option<String>,
+    /// Accepted; unused.
+    pub temp_dir: Option<String>,
+    /// Accepted; unused.
+    pub backup_dir: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    pub tls_enabled: Option<bool>,
+    pub cert_path: Option<String>,
+    pub key_path: Option<String>,
+    pub auth: Option<Auth>,
+    pub rbac: Option<Rbac>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    pub enabled: Option<bool>,
+    /// JWT, OAuth2 or Basic.
+    pub method: Option<String>,
+    pub token_expiry_seconds: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rbac {
+    pub enabled: Option<bool>,
+    /// Role names, or roles with their permissions.
+    pub roles: Option<Vec<Role>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Role {
+    Name(String),
+    Full(RoleDef),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleDef {
+    pub name: String,
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Strategy {
+    Sequential,
+    Parallel,
+    Hybrid,
+    RollingUpdate,
+    BlueGreen,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Deployment {
+    /// Sequential, Parallel, Hybrid, RollingUpdate or BlueGreen. Default Hybrid.
+    pub strategy: Option<Strategy>,
+    /// Most actions at once. Default 10.
+    #[schemars(range(min = 1))]
+    pub max_parallel: Option<u32>,
+    /// Default health-probe interval, seconds. Default 30.
+    #[schemars(range(min = 1))]
+    pub health_check_interval: Option<u64>,
+    /// Budget for a whole apply, seconds. Default 300.
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<u64>,
+    /// Undo a failed apply. Default true.
+    pub rollback_on_failure: Option<bool>,
+    /// Budget for a rollback, seconds. Default 300.
+    #[schemars(range(min = 1))]
+    pub rollback_timeout_seconds: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL (a container's stop timeout). Default 10.
+    pub stop_grace_seconds: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Monitoring {
+    /// Default false.
+    pub enabled: Option<bool>,
+    pub prometheus: Option<Prometheus>,
+    pub grafana: Option<Grafana>,
+    pub alerting: Option<Alerting>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Prometheus {
+    pub endpoint: Option<String>,
+    pub scrape_interval: Option<u64>,
+    pub retention_days: Option<u64>,
+    /// A Pushgateway base URL that `apply` and `destroy` push metrics to.
+    pub pushgateway: Option<String>,
+    /// A node-exporter textfile-collector directory for `deploy_code.prom`.
+    pub textfile_dir: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Grafana {
+    pub endpoint: Option<String>,
+    pub dashboards: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Alerting {
+    pub enabled: Option<bool>,
+    pub webhook_url: Option<String>,
+    pub rules: Option<Vec<AlertRule>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    pub name: String,
+    pub condition: String,
+    pub severity: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceType {
+    /// A local process (the default without an image).
+    Process,
+    /// A container (needs `image`).
+    Container,
+    /// A one-shot task: succeeds by exiting 0.
+    Task,
+    /// As process.
+    Custom,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    No,
+    OnFailure,
+    Always,
+    UnlessStopped,
+}
+
+/// An environment value: a string, a number or a boolean (written as text).
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum EnvValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+/// One service.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Default true. A disabled service is not deployed; nothing may depend on it.
+    pub enabled: Option<bool>,
+    /// process, container, task or custom. Default: container with an image, else process.
+    pub service_type: Option<ServiceType>,
+    /// A one-shot task (a migration): it succeeds by exiting 0. Default false.
+    pub oneshot: Option<bool>,
+    /// Container image; the service runs on Docker (Swarm with `orchestrator: Swarm`).
+    pub image: Option<String>,
+    /// The seeds' spelling of `image`.
+    pub container_image: Option<String>,
+    /// Instances to run. Default 1.
+    pub replicas: Option<u32>,
+    /// The program (a process) or the entrypoint override (a container).
+    pub command: Option<String>,
+    /// Arguments, passed without a shell.
+    pub args: Option<Vec<String>>,
+    /// Working directory, relative to the config's directory for a process.
+    pub working_dir: Option<String>,
+    /// Environment variables.
+    pub env: Option<BTreeMap<String, EnvValue>>,
+    /// The seeds' spelling of `env`.
+    pub environment: Option<BTreeMap<String, EnvValue>>,
+    /// Services that must be running (healthy) first.
+    pub dependencies: Option<Vec<String>>,
+    pub resources: Option<ResourcesDef>,
+    pub health_check: Option<HealthCheckDef>,
+    pub ports: Option<Vec<PortDef>>,
+    pub volumes: Option<Vec<VolumeDef>>,
+    /// no, on-failure, always or unless-stopped. Default no.
+    pub restart: Option<Restart>,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// What one replica needs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesDef {
+    /// Logical CPUs, fractions allowed, positive. Default 0.5.
+    #[schemars(range(min = 0))]
+    pub cpu_cores: Option<f64>,
+    /// Memory in MB, positive. Default 256.
+    #[schemars(range(min = 0))]
+    pub memory_mb: Option<i64>,
+    /// Disk in GB. Default 0.
+    #[schemars(range(min = 0))]
+    pub storage_gb: Option<i64>,
+    /// GPUs per replica. Default 0.
+    #[schemars(range(min = 0))]
+    pub gpu_count: Option<i64>,
+    /// Free memory each assigned GPU must have, MB, positive.
+    #[schemars(range(min = 0))]
+    pub gpu_memory_mb: Option<i64>,
+}
+
+/// A health gate: exactly one of `endpoint`, `command` or `tcp`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckDef {
+    /// An HTTP URL, or a path such as `/health` (then `http://127.0.0.1:<first port><path>`). Healthy on 2xx.
+    pub endpoint: Option<String>,
+    /// An argv run without a shell (inside the container for Docker); healthy on exit 0.
+    pub command: Option<Vec<String>>,
+    /// A TCP port to connect to.
+    pub tcp: Option<u16>,
+    /// The host for `tcp`. Default 127.0.0.1.
+    pub host: Option<String>,
+    /// Seconds between probes. Default `deployment.health_check_interval`.
+    #[schemars(range(min = 1))]
+    pub interval_seconds: Option<u64>,
+    /// Seconds one probe may take. Default 5.
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<u64>,
+    /// Consecutive failures that fail the gate. Default 3.
+    pub retries: Option<u32>,
+    /// Seconds after start during which failures do not count. Default 0.
+    pub start_period_seconds: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortDef {
+    /// The port the service listens on.
+    #[schemars(range(min = 1))]
+    pub container_port: u16,
+    /// The host port. Default: the container port for a process; allocated from `port_range` for a container.
+    #[schemars(range(min = 1))]
+    pub host_port: Option<u16>,
+    /// tcp or udp. Default tcp.
+    pub protocol: Option<ProtocolDef>,
+    /// Host address to bind. Default all addresses.
+    pub host_ip: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProtocolDef {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeDef {
+    /// A named volume, or the name of a bind mount.
+    pub name: String,
+    pub mount_path: String,
+    /// Default false.
+    pub read_only: Option<bool>,
+    /// A host path: makes this a bind mount.
+    pub host_path: Option<String>,
+}
+
+/// The JSON Schema of the document, as the pretty JSON checked in under `schemas/`.
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(ConfigFile))
+        .expect("a schema always serializes");
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert(
+            "$id".into(),
+            "https://deploy-code.dev/schemas/deploy-code.schema.json".into(),
+        );
+    }
+    schema
+}
+
+/// [`json_schema`] as the text of `schemas/deploy-code.schema.json`.
+pub fn json_schema_text() -> String {
+    let mut s = serde_json::to_string_pretty(&json_schema()).expect("JSON always serializes");
+    s.push('\n');
+    s
+}
+
+/// The key reference of `docs/configuration.md`, generated from the schema so
+/// that the docs cannot drift from the types.
+pub fn reference_markdown() -> String {
+    use serde_json::Value as J;
+    let schema = json_schema();
+    let defs = schema
+        .get("$defs")
+        .and_then(J::as_object)
+        .cloned()
+        .unwrap_or_default();
+    fn type_of(s: &J) -> String {
+        if let Some(r) = s.get("$ref").and_then(J::as_str) {
+            let name = r.rsplit('/').next().unwrap_or(r);
+            return format!("[{name}](#{})", name.to_lowercase());
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(J::Array(branches)) = s.get(key) {
+                let parts: Vec<String> = branches
+                    .iter()
+                    .filter(|b| b.get("type").and_then(J::as_str) != Some("null"))
+                    .map(type_of)
+                    .collect();
+                return parts.join(" or ");
+            }
+        }
+        if let Some(c) = s.get("const").and_then(J::as_str) {
+            return format!("`{c}`");
+        }
+        if let Some(J::Array(e)) = s.get("enum") {
+            return e
+                .iter()
+                .filter_map(J::as_str)
+                .map(|v| format!("`{v}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+        }
+        let types: Vec<&str> = match s.get("type") {
+            Some(J::String(t)) => vec![t.as_str()],
+            Some(J::Array(a)) => a
+                .iter()
+                .filter_map(J::as_str)
+                .filter(|t| *t != "null")
+                .collect(),
+            _ => vec!["any"],
+        };
+        let mut out = Vec::new();
+        for t in types {
+            out.push(match t {
+                "array" => format!("list of {}", s.get("items").map_or("any".into(), type_of)),
+                "object" => match s.get("additionalProperties") {
+                    Some(J::Bool(true)) | None => "mapping".to_owned(),
+                    Some(v) => format!("mapping of {}", type_of(v)),
+                },
+                other => other.to_owned(),
+            });
+        }
+        out.join(" or ")
+    }
+    fn table(out: &mut String, obj: &J) {
+        let required: Vec<&str> = obj
+            .get("required")
+            .and_then(J::as_array)
+            .map(|r| r.iter().filter_map(J::as_str).collect())
+            .unwrap_or_default();
+        out.push_str("| key | type | meaning and default |\n|---|---|---|\n");
+        if let Some(props) = obj.get("properties").and_then(J::as_object) {
+            for (k, v) in props {
+                let desc = v
+                    .get("description")
+                    .and_then(J::as_str)
+                    .unwrap_or("")
+                    .replace('\n', " ");
+                let req = if required.contains(&k.as_str()) {
+                    " (required)"
+                } else {
+                    ""
+                };
+                out.push_str(&format!(
+                    "| `{k}`{req} | {} | {desc} |\n",
+                    type_of(v).replace('|', "\\|")
+                ));
+            }
+        }
+        out.push('\n');
+    }
+    let mut out = String::from("### Document\n\n");
+    table(&mut out, &schema);
+    for (name, def) in &defs {
+        out.push_str(&format!("### {name}\n\n"));
+        if let Some(d) = def.get("description").and_then(J::as_str) {
+            out.push_str(d);
+            out.push_str("\n\n");
+        }
+        if def.get("properties").is_some() {
+            table(&mut out, def);
+        } else {
+            out.push_str(&format!("One of: {}\n\n", type_of(def)));
+        }
+    }
+    out
+}

@@ -1,0 +1,535 @@
+//! YAML with a byte span for every node and every key.
+//!
+//! Built on `saphyr-parser`'s event stream (each event carries a span), so that
+//! every diagnostic can point at the exact value in the user's file. Anchors and
+//! aliases are expanded under a node budget (no "billion laughs"), nesting depth is
+//! capped, duplicate keys are reported, and nothing here panics on any input.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use saphyr_parser::{Event, Parser, ScalarStyle};
+
+use super::diag::{Kind, Problem};
+
+/// The deepest nesting accepted (mappings and sequences).
+pub const MAX_DEPTH: usize = 64;
+/// The most nodes a document may expand to, aliases included.
+pub const MAX_NODES: usize = 2_000_000;
+
+/// A YAML value with the byte range it came from.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub span: Range<usize>,
+    pub value: Value,
+}
+
+#[derive(Clone, Debug)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<(Key, Node)>),
+}
+
+/// A mapping key (always a scalar, kept as text) with its span.
+#[derive(Clone, Debug)]
+pub struct Key {
+    pub name: String,
+    pub span: Range<usize>,
+}
+
+impl Value {
+    /// The JSON-Schema type name of this value, for messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Int(_) => "integer",
+            Value::Float(_) => "number",
+            Value::Str(_) => "string",
+            Value::Seq(_) => "array",
+            Value::Map(_) => "object",
+        }
+    }
+}
+
+impl Node {
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.entry(key).map(|(_, v)| v)
+    }
+
+    pub fn entry(&self, key: &str) -> Option<(&Key, &Node)> {
+        match &self.value {
+            Value::Map(m) => m.iter().find(|(k, _)| k.name == key).map(|(k, v)| (k, v)),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The JSON form without the values a problem points at (`bad` spans): what
+    /// is left of a definition with errors, to check the rest of it.
+    pub fn to_json_pruned(
+        &self,
+        bad: &std::collections::HashSet<Range<usize>>,
+    ) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Seq(items) => J::Array(
+                items
+                    .iter()
+                    .filter(|n| !bad.contains(&n.span))
+                    .map(|n| n.to_json_pruned(bad))
+                    .collect(),
+            ),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .filter(|(k, v)| !bad.contains(&k.span) && !bad.contains(&v.span))
+                    .map(|(k, v)| (k.name.clone(), v.to_json_pruned(bad)))
+                    .collect(),
+            ),
+            _ => self.to_json(),
+        }
+    }
+
+    /// The plain JSON form of this node (for typed deserialization).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Str(s) => J::String(s.clone()),
+            Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.name.clone(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Converts saphyr's character indices into byte offsets without a table the
+/// size of the input: a checkpoint every 1024 characters.
+struct Offsets {
+    ascii: bool,
+    checkpoints: Vec<usize>,
+    len: usize,
+}
+
+impl Offsets {
+    const STEP: usize = 1024;
+
+    fn new(text: &str) -> Self {
+        let ascii = text.is_ascii();
+        let mut checkpoints = Vec::new();
+        if !ascii {
+            for (i, (b, _)) in text.char_indices().enumerate() {
+                if i % Self::STEP == 0 {
+                    checkpoints.push(b);
+                }
+            }
+        }
+        Self {
+            ascii,
+            checkpoints,
+            len: text.len(),
+        }
+    }
+
+    fn byte(&self, text: &str, char_index: usize) -> usize {
+        if self.ascii {
+            return char_index.min(self.len);
+        }
+        let cp = char_index / Self::STEP;
+        let Some(&start) = self.checkpoints.get(cp) else {
+            return self.len;
+        };
+        let rest = char_index - cp * Self::STEP;
+        text[start..]
+            .char_indices()
+            .nth(rest)
+            .map_or(self.len, |(b, _)| start + b)
+    }
+}
+
+enum Frame {
+    Seq {
+        start: usize,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        start: usize,
+        anchor: usize,
+        entries: Vec<(Key, Node)>,
+        pending: Option<Key>,
+    },
+}
+
+/// Parses one YAML document. Returns the root (`None` for an empty document or a
+/// syntax error) and every problem found.
+pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
+    let offsets = Offsets::new(text);
+    let mut problems = Vec::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    let mut root: Option<Node> = None;
+    let mut nodes = 0usize;
+    let mut documents = 0usize;
+    let parser = Parser::new_from_str(text);
+
+    for event in parser {
+        let (event, span) = match event {
+            Ok(e) => e,
+            Err(err) => {
+                let at = offsets.byte(text, err.marker().index());
+                let end = next_char_end(text, at);
+                problems.push(
+                    Problem::new(Kind::YamlSyntax, format!("the YAML is malformed: {}", err.info()))
+                        .label(at..end, "here")
+                        .help("fix the YAML syntax at this point (indentation, a missing `:` or an unclosed quote or bracket)"),
+                );
+                return (None, problems);
+            }
+        };
+        let span_b = offsets.byte(text, span.start.index())..offsets.byte(text, span.end.index());
+        let node = match event {
+            Event::StreamStart | Event::StreamEnd | Event::Nothing | Event::DocumentEnd => None,
+            Event::DocumentStart(_) => {
+                documents += 1;
+                if documents > 1 {
+                    problems.push(
+                        Problem::new(Kind::YamlSyntax, "the file holds more than one YAML document")
+                            .label(span_b.clone(), "a second document starts here")
+                            .help("keep one document per configuration file: remove this `---` and what follows, or merge it into the first document"),
+                    );
+                    return (root, problems);
+                }
+                None
+            }
+            Event::Scalar(value, style, anchor, tag) => {
+                nodes += 1;
+                let explicit_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
+                let value = if style == ScalarStyle::Plain && !explicit_str {
+                    resolve_plain(&value)
+                } else {
+                    Value::Str(value.into_owned())
+                };
+                let node = Node {
+                    span: span_b.clone(),
+                    value,
+                };
+                if anchor > 0 {
+                    anchors.insert(anchor, node.clone());
+                }
+                Some(node)
+            }
+            Event::Alias(id) => match anchors.get(&id) {
+                Some(target) => {
+                    let size = count_nodes(target);
+                    nodes = nodes.saturating_add(size);
+                    if nodes > MAX_NODES {
+                        problems.push(
+                            Problem::new(Kind::TooLarge, format!("the document expands to more than {MAX_NODES} nodes through its aliases"))
+                                .label(span_b.clone(), "this alias passes the limit")
+                                .help("use fewer or smaller aliases (`*name`); a configuration this large is refused to keep loading bounded"),
+                        );
+                        return (None, problems);
+                    }
+                    let mut n = target.clone();
+                    n.span = span_b.clone();
+                    Some(n)
+                }
+                None => {
+                    problems.push(
+                        Problem::new(Kind::YamlSyntax, "an alias names an unknown anchor")
+                            .label(span_b.clone(), "no anchor defined before this")
+                            .help("define the anchor (`&name`) before the alias (`*name`)"),
+                    );
+                    Some(Node {
+                        span: span_b.clone(),
+                        value: Value::Null,
+                    })
+                }
+            },
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                nodes += 1;
+                if stack.len() >= MAX_DEPTH {
+                    problems.push(
+                        Problem::new(
+                            Kind::TooDeep,
+                            format!("the document nests deeper than {MAX_DEPTH} levels"),
+                        )
+                        .label(span_b.clone(), "too deep here")
+                        .help("flatten the structure; no configuration key nests this deep"),
+                    );
+                    return (None, problems);
+                }
+                if matches!(event, Event::SequenceStart(..)) {
+                    stack.push(Frame::Seq {
+                        start: span_b.start,
+                        anchor,
+                        items: Vec::new(),
+                    });
+                } else {
+                    stack.push(Frame::Map {
+                        start: span_b.start,
+                        anchor,
+                        entries: Vec::new(),
+                        pending: None,
+                    });
+                }
+                None
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let end = span_b.end.max(span_b.start);
+                match stack.pop() {
+                    Some(Frame::Seq {
+                        start,
+                        anchor,
+                        items,
+                    }) => {
+                        let end = if span_b.end > span_b.start {
+                            span_b.end
+                        } else {
+                            items.last().map_or(end, |n| n.span.end)
+                        };
+                        let node = Node {
+                            span: start..end.max(start),
+                            value: Value::Seq(items),
+                        };
+                        if anchor > 0 {
+                            anchors.insert(anchor, node.clone());
+                        }
+                        Some(node)
+                    }
+                    Some(Frame::Map {
+                        start,
+                        anchor,
+                        entries,
+                        ..
+                    }) => {
+                        let end = if span_b.end > span_b.start {
+                            span_b.end
+                        } else {
+                            entries.last().map_or(end, |(_, n)| n.span.end)
+                        };
+                        let node = Node {
+                            span: start..end.max(start),
+                            value: Value::Map(entries),
+                        };
+                        if anchor > 0 {
+                            anchors.insert(anchor, node.clone());
+                        }
+                        Some(node)
+                    }
+                    None => None,
+                }
+            }
+        };
+        if nodes > MAX_NODES {
+            problems.push(
+                Problem::new(
+                    Kind::TooLarge,
+                    format!("the document has more than {MAX_NODES} nodes"),
+                )
+                .label(span_b.clone(), "the limit is passed here")
+                .help("split the deployment into several configurations"),
+            );
+            return (None, problems);
+        }
+        if let Some(node) = node {
+            push(&mut stack, &mut root, node, &mut problems);
+        }
+    }
+    (root, problems)
+}
+
+fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut Vec<Problem>) {
+    let in_services = stack.len() == 2
+        && matches!(&stack[0], Frame::Map { pending: Some(k), .. } if k.name == "services");
+    match stack.last_mut() {
+        None => *root = Some(node),
+        Some(Frame::Seq { items, .. }) => items.push(node),
+        Some(Frame::Map {
+            entries, pending, ..
+        }) => match pending.take() {
+            None => {
+                let name = match &node.value {
+                    Value::Str(s) => s.clone(),
+                    Value::Null => "null".to_owned(),
+                    Value::Bool(b) => b.to_string(),
+                    Value::Int(i) => i.to_string(),
+                    Value::Float(f) => f.to_string(),
+                    Value::Seq(_) | Value::Map(_) => {
+                        problems.push(
+                            Problem::new(Kind::WrongType, "a mapping key must be a scalar")
+                                .label(node.span.clone(), "this key is a collection")
+                                .help("use a plain string as the key"),
+                        );
+                        String::new()
+                    }
+                };
+                *pending = Some(Key {
+                    name,
+                    span: node.span,
+                });
+            }
+            Some(key) => {
+                if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == key.name) {
+                    let (kind, what) = if in_services {
+                        (Kind::DuplicateService, "service")
+                    } else {
+                        (Kind::DuplicateKey, "key")
+                    };
+                    problems.push(
+                        Problem::new(kind, format!("the {what} `{}` is defined twice", key.name))
+                            .label(key.span.clone(), "defined again here")
+                            .label(first.span.clone(), "first defined here")
+                            .help("remove one of the two definitions or rename one of them"),
+                    );
+                } else {
+                    entries.push((key, node));
+                }
+            }
+        },
+    }
+}
+
+fn count_nodes(n: &Node) -> usize {
+    match &n.value {
+        Value::Seq(items) => 1usize.saturating_add(
+            items
+                .iter()
+                .map(count_nodes)
+                .fold(0usize, usize::saturating_add),
+        ),
+        Value::Map(entries) => 1usize.saturating_add(
+            entries
+                .iter()
+                .map(|(_, v)| count_nodes(v).saturating_add(1))
+                .fold(0usize, usize::saturating_add),
+        ),
+        _ => 1,
+    }
+}
+
+fn next_char_end(text: &str, at: usize) -> usize {
+    let at = at.min(text.len());
+    text[at..].chars().next().map_or(at, |c| at + c.len_utf8())
+}
+
+/// YAML 1.2 core schema resolution of a plain scalar.
+fn resolve_plain(s: &str) -> Value {
+    match s {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return Value::Float(f64::INFINITY);
+        }
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        _ => {}
+    }
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(i) = s.parse::<i64>() {
+            return Value::Int(i);
+        }
+        if let Ok(f) = s.parse::<f64>() {
+            return Value::Float(f);
+        }
+    }
+    if let Some(hex) = s.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return Value::Int(i);
+    }
+    if let Some(oct) = s.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return Value::Int(i);
+    }
+    let looks_float = digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+        && digits.bytes().any(|b| b.is_ascii_digit());
+    if looks_float && let Ok(f) = s.parse::<f64>() {
+        return Value::Float(f);
+    }
+    Value::Str(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_are_byte_offsets_even_after_multibyte_text() {
+        let text = "# héllo wörld\na: 1\nb: \"é\"\n";
+        let (root, problems) = parse(text);
+        assert!(problems.is_empty(), "{problems:?}");
+        let root = root.unwrap();
+        let (k, v) = root.entry("b").unwrap();
+        assert_eq!(&text[k.span.clone()], "b");
+        assert_eq!(&text[v.span.clone()], "\"é\"");
+    }
+
+    #[test]
+    fn scalars_resolve_like_yaml_1_2() {
+        let (root, _) = parse("a: 1\nb: 1.5\nc: true\nd: ~\ne: '1'\nf: x\ng: -3\n");
+        let root = root.unwrap();
+        assert!(matches!(root.get("a").unwrap().value, Value::Int(1)));
+        assert!(matches!(root.get("b").unwrap().value, Value::Float(_)));
+        assert!(matches!(root.get("c").unwrap().value, Value::Bool(true)));
+        assert!(matches!(root.get("d").unwrap().value, Value::Null));
+        assert!(matches!(root.get("e").unwrap().value, Value::Str(_)));
+        assert!(matches!(root.get("f").unwrap().value, Value::Str(_)));
+        assert!(matches!(root.get("g").unwrap().value, Value::Int(-3)));
+    }
+
+    #[test]
+    fn billion_laughs_is_refused() {
+        let mut doc = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let prev = (b'a' + (i - 1) as u8) as char;
+            let cur = (b'a' + i as u8) as char;
+            doc.push_str(&format!(
+                "{cur}: &{cur} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            ));
+        }
+        let (root, problems) = parse(&doc);
+        assert!(root.is_none());
+        assert_eq!(problems[0].kind, Kind::TooLarge);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let doc = "[".repeat(10_000);
+        let (_, problems) = parse(&doc);
+        assert!(!problems.is_empty());
+    }
+
+    #[test]
+    fn duplicate_keys_are_reported() {
+        let (_, problems) = parse("a: 1\nb: 2\na: 3\n");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].kind, Kind::DuplicateKey);
+    }
+}

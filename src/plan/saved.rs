@@ -1,0 +1,127 @@
+//! Saved plans (`plan --out FILE`, `apply FILE`, `show FILE`).
+//!
+//! A saved plan is the plan as JSON, bound to the state's lineage and serial,
+//! the rendered configuration's hash and the tool version. Specs carry secrets
+//! as keyed digests only, so the file holds no plaintext. It is written with
+//! mode 0600 because it may carry the key of a state that does not exist yet
+//! (`binding.new_state_key`).
+
+use std::io::Write;
+use std::path::Path;
+
+use super::{Binding, FORMAT_VERSION, Plan};
+use crate::error::{Code, Plain};
+use crate::state::Snapshot;
+
+/// A saved plan that no longer matches the state, the configuration or the tool.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[error("the saved plan is stale: {}", .changed.join("; "))]
+#[diagnostic(
+    code("deploy_code::E013"),
+    help("run `deploy-code plan --out FILE` again and apply the new plan")
+)]
+pub struct StaleError {
+    /// What changed, one entry per difference.
+    pub changed: Vec<String>,
+}
+
+/// Writes the plan as JSON with mode 0600.
+pub fn write(path: &Path, plan: &Plan) -> Result<(), Plain> {
+    let json = serde_json::to_vec_pretty(plan).expect("a plan always serializes");
+    let err = |e: std::io::Error| {
+        Plain::new(
+            Code::E016,
+            format!("cannot write the plan to `{}`: {e}", path.display()),
+        )
+        .help("check that the directory exists and is writable")
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(err)?;
+    f.write_all(&json).map_err(err)?;
+    f.write_all(b"\n").map_err(err)?;
+    f.sync_all().map_err(err)?;
+    Ok(())
+}
+
+/// Reads a saved plan; a file that is not one, or of another format version, is an error.
+pub fn read(path: &Path) -> Result<Plan, Plain> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Plain::new(
+            Code::E016,
+            format!("cannot read the plan `{}`: {e}", path.display()),
+        )
+        .help("give the file written by `deploy-code plan --out FILE`")
+    })?;
+    let head: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Plain::new(
+            Code::E016,
+            format!("`{}` is not a saved plan: {e}", path.display()),
+        )
+        .help("give the file written by `deploy-code plan --out FILE`")
+    })?;
+    let version = head.get("format_version").and_then(|v| v.as_u64());
+    if version != Some(u64::from(FORMAT_VERSION)) {
+        return Err(Plain::new(
+            Code::E013,
+            format!(
+                "`{}` has plan format version {}, this tool reads version {FORMAT_VERSION}",
+                path.display(),
+                version.map_or("none".to_owned(), |v| v.to_string())
+            ),
+        )
+        .help("run `deploy-code plan --out FILE` again with this version of the tool"));
+    }
+    serde_json::from_value(head).map_err(|e| {
+        Plain::new(
+            Code::E016,
+            format!("`{}` is not a valid saved plan: {e}", path.display()),
+        )
+        .help("give the file written by `deploy-code plan --out FILE`")
+    })
+}
+
+/// Checks that a saved plan still applies: same state lineage and serial, same
+/// configuration hash, same tool version. Every difference is reported.
+pub fn check_fresh(plan: &Plan, snapshot: &Snapshot, config_hash: &str) -> Result<(), StaleError> {
+    let b: &Binding = &plan.binding;
+    let mut changed = Vec::new();
+    match (&b.lineage, &snapshot.lineage) {
+        (None, Some(now)) => changed.push(format!(
+            "the plan was made for an empty state, the state now has lineage `{now}`"
+        )),
+        (Some(was), None) => changed.push(format!(
+            "the plan was made for state lineage `{was}`, the state is now empty or missing"
+        )),
+        (Some(was), Some(now)) if was != now => changed.push(format!(
+            "the state's lineage is `{now}`, the plan was made for `{was}`"
+        )),
+        _ => {}
+    }
+    if b.serial != snapshot.serial {
+        changed.push(format!(
+            "the state's serial is {}, the plan was made at serial {}",
+            snapshot.serial, b.serial
+        ));
+    }
+    if b.config_hash != config_hash {
+        changed.push("the rendered configuration changed since the plan was made".to_owned());
+    }
+    let tool = env!("CARGO_PKG_VERSION");
+    if b.tool_version != tool {
+        changed.push(format!(
+            "the plan was made by deploy-code {}, this is {tool}",
+            b.tool_version
+        ));
+    }
+    if changed.is_empty() {
+        Ok(())
+    } else {
+        Err(StaleError { changed })
+    }
+}

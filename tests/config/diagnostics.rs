@@ -1,0 +1,159 @@
+//! One snapshot per kind of problem: the rendered diagnostic, colour off.
+
+use super::*;
+
+fn snap(text: &str) -> String {
+    match load(text) {
+        Ok(_) => panic!("expected problems in:\n{text}"),
+        Err(e) => rendered(&e),
+    }
+}
+
+#[test]
+fn yaml_syntax_error() {
+    insta::assert_snapshot!(snap(
+        "services:\n  api:\n    command: \"python3\n    args: [1, 2\n"
+    ));
+}
+
+#[test]
+fn wrong_type() {
+    insta::assert_snapshot!(snap(
+        "services:\n  api:\n    command: python3\n    replicas: \"3\"\n"
+    ));
+}
+
+#[test]
+fn unknown_key_with_suggestion() {
+    insta::assert_snapshot!(snap("services:\n  api:\n    comand: python3\n"));
+}
+
+#[test]
+fn unknown_dependency_with_suggestion() {
+    insta::assert_snapshot!(snap(
+        "services:\n  database:\n    command: postgres\n  api:\n    command: python3\n    dependencies: [databse]\n"
+    ));
+}
+
+#[test]
+fn dependency_cycle_names_the_whole_cycle() {
+    let text = "services:\n  a:\n    command: x\n    dependencies: [b]\n  b:\n    command: x\n    dependencies: [c]\n  c:\n    command: x\n    dependencies: [a]\n";
+    let out = snap(text);
+    assert!(out.contains("a -> b -> c -> a"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn dependency_on_a_disabled_service() {
+    insta::assert_snapshot!(snap(
+        "services:\n  db:\n    enabled: false\n    command: postgres\n  api:\n    command: x\n    dependencies: [db]\n"
+    ));
+}
+
+#[test]
+fn host_port_claimed_twice() {
+    insta::assert_snapshot!(snap(
+        "services:\n  a:\n    command: x\n    ports:\n      - container_port: 8080\n  b:\n    command: y\n    ports:\n      - container_port: 9000\n        host_port: 8080\n"
+    ));
+}
+
+#[test]
+fn zero_and_negative_resources() {
+    insta::assert_snapshot!(snap(
+        "services:\n  a:\n    command: x\n    resources:\n      cpu_cores: 0\n      memory_mb: -512\n"
+    ));
+}
+
+#[test]
+fn health_check_without_a_probe() {
+    insta::assert_snapshot!(snap(
+        "services:\n  a:\n    command: x\n    health_check:\n      interval_seconds: 5\n"
+    ));
+}
+
+#[test]
+fn invalid_service_name() {
+    insta::assert_snapshot!(snap("services:\n  Api Server:\n    command: x\n"));
+}
+
+#[test]
+fn duplicate_service() {
+    insta::assert_snapshot!(snap(
+        "services:\n  api:\n    command: x\n  api:\n    command: y\n"
+    ));
+}
+
+#[test]
+fn undefined_template_variable_points_into_the_template() {
+    insta::assert_snapshot!(snap(
+        "services:\n  api:\n    command: x\n    replicas: {{ replicas }}\n"
+    ));
+}
+
+#[test]
+fn template_syntax_error() {
+    insta::assert_snapshot!(snap(
+        "services:\n{% for i in range(3) %}\n  s{{ i }}:\n    command: x\n"
+    ));
+}
+
+#[test]
+fn problems_in_the_rendered_text_say_so() {
+    let out =
+        snap("{% set n = 2 %}\nservices:\n  api:\n    command: x\n    replicas: \"{{ n }}\"\n");
+    assert!(out.contains("deploy-code.yaml (rendered)"), "{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn missing_config_file_is_e001() {
+    let err = config::load(&config::LoadOptions {
+        path: "/nonexistent/deploy-code.yaml".into(),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert_eq!(err.codes(), vec!["E001::not_found"]);
+    use miette::Diagnostic;
+    assert_eq!(err.code().unwrap().to_string(), "deploy_code::E001");
+    insta::assert_snapshot!(rendered(&err));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = "\
+deployment:
+  strategy: Sequental
+services:
+  api:
+    command: x
+    imgae: foo
+    dependencies: [web, nope]
+    ports: [{container_port: 8080}]
+  web:
+    command: y
+    dependencies: [api]
+    ports: [{container_port: 8080}]
+    resources: {memory_mb: 0}
+";
+    let codes = codes(text);
+    for want in [
+        "E002::invalid_value",
+        "E002::unknown_key",
+        "E007::unknown_dependency",
+        "E002::dependency_cycle",
+        "S004::port_conflict",
+        "S003::non_positive_resource",
+    ] {
+        assert!(
+            codes.iter().any(|c| c == want),
+            "{want} missing from {codes:?}"
+        );
+    }
+}
+
+#[test]
+fn the_invalid_config_is_e002() {
+    use miette::Diagnostic;
+    let err = load("services:\n  a:\n    comand: x\n").unwrap_err();
+    assert_eq!(err.code().unwrap().to_string(), "deploy_code::E002");
+}

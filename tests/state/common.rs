@@ -1,0 +1,166 @@
+//! Helpers shared by the state tests: sample records, and child processes that
+//! re-execute this test binary to act as a lock holder or a writer.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use deploy_code::model::{
+    BackendKind, Resources, RestartPolicy, SecretKey, Sensitive, ServiceName, ServiceSpec, Text,
+    Workload,
+};
+use deploy_code::state::{Handle, Holder, ServiceRecord, ServiceStatus};
+
+pub fn name(s: &str) -> ServiceName {
+    ServiceName::parse(s).unwrap()
+}
+
+pub fn spec(service: &str, key: &SecretKey, secret: Option<&str>) -> ServiceSpec {
+    let mut env = BTreeMap::new();
+    env.insert("PORT".to_owned(), Text::plain("8080"));
+    if let Some(s) = secret {
+        env.insert(
+            "API_TOKEN".to_owned(),
+            Text::Sensitive(Sensitive::new(key, s.to_owned())),
+        );
+    }
+    ServiceSpec {
+        name: name(service),
+        backend: BackendKind::Process,
+        workload: Workload::Service,
+        replicas: 1,
+        image: None,
+        command: Some(Text::plain("/usr/bin/sleep")),
+        args: vec![Text::plain("1000")],
+        working_dir: None,
+        env,
+        dependencies: Vec::new(),
+        resources: Resources {
+            cpu_cores: 0.5,
+            memory_mb: 128,
+            storage_gb: 0,
+            gpu_count: 0,
+            gpu_memory_mb: None,
+        },
+        health_check: None,
+        ports: Vec::new(),
+        volumes: Vec::new(),
+        restart: RestartPolicy::No,
+        labels: BTreeMap::new(),
+    }
+}
+
+pub fn record(
+    service: &str,
+    key: &SecretKey,
+    secret: Option<&str>,
+    revision: u64,
+) -> ServiceRecord {
+    let spec = spec(service, key, secret);
+    ServiceRecord {
+        name: name(service),
+        spec_hash: spec.spec_hash(),
+        spec,
+        backend: BackendKind::Process,
+        handles: vec![Handle::Process {
+            replica: 0,
+            pid: 4242,
+            start_time: 123456,
+            log_path: format!("/tmp/{service}.log"),
+        }],
+        status: ServiceStatus::Ready,
+        gpus: Vec::new(),
+        revision,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+pub fn holder(command: &str) -> Holder {
+    Holder::current(command)
+}
+
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// A state at `path` with the services `names` (revision 1, succeeded),
+/// recorded through the store API; returns its secret key.
+pub fn seed(path: &Path, names: &[&str]) -> SecretKey {
+    use deploy_code::state::{NewDeployment, Outcome, Store};
+    let mut store = Store::open(path, &holder("deploy-code apply"), None).unwrap();
+    store.ensure_identity(None).unwrap();
+    let key = store.snapshot().unwrap().secret_key.unwrap();
+    let rev = store
+        .begin_deployment(&NewDeployment {
+            command: "deploy-code apply --auto-approve".into(),
+            config_snapshot:
+                "project: demo\nservices:\n  api:\n    env:\n      TOKEN: (sensitive)\n".into(),
+            config_hash: "sha256:abc".into(),
+            plan_summary: serde_json::json!({"add": names.len(), "change": 0, "remove": 0}),
+        })
+        .unwrap();
+    for n in names {
+        let id = store
+            .record_intent(rev, &name(n), "start", &serde_json::json!({}))
+            .unwrap();
+        store
+            .put_service(&record(n, &key, Some("seed-secret"), rev))
+            .unwrap();
+        store
+            .close_intent(id, "succeeded", &serde_json::json!({}))
+            .unwrap();
+        store
+            .event(
+                rev,
+                Some(&name(n)),
+                "start",
+                "succeeded",
+                "healthy after 1 probe",
+            )
+            .unwrap();
+    }
+    store
+        .finish_deployment(rev, Outcome::Succeeded, &serde_json::Value::Null)
+        .unwrap();
+    key
+}
+
+/// Every byte of the state: the database, its WAL and its shared-memory file.
+pub fn all_bytes(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        if let Ok(b) = std::fs::read(&p) {
+            out.extend(b);
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+pub fn integrity(path: &Path) -> String {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+pub fn bin() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::cargo::cargo_bin_cmd!("deploy-code");
+    cmd.env_remove("DEPLOY_CODE_STATE")
+        .env_remove("DEPLOY_CODE_CONFIG")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// A diagnostic as one line: miette wraps long messages and help lines.
+pub fn flat(text: &str) -> String {
+    text.split_whitespace()
+        .filter(|w| *w != "|")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
