@@ -100,6 +100,11 @@ fn make_plan(
     };
     let inventory = match &scope.inventory {
         Some(f) => crate::inventory::load_file(f)?,
+        None if loaded.desired.settings.default_backend == crate::model::BackendKind::Swarm => rt
+            .block_on(crate::backends::swarm::nodes_inventory())
+            .ok()
+            .filter(|i| !i.hosts.is_empty())
+            .unwrap_or_else(|| crate::inventory::probe(&loaded.desired.settings.data_dir)),
         None => crate::inventory::probe(&loaded.desired.settings.data_dir),
     };
     let p = plan::plan(&plan::Input {

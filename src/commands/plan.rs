@@ -66,7 +66,13 @@ pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Pr
                 || PathBuf::from("."),
                 |l| l.desired.settings.data_dir.clone(),
             );
-            inventory::probe(&data_dir)
+            let swarm = loaded.as_ref().is_some_and(|l| {
+                l.desired.settings.default_backend == crate::model::BackendKind::Swarm
+            });
+            swarm
+                .then(crate::backends::swarm::cluster_inventory_blocking)
+                .flatten()
+                .unwrap_or_else(|| inventory::probe(&data_dir))
         }
     };
     let observations = scope.refresh().then(|| {

@@ -153,3 +153,33 @@ async fn apply_drift_rollback_and_destroy_with_containers() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(d.containers().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_on_swarm_checks_the_cluster_nodes() {
+    let Some(_b) = engine("plan_on_swarm_checks_the_cluster_nodes").await else {
+        return;
+    };
+    if !swarm_active("plan_on_swarm_checks_the_cluster_nodes") {
+        return;
+    }
+    let d = Deployment::new("swplan");
+    let write = |gpus: u32| {
+        std::fs::write(
+            d.config(),
+            format!(
+                "version: \"1.0.0\"\nproject: {}\nenvironment: test\ninfrastructure:\n  orchestrator: Swarm\nservices:\n  web:\n    image: {IMAGE}\n    replicas: 2\n    resources:\n      cpu_cores: 0.5\n      memory_mb: 64\n      gpu_count: {gpus}\n",
+                d.project
+            ),
+        )
+        .unwrap();
+    };
+    write(0);
+    let (code, out, err) = d.run(&["plan"]);
+    assert!(code == 0 || code == 2, "{out}\n{err}");
+    assert!(out.contains("fits (swarm nodes"), "{out}");
+    // The node advertises no NVIDIA-GPU generic resource.
+    write(1);
+    let (code, out, err) = d.run(&["plan"]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(format!("{out}{err}").contains("GPU"), "{out}\n{err}");
+}
