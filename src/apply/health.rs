@@ -58,6 +58,28 @@ fn client() -> &'static reqwest::Client {
     })
 }
 
+/// A loopback URL `http://127.0.0.1:<port>/…` names the service's own port;
+/// the backend says where that port is reachable (a container's published
+/// host port). Other URLs are used as written.
+async fn published_url(backend: &dyn Backend, handle: &Handle, url: &str) -> String {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return url.to_owned();
+    };
+    let (Ok(port), true) = (
+        port.parse::<u16>(),
+        matches!(host, "127.0.0.1" | "localhost" | "0.0.0.0"),
+    ) else {
+        return url.to_owned();
+    };
+    let (h, p) = backend.probe_address(handle, port).await;
+    let h = if h.contains(':') { format!("[{h}]") } else { h };
+    format!("http://{h}:{p}{path}")
+}
+
 /// Runs one probe of `probe` against the instance behind `handle`.
 pub async fn probe_once(
     backend: &dyn Backend,
@@ -67,6 +89,7 @@ pub async fn probe_once(
 ) -> ProbeOutcome {
     match probe {
         Probe::Http { url } => {
+            let url = &published_url(backend, handle, url).await;
             let fut = client().get(url).timeout(timeout).send();
             match tokio::time::timeout(timeout, fut).await {
                 Err(_) => ProbeOutcome {

@@ -1194,6 +1194,27 @@ pub async fn observe_with(
     Ok(obs)
 }
 
+/// Observations of every Docker and Swarm instance the snapshot records, for
+/// `plan --refresh`, merged into `obs` (an engine that does not answer adds
+/// nothing). Cheap when the state records no container: no connection is made.
+pub async fn observe_containers(
+    backends: &super::Registry,
+    project: &str,
+    snapshot: &Snapshot,
+    obs: &mut Observations,
+) {
+    for kind in [BackendKind::Docker, BackendKind::Swarm] {
+        if !snapshot.services.values().any(|r| r.backend == kind) {
+            continue;
+        }
+        if let Some(b) = backends.get(kind)
+            && let Ok(seen) = observe_with(b.as_ref(), project, snapshot).await
+        {
+            obs.services.extend(seen.services);
+        }
+    }
+}
+
 /// [`observe_with`] for the Docker backend.
 pub async fn observe(
     backend: &DockerBackend,

@@ -7,7 +7,9 @@
 //! `/proc/<pid>/environ`. That mark is how a run that was killed is reconciled:
 //! its instances are adopted or removed, never duplicated.
 
+pub mod docker;
 pub mod process;
+pub mod swarm;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -220,6 +222,15 @@ impl Registry {
         r
     }
 
+    /// The local-process backend, Docker and Swarm. The last two connect to
+    /// the engine on first use, so a run without containers needs no engine.
+    pub fn with_all() -> Self {
+        let mut r = Self::with_process();
+        r.register(Arc::new(docker::DockerBackend::lazy()));
+        r.register(Arc::new(swarm::SwarmBackend::lazy()));
+        r
+    }
+
     pub fn register(&mut self, backend: Arc<dyn Backend>) {
         self.backends.insert(backend.kind(), backend);
     }
@@ -232,6 +243,3 @@ impl Registry {
         self.backends.values()
     }
 }
-
-pub mod docker;
-pub mod swarm;

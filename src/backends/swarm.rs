@@ -268,6 +268,24 @@ pub async fn nodes_inventory_with(docker: &Docker) -> Result<Inventory, BackendE
     })
 }
 
+/// The inventory `plan` checks feasibility against when services run on
+/// Swarm: the cluster's nodes; `None` when no Swarm manager answers (the
+/// caller then probes this host and says so).
+pub fn cluster_inventory_blocking() -> Option<Inventory> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    match rt.block_on(nodes_inventory()) {
+        Ok(inv) if !inv.hosts.is_empty() => Some(inv),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "no Swarm manager answers; probing this host instead");
+            None
+        }
+    }
+}
+
 /// GPUs from a node's generic resources.
 pub fn gpus_of(resources: &[GenericResourcesInner]) -> Vec<Gpu> {
     let mut gpus = Vec::new();

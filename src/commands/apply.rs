@@ -30,6 +30,11 @@ pub fn registry_for(
     Registry::for_kinds(kinds)
 }
 
+/// The backends this build offers.
+pub fn registry() -> Registry {
+    Registry::with_all()
+}
+
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -93,6 +98,13 @@ fn make_plan(
     let config_hash = loaded.config_hash();
     let observations = if scope.refresh() {
         let mut obs = plan::refresh::observe_processes(&snap);
+        // Containers and Swarm services, by their labels.
+        rt.block_on(crate::backends::docker::observe_containers(
+            backends,
+            &loaded.desired.settings.project,
+            &snap,
+            &mut obs,
+        ));
         let unknown = rt.block_on(reconcile::unknown_instances(
             backends,
             &loaded.desired.settings.project,
@@ -105,6 +117,11 @@ fn make_plan(
     };
     let inventory = match &scope.inventory {
         Some(f) => crate::inventory::load_file(f)?,
+        None if loaded.desired.settings.default_backend == crate::model::BackendKind::Swarm => rt
+            .block_on(crate::backends::swarm::nodes_inventory())
+            .ok()
+            .filter(|i| !i.hosts.is_empty())
+            .unwrap_or_else(|| crate::inventory::probe(&loaded.desired.settings.data_dir)),
         None => crate::inventory::probe(&loaded.desired.settings.data_dir),
     };
     let p = plan::plan(&plan::Input {
