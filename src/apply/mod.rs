@@ -1,3 +1,1060 @@
 //! Executes a plan phase by phase: bounded concurrency within a phase, health
 //! gates between phases, an intent row before every side effect, and on failure a
 //! rollback of every action of the run in reverse order.
+//!
+//! Every side effect is written to the state's intent journal before it happens
+//! and closed after it, and the service record is written as soon as the result
+//! is known, so that a run killed at any point leaves a state from which the next
+//! plan (with the instances the backends discover by their marks) accounts for
+//! every instance.
+//!
+//! Replace ordering: the new instance starts and passes its gate before the old
+//! one stops, unless the new spec claims a host port the old one holds; then the
+//! old one stops first (the order the ports allow).
+//!
+//! The engine prints nothing: it reports through an [`Event`] hook.
+
+pub mod health;
+pub mod reconcile;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::backends::{Backend, BackendError, Registry, StartContext};
+use crate::model::{DesiredState, SecretKey, Sensitive, ServiceName, ServiceSpec, Text, Workload};
+use crate::plan::{Action, Change, Plan};
+use crate::state::{
+    GpuRef, Handle, NewDeployment, Outcome, ServiceRecord, ServiceStatus, StateError, Store,
+};
+use health::{GateOutcome, ProbeRecord};
+
+/// Interrupts of a run: level 1 (first SIGINT) stops launching and rolls back;
+/// level 2 (second SIGINT) aborts at once.
+#[derive(Clone)]
+pub struct Cancel {
+    tx: Arc<watch::Sender<u8>>,
+}
+
+impl Default for Cancel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Cancel {
+    pub fn new() -> Self {
+        Self {
+            tx: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Raises the interrupt level by one.
+    pub fn interrupt(&self) {
+        self.tx.send_modify(|l| *l = l.saturating_add(1));
+    }
+
+    pub fn level(&self) -> u8 {
+        *self.tx.borrow()
+    }
+
+    /// Resolves once the level is at least `level`.
+    pub async fn reached(&self, level: u8) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|l| *l >= level).await;
+    }
+}
+
+/// What the engine reports while it runs (rendered by the command).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    ApplyStarted {
+        revision: u64,
+        phases: usize,
+        actions: usize,
+    },
+    PhaseStarted {
+        phase: usize,
+        services: Vec<ServiceName>,
+    },
+    ActionStarted {
+        service: ServiceName,
+        action: Action,
+    },
+    InstanceStarted {
+        service: ServiceName,
+        handles: Vec<Handle>,
+    },
+    Probe {
+        service: ServiceName,
+        healthy: bool,
+        detail: String,
+    },
+    InstanceStopped {
+        service: ServiceName,
+        handles: Vec<Handle>,
+    },
+    ActionSucceeded {
+        service: ServiceName,
+        action: Action,
+        elapsed_ms: u64,
+    },
+    ActionFailed {
+        service: ServiceName,
+        action: Action,
+        reason: String,
+    },
+    PhaseFinished {
+        phase: usize,
+        ok: bool,
+        elapsed_ms: u64,
+    },
+    RollbackStarted {
+        steps: usize,
+    },
+    RollbackStep {
+        service: ServiceName,
+        step: String,
+        ok: bool,
+        detail: String,
+    },
+    Finished {
+        revision: u64,
+        outcome: Outcome,
+        elapsed_ms: u64,
+    },
+}
+
+/// The hook the engine reports through.
+pub type Hook<'a> = &'a (dyn Fn(&Event) + Send + Sync);
+
+/// Options of one run.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// `--no-rollback` (or `deployment.rollback_on_failure: false`).
+    pub no_rollback: bool,
+    /// The command line, for the history.
+    pub command: String,
+    /// The redacted rendered configuration, for the history.
+    pub config_snapshot: String,
+    pub config_hash: String,
+    /// Directory that relative working directories resolve against.
+    pub base_dir: std::path::PathBuf,
+}
+
+/// Why a service failed, with the evidence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailureEvidence {
+    pub service: ServiceName,
+    pub action: Action,
+    pub reason: String,
+    /// The last probe results.
+    pub probes: Vec<ProbeRecord>,
+    /// The last lines of the service's log.
+    pub log_tail: Vec<String>,
+}
+
+/// One step of the rollback.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RollbackResult {
+    pub service: ServiceName,
+    /// `stop-new`, `restart-old`, `revert-update`.
+    pub step: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub revision: u64,
+    pub outcome: Outcome,
+    /// Services whose action completed (before any rollback), in completion order.
+    pub completed: Vec<ServiceName>,
+    pub failures: Vec<FailureEvidence>,
+    pub rollback: Vec<RollbackResult>,
+    /// What is left where after a failure that was not fully undone.
+    pub left: Vec<String>,
+    pub elapsed_ms: u64,
+}
+
+impl Report {
+    /// The exit code: 0 succeeded, 4 rolled back cleanly, 5 anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self.outcome {
+            Outcome::Succeeded => 0,
+            Outcome::RolledBack => 4,
+            _ => 5,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ApplyError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    State(#[from] StateError),
+    #[error("no backend is available for `{service}` ({backend})")]
+    #[diagnostic(
+        code("deploy_code::E014"),
+        help("check that the backend of this service is reachable with `deploy-code doctor`")
+    )]
+    NoBackend { service: String, backend: String },
+}
+
+/// A step to undo, recorded as the run goes.
+#[derive(Clone, Debug)]
+enum Undo {
+    /// New instances were started: stop them.
+    Started {
+        service: ServiceName,
+        spec: Box<ServiceSpec>,
+        handles: Vec<Handle>,
+    },
+    /// The recorded instances were stopped: start the recorded spec again.
+    Stopped { record: Box<ServiceRecord> },
+    /// The service was changed in place: change it back.
+    Updated {
+        record: Box<ServiceRecord>,
+        spec: Box<ServiceSpec>,
+    },
+}
+
+struct Exec<'a> {
+    store: Mutex<&'a mut Store>,
+    backends: &'a Registry,
+    ctx: StartContext,
+    revision: u64,
+    hook: Hook<'a>,
+    cancel: &'a Cancel,
+    key: Option<SecretKey>,
+    secrets: HashMap<String, String>,
+    prior: BTreeMap<ServiceName, ServiceRecord>,
+    /// Recorded instances still alive (not stopped by this run), by service.
+    alive_prior: Mutex<BTreeMap<ServiceName, ServiceRecord>>,
+    undo: Mutex<Vec<Undo>>,
+    completed: Mutex<Vec<ServiceName>>,
+    grace: Duration,
+    deadline: Instant,
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn handles_json(h: &[Handle]) -> serde_json::Value {
+    serde_json::to_value(h).unwrap_or_default()
+}
+
+/// Plaintext of every sensitive value of the desired state, by digest.
+fn secret_map(desired: &DesiredState) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    for spec in desired.services.values() {
+        let texts = spec
+            .command
+            .iter()
+            .chain(spec.args.iter())
+            .chain(spec.env.values());
+        for t in texts {
+            if let Text::Sensitive(s) = t
+                && let Some(p) = s.expose()
+            {
+                m.insert(s.digest().to_owned(), p.to_owned());
+            }
+        }
+    }
+    m
+}
+
+type StepResult = Result<(), FailureEvidence>;
+
+impl Exec<'_> {
+    fn emit(&self, e: Event) {
+        (self.hook)(&e);
+    }
+
+    fn with_store<T>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let mut guard = self.store.lock().expect("store lock");
+        f(&mut guard)
+    }
+
+    fn backend(&self, spec: &ServiceSpec) -> Result<Arc<dyn Backend>, String> {
+        self.backends
+            .get(spec.backend)
+            .ok_or_else(|| format!("no {} backend is available", spec.backend))
+    }
+
+    fn record(
+        &self,
+        spec: &ServiceSpec,
+        handles: Vec<Handle>,
+        status: ServiceStatus,
+        gpus: &[GpuRef],
+    ) -> ServiceRecord {
+        let now = now_rfc3339();
+        let created_at = self
+            .prior
+            .get(&spec.name)
+            .map(|r| r.created_at.clone())
+            .unwrap_or_else(|| now.clone());
+        ServiceRecord {
+            name: spec.name.clone(),
+            spec: spec.clone(),
+            spec_hash: spec.spec_hash(),
+            backend: spec.backend,
+            handles,
+            status,
+            gpus: gpus.to_vec(),
+            revision: self.revision,
+            created_at,
+            updated_at: now,
+        }
+    }
+
+    fn fail(&self, service: &ServiceName, action: Action, reason: String) -> FailureEvidence {
+        FailureEvidence {
+            service: service.clone(),
+            action,
+            reason,
+            probes: Vec::new(),
+            log_tail: Vec::new(),
+        }
+    }
+
+    /// Starts `spec` under an intent and records it `Pending`; returns the handles.
+    async fn start(
+        &self,
+        spec: &ServiceSpec,
+        gpus: &[GpuRef],
+        intent: &str,
+    ) -> Result<Vec<Handle>, String> {
+        let backend = self.backend(spec)?;
+        let id = self
+            .with_store(|s| {
+                s.record_intent(
+                    self.revision,
+                    &spec.name,
+                    intent,
+                    &serde_json::json!({ "spec_hash": spec.spec_hash() }),
+                )
+            })
+            .map_err(|e| e.to_string())?;
+        let mut ctx = self.ctx.clone();
+        ctx.gpus = gpus.to_vec();
+        match backend.start(spec, &ctx).await {
+            Ok(handles) => {
+                let rec = self.record(spec, handles.clone(), ServiceStatus::Pending, gpus);
+                self.with_store(|s| {
+                    s.put_service(&rec)?;
+                    s.close_intent(
+                        id,
+                        "succeeded",
+                        &serde_json::json!({ "handles": handles_json(&handles) }),
+                    )
+                })
+                .map_err(|e| e.to_string())?;
+                self.emit(Event::InstanceStarted {
+                    service: spec.name.clone(),
+                    handles: handles.clone(),
+                });
+                Ok(handles)
+            }
+            Err(e) => {
+                let msg = error_text(&e);
+                let _ = self.with_store(|s| {
+                    s.close_intent(id, "failed", &serde_json::json!({ "error": msg }))
+                });
+                Err(msg)
+            }
+        }
+    }
+
+    /// Stops instances under an intent.
+    async fn stop(
+        &self,
+        spec: &ServiceSpec,
+        handles: &[Handle],
+        intent: &str,
+    ) -> Result<(), String> {
+        let backend = self.backend(spec)?;
+        let id = self
+            .with_store(|s| {
+                s.record_intent(
+                    self.revision,
+                    &spec.name,
+                    intent,
+                    &serde_json::json!({ "handles": handles_json(handles) }),
+                )
+            })
+            .map_err(|e| e.to_string())?;
+        let res = backend.stop(handles, self.grace).await;
+        let (outcome, detail) = match &res {
+            Ok(()) => ("succeeded", serde_json::json!({})),
+            Err(e) => ("failed", serde_json::json!({ "error": error_text(e) })),
+        };
+        self.with_store(|s| s.close_intent(id, outcome, &detail))
+            .map_err(|e| e.to_string())?;
+        self.emit(Event::InstanceStopped {
+            service: spec.name.clone(),
+            handles: handles.to_vec(),
+        });
+        res.map_err(|e| error_text(&e))
+    }
+
+    async fn gate(
+        &self,
+        spec: &ServiceSpec,
+        handles: &[Handle],
+        stop_at: u8,
+        deadline: Instant,
+    ) -> GateOutcome {
+        let Ok(backend) = self.backend(spec) else {
+            return GateOutcome {
+                healthy: false,
+                reason: "no backend".into(),
+                elapsed_ms: 0,
+                probes: Vec::new(),
+            };
+        };
+        let name = spec.name.clone();
+        let hook = self.hook;
+        let on_probe = move |p: &ProbeRecord| {
+            hook(&Event::Probe {
+                service: name.clone(),
+                healthy: p.healthy,
+                detail: p.detail.clone(),
+            })
+        };
+        health::gate(
+            backend.as_ref(),
+            spec,
+            handles,
+            self.cancel,
+            stop_at,
+            Some(deadline),
+            &on_probe,
+        )
+        .await
+    }
+
+    async fn evidence(
+        &self,
+        spec: &ServiceSpec,
+        handles: &[Handle],
+        action: Action,
+        gate: GateOutcome,
+    ) -> FailureEvidence {
+        let mut log_tail = Vec::new();
+        if let Ok(b) = self.backend(spec)
+            && let Some(h) = handles.first()
+        {
+            log_tail = b.logs(h, 20).await;
+        }
+        FailureEvidence {
+            service: spec.name.clone(),
+            action,
+            reason: gate.reason,
+            probes: gate.probes,
+            log_tail,
+        }
+    }
+
+    /// Creates (or, after the old instances stopped, re-creates) a service and gates it.
+    async fn bring_up(&self, spec: &ServiceSpec, gpus: &[GpuRef], action: Action) -> StepResult {
+        let handles = self
+            .start(spec, gpus, "start")
+            .await
+            .map_err(|e| self.fail(&spec.name, action, e))?;
+        self.undo.lock().expect("undo").push(Undo::Started {
+            service: spec.name.clone(),
+            spec: Box::new(spec.clone()),
+            handles: handles.clone(),
+        });
+        let g = self.gate(spec, &handles, 1, self.deadline).await;
+        if !g.healthy {
+            return Err(self.evidence(spec, &handles, action, g).await);
+        }
+        // A task that exited 0 has nothing left running: it keeps no handles.
+        let kept = if spec.workload == Workload::Task {
+            Vec::new()
+        } else {
+            handles
+        };
+        let rec = self.record(spec, kept, ServiceStatus::Ready, gpus);
+        self.with_store(|s| s.put_service(&rec))
+            .map_err(|e| self.fail(&spec.name, action, e.to_string()))
+    }
+
+    /// Stops the recorded instances of a service; the record stays (for a
+    /// replace) or goes (for a destroy).
+    async fn take_down(&self, change: &Change, remove: bool) -> StepResult {
+        let Some(record) = self.prior.get(&change.service).cloned() else {
+            if remove {
+                let _ = self.with_store(|s| s.remove_service(&change.service));
+            }
+            return Ok(());
+        };
+        self.stop(&record.spec, &record.handles, "stop")
+            .await
+            .map_err(|e| self.fail(&change.service, change.action, e))?;
+        self.alive_prior
+            .lock()
+            .expect("alive")
+            .remove(&change.service);
+        self.undo.lock().expect("undo").push(Undo::Stopped {
+            record: Box::new(record.clone()),
+        });
+        self.with_store(|s| {
+            if remove {
+                s.remove_service(&change.service)
+            } else {
+                let mut r = record.clone();
+                r.handles.clear();
+                r.status = ServiceStatus::Pending;
+                s.put_service(&r)
+            }
+        })
+        .map_err(|e| self.fail(&change.service, change.action, e.to_string()))
+    }
+
+    async fn run_change(&self, change: &Change) -> StepResult {
+        let started = Instant::now();
+        self.emit(Event::ActionStarted {
+            service: change.service.clone(),
+            action: change.action,
+        });
+        let res = match change.action {
+            Action::NoOp => Ok(()),
+            Action::Create => match &change.after {
+                Some(spec) => self.bring_up(spec, &change.gpus, Action::Create).await,
+                None => Err(self.fail(
+                    &change.service,
+                    change.action,
+                    "the plan has no spec".into(),
+                )),
+            },
+            Action::Replace => self.replace(change).await,
+            Action::Destroy => self.take_down(change, true).await,
+            Action::Update => self.update(change).await,
+        };
+        match &res {
+            Ok(()) => {
+                self.completed
+                    .lock()
+                    .expect("completed")
+                    .push(change.service.clone());
+                self.emit(Event::ActionSucceeded {
+                    service: change.service.clone(),
+                    action: change.action,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            Err(f) => self.emit(Event::ActionFailed {
+                service: change.service.clone(),
+                action: change.action,
+                reason: f.reason.clone(),
+            }),
+        }
+        res
+    }
+
+    async fn replace(&self, change: &Change) -> StepResult {
+        let Some(after) = &change.after else {
+            return Err(self.fail(
+                &change.service,
+                change.action,
+                "the plan has no spec".into(),
+            ));
+        };
+        let conflict = change.before.as_ref().is_some_and(|b| {
+            let old: Vec<_> = b.host_ports().collect();
+            after.host_ports().any(|p| old.contains(&p))
+        });
+        if conflict {
+            self.take_down(change, false).await?;
+            self.bring_up(after, &change.gpus, Action::Replace).await
+        } else {
+            self.bring_up(after, &change.gpus, Action::Replace).await?;
+            let Some(record) = self.prior.get(&change.service).cloned() else {
+                return Ok(());
+            };
+            self.stop(&record.spec, &record.handles, "stop")
+                .await
+                .map_err(|e| self.fail(&change.service, change.action, e))?;
+            self.alive_prior
+                .lock()
+                .expect("alive")
+                .remove(&change.service);
+            self.undo.lock().expect("undo").push(Undo::Stopped {
+                record: Box::new(record),
+            });
+            Ok(())
+        }
+    }
+
+    async fn update(&self, change: &Change) -> StepResult {
+        let (Some(after), Some(record)) = (&change.after, self.prior.get(&change.service).cloned())
+        else {
+            return Err(self.fail(
+                &change.service,
+                change.action,
+                "the plan has no spec".into(),
+            ));
+        };
+        let backend = self
+            .backend(after)
+            .map_err(|e| self.fail(&change.service, change.action, e))?;
+        let id = self
+            .with_store(|s| {
+                s.record_intent(
+                    self.revision,
+                    &after.name,
+                    "update",
+                    &serde_json::json!({ "spec_hash": after.spec_hash() }),
+                )
+            })
+            .map_err(|e| self.fail(&change.service, change.action, e.to_string()))?;
+        let handles = match backend.update(after, &record.handles, &self.ctx).await {
+            Ok(h) => h,
+            Err(e) => {
+                let msg = error_text(&e);
+                let _ = self.with_store(|s| {
+                    s.close_intent(id, "failed", &serde_json::json!({ "error": msg }))
+                });
+                return Err(self.fail(&change.service, change.action, msg));
+            }
+        };
+        let rec = self.record(after, handles.clone(), ServiceStatus::Pending, &change.gpus);
+        self.with_store(|s| {
+            s.put_service(&rec)?;
+            s.close_intent(
+                id,
+                "succeeded",
+                &serde_json::json!({ "handles": handles_json(&handles) }),
+            )
+        })
+        .map_err(|e| self.fail(&change.service, change.action, e.to_string()))?;
+        self.undo.lock().expect("undo").push(Undo::Updated {
+            record: Box::new(record),
+            spec: Box::new(after.clone()),
+        });
+        let g = self.gate(after, &handles, 1, self.deadline).await;
+        if !g.healthy {
+            return Err(self.evidence(after, &handles, change.action, g).await);
+        }
+        let rec = self.record(after, handles, ServiceStatus::Ready, &change.gpus);
+        self.with_store(|s| s.put_service(&rec))
+            .map_err(|e| self.fail(&change.service, change.action, e.to_string()))
+    }
+
+    /// The recorded spec with the plaintext of its secrets, where this run knows it.
+    fn with_plaintext(&self, spec: &ServiceSpec) -> Result<ServiceSpec, String> {
+        let mut spec = spec.clone();
+        let mut missing = Vec::new();
+        let fix = |t: &mut Text, field: String, missing: &mut Vec<String>| {
+            if let Text::Sensitive(s) = t
+                && s.expose().is_none()
+            {
+                match (self.secrets.get(s.digest()), &self.key) {
+                    (Some(p), Some(k)) => *t = Text::Sensitive(Sensitive::new(k, p.clone())),
+                    _ => missing.push(field),
+                }
+            }
+        };
+        if let Some(c) = &mut spec.command {
+            fix(c, "command".into(), &mut missing);
+        }
+        for (i, a) in spec.args.iter_mut().enumerate() {
+            fix(a, format!("args[{i}]"), &mut missing);
+        }
+        for (k, v) in spec.env.iter_mut() {
+            fix(v, format!("env.{k}"), &mut missing);
+        }
+        if missing.is_empty() {
+            Ok(spec)
+        } else {
+            Err(format!(
+                "the previous value of sensitive `{}` is not known (only its digest is recorded)",
+                missing.join("`, `")
+            ))
+        }
+    }
+
+    /// Undoes every recorded step, newest first.
+    async fn roll_back(&self, deadline: Instant) -> Vec<RollbackResult> {
+        let steps: Vec<Undo> = std::mem::take(&mut *self.undo.lock().expect("undo"));
+        self.emit(Event::RollbackStarted { steps: steps.len() });
+        let mut out = Vec::new();
+        for step in steps.into_iter().rev() {
+            if self.cancel.level() >= 2 {
+                out.push(self.report_step(
+                    &step_service(&step),
+                    "aborted",
+                    false,
+                    "aborted by a second interrupt".into(),
+                ));
+                continue;
+            }
+            if Instant::now() >= deadline {
+                out.push(self.report_step(
+                    &step_service(&step),
+                    "timed-out",
+                    false,
+                    "the rollback ran out of time (`deployment.rollback_timeout_seconds`)".into(),
+                ));
+                continue;
+            }
+            let r = match step {
+                Undo::Started {
+                    service,
+                    spec,
+                    handles,
+                } => {
+                    let res = self.stop(&spec, &handles, "rollback-stop").await;
+                    let alive = self
+                        .alive_prior
+                        .lock()
+                        .expect("alive")
+                        .get(&service)
+                        .cloned();
+                    let st = self.with_store(|s| match &alive {
+                        Some(rec) => s.put_service(rec),
+                        None => s.remove_service(&service),
+                    });
+                    let ok = res.is_ok() && st.is_ok();
+                    let detail = match (res, st) {
+                        (Err(e), _) => e,
+                        (_, Err(e)) => e.to_string(),
+                        _ => format!("stopped {} instance(s)", handles.len()),
+                    };
+                    self.report_step(&service, "stop-new", ok, detail)
+                }
+                Undo::Stopped { record } => self.restart_old(*record, deadline).await,
+                Undo::Updated { record, spec } => {
+                    let current = self
+                        .with_store(|s| s.snapshot())
+                        .ok()
+                        .and_then(|snap| snap.services.get(&spec.name).map(|r| r.handles.clone()))
+                        .unwrap_or_default();
+                    let res = match (
+                        self.backend(&record.spec),
+                        self.with_plaintext(&record.spec),
+                    ) {
+                        (Ok(b), Ok(old)) => b
+                            .update(&old, &current, &self.ctx)
+                            .await
+                            .map_err(|e| error_text(&e)),
+                        (Err(e), _) | (_, Err(e)) => Err(e),
+                    };
+                    match res {
+                        Ok(handles) => {
+                            let mut rec = record.clone();
+                            rec.handles = handles;
+                            let _ = self.with_store(|s| s.put_service(&rec));
+                            self.report_step(&record.name, "revert-update", true, "reverted".into())
+                        }
+                        Err(e) => self.report_step(&record.name, "revert-update", false, e),
+                    }
+                }
+            };
+            out.push(r);
+        }
+        out
+    }
+
+    async fn restart_old(&self, record: ServiceRecord, deadline: Instant) -> RollbackResult {
+        let name = record.name.clone();
+        let spec = match self.with_plaintext(&record.spec) {
+            Ok(s) => s,
+            Err(e) => {
+                let mut r = record.clone();
+                r.handles.clear();
+                r.status = ServiceStatus::Tainted;
+                let _ = self.with_store(|s| s.put_service(&r));
+                return self.report_step(&name, "restart-old", false, e);
+            }
+        };
+        let handles = match self.start(&spec, &record.gpus, "rollback-start").await {
+            Ok(h) => h,
+            Err(e) => {
+                let mut r = record.clone();
+                r.handles.clear();
+                r.status = ServiceStatus::Tainted;
+                let _ = self.with_store(|s| s.put_service(&r));
+                return self.report_step(&name, "restart-old", false, e);
+            }
+        };
+        let g = self.gate(&spec, &handles, 2, deadline).await;
+        let mut r = record.clone();
+        r.handles = handles;
+        r.updated_at = now_rfc3339();
+        r.status = if g.healthy {
+            ServiceStatus::Ready
+        } else {
+            ServiceStatus::Tainted
+        };
+        let _ = self.with_store(|s| s.put_service(&r));
+        if g.healthy {
+            self.alive_prior
+                .lock()
+                .expect("alive")
+                .insert(name.clone(), r);
+            self.report_step(
+                &name,
+                "restart-old",
+                true,
+                "running and healthy again".into(),
+            )
+        } else {
+            self.report_step(
+                &name,
+                "restart-old",
+                false,
+                format!("restarted but not healthy: {}", g.reason),
+            )
+        }
+    }
+
+    fn report_step(
+        &self,
+        service: &ServiceName,
+        step: &str,
+        ok: bool,
+        detail: String,
+    ) -> RollbackResult {
+        self.emit(Event::RollbackStep {
+            service: service.clone(),
+            step: step.to_owned(),
+            ok,
+            detail: detail.clone(),
+        });
+        let _ = self.with_store(|s| {
+            s.event(
+                self.revision,
+                Some(service),
+                "rollback",
+                if ok { "succeeded" } else { "failed" },
+                &format!("{step}: {detail}"),
+            )
+        });
+        RollbackResult {
+            service: service.clone(),
+            step: step.to_owned(),
+            ok,
+            detail,
+        }
+    }
+}
+
+fn step_service(u: &Undo) -> ServiceName {
+    match u {
+        Undo::Started { service, .. } => service.clone(),
+        Undo::Stopped { record } | Undo::Updated { record, .. } => record.name.clone(),
+    }
+}
+
+fn error_text(e: &BackendError) -> String {
+    e.to_string()
+}
+
+/// Runs `plan` against the world: phases in order, actions within a phase
+/// concurrently (at most `deployment.max_parallel`, one for `Sequential`), each
+/// gated; on failure everything this run did is undone in reverse order.
+pub async fn execute(
+    plan: &Plan,
+    desired: &DesiredState,
+    store: &mut Store,
+    backends: &Registry,
+    opts: &Options,
+    hook: Hook<'_>,
+    cancel: &Cancel,
+) -> Result<Report, ApplyError> {
+    let began = Instant::now();
+    let settings = &desired.settings;
+    let dep = &settings.deployment;
+    for c in &plan.changes {
+        if c.action != Action::NoOp && backends.get(c.backend).is_none() {
+            return Err(ApplyError::NoBackend {
+                service: c.service.to_string(),
+                backend: c.backend.to_string(),
+            });
+        }
+    }
+    let snap = store.snapshot()?;
+    let revision = store.begin_deployment(&NewDeployment {
+        command: opts.command.clone(),
+        config_snapshot: opts.config_snapshot.clone(),
+        config_hash: opts.config_hash.clone(),
+        plan_summary: serde_json::to_value(&plan.summary).unwrap_or_default(),
+    })?;
+    let snap_after = store.snapshot()?;
+    let lineage = snap_after
+        .lineage
+        .clone()
+        .or(snap.lineage.clone())
+        .unwrap_or_default();
+    let key = snap_after.secret_key.clone();
+    let ctx = StartContext {
+        project: settings.project.clone(),
+        lineage,
+        revision,
+        log_dir: settings.log_dir.clone(),
+        data_dir: settings.data_dir.clone(),
+        base_dir: opts.base_dir.clone(),
+        network: settings.network.clone(),
+        gpus: Vec::new(),
+    };
+    let max_parallel = if dep.strategy == crate::model::Strategy::Sequential {
+        1
+    } else {
+        dep.max_parallel.max(1) as usize
+    };
+    let exec = Exec {
+        store: Mutex::new(store),
+        backends,
+        ctx,
+        revision,
+        hook,
+        cancel,
+        key,
+        secrets: secret_map(desired),
+        alive_prior: Mutex::new(snap.services.clone()),
+        prior: snap.services.clone(),
+        undo: Mutex::new(Vec::new()),
+        completed: Mutex::new(Vec::new()),
+        grace: Duration::from_secs(dep.stop_grace_seconds),
+        deadline: began + Duration::from_secs(dep.timeout_seconds.max(1)),
+    };
+    let changes: BTreeMap<&ServiceName, &Change> =
+        plan.changes.iter().map(|c| (&c.service, c)).collect();
+    let actions: usize = plan.phases.iter().map(Vec::len).sum();
+    exec.emit(Event::ApplyStarted {
+        revision,
+        phases: plan.phases.len(),
+        actions,
+    });
+
+    let mut failures: Vec<FailureEvidence> = Vec::new();
+    'phases: for (i, phase) in plan.phases.iter().enumerate() {
+        let phase_began = Instant::now();
+        exec.emit(Event::PhaseStarted {
+            phase: i + 1,
+            services: phase.clone(),
+        });
+        let mut queue = phase
+            .iter()
+            .filter_map(|s| changes.get(s).copied())
+            .filter(|c| c.action != Action::NoOp);
+        let mut running = FuturesUnordered::new();
+        let mut launching = true;
+        loop {
+            while launching && running.len() < max_parallel && cancel.level() == 0 {
+                match queue.next() {
+                    Some(c) => running.push(exec.run_change(c)),
+                    None => break,
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(res) = running.next() => {
+                    if let Err(f) = res {
+                        failures.push(f);
+                        launching = false;
+                    }
+                }
+                _ = cancel.reached(1), if launching => {
+                    launching = false;
+                }
+            }
+        }
+        let ok = failures.is_empty() && cancel.level() == 0;
+        exec.emit(Event::PhaseFinished {
+            phase: i + 1,
+            ok,
+            elapsed_ms: phase_began.elapsed().as_millis() as u64,
+        });
+        if !ok {
+            break 'phases;
+        }
+    }
+    if failures.is_empty() && cancel.level() > 0 {
+        failures.push(FailureEvidence {
+            service: ServiceName::parse("interrupted").expect("valid name"),
+            action: Action::NoOp,
+            reason: "the apply was interrupted".into(),
+            probes: Vec::new(),
+            log_tail: Vec::new(),
+        });
+    }
+
+    let mut rollback = Vec::new();
+    let mut left = Vec::new();
+    let outcome = if failures.is_empty() {
+        Outcome::Succeeded
+    } else if opts.no_rollback || !dep.rollback_on_failure {
+        // Leave everything as it is; mark the failed services tainted.
+        for f in &failures {
+            if let Ok(snap) = exec.with_store(|s| s.snapshot())
+                && let Some(mut r) = snap.services.get(&f.service).cloned()
+            {
+                r.status = ServiceStatus::Tainted;
+                let _ = exec.with_store(|s| s.put_service(&r));
+                left.push(format!(
+                    "`{}` left in place and marked tainted ({} instance(s))",
+                    f.service,
+                    r.handles.len()
+                ));
+            }
+        }
+        Outcome::Failed
+    } else {
+        let deadline = Instant::now() + Duration::from_secs(dep.rollback_timeout_seconds.max(1));
+        rollback = exec.roll_back(deadline).await;
+        for r in rollback.iter().filter(|r| !r.ok) {
+            left.push(format!(
+                "`{}`: {} did not complete: {}",
+                r.service, r.step, r.detail
+            ));
+        }
+        if left.is_empty() {
+            Outcome::RolledBack
+        } else {
+            Outcome::RollbackFailed
+        }
+    };
+    let evidence = if failures.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!({ "failures": failures, "rollback": rollback, "left": left })
+    };
+    exec.with_store(|s| s.finish_deployment(revision, outcome, &evidence))?;
+    let elapsed_ms = began.elapsed().as_millis() as u64;
+    exec.emit(Event::Finished {
+        revision,
+        outcome,
+        elapsed_ms,
+    });
+    let completed = exec.completed.lock().expect("completed").clone();
+    Ok(Report {
+        revision,
+        outcome,
+        completed,
+        failures,
+        rollback,
+        left,
+        elapsed_ms,
+    })
+}

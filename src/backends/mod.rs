@@ -7,7 +7,13 @@
 //! `/proc/<pid>/environ`. That mark is how a run that was killed is reconciled:
 //! its instances are adopted or removed, never duplicated.
 
+pub mod docker;
+pub mod process;
+pub mod swarm;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -178,4 +184,62 @@ pub trait Backend: Send + Sync {
 
     /// Every instance marked as this project's, running or not.
     async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError>;
+}
+
+/// The backends a run can use, by kind. `apply`, `status` and `cleanup` pick the
+/// backend of each service through it, so any backend registered here plugs in.
+#[derive(Clone, Default)]
+pub struct Registry {
+    backends: BTreeMap<BackendKind, Arc<dyn Backend>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A registry with the local-process backend.
+    pub fn with_process() -> Self {
+        let mut r = Self::new();
+        r.register(Arc::new(process::ProcessBackend::new()));
+        r
+    }
+
+    /// The process backend plus the Docker and Swarm backends when `kinds` names
+    /// them (they connect to the engine on first use).
+    pub fn for_kinds(kinds: impl IntoIterator<Item = BackendKind>) -> Self {
+        let mut r = Self::with_process();
+        for k in kinds {
+            if r.get(k).is_some() {
+                continue;
+            }
+            match k {
+                BackendKind::Docker => r.register(Arc::new(docker::DockerBackend::lazy())),
+                BackendKind::Swarm => r.register(Arc::new(swarm::SwarmBackend::lazy())),
+                BackendKind::Process => {}
+            }
+        }
+        r
+    }
+
+    /// The local-process backend, Docker and Swarm. The last two connect to
+    /// the engine on first use, so a run without containers needs no engine.
+    pub fn with_all() -> Self {
+        let mut r = Self::with_process();
+        r.register(Arc::new(docker::DockerBackend::lazy()));
+        r.register(Arc::new(swarm::SwarmBackend::lazy()));
+        r
+    }
+
+    pub fn register(&mut self, backend: Arc<dyn Backend>) {
+        self.backends.insert(backend.kind(), backend);
+    }
+
+    pub fn get(&self, kind: BackendKind) -> Option<Arc<dyn Backend>> {
+        self.backends.get(&kind).cloned()
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
+        self.backends.values()
+    }
 }

@@ -1,24 +1,659 @@
-//! `apply` commands.
+//! `apply` commands: apply (deploy), destroy (stop), restart, rollback, cleanup.
 
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::apply::{self, Cancel, Event, reconcile};
+use crate::backends::Registry;
 use crate::cli::*;
-use crate::error::Failure;
+use crate::commands::progress::{Mode, Progress};
+use crate::config::{self, LoadOptions, LoadedConfig};
+use crate::error::{Code, Failure, Plain, exit};
+use crate::plan::{self, Plan};
+use crate::state::{Holder, Outcome, Store};
 
-pub fn run(_ctx: &Context, _args: &ApplyArgs) -> Result<u8, Failure> {
-    Err(super::not_yet("run"))
+/// The backends a configuration and a state need: processes always, Docker and
+/// Swarm when a service of either uses them.
+pub fn registry_for(
+    loaded: Option<&LoadedConfig>,
+    snap: Option<&crate::state::Snapshot>,
+) -> Registry {
+    let mut kinds = Vec::new();
+    if let Some(l) = loaded {
+        kinds.push(l.desired.settings.default_backend);
+        kinds.extend(l.desired.services.values().map(|s| s.backend));
+    }
+    if let Some(s) = snap {
+        kinds.extend(s.services.values().map(|r| r.backend));
+    }
+    Registry::for_kinds(kinds)
 }
 
-pub fn destroy(_ctx: &Context, _args: &DestroyArgs) -> Result<u8, Failure> {
-    Err(super::not_yet("destroy"))
+/// The backends this build offers.
+pub fn registry() -> Registry {
+    Registry::with_all()
 }
 
-pub fn rollback(_ctx: &Context, _args: &RollbackArgs) -> Result<u8, Failure> {
-    Err(super::not_yet("rollback"))
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Plain::new(Code::E016, format!("cannot start the async runtime: {e}")).into())
 }
 
-pub fn restart(_ctx: &Context, _args: &RestartArgs) -> Result<u8, Failure> {
-    Err(super::not_yet("restart"))
+pub(crate) fn load_config(ctx: &Context) -> Result<LoadedConfig, Failure> {
+    Ok(config::load(&LoadOptions {
+        path: ctx.global.config.clone(),
+        vars: ctx.global.vars.clone(),
+        var_files: ctx.global.var_files.clone(),
+    })?)
 }
 
-pub fn cleanup(_ctx: &Context, _args: &CleanupArgs) -> Result<u8, Failure> {
-    Err(super::not_yet("cleanup"))
+pub(crate) fn state_path(ctx: &Context, loaded: Option<&LoadedConfig>) -> PathBuf {
+    config::state_path(ctx.global.state.as_deref(), loaded, &ctx.global.config)
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("deploy-code {}", args.join(" "))
+}
+
+fn open_store(ctx: &Context, loaded: &LoadedConfig) -> Result<Store, Failure> {
+    let path = state_path(ctx, Some(loaded));
+    Ok(Store::open(
+        &path,
+        &Holder::current(command_line()),
+        ctx.global.lock_timeout,
+    )?)
+}
+
+fn progress_mode(ctx: &Context) -> Mode {
+    if ctx.global.format == Format::Json {
+        Mode::Json
+    } else if ctx.global.quiet {
+        Mode::Quiet
+    } else if ctx.interactive {
+        Mode::Bars
+    } else {
+        Mode::Lines
+    }
+}
+
+/// Plans against the current state (after `desired.rekey`).
+fn make_plan(
+    loaded: &LoadedConfig,
+    store: &Store,
+    scope: &PlanScope,
+    options: plan::Options,
+    backends: &Registry,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(Plan, LoadedConfig), Failure> {
+    let snap = store.snapshot()?;
+    let mut loaded = loaded.clone();
+    if let Some(key) = &snap.secret_key {
+        loaded.desired.rekey(key);
+    }
+    let config_hash = loaded.config_hash();
+    let observations = if scope.refresh() {
+        let mut obs = plan::refresh::observe_processes(&snap);
+        // Containers and Swarm services, by their labels.
+        rt.block_on(crate::backends::docker::observe_containers(
+            backends,
+            &loaded.desired.settings.project,
+            &snap,
+            &mut obs,
+        ));
+        let unknown = rt.block_on(reconcile::unknown_instances(
+            backends,
+            &loaded.desired.settings.project,
+            &snap.services,
+        ));
+        obs.orphans = unknown.into_iter().map(|d| (d.service, d.handle)).collect();
+        Some(obs)
+    } else {
+        None
+    };
+    let inventory = match &scope.inventory {
+        Some(f) => crate::inventory::load_file(f)?,
+        None if loaded.desired.settings.default_backend == crate::model::BackendKind::Swarm => rt
+            .block_on(crate::backends::swarm::nodes_inventory())
+            .ok()
+            .filter(|i| !i.hosts.is_empty())
+            .unwrap_or_else(|| crate::inventory::probe(&loaded.desired.settings.data_dir)),
+        None => crate::inventory::probe(&loaded.desired.settings.data_dir),
+    };
+    let p = plan::plan(&plan::Input {
+        desired: Some(&loaded.desired),
+        snapshot: &snap,
+        observations: observations.as_ref(),
+        inventory: &inventory,
+        config_hash,
+        options,
+    })?;
+    Ok((p, loaded))
+}
+
+fn plan_options(scope: &PlanScope, destroy_all: bool) -> plan::Options {
+    plan::Options {
+        targets: scope.targets.clone(),
+        excludes: scope.excludes.clone(),
+        replaces: scope.replaces.clone(),
+        destroy_all,
+    }
+}
+
+fn show_plan(ctx: &Context, p: &Plan) {
+    match ctx.global.format {
+        Format::Json => {
+            let v = serde_json::json!({
+                "event": "plan",
+                "at": apply::now_rfc3339(),
+                "summary": p.summary,
+                "phases": p.phases,
+                "feasible": p.feasibility.feasible,
+            });
+            println!("{v}");
+        }
+        _ if ctx.global.quiet => {}
+        _ => print!("{}", crate::render::plan::human(p, ctx.color)),
+    }
+}
+
+fn confirm(ctx: &Context, auto_approve: bool, what: &str) -> Result<(), Failure> {
+    if auto_approve {
+        return Ok(());
+    }
+    if !ctx.interactive {
+        return Err(Plain::new(
+            Code::E016,
+            format!("refusing to {what} without confirmation: not on a terminal"),
+        )
+        .help("review the plan, then run again with `--auto-approve`")
+        .into());
+    }
+    eprint!("Do you want to {what}? Only `yes` is accepted: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(Plain::new(Code::E016, format!("{what} cancelled"))
+            .help("nothing was changed")
+            .into())
+    }
+}
+
+fn infeasible(p: &Plan) -> Failure {
+    let problems: Vec<String> = p
+        .feasibility
+        .problems
+        .iter()
+        .map(|x| x.message.clone())
+        .collect();
+    Failure::new(
+        miette::Report::new(
+            Plain::new(
+                Code::E004,
+                format!("the plan does not fit: {}", problems.join("; ")),
+            )
+            .help("free capacity, lower the requests, or run with `--force` to apply anyway"),
+        ),
+        exit::INFEASIBLE,
+    )
+}
+
+/// Runs the executor with progress output and SIGINT handling; turns the report
+/// into an exit code or a failure.
+fn execute(
+    ctx: &Context,
+    rt: &tokio::runtime::Runtime,
+    p: &Plan,
+    loaded: &LoadedConfig,
+    store: &mut Store,
+    backends: &Registry,
+    no_rollback: bool,
+) -> Result<u8, Failure> {
+    let progress = Progress::new(progress_mode(ctx));
+    let hook = |e: &Event| progress.handle(e);
+    let cancel = Cancel::new();
+    let opts = apply::Options {
+        no_rollback,
+        command: command_line(),
+        config_snapshot: loaded.redacted_render.clone(),
+        config_hash: loaded.config_hash(),
+        base_dir: loaded.base_dir().to_path_buf(),
+    };
+    let report = rt.block_on(async {
+        let c = cancel.clone();
+        let sig = tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                c.interrupt();
+            }
+        });
+        let r = apply::execute(p, &loaded.desired, store, backends, &opts, &hook, &cancel).await;
+        sig.abort();
+        r
+    })?;
+    if ctx.global.format != Format::Json && !report.failures.is_empty() {
+        let mut err = std::io::stderr().lock();
+        for f in &report.failures {
+            let _ = writeln!(err, "\n`{}` failed: {}", f.service, f.reason);
+            if !f.probes.is_empty() {
+                let _ = writeln!(err, "  last probes:");
+                for pr in &f.probes {
+                    let _ = writeln!(
+                        err,
+                        "    +{} ms {} {}",
+                        pr.at_ms,
+                        if pr.healthy { "ok  " } else { "FAIL" },
+                        pr.detail
+                    );
+                }
+            }
+            if !f.log_tail.is_empty() {
+                let _ = writeln!(err, "  last log lines:");
+                for l in &f.log_tail {
+                    let _ = writeln!(err, "    | {l}");
+                }
+            }
+        }
+        for l in &report.left {
+            let _ = writeln!(err, "left: {l}");
+        }
+    }
+    match report.outcome {
+        Outcome::Succeeded => {
+            if ctx.global.format != Format::Json && !ctx.global.quiet {
+                println!(
+                    "Apply complete: revision {} in {} ms.",
+                    report.revision, report.elapsed_ms
+                );
+            }
+            Ok(exit::OK)
+        }
+        Outcome::RolledBack => Err(Failure::new(
+            miette::Report::new(
+                Plain::new(
+                    Code::E006,
+                    format!(
+                        "apply of revision {} failed and was rolled back: {}",
+                        report.revision,
+                        first_reason(&report)
+                    ),
+                )
+                .help("the previous deployment runs again; fix the failing service (see the evidence above, or `deploy-code state history`) and apply again"),
+            ),
+            exit::ROLLED_BACK,
+        )),
+        _ => Err(Failure::new(
+            miette::Report::new(
+                Plain::new(
+                    Code::E009,
+                    format!(
+                        "apply of revision {} failed and was not fully rolled back: {}",
+                        report.revision,
+                        if report.left.is_empty() {
+                            first_reason(&report)
+                        } else {
+                            report.left.join("; ")
+                        }
+                    ),
+                )
+                .help("`deploy-code status` shows what runs; `deploy-code plan` shows what an apply would repair"),
+            ),
+            exit::ROLLBACK_FAILED,
+        )),
+    }
+}
+
+fn first_reason(r: &apply::Report) -> String {
+    r.failures
+        .first()
+        .map(|f| format!("`{}`: {}", f.service, f.reason))
+        .unwrap_or_default()
+}
+
+fn grace(loaded: &LoadedConfig) -> Duration {
+    Duration::from_secs(loaded.desired.settings.deployment.stop_grace_seconds)
+}
+
+/// The planned path of `apply`, `destroy` and `restart`.
+fn plan_and_apply(
+    ctx: &Context,
+    scope: &PlanScope,
+    options: plan::Options,
+    auto_approve: bool,
+    force: bool,
+    no_rollback: bool,
+    what: &str,
+) -> Result<u8, Failure> {
+    let loaded = load_config(ctx)?;
+    plan_and_apply_loaded(
+        ctx,
+        loaded,
+        scope,
+        options,
+        auto_approve,
+        force,
+        no_rollback,
+        what,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plan_and_apply_loaded(
+    ctx: &Context,
+    loaded: LoadedConfig,
+    scope: &PlanScope,
+    options: plan::Options,
+    auto_approve: bool,
+    force: bool,
+    no_rollback: bool,
+    what: &str,
+) -> Result<u8, Failure> {
+    let mut store = open_store(ctx, &loaded)?;
+    store.ensure_identity(None)?;
+    let backends = registry_for(Some(&loaded), Some(&store.snapshot()?));
+    let rt = runtime()?;
+    let (p, _) = make_plan(&loaded, &store, scope, options.clone(), &backends, &rt)?;
+    show_plan(ctx, &p);
+    if !p.feasibility.feasible && !force {
+        return Err(infeasible(&p));
+    }
+    let needs_reconcile =
+        !p.drift.iter().all(|d| d.kind != "orphan") || !store.snapshot()?.open_intents.is_empty();
+    if !p.has_changes() && !needs_reconcile {
+        return Ok(exit::OK);
+    }
+    confirm(ctx, auto_approve, what)?;
+    let (p, loaded) = if needs_reconcile {
+        let done = rt.block_on(reconcile::reconcile(
+            &mut store,
+            &backends,
+            &loaded.desired.settings.project,
+            grace(&loaded),
+        ))?;
+        for d in &done {
+            if ctx.global.format != Format::Json && !ctx.global.quiet {
+                eprintln!("reconcile: `{}` {} {}", d.service, d.action, d.detail);
+            }
+        }
+        make_plan(&loaded, &store, scope, options, &backends, &rt)?
+    } else {
+        let mut l = loaded.clone();
+        if let Some(k) = &store.snapshot()?.secret_key {
+            l.desired.rekey(k);
+        }
+        (p, l)
+    };
+    if !p.has_changes() {
+        return Ok(exit::OK);
+    }
+    let no_rollback = no_rollback || !loaded.desired.settings.deployment.rollback_on_failure;
+    execute(ctx, &rt, &p, &loaded, &mut store, &backends, no_rollback)
+}
+
+pub fn run(ctx: &Context, args: &ApplyArgs) -> Result<u8, Failure> {
+    let Some(file) = &args.plan_file else {
+        return plan_and_apply(
+            ctx,
+            &args.scope,
+            plan_options(&args.scope, false),
+            args.auto_approve,
+            args.force,
+            args.no_rollback,
+            "apply these changes",
+        );
+    };
+    // A saved plan: executed exactly, or refused when stale.
+    let saved = plan::saved::read(file)?;
+    let loaded = load_config(ctx)?;
+    let mut store = open_store(ctx, &loaded)?;
+    let snap = store.snapshot()?;
+    let mut l = loaded.clone();
+    let key = match (&snap.secret_key, &saved.binding.new_state_key) {
+        (Some(k), _) => Some(k.clone()),
+        (None, Some(hex)) => crate::model::SecretKey::from_hex(hex),
+        (None, None) => None,
+    };
+    if let Some(k) = &key {
+        l.desired.rekey(k);
+    }
+    if let Err(stale) = plan::saved::check_fresh(&saved, &snap, &l.config_hash()) {
+        return Err(Plain::new(
+            Code::E013,
+            format!(
+                "the saved plan `{}` is stale: {}",
+                file.display(),
+                stale.changed.join("; ")
+            ),
+        )
+        .help("run `deploy-code plan --out FILE` again and apply the new plan")
+        .into());
+    }
+    if !saved.feasibility.feasible && !args.force {
+        return Err(infeasible(&saved));
+    }
+    store.ensure_identity(key.as_ref())?;
+    if !saved.has_changes() {
+        return Ok(exit::OK);
+    }
+    let backends = registry_for(Some(&l), Some(&snap));
+    let rt = runtime()?;
+    let no_rollback = args.no_rollback || !l.desired.settings.deployment.rollback_on_failure;
+    execute(ctx, &rt, &saved, &l, &mut store, &backends, no_rollback)
+}
+
+pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
+    let scope = PlanScope {
+        targets: args.targets.clone(),
+        refresh: true,
+        ..Default::default()
+    };
+    plan_and_apply(
+        ctx,
+        &scope,
+        plan_options(&scope, true),
+        args.auto_approve,
+        true,
+        false,
+        "destroy these services",
+    )
+}
+
+/// Re-applies the configuration of an earlier successful revision, as a normal
+/// planned apply. The history keeps that configuration rendered with secrets
+/// redacted, so its sensitive values are taken from the current configuration
+/// (the same field of the same service); a secret the current configuration no
+/// longer has makes the rollback refuse to start.
+pub fn rollback(ctx: &Context, args: &RollbackArgs) -> Result<u8, Failure> {
+    let current = load_config(ctx)?;
+    let path = state_path(ctx, Some(&current));
+    let history = crate::state::history(&path, 10_000)?;
+    let succeeded: Vec<_> = history
+        .iter()
+        .filter(|d| d.outcome == Outcome::Succeeded)
+        .collect();
+    let target = match args.to {
+        Some(rev) => match history.iter().find(|d| d.revision == rev) {
+            Some(d) if d.outcome == Outcome::Succeeded => d,
+            Some(d) => {
+                return Err(Plain::new(
+                    Code::E016,
+                    format!(
+                        "revision {rev} did not succeed (outcome `{}`)",
+                        serde_json::to_value(d.outcome)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default()
+                    ),
+                )
+                .help("`deploy-code state history` lists the revisions; pick a succeeded one")
+                .into());
+            }
+            None => {
+                return Err(
+                    Plain::new(Code::E016, format!("there is no revision {rev}"))
+                        .help("`deploy-code state history` lists the revisions")
+                        .into(),
+                );
+            }
+        },
+        None => match succeeded.get(1) {
+            Some(d) => d,
+            None => {
+                return Err(Plain::new(
+                    Code::E016,
+                    "there is no earlier successful revision to return to",
+                )
+                .help("`deploy-code state history` lists the revisions")
+                .into());
+            }
+        },
+    };
+    let opts = LoadOptions {
+        path: ctx.global.config.clone(),
+        vars: ctx.global.vars.clone(),
+        var_files: ctx.global.var_files.clone(),
+    };
+    let mut old = config::load_from_str(&target.config_snapshot, &ctx.global.config, &opts)?;
+    let mut missing = Vec::new();
+    for (name, spec) in old.desired.services.iter_mut() {
+        let now = current.desired.services.get(name);
+        let mut fill =
+            |t: &mut crate::model::Text, field: &str, now_t: Option<&crate::model::Text>| {
+                if t.display() == "(sensitive)"
+                    || matches!(t, crate::model::Text::Plain(p) if p == "(sensitive)")
+                {
+                    match now_t {
+                        Some(n) if n.is_sensitive() => *t = n.clone(),
+                        _ => missing.push(format!("`{name}` `{field}`")),
+                    }
+                }
+            };
+        if let Some(c) = spec.command.as_mut() {
+            fill(c, "command", now.and_then(|n| n.command.as_ref()));
+        }
+        for (i, a) in spec.args.iter_mut().enumerate() {
+            fill(a, &format!("args[{i}]"), now.and_then(|n| n.args.get(i)));
+        }
+        for (k, v) in spec.env.iter_mut() {
+            fill(v, &format!("env.{k}"), now.and_then(|n| n.env.get(k)));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Plain::new(
+            Code::E016,
+            format!(
+                "revision {} used secrets the current configuration does not have: {}",
+                target.revision,
+                missing.join(", ")
+            ),
+        )
+        .help("the state keeps only digests of secrets; provide them in the current configuration and run the rollback again")
+        .into());
+    }
+    if ctx.global.format != Format::Json && !ctx.global.quiet {
+        eprintln!(
+            "Returning to the configuration of revision {}.",
+            target.revision
+        );
+    }
+    let scope = PlanScope {
+        refresh: true,
+        ..Default::default()
+    };
+    plan_and_apply_loaded(
+        ctx,
+        old,
+        &scope,
+        plan_options(&scope, false),
+        args.auto_approve,
+        false,
+        false,
+        "return to this revision",
+    )
+}
+
+pub fn restart(ctx: &Context, args: &RestartArgs) -> Result<u8, Failure> {
+    let mut replaces = args.services.clone();
+    if replaces.is_empty() {
+        let loaded = load_config(ctx)?;
+        replaces = loaded
+            .desired
+            .services
+            .keys()
+            .map(|s| s.to_string())
+            .collect();
+    }
+    let scope = PlanScope {
+        replaces,
+        refresh: true,
+        ..Default::default()
+    };
+    plan_and_apply(
+        ctx,
+        &scope,
+        plan_options(&scope, false),
+        args.auto_approve,
+        false,
+        false,
+        "restart these services",
+    )
+}
+
+pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
+    let loaded = load_config(ctx)?;
+    let snap0 = crate::state::load_snapshot(&state_path(ctx, Some(&loaded)))?;
+    let backends = registry_for(Some(&loaded), Some(&snap0));
+    let rt = runtime()?;
+    let project = loaded.desired.settings.project.clone();
+    if args.dry_run {
+        let snap = crate::state::load_snapshot(&state_path(ctx, Some(&loaded)))?;
+        let unknown = rt.block_on(reconcile::unknown_instances(
+            &backends,
+            &project,
+            &snap.services,
+        ));
+        for d in &unknown {
+            println!(
+                "would remove `{}` {}",
+                d.service,
+                reconcile::describe(&d.handle)
+            );
+        }
+        if unknown.is_empty() {
+            println!("Nothing to clean up.");
+        }
+        return Ok(exit::OK);
+    }
+    let mut store = open_store(ctx, &loaded)?;
+    store.ensure_identity(None)?;
+    let snap = store.snapshot()?;
+    let unknown = rt.block_on(reconcile::unknown_instances(
+        &backends,
+        &project,
+        &snap.services,
+    ));
+    if unknown.is_empty() && snap.open_intents.is_empty() {
+        println!("Nothing to clean up.");
+        return Ok(exit::OK);
+    }
+    for d in &unknown {
+        println!("`{}` {}", d.service, reconcile::describe(&d.handle));
+    }
+    confirm(ctx, args.auto_approve, "remove these instances")?;
+    let done = rt.block_on(reconcile::reconcile(
+        &mut store,
+        &backends,
+        &project,
+        grace(&loaded),
+    ))?;
+    for d in &done {
+        println!("`{}`: {} {}", d.service, d.action, d.detail);
+    }
+    Ok(exit::OK)
 }

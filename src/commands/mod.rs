@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod ops;
 pub mod plan;
+pub mod progress;
 pub mod state;
 pub mod status;
 pub mod validate;

@@ -66,12 +66,36 @@ pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Pr
                 || PathBuf::from("."),
                 |l| l.desired.settings.data_dir.clone(),
             );
-            inventory::probe(&data_dir)
+            let swarm = loaded.as_ref().is_some_and(|l| {
+                l.desired.settings.default_backend == crate::model::BackendKind::Swarm
+            });
+            swarm
+                .then(crate::backends::swarm::cluster_inventory_blocking)
+                .flatten()
+                .unwrap_or_else(|| inventory::probe(&data_dir))
         }
     };
-    let observations = scope
-        .refresh()
-        .then(|| plan::refresh::observe_processes(&snapshot));
+    let observations = scope.refresh().then(|| {
+        let mut obs = plan::refresh::observe_processes(&snapshot);
+        // Containers and Swarm services, by their labels.
+        let containers = snapshot
+            .services
+            .values()
+            .any(|r| r.backend != crate::model::BackendKind::Process);
+        if let (true, Some(l)) = (containers, loaded.as_ref())
+            && let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        {
+            rt.block_on(crate::backends::docker::observe_containers(
+                &crate::commands::apply::registry(),
+                &l.desired.settings.project,
+                &snapshot,
+                &mut obs,
+            ));
+        }
+        obs
+    });
 
     let input = plan::Input {
         desired: loaded.as_ref().map(|l| &l.desired),

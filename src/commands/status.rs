@@ -1,16 +1,390 @@
-//! `status` commands.
+//! `status` commands: status, health, logs.
 
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::apply::health::probe_once;
+use crate::backends::{Liveness, Registry};
 use crate::cli::*;
-use crate::error::Failure;
+use crate::commands::apply::{registry_for, runtime, state_path};
+use crate::error::{Code, Failure, Plain, exit};
+use crate::state::{Handle, ServiceRecord, Snapshot};
 
-pub fn status(_ctx: &Context, _args: &StatusArgs) -> Result<u8, Failure> {
-    Err(super::not_yet("status"))
+fn snapshot(ctx: &Context) -> Result<Snapshot, Failure> {
+    let loaded = crate::config::load(&crate::config::LoadOptions {
+        path: ctx.global.config.clone(),
+        vars: ctx.global.vars.clone(),
+        var_files: ctx.global.var_files.clone(),
+    })
+    .ok();
+    Ok(crate::state::load_snapshot(&state_path(
+        ctx,
+        loaded.as_ref(),
+    ))?)
 }
 
-pub fn health(_ctx: &Context, _args: &HealthArgs) -> Result<u8, Failure> {
-    Err(super::not_yet("health"))
+#[derive(Serialize)]
+struct InstanceView {
+    replica: u32,
+    id: String,
+    state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uptime_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_path: Option<String>,
 }
 
-pub fn logs(_ctx: &Context, _args: &LogsArgs) -> Result<u8, Failure> {
-    Err(super::not_yet("logs"))
+#[derive(Serialize)]
+struct ServiceView {
+    service: String,
+    backend: String,
+    status: String,
+    revision: u64,
+    spec_hash: String,
+    instances: Vec<InstanceView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<HealthView>,
+    #[serde(skip)]
+    workload_task: bool,
+}
+
+#[derive(Clone, Serialize)]
+struct HealthView {
+    healthy: bool,
+    detail: String,
+}
+
+fn uptime(h: &Handle) -> Option<u64> {
+    let Handle::Process { start_time, .. } = h else {
+        return None;
+    };
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let btime: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf is a plain query.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let started = btime + start_time / ticks;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(now.saturating_sub(started))
+}
+
+fn handle_view(h: &Handle, l: &Liveness) -> InstanceView {
+    let state = match l {
+        Liveness::Running => "running".to_owned(),
+        Liveness::Exited(Some(c)) => format!("exited ({c})"),
+        Liveness::Exited(None) => "exited".to_owned(),
+        Liveness::Missing => "missing".to_owned(),
+    };
+    match h {
+        Handle::Process {
+            replica,
+            pid,
+            log_path,
+            ..
+        } => InstanceView {
+            replica: *replica,
+            id: format!("pid {pid}"),
+            uptime_seconds: (*l == Liveness::Running).then(|| uptime(h)).flatten(),
+            state,
+            log_path: Some(log_path.clone()),
+        },
+        Handle::Container { replica, name, .. } => InstanceView {
+            replica: *replica,
+            id: format!("container {name}"),
+            state,
+            uptime_seconds: None,
+            log_path: None,
+        },
+        Handle::SwarmService { name, .. } => InstanceView {
+            replica: 0,
+            id: format!("service {name}"),
+            state,
+            uptime_seconds: None,
+            log_path: None,
+        },
+    }
+}
+
+async fn health_of(backends: &Registry, r: &ServiceRecord) -> Option<HealthView> {
+    let check = r.spec.health_check.as_ref()?;
+    let b = backends.get(r.backend)?;
+    let h = r.handles.first()?;
+    let out = probe_once(
+        b.as_ref(),
+        h,
+        &check.probe,
+        Duration::from_secs(check.timeout_seconds.max(1)),
+    )
+    .await;
+    Some(HealthView {
+        healthy: out.healthy,
+        detail: out.detail,
+    })
+}
+
+async fn views(backends: &Registry, snap: &Snapshot, probe: bool) -> Vec<ServiceView> {
+    let mut out = Vec::new();
+    for r in snap.services.values() {
+        let mut instances = Vec::new();
+        if let Some(b) = backends.get(r.backend) {
+            for h in &r.handles {
+                let l = b.liveness(h).await;
+                instances.push(handle_view(h, &l));
+            }
+        }
+        let health = if probe {
+            health_of(backends, r).await
+        } else {
+            None
+        };
+        out.push(ServiceView {
+            service: r.name.to_string(),
+            backend: r.backend.to_string(),
+            status: serde_json::to_value(r.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            revision: r.revision,
+            spec_hash: r.spec_hash.clone(),
+            instances,
+            health,
+            workload_task: r.spec.workload == crate::model::Workload::Task,
+        });
+    }
+    out
+}
+
+fn fmt_uptime(s: u64) -> String {
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn human(views: &[ServiceView], detailed: bool) -> String {
+    let mut out = String::new();
+    if views.is_empty() {
+        out.push_str("No services are deployed.\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "{:<20} {:<8} {:<8} {:<24} {:<10} {}\n",
+        "SERVICE", "BACKEND", "STATUS", "INSTANCES", "UPTIME", "HEALTH"
+    ));
+    for v in views {
+        let running = v.instances.iter().filter(|i| i.state == "running").count();
+        let ids: Vec<&str> = v.instances.iter().map(|i| i.id.as_str()).collect();
+        let inst = if v.instances.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{running}/{} {}", v.instances.len(), ids.join(","))
+        };
+        let up = v
+            .instances
+            .iter()
+            .filter_map(|i| i.uptime_seconds)
+            .min()
+            .map(fmt_uptime)
+            .unwrap_or_else(|| "-".into());
+        let health = match &v.health {
+            Some(h) if h.healthy => "healthy".to_owned(),
+            Some(h) => format!("unhealthy ({})", h.detail),
+            None if v.workload_task && v.status == "ready" => "completed".to_owned(),
+            None => "-".to_owned(),
+        };
+        out.push_str(&format!(
+            "{:<20} {:<8} {:<8} {:<24} {:<10} {}\n",
+            v.service, v.backend, v.status, inst, up, health
+        ));
+        if detailed {
+            out.push_str(&format!(
+                "    spec {}  revision {}\n",
+                v.spec_hash, v.revision
+            ));
+            for i in &v.instances {
+                out.push_str(&format!(
+                    "    replica {} {} {}{}\n",
+                    i.replica,
+                    i.id,
+                    i.state,
+                    i.log_path
+                        .as_ref()
+                        .map(|p| format!("  log {p}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+    }
+    out
+}
+
+pub fn status(ctx: &Context, args: &StatusArgs) -> Result<u8, Failure> {
+    let rt = runtime()?;
+    loop {
+        let snap = snapshot(ctx)?;
+        let backends = registry_for(None, Some(&snap));
+        let v = rt.block_on(views(&backends, &snap, true));
+        let text = match ctx.global.format {
+            Format::Json => {
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "format_version": 1,
+                    "services": v,
+                }))
+                .unwrap_or_default()
+                    + "\n"
+            }
+            Format::Yaml => serde_yaml::to_string(&v).unwrap_or_default(),
+            _ => human(&v, args.detailed),
+        };
+        if args.watch {
+            print!("\x1b[2J\x1b[H{text}");
+            let _ = std::io::stdout().flush();
+            std::thread::sleep(Duration::from_secs(args.interval.max(1)));
+        } else {
+            print!("{text}");
+            return Ok(exit::OK);
+        }
+    }
+}
+
+pub fn health(ctx: &Context, _args: &HealthArgs) -> Result<u8, Failure> {
+    let rt = runtime()?;
+    let snap = snapshot(ctx)?;
+    let backends = registry_for(None, Some(&snap));
+    let v = rt.block_on(views(&backends, &snap, true));
+    let rows: Vec<serde_json::Value> = v
+        .iter()
+        .map(|s| {
+            let task_done = s.workload_task && s.status == "ready";
+            let running = task_done
+                || (s.instances.iter().all(|i| i.state == "running") && !s.instances.is_empty());
+            let healthy = match &s.health {
+                Some(h) => h.healthy && running,
+                None => running,
+            };
+            serde_json::json!({
+                "service": s.service,
+                "healthy": healthy,
+                "detail": s.health.as_ref().map(|h| h.detail.clone()).unwrap_or_else(|| {
+                    if task_done {
+                        "task completed".into()
+                    } else if running {
+                        "running (no health check)".into()
+                    } else {
+                        "not running".into()
+                    }
+                }),
+            })
+        })
+        .collect();
+    let all_ok = rows.iter().all(|r| r["healthy"] == true);
+    match ctx.global.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"format_version": 1, "healthy": all_ok, "services": rows})
+            )
+            .unwrap_or_default()
+        ),
+        Format::Yaml => print!(
+            "{}",
+            serde_yaml::to_string(&serde_json::json!({"healthy": all_ok, "services": rows}))
+                .unwrap_or_default()
+        ),
+        _ => {
+            for r in &rows {
+                println!(
+                    "{:<20} {:<10} {}",
+                    r["service"].as_str().unwrap_or(""),
+                    if r["healthy"] == true {
+                        "healthy"
+                    } else {
+                        "UNHEALTHY"
+                    },
+                    r["detail"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(if all_ok { exit::OK } else { exit::ERROR })
+}
+
+pub fn logs(ctx: &Context, args: &LogsArgs) -> Result<u8, Failure> {
+    let snap = snapshot(ctx)?;
+    let Some(r) = snap.services.get(args.service.as_str()) else {
+        return Err(Plain::new(
+            Code::S001,
+            format!("no service `{}` in the state", args.service),
+        )
+        .help("`deploy-code status` lists the deployed services")
+        .into());
+    };
+    let rt = runtime()?;
+    let backends = registry_for(None, Some(&snap));
+    let Some(b) = backends.get(r.backend) else {
+        return Err(Plain::new(
+            Code::E014,
+            format!("no {} backend in this build", r.backend),
+        )
+        .into());
+    };
+    let several = r.handles.len() > 1;
+    for h in &r.handles {
+        for l in rt.block_on(b.logs(h, args.lines)) {
+            if several {
+                println!("[{}] {l}", replica_of(h));
+            } else {
+                println!("{l}");
+            }
+        }
+    }
+    if args.follow {
+        let paths: Vec<String> = r
+            .handles
+            .iter()
+            .filter_map(|h| match h {
+                Handle::Process { log_path, .. } => Some(log_path.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut offsets: Vec<u64> = paths
+            .iter()
+            .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .collect();
+        loop {
+            for (i, p) in paths.iter().enumerate() {
+                if let Ok(mut f) = std::fs::File::open(p) {
+                    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                    if len > offsets[i] && f.seek(SeekFrom::Start(offsets[i])).is_ok() {
+                        let mut buf = String::new();
+                        let _ = f.read_to_string(&mut buf);
+                        offsets[i] = len;
+                        print!("{buf}");
+                        let _ = std::io::stdout().flush();
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn replica_of(h: &Handle) -> u32 {
+    match h {
+        Handle::Process { replica, .. } | Handle::Container { replica, .. } => *replica,
+        Handle::SwarmService { .. } => 0,
+    }
 }

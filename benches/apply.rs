@@ -1,0 +1,274 @@
+//! Apply overhead on real processes, HTTP-gated.
+//!
+//! 1. 200 process services in 10 phases (20 per phase, each depending on one of
+//!    the previous phase), each a `busybox httpd` started after its own delay
+//!    (`sleep 0.0x`), gated by an HTTP check. The baseline of a run is the sum over
+//!    phases of the slowest service's own readiness (its delay); the overhead per
+//!    phase is (apply time - baseline) / 10. Reported: median and p95 over runs.
+//! 2. Detection latency: one service that becomes ready after 300 ms; the time
+//!    between it accepting connections (seen by a 1 ms poller) and its gate
+//!    passing.
+//!
+//! Run: `cargo bench --bench apply` (needs `busybox` on PATH).
+//! `APPLY_BENCH_RUNS` sets the number of runs of (1) (default 5).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use deploy_code::apply::{self, Cancel, Event, Options};
+use deploy_code::backends::process::ProcessBackend;
+use deploy_code::backends::{Backend, Registry, StartContext};
+use deploy_code::model::*;
+use deploy_code::plan::{self, Observations};
+use deploy_code::state::{Holder, Store};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn service(name: &str, port: u16, delay_ms: u64, deps: Vec<ServiceName>, www: &str) -> ServiceSpec {
+    ServiceSpec {
+        name: ServiceName::parse(name).unwrap(),
+        backend: BackendKind::Process,
+        workload: Workload::Service,
+        replicas: 1,
+        image: None,
+        command: Some(Text::plain("sh")),
+        args: vec![
+            Text::plain("-c"),
+            Text::plain(format!(
+                "sleep {}; exec busybox httpd -f -p 127.0.0.1:{port} -h {www}",
+                delay_ms as f64 / 1000.0
+            )),
+        ],
+        working_dir: None,
+        env: BTreeMap::new(),
+        dependencies: deps,
+        resources: Resources::default(),
+        health_check: Some(HealthCheck {
+            probe: Probe::Http {
+                url: format!("http://127.0.0.1:{port}/"),
+            },
+            interval_seconds: 1,
+            timeout_seconds: 1,
+            retries: 5,
+            start_period_seconds: 0,
+        }),
+        ports: vec![PortSpec {
+            container_port: port,
+            host_port: Some(port),
+            host_ip: None,
+            protocol: Protocol::Tcp,
+        }],
+        volumes: Vec::new(),
+        restart: RestartPolicy::No,
+        labels: BTreeMap::new(),
+    }
+}
+
+fn settings(dir: &std::path::Path, project: &str) -> Settings {
+    let mut deployment = DeploymentSettings {
+        max_parallel: 20,
+        ..Default::default()
+    };
+    deployment.stop_grace_seconds = 2;
+    Settings {
+        project: project.into(),
+        environment: "bench".into(),
+        default_backend: BackendKind::Process,
+        deployment,
+        network: NetworkSettings::default(),
+        data_dir: dir.join("data"),
+        log_dir: dir.join("logs"),
+        reserve_percent: 20,
+        monitoring: MonitoringSettings::default(),
+        state_path: None,
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+async fn run_once(run: usize, rt_samples: &mut Vec<f64>, totals: &mut Vec<(f64, f64)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "ok").unwrap();
+    let project = format!("bench-apply-{}-{run}", std::process::id());
+    // Hold every listener until all ports are chosen, so that no port is given twice.
+    let listeners: Vec<_> = (0..200)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let mut ports = listeners.iter().map(|l| l.local_addr().unwrap().port());
+    let mut services = BTreeMap::new();
+    let mut phase_max = Vec::new();
+    for p in 0..10u64 {
+        let mut max = 0;
+        for i in 0..20u64 {
+            // Delays of 10..=200 ms, different in every phase.
+            let delay = 10 + ((p * 37 + i * 53) % 20) * 10;
+            max = max.max(delay);
+            let deps = if p == 0 {
+                Vec::new()
+            } else {
+                vec![ServiceName::parse(&format!("s{}-{}", p - 1, i)).unwrap()]
+            };
+            let s = service(
+                &format!("s{p}-{i}"),
+                ports.next().unwrap(),
+                delay,
+                deps,
+                www.to_str().unwrap(),
+            );
+            services.insert(s.name.clone(), s);
+        }
+        phase_max.push(max as f64);
+    }
+    drop(listeners);
+    let desired = DesiredState {
+        settings: settings(dir.path(), &project),
+        services,
+        disabled: Vec::new(),
+    };
+    let state = dir.path().join("state.db");
+    let mut store = Store::open(&state, &Holder::current("bench"), None).unwrap();
+    store.ensure_identity(None).unwrap();
+    let snap = store.snapshot().unwrap();
+    let inventory = deploy_code::inventory::probe(dir.path());
+    let p = plan::plan(&plan::Input {
+        desired: Some(&desired),
+        snapshot: &snap,
+        observations: Some(&Observations::default()),
+        inventory: &inventory,
+        config_hash: "sha256:bench".into(),
+        options: plan::Options::default(),
+    })
+    .unwrap();
+    assert_eq!(p.phases.len(), 10, "10 phases");
+    let phase_times = Mutex::new(Vec::new());
+    let hook = |e: &Event| {
+        if let Event::PhaseFinished { elapsed_ms, .. } = e {
+            phase_times.lock().unwrap().push(*elapsed_ms as f64);
+        }
+    };
+    let opts = Options {
+        base_dir: dir.path().to_path_buf(),
+        command: "bench".into(),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let report = apply::execute(
+        &p,
+        &desired,
+        &mut store,
+        &Registry::with_process(),
+        &opts,
+        &hook,
+        &Cancel::new(),
+    )
+    .await
+    .unwrap();
+    let total = t.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(
+        report.outcome,
+        deploy_code::state::Outcome::Succeeded,
+        "{:?}",
+        report.failures
+    );
+    let baseline: f64 = phase_max.iter().sum();
+    for (pt, max) in phase_times.lock().unwrap().iter().zip(&phase_max) {
+        rt_samples.push(pt - max);
+    }
+    totals.push((total, baseline));
+    // Clean up by the handles this run started.
+    let b = ProcessBackend::new();
+    let snap = store.snapshot().unwrap();
+    let handles: Vec<_> = snap
+        .services
+        .values()
+        .flat_map(|r| r.handles.clone())
+        .collect();
+    b.stop(&handles, Duration::from_secs(2)).await.unwrap();
+}
+
+async fn detection(samples: &mut Vec<f64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "ok").unwrap();
+    let port = free_port();
+    let s = service("late", port, 300, Vec::new(), www.to_str().unwrap());
+    let b = ProcessBackend::new();
+    let ctx = StartContext {
+        project: format!("bench-detect-{}", std::process::id()),
+        lineage: "bench".into(),
+        revision: 1,
+        log_dir: dir.path().join("logs"),
+        data_dir: dir.path().join("data"),
+        base_dir: dir.path().to_path_buf(),
+        network: NetworkSettings::default(),
+        gpus: Vec::new(),
+    };
+    let handles = b.start(&s, &ctx).await.unwrap();
+    let poller = std::thread::spawn(move || {
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let noop = |_: &apply::health::ProbeRecord| {};
+    let out = apply::health::gate(&b, &s, &handles, &Cancel::new(), 1, None, &noop).await;
+    let passed = Instant::now();
+    let listening = poller.join().unwrap();
+    assert!(out.healthy);
+    samples.push(passed.saturating_duration_since(listening).as_secs_f64() * 1000.0);
+    b.stop(&handles, Duration::from_secs(2)).await.unwrap();
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runs: usize = std::env::var("APPLY_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut per_phase = Vec::new();
+        let mut totals = Vec::new();
+        for run in 0..runs {
+            run_once(run, &mut per_phase, &mut totals).await;
+        }
+        for (i, (t, b)) in totals.iter().enumerate() {
+            println!(
+                "apply 200 services / 10 phases run {i}: {t:.0} ms, baseline (sum of slowest readiness per phase) {b:.0} ms, overhead {:.0} ms ({:.1} ms/phase)",
+                t - b,
+                (t - b) / 10.0
+            );
+        }
+        let med = pct(&mut per_phase.clone(), 0.5);
+        let p95 = pct(&mut per_phase, 0.95);
+        println!(
+            "per-phase overhead over {} phases: median {med:.1} ms, p95 {p95:.1} ms (goal < 250 ms)",
+            runs * 10
+        );
+        let mut det = Vec::new();
+        for _ in 0..20 {
+            detection(&mut det).await;
+        }
+        let med = pct(&mut det.clone(), 0.5);
+        let p95 = pct(&mut det, 0.95);
+        println!("ready-detection latency over 20 runs: median {med:.1} ms, p95 {p95:.1} ms");
+    });
+}

@@ -1,0 +1,345 @@
+//! Health gates: HTTP (2xx), TCP connect and command (exit 0) probes.
+//!
+//! The first probe runs at once; while the service is not ready the probes back
+//! off from 20 ms, doubling up to 100 ms during the first 10 s (or the start
+//! period, when longer) and up to `interval_seconds` after, so that a service
+//! that becomes ready is seen within about 100 ms. Failures during `start_period_seconds` do
+//! not count; after it, a failure counts at most once per interval, and
+//! `retries` counted failures fail the gate. A process that exits during its gate
+//! fails it at once. A one-shot task passes by exiting 0.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::Cancel;
+use crate::backends::{Backend, Liveness, ProbeOutcome};
+use crate::model::{Probe, ServiceSpec, Workload};
+use crate::state::Handle;
+
+/// One probe result kept as evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeRecord {
+    /// Milliseconds since the gate began.
+    pub at_ms: u64,
+    pub healthy: bool,
+    pub detail: String,
+}
+
+/// The verdict of a gate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateOutcome {
+    pub healthy: bool,
+    /// Why it failed (empty when healthy).
+    pub reason: String,
+    /// How long the gate took.
+    pub elapsed_ms: u64,
+    /// The last probe results, oldest first (at most [`KEEP`]).
+    pub probes: Vec<ProbeRecord>,
+}
+
+/// How many probe results a gate keeps.
+pub const KEEP: usize = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// The longest pause between probes while a service is starting.
+const FAST_CAP: Duration = Duration::from_millis(100);
+/// How long a gate probes fast before it falls back to `interval_seconds`.
+const FAST_WINDOW: Duration = Duration::from_secs(10);
+
+fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("an HTTP client without TLS always builds")
+    })
+}
+
+/// A loopback URL `http://127.0.0.1:<port>/…` names the service's own port;
+/// the backend says where that port is reachable (a container's published
+/// host port). Other URLs are used as written.
+async fn published_url(backend: &dyn Backend, handle: &Handle, url: &str) -> String {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return url.to_owned();
+    };
+    let (Ok(port), true) = (
+        port.parse::<u16>(),
+        matches!(host, "127.0.0.1" | "localhost" | "0.0.0.0"),
+    ) else {
+        return url.to_owned();
+    };
+    let (h, p) = backend.probe_address(handle, port).await;
+    let h = if h.contains(':') { format!("[{h}]") } else { h };
+    format!("http://{h}:{p}{path}")
+}
+
+/// Runs one probe of `probe` against the instance behind `handle`.
+pub async fn probe_once(
+    backend: &dyn Backend,
+    handle: &Handle,
+    probe: &Probe,
+    timeout: Duration,
+) -> ProbeOutcome {
+    match probe {
+        Probe::Http { url } => {
+            let url = &published_url(backend, handle, url).await;
+            let fut = client().get(url).timeout(timeout).send();
+            match tokio::time::timeout(timeout, fut).await {
+                Err(_) => ProbeOutcome {
+                    healthy: false,
+                    detail: format!("GET {url}: timed out after {} ms", timeout.as_millis()),
+                },
+                Ok(Err(e)) => ProbeOutcome {
+                    healthy: false,
+                    detail: format!("GET {url}: {}", short_error(&e)),
+                },
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    ProbeOutcome {
+                        healthy: status.is_success(),
+                        detail: format!("GET {url}: {status}"),
+                    }
+                }
+            }
+        }
+        Probe::Tcp { host, port } => {
+            let (h, p) = if matches!(host.as_str(), "127.0.0.1" | "localhost" | "0.0.0.0") {
+                backend.probe_address(handle, *port).await
+            } else {
+                (host.clone(), *port)
+            };
+            let addr = format!("{h}:{p}");
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+                Err(_) => ProbeOutcome {
+                    healthy: false,
+                    detail: format!("connect {addr}: timed out"),
+                },
+                Ok(Err(e)) => ProbeOutcome {
+                    healthy: false,
+                    detail: format!("connect {addr}: {e}"),
+                },
+                Ok(Ok(_)) => ProbeOutcome {
+                    healthy: true,
+                    detail: format!("connect {addr}: ok"),
+                },
+            }
+        }
+        Probe::Command { argv } => backend.exec_probe(handle, argv, timeout).await,
+    }
+}
+
+fn short_error(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg = s.to_string();
+        src = s.source();
+    }
+    msg
+}
+
+struct Recorder<'a> {
+    began: Instant,
+    probes: Vec<ProbeRecord>,
+    on_probe: &'a (dyn Fn(&ProbeRecord) + Send + Sync),
+}
+
+impl Recorder<'_> {
+    fn push(&mut self, healthy: bool, detail: String) {
+        let r = ProbeRecord {
+            at_ms: self.began.elapsed().as_millis() as u64,
+            healthy,
+            detail,
+        };
+        (self.on_probe)(&r);
+        self.probes.push(r);
+        if self.probes.len() > KEEP {
+            self.probes.remove(0);
+        }
+    }
+
+    fn done(self, healthy: bool, reason: String) -> GateOutcome {
+        GateOutcome {
+            healthy,
+            reason,
+            elapsed_ms: self.began.elapsed().as_millis() as u64,
+            probes: self.probes,
+        }
+    }
+}
+
+/// The first instance that is no longer running, with its liveness.
+async fn first_down(backend: &dyn Backend, handles: &[Handle]) -> Option<(usize, Liveness)> {
+    for (i, h) in handles.iter().enumerate() {
+        let l = backend.liveness(h).await;
+        if l != Liveness::Running {
+            return Some((i, l));
+        }
+    }
+    None
+}
+
+fn describe(l: &Liveness) -> String {
+    match l {
+        Liveness::Exited(Some(c)) => format!("exited with code {c}"),
+        Liveness::Exited(None) => "was killed by a signal".into(),
+        Liveness::Missing => "is gone".into(),
+        Liveness::Running => "is running".into(),
+    }
+}
+
+/// Waits until the instances of `spec` are healthy (or a task has exited 0), the
+/// gate fails, `deadline` passes or the interrupt level reaches `stop_at`.
+pub async fn gate(
+    backend: &dyn Backend,
+    spec: &ServiceSpec,
+    handles: &[Handle],
+    cancel: &Cancel,
+    stop_at: u8,
+    deadline: Option<Instant>,
+    on_probe: &(dyn Fn(&ProbeRecord) + Send + Sync),
+) -> GateOutcome {
+    let mut rec = Recorder {
+        began: Instant::now(),
+        probes: Vec::new(),
+        on_probe,
+    };
+    let mut backoff = FIRST_BACKOFF;
+    if spec.workload == Workload::Task {
+        let cap = Duration::from_millis(500);
+        loop {
+            let mut all_done = true;
+            for h in handles {
+                match backend.liveness(h).await {
+                    Liveness::Running => all_done = false,
+                    Liveness::Exited(Some(0)) => {}
+                    other => {
+                        let why = format!("the task {}", describe(&other));
+                        rec.push(false, why.clone());
+                        return rec.done(false, why);
+                    }
+                }
+            }
+            if all_done {
+                rec.push(true, "exited with code 0".into());
+                return rec.done(true, String::new());
+            }
+            if let Some(why) = wait_or_stop(backoff, cancel, stop_at, deadline).await {
+                return rec.done(false, why);
+            }
+            backoff = (backoff * 2).min(cap);
+        }
+    }
+    let Some(check) = &spec.health_check else {
+        // No check: the instances must still run shortly after their start.
+        if let Some(why) = wait_or_stop(Duration::from_millis(100), cancel, stop_at, deadline).await
+        {
+            return rec.done(false, why);
+        }
+        return match first_down(backend, handles).await {
+            Some((i, l)) => {
+                let why = format!("replica {i} {}", describe(&l));
+                rec.push(false, why.clone());
+                rec.done(false, why)
+            }
+            None => {
+                rec.push(true, "running (no health check)".into());
+                rec.done(true, String::new())
+            }
+        };
+    };
+    let interval = Duration::from_secs(check.interval_seconds.max(1));
+    let timeout = Duration::from_secs(check.timeout_seconds.max(1));
+    let start_period = Duration::from_secs(check.start_period_seconds);
+    let retries = check.retries.max(1);
+    let mut counted = 0u32;
+    let mut last_counted: Option<Instant> = None;
+    loop {
+        if let Some((i, l)) = first_down(backend, handles).await {
+            let why = format!("replica {i} {} during its health check", describe(&l));
+            rec.push(false, why.clone());
+            return rec.done(false, why);
+        }
+        let mut all_ok = true;
+        for h in handles {
+            let out = probe_once(backend, h, &check.probe, timeout).await;
+            let ok = out.healthy;
+            rec.push(ok, out.detail);
+            if !ok {
+                all_ok = false;
+                break;
+            }
+            if matches!(check.probe, Probe::Http { .. } | Probe::Tcp { .. }) && handles.len() > 1 {
+                // One address serves every replica: one probe answers for all.
+                break;
+            }
+        }
+        if all_ok {
+            return rec.done(true, String::new());
+        }
+        let now = Instant::now();
+        if now.duration_since(rec.began) >= start_period
+            && last_counted.is_none_or(|t| now.duration_since(t) >= interval)
+        {
+            counted += 1;
+            last_counted = Some(now);
+            if counted >= retries {
+                let last = rec
+                    .probes
+                    .last()
+                    .map(|p| p.detail.clone())
+                    .unwrap_or_default();
+                return rec.done(
+                    false,
+                    format!("health check failed {counted} times (last: {last})"),
+                );
+            }
+        }
+        if let Some(why) = wait_or_stop(backoff, cancel, stop_at, deadline).await {
+            return rec.done(false, why);
+        }
+        // Fast probing (at most FAST_CAP apart) while the service may still be
+        // coming up; the configured interval once it has had FAST_WINDOW (or its
+        // start period) to start.
+        let fast = rec.began.elapsed() < FAST_WINDOW.max(start_period);
+        backoff = (backoff * 2).min(if fast {
+            FAST_CAP.min(interval)
+        } else {
+            interval
+        });
+    }
+}
+
+/// Sleeps `d`; returns why the gate must stop instead (interrupt or deadline).
+async fn wait_or_stop(
+    d: Duration,
+    cancel: &Cancel,
+    stop_at: u8,
+    deadline: Option<Instant>,
+) -> Option<String> {
+    if cancel.level() >= stop_at {
+        return Some("interrupted".into());
+    }
+    let d = match deadline {
+        Some(dl) => {
+            let left = dl.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Some("ran out of time".into());
+            }
+            d.min(left)
+        }
+        None => d,
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(d) => None,
+        _ = cancel.reached(stop_at) => Some("interrupted".into()),
+    }
+}

@@ -1,0 +1,183 @@
+//! Reconciliation before an apply: the instances that carry this project's marks
+//! are compared with the state, so that a run that was killed (even by SIGKILL)
+//! leaves neither an orphan nor a ghost behind.
+//!
+//! - An instance the state does not name, running the spec the state records for
+//!   its service while the recorded instances are gone, is **adopted**: the
+//!   record takes its handle (status `pending`, so the next plan replaces it
+//!   through a health gate unless it is proven ready).
+//! - Any other unrecorded instance is **stopped** (it was started by an
+//!   interrupted run or is an old instance of a replace that never finished).
+//! - Intents left open by the interrupted run are closed as `abandoned`.
+//!
+//! Every stop is journalled like any other side effect.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backends::{Discovered, Liveness, Registry};
+use crate::model::ServiceName;
+use crate::state::{Handle, ServiceRecord, ServiceStatus, StateError, Store};
+
+/// What reconciliation did to one instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reconciled {
+    pub service: ServiceName,
+    /// `adopted`, `stopped`, `intent-closed`.
+    pub action: String,
+    pub detail: String,
+}
+
+/// Instances marked as this project's that the state does not name.
+pub async fn unknown_instances(
+    backends: &Registry,
+    project: &str,
+    state: &std::collections::BTreeMap<ServiceName, ServiceRecord>,
+) -> Vec<Discovered> {
+    let known: Vec<&Handle> = state.values().flat_map(|r| r.handles.iter()).collect();
+    let mut out = Vec::new();
+    for b in backends.all() {
+        if let Ok(found) = b.discover(project).await {
+            out.extend(
+                found
+                    .into_iter()
+                    .filter(|d| !known.iter().any(|k| same_instance(k, &d.handle))),
+            );
+        }
+    }
+    out
+}
+
+/// Adopts or stops every unrecorded instance of `project` and closes the
+/// intents an interrupted run left open.
+pub async fn reconcile(
+    store: &mut Store,
+    backends: &Registry,
+    project: &str,
+    grace: Duration,
+) -> Result<Vec<Reconciled>, StateError> {
+    let mut done = Vec::new();
+    let snap = store.snapshot()?;
+    let revision = snap.revision;
+    for intent in &snap.open_intents {
+        store.close_intent(
+            intent.id,
+            "abandoned",
+            &serde_json::json!({ "note": "the run that wrote it was interrupted" }),
+        )?;
+        done.push(Reconciled {
+            service: intent.service.clone(),
+            action: "intent-closed".into(),
+            detail: format!(
+                "`{}` of revision {} was interrupted",
+                intent.action, intent.revision
+            ),
+        });
+    }
+    let unknown = unknown_instances(backends, project, &snap.services).await;
+    let mut records = snap.services.clone();
+    for d in unknown {
+        let Some(backend) = backends
+            .all()
+            .find(|b| handle_kind_matches(b.kind(), &d.handle))
+        else {
+            continue;
+        };
+        let running = d.liveness == Liveness::Running;
+        let wanted_hash = records.get(&d.service).map(|r| r.spec_hash.clone());
+        let record_dead = match records.get(&d.service) {
+            Some(r) => {
+                let mut all_dead = true;
+                for h in &r.handles {
+                    if backend.liveness(h).await == Liveness::Running {
+                        all_dead = false;
+                    }
+                }
+                all_dead
+            }
+            None => true,
+        };
+        let adopt = running
+            && record_dead
+            && wanted_hash.is_some()
+            && d.spec_hash == wanted_hash
+            && records.contains_key(&d.service);
+        if adopt {
+            let r = records.get_mut(&d.service).expect("checked");
+            r.handles = vec![d.handle.clone()];
+            r.status = ServiceStatus::Pending;
+            store.put_service(r)?;
+            store.event(
+                revision,
+                Some(&d.service),
+                "adopt",
+                "succeeded",
+                "adopted an unrecorded instance",
+            )?;
+            done.push(Reconciled {
+                service: d.service.clone(),
+                action: "adopted".into(),
+                detail: describe(&d.handle),
+            });
+            continue;
+        }
+        let id = store.record_intent(
+            revision,
+            &d.service,
+            "reconcile-stop",
+            &serde_json::json!({ "handle": d.handle }),
+        )?;
+        let res = backend.stop(std::slice::from_ref(&d.handle), grace).await;
+        store.close_intent(
+            id,
+            if res.is_ok() { "succeeded" } else { "failed" },
+            &serde_json::json!({}),
+        )?;
+        done.push(Reconciled {
+            service: d.service.clone(),
+            action: "stopped".into(),
+            detail: describe(&d.handle),
+        });
+    }
+    Ok(done)
+}
+
+fn handle_kind_matches(kind: crate::model::BackendKind, h: &Handle) -> bool {
+    use crate::model::BackendKind::*;
+    matches!(
+        (kind, h),
+        (Process, Handle::Process { .. })
+            | (Docker, Handle::Container { .. })
+            | (Swarm, Handle::SwarmService { .. })
+    )
+}
+
+pub fn describe(h: &Handle) -> String {
+    match h {
+        Handle::Process { pid, replica, .. } => format!("process {pid} (replica {replica})"),
+        Handle::Container { name, .. } => format!("container `{name}`"),
+        Handle::SwarmService { name, .. } => format!("swarm service `{name}`"),
+    }
+}
+
+/// The same instance: same pid and start time, same container or service id.
+pub fn same_instance(a: &Handle, b: &Handle) -> bool {
+    match (a, b) {
+        (
+            Handle::Process {
+                pid: p1,
+                start_time: s1,
+                ..
+            },
+            Handle::Process {
+                pid: p2,
+                start_time: s2,
+                ..
+            },
+        ) => p1 == p2 && s1 == s2,
+        (Handle::Container { id: a, .. }, Handle::Container { id: b, .. }) => a == b,
+        (Handle::SwarmService { id: a, .. }, Handle::SwarmService { id: b, .. }) => a == b,
+        _ => false,
+    }
+}

@@ -1,0 +1,1422 @@
+//! The Docker backend: one container per replica on the local engine, through
+//! bollard.
+//!
+//! Naming: replica 0 of service `api` in project `shop` is the container
+//! `shop-api`; replica `n > 0` is `shop-api-<n>`. The project's network is the
+//! user-defined bridge `shop-net`. When a new container must take a name that
+//! an older container of the same service still holds (the new one starts
+//! before the old one stops), the older one is renamed to `<name>-<id12>` first;
+//! handles carry the container id, so nothing loses track of it.
+//!
+//! Every container carries the labels of [`super::marks`]: project, service,
+//! spec hash, deployment revision, lineage and replica. [`DockerBackend::discover`]
+//! finds them by the project label, [`observe`] turns that into the refresh
+//! observations that `plan` reads.
+//!
+//! `command` and `args`: `command` (when given) replaces the image's
+//! ENTRYPOINT and `args` replace its CMD; `args` alone replace only the CMD,
+//! keeping the image's ENTRYPOINT; neither keeps both image defaults.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, DeviceRequest, EndpointSettings,
+    HealthStatusEnum, HostConfig, Ipam, IpamConfig, Mount, MountType, NetworkCreateRequest,
+    NetworkingConfig, PortBinding, RestartPolicy as DockerRestart, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectNetworkOptions,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use super::{Backend, BackendError, Discovered, Liveness, ProbeOutcome, StartContext, marks};
+use crate::model::{
+    BackendKind, PortSpec, Protocol, RestartPolicy, ServiceName, ServiceSpec, Text,
+};
+use crate::plan::{Observations, ObservedInstance};
+use crate::state::{GpuRef, Handle, Snapshot};
+
+/// The container name of one replica: `<project>-<service>`, `-<replica>` for replicas after the first.
+pub fn container_name(project: &str, service: &str, replica: u32) -> String {
+    if replica == 0 {
+        format!("{project}-{service}")
+    } else {
+        format!("{project}-{service}-{replica}")
+    }
+}
+
+/// The project's user-defined bridge network.
+pub fn network_name(project: &str) -> String {
+    format!("{project}-net")
+}
+
+/// Connects to the local engine (`DOCKER_HOST` or the default socket) and
+/// agrees on an API version both sides speak.
+pub async fn connect() -> Result<Docker, BackendError> {
+    let unavailable = |e: DockerError| BackendError::Unavailable {
+        what: "the Docker engine".into(),
+        message: e.to_string(),
+    };
+    let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
+    let docker = docker.negotiate_version().await.map_err(unavailable)?;
+    docker.ping().await.map_err(unavailable)?;
+    Ok(docker)
+}
+
+pub(crate) fn is_not_found(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+fn is_conflict(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::DockerResponseServerError {
+            status_code: 409,
+            ..
+        }
+    )
+}
+
+/// The short message of an engine error, without the HTTP wrapping.
+pub(crate) fn message(e: &DockerError) -> String {
+    match e {
+        DockerError::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The labels that mark an instance of `spec` as this project's.
+pub fn labels(
+    spec: &ServiceSpec,
+    ctx: &StartContext,
+    replica: Option<u32>,
+) -> HashMap<String, String> {
+    let mut l: HashMap<String, String> = spec
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    l.insert(marks::PROJECT.into(), ctx.project.clone());
+    l.insert(marks::SERVICE.into(), spec.name.to_string());
+    l.insert(marks::SPEC_HASH.into(), spec.spec_hash());
+    l.insert(marks::DEPLOYMENT.into(), ctx.revision.to_string());
+    l.insert(marks::LINEAGE.into(), ctx.lineage.clone());
+    if let Some(r) = replica {
+        l.insert(marks::REPLICA.into(), r.to_string());
+    }
+    l
+}
+
+/// `KEY=value` pairs with plaintext secrets, for the engine only.
+pub(crate) fn env_list(spec: &ServiceSpec) -> Result<Vec<String>, BackendError> {
+    spec.env
+        .iter()
+        .map(|(k, v)| {
+            v.expose()
+                .map(|p| format!("{k}={p}"))
+                .ok_or_else(|| missing_secret(spec, k))
+        })
+        .collect()
+}
+
+fn missing_secret(spec: &ServiceSpec, what: &str) -> BackendError {
+    BackendError::StartFailed {
+        service: spec.name.to_string(),
+        message: format!(
+            "the value of `{what}` is sensitive and its plaintext is not available; render the config again"
+        ),
+    }
+}
+
+/// `(entrypoint, cmd)`: `None` keeps the image's own.
+pub(crate) type CommandLine = (Option<Vec<String>>, Option<Vec<String>>);
+
+/// `(entrypoint, cmd)` as the module documentation describes.
+pub(crate) fn command_line(spec: &ServiceSpec) -> Result<CommandLine, BackendError> {
+    let expose = |t: &Text, what: &str| {
+        t.expose()
+            .map(str::to_owned)
+            .ok_or_else(|| missing_secret(spec, what))
+    };
+    let args: Vec<String> = spec
+        .args
+        .iter()
+        .map(|a| expose(a, "args"))
+        .collect::<Result<_, _>>()?;
+    match &spec.command {
+        Some(c) => Ok((Some(vec![expose(c, "command")?]), Some(args))),
+        None if args.is_empty() => Ok((None, None)),
+        None => Ok((None, Some(args))),
+    }
+}
+
+/// The device request that gives a container exactly the GPUs the plan assigned
+/// (by UUID where known, else by index). `None` when it was given none.
+pub fn device_requests(gpus: &[GpuRef]) -> Option<Vec<DeviceRequest>> {
+    if gpus.is_empty() {
+        return None;
+    }
+    Some(vec![DeviceRequest {
+        driver: Some("nvidia".into()),
+        device_ids: Some(
+            gpus.iter()
+                .map(|g| g.uuid.clone().unwrap_or_else(|| g.index.to_string()))
+                .collect(),
+        ),
+        capabilities: Some(vec![vec!["gpu".into()]]),
+        ..Default::default()
+    }])
+}
+
+pub(crate) fn port_key(p: &PortSpec) -> String {
+    format!("{}/{}", p.container_port, p.protocol.as_str())
+}
+
+fn restart_policy(r: RestartPolicy) -> DockerRestart {
+    let name = match r {
+        RestartPolicy::No => RestartPolicyNameEnum::NO,
+        RestartPolicy::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        RestartPolicy::Always => RestartPolicyNameEnum::ALWAYS,
+        RestartPolicy::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+    };
+    DockerRestart {
+        name: Some(name),
+        maximum_retry_count: None,
+    }
+}
+
+/// Named volumes and bind mounts.
+pub(crate) fn mounts(spec: &ServiceSpec, project: &str) -> Vec<Mount> {
+    spec.volumes
+        .iter()
+        .map(|v| match &v.host_path {
+            Some(host) => Mount {
+                target: Some(v.mount_path.clone()),
+                source: Some(host.clone()),
+                typ: Some(MountType::BIND),
+                read_only: Some(v.read_only),
+                ..Default::default()
+            },
+            None => Mount {
+                target: Some(v.mount_path.clone()),
+                source: Some(volume_name(project, &v.name)),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(v.read_only),
+                ..Default::default()
+            },
+        })
+        .collect()
+}
+
+/// A named volume of the project: `<project>-<name>`.
+pub fn volume_name(project: &str, name: &str) -> String {
+    format!("{project}-{name}")
+}
+
+/// The container's create body. `host_ports` gives the host port of every
+/// entry of `spec.ports` (already allocated where the config named none).
+pub fn container_body(
+    spec: &ServiceSpec,
+    ctx: &StartContext,
+    replica: u32,
+    host_ports: &[u16],
+) -> Result<ContainerCreateBody, BackendError> {
+    let image = spec
+        .image
+        .clone()
+        .ok_or_else(|| BackendError::StartFailed {
+            service: spec.name.to_string(),
+            message: "a container needs an `image`".into(),
+        })?;
+    let (entrypoint, cmd) = command_line(spec)?;
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for (p, host) in spec.ports.iter().zip(host_ports) {
+        bindings
+            .entry(port_key(p))
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(PortBinding {
+                host_ip: p.host_ip.clone(),
+                host_port: Some(host.to_string()),
+            });
+    }
+    let network = network_name(&ctx.project);
+    let mounts = mounts(spec, &ctx.project);
+    let host_config = HostConfig {
+        nano_cpus: (spec.resources.cpu_cores > 0.0)
+            .then(|| (spec.resources.cpu_cores * 1e9).round() as i64),
+        memory: (spec.resources.memory_mb > 0)
+            .then(|| spec.resources.memory_mb as i64 * 1024 * 1024),
+        port_bindings: (!bindings.is_empty()).then_some(bindings),
+        mounts: (!mounts.is_empty()).then_some(mounts),
+        restart_policy: Some(restart_policy(spec.restart)),
+        device_requests: device_requests(&ctx.gpus),
+        network_mode: Some(network.clone()),
+        dns: (!ctx.network.dns_servers.is_empty()).then(|| ctx.network.dns_servers.clone()),
+        ..Default::default()
+    };
+    let mut endpoints = HashMap::new();
+    endpoints.insert(
+        network,
+        EndpointSettings {
+            aliases: Some(vec![spec.name.to_string()]),
+            ..Default::default()
+        },
+    );
+    Ok(ContainerCreateBody {
+        image: Some(image),
+        env: Some(env_list(spec)?),
+        entrypoint,
+        cmd,
+        working_dir: spec.working_dir.clone(),
+        labels: Some(labels(spec, ctx, Some(replica))),
+        exposed_ports: (!spec.ports.is_empty()).then(|| spec.ports.iter().map(port_key).collect()),
+        host_config: Some(host_config),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(endpoints),
+        }),
+        stop_timeout: None,
+        ..Default::default()
+    })
+}
+
+/// Host ports handed out by this process and not yet seen bound, so that
+/// concurrent starts do not pick the same one.
+fn handed_out() -> &'static Mutex<BTreeSet<u16>> {
+    static PORTS: OnceLock<Mutex<BTreeSet<u16>>> = OnceLock::new();
+    PORTS.get_or_init(|| Mutex::new(BTreeSet::new()))
+}
+
+/// A host port from `range` that nothing on this host listens on (TCP or UDP
+/// as asked), skipping `taken`. The search starts at a random offset so that
+/// concurrent runs rarely race for the same port.
+pub fn free_port(range: (u16, u16), protocol: Protocol, taken: &BTreeSet<u16>) -> Option<u16> {
+    let (lo, hi) = (range.0.min(range.1), range.0.max(range.1));
+    let span = u32::from(hi - lo) + 1;
+    let start = rand::random::<u32>() % span;
+    let mut guard = handed_out().lock().unwrap_or_else(|e| e.into_inner());
+    for i in 0..span {
+        let port = lo + ((start + i) % span) as u16;
+        if port == 0 || taken.contains(&port) || guard.contains(&port) {
+            continue;
+        }
+        let free = match protocol {
+            Protocol::Tcp => std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(),
+            Protocol::Udp => std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok(),
+        };
+        if free {
+            guard.insert(port);
+            return Some(port);
+        }
+    }
+    None
+}
+
+fn release_ports(ports: &[u16]) {
+    let mut guard = handed_out().lock().unwrap_or_else(|e| e.into_inner());
+    for p in ports {
+        guard.remove(p);
+    }
+}
+
+/// Serializes network creation within this process.
+pub(crate) static NETWORK_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A connection to the engine that is made (and its API version agreed) on
+/// first use, so that a build can offer the Docker backends without an
+/// engine until a service needs one. A failed attempt is retried next time.
+#[derive(Clone, Debug, Default)]
+pub struct Engine {
+    cell: std::sync::Arc<tokio::sync::OnceCell<Docker>>,
+}
+
+impl Engine {
+    /// Connects on first use.
+    pub fn lazy() -> Self {
+        Self::default()
+    }
+
+    /// Connects now (see [`connect`]).
+    pub async fn connect() -> Result<Self, BackendError> {
+        let e = Self::lazy();
+        e.get().await?;
+        Ok(e)
+    }
+
+    /// The negotiated client.
+    pub async fn get(&self) -> Result<&Docker, BackendError> {
+        self.cell.get_or_try_init(connect).await
+    }
+}
+
+/// The Docker backend.
+#[derive(Clone, Debug)]
+pub struct DockerBackend {
+    engine: Engine,
+    prepared: Prepared,
+}
+
+/// Images and networks already known to be present.
+#[derive(Clone, Debug, Default)]
+struct Prepared(std::sync::Arc<Mutex<BTreeSet<String>>>);
+
+impl Prepared {
+    fn known(&self, key: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(key)
+    }
+    fn remember(&self, key: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+    }
+    fn forget(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+impl DockerBackend {
+    /// Connects to the local engine now (see [`connect`]).
+    pub async fn connect() -> Result<Self, BackendError> {
+        Ok(Self::with_engine(Engine::connect().await?))
+    }
+
+    /// A backend that connects on first use.
+    pub fn lazy() -> Self {
+        Self::with_engine(Engine::lazy())
+    }
+
+    pub fn with_engine(engine: Engine) -> Self {
+        Self {
+            engine,
+            prepared: Prepared::default(),
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    async fn api(&self) -> Result<&Docker, BackendError> {
+        self.engine.get().await
+    }
+
+    /// Creates the project's bridge network (with the configured CIDR) when it
+    /// does not exist; returns its name.
+    pub async fn ensure_network(&self, ctx: &StartContext) -> Result<String, BackendError> {
+        let docker = self.api().await?;
+        // The engine does not refuse a second network of the same name, so
+        // concurrent starts of one project must not race to create it.
+        let _serial = NETWORK_LOCK.lock().await;
+        let name = network_name(&ctx.project);
+        match docker
+            .inspect_network(&name, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(_) => return Ok(name),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(BackendError::Network {
+                    message: message(&e),
+                });
+            }
+        }
+        let mut labels = HashMap::new();
+        labels.insert(marks::PROJECT.to_owned(), ctx.project.clone());
+        labels.insert(marks::LINEAGE.to_owned(), ctx.lineage.clone());
+        let request = NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            ipam: ctx.network.cidr.as_ref().map(|cidr| Ipam {
+                driver: Some("default".into()),
+                config: Some(vec![IpamConfig {
+                    subnet: Some(cidr.clone()),
+                    ..Default::default()
+                }]),
+                options: None,
+            }),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        match docker.create_network(request).await {
+            Ok(_) => Ok(name),
+            // Created meanwhile by a concurrent start.
+            Err(e) if is_conflict(&e) => Ok(name),
+            Err(e) => Err(BackendError::Network {
+                message: format!("creating `{name}`: {}", message(&e)),
+            }),
+        }
+    }
+
+    /// Removes the project's network when no container is attached to it.
+    /// Returns whether it was removed (false: absent or still in use).
+    pub async fn remove_network_if_empty(&self, project: &str) -> Result<bool, BackendError> {
+        let docker = self.api().await?;
+        let name = network_name(project);
+        let net = match docker
+            .inspect_network(&name, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) => {
+                return Err(BackendError::Network {
+                    message: message(&e),
+                });
+            }
+        };
+        if net.containers.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Ok(false);
+        }
+        self.prepared.forget();
+        match docker.remove_network(&name).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            // Something joined it meanwhile.
+            Err(e) if is_conflict(&e) || message(&e).contains("active endpoints") => Ok(false),
+            Err(e) => Err(BackendError::Network {
+                message: format!("removing `{name}`: {}", message(&e)),
+            }),
+        }
+    }
+
+    /// Makes `image` present: used as is when local, else pulled (progress is
+    /// traced), else [`BackendError::ImageUnavailable`].
+    pub async fn ensure_image(&self, image: &str) -> Result<(), BackendError> {
+        let docker = self.api().await?;
+        match docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(BackendError::Unavailable {
+                    what: "the Docker engine".into(),
+                    message: message(&e),
+                });
+            }
+        }
+        let (name, tag) = split_image(image);
+        tracing::info!(image, "pulling image");
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(name)
+            .tag(tag)
+            .build();
+        let mut stream = docker.create_image(Some(options), None, None);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                        return Err(BackendError::ImageUnavailable {
+                            image: image.into(),
+                            message: err,
+                        });
+                    }
+                    tracing::info!(
+                        image,
+                        status = info.status.as_deref().unwrap_or(""),
+                        current = info
+                            .progress_detail
+                            .as_ref()
+                            .and_then(|d| d.current)
+                            .unwrap_or(0),
+                        total = info
+                            .progress_detail
+                            .as_ref()
+                            .and_then(|d| d.total)
+                            .unwrap_or(0),
+                        "pull"
+                    );
+                }
+                Err(e) => {
+                    return Err(BackendError::ImageUnavailable {
+                        image: image.into(),
+                        message: message(&e),
+                    });
+                }
+            }
+        }
+        match docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(BackendError::ImageUnavailable {
+                image: image.into(),
+                message: message(&e),
+            }),
+        }
+    }
+
+    async fn ensure_volumes(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+    ) -> Result<(), BackendError> {
+        let docker = self.api().await?;
+        for v in spec.volumes.iter().filter(|v| v.host_path.is_none()) {
+            let name = volume_name(&ctx.project, &v.name);
+            let mut labels = HashMap::new();
+            labels.insert(marks::PROJECT.to_owned(), ctx.project.clone());
+            let req = bollard::models::VolumeCreateRequest {
+                name: Some(name.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            };
+            docker
+                .create_volume(req)
+                .await
+                .map_err(|e| BackendError::Volume {
+                    volume: name,
+                    message: message(&e),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Starts one replica; `Err` carries whether a port clash caused it.
+    async fn start_replica(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+        replica: u32,
+    ) -> Result<Handle, BackendError> {
+        let name = container_name(&ctx.project, spec.name.as_str(), replica);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut chosen = Vec::new();
+            let mut taken = BTreeSet::new();
+            let mut allocated = Vec::new();
+            for p in &spec.ports {
+                let port = match p.host_port {
+                    Some(h) => h,
+                    None => {
+                        let port = free_port(ctx.network.port_range, p.protocol, &taken)
+                            .ok_or_else(|| BackendError::Network {
+                                message: format!(
+                                    "no free host port left in {}-{} for `{}`",
+                                    ctx.network.port_range.0, ctx.network.port_range.1, spec.name
+                                ),
+                            })?;
+                        allocated.push(port);
+                        port
+                    }
+                };
+                taken.insert(port);
+                chosen.push(port);
+            }
+            let result = self
+                .create_and_start(spec, ctx, replica, &name, &chosen)
+                .await;
+            release_ports(&allocated);
+            match result {
+                Err(Clash::Port(msg)) if !allocated.is_empty() && attempts < 5 => {
+                    tracing::debug!(service = %spec.name, msg, "host port taken meanwhile, retrying");
+                }
+                Err(Clash::Port(msg)) | Err(Clash::Other(msg)) => {
+                    return Err(BackendError::StartFailed {
+                        service: spec.name.to_string(),
+                        message: msg,
+                    });
+                }
+                Err(Clash::Backend(e)) => return Err(e),
+                Ok(handle) => return Ok(handle),
+            }
+        }
+    }
+
+    async fn create_and_start(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+        replica: u32,
+        name: &str,
+        host_ports: &[u16],
+    ) -> Result<Handle, Clash> {
+        let docker = self.api().await.map_err(Clash::Backend)?;
+        let body = container_body(spec, ctx, replica, host_ports).map_err(Clash::Backend)?;
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let created = match docker
+            .create_container(Some(options.clone()), body.clone())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if is_conflict(&e) => {
+                if let Some(adopted) = self.make_room(spec, ctx, replica, name).await? {
+                    return Ok(adopted);
+                }
+                docker
+                    .create_container(Some(options), body)
+                    .await
+                    .map_err(|e| Clash::Other(message(&e)))?
+            }
+            Err(e) => return Err(Clash::Other(message(&e))),
+        };
+        let id = created.id;
+        if let Err(e) = docker.start_container(&id, None).await {
+            let msg = message(&e);
+            let _ = docker
+                .remove_container(
+                    &id,
+                    Some(
+                        RemoveContainerOptionsBuilder::default()
+                            .force(true)
+                            .v(false)
+                            .build(),
+                    ),
+                )
+                .await;
+            if msg.contains("port is already allocated") || msg.contains("address already in use") {
+                return Err(Clash::Port(msg));
+            }
+            return Err(Clash::Other(msg));
+        }
+        Ok(Handle::Container {
+            replica,
+            id,
+            name: name.to_owned(),
+        })
+    }
+
+    /// `name` is taken. A running container of the same service with the same
+    /// spec (left by a run that was killed) is adopted; another container of
+    /// this project is renamed out of the way; anything else is an error.
+    async fn make_room(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+        replica: u32,
+        name: &str,
+    ) -> Result<Option<Handle>, Clash> {
+        let docker = self.api().await.map_err(Clash::Backend)?;
+        let existing = docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| Clash::Other(message(&e)))?;
+        let labels = existing
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        let id = existing.id.clone().unwrap_or_default();
+        if labels.get(marks::PROJECT) != Some(&ctx.project)
+            || labels.get(marks::SERVICE).map(String::as_str) != Some(spec.name.as_str())
+        {
+            return Err(Clash::Other(format!(
+                "the container name `{name}` is taken by a container that project `{}` did not create",
+                ctx.project
+            )));
+        }
+        let running = existing
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        if running
+            && labels.get(marks::SPEC_HASH) == Some(&spec.spec_hash())
+            && labels.get(marks::LINEAGE) == Some(&ctx.lineage)
+        {
+            tracing::info!(
+                container = name,
+                "adopting a running container with the same spec"
+            );
+            return Ok(Some(Handle::Container {
+                replica,
+                id,
+                name: name.to_owned(),
+            }));
+        }
+        let short: String = id.chars().take(12).collect();
+        let new_name = format!("{name}-{short}");
+        docker
+            .rename_container(
+                &id,
+                RenameContainerOptionsBuilder::default()
+                    .name(&new_name)
+                    .build(),
+            )
+            .await
+            .map_err(|e| Clash::Other(message(&e)))?;
+        Ok(None)
+    }
+
+    async fn inspect(&self, handle: &Handle) -> Option<bollard::models::ContainerInspectResponse> {
+        let docker = self.api().await.ok()?;
+        let Handle::Container { id, .. } = handle else {
+            return None;
+        };
+        docker.inspect_container(id, None).await.ok()
+    }
+
+    /// Every container labelled with `project`, with its labels.
+    async fn list_project(
+        &self,
+        project: &str,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, BackendError> {
+        let docker = self.api().await?;
+        let mut filters = HashMap::new();
+        filters.insert("label", vec![format!("{}={project}", marks::PROJECT)]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| BackendError::Unavailable {
+                what: "the Docker engine".into(),
+                message: message(&e),
+            })
+    }
+}
+
+enum Clash {
+    Port(String),
+    Other(String),
+    Backend(BackendError),
+}
+
+fn split_image(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (image, "latest"),
+    }
+}
+
+fn container_liveness(state: Option<&bollard::models::ContainerState>) -> Liveness {
+    let Some(state) = state else {
+        return Liveness::Missing;
+    };
+    match state.status {
+        Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD) => {
+            Liveness::Exited(state.exit_code.map(|c| c as i32))
+        }
+        Some(ContainerStateStatusEnum::REMOVING) => Liveness::Missing,
+        _ => Liveness::Running,
+    }
+}
+
+fn summary_liveness(
+    state: Option<&bollard::models::ContainerSummaryStateEnum>,
+    status: &str,
+) -> Liveness {
+    use bollard::models::ContainerSummaryStateEnum as S;
+    match state {
+        Some(S::EXITED) | Some(S::DEAD) => {
+            // "Exited (3) 2 seconds ago"
+            let code = status
+                .split_once('(')
+                .and_then(|(_, rest)| rest.split_once(')'))
+                .and_then(|(n, _)| n.trim().parse().ok());
+            Liveness::Exited(code)
+        }
+        Some(S::REMOVING) => Liveness::Missing,
+        _ => Liveness::Running,
+    }
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Docker
+    }
+
+    async fn start(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+    ) -> Result<Vec<Handle>, BackendError> {
+        let image = spec
+            .image
+            .as_deref()
+            .ok_or_else(|| BackendError::StartFailed {
+                service: spec.name.to_string(),
+                message: "a container needs an `image`".into(),
+            })?;
+        // The image and the network are checked once per backend; should
+        // either vanish meanwhile, the start fails, both are checked again
+        // and the start is tried once more.
+        for attempt in 0..2 {
+            let image_key = format!("image:{image}");
+            if !self.prepared.known(&image_key) {
+                self.ensure_image(image).await?;
+                self.prepared.remember(image_key);
+            }
+            let net_key = format!("net:{}", ctx.project);
+            if !self.prepared.known(&net_key) {
+                self.ensure_network(ctx).await?;
+                self.prepared.remember(net_key);
+            }
+            self.ensure_volumes(spec, ctx).await?;
+            let replicas = spec.replicas.max(1);
+            let results = futures_util::future::join_all(
+                (0..replicas).map(|r| self.start_replica(spec, ctx, r)),
+            )
+            .await;
+            let mut handles = Vec::new();
+            let mut first_error = None;
+            for r in results {
+                match r {
+                    Ok(h) => handles.push(h),
+                    Err(e) if first_error.is_none() => first_error = Some(e),
+                    Err(_) => {}
+                }
+            }
+            let Some(e) = first_error else {
+                return Ok(handles);
+            };
+            // Leave nothing half-started behind.
+            let _ = self.stop(&handles, Duration::from_secs(1)).await;
+            let stale = matches!(&e, BackendError::StartFailed { message, .. }
+                if message.contains("No such image") || (message.contains("network") && message.contains("not found")));
+            if attempt == 0 && stale {
+                self.prepared.forget();
+                continue;
+            }
+            return Err(e);
+        }
+        unreachable!("the loop returns")
+    }
+
+    async fn stop(&self, handles: &[Handle], grace: Duration) -> Result<(), BackendError> {
+        let docker = self.api().await?;
+        let results = futures_util::future::join_all(handles.iter().map(|h| async move {
+            let Handle::Container { id, name, .. } = h else {
+                return Ok(());
+            };
+            let t = grace.as_secs().min(i32::MAX as u64) as i32;
+            match docker
+                .stop_container(id, Some(StopContainerOptionsBuilder::default().t(t).build()))
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => return Ok(()),
+                // 304: already stopped.
+                Err(DockerError::DockerResponseServerError { status_code: 304, .. }) => {}
+                Err(e) => tracing::debug!(container = %name, error = %message(&e), "stop failed, forcing removal"),
+            }
+            match docker
+                .remove_container(id, Some(RemoveContainerOptionsBuilder::default().force(true).build()))
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) if message(&e).contains("already in progress") => Ok(()),
+                Err(e) => Err(BackendError::StopFailed {
+                    service: name.clone(),
+                    message: message(&e),
+                }),
+            }
+        }))
+        .await;
+        results.into_iter().collect()
+    }
+
+    async fn liveness(&self, handle: &Handle) -> Liveness {
+        let Ok(docker) = self.api().await else {
+            return Liveness::Running;
+        };
+        let Handle::Container { id, .. } = handle else {
+            return Liveness::Missing;
+        };
+        match docker.inspect_container(id, None).await {
+            Ok(c) => container_liveness(c.state.as_ref()),
+            Err(e) if is_not_found(&e) => Liveness::Missing,
+            // The engine did not answer: say nothing stronger than "running".
+            Err(_) => Liveness::Running,
+        }
+    }
+
+    async fn exec_probe(
+        &self,
+        handle: &Handle,
+        argv: &[String],
+        timeout: Duration,
+    ) -> ProbeOutcome {
+        let docker = match self.api().await {
+            Ok(d) => d,
+            Err(e) => {
+                return ProbeOutcome {
+                    healthy: false,
+                    detail: e.to_string(),
+                };
+            }
+        };
+        let Handle::Container { id, .. } = handle else {
+            return ProbeOutcome {
+                healthy: false,
+                detail: "not a container".into(),
+            };
+        };
+        let run = async {
+            let exec = docker
+                .create_exec(
+                    id,
+                    CreateExecOptions {
+                        cmd: Some(argv.to_vec()),
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(|e| message(&e))?;
+            let mut output = String::new();
+            if let StartExecResults::Attached {
+                output: mut out, ..
+            } = docker
+                .start_exec(&exec.id, None::<StartExecOptions>)
+                .await
+                .map_err(|e| message(&e))?
+            {
+                while let Some(chunk) = out.next().await {
+                    if let Ok(c) = chunk
+                        && output.len() < 4096
+                    {
+                        output.push_str(&c.to_string());
+                    }
+                }
+            }
+            let inspect = docker
+                .inspect_exec(&exec.id)
+                .await
+                .map_err(|e| message(&e))?;
+            Ok::<_, String>((inspect.exit_code, output))
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Err(_) => ProbeOutcome {
+                healthy: false,
+                detail: format!("timed out after {}s", timeout.as_secs_f32()),
+            },
+            Ok(Err(e)) => ProbeOutcome {
+                healthy: false,
+                detail: e,
+            },
+            Ok(Ok((code, out))) => {
+                let first: Vec<&str> = out.lines().take(3).collect();
+                ProbeOutcome {
+                    healthy: code == Some(0),
+                    detail: match code {
+                        Some(c) => format!(
+                            "exit {c}{}",
+                            if first.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", first.join(" | "))
+                            }
+                        ),
+                        None => "no exit code".into(),
+                    },
+                }
+            }
+        }
+    }
+
+    async fn native_health(&self, handle: &Handle) -> Option<bool> {
+        let c = self.inspect(handle).await?;
+        match c.state?.health?.status? {
+            HealthStatusEnum::HEALTHY => Some(true),
+            HealthStatusEnum::UNHEALTHY => Some(false),
+            _ => None,
+        }
+    }
+
+    async fn probe_address(&self, handle: &Handle, port: u16) -> (String, u16) {
+        let fallback = ("127.0.0.1".to_owned(), port);
+        let Some(c) = self.inspect(handle).await else {
+            return fallback;
+        };
+        let Some(net) = c.network_settings else {
+            return fallback;
+        };
+        let published = net.ports.as_ref().and_then(|ports| {
+            ["tcp", "udp"].iter().find_map(|proto| {
+                ports
+                    .get(&format!("{port}/{proto}"))?
+                    .as_ref()?
+                    .iter()
+                    .find_map(|b| {
+                        let hp: u16 = b.host_port.as_deref()?.parse().ok()?;
+                        let ip = match b.host_ip.as_deref() {
+                            None | Some("") | Some("0.0.0.0") => "127.0.0.1".to_owned(),
+                            Some("::") => "::1".to_owned(),
+                            Some(ip) => ip.to_owned(),
+                        };
+                        Some((ip, hp))
+                    })
+            })
+        });
+        if let Some(addr) = published {
+            return addr;
+        }
+        net.networks
+            .as_ref()
+            .and_then(|n| {
+                n.values()
+                    .find_map(|e| e.ip_address.clone().filter(|ip| !ip.is_empty()))
+            })
+            .map(|ip| (ip, port))
+            .unwrap_or(fallback)
+    }
+
+    async fn logs(&self, handle: &Handle, lines: usize) -> Vec<String> {
+        let Ok(docker) = self.api().await else {
+            return Vec::new();
+        };
+        let Handle::Container { id, .. } = handle else {
+            return Vec::new();
+        };
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = docker.logs(id, Some(options));
+        let mut text = String::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&chunk.to_string());
+        }
+        let all: Vec<String> = text.lines().map(str::to_owned).collect();
+        let skip = all.len().saturating_sub(lines);
+        all.into_iter().skip(skip).collect()
+    }
+
+    async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError> {
+        let mut found = Vec::new();
+        for c in self.list_project(project).await? {
+            let labels = c.labels.clone().unwrap_or_default();
+            let Some(service) = labels
+                .get(marks::SERVICE)
+                .and_then(|s| ServiceName::parse(s).ok())
+            else {
+                continue;
+            };
+            let replica = labels
+                .get(marks::REPLICA)
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            let name = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_default();
+            found.push(Discovered {
+                service,
+                handle: Handle::Container {
+                    replica,
+                    id: c.id.clone().unwrap_or_default(),
+                    name,
+                },
+                spec_hash: labels.get(marks::SPEC_HASH).cloned(),
+                lineage: labels.get(marks::LINEAGE).cloned(),
+                liveness: summary_liveness(c.state.as_ref(), c.status.as_deref().unwrap_or("")),
+            });
+        }
+        found.sort_by(|a, b| {
+            (&a.service, format!("{:?}", a.handle)).cmp(&(&b.service, format!("{:?}", b.handle)))
+        });
+        Ok(found)
+    }
+}
+
+/// What runs now, for `plan --refresh`: every instance that the state records
+/// for a service of `backend`'s kind, as found by [`Backend::discover`]
+/// (`running`, `exited` or `missing`, with the spec hash it carries), and the
+/// instances marked as `project`'s that no record names (orphans, such as
+/// containers of a run that was killed).
+pub async fn observe_with(
+    backend: &dyn Backend,
+    project: &str,
+    snapshot: &Snapshot,
+) -> Result<Observations, BackendError> {
+    let discovered = backend.discover(project).await?;
+    let key = |h: &Handle| match h {
+        Handle::Container { id, .. } => format!("c:{id}"),
+        Handle::SwarmService { id, .. } => format!("s:{id}"),
+        Handle::Process {
+            pid, start_time, ..
+        } => format!("p:{pid}:{start_time}"),
+    };
+    let by_key: HashMap<String, &Discovered> =
+        discovered.iter().map(|d| (key(&d.handle), d)).collect();
+    let mut obs = Observations::default();
+    let mut claimed = BTreeSet::new();
+    for (name, record) in &snapshot.services {
+        if record.backend != backend.kind() {
+            continue;
+        }
+        let mut list = Vec::new();
+        for h in &record.handles {
+            let k = key(h);
+            let inst = match by_key.get(&k) {
+                Some(d) => {
+                    claimed.insert(k);
+                    ObservedInstance {
+                        handle: d.handle.clone(),
+                        state: match d.liveness {
+                            Liveness::Running => "running",
+                            Liveness::Exited(_) => "exited",
+                            Liveness::Missing => "missing",
+                        }
+                        .into(),
+                        spec_hash: d.spec_hash.clone(),
+                    }
+                }
+                None => ObservedInstance {
+                    handle: h.clone(),
+                    state: "missing".into(),
+                    spec_hash: None,
+                },
+            };
+            list.push(inst);
+        }
+        obs.services.insert(name.clone(), list);
+    }
+    for d in &discovered {
+        if !claimed.contains(&key(&d.handle)) {
+            obs.orphans.push((d.service.clone(), d.handle.clone()));
+        }
+    }
+    Ok(obs)
+}
+
+/// Observations of every Docker and Swarm instance the snapshot records, for
+/// `plan --refresh`, merged into `obs` (an engine that does not answer adds
+/// nothing). Cheap when the state records no container: no connection is made.
+pub async fn observe_containers(
+    backends: &super::Registry,
+    project: &str,
+    snapshot: &Snapshot,
+    obs: &mut Observations,
+) {
+    for kind in [BackendKind::Docker, BackendKind::Swarm] {
+        if !snapshot.services.values().any(|r| r.backend == kind) {
+            continue;
+        }
+        if let Some(b) = backends.get(kind)
+            && let Ok(seen) = observe_with(b.as_ref(), project, snapshot).await
+        {
+            obs.services.extend(seen.services);
+        }
+    }
+}
+
+/// [`observe_with`] for the Docker backend.
+pub async fn observe(
+    backend: &DockerBackend,
+    project: &str,
+    snapshot: &Snapshot,
+) -> Result<Observations, BackendError> {
+    observe_with(backend, project, snapshot).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Resources, VolumeSpec, Workload};
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    fn ctx(gpus: Vec<GpuRef>) -> StartContext {
+        StartContext {
+            project: "shop".into(),
+            lineage: "lin-1".into(),
+            revision: 7,
+            log_dir: PathBuf::from("/tmp"),
+            data_dir: PathBuf::from("/tmp"),
+            base_dir: PathBuf::from("/tmp"),
+            network: Default::default(),
+            gpus,
+        }
+    }
+
+    fn spec() -> ServiceSpec {
+        let key = crate::model::SecretKey::new([3; 32]);
+        let mut env = BTreeMap::new();
+        env.insert("MODE".into(), Text::plain("prod"));
+        env.insert(
+            "TOKEN".into(),
+            Text::Sensitive(crate::model::Sensitive::new(&key, "s3cret".into())),
+        );
+        ServiceSpec {
+            name: ServiceName::parse("api").unwrap(),
+            backend: BackendKind::Docker,
+            workload: Workload::Service,
+            replicas: 1,
+            image: Some("example/api:1.2".into()),
+            command: Some(Text::plain("/bin/server")),
+            args: vec![Text::plain("--port"), Text::plain("8080")],
+            working_dir: Some("/srv".into()),
+            env,
+            dependencies: vec![],
+            resources: Resources {
+                cpu_cores: 1.5,
+                memory_mb: 256,
+                ..Default::default()
+            },
+            health_check: None,
+            ports: vec![PortSpec {
+                container_port: 8080,
+                host_port: None,
+                host_ip: Some("127.0.0.1".into()),
+                protocol: Protocol::Tcp,
+            }],
+            volumes: vec![
+                VolumeSpec {
+                    name: "data".into(),
+                    host_path: None,
+                    mount_path: "/data".into(),
+                    read_only: false,
+                },
+                VolumeSpec {
+                    name: "conf".into(),
+                    host_path: Some("/etc/shop".into()),
+                    mount_path: "/conf".into(),
+                    read_only: true,
+                },
+            ],
+            restart: RestartPolicy::OnFailure,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn names_follow_the_documented_scheme() {
+        assert_eq!(container_name("shop", "api", 0), "shop-api");
+        assert_eq!(container_name("shop", "api", 2), "shop-api-2");
+        assert_eq!(network_name("shop"), "shop-net");
+    }
+
+    #[test]
+    fn the_create_body_honours_the_spec() {
+        let b = container_body(&spec(), &ctx(vec![]), 0, &[31000]).unwrap();
+        assert_eq!(b.entrypoint, Some(vec!["/bin/server".to_owned()]));
+        assert_eq!(b.cmd, Some(vec!["--port".to_owned(), "8080".to_owned()]));
+        assert_eq!(b.working_dir.as_deref(), Some("/srv"));
+        let env = b.env.unwrap();
+        assert!(env.contains(&"MODE=prod".to_owned()));
+        assert!(
+            env.contains(&"TOKEN=s3cret".to_owned()),
+            "the engine gets the plaintext"
+        );
+        let labels = b.labels.unwrap();
+        assert_eq!(labels[marks::PROJECT], "shop");
+        assert_eq!(labels[marks::DEPLOYMENT], "7");
+        assert_eq!(labels[marks::SPEC_HASH], spec().spec_hash());
+        assert!(!labels.values().any(|v| v.contains("s3cret")));
+        let hc = b.host_config.unwrap();
+        assert_eq!(hc.nano_cpus, Some(1_500_000_000));
+        assert_eq!(hc.memory, Some(256 * 1024 * 1024));
+        assert_eq!(hc.network_mode.as_deref(), Some("shop-net"));
+        let binding = &hc.port_bindings.unwrap()["8080/tcp"].clone().unwrap()[0];
+        assert_eq!(binding.host_port.as_deref(), Some("31000"));
+        assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
+        let mounts = hc.mounts.unwrap();
+        assert_eq!(mounts[0].source.as_deref(), Some("shop-data"));
+        assert_eq!(mounts[0].typ, Some(MountType::VOLUME));
+        assert_eq!(mounts[1].typ, Some(MountType::BIND));
+        assert_eq!(mounts[1].read_only, Some(true));
+        assert_eq!(
+            hc.restart_policy.unwrap().name,
+            Some(RestartPolicyNameEnum::ON_FAILURE)
+        );
+        assert_eq!(hc.device_requests, None);
+    }
+
+    #[test]
+    fn args_alone_keep_the_image_entrypoint() {
+        let mut s = spec();
+        s.command = None;
+        let (ep, cmd) = command_line(&s).unwrap();
+        assert_eq!(ep, None);
+        assert_eq!(cmd.unwrap(), vec!["--port", "8080"]);
+        s.args.clear();
+        assert_eq!(command_line(&s).unwrap(), (None, None));
+    }
+
+    #[test]
+    fn a_secret_without_plaintext_is_refused() {
+        let mut s = spec();
+        s.env.insert(
+            "K".into(),
+            Text::Sensitive(crate::model::Sensitive::from_digest(
+                "hmac-sha256:00".into(),
+            )),
+        );
+        let err = container_body(&s, &ctx(vec![]), 0, &[1]).unwrap_err();
+        assert!(err.to_string().contains("`K`"), "{err}");
+    }
+
+    #[test]
+    fn assigned_gpus_become_one_nvidia_device_request() {
+        let gpus = vec![
+            GpuRef {
+                host: "h".into(),
+                index: 0,
+                uuid: Some("GPU-aaaa".into()),
+                model: "H100".into(),
+            },
+            GpuRef {
+                host: "h".into(),
+                index: 3,
+                uuid: None,
+                model: "H100".into(),
+            },
+        ];
+        let b = container_body(&spec(), &ctx(gpus), 0, &[31000]).unwrap();
+        let req = b.host_config.unwrap().device_requests.unwrap();
+        assert_eq!(req.len(), 1);
+        assert_eq!(req[0].driver.as_deref(), Some("nvidia"));
+        assert_eq!(
+            req[0].device_ids.as_deref(),
+            Some(&["GPU-aaaa".to_owned(), "3".to_owned()][..])
+        );
+        assert_eq!(req[0].capabilities, Some(vec![vec!["gpu".to_owned()]]));
+        assert_eq!(device_requests(&[]), None);
+    }
+
+    #[test]
+    fn free_ports_come_from_the_range_and_are_not_handed_out_twice() {
+        let taken = BTreeSet::new();
+        let a = free_port((41000, 41001), Protocol::Tcp, &taken).unwrap();
+        let b = free_port((41000, 41001), Protocol::Tcp, &taken).unwrap();
+        assert_ne!(a, b);
+        assert!((41000..=41001).contains(&a) && (41000..=41001).contains(&b));
+        assert_eq!(free_port((41000, 41001), Protocol::Tcp, &taken), None);
+        release_ports(&[a, b]);
+    }
+
+    #[test]
+    fn images_split_into_name_and_tag() {
+        assert_eq!(split_image("busybox"), ("busybox", "latest"));
+        assert_eq!(split_image("reg:5000/app:2"), ("reg:5000/app", "2"));
+        assert_eq!(split_image("reg:5000/app"), ("reg:5000/app", "latest"));
+    }
+
+    #[test]
+    fn exit_codes_are_read_from_the_summary_status() {
+        use bollard::models::ContainerSummaryStateEnum as S;
+        assert_eq!(
+            summary_liveness(Some(&S::EXITED), "Exited (3) 2 seconds ago"),
+            Liveness::Exited(Some(3))
+        );
+        assert_eq!(
+            summary_liveness(Some(&S::RUNNING), "Up 2 seconds"),
+            Liveness::Running
+        );
+    }
+}

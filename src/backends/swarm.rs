@@ -1,0 +1,1113 @@
+//! The Docker Swarm backend: one Swarm service per service, through bollard.
+//!
+//! Naming: service `api` of project `shop` is the Swarm service `shop_api`
+//! (the form `docker stack` uses), attached to the project's overlay network
+//! `shop_net` under the alias `api`. The service and its tasks' containers
+//! carry the labels of [`super::marks`]; a service has one [`Handle::SwarmService`].
+//!
+//! - Replicas: `replicas` in replicated mode. `update` changes a running
+//!   service in place (a rolling update, one task at a time, `start-first`
+//!   unless the service publishes a fixed host port, failure action
+//!   `rollback`); re-applying the previous spec through `update` is the
+//!   rollback of a failed change.
+//! - Ports: published through the routing mesh; a host port left out is taken
+//!   from `network.port_range`.
+//! - Resources: `cpu_cores` and `memory_mb` are both the reservation (what the
+//!   scheduler places by) and the limit; `gpu_count` is a reservation of the
+//!   generic resource `NVIDIA-GPU` that nodes advertise (see [`nodes_inventory`]).
+//! - Health: a service is live when as many tasks of its current spec run as it
+//!   has replicas; HTTP and TCP probes go through the published port.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::models::{
+    EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
+    EndpointSpec, GenericResourcesInner, GenericResourcesInnerDiscreteResourceSpec, Limit,
+    NetworkAttachmentConfig, NetworkCreateRequest, ResourceObject, Service,
+    ServiceSpec as SwarmSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum,
+    ServiceSpecRollbackConfigOrderEnum, ServiceSpecUpdateConfig,
+    ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum, Task, TaskSpec,
+    TaskSpecContainerSpec, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum, TaskState,
+};
+use bollard::query_parameters::{
+    InspectNetworkOptions, InspectServiceOptions, ListServicesOptionsBuilder,
+    ListTasksOptionsBuilder, LogsOptionsBuilder, UpdateServiceOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use super::docker::{self as dockerb, is_not_found, message};
+use super::{Backend, BackendError, Discovered, Liveness, ProbeOutcome, StartContext, marks};
+use crate::inventory::{Gpu, Host, Inventory, Source};
+use crate::model::{BackendKind, Protocol, RestartPolicy, ServiceName, ServiceSpec};
+use crate::state::Handle;
+
+/// The generic resource kind that GPU nodes advertise (dockerd
+/// `--node-generic-resource NVIDIA-GPU=<uuid>` or `"node-generic-resources"`).
+pub const GPU_RESOURCE: &str = "NVIDIA-GPU";
+
+/// How a Swarm service publishes its ports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PublishMode {
+    /// The routing mesh: the port answers on every node and balances over the
+    /// tasks (needs IPVS in the node's kernel).
+    #[default]
+    Ingress,
+    /// Each task publishes on its own node; a port the config leaves out is
+    /// picked by the engine per task, so replicas on one node do not clash.
+    Host,
+}
+
+impl PublishMode {
+    /// `DEPLOY_CODE_SWARM_PUBLISH_MODE` (`ingress` or `host`), else ingress.
+    pub fn from_env() -> Self {
+        match std::env::var("DEPLOY_CODE_SWARM_PUBLISH_MODE").as_deref() {
+            Ok("host") => PublishMode::Host,
+            _ => PublishMode::Ingress,
+        }
+    }
+}
+
+/// The Swarm service of one service: `<project>_<service>`.
+pub fn service_name(project: &str, service: &str) -> String {
+    format!("{project}_{service}")
+}
+
+/// The project's overlay network: `<project>_net`.
+pub fn overlay_name(project: &str) -> String {
+    format!("{project}_net")
+}
+
+/// The Swarm service spec for `spec`; `published` gives the host port of every
+/// entry of `spec.ports`.
+pub fn service_spec(
+    spec: &ServiceSpec,
+    ctx: &StartContext,
+    published: &[Option<u16>],
+    mode: PublishMode,
+) -> Result<SwarmSpec, BackendError> {
+    let image = spec
+        .image
+        .clone()
+        .ok_or_else(|| BackendError::StartFailed {
+            service: spec.name.to_string(),
+            message: "a Swarm service needs an `image`".into(),
+        })?;
+    let (command, args) = dockerb::command_line(spec)?;
+    let labels = dockerb::labels(spec, ctx, None);
+    let nano =
+        (spec.resources.cpu_cores > 0.0).then(|| (spec.resources.cpu_cores * 1e9).round() as i64);
+    let memory =
+        (spec.resources.memory_mb > 0).then(|| spec.resources.memory_mb as i64 * 1024 * 1024);
+    let generic = (spec.resources.gpu_count > 0).then(|| {
+        vec![GenericResourcesInner {
+            discrete_resource_spec: Some(GenericResourcesInnerDiscreteResourceSpec {
+                kind: Some(GPU_RESOURCE.into()),
+                value: Some(i64::from(spec.resources.gpu_count)),
+            }),
+            named_resource_spec: None,
+        }]
+    });
+    let mounts = dockerb::mounts(spec, &ctx.project);
+    let ports: Vec<EndpointPortConfig> = spec
+        .ports
+        .iter()
+        .zip(published)
+        .map(|(p, host)| EndpointPortConfig {
+            protocol: Some(match p.protocol {
+                Protocol::Tcp => EndpointPortConfigProtocolEnum::TCP,
+                Protocol::Udp => EndpointPortConfigProtocolEnum::UDP,
+            }),
+            target_port: Some(i64::from(p.container_port)),
+            published_port: host.map(i64::from),
+            publish_mode: Some(match mode {
+                PublishMode::Ingress => EndpointPortConfigPublishModeEnum::INGRESS,
+                PublishMode::Host => EndpointPortConfigPublishModeEnum::HOST,
+            }),
+            name: None,
+        })
+        .collect();
+    // Start-first would need the same host port twice where a task publishes
+    // in host mode; through the routing mesh it is fine, except that a fixed
+    // host port is the operator's promise of one listener, so keep stop-first there.
+    let order_start_first = spec.ports.iter().all(|p| p.host_port.is_none());
+    let restart = match spec.restart {
+        RestartPolicy::No => TaskSpecRestartPolicyConditionEnum::NONE,
+        RestartPolicy::OnFailure => TaskSpecRestartPolicyConditionEnum::ON_FAILURE,
+        RestartPolicy::Always | RestartPolicy::UnlessStopped => {
+            TaskSpecRestartPolicyConditionEnum::ANY
+        }
+    };
+    Ok(SwarmSpec {
+        name: Some(service_name(&ctx.project, spec.name.as_str())),
+        labels: Some(labels.clone()),
+        task_template: Some(TaskSpec {
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(image),
+                labels: Some(labels),
+                command,
+                args,
+                env: Some(dockerb::env_list(spec)?),
+                dir: spec.working_dir.clone(),
+                mounts: (!mounts.is_empty()).then_some(mounts),
+                ..Default::default()
+            }),
+            resources: Some(TaskSpecResources {
+                limits: Some(Limit {
+                    nano_cpus: nano,
+                    memory_bytes: memory,
+                    pids: None,
+                }),
+                reservations: Some(ResourceObject {
+                    nano_cpus: nano,
+                    memory_bytes: memory,
+                    generic_resources: generic,
+                }),
+                ..Default::default()
+            }),
+            restart_policy: Some(TaskSpecRestartPolicy {
+                condition: Some(restart),
+                delay: Some(1_000_000_000),
+                max_attempts: None,
+                window: None,
+            }),
+            networks: Some(vec![NetworkAttachmentConfig {
+                target: Some(overlay_name(&ctx.project)),
+                aliases: Some(vec![spec.name.to_string()]),
+                driver_opts: None,
+            }]),
+            ..Default::default()
+        }),
+        mode: Some(ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated {
+                replicas: Some(i64::from(spec.replicas)),
+            }),
+            ..Default::default()
+        }),
+        update_config: Some(ServiceSpecUpdateConfig {
+            parallelism: Some(1),
+            delay: Some(0),
+            failure_action: Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
+            monitor: Some(5_000_000_000),
+            max_failure_ratio: Some(0.0),
+            order: Some(if order_start_first {
+                ServiceSpecUpdateConfigOrderEnum::START_FIRST
+            } else {
+                ServiceSpecUpdateConfigOrderEnum::STOP_FIRST
+            }),
+        }),
+        rollback_config: Some(ServiceSpecRollbackConfig {
+            parallelism: Some(1),
+            delay: Some(0),
+            failure_action: Some(ServiceSpecRollbackConfigFailureActionEnum::PAUSE),
+            monitor: Some(5_000_000_000),
+            max_failure_ratio: Some(0.0),
+            order: Some(if order_start_first {
+                ServiceSpecRollbackConfigOrderEnum::START_FIRST
+            } else {
+                ServiceSpecRollbackConfigOrderEnum::STOP_FIRST
+            }),
+        }),
+        endpoint_spec: Some(EndpointSpec {
+            mode: None,
+            ports: (!ports.is_empty()).then_some(ports),
+        }),
+        ..Default::default()
+    })
+}
+
+/// The cluster's nodes as hosts: CPUs and memory from each node's description,
+/// GPUs from its `NVIDIA-GPU` generic resources (named: one GPU per UUID;
+/// discrete: that many GPUs without UUIDs).
+pub async fn nodes_inventory() -> Result<Inventory, BackendError> {
+    let docker = dockerb::connect().await?;
+    nodes_inventory_with(&docker).await
+}
+
+pub async fn nodes_inventory_with(docker: &Docker) -> Result<Inventory, BackendError> {
+    let nodes = docker
+        .list_nodes(None)
+        .await
+        .map_err(|e| BackendError::Unavailable {
+            what: "the Swarm manager".into(),
+            message: message(&e),
+        })?;
+    let mut hosts = Vec::new();
+    for n in nodes {
+        let ready = n
+            .status
+            .as_ref()
+            .and_then(|s| s.state)
+            .is_none_or(|s| s == bollard::models::NodeState::READY);
+        let active = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.availability)
+            .is_none_or(|a| a == bollard::models::NodeSpecAvailabilityEnum::ACTIVE);
+        if !(ready && active) {
+            continue;
+        }
+        let Some(desc) = n.description else { continue };
+        let res = desc.resources.unwrap_or_default();
+        hosts.push(Host {
+            name: desc.hostname.unwrap_or_else(|| n.id.unwrap_or_default()),
+            cpu_cores: res.nano_cpus.unwrap_or(0) as f64 / 1e9,
+            memory_mb: (res.memory_bytes.unwrap_or(0).max(0) as u64) / (1024 * 1024),
+            storage_gb: 0,
+            gpus: gpus_of(res.generic_resources.as_deref().unwrap_or(&[])),
+            ports_in_use: Vec::new(),
+        });
+    }
+    Ok(Inventory {
+        source: Source::Swarm,
+        hosts,
+    })
+}
+
+/// The inventory `plan` checks feasibility against when services run on
+/// Swarm: the cluster's nodes; `None` when no Swarm manager answers (the
+/// caller then probes this host and says so).
+pub fn cluster_inventory_blocking() -> Option<Inventory> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    match rt.block_on(nodes_inventory()) {
+        Ok(inv) if !inv.hosts.is_empty() => Some(inv),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "no Swarm manager answers; probing this host instead");
+            None
+        }
+    }
+}
+
+/// GPUs from a node's generic resources.
+pub fn gpus_of(resources: &[GenericResourcesInner]) -> Vec<Gpu> {
+    let mut gpus = Vec::new();
+    for r in resources {
+        if let Some(named) = &r.named_resource_spec
+            && named.kind.as_deref() == Some(GPU_RESOURCE)
+        {
+            gpus.push(Gpu {
+                index: gpus.len() as u32,
+                uuid: named.value.clone(),
+                model: GPU_RESOURCE.into(),
+                memory_mb: 0,
+                free_memory_mb: None,
+            });
+        }
+        if let Some(d) = &r.discrete_resource_spec
+            && d.kind.as_deref() == Some(GPU_RESOURCE)
+        {
+            for _ in 0..d.value.unwrap_or(0).max(0) {
+                gpus.push(Gpu {
+                    index: gpus.len() as u32,
+                    uuid: None,
+                    model: GPU_RESOURCE.into(),
+                    memory_mb: 0,
+                    free_memory_mb: None,
+                });
+            }
+        }
+    }
+    gpus
+}
+
+/// The Swarm backend (the engine must be a Swarm manager).
+#[derive(Clone, Debug)]
+pub struct SwarmBackend {
+    engine: dockerb::Engine,
+    publish: PublishMode,
+}
+
+/// The tasks of a service, as counted for health.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskCounts {
+    pub replicas: u32,
+    /// Tasks of the current spec that run.
+    pub running: u32,
+    /// Tasks of the current spec that failed (exit code of the newest).
+    pub failed: u32,
+    pub last_exit: Option<i32>,
+    /// The spec hash the service carries now.
+    pub spec_hash: Option<String>,
+    /// The last change failed: the Swarm paused it or rolled it back.
+    pub update_failed: Option<String>,
+}
+
+impl SwarmBackend {
+    /// Connects to the local engine now.
+    pub async fn connect() -> Result<Self, BackendError> {
+        Ok(Self::with_engine(dockerb::Engine::connect().await?))
+    }
+
+    /// A backend that connects on first use.
+    pub fn lazy() -> Self {
+        Self::with_engine(dockerb::Engine::lazy())
+    }
+
+    pub fn with_engine(engine: dockerb::Engine) -> Self {
+        Self {
+            engine,
+            publish: PublishMode::from_env(),
+        }
+    }
+
+    pub fn with_publish_mode(mut self, mode: PublishMode) -> Self {
+        self.publish = mode;
+        self
+    }
+
+    pub fn publish_mode(&self) -> PublishMode {
+        self.publish
+    }
+
+    async fn api(&self) -> Result<&Docker, BackendError> {
+        self.engine.get().await
+    }
+
+    fn local(&self) -> dockerb::DockerBackend {
+        dockerb::DockerBackend::with_engine(self.engine.clone())
+    }
+
+    async fn ensure_overlay(&self, ctx: &StartContext) -> Result<(), BackendError> {
+        let docker = self.api().await?;
+        let _serial = dockerb::NETWORK_LOCK.lock().await;
+        let name = overlay_name(&ctx.project);
+        match docker
+            .inspect_network(&name, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(BackendError::Network {
+                    message: message(&e),
+                });
+            }
+        }
+        let labels = HashMap::from([(marks::PROJECT.to_owned(), ctx.project.clone())]);
+        let req = NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("overlay".into()),
+            attachable: Some(true),
+            ipam: ctx.network.cidr.as_ref().map(|cidr| bollard::models::Ipam {
+                driver: Some("default".into()),
+                config: Some(vec![bollard::models::IpamConfig {
+                    subnet: Some(cidr.clone()),
+                    ..Default::default()
+                }]),
+                options: None,
+            }),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        match docker.create_network(req).await {
+            Ok(_) => Ok(()),
+            Err(e) if message(&e).contains("already exists") => Ok(()),
+            Err(e) => Err(BackendError::Network {
+                message: format!("creating `{name}`: {}", message(&e)),
+            }),
+        }
+    }
+
+    /// Removes the project's overlay network when no service uses it.
+    pub async fn remove_network_if_empty(&self, project: &str) -> Result<bool, BackendError> {
+        let docker = self.api().await?;
+        let mut filters = HashMap::new();
+        filters.insert("label", vec![format!("{}={project}", marks::PROJECT)]);
+        let services = docker
+            .list_services(Some(
+                ListServicesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| BackendError::Network {
+                message: message(&e),
+            })?;
+        if !services.is_empty() {
+            return Ok(false);
+        }
+        match docker.remove_network(&overlay_name(project)).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e)
+                if message(&e).contains("in use") || message(&e).contains("active endpoints") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(BackendError::Network {
+                message: message(&e),
+            }),
+        }
+    }
+
+    /// Host ports for `spec`: the configured ones, or (for an existing
+    /// service) the ones it publishes now, or fresh ones from the range.
+    fn published_ports(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+        current: Option<&Service>,
+    ) -> Result<Vec<Option<u16>>, BackendError> {
+        if self.publish == PublishMode::Host {
+            return Ok(spec.ports.iter().map(|p| p.host_port).collect());
+        }
+        let existing: Vec<EndpointPortConfig> = current
+            .and_then(|s| s.endpoint.as_ref())
+            .and_then(|e| e.ports.clone())
+            .unwrap_or_default();
+        let mut taken = BTreeSet::new();
+        let mut out = Vec::new();
+        for p in &spec.ports {
+            let port = match p.host_port {
+                Some(h) => h,
+                None => {
+                    let again = existing.iter().find_map(|e| {
+                        (e.target_port == Some(i64::from(p.container_port)))
+                            .then_some(e.published_port)
+                            .flatten()
+                            .map(|x| x as u16)
+                    });
+                    match again {
+                        Some(x) => x,
+                        None => dockerb::free_port(ctx.network.port_range, p.protocol, &taken)
+                            .ok_or_else(|| BackendError::Network {
+                                message: format!(
+                                    "no free host port left in {}-{} for `{}`",
+                                    ctx.network.port_range.0, ctx.network.port_range.1, spec.name
+                                ),
+                            })?,
+                    }
+                }
+            };
+            taken.insert(port);
+            out.push(Some(port));
+        }
+        Ok(out)
+    }
+
+    async fn inspect_service(&self, id: &str) -> Result<Option<Service>, BackendError> {
+        let docker = self.api().await?;
+        match docker
+            .inspect_service(id, None::<InspectServiceOptions>)
+            .await
+        {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(BackendError::Unavailable {
+                what: "the Swarm manager".into(),
+                message: message(&e),
+            }),
+        }
+    }
+
+    async fn tasks(&self, service_id: &str) -> Vec<Task> {
+        let Ok(docker) = self.api().await else {
+            return Vec::new();
+        };
+        let mut filters = HashMap::new();
+        filters.insert("service", vec![service_id.to_owned()]);
+        docker
+            .list_tasks(Some(
+                ListTasksOptionsBuilder::default().filters(&filters).build(),
+            ))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Counts the tasks of the service's current spec (by the spec-hash label
+    /// its containers carry).
+    pub async fn task_counts(&self, handle: &Handle) -> Option<TaskCounts> {
+        let Handle::SwarmService { id, .. } = handle else {
+            return None;
+        };
+        let service = self.inspect_service(id).await.ok()??;
+        let spec = service.spec.as_ref()?;
+        let hash = spec
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(marks::SPEC_HASH))
+            .cloned();
+        let replicas = spec
+            .mode
+            .as_ref()
+            .and_then(|m| m.replicated.as_ref())
+            .and_then(|r| r.replicas)
+            .unwrap_or(1) as u32;
+        use bollard::models::ServiceUpdateStatusStateEnum as U;
+        let update_failed = service.update_status.as_ref().and_then(|u| {
+            matches!(
+                u.state,
+                Some(U::PAUSED | U::ROLLBACK_STARTED | U::ROLLBACK_PAUSED | U::ROLLBACK_COMPLETED)
+            )
+            .then(|| {
+                u.message
+                    .clone()
+                    .unwrap_or_else(|| "the update failed".into())
+            })
+        });
+        let mut counts = TaskCounts {
+            replicas,
+            spec_hash: hash.clone(),
+            update_failed,
+            ..Default::default()
+        };
+        let mut tasks = self.tasks(id).await;
+        tasks.sort_by_key(|t| t.version.as_ref().and_then(|v| v.index).unwrap_or(0));
+        for t in &tasks {
+            if counts.update_failed.is_some()
+                && let Some(code) = t
+                    .status
+                    .as_ref()
+                    .filter(|s| s.state == Some(TaskState::FAILED))
+                    .and_then(|s| s.container_status.as_ref())
+                    .and_then(|c| c.exit_code)
+            {
+                counts.last_exit = Some(code as i32);
+            }
+            let task_hash = t
+                .spec
+                .as_ref()
+                .and_then(|s| s.container_spec.as_ref())
+                .and_then(|c| c.labels.as_ref())
+                .and_then(|l| l.get(marks::SPEC_HASH));
+            if task_hash != hash.as_ref() {
+                continue;
+            }
+            let state = t.status.as_ref().and_then(|s| s.state);
+            match state {
+                Some(TaskState::RUNNING) if t.desired_state == Some(TaskState::RUNNING) => {
+                    counts.running += 1
+                }
+                Some(TaskState::FAILED) | Some(TaskState::REJECTED) => {
+                    counts.failed += 1;
+                    counts.last_exit = t
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.container_status.as_ref())
+                        .and_then(|c| c.exit_code)
+                        .map(|c| c as i32);
+                }
+                Some(TaskState::COMPLETE) if t.desired_state != Some(TaskState::SHUTDOWN) => {
+                    counts.failed += 1;
+                    counts.last_exit = Some(0);
+                }
+                _ => {}
+            }
+        }
+        Some(counts)
+    }
+
+    /// Applies `swarm_spec` to the service `id` (the engine needs the version
+    /// it was read at).
+    async fn apply_spec(
+        &self,
+        id: &str,
+        swarm_spec: SwarmSpec,
+        service: &str,
+    ) -> Result<(), BackendError> {
+        let docker = self.api().await?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let current =
+                self.inspect_service(id)
+                    .await?
+                    .ok_or_else(|| BackendError::StartFailed {
+                        service: service.into(),
+                        message: "the Swarm service is gone".into(),
+                    })?;
+            let version = current.version.and_then(|v| v.index).unwrap_or(0);
+            let options = UpdateServiceOptionsBuilder::default()
+                .version(version as i32)
+                .build();
+            match docker
+                .update_service(id, swarm_spec.clone(), options, None)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Out of sequence: someone (the Swarm's own rollback) updated it meanwhile.
+                Err(e) if tries < 5 && message(&e).contains("out of sequence") => continue,
+                Err(e) => {
+                    return Err(BackendError::StartFailed {
+                        service: service.into(),
+                        message: message(&e),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Waits until no task of the service `id` is left (after removal).
+    async fn wait_gone(&self, id: &str, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let tasks = self.tasks(id).await;
+            let live = tasks.iter().any(|t| {
+                matches!(
+                    t.status.as_ref().and_then(|s| s.state),
+                    Some(TaskState::RUNNING | TaskState::STARTING | TaskState::PREPARING)
+                )
+            });
+            if tasks.is_empty() || !live {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The container of a running task on this node, for exec and logs.
+    async fn a_running_container(&self, handle: &Handle) -> Option<String> {
+        let Handle::SwarmService { id, .. } = handle else {
+            return None;
+        };
+        self.tasks(id).await.into_iter().find_map(|t| {
+            let s = t.status?;
+            (s.state == Some(TaskState::RUNNING))
+                .then_some(s.container_status?.container_id)
+                .flatten()
+        })
+    }
+}
+
+#[async_trait]
+impl Backend for SwarmBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Swarm
+    }
+
+    async fn start(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+    ) -> Result<Vec<Handle>, BackendError> {
+        let docker = self.api().await?;
+        self.ensure_overlay(ctx).await?;
+        let name = service_name(&ctx.project, spec.name.as_str());
+        // A service left by a run that was killed: adopt it with this spec.
+        if let Some(existing) = self.inspect_service(&name).await? {
+            let labels = existing
+                .spec
+                .as_ref()
+                .and_then(|s| s.labels.clone())
+                .unwrap_or_default();
+            if labels.get(marks::PROJECT) != Some(&ctx.project) {
+                return Err(BackendError::StartFailed {
+                    service: spec.name.to_string(),
+                    message: format!(
+                        "the Swarm service name `{name}` is taken by a service that project `{}` did not create",
+                        ctx.project
+                    ),
+                });
+            }
+            let id = existing.id.clone().unwrap_or_default();
+            let handle = Handle::SwarmService { id, name };
+            return self.update(spec, std::slice::from_ref(&handle), ctx).await;
+        }
+        let published = self.published_ports(spec, ctx, None)?;
+        let swarm_spec = service_spec(spec, ctx, &published, self.publish)?;
+        let created = docker.create_service(swarm_spec, None).await.map_err(|e| {
+            BackendError::StartFailed {
+                service: spec.name.to_string(),
+                message: message(&e),
+            }
+        })?;
+        Ok(vec![Handle::SwarmService {
+            id: created.id.unwrap_or_else(|| name.clone()),
+            name,
+        }])
+    }
+
+    async fn update(
+        &self,
+        spec: &ServiceSpec,
+        handles: &[Handle],
+        ctx: &StartContext,
+    ) -> Result<Vec<Handle>, BackendError> {
+        let Some(Handle::SwarmService { id, name }) = handles.first() else {
+            return self.start(spec, ctx).await;
+        };
+        let current = self.inspect_service(id).await?;
+        let Some(current) = current else {
+            return self.start(spec, ctx).await;
+        };
+        let published = self.published_ports(spec, ctx, Some(&current))?;
+        let mut swarm_spec = service_spec(spec, ctx, &published, self.publish)?;
+        // The Swarm may already have rolled back to this very spec; an update
+        // to an identical spec would leave the failed update's status in place,
+        // so force a fresh rollout of it.
+        use bollard::models::ServiceUpdateStatusStateEnum as U;
+        let rolled_back = current.update_status.as_ref().is_some_and(|u| {
+            matches!(
+                u.state,
+                Some(U::PAUSED | U::ROLLBACK_STARTED | U::ROLLBACK_PAUSED | U::ROLLBACK_COMPLETED)
+            )
+        });
+        if rolled_back && let Some(t) = swarm_spec.task_template.as_mut() {
+            let previous = current
+                .spec
+                .as_ref()
+                .and_then(|s| s.task_template.as_ref())
+                .and_then(|t| t.force_update)
+                .unwrap_or(0);
+            t.force_update = Some(previous + 1);
+        }
+        self.apply_spec(id, swarm_spec, spec.name.as_str()).await?;
+        Ok(vec![Handle::SwarmService {
+            id: id.clone(),
+            name: name.clone(),
+        }])
+    }
+
+    async fn stop(&self, handles: &[Handle], grace: Duration) -> Result<(), BackendError> {
+        let docker = self.api().await?;
+        for h in handles {
+            let Handle::SwarmService { id, name } = h else {
+                continue;
+            };
+            match docker.delete_service(id).await {
+                Ok(()) => self.wait_gone(id, grace + Duration::from_secs(10)).await,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    return Err(BackendError::StopFailed {
+                        service: name.clone(),
+                        message: message(&e),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Running when as many tasks of the current spec run as there are
+    /// replicas (or still converging); `Exited` when tasks of the current spec
+    /// fail and fewer than asked run, or when the Swarm paused or rolled back
+    /// the last change; `Missing` when the service is gone.
+    async fn liveness(&self, handle: &Handle) -> Liveness {
+        let Handle::SwarmService { id, .. } = handle else {
+            return Liveness::Missing;
+        };
+        match self.inspect_service(id).await {
+            Ok(None) => return Liveness::Missing,
+            Err(_) => return Liveness::Running,
+            Ok(Some(_)) => {}
+        }
+        match self.task_counts(handle).await {
+            Some(c) if c.update_failed.is_some() => Liveness::Exited(c.last_exit),
+            Some(c) if c.running < c.replicas && c.failed > 0 => Liveness::Exited(c.last_exit),
+            Some(_) => Liveness::Running,
+            None => Liveness::Missing,
+        }
+    }
+
+    async fn exec_probe(
+        &self,
+        handle: &Handle,
+        argv: &[String],
+        timeout: Duration,
+    ) -> ProbeOutcome {
+        let Some(container) = self.a_running_container(handle).await else {
+            return ProbeOutcome {
+                healthy: false,
+                detail: "no running task".into(),
+            };
+        };
+        let local = self.local();
+        let h = Handle::Container {
+            replica: 0,
+            id: container.clone(),
+            name: container,
+        };
+        local.exec_probe(&h, argv, timeout).await
+    }
+
+    /// `Some(true)` when every replica of the current spec runs (and those
+    /// with a HEALTHCHECK are healthy), `Some(false)` when tasks of the
+    /// current spec fail, `None` while converging.
+    async fn native_health(&self, handle: &Handle) -> Option<bool> {
+        let c = self.task_counts(handle).await?;
+        if c.update_failed.is_some() {
+            return Some(false);
+        }
+        if c.running >= c.replicas {
+            let Handle::SwarmService { id, .. } = handle else {
+                return None;
+            };
+            let local = self.local();
+            for t in self.tasks(id).await {
+                let Some(s) = t.status else { continue };
+                if s.state != Some(TaskState::RUNNING) {
+                    continue;
+                }
+                let Some(cid) = s.container_status.and_then(|c| c.container_id) else {
+                    continue;
+                };
+                let h = Handle::Container {
+                    replica: 0,
+                    id: cid.clone(),
+                    name: cid,
+                };
+                if local.native_health(&h).await == Some(false) {
+                    return Some(false);
+                }
+            }
+            Some(true)
+        } else if c.failed > 0 {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    async fn probe_address(&self, handle: &Handle, port: u16) -> (String, u16) {
+        let fallback = ("127.0.0.1".to_owned(), port);
+        let Handle::SwarmService { id, .. } = handle else {
+            return fallback;
+        };
+        if self.publish == PublishMode::Host {
+            // A running task's own published port.
+            let mut tasks = self.tasks(id).await;
+            tasks.sort_by_key(|t| {
+                std::cmp::Reverse(t.version.as_ref().and_then(|v| v.index).unwrap_or(0))
+            });
+            return tasks
+                .into_iter()
+                .filter(|t| t.status.as_ref().and_then(|s| s.state) == Some(TaskState::RUNNING))
+                .find_map(|t| {
+                    t.status?.port_status?.ports?.into_iter().find_map(|p| {
+                        (p.target_port == Some(i64::from(port)))
+                            .then_some(p.published_port)
+                            .flatten()
+                    })
+                })
+                .map(|p| ("127.0.0.1".to_owned(), p as u16))
+                .unwrap_or(fallback);
+        }
+        let Ok(Some(service)) = self.inspect_service(id).await else {
+            return fallback;
+        };
+        service
+            .endpoint
+            .and_then(|e| e.ports)
+            .and_then(|ports| {
+                ports.into_iter().find_map(|p| {
+                    (p.target_port == Some(i64::from(port)))
+                        .then_some(p.published_port)
+                        .flatten()
+                })
+            })
+            .map(|p| ("127.0.0.1".to_owned(), p as u16))
+            .unwrap_or(fallback)
+    }
+
+    async fn logs(&self, handle: &Handle, lines: usize) -> Vec<String> {
+        let Ok(docker) = self.api().await else {
+            return Vec::new();
+        };
+        let Handle::SwarmService { id, .. } = handle else {
+            return Vec::new();
+        };
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = docker.service_logs(id, Some(options));
+        let mut text = String::new();
+        let read = async {
+            while let Some(Ok(chunk)) = stream.next().await {
+                text.push_str(&chunk.to_string());
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+        let all: Vec<String> = text.lines().map(str::to_owned).collect();
+        let skip = all.len().saturating_sub(lines);
+        all.into_iter().skip(skip).collect()
+    }
+
+    async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError> {
+        let docker = self.api().await?;
+        let mut filters = HashMap::new();
+        filters.insert("label", vec![format!("{}={project}", marks::PROJECT)]);
+        let services = docker
+            .list_services(Some(
+                ListServicesOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| BackendError::Unavailable {
+                what: "the Swarm manager".into(),
+                message: message(&e),
+            })?;
+        let mut found = Vec::new();
+        for s in services {
+            let spec = s.spec.unwrap_or_default();
+            let labels = spec.labels.unwrap_or_default();
+            let Some(service) = labels
+                .get(marks::SERVICE)
+                .and_then(|n| ServiceName::parse(n).ok())
+            else {
+                continue;
+            };
+            let handle = Handle::SwarmService {
+                id: s.id.unwrap_or_default(),
+                name: spec.name.unwrap_or_default(),
+            };
+            let liveness = self.liveness(&handle).await;
+            found.push(Discovered {
+                service,
+                handle,
+                spec_hash: labels.get(marks::SPEC_HASH).cloned(),
+                lineage: labels.get(marks::LINEAGE).cloned(),
+                liveness,
+            });
+        }
+        found.sort_by(|a, b| a.service.cmp(&b.service));
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PortSpec, Resources, Text, Workload};
+    use crate::state::GpuRef;
+    use bollard::models::GenericResourcesInnerNamedResourceSpec;
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec {
+            name: ServiceName::parse("infer").unwrap(),
+            backend: BackendKind::Swarm,
+            workload: Workload::Service,
+            replicas: 3,
+            image: Some("example/infer:2".into()),
+            command: None,
+            args: vec![Text::plain("serve")],
+            working_dir: None,
+            env: BTreeMap::from([("A".to_owned(), Text::plain("1"))]),
+            dependencies: vec![],
+            resources: Resources {
+                cpu_cores: 2.0,
+                memory_mb: 1024,
+                gpu_count: 2,
+                ..Default::default()
+            },
+            health_check: None,
+            ports: vec![PortSpec {
+                container_port: 8000,
+                host_port: None,
+                host_ip: None,
+                protocol: Protocol::Tcp,
+            }],
+            volumes: vec![],
+            restart: RestartPolicy::Always,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn ctx() -> StartContext {
+        StartContext {
+            project: "lab".into(),
+            lineage: "l".into(),
+            revision: 4,
+            log_dir: PathBuf::new(),
+            data_dir: PathBuf::new(),
+            base_dir: PathBuf::new(),
+            network: Default::default(),
+            gpus: vec![GpuRef {
+                host: "n1".into(),
+                index: 0,
+                uuid: None,
+                model: "H100".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_service_spec_carries_replicas_resources_gpus_and_update_policy() {
+        let s = service_spec(&spec(), &ctx(), &[Some(31001)], PublishMode::Ingress).unwrap();
+        assert_eq!(s.name.as_deref(), Some("lab_infer"));
+        assert_eq!(s.mode.unwrap().replicated.unwrap().replicas, Some(3));
+        let task = s.task_template.unwrap();
+        let res = task.resources.unwrap();
+        assert_eq!(res.limits.unwrap().nano_cpus, Some(2_000_000_000));
+        let reservation = res.reservations.unwrap();
+        assert_eq!(reservation.memory_bytes, Some(1024 * 1024 * 1024));
+        let gpu = reservation.generic_resources.unwrap()[0]
+            .discrete_resource_spec
+            .clone()
+            .unwrap();
+        assert_eq!(gpu.kind.as_deref(), Some("NVIDIA-GPU"));
+        assert_eq!(gpu.value, Some(2));
+        let update = s.update_config.unwrap();
+        assert_eq!(update.parallelism, Some(1));
+        assert_eq!(
+            update.failure_action,
+            Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK)
+        );
+        assert_eq!(
+            update.order,
+            Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST)
+        );
+        let port = &s.endpoint_spec.unwrap().ports.unwrap()[0];
+        assert_eq!(
+            (port.target_port, port.published_port),
+            (Some(8000), Some(31001))
+        );
+        let c = task.container_spec.unwrap();
+        assert_eq!(c.args, Some(vec!["serve".to_owned()]));
+        assert_eq!(c.labels.unwrap()[marks::SPEC_HASH], spec().spec_hash());
+    }
+
+    #[test]
+    fn a_fixed_host_port_updates_stop_first() {
+        let mut sp = spec();
+        sp.ports[0].host_port = Some(8000);
+        let s = service_spec(&sp, &ctx(), &[Some(8000)], PublishMode::Host).unwrap();
+        assert_eq!(
+            s.update_config.unwrap().order,
+            Some(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST)
+        );
+    }
+
+    #[test]
+    fn node_gpus_come_from_generic_resources() {
+        let res = vec![
+            GenericResourcesInner {
+                named_resource_spec: Some(GenericResourcesInnerNamedResourceSpec {
+                    kind: Some("NVIDIA-GPU".into()),
+                    value: Some("GPU-1".into()),
+                }),
+                discrete_resource_spec: None,
+            },
+            GenericResourcesInner {
+                named_resource_spec: None,
+                discrete_resource_spec: Some(GenericResourcesInnerDiscreteResourceSpec {
+                    kind: Some("NVIDIA-GPU".into()),
+                    value: Some(2),
+                }),
+            },
+            GenericResourcesInner {
+                named_resource_spec: None,
+                discrete_resource_spec: Some(GenericResourcesInnerDiscreteResourceSpec {
+                    kind: Some("SSD".into()),
+                    value: Some(5),
+                }),
+            },
+        ];
+        let gpus = gpus_of(&res);
+        assert_eq!(gpus.len(), 3);
+        assert_eq!(gpus[0].uuid.as_deref(), Some("GPU-1"));
+        assert_eq!(gpus[2].index, 2);
+    }
+}

@@ -1,0 +1,214 @@
+//! Renders the events of a run: a progress bar per phase on a terminal, plain
+//! timestamped lines otherwise, one JSON object per line with `--format json`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Mutex;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::apply::Event;
+use crate::plan::Action;
+use crate::state::Outcome;
+
+/// How events are shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Bars,
+    Lines,
+    Json,
+    Quiet,
+}
+
+pub struct Progress {
+    mode: Mode,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    multi: MultiProgress,
+    bars: HashMap<usize, ProgressBar>,
+    current: usize,
+}
+
+fn stamp() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        now.hour(),
+        now.minute(),
+        now.second(),
+        now.millisecond()
+    )
+}
+
+impl Progress {
+    pub fn new(mode: Mode) -> Self {
+        Self {
+            mode,
+            inner: Mutex::new(Inner {
+                multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                bars: HashMap::new(),
+                current: 0,
+            }),
+        }
+    }
+
+    /// A line for humans (plain mode), or `None` for events not worth a line.
+    pub fn line(e: &Event) -> Option<String> {
+        Some(match e {
+            Event::ApplyStarted {
+                revision,
+                phases,
+                actions,
+            } => format!("revision {revision}: {actions} action(s) in {phases} phase(s)"),
+            Event::PhaseStarted { phase, services } => format!(
+                "phase {phase}: {}",
+                services
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Event::ActionStarted { service, action } => {
+                format!("{service}: {} started", action.as_str())
+            }
+            Event::InstanceStarted { service, handles } => {
+                format!("{service}: {} instance(s) started", handles.len())
+            }
+            Event::Probe { .. } => return None,
+            Event::InstanceStopped { service, handles } => {
+                format!("{service}: {} instance(s) stopped", handles.len())
+            }
+            Event::ActionSucceeded {
+                service,
+                action,
+                elapsed_ms,
+            } => format!("{service}: {} done in {elapsed_ms} ms", action.as_str()),
+            Event::ActionFailed {
+                service,
+                action,
+                reason,
+            } => format!("{service}: {} FAILED: {reason}", action.as_str()),
+            Event::PhaseFinished {
+                phase,
+                ok,
+                elapsed_ms,
+            } => format!(
+                "phase {phase}: {} in {elapsed_ms} ms",
+                if *ok { "healthy" } else { "failed" }
+            ),
+            Event::RollbackStarted { steps } => format!("rolling back {steps} step(s)"),
+            Event::RollbackStep {
+                service,
+                step,
+                ok,
+                detail,
+            } => format!(
+                "rollback {service}: {step} {}: {detail}",
+                if *ok { "ok" } else { "FAILED" }
+            ),
+            Event::Finished {
+                revision,
+                outcome,
+                elapsed_ms,
+            } => format!(
+                "revision {revision}: {} in {elapsed_ms} ms",
+                outcome_word(*outcome)
+            ),
+        })
+    }
+
+    pub fn handle(&self, e: &Event) {
+        match self.mode {
+            Mode::Quiet => {}
+            Mode::Json => {
+                let mut v = serde_json::to_value(e).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert(
+                        "at".into(),
+                        serde_json::Value::String(crate::apply::now_rfc3339()),
+                    );
+                }
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{v}");
+            }
+            Mode::Lines => {
+                if let Some(l) = Self::line(e) {
+                    eprintln!("{} {l}", stamp());
+                }
+            }
+            Mode::Bars => self.bars(e),
+        }
+    }
+
+    fn bars(&self, e: &Event) {
+        let mut inner = self.inner.lock().expect("progress lock");
+        match e {
+            Event::PhaseStarted { phase, services } => {
+                let bar = inner.multi.add(ProgressBar::new(services.len() as u64));
+                bar.set_style(
+                    ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                );
+                bar.set_prefix(format!("phase {phase}"));
+                bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                inner.bars.insert(*phase, bar);
+                inner.current = *phase;
+            }
+            Event::ActionStarted { service, action } => {
+                if let Some(b) = inner.bars.get(&inner.current) {
+                    b.set_message(format!("{} {service}", action.as_str()));
+                }
+            }
+            Event::ActionSucceeded { service, .. } => {
+                if let Some(b) = inner.bars.get(&inner.current) {
+                    b.inc(1);
+                    b.set_message(format!("{service} healthy"));
+                }
+            }
+            Event::ActionFailed {
+                service, reason, ..
+            } => {
+                let _ = inner
+                    .multi
+                    .println(format!("  {service}: failed: {reason}"));
+            }
+            Event::PhaseFinished {
+                phase,
+                ok,
+                elapsed_ms,
+            } => {
+                if let Some(b) = inner.bars.get(phase) {
+                    b.finish_with_message(format!(
+                        "{} in {elapsed_ms} ms",
+                        if *ok { "healthy" } else { "failed" }
+                    ));
+                }
+            }
+            Event::Probe { .. } | Event::InstanceStarted { .. } | Event::InstanceStopped { .. } => {
+            }
+            other => {
+                if let Some(l) = Self::line(other) {
+                    let _ = inner.multi.println(l);
+                }
+            }
+        }
+    }
+}
+
+pub fn outcome_word(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Succeeded => "applied",
+        Outcome::RolledBack => "failed and rolled back",
+        Outcome::RollbackFailed => "failed and the rollback did not complete",
+        Outcome::Failed => "failed (not rolled back)",
+        Outcome::InProgress => "in progress",
+    }
+}
+
+/// The verb of an action for summaries.
+pub fn action_word(a: Action) -> &'static str {
+    a.as_str()
+}

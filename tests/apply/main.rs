@@ -1,0 +1,7 @@
+//! Integration tests of `apply`: real processes, real HTTP endpoints on 127.0.0.1.
+
+mod cli;
+mod common;
+mod engine;
+mod health;
+mod process;

@@ -1,0 +1,7 @@
+//! The Docker and Swarm backends against a real engine. Without an engine
+//! every test prints SKIP and passes, unless DEPLOY_CODE_REQUIRE_DOCKER=1.
+
+mod cli;
+mod common;
+mod containers;
+mod swarm;
