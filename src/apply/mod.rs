@@ -242,6 +242,8 @@ struct Exec<'a> {
     completed: Mutex<Vec<ServiceName>>,
     grace: Duration,
     deadline: Instant,
+    /// Phase and health-gate timings, stored with the deployment record.
+    timings: Mutex<crate::metrics::Timings>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -278,6 +280,22 @@ type StepResult = Result<(), FailureEvidence>;
 
 impl Exec<'_> {
     fn emit(&self, e: Event) {
+        match &e {
+            Event::ActionSucceeded {
+                service,
+                action: Action::Create | Action::Replace | Action::Update,
+                elapsed_ms,
+            } => {
+                let mut t = self.timings.lock().expect("timings");
+                t.gates
+                    .insert(service.to_string(), *elapsed_ms as f64 / 1000.0);
+            }
+            Event::PhaseFinished { elapsed_ms, .. } => {
+                let mut t = self.timings.lock().expect("timings");
+                t.phases.push(*elapsed_ms as f64 / 1000.0);
+            }
+            _ => {}
+        }
         (self.hook)(&e);
     }
 
@@ -935,6 +953,7 @@ pub async fn execute(
         completed: Mutex::new(Vec::new()),
         grace: Duration::from_secs(dep.stop_grace_seconds),
         deadline: began + Duration::from_secs(dep.timeout_seconds.max(1)),
+        timings: Mutex::new(crate::metrics::Timings::default()),
     };
     let changes: BTreeMap<&ServiceName, &Change> =
         plan.changes.iter().map(|c| (&c.service, c)).collect();
@@ -1035,10 +1054,20 @@ pub async fn execute(
             Outcome::RollbackFailed
         }
     };
+    let timings = {
+        let mut t = exec.timings.lock().expect("timings").clone();
+        t.duration_seconds = began.elapsed().as_secs_f64();
+        t
+    };
     let evidence = if failures.is_empty() {
-        serde_json::Value::Null
+        serde_json::json!({ "timings": timings })
     } else {
-        serde_json::json!({ "failures": failures, "rollback": rollback, "left": left })
+        serde_json::json!({
+            "failures": failures,
+            "rollback": rollback,
+            "left": left,
+            "timings": timings,
+        })
     };
     exec.with_store(|s| s.finish_deployment(revision, outcome, &evidence))?;
     let elapsed_ms = began.elapsed().as_millis() as u64;

@@ -237,6 +237,7 @@ fn execute(
         sig.abort();
         r
     })?;
+    publish_metrics(rt, loaded, store);
     if ctx.global.format != Format::Json && !report.failures.is_empty() {
         let mut err = std::io::stderr().lock();
         for f in &report.failures {
@@ -268,8 +269,10 @@ fn execute(
         Outcome::Succeeded => {
             if ctx.global.format != Format::Json && !ctx.global.quiet {
                 println!(
-                    "Apply complete: revision {} in {} ms.",
-                    report.revision, report.elapsed_ms
+                    "{} complete: revision {} in {} ms.",
+                    if p.destroy_all { "Destroy" } else { "Apply" },
+                    report.revision,
+                    report.elapsed_ms
                 );
             }
             Ok(exit::OK)
@@ -306,6 +309,28 @@ fn execute(
             ),
             exit::ROLLBACK_FAILED,
         )),
+    }
+}
+
+/// Publishes the state's metrics where `monitoring` says, after every run; a
+/// target that is down is a warning, never a failure.
+fn publish_metrics(rt: &tokio::runtime::Runtime, loaded: &LoadedConfig, store: &Store) {
+    let monitoring = &loaded.desired.settings.monitoring;
+    if monitoring.pushgateway.is_none() && monitoring.textfile_dir.is_none() {
+        return;
+    }
+    let snapshot = match store.snapshot() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("metrics were not published: {e}");
+            return;
+        }
+    };
+    let history = crate::state::history(store.path(), u64::MAX).unwrap_or_default();
+    let project = &loaded.desired.settings.project;
+    let text = crate::metrics::exposition(project, &snapshot, &history);
+    for warning in rt.block_on(crate::metrics::publish(monitoring, project, &text)) {
+        tracing::warn!("{warning}");
     }
 }
 

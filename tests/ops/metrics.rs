@@ -137,3 +137,97 @@ fn a_pushgateway_that_is_down_is_a_warning() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("not pushed"), "{warnings:?}");
 }
+
+/// `apply` and `destroy` publish at the end of every run: a real apply of a
+/// real process pushes its timings to a real Pushgateway and a textfile.
+#[test]
+fn apply_and_destroy_publish_metrics() {
+    if !have("prometheus-pushgateway") {
+        return;
+    }
+    let gw_port = free_port();
+    let svc_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let _gw = Guard(
+        Command::new("prometheus-pushgateway")
+            .arg(format!("--web.listen-address=127.0.0.1:{gw_port}"))
+            .arg(format!(
+                "--persistence.file={}",
+                dir.path().join("p.data").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(gw_port, Duration::from_secs(20));
+    let textfiles = dir.path().join("textfiles");
+    std::fs::create_dir(&textfiles).unwrap();
+    let project = format!("metrics-{}", std::process::id());
+    let config = format!(
+        r#"project: {project}
+monitoring:
+  enabled: true
+  prometheus:
+    pushgateway: http://127.0.0.1:{gw_port}
+    textfile_dir: {textfiles}
+services:
+  web:
+    command: python3
+    args: ["-m", "http.server", "{svc_port}", "--bind", "127.0.0.1"]
+    ports: [{{container_port: {svc_port}, host_port: {svc_port}}}]
+    health_check:
+      endpoint: http://127.0.0.1:{svc_port}/
+      interval_seconds: 1
+      retries: 20
+"#,
+        textfiles = textfiles.display()
+    );
+    let cfg = dir.path().join("deploy-code.yaml");
+    std::fs::write(&cfg, config).unwrap();
+    let run = |args: &[&str]| {
+        let out = assert_cmd::cargo::cargo_bin_cmd!("deploy-code")
+            .arg("-c")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["apply", "--auto-approve"]);
+    let scrape = || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            reqwest::get(format!("http://127.0.0.1:{gw_port}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    let after_apply = scrape();
+    let ready = format!(
+        "deploy_code_service_ready{{backend=\"process\",instance=\"\",job=\"deploy-code\",project=\"{project}\",service=\"web\"}} 1"
+    );
+    assert!(after_apply.contains(&ready), "{after_apply}");
+    assert!(
+        after_apply.contains("deploy_code_last_apply_health_gate_seconds{"),
+        "{after_apply}"
+    );
+    run(&["destroy", "--auto-approve"]);
+    let after_destroy = scrape();
+    assert!(
+        after_destroy.contains(&format!("deploy_code_services{{instance=\"\",job=\"deploy-code\",project=\"{project}\",status=\"ready\"}} 0")),
+        "{after_destroy}"
+    );
+    let textfile = std::fs::read_to_string(
+        textfiles.join(format!("deploy_code_{}.prom", project.replace('-', "_"))),
+    )
+    .unwrap();
+    assert!(textfile.contains("deploy_code_revision{"), "{textfile}");
+}
