@@ -71,6 +71,34 @@ pub async fn connect() -> Result<Docker, BackendError> {
     Ok(docker)
 }
 
+/// A one-line description of the engine: version, API version, Swarm state
+/// (for `deploy-code doctor`).
+pub async fn engine_info() -> Result<String, BackendError> {
+    let docker = connect().await?;
+    let unavailable = |e: DockerError| BackendError::Unavailable {
+        what: "the Docker engine".into(),
+        message: e.to_string(),
+    };
+    let version = docker.version().await.map_err(unavailable)?;
+    let info = docker.info().await.map_err(unavailable)?;
+    let swarm = info
+        .swarm
+        .and_then(|s| s.local_node_state)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    Ok(format!(
+        "Docker {} (API {}, negotiated {}), swarm {}",
+        version.version.unwrap_or_default(),
+        version.api_version.unwrap_or_default(),
+        docker.client_version(),
+        if swarm.is_empty() {
+            "inactive".into()
+        } else {
+            swarm
+        }
+    ))
+}
+
 pub(crate) fn is_not_found(e: &DockerError) -> bool {
     matches!(
         e,

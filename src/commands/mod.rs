@@ -9,14 +9,3 @@ pub mod progress;
 pub mod state;
 pub mod status;
 pub mod validate;
-
-use crate::error::{Code, Failure, Plain};
-
-/// The error for a command whose implementation has not landed yet.
-pub(crate) fn not_yet(what: &str) -> Failure {
-    Plain::new(
-        Code::E016,
-        format!("`{what}` is not available in this build"),
-    )
-    .into()
-}

@@ -39,6 +39,309 @@ pub fn metrics(ctx: &Context, _args: &MetricsArgs) -> Result<u8, Failure> {
     Ok(exit::OK)
 }
 
-pub fn doctor(_ctx: &Context, _args: &DoctorArgs) -> Result<u8, Failure> {
-    Err(super::not_yet("doctor"))
+/// The verdict of one doctor check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Verdict {
+    Ok,
+    Warning,
+    Failed,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Check {
+    check: &'static str,
+    verdict: Verdict,
+    detail: String,
+    /// What to do about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    help: Option<String>,
+}
+
+impl Check {
+    fn ok(check: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            check,
+            verdict: Verdict::Ok,
+            detail: detail.into(),
+            help: None,
+        }
+    }
+
+    fn warn(check: &'static str, detail: impl Into<String>, help: impl Into<String>) -> Self {
+        Self {
+            check,
+            verdict: Verdict::Warning,
+            detail: detail.into(),
+            help: Some(help.into()),
+        }
+    }
+
+    fn fail(check: &'static str, detail: impl Into<String>, help: impl Into<String>) -> Self {
+        Self {
+            check,
+            verdict: Verdict::Failed,
+            detail: detail.into(),
+            help: Some(help.into()),
+        }
+    }
+}
+
+/// Whether `dir` (or, when missing, the nearest existing ancestor that would
+/// hold it) accepts a new file.
+fn writable(dir: &std::path::Path) -> Result<String, String> {
+    let mut probe_dir = dir.to_path_buf();
+    let mut missing = false;
+    while !probe_dir.exists() {
+        missing = true;
+        match probe_dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => probe_dir = p.to_path_buf(),
+            _ => {
+                probe_dir = std::path::PathBuf::from(".");
+                break;
+            }
+        }
+    }
+    tempfile::NamedTempFile::new_in(&probe_dir)
+        .map(|_| {
+            if missing {
+                format!(
+                    "{} (will be created under {})",
+                    dir.display(),
+                    probe_dir.display()
+                )
+            } else {
+                dir.display().to_string()
+            }
+        })
+        .map_err(|e| format!("{}: {e}", probe_dir.display()))
+}
+
+fn run_checks(ctx: &Context) -> Vec<Check> {
+    use crate::model::BackendKind;
+    let mut checks = Vec::new();
+    let loaded = crate::config::load(&crate::config::LoadOptions {
+        path: ctx.global.config.clone(),
+        vars: ctx.global.vars.clone(),
+        var_files: ctx.global.var_files.clone(),
+    });
+    let loaded = match loaded {
+        Ok(l) => {
+            checks.push(Check::ok(
+                "config",
+                format!(
+                    "{}: {} services",
+                    ctx.global.config.display(),
+                    l.desired.services.len()
+                ),
+            ));
+            Some(l)
+        }
+        Err(e) => {
+            let code = miette::Diagnostic::code(&e)
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            checks.push(Check::fail(
+                "config",
+                format!("{}: {e} ({code})", ctx.global.config.display()),
+                "run `deploy-code validate` to see every problem with its location",
+            ));
+            None
+        }
+    };
+
+    let state_path = crate::config::state_path(
+        ctx.global.state.as_deref(),
+        loaded.as_ref(),
+        &ctx.global.config,
+    );
+    if !state_path.exists() {
+        checks.push(Check::ok(
+            "state",
+            format!(
+                "{}: none yet (the first apply creates it)",
+                state_path.display()
+            ),
+        ));
+    } else {
+        match crate::state::check_backup(&state_path) {
+            Ok((_, snap)) => {
+                checks.push(Check::ok(
+                    "state",
+                    format!(
+                        "{}: integrity ok, lineage {}, serial {}, revision {}, {} services",
+                        state_path.display(),
+                        snap.lineage.as_deref().unwrap_or("-"),
+                        snap.serial,
+                        snap.revision,
+                        snap.services.len()
+                    ),
+                ));
+                match &snap.lock {
+                    None => checks.push(Check::ok("lock", "free")),
+                    Some(l) => checks.push(Check::warn(
+                        "lock",
+                        format!(
+                            "held by `{}` (pid {} on {}) since {}",
+                            l.command, l.pid, l.host, l.acquired_at
+                        ),
+                        "wait for that run; if it is gone, `deploy-code state unlock` releases it",
+                    )),
+                }
+                if !snap.open_intents.is_empty() {
+                    checks.push(Check::warn(
+                        "journal",
+                        format!(
+                            "{} side effect(s) of an interrupted run were never closed",
+                            snap.open_intents.len()
+                        ),
+                        "run `deploy-code plan` to see what runs, then `deploy-code apply` to reconcile",
+                    ));
+                }
+            }
+            Err(e) => checks.push(Check::fail(
+                "state",
+                format!("{}: {e}", state_path.display()),
+                miette::Diagnostic::help(&e)
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|| {
+                        "restore a backup with `deploy-code state restore FILE`".into()
+                    }),
+            )),
+        }
+    }
+
+    let uses = |kind: BackendKind| {
+        loaded
+            .as_ref()
+            .is_some_and(|l| l.desired.services.values().any(|s| s.backend == kind))
+    };
+    let needs_docker = uses(BackendKind::Docker) || uses(BackendKind::Swarm);
+    match runtime_info() {
+        Ok(info) => checks.push(Check::ok("docker", info)),
+        Err(e) if needs_docker => checks.push(Check::fail(
+            "docker",
+            e,
+            "start the Docker engine (dockerd) or set DOCKER_HOST; services with an image need it",
+        )),
+        Err(e) => checks.push(Check::warn(
+            "docker",
+            e,
+            "only needed for services with an image; start dockerd to use them",
+        )),
+    }
+
+    let gpus_needed: u32 = loaded
+        .as_ref()
+        .map(|l| {
+            l.desired
+                .services
+                .values()
+                .map(|s| s.resources.gpu_count * s.replicas)
+                .sum()
+        })
+        .unwrap_or(0);
+    match crate::inventory::nvml_probe() {
+        Ok(gpus) if gpus.is_empty() && gpus_needed > 0 => checks.push(Check::fail(
+            "gpus",
+            format!("NVML found no GPU; the config needs {gpus_needed}"),
+            "check the NVIDIA driver with nvidia-smi",
+        )),
+        Ok(gpus) => checks.push(Check::ok(
+            "gpus",
+            if gpus.is_empty() {
+                "NVML present, no GPU".to_owned()
+            } else {
+                gpus.iter()
+                    .map(|g| format!("#{} {} ({} MiB)", g.index, g.model, g.memory_mb))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+        )),
+        Err(crate::inventory::NvmlAbsent::NoLibrary(e)) if gpus_needed > 0 => checks.push(Check::fail(
+            "gpus",
+            format!("no NVIDIA library or driver ({e}); the config needs {gpus_needed} GPU(s)"),
+            "install the NVIDIA driver on this host, or plan with --inventory for a remote host",
+        )),
+        Err(crate::inventory::NvmlAbsent::NoLibrary(_)) => {
+            checks.push(Check::ok("gpus", "no NVIDIA library: zero GPUs (none needed)"))
+        }
+        Err(crate::inventory::NvmlAbsent::Unusable(e)) => checks.push(Check::warn(
+            "gpus",
+            format!("NVML is present but failed: {e}"),
+            "check the NVIDIA driver with nvidia-smi",
+        )),
+    }
+
+    if let Some(l) = &loaded {
+        for (name, dir) in [
+            ("data_dir", &l.desired.settings.data_dir),
+            ("log_dir", &l.desired.settings.log_dir),
+        ] {
+            match writable(dir) {
+                Ok(d) => checks.push(Check::ok(name, format!("{d}: writable"))),
+                Err(e) => checks.push(Check::fail(
+                    name,
+                    format!("not writable: {e}"),
+                    format!(
+                        "create it with the right owner, or set `infrastructure.storage.{name}`"
+                    ),
+                )),
+            }
+        }
+    }
+    checks
+}
+
+fn runtime_info() -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            crate::backends::docker::engine_info(),
+        )
+        .await
+        .map_err(|_| "the Docker engine did not answer within 5 s".to_owned())?
+        .map_err(|e| e.to_string())
+    })
+}
+
+pub fn doctor(ctx: &Context, _args: &DoctorArgs) -> Result<u8, Failure> {
+    let checks = run_checks(ctx);
+    let failed = checks
+        .iter()
+        .filter(|c| c.verdict == Verdict::Failed)
+        .count();
+    if ctx.global.format == Format::Json {
+        let doc = serde_json::json!({
+            "format_version": 1,
+            "healthy": failed == 0,
+            "checks": checks,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
+    } else {
+        for c in &checks {
+            let mark = match c.verdict {
+                Verdict::Ok => "ok  ",
+                Verdict::Warning => "warn",
+                Verdict::Failed => "FAIL",
+            };
+            println!("{mark} {:<9} {}", c.check, c.detail);
+            if let Some(h) = &c.help {
+                println!("               help: {h}");
+            }
+        }
+        println!(
+            "\n{}",
+            if failed == 0 {
+                "No problem found.".to_owned()
+            } else {
+                format!("{failed} check(s) failed.")
+            }
+        );
+    }
+    Ok(if failed == 0 { exit::OK } else { exit::ERROR })
 }

@@ -2,5 +2,6 @@
 //! promtool, man page and completions.
 
 mod cli;
+mod doctor;
 mod metrics;
 mod support;
