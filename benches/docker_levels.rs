@@ -156,7 +156,17 @@ fn floor(run: usize, network: bool) -> Duration {
     let took = start.elapsed();
     remove_project(&label);
     if network {
-        sh(&["docker", "network", "rm", &label]);
+        // The endpoints of removed containers go away asynchronously.
+        for _ in 0..50 {
+            let ok = Command::new("docker")
+                .args(["network", "rm", &label])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     took
 }
