@@ -156,7 +156,17 @@ fn floor(run: usize, network: bool) -> Duration {
     let took = start.elapsed();
     remove_project(&label);
     if network {
-        sh(&["docker", "network", "rm", &label]);
+        // The endpoints of removed containers go away asynchronously.
+        for _ in 0..50 {
+            let ok = Command::new("docker")
+                .args(["network", "rm", &label])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     took
 }
@@ -243,7 +253,7 @@ fn deploy_code_apply(dir: &Path, run: usize) -> Duration {
     for level in 0..LEVELS {
         for i in 0..PER_LEVEL {
             y.push_str(&format!(
-                "  l{level}-s{i}:\n    image: {IMAGE}\n    args: [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n    ports:\n      - container_port: 8080\n    health_check:\n      endpoint: /health\n      interval_seconds: 1\n      timeout_seconds: 1\n      retries: 3\n"
+                "  l{level}-s{i}:\n    image: {IMAGE}\n    args: [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n    resources:\n      cpu_cores: 0.05\n      memory_mb: 16\n    ports:\n      - container_port: 8080\n    health_check:\n      endpoint: /health\n      interval_seconds: 1\n      timeout_seconds: 1\n      retries: 3\n"
             ));
             if level > 0 {
                 let deps: Vec<String> = (0..PER_LEVEL)

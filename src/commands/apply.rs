@@ -478,7 +478,7 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
         refresh: true,
         ..Default::default()
     };
-    plan_and_apply(
+    let code = plan_and_apply(
         ctx,
         &scope,
         plan_options(&scope, true),
@@ -486,7 +486,22 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
         true,
         false,
         "destroy these services",
-    )
+    )?;
+    // The project's container networks go with the last container.
+    if code == 0
+        && args.targets.is_empty()
+        && let Ok(loaded) = load_config(ctx)
+        && let Ok(rt) = runtime()
+    {
+        let project = &loaded.desired.settings.project;
+        let _ = rt.block_on(
+            crate::backends::docker::DockerBackend::lazy().remove_network_if_empty(project),
+        );
+        let _ = rt.block_on(
+            crate::backends::swarm::SwarmBackend::lazy().remove_network_if_empty(project),
+        );
+    }
+    Ok(code)
 }
 
 /// Re-applies the configuration of an earlier successful revision, as a normal

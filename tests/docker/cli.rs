@@ -152,6 +152,14 @@ async fn apply_drift_rollback_and_destroy_with_containers() {
     let (code, out, err) = d.run(&["destroy", "--auto-approve"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(d.containers().is_empty());
+    let net = Command::new("docker")
+        .args(["network", "inspect", &format!("{}-net", d.project)])
+        .output()
+        .unwrap();
+    assert!(
+        !net.status.success(),
+        "destroy removed the empty project network"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
