@@ -2,6 +2,8 @@
 //! promtool, man page and completions.
 
 mod cli;
+mod docs;
 mod doctor;
 mod metrics;
+mod recipes;
 mod support;
