@@ -552,6 +552,22 @@ impl Exec<'_> {
             service: change.service.clone(),
             action: change.action,
         });
+        // A saved plan carries secrets as digests only: give the new spec the
+        // plaintext this run rendered (the binding guarantees the same digests).
+        let resolved;
+        let change = match &change.after {
+            Some(after) if after.has_sensitive() => match self.with_plaintext(after) {
+                Ok(spec) => {
+                    resolved = Change {
+                        after: Some(spec),
+                        ..change.clone()
+                    };
+                    &resolved
+                }
+                Err(e) => return Err(self.fail(&change.service, change.action, e)),
+            },
+            _ => change,
+        };
         let res = match change.action {
             Action::NoOp => Ok(()),
             Action::Create => match &change.after {

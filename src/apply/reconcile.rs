@@ -29,11 +29,14 @@ pub struct Reconciled {
     pub detail: String,
 }
 
-/// Instances marked as this project's that the state does not name.
+/// Instances marked as this project's that the state does not name. With
+/// `lineage`, only those a run of that state started: two states that share a
+/// project name never touch each other's instances.
 pub async fn unknown_instances(
     backends: &Registry,
     project: &str,
     state: &std::collections::BTreeMap<ServiceName, ServiceRecord>,
+    lineage: Option<&str>,
 ) -> Vec<Discovered> {
     let known: Vec<&Handle> = state.values().flat_map(|r| r.handles.iter()).collect();
     let mut out = Vec::new();
@@ -42,6 +45,7 @@ pub async fn unknown_instances(
             out.extend(
                 found
                     .into_iter()
+                    .filter(|d| lineage.is_none() || d.lineage.as_deref() == lineage)
                     .filter(|d| !known.iter().any(|k| same_instance(k, &d.handle))),
             );
         }
@@ -75,7 +79,11 @@ pub async fn reconcile(
             ),
         });
     }
-    let unknown = unknown_instances(backends, project, &snap.services).await;
+    // Only instances started by runs of this very state are adopted or stopped.
+    let unknown = match snap.lineage.as_deref() {
+        Some(lineage) => unknown_instances(backends, project, &snap.services, Some(lineage)).await,
+        None => Vec::new(),
+    };
     let mut records = snap.services.clone();
     for d in unknown {
         let Some(backend) = backends

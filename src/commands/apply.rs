@@ -109,6 +109,7 @@ fn make_plan(
             backends,
             &loaded.desired.settings.project,
             &snap.services,
+            None,
         ));
         obs.orphans = unknown.into_iter().map(|d| (d.service, d.handle)).collect();
         Some(obs)
@@ -478,8 +479,29 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
         refresh: true,
         ..Default::default()
     };
-    let code = plan_and_apply(
+    // Destroying needs only the state: a configuration that no longer loads (a
+    // secret that is gone, a file deleted) must not keep anything running.
+    let loaded = match load_config(ctx) {
+        Ok(l) => l,
+        Err(f) => {
+            tracing::warn!(
+                "the configuration does not load, destroying from the state alone with default settings:\n{:?}",
+                f.report
+            );
+            config::load_from_str(
+                "{}",
+                &ctx.global.config,
+                &LoadOptions {
+                    path: ctx.global.config.clone(),
+                    vars: Vec::new(),
+                    var_files: Vec::new(),
+                },
+            )?
+        }
+    };
+    let code = plan_and_apply_loaded(
         ctx,
+        loaded,
         &scope,
         plan_options(&scope, true),
         args.auto_approve,
@@ -657,6 +679,7 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
             &backends,
             &project,
             &snap.services,
+            None,
         ));
         for d in &unknown {
             println!(
@@ -677,6 +700,7 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
         &backends,
         &project,
         &snap.services,
+        None,
     ));
     if unknown.is_empty() && snap.open_intents.is_empty() {
         println!("Nothing to clean up.");

@@ -9,9 +9,9 @@ use assert_cmd::cargo::cargo_bin_cmd;
 
 use crate::support::free_port;
 
-fn config(port: u16, mode: &str) -> String {
+fn config(tag: &str, port: u16, mode: &str) -> String {
     format!(
-        r#"project: recipes-{pid}
+        r#"project: recipes-{pid}-{tag}
 services:
   web:
     command: python3
@@ -49,10 +49,11 @@ impl Drop for Teardown<'_> {
 
 #[test]
 fn pull_request_plan_then_release_apply_then_stale() {
+    const TAG: &str = "release";
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let port = free_port();
-    std::fs::write(d.join("deploy-code.yaml"), config(port, "blue")).unwrap();
+    std::fs::write(d.join("deploy-code.yaml"), config(TAG, port, "blue")).unwrap();
     std::fs::create_dir(d.join("deploy")).unwrap();
     std::fs::write(d.join("deploy/host.yaml"), INVENTORY).unwrap();
     let _teardown = Teardown(d);
@@ -106,7 +107,7 @@ fn pull_request_plan_then_release_apply_then_stale() {
     assert!(err.contains("E013"), "{err}");
 
     // What to do when it says stale: plan again, review, apply that plan.
-    std::fs::write(d.join("deploy-code.yaml"), config(port, "green")).unwrap();
+    std::fs::write(d.join("deploy-code.yaml"), config(TAG, port, "green")).unwrap();
     let out = run(d, &pr);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains("replace"));
@@ -173,4 +174,68 @@ mod reqwest {
                 .unwrap()
         })
     }
+}
+
+/// Tearing down must not depend on secrets the release job had: a destroy with
+/// a configuration that no longer renders still stops everything in the state.
+#[test]
+fn destroy_works_when_a_secret_is_gone() {
+    const TAG: &str = "teardown";
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    std::fs::write(d.join("deploy-code.yaml"), config(TAG, port, "blue")).unwrap();
+    let _teardown = Teardown(d);
+    let out = run(d, &["apply", "--auto-approve"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cargo_bin_cmd!("deploy-code")
+        .current_dir(d)
+        .env_remove("RECIPE_TOKEN")
+        .args(["destroy", "--auto-approve"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("destroying from the state alone"));
+    let out = run(d, &["state", "list", "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["services"].as_array().map(Vec::len), Some(0), "{doc}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+/// Regression: two state files whose configurations share a project name (two
+/// checkouts on one host) must never adopt or stop each other's processes.
+#[test]
+fn states_sharing_a_project_name_leave_each_other_alone() {
+    const TAG: &str = "shared";
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (pa, pb) = (free_port(), free_port());
+    std::fs::write(a.path().join("deploy-code.yaml"), config(TAG, pa, "blue")).unwrap();
+    std::fs::write(b.path().join("deploy-code.yaml"), config(TAG, pb, "blue")).unwrap();
+    let _ta = Teardown(a.path());
+    let _tb = Teardown(b.path());
+    for d in [a.path(), b.path()] {
+        let out = run(d, &["apply", "--auto-approve"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A's process is still there, and A plans no change.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", pa)).is_ok());
+    let out = run(a.path(), &["plan", "--detailed-exitcode"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
