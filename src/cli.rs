@@ -514,6 +514,15 @@ pub struct Context {
 }
 
 impl Context {
+    /// What loading the configuration takes from the global flags.
+    pub fn load_options(&self) -> crate::config::LoadOptions {
+        crate::config::LoadOptions {
+            path: self.global.config.clone(),
+            vars: self.global.vars.clone(),
+            var_files: self.global.var_files.clone(),
+        }
+    }
+
     pub fn from_global(global: GlobalArgs) -> Self {
         let no_color_env = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         let stdout_tty = std::io::stdout().is_terminal();

@@ -44,11 +44,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 }
 
 pub(crate) fn load_config(ctx: &Context) -> Result<LoadedConfig, Failure> {
-    Ok(config::load(&LoadOptions {
-        path: ctx.global.config.clone(),
-        vars: ctx.global.vars.clone(),
-        var_files: ctx.global.var_files.clone(),
-    })?)
+    Ok(config::load(&ctx.load_options())?)
 }
 
 pub(crate) fn state_path(ctx: &Context, loaded: Option<&LoadedConfig>) -> PathBuf {
@@ -576,11 +572,7 @@ pub fn rollback(ctx: &Context, args: &RollbackArgs) -> Result<u8, Failure> {
             }
         },
     };
-    let opts = LoadOptions {
-        path: ctx.global.config.clone(),
-        vars: ctx.global.vars.clone(),
-        var_files: ctx.global.var_files.clone(),
-    };
+    let opts = ctx.load_options();
     let mut old = config::load_from_str(&target.config_snapshot, &ctx.global.config, &opts)?;
     let mut missing = Vec::new();
     for (name, spec) in old.desired.services.iter_mut() {

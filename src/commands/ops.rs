@@ -6,12 +6,7 @@ use crate::error::{Failure, exit};
 /// The project name and state path for commands that read the state: from the
 /// config when it loads, else the defaults (`code`, beside the config path).
 pub(crate) fn project_and_state(ctx: &Context) -> (String, std::path::PathBuf) {
-    let loaded = crate::config::load(&crate::config::LoadOptions {
-        path: ctx.global.config.clone(),
-        vars: ctx.global.vars.clone(),
-        var_files: ctx.global.var_files.clone(),
-    })
-    .ok();
+    let loaded = crate::config::load(&ctx.load_options()).ok();
     let project = loaded
         .as_ref()
         .map(|l| l.desired.settings.project.clone())
@@ -120,11 +115,7 @@ fn writable(dir: &std::path::Path) -> Result<String, String> {
 fn run_checks(ctx: &Context) -> Vec<Check> {
     use crate::model::BackendKind;
     let mut checks = Vec::new();
-    let loaded = crate::config::load(&crate::config::LoadOptions {
-        path: ctx.global.config.clone(),
-        vars: ctx.global.vars.clone(),
-        var_files: ctx.global.var_files.clone(),
-    });
+    let loaded = crate::config::load(&ctx.load_options());
     let loaded = match loaded {
         Ok(l) => {
             checks.push(Check::ok(

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use crate::cli::*;
-use crate::config::{self, LoadOptions, LoadedConfig};
+use crate::config::{self, LoadedConfig};
 use crate::error::{Code, Failure, Plain, exit};
 use crate::inventory::{self, Inventory};
 use crate::model::SecretKey;
@@ -36,11 +36,7 @@ pub struct Prepared {
 /// when refresh is on, and plans. Never writes anything.
 pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Prepared, Failure> {
     let g = &ctx.global;
-    let opts = LoadOptions {
-        path: g.config.clone(),
-        vars: g.vars.clone(),
-        var_files: g.var_files.clone(),
-    };
+    let opts = ctx.load_options();
     let mut loaded = if destroy_all && !g.config.exists() {
         None
     } else {
@@ -198,13 +194,9 @@ pub fn inventory(ctx: &Context, _args: &InventoryArgs) -> Result<u8, Failure> {
     // The data directory decides which disk counts; without a usable
     // configuration it is the current directory's.
     let data_dir = if g.config.exists() {
-        config::load(&LoadOptions {
-            path: g.config.clone(),
-            vars: g.vars.clone(),
-            var_files: g.var_files.clone(),
-        })
-        .map(|l| l.desired.settings.data_dir)
-        .unwrap_or_else(|_| PathBuf::from("."))
+        config::load(&ctx.load_options())
+            .map(|l| l.desired.settings.data_dir)
+            .unwrap_or_else(|_| PathBuf::from("."))
     } else {
         PathBuf::from(".")
     };

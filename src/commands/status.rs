@@ -13,12 +13,7 @@ use crate::error::{Code, Failure, Plain, exit};
 use crate::state::{Handle, ServiceRecord, Snapshot};
 
 fn snapshot(ctx: &Context) -> Result<Snapshot, Failure> {
-    let loaded = crate::config::load(&crate::config::LoadOptions {
-        path: ctx.global.config.clone(),
-        vars: ctx.global.vars.clone(),
-        var_files: ctx.global.var_files.clone(),
-    })
-    .ok();
+    let loaded = crate::config::load(&ctx.load_options()).ok();
     Ok(crate::state::load_snapshot(&state_path(
         ctx,
         loaded.as_ref(),
