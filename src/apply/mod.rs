@@ -514,14 +514,11 @@ impl Exec<'_> {
             .map_err(|e| self.fail(&spec.name, action, e.to_string()))
     }
 
-    /// Stops the recorded instances of a service; the record stays (for a
-    /// replace) or goes (for a destroy).
-    async fn take_down(&self, change: &Change, remove: bool) -> StepResult {
+    /// Stops the instances the state recorded for this change's service (if
+    /// any) and remembers how to undo that; returns the record it stopped.
+    async fn stop_prior(&self, change: &Change) -> Result<Option<ServiceRecord>, FailureEvidence> {
         let Some(record) = self.prior.get(&change.service).cloned() else {
-            if remove {
-                let _ = self.with_store(|s| s.remove_service(&change.service));
-            }
-            return Ok(());
+            return Ok(None);
         };
         self.stop(&record.spec, &record.handles, "stop")
             .await
@@ -533,6 +530,18 @@ impl Exec<'_> {
         self.undo.lock().expect("undo").push(Undo::Stopped {
             record: Box::new(record.clone()),
         });
+        Ok(Some(record))
+    }
+
+    /// Stops the recorded instances of a service; the record stays (for a
+    /// replace) or goes (for a destroy).
+    async fn take_down(&self, change: &Change, remove: bool) -> StepResult {
+        let Some(record) = self.stop_prior(change).await? else {
+            if remove {
+                let _ = self.with_store(|s| s.remove_service(&change.service));
+            }
+            return Ok(());
+        };
         self.with_store(|s| {
             if remove {
                 s.remove_service(&change.service)
@@ -620,20 +629,7 @@ impl Exec<'_> {
             self.bring_up(after, &change.gpus, Action::Replace).await
         } else {
             self.bring_up(after, &change.gpus, Action::Replace).await?;
-            let Some(record) = self.prior.get(&change.service).cloned() else {
-                return Ok(());
-            };
-            self.stop(&record.spec, &record.handles, "stop")
-                .await
-                .map_err(|e| self.fail(&change.service, change.action, e))?;
-            self.alive_prior
-                .lock()
-                .expect("alive")
-                .remove(&change.service);
-            self.undo.lock().expect("undo").push(Undo::Stopped {
-                record: Box::new(record),
-            });
-            Ok(())
+            self.stop_prior(change).await.map(|_| ())
         }
     }
 

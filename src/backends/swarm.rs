@@ -72,6 +72,22 @@ impl PublishMode {
     }
 }
 
+/// The Swarm services labelled as `project`'s.
+async fn project_services(
+    docker: &Docker,
+    project: &str,
+) -> Result<Vec<bollard::models::Service>, bollard::errors::Error> {
+    let mut filters = HashMap::new();
+    filters.insert("label", vec![format!("{}={project}", marks::PROJECT)]);
+    docker
+        .list_services(Some(
+            ListServicesOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+}
+
 /// The Swarm service of one service: `<project>_<service>`.
 pub fn service_name(project: &str, service: &str) -> String {
     format!("{project}_{service}")
@@ -419,18 +435,12 @@ impl SwarmBackend {
     /// Removes the project's overlay network when no service uses it.
     pub async fn remove_network_if_empty(&self, project: &str) -> Result<bool, BackendError> {
         let docker = self.api().await?;
-        let mut filters = HashMap::new();
-        filters.insert("label", vec![format!("{}={project}", marks::PROJECT)]);
-        let services = docker
-            .list_services(Some(
-                ListServicesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| BackendError::Network {
-                message: message(&e),
-            })?;
+        let services =
+            project_services(docker, project)
+                .await
+                .map_err(|e| BackendError::Network {
+                    message: message(&e),
+                })?;
         if !services.is_empty() {
             return Ok(false);
         }
@@ -934,19 +944,13 @@ impl Backend for SwarmBackend {
 
     async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError> {
         let docker = self.api().await?;
-        let mut filters = HashMap::new();
-        filters.insert("label", vec![format!("{}={project}", marks::PROJECT)]);
-        let services = docker
-            .list_services(Some(
-                ListServicesOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await
-            .map_err(|e| BackendError::Unavailable {
-                what: "the Swarm manager".into(),
-                message: message(&e),
-            })?;
+        let services =
+            project_services(docker, project)
+                .await
+                .map_err(|e| BackendError::Unavailable {
+                    what: "the Swarm manager".into(),
+                    message: message(&e),
+                })?;
         let mut found = Vec::new();
         for s in services {
             let spec = s.spec.unwrap_or_default();

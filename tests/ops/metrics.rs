@@ -9,6 +9,26 @@ use deploy_code::state::{Deployment, Outcome, Snapshot};
 
 use crate::support::{Guard, free_port, have, wait_for_port};
 
+/// A real Pushgateway on a free loopback port, persisting into `dir`; it is
+/// killed (by its pid) when the guard drops.
+fn pushgateway(dir: &std::path::Path) -> (Guard, u16) {
+    let port = free_port();
+    let gw = Guard(
+        Command::new("prometheus-pushgateway")
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!(
+                "--persistence.file={}",
+                dir.join("p.data").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(port, Duration::from_secs(20));
+    (gw, port)
+}
+
 fn deployment(revision: u64, outcome: Outcome, timings: Option<Timings>) -> Deployment {
     Deployment {
         revision,
@@ -81,21 +101,8 @@ fn metrics_reach_a_real_pushgateway() {
     if !have("prometheus-pushgateway") {
         return;
     }
-    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let _gw = Guard(
-        Command::new("prometheus-pushgateway")
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg(format!(
-                "--persistence.file={}",
-                dir.path().join("p.data").display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(port, Duration::from_secs(20));
+    let (_gw, port) = pushgateway(dir.path());
     let settings = MonitoringSettings {
         enabled: true,
         pushgateway: Some(format!("http://127.0.0.1:{port}")),
@@ -145,22 +152,9 @@ fn apply_and_destroy_publish_metrics() {
     if !have("prometheus-pushgateway") {
         return;
     }
-    let gw_port = free_port();
     let svc_port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let _gw = Guard(
-        Command::new("prometheus-pushgateway")
-            .arg(format!("--web.listen-address=127.0.0.1:{gw_port}"))
-            .arg(format!(
-                "--persistence.file={}",
-                dir.path().join("p.data").display()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(gw_port, Duration::from_secs(20));
+    let (_gw, gw_port) = pushgateway(dir.path());
     let textfiles = dir.path().join("textfiles");
     std::fs::create_dir(&textfiles).unwrap();
     let project = format!("metrics-{}", std::process::id());
