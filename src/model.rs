@@ -507,6 +507,10 @@ impl Default for DeploymentSettings {
 pub struct NetworkSettings {
     /// Bridge, Host or Overlay.
     pub mode: String,
+    /// An existing network that containers join instead of the project
+    /// network; never created or removed by deploy-code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr: Option<String>,
     #[serde(default)]
@@ -519,10 +523,18 @@ impl Default for NetworkSettings {
     fn default() -> Self {
         Self {
             mode: "Bridge".into(),
+            name: None,
             cidr: None,
             dns_servers: Vec::new(),
             port_range: (30000, 40000),
         }
+    }
+}
+
+impl NetworkSettings {
+    /// Containers share the host's network stack (`mode: Host`).
+    pub fn is_host(&self) -> bool {
+        self.mode == "Host"
     }
 }
 

@@ -58,6 +58,46 @@ pub fn network_name(project: &str) -> String {
     format!("{project}-net")
 }
 
+/// Where a container's network comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// The project network, created when missing and removed when empty.
+    Project(String),
+    /// An existing network named in the config, joined as it is.
+    Existing(String),
+    /// The host's network stack: no namespace, no published ports.
+    Host,
+}
+
+impl Attachment {
+    pub fn of(ctx: &StartContext) -> Self {
+        if ctx.network.is_host() {
+            Attachment::Host
+        } else if let Some(name) = &ctx.network.name {
+            Attachment::Existing(name.clone())
+        } else {
+            Attachment::Project(network_name(&ctx.project))
+        }
+    }
+
+    /// The `network_mode` of the container.
+    fn mode(&self) -> &str {
+        match self {
+            Attachment::Project(n) | Attachment::Existing(n) => n,
+            Attachment::Host => "host",
+        }
+    }
+
+    /// Docker's default `bridge` knows no aliases (no name resolution).
+    fn takes_aliases(&self) -> bool {
+        match self {
+            Attachment::Project(_) => true,
+            Attachment::Existing(n) => n != "bridge",
+            Attachment::Host => false,
+        }
+    }
+}
+
 /// Connects to the local engine (`DOCKER_HOST` or the default socket) and
 /// agrees on an API version both sides speak.
 pub async fn connect() -> Result<Docker, BackendError> {
@@ -282,7 +322,12 @@ pub fn container_body(
                 host_port: Some(host.to_string()),
             });
     }
-    let network = network_name(&ctx.project);
+    let attachment = Attachment::of(ctx);
+    let host_net = attachment == Attachment::Host;
+    if host_net {
+        // The container's ports are bound on the host directly.
+        bindings.clear();
+    }
     let mounts = mounts(spec, &ctx.project);
     let host_config = HostConfig {
         nano_cpus: (spec.resources.cpu_cores > 0.0)
@@ -293,18 +338,23 @@ pub fn container_body(
         mounts: (!mounts.is_empty()).then_some(mounts),
         restart_policy: Some(restart_policy(spec.restart)),
         device_requests: device_requests(&ctx.gpus),
-        network_mode: Some(network.clone()),
-        dns: (!ctx.network.dns_servers.is_empty()).then(|| ctx.network.dns_servers.clone()),
+        network_mode: Some(attachment.mode().to_owned()),
+        dns: (!host_net && !ctx.network.dns_servers.is_empty())
+            .then(|| ctx.network.dns_servers.clone()),
         ..Default::default()
     };
     let mut endpoints = HashMap::new();
-    endpoints.insert(
-        network,
-        EndpointSettings {
-            aliases: Some(vec![spec.name.to_string()]),
-            ..Default::default()
-        },
-    );
+    if !host_net {
+        endpoints.insert(
+            attachment.mode().to_owned(),
+            EndpointSettings {
+                aliases: attachment
+                    .takes_aliases()
+                    .then(|| vec![spec.name.to_string()]),
+                ..Default::default()
+            },
+        );
+    }
     Ok(ContainerCreateBody {
         image: Some(image),
         env: Some(env_list(spec)?),
@@ -312,9 +362,10 @@ pub fn container_body(
         cmd,
         working_dir: spec.working_dir.clone(),
         labels: Some(labels(spec, ctx, Some(replica))),
-        exposed_ports: (!spec.ports.is_empty()).then(|| spec.ports.iter().map(port_key).collect()),
+        exposed_ports: (!host_net && !spec.ports.is_empty())
+            .then(|| spec.ports.iter().map(port_key).collect()),
         host_config: Some(host_config),
-        networking_config: Some(NetworkingConfig {
+        networking_config: (!host_net).then_some(NetworkingConfig {
             endpoints_config: Some(endpoints),
         }),
         stop_timeout: None,
@@ -443,14 +494,37 @@ impl DockerBackend {
         self.engine.get().await
     }
 
-    /// Creates the project's bridge network (with the configured CIDR) when it
-    /// does not exist; returns its name.
+    /// Makes the network the containers join ready: the project's bridge
+    /// network (with the configured CIDR) is created when it does not exist;
+    /// an existing network named in the config must exist; the host network
+    /// needs nothing. Returns the network mode containers get.
     pub async fn ensure_network(&self, ctx: &StartContext) -> Result<String, BackendError> {
+        let name = match Attachment::of(ctx) {
+            Attachment::Host => return Ok("host".into()),
+            Attachment::Existing(name) => {
+                let docker = self.api().await?;
+                return match docker
+                    .inspect_network(&name, None::<InspectNetworkOptions>)
+                    .await
+                {
+                    Ok(_) => Ok(name),
+                    Err(e) if is_not_found(&e) => Err(BackendError::Network {
+                        message: format!(
+                            "the network `{name}` (`infrastructure.network.name`) does not exist; \
+                             create it (`docker network create {name}`) or remove `name` to use the project network"
+                        ),
+                    }),
+                    Err(e) => Err(BackendError::Network {
+                        message: message(&e),
+                    }),
+                };
+            }
+            Attachment::Project(name) => name,
+        };
         let docker = self.api().await?;
         // The engine does not refuse a second network of the same name, so
         // concurrent starts of one project must not race to create it.
         let _serial = NETWORK_LOCK.lock().await;
-        let name = network_name(&ctx.project);
         match docker
             .inspect_network(&name, None::<InspectNetworkOptions>)
             .await
@@ -628,6 +702,7 @@ impl DockerBackend {
             for p in &spec.ports {
                 let port = match p.host_port {
                     Some(h) => h,
+                    None if ctx.network.is_host() => p.container_port,
                     None => {
                         let port = free_port(ctx.network.port_range, p.protocol, &taken)
                             .ok_or_else(|| BackendError::Network {
@@ -883,7 +958,7 @@ impl Backend for DockerBackend {
                 self.ensure_image(image).await?;
                 self.prepared.remember(image_key);
             }
-            let net_key = format!("net:{}", ctx.project);
+            let net_key = format!("net:{}:{:?}", ctx.project, Attachment::of(ctx));
             if !self.prepared.known(&net_key) {
                 self.ensure_network(ctx).await?;
                 self.prepared.remember(net_key);
@@ -1363,6 +1438,46 @@ mod tests {
             Some(RestartPolicyNameEnum::ON_FAILURE)
         );
         assert_eq!(hc.device_requests, None);
+    }
+
+    #[test]
+    fn the_network_follows_the_settings() {
+        let aliases = |b: &ContainerCreateBody, net: &str| {
+            b.networking_config
+                .as_ref()
+                .unwrap()
+                .endpoints_config
+                .as_ref()
+                .unwrap()[net]
+                .aliases
+                .clone()
+        };
+        // An existing user-defined network: joined, with the service's alias.
+        let mut c = ctx(vec![]);
+        c.network.name = Some("edge".into());
+        let b = container_body(&spec(), &c, 0, &[31000]).unwrap();
+        let hc = b.host_config.as_ref().unwrap();
+        assert_eq!(hc.network_mode.as_deref(), Some("edge"));
+        assert_eq!(aliases(&b, "edge"), Some(vec!["api".to_owned()]));
+        assert_eq!(Attachment::of(&c), Attachment::Existing("edge".into()));
+        // Docker's default bridge takes no aliases.
+        c.network.name = Some("bridge".into());
+        let b = container_body(&spec(), &c, 0, &[31000]).unwrap();
+        assert_eq!(aliases(&b, "bridge"), None);
+        assert!(b.host_config.unwrap().port_bindings.is_some());
+        // The host network: nothing published, no endpoint, no DNS override.
+        let mut c = ctx(vec![]);
+        c.network.mode = "Host".into();
+        c.network.dns_servers = vec!["1.1.1.1".into()];
+        let mut s = spec();
+        s.ports[0].host_port = Some(8080);
+        let b = container_body(&s, &c, 0, &[8080]).unwrap();
+        let hc = b.host_config.as_ref().unwrap();
+        assert_eq!(hc.network_mode.as_deref(), Some("host"));
+        assert!(hc.port_bindings.is_none());
+        assert!(hc.dns.is_none());
+        assert!(b.exposed_ports.is_none());
+        assert!(b.networking_config.is_none());
     }
 
     #[test]

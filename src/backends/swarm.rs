@@ -98,6 +98,15 @@ pub fn overlay_name(project: &str) -> String {
     format!("{project}_net")
 }
 
+/// The overlay network the services join: the one named by
+/// `infrastructure.network.name`, else the project's.
+fn joined_network(ctx: &StartContext) -> String {
+    ctx.network
+        .name
+        .clone()
+        .unwrap_or_else(|| overlay_name(&ctx.project))
+}
+
 /// The Swarm service spec for `spec`; `published` gives the host port of every
 /// entry of `spec.ports`.
 pub fn service_spec(
@@ -192,7 +201,7 @@ pub fn service_spec(
                 window: None,
             }),
             networks: Some(vec![NetworkAttachmentConfig {
-                target: Some(overlay_name(&ctx.project)),
+                target: Some(joined_network(ctx)),
                 aliases: Some(vec![spec.name.to_string()]),
                 driver_opts: None,
             }]),
@@ -394,12 +403,21 @@ impl SwarmBackend {
     async fn ensure_overlay(&self, ctx: &StartContext) -> Result<(), BackendError> {
         let docker = self.api().await?;
         let _serial = dockerb::NETWORK_LOCK.lock().await;
-        let name = overlay_name(&ctx.project);
+        let name = joined_network(ctx);
         match docker
             .inspect_network(&name, None::<InspectNetworkOptions>)
             .await
         {
             Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) && ctx.network.name.is_some() => {
+                return Err(BackendError::Network {
+                    message: format!(
+                        "the network `{name}` (`infrastructure.network.name`) does not exist; \
+                         create it (`docker network create --driver overlay --attachable {name}`) \
+                         or remove `name` to use the project network"
+                    ),
+                });
+            }
             Err(e) if is_not_found(&e) => {}
             Err(e) => {
                 return Err(BackendError::Network {

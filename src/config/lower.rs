@@ -284,11 +284,14 @@ impl Lowering<'_> {
             deps.dedup();
 
             if is_enabled {
-                let is_process = def.image.is_none() && def.container_image.is_none();
+                // A process's port, and a container's on the host network, is
+                // its host port.
+                let own_port = (def.image.is_none() && def.container_image.is_none())
+                    || settings.network.is_host();
                 for (i, port) in def.ports.iter().flatten().enumerate() {
                     let host = match port.host_port {
                         Some(h) => h,
-                        None if is_process => port.container_port,
+                        None if own_port => port.container_port,
                         None => continue,
                     };
                     let protocol = match port.protocol {
@@ -429,12 +432,79 @@ impl Lowering<'_> {
                 .help("make `start` lower than or equal to `end`"),
             );
         }
+        let net_at = |key: &str| {
+            span_of(self.root, &["infrastructure", "network", key])
+                .or_else(|| span_of(self.root, &["infrastructure", "network"]))
+                .unwrap_or(0..0)
+        };
+        let swarm = orchestrator == Some(schema::Orchestrator::Swarm);
+        match n.mode {
+            Some(schema::NetworkMode::Overlay) if !swarm => out.push(
+                unsupported(
+                    "infrastructure.network.mode",
+                    "Overlay",
+                    "an overlay network needs `orchestrator: Swarm`; on one host use `Bridge` or `Host`",
+                )
+                .label(net_at("mode"), "needs Swarm"),
+            ),
+            Some(schema::NetworkMode::Host) if swarm => out.push(
+                unsupported(
+                    "infrastructure.network.mode",
+                    "Host",
+                    "Swarm services run on the project's overlay network; leave `mode` out or write `Overlay`",
+                )
+                .label(net_at("mode"), "not with Swarm"),
+            ),
+            Some(schema::NetworkMode::Host) => {
+                for key in ["name", "cidr", "dns_servers"] {
+                    let given = match key {
+                        "name" => n.name.is_some(),
+                        "cidr" => n.cidr.is_some(),
+                        _ => n.dns_servers.as_ref().is_some_and(|d| !d.is_empty()),
+                    };
+                    if given {
+                        out.push(
+                            Problem::new(
+                                Kind::InvalidValue,
+                                format!("`infrastructure.network.{key}` has no meaning with `mode: Host`"),
+                            )
+                            .label(net_at(key), "not with Host")
+                            .help("containers on the host network use the host's own interfaces and resolver; remove the key, or use `mode: Bridge`"),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+        if let (Some(name), Some(_)) = (&n.name, &n.cidr) {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    format!("`infrastructure.network.cidr` cannot be set for the existing network `{name}`"),
+                )
+                .label(net_at("cidr"), "only for the project network")
+                .help("`cidr` is the subnet of the project network deploy-code creates; an existing network keeps its own. Remove one of `name` and `cidr`"),
+            );
+        }
+        if let Some(name) = &n.name
+            && (name.is_empty() || matches!(name.as_str(), "host" | "none"))
+        {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    format!("`{name}` cannot be used as `infrastructure.network.name`"),
+                )
+                .label(net_at("name"), "not a network to join")
+                .help("for the host's network write `mode: Host`; otherwise name an existing bridge (or, with Swarm, overlay) network"),
+            );
+        }
         let network = NetworkSettings {
             mode: match n.mode {
                 Some(schema::NetworkMode::Host) => "Host".into(),
                 Some(schema::NetworkMode::Overlay) => "Overlay".into(),
                 _ => "Bridge".into(),
             },
+            name: n.name.clone(),
             cidr: n.cidr.clone(),
             dns_servers: n.dns_servers.clone().unwrap_or_default(),
             port_range,
@@ -569,13 +639,39 @@ impl Lowering<'_> {
             gpu_memory_mb: r.gpu_memory_mb.map(|v| v.max(0) as u64),
         };
 
+        // A process's port, and a container's on the host network, is its
+        // host port.
+        let own_port = backend == BackendKind::Process
+            || (backend == BackendKind::Docker && settings.network.is_host());
+        if backend == BackendKind::Docker && settings.network.is_host() {
+            for (i, p) in def.ports.iter().flatten().enumerate() {
+                if let Some(h) = p.host_port.filter(|h| *h != p.container_port) {
+                    let span = node
+                        .get("ports")
+                        .and_then(|n| match &n.value {
+                            Value::Seq(items) => items.get(i),
+                            _ => None,
+                        })
+                        .and_then(|n| n.get("host_port"))
+                        .map(|n| n.span.clone());
+                    out.push(invalid(
+                        format!(
+                            "`{sname}` asks for host port {h} for container port {}, but on the host network a container's port is its host port",
+                            p.container_port
+                        ),
+                        span,
+                        "remove `host_port`, or make it equal to `container_port`, or use `network.mode: Bridge` to publish the port elsewhere",
+                    ));
+                }
+            }
+        }
         let ports: Vec<PortSpec> = def
             .ports
             .iter()
             .flatten()
             .map(|p| PortSpec {
                 container_port: p.container_port,
-                host_port: p.host_port.or(if backend == BackendKind::Process {
+                host_port: p.host_port.or(if own_port {
                     Some(p.container_port)
                 } else {
                     None

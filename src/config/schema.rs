@@ -94,6 +94,12 @@ pub enum NetworkMode {
 pub struct Network {
     /// Bridge, Host or Overlay. Default Bridge.
     pub mode: Option<NetworkMode>,
+    /// An existing network to join instead of the project network that
+    /// deploy-code creates (and removes when empty): e.g. one shared with a
+    /// reverse proxy, or `bridge`, Docker's default network (no name
+    /// resolution between containers, quicker starts). Never created or
+    /// removed by deploy-code.
+    pub name: Option<String>,
     /// Subnet for the project network, e.g. `172.20.0.0/16`.
     pub cidr: Option<String>,
     pub dns_servers: Option<Vec<String>>,

@@ -168,3 +168,71 @@ fn a_directory_is_unreadable_not_missing() {
     .unwrap_err();
     assert_eq!(err.codes(), vec!["E001::unreadable"]);
 }
+
+#[test]
+fn a_host_network_container_cannot_move_its_port() {
+    insta::assert_snapshot!(snap(
+        "infrastructure:\n  container_runtime: Docker\n  network:\n    mode: Host\nservices:\n  web:\n    image: nginx:1\n    ports:\n      - container_port: 80\n        host_port: 8080\n"
+    ));
+}
+
+#[test]
+fn network_keys_that_contradict_each_other() {
+    let cases = [
+        // Overlay needs Swarm.
+        (
+            "container_runtime: Docker\n  network:\n    mode: Overlay\n",
+            "`infrastructure.network.mode: Overlay` is not supported",
+        ),
+        // Swarm services live on the overlay network.
+        (
+            "orchestrator: Swarm\n  network:\n    mode: Host\n",
+            "`infrastructure.network.mode: Host` is not supported",
+        ),
+        // The host network has no subnet, name or resolver of its own.
+        (
+            "container_runtime: Docker\n  network:\n    mode: Host\n    cidr: 10.9.0.0/24\n",
+            "`infrastructure.network.cidr` has no meaning with `mode: Host`",
+        ),
+        (
+            "container_runtime: Docker\n  network:\n    mode: Host\n    name: shared\n",
+            "`infrastructure.network.name` has no meaning with `mode: Host`",
+        ),
+        (
+            "container_runtime: Docker\n  network:\n    mode: Host\n    dns_servers: [1.1.1.1]\n",
+            "`infrastructure.network.dns_servers` has no meaning with `mode: Host`",
+        ),
+        // An existing network keeps its own subnet.
+        (
+            "container_runtime: Docker\n  network:\n    name: shared\n    cidr: 10.9.0.0/24\n",
+            "cannot be set for the existing network `shared`",
+        ),
+        (
+            "container_runtime: Docker\n  network:\n    name: host\n",
+            "`host` cannot be used as `infrastructure.network.name`",
+        ),
+    ];
+    for (infra, want) in cases {
+        let text = format!("infrastructure:\n  {infra}services:\n  web:\n    image: nginx:1\n");
+        let out = snap(&text);
+        assert!(out.contains(want), "{want}\nnot in\n{out}");
+        assert!(out.contains("E002::invalid_value"), "{out}");
+    }
+    // Two containers on the host network cannot both take port 80.
+    let text = "infrastructure:\n  container_runtime: Docker\n  network:\n    mode: Host\nservices:\n  a:\n    image: nginx:1\n    ports: [{container_port: 80}]\n  b:\n    image: nginx:1\n    ports: [{container_port: 80}]\n";
+    assert!(codes(text).iter().any(|c| c == "S004::port_conflict"));
+    // The same on bridge networks is fine: the host ports are allocated.
+    let text = text.replace("    mode: Host\n", "    name: shared\n");
+    let loaded = load(&text).expect("valid");
+    assert_eq!(
+        loaded.desired.settings.network.name.as_deref(),
+        Some("shared")
+    );
+    assert!(
+        loaded
+            .desired
+            .services
+            .values()
+            .all(|s| s.ports[0].host_port.is_none())
+    );
+}

@@ -27,8 +27,14 @@ impl Deployment {
     /// a -> b -> c, busybox httpd on 8080 with host ports allocated; `c_script`
     /// replaces c's command when given.
     fn write(&self, version: &str, c_script: Option<&str>) {
+        self.write_on("", version, c_script);
+    }
+
+    /// [`Self::write`] with more keys for `infrastructure.network` (indented
+    /// by four spaces, each line ending in a newline).
+    fn write_on(&self, network: &str, version: &str, c_script: Option<&str>) {
         let mut s = format!(
-            "version: \"1.0.0\"\nproject: {}\nenvironment: test\ninfrastructure:\n  container_runtime: Docker\n  network:\n    port_range:\n      start: 42000\n      end: 48999\ndeployment:\n  max_parallel: 4\n  timeout_seconds: 60\n  stop_grace_seconds: 1\n  rollback_timeout_seconds: 60\nservices:\n",
+            "version: \"1.0.0\"\nproject: {}\nenvironment: test\ninfrastructure:\n  container_runtime: Docker\n  network:\n{network}    port_range:\n      start: 42000\n      end: 48999\ndeployment:\n  max_parallel: 4\n  timeout_seconds: 60\n  stop_grace_seconds: 1\n  rollback_timeout_seconds: 60\nservices:\n",
             self.project
         );
         for (i, n) in ["a", "b", "c"].iter().enumerate() {
@@ -160,6 +166,128 @@ async fn apply_drift_rollback_and_destroy_with_containers() {
         !net.status.success(),
         "destroy removed the empty project network"
     );
+}
+
+/// The networks a container is attached to, by name.
+fn networks_of(id: &str) -> String {
+    let out = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+            id,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn network_exists(name: &str) -> bool {
+    Command::new("docker")
+        .args(["network", "inspect", name])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_named_network_is_joined_and_kept() {
+    let Some(_b) = engine("a_named_network_is_joined_and_kept").await else {
+        return;
+    };
+    let d = Deployment::new("named-net");
+    let _guard = Cleanup::new(&d.project);
+    let shared = format!("{}-shared", d.project);
+
+    // Missing: the apply fails before anything starts, and says what to do.
+    d.write_on(&format!("    name: {shared}\n"), "v1", None);
+    let (code, out, err) = d.run(&["apply", "--auto-approve"]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains(&format!("the network `{shared}`")),
+        "{out}\n{err}"
+    );
+    assert!(d.containers().is_empty(), "nothing left behind");
+
+    // Present (labelled with the test's project only for the cleanup guard).
+    let created = Command::new("docker")
+        .args(["network", "create", "--label"])
+        .arg(format!("io.deploy-code.project={}", d.project))
+        .arg(&shared)
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    // c's gate reaches a by its service name over the shared network.
+    let cfg = std::fs::read_to_string(d.config()).unwrap();
+    let (head, tail) = cfg.split_at(cfg.find("  c:\n").unwrap());
+    let tail = tail.replace(
+        "      endpoint: /health\n",
+        "      command: [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://a:8080/health\"]\n",
+    );
+    std::fs::write(d.config(), format!("{head}{tail}")).unwrap();
+    let (code, out, err) = d.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let running = d.containers();
+    assert_eq!(running.len(), 3, "{running:?}");
+    for (service, id, _) in &running {
+        assert_eq!(networks_of(id), shared, "{service}");
+    }
+    assert!(
+        !network_exists(&format!("{}-net", d.project)),
+        "no project network was created"
+    );
+
+    let (code, out, err) = d.run(&["destroy", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(d.containers().is_empty());
+    assert!(network_exists(&shared), "a named network is never removed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_default_bridge_and_the_host_network() {
+    let Some(_b) = engine("docker_default_bridge_and_the_host_network").await else {
+        return;
+    };
+    // Docker's default bridge: ports published, HTTP gates, no aliases.
+    let d = Deployment::new("bridge-net");
+    let _guard = Cleanup::new(&d.project);
+    d.write_on("    name: bridge\n", "v1", None);
+    let (code, out, err) = d.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let running = d.containers();
+    assert_eq!(running.len(), 3, "{running:?}");
+    assert!(running.iter().all(|(_, id, _)| networks_of(id) == "bridge"));
+    let (code, out, err) = d.run(&["destroy", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(d.containers().is_empty());
+
+    // The host network: the container's own port is the host port.
+    let h = Deployment::new("host-net");
+    let _guard = Cleanup::new(&h.project);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        h.config(),
+        format!(
+            "version: \"1.0.0\"\nproject: {}\nenvironment: test\ninfrastructure:\n  container_runtime: Docker\n  network:\n    mode: Host\ndeployment:\n  timeout_seconds: 60\n  stop_grace_seconds: 1\nservices:\n  web:\n    image: {IMAGE}\n    args: [\"httpd\", \"-f\", \"-p\", \"127.0.0.1:{port}\", \"-h\", \"/www\"]\n    ports:\n      - container_port: {port}\n    health_check:\n      endpoint: /health\n      interval_seconds: 1\n      timeout_seconds: 1\n      retries: 2\n",
+            h.project
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = h.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let running = h.containers();
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(networks_of(&running[0].1), "host");
+    assert_eq!(http_status("127.0.0.1", port, "/health"), Some(200));
+    let (code, out, err) = h.run(&["destroy", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(h.containers().is_empty());
+    assert_eq!(http_status("127.0.0.1", port, "/health"), None);
 }
 
 #[tokio::test(flavor = "multi_thread")]
