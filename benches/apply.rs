@@ -68,6 +68,7 @@ fn service(name: &str, port: u16, delay_ms: u64, deps: Vec<ServiceName>, www: &s
         volumes: Vec::new(),
         restart: RestartPolicy::No,
         labels: BTreeMap::new(),
+        network: None,
     }
 }
 

@@ -199,6 +199,7 @@ fn spec(name: &str) -> ServiceSpec {
         volumes: vec![],
         restart: RestartPolicy::No,
         labels: BTreeMap::new(),
+        network: None,
     }
 }
 

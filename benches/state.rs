@@ -48,6 +48,7 @@ fn record(i: usize, key: &SecretKey) -> ServiceRecord {
         volumes: Vec::new(),
         restart: RestartPolicy::OnFailure,
         labels: BTreeMap::new(),
+        network: None,
     };
     ServiceRecord {
         name,

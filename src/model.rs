@@ -420,6 +420,12 @@ pub struct ServiceSpec {
     pub restart: RestartPolicy,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// For a container, the network it joins when that is not the project
+    /// network: an existing network's name, or `host` for the host's network
+    /// stack. Part of the spec, so that moving a service to another network
+    /// replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 impl ServiceSpec {

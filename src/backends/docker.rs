@@ -70,13 +70,13 @@ pub enum Attachment {
 }
 
 impl Attachment {
-    pub fn of(ctx: &StartContext) -> Self {
-        if ctx.network.is_host() {
-            Attachment::Host
-        } else if let Some(name) = &ctx.network.name {
-            Attachment::Existing(name.clone())
-        } else {
-            Attachment::Project(network_name(&ctx.project))
+    /// The network `spec` names (see [`ServiceSpec::network`]), else the
+    /// project's.
+    pub fn of(spec: &ServiceSpec, ctx: &StartContext) -> Self {
+        match spec.network.as_deref() {
+            Some("host") => Attachment::Host,
+            Some(name) => Attachment::Existing(name.to_owned()),
+            None => Attachment::Project(network_name(&ctx.project)),
         }
     }
 
@@ -322,7 +322,7 @@ pub fn container_body(
                 host_port: Some(host.to_string()),
             });
     }
-    let attachment = Attachment::of(ctx);
+    let attachment = Attachment::of(spec, ctx);
     let host_net = attachment == Attachment::Host;
     if host_net {
         // The container's ports are bound on the host directly.
@@ -498,8 +498,12 @@ impl DockerBackend {
     /// network (with the configured CIDR) is created when it does not exist;
     /// an existing network named in the config must exist; the host network
     /// needs nothing. Returns the network mode containers get.
-    pub async fn ensure_network(&self, ctx: &StartContext) -> Result<String, BackendError> {
-        let name = match Attachment::of(ctx) {
+    pub async fn ensure_network(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+    ) -> Result<String, BackendError> {
+        let name = match Attachment::of(spec, ctx) {
             Attachment::Host => return Ok("host".into()),
             Attachment::Existing(name) => {
                 let docker = self.api().await?;
@@ -702,7 +706,7 @@ impl DockerBackend {
             for p in &spec.ports {
                 let port = match p.host_port {
                     Some(h) => h,
-                    None if ctx.network.is_host() => p.container_port,
+                    None if spec.network.as_deref() == Some("host") => p.container_port,
                     None => {
                         let port = free_port(ctx.network.port_range, p.protocol, &taken)
                             .ok_or_else(|| BackendError::Network {
@@ -958,9 +962,9 @@ impl Backend for DockerBackend {
                 self.ensure_image(image).await?;
                 self.prepared.remember(image_key);
             }
-            let net_key = format!("net:{}:{:?}", ctx.project, Attachment::of(ctx));
+            let net_key = format!("net:{}:{:?}", ctx.project, Attachment::of(spec, ctx));
             if !self.prepared.known(&net_key) {
-                self.ensure_network(ctx).await?;
+                self.ensure_network(spec, ctx).await?;
                 self.prepared.remember(net_key);
             }
             self.ensure_volumes(spec, ctx).await?;
@@ -1394,6 +1398,7 @@ mod tests {
             ],
             restart: RestartPolicy::OnFailure,
             labels: BTreeMap::new(),
+            network: None,
         }
     }
 
@@ -1453,23 +1458,23 @@ mod tests {
                 .clone()
         };
         // An existing user-defined network: joined, with the service's alias.
-        let mut c = ctx(vec![]);
-        c.network.name = Some("edge".into());
-        let b = container_body(&spec(), &c, 0, &[31000]).unwrap();
+        let c = ctx(vec![]);
+        let mut s = spec();
+        s.network = Some("edge".into());
+        let b = container_body(&s, &c, 0, &[31000]).unwrap();
         let hc = b.host_config.as_ref().unwrap();
         assert_eq!(hc.network_mode.as_deref(), Some("edge"));
         assert_eq!(aliases(&b, "edge"), Some(vec!["api".to_owned()]));
-        assert_eq!(Attachment::of(&c), Attachment::Existing("edge".into()));
+        assert_eq!(Attachment::of(&s, &c), Attachment::Existing("edge".into()));
         // Docker's default bridge takes no aliases.
-        c.network.name = Some("bridge".into());
-        let b = container_body(&spec(), &c, 0, &[31000]).unwrap();
+        s.network = Some("bridge".into());
+        let b = container_body(&s, &c, 0, &[31000]).unwrap();
         assert_eq!(aliases(&b, "bridge"), None);
         assert!(b.host_config.unwrap().port_bindings.is_some());
         // The host network: nothing published, no endpoint, no DNS override.
         let mut c = ctx(vec![]);
-        c.network.mode = "Host".into();
         c.network.dns_servers = vec!["1.1.1.1".into()];
-        let mut s = spec();
+        s.network = Some("host".into());
         s.ports[0].host_port = Some(8080);
         let b = container_body(&s, &c, 0, &[8080]).unwrap();
         let hc = b.host_config.as_ref().unwrap();

@@ -98,11 +98,10 @@ pub fn overlay_name(project: &str) -> String {
     format!("{project}_net")
 }
 
-/// The overlay network the services join: the one named by
-/// `infrastructure.network.name`, else the project's.
-fn joined_network(ctx: &StartContext) -> String {
-    ctx.network
-        .name
+/// The overlay network a service joins: the one its spec names
+/// (`infrastructure.network.name`), else the project's.
+fn joined_network(spec: &ServiceSpec, ctx: &StartContext) -> String {
+    spec.network
         .clone()
         .unwrap_or_else(|| overlay_name(&ctx.project))
 }
@@ -201,7 +200,7 @@ pub fn service_spec(
                 window: None,
             }),
             networks: Some(vec![NetworkAttachmentConfig {
-                target: Some(joined_network(ctx)),
+                target: Some(joined_network(spec, ctx)),
                 aliases: Some(vec![spec.name.to_string()]),
                 driver_opts: None,
             }]),
@@ -400,16 +399,20 @@ impl SwarmBackend {
         dockerb::DockerBackend::with_engine(self.engine.clone())
     }
 
-    async fn ensure_overlay(&self, ctx: &StartContext) -> Result<(), BackendError> {
+    async fn ensure_overlay(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+    ) -> Result<(), BackendError> {
         let docker = self.api().await?;
         let _serial = dockerb::NETWORK_LOCK.lock().await;
-        let name = joined_network(ctx);
+        let name = joined_network(spec, ctx);
         match docker
             .inspect_network(&name, None::<InspectNetworkOptions>)
             .await
         {
             Ok(_) => return Ok(()),
-            Err(e) if is_not_found(&e) && ctx.network.name.is_some() => {
+            Err(e) if is_not_found(&e) && spec.network.is_some() => {
                 return Err(BackendError::Network {
                     message: format!(
                         "the network `{name}` (`infrastructure.network.name`) does not exist; \
@@ -717,7 +720,7 @@ impl Backend for SwarmBackend {
         ctx: &StartContext,
     ) -> Result<Vec<Handle>, BackendError> {
         let docker = self.api().await?;
-        self.ensure_overlay(ctx).await?;
+        self.ensure_overlay(spec, ctx).await?;
         let name = service_name(&ctx.project, spec.name.as_str());
         // A service left by a run that was killed: adopt it with this spec.
         if let Some(existing) = self.inspect_service(&name).await? {
@@ -1034,6 +1037,7 @@ mod tests {
             volumes: vec![],
             restart: RestartPolicy::Always,
             labels: BTreeMap::new(),
+            network: None,
         }
     }
 

@@ -804,6 +804,11 @@ impl Lowering<'_> {
                 Some(schema::Restart::No) | None => RestartPolicy::No,
             },
             labels: def.labels.clone().unwrap_or_default(),
+            network: match backend {
+                BackendKind::Process => None,
+                BackendKind::Docker if settings.network.is_host() => Some("host".into()),
+                BackendKind::Docker | BackendKind::Swarm => settings.network.name.clone(),
+            },
         })
     }
 }

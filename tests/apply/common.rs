@@ -50,6 +50,7 @@ pub fn spec(service: &str, argv: &[&str]) -> ServiceSpec {
         volumes: Vec::new(),
         restart: RestartPolicy::No,
         labels: BTreeMap::new(),
+        network: None,
     }
 }
 

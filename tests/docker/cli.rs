@@ -237,6 +237,22 @@ async fn a_named_network_is_joined_and_kept() {
         !network_exists(&format!("{}-net", d.project)),
         "no project network was created"
     );
+    // Back to the project network: every container must move, so it is replaced.
+    let named = std::fs::read_to_string(d.config()).unwrap();
+    std::fs::write(
+        d.config(),
+        named.replace(&format!("    name: {shared}\n"), ""),
+    )
+    .unwrap();
+    let (code, out, err) = d.run(&["plan"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        out.matches("`network` changed (forces replacement)")
+            .count(),
+        3,
+        "{out}"
+    );
+    std::fs::write(d.config(), named).unwrap();
 
     let (code, out, err) = d.run(&["destroy", "--auto-approve"]);
     assert_eq!(code, 0, "{out}\n{err}");

@@ -140,6 +140,7 @@ pub fn web(name: &str) -> ServiceSpec {
         volumes: vec![],
         restart: RestartPolicy::No,
         labels: BTreeMap::new(),
+        network: None,
     }
 }
 

@@ -43,6 +43,7 @@ pub fn spec(service: &str, deps: &[&str]) -> ServiceSpec {
         volumes: Vec::new(),
         restart: RestartPolicy::No,
         labels: BTreeMap::new(),
+        network: None,
     }
 }
 

@@ -338,3 +338,42 @@ fn the_same_input_gives_the_same_plan_byte_for_byte() {
         deploy_code::render::plan::json(&b)
     );
 }
+
+#[test]
+fn moving_a_container_to_another_network_replaces_it() {
+    let text = |network: &str| {
+        format!(
+            "infrastructure:\n  container_runtime: Docker\n  network:\n{network}services:\n  web:\n    image: nginx:1\n    ports: [{{container_port: 80}}]\n"
+        )
+    };
+    let load = |t: &str| {
+        deploy_code::config::load_text(
+            t,
+            std::path::Path::new("deploy-code.yaml"),
+            &deploy_code::config::template::Inputs::default(),
+        )
+        .expect("valid")
+        .desired
+    };
+    let project = load(&text("    port_range: {start: 30000, end: 30010}\n"));
+    let web = &project.services[&name("web")];
+    assert_eq!(web.network, None, "the project network is the default");
+    let state = snapshot(vec![record(web.clone())]);
+    assert_eq!(action(&ok(&project, &state, &big()), "web"), "no-op");
+
+    let edge = load(&text("    name: edge\n"));
+    let p = ok(&edge, &state, &big());
+    assert_eq!(action(&p, "web"), "replace");
+    assert_eq!(p.change("web").unwrap().forced_by, vec!["network"]);
+
+    let host = load(&text("    mode: Host\n"));
+    let p = ok(&host, &state, &big());
+    assert_eq!(action(&p, "web"), "replace");
+    let after = p.change("web").unwrap().after.clone().unwrap();
+    assert_eq!(after.network.as_deref(), Some("host"));
+    assert_eq!(
+        after.ports[0].host_port,
+        Some(80),
+        "its own port on the host"
+    );
+}

@@ -46,6 +46,7 @@ pub fn spec(service: &str, key: &SecretKey, secret: Option<&str>) -> ServiceSpec
         volumes: Vec::new(),
         restart: RestartPolicy::No,
         labels: BTreeMap::new(),
+        network: None,
     }
 }
 
