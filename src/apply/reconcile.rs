@@ -53,6 +53,28 @@ pub async fn unknown_instances(
     out
 }
 
+/// [`unknown_instances`] of any state, split into those started by runs of the
+/// state with `lineage` (`None`: a state that has started nothing yet) and
+/// those of other states sharing the project name, with their lineage.
+pub async fn unknown_by_owner(
+    backends: &Registry,
+    project: &str,
+    state: &std::collections::BTreeMap<ServiceName, ServiceRecord>,
+    lineage: Option<&str>,
+) -> (Vec<Discovered>, Vec<(Discovered, String)>) {
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for d in unknown_instances(backends, project, state, None).await {
+        if lineage.is_some() && d.lineage.as_deref() == lineage {
+            ours.push(d);
+        } else {
+            let owner = d.lineage.clone().unwrap_or_else(|| "unknown".into());
+            theirs.push((d, owner));
+        }
+    }
+    (ours, theirs)
+}
+
 /// Adopts or stops every unrecorded instance of `project` and closes the
 /// intents an interrupted run left open.
 pub async fn reconcile(

@@ -92,26 +92,13 @@ fn make_plan(
         loaded.desired.rekey(key);
     }
     let config_hash = loaded.config_hash();
-    let observations = if scope.refresh() {
-        let mut obs = plan::refresh::observe_processes(&snap);
-        // Containers and Swarm services, by their labels.
-        rt.block_on(crate::backends::docker::observe_containers(
+    let observations = scope.refresh().then(|| {
+        rt.block_on(super::plan::observe(
             backends,
             &loaded.desired.settings.project,
             &snap,
-            &mut obs,
-        ));
-        let unknown = rt.block_on(reconcile::unknown_instances(
-            backends,
-            &loaded.desired.settings.project,
-            &snap.services,
-            None,
-        ));
-        obs.orphans = unknown.into_iter().map(|d| (d.service, d.handle)).collect();
-        Some(obs)
-    } else {
-        None
-    };
+        ))
+    });
     let inventory = match &scope.inventory {
         Some(f) => crate::inventory::load_file(f)?,
         None if loaded.desired.settings.default_backend == crate::model::BackendKind::Swarm => rt
@@ -665,22 +652,33 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
     let backends = registry_for(Some(&loaded), Some(&snap0));
     let rt = runtime()?;
     let project = loaded.desired.settings.project.clone();
+    // Only instances started by runs of this state are cleaned up; those of
+    // another state sharing the project name are named and left alone.
+    let left_alone = |theirs: &[(crate::backends::Discovered, String)]| {
+        for (d, lineage) in theirs {
+            println!(
+                "left alone: `{}` {} (started by another state, lineage {lineage})",
+                d.service,
+                reconcile::describe(&d.handle)
+            );
+        }
+    };
     if args.dry_run {
-        let snap = crate::state::load_snapshot(&state_path(ctx, Some(&loaded)))?;
-        let unknown = rt.block_on(reconcile::unknown_instances(
+        let (ours, theirs) = rt.block_on(reconcile::unknown_by_owner(
             &backends,
             &project,
-            &snap.services,
-            None,
+            &snap0.services,
+            snap0.lineage.as_deref(),
         ));
-        for d in &unknown {
+        for d in &ours {
             println!(
                 "would remove `{}` {}",
                 d.service,
                 reconcile::describe(&d.handle)
             );
         }
-        if unknown.is_empty() {
+        left_alone(&theirs);
+        if ours.is_empty() {
             println!("Nothing to clean up.");
         }
         return Ok(exit::OK);
@@ -688,17 +686,18 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
     let mut store = open_store(ctx, &loaded)?;
     store.ensure_identity(None)?;
     let snap = store.snapshot()?;
-    let unknown = rt.block_on(reconcile::unknown_instances(
+    let (ours, theirs) = rt.block_on(reconcile::unknown_by_owner(
         &backends,
         &project,
         &snap.services,
-        None,
+        snap.lineage.as_deref(),
     ));
-    if unknown.is_empty() && snap.open_intents.is_empty() {
+    left_alone(&theirs);
+    if ours.is_empty() && snap.open_intents.is_empty() {
         println!("Nothing to clean up.");
         return Ok(exit::OK);
     }
-    for d in &unknown {
+    for d in &ours {
         println!("`{}` {}", d.service, reconcile::describe(&d.handle));
     }
     confirm(ctx, args.auto_approve, "remove these instances")?;

@@ -31,6 +31,38 @@ pub struct Prepared {
     pub inventory: Inventory,
 }
 
+/// What runs, for a refreshed plan: the recorded processes (by pid and start
+/// time), containers and Swarm services (by their labels), and the instances
+/// marked with `project` that the state does not name: orphans of this state's
+/// runs, and those of another state sharing the project name.
+pub(crate) async fn observe(
+    backends: &crate::backends::Registry,
+    project: &str,
+    snapshot: &Snapshot,
+) -> plan::Observations {
+    let mut obs = plan::refresh::observe_processes(snapshot);
+    crate::backends::docker::observe_containers(backends, project, snapshot, &mut obs).await;
+    // An engine that does not answer must not hold up a plan: the search for
+    // unrecorded instances is only a report.
+    let search = crate::apply::reconcile::unknown_by_owner(
+        backends,
+        project,
+        &snapshot.services,
+        snapshot.lineage.as_deref(),
+    );
+    let Ok((ours, theirs)) = tokio::time::timeout(std::time::Duration::from_secs(10), search).await
+    else {
+        tracing::warn!("the search for unrecorded instances took over 10 s; skipped");
+        return obs;
+    };
+    obs.orphans = ours.into_iter().map(|d| (d.service, d.handle)).collect();
+    obs.foreign = theirs
+        .into_iter()
+        .map(|(d, lineage)| (d.service, d.handle, lineage))
+        .collect();
+    obs
+}
+
 /// Loads the configuration and the state, takes the inventory (the
 /// `--inventory` file, else a probe of this host), observes running processes
 /// when refresh is on, and plans. Never writes anything.
@@ -71,26 +103,20 @@ pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Pr
                 .unwrap_or_else(|| inventory::probe(&data_dir))
         }
     };
-    let observations = scope.refresh().then(|| {
-        let mut obs = plan::refresh::observe_processes(&snapshot);
-        // Containers and Swarm services, by their labels.
-        let containers = snapshot
-            .services
-            .values()
-            .any(|r| r.backend != crate::model::BackendKind::Process);
-        if let (true, Some(l)) = (containers, loaded.as_ref())
-            && let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+    let observations = scope.refresh().then(|| match loaded.as_ref() {
+        Some(l) => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
         {
-            rt.block_on(crate::backends::docker::observe_containers(
-                &crate::commands::apply::registry(),
+            Ok(rt) => rt.block_on(observe(
+                &crate::commands::apply::registry_for(Some(l), Some(&snapshot)),
                 &l.desired.settings.project,
                 &snapshot,
-                &mut obs,
-            ));
-        }
-        obs
+            )),
+            Err(_) => plan::refresh::observe_processes(&snapshot),
+        },
+        // Without a configuration there is no project name to look for.
+        None => plan::refresh::observe_processes(&snapshot),
     });
 
     let input = plan::Input {

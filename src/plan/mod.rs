@@ -89,7 +89,7 @@ pub struct Change {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Drift {
     pub service: ServiceName,
-    /// `exited`, `missing`, `changed`, `orphan`, `adopted`.
+    /// `exited`, `missing`, `changed`, `orphan`, `foreign`, `adopted`.
     pub kind: String,
     pub detail: String,
 }
@@ -189,8 +189,12 @@ pub struct ObservedInstance {
 pub struct Observations {
     pub services: BTreeMap<ServiceName, Vec<ObservedInstance>>,
     /// Instances labelled or marked as this project's that no state record names,
-    /// with the service they claim to be.
+    /// with the service they claim to be, started by runs of this state.
     pub orphans: Vec<(ServiceName, Handle)>,
+    /// The same, started by another state that shares the project name (with
+    /// that state's lineage): never touched, only reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<(ServiceName, Handle, String)>,
 }
 
 /// Plan options from the command line.

@@ -134,6 +134,16 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                 ),
             });
         }
+        for (name, handle, lineage) in &obs.foreign {
+            drift.push(Drift {
+                service: name.clone(),
+                kind: "foreign".into(),
+                detail: format!(
+                    "{} carries this project's name but another state started it (lineage {lineage}); left alone",
+                    describe_handle(handle)
+                ),
+            });
+        }
     }
 
     // One change per service in scope.

@@ -93,7 +93,7 @@ pub struct GpuDoc {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct DriftDoc {
     pub service: String,
-    /// `exited`, `missing`, `changed`, `orphan`, `adopted`.
+    /// `exited`, `missing`, `changed`, `orphan`, `foreign`, `adopted`.
     pub kind: String,
     pub detail: String,
 }

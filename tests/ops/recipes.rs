@@ -229,13 +229,27 @@ fn states_sharing_a_project_name_leave_each_other_alone() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    // A's process is still there, and A plans no change.
+    // A's process is still there, and A plans no change; B's process is
+    // reported as another state's, not as an orphan of A's.
     assert!(std::net::TcpStream::connect(("127.0.0.1", pa)).is_ok());
     let out = run(a.path(), &["plan", "--detailed-exitcode"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("another state started it"), "{stdout}");
+    assert!(!stdout.contains("the state does not know it"), "{stdout}");
+    // cleanup names B's process, promises nothing about it and leaves it running.
+    let out = run(a.path(), &["cleanup", "--dry-run"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("left alone: `web`"), "{stdout}");
+    assert!(!stdout.contains("would remove"), "{stdout}");
+    assert!(stdout.contains("Nothing to clean up."), "{stdout}");
+    let out = run(a.path(), &["cleanup", "--auto-approve"]);
+    assert!(
+        out.status.success(),
         "{}",
-        String::from_utf8_lossy(&out.stdout)
+        String::from_utf8_lossy(&out.stderr)
     );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", pb)).is_ok());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", pa)).is_ok());
 }

@@ -295,6 +295,16 @@ fn drift_is_reported_and_repaired() {
             log_path: "/tmp/x.log".into(),
         },
     ));
+    obs.foreign.push((
+        name("db"),
+        Handle::Process {
+            replica: 0,
+            pid: 88,
+            start_time: 6,
+            log_path: "/tmp/y.log".into(),
+        },
+        "other-lineage".into(),
+    ));
     let p = run(
         Some(&d),
         &snapshot(state),
@@ -316,7 +326,17 @@ fn drift_is_reported_and_repaired() {
         .collect();
     assert_eq!(
         kinds,
-        vec![("db", "exited"), ("web", "changed"), ("web", "orphan")]
+        vec![
+            ("db", "exited"),
+            ("web", "changed"),
+            ("web", "orphan"),
+            ("db", "foreign")
+        ]
+    );
+    let foreign = &p.drift[3].detail;
+    assert!(
+        foreign.contains("another state started it (lineage other-lineage); left alone"),
+        "{foreign}"
     );
     assert_eq!(phases(&p), vec![vec!["db"], vec!["web"]]);
 }
