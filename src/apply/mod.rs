@@ -17,7 +17,7 @@
 pub mod health;
 pub mod reconcile;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,12 @@ pub enum Event {
         revision: u64,
         phases: usize,
         actions: usize,
+    },
+    /// A step of getting a service ready before the first phase (an image
+    /// pull, say).
+    Prepare {
+        service: ServiceName,
+        detail: String,
     },
     PhaseStarted {
         phase: usize,
@@ -724,6 +730,10 @@ impl Exec<'_> {
     /// Undoes every recorded step, newest first.
     async fn roll_back(&self, deadline: Instant) -> Vec<RollbackResult> {
         let steps: Vec<Undo> = std::mem::take(&mut *self.undo.lock().expect("undo"));
+        if steps.is_empty() {
+            // Nothing had changed yet (a failed preparation, say).
+            return Vec::new();
+        }
         self.emit(Event::RollbackStarted { steps: steps.len() });
         let mut out = Vec::new();
         for step in steps.into_iter().rev() {
@@ -977,7 +987,45 @@ pub async fn execute(
     });
 
     let mut failures: Vec<FailureEvidence> = Vec::new();
+    // What the run will start is made ready first (images pulled), so that a
+    // missing image fails the run before anything has changed.
+    let mut prepared = BTreeSet::new();
+    for c in &plan.changes {
+        let Some(spec) = c
+            .after
+            .as_ref()
+            .filter(|_| matches!(c.action, Action::Create | Action::Replace | Action::Update))
+        else {
+            continue;
+        };
+        if !prepared.insert((spec.backend, spec.image.clone())) || cancel.level() > 0 {
+            continue;
+        }
+        let Ok(backend) = exec.backend(spec) else {
+            continue;
+        };
+        let service = spec.name.clone();
+        let on_progress = |detail: String| {
+            hook(&Event::Prepare {
+                service: service.clone(),
+                detail,
+            })
+        };
+        if let Err(e) = backend.prepare(spec, &on_progress).await {
+            let reason = error_text(&e);
+            exec.emit(Event::ActionFailed {
+                service: spec.name.clone(),
+                action: c.action,
+                reason: reason.clone(),
+            });
+            failures.push(exec.fail(&spec.name, c.action, reason));
+            break;
+        }
+    }
     'phases: for (i, phase) in plan.phases.iter().enumerate() {
+        if !failures.is_empty() {
+            break;
+        }
         let phase_began = Instant::now();
         exec.emit(Event::PhaseStarted {
             phase: i + 1,

@@ -17,7 +17,7 @@
 //! ENTRYPOINT and `args` replace its CMD; `args` alone replace only the CMD,
 //! keeping the image's ENTRYPOINT; neither keeps both image defaults.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -603,6 +603,17 @@ impl DockerBackend {
     /// Makes `image` present: used as is when local, else pulled (progress is
     /// traced), else [`BackendError::ImageUnavailable`].
     pub async fn ensure_image(&self, image: &str) -> Result<(), BackendError> {
+        self.ensure_image_reporting(image, &|_| {}).await
+    }
+
+    /// [`Self::ensure_image`], with a line to `progress` when a pull starts,
+    /// at most every half second while it runs (layers done, bytes
+    /// downloaded) and when it ends.
+    pub async fn ensure_image_reporting(
+        &self,
+        image: &str,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<(), BackendError> {
         let docker = self.api().await?;
         match docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
@@ -616,6 +627,11 @@ impl DockerBackend {
         }
         let (name, tag) = split_image(image);
         tracing::info!(image, "pulling image");
+        progress(format!("pulling image `{image}`"));
+        let began = std::time::Instant::now();
+        let mut last_report = began;
+        // Per layer: (bytes downloaded, bytes in all, done).
+        let mut layers: BTreeMap<String, (i64, i64, bool)> = BTreeMap::new();
         let options = CreateImageOptionsBuilder::default()
             .from_image(name)
             .tag(tag)
@@ -624,11 +640,37 @@ impl DockerBackend {
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
-                    if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                    if let Some(err) = info.error_detail.as_ref().and_then(|d| d.message.clone()) {
                         return Err(BackendError::ImageUnavailable {
                             image: image.into(),
                             message: err,
                         });
+                    }
+                    if let Some(id) = &info.id {
+                        let entry = layers.entry(id.clone()).or_default();
+                        let status = info.status.as_deref().unwrap_or("");
+                        if let Some(d) = &info.progress_detail
+                            && status == "Downloading"
+                        {
+                            entry.0 = d.current.unwrap_or(entry.0);
+                            entry.1 = d.total.unwrap_or(entry.1);
+                        }
+                        if matches!(status, "Pull complete" | "Already exists") {
+                            entry.2 = true;
+                        }
+                    }
+                    if last_report.elapsed() >= Duration::from_millis(500) && !layers.is_empty() {
+                        last_report = std::time::Instant::now();
+                        let done = layers.values().filter(|l| l.2).count();
+                        let (got, all) = layers
+                            .values()
+                            .fold((0i64, 0i64), |(g, a), l| (g + l.0, a + l.1));
+                        progress(format!(
+                            "pulling image `{image}`: {done}/{} layers, {:.1}/{:.1} MB",
+                            layers.len(),
+                            got as f64 / 1e6,
+                            all as f64 / 1e6
+                        ));
                     }
                     tracing::info!(
                         image,
@@ -655,7 +697,13 @@ impl DockerBackend {
             }
         }
         match docker.inspect_image(image).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                progress(format!(
+                    "pulled image `{image}` in {:.1} s",
+                    began.elapsed().as_secs_f64()
+                ));
+                Ok(())
+            }
             Err(e) => Err(BackendError::ImageUnavailable {
                 image: image.into(),
                 message: message(&e),
@@ -939,6 +987,22 @@ fn summary_liveness(
 impl Backend for DockerBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Docker
+    }
+
+    async fn prepare(
+        &self,
+        spec: &ServiceSpec,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<(), BackendError> {
+        let Some(image) = spec.image.as_deref() else {
+            return Ok(());
+        };
+        let key = format!("image:{image}");
+        if !self.prepared.known(&key) {
+            self.ensure_image_reporting(image, progress).await?;
+            self.prepared.remember(key);
+        }
+        Ok(())
     }
 
     async fn start(

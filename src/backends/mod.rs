@@ -131,6 +131,19 @@ pub enum BackendError {
 pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
 
+    /// Makes ready what `spec` needs before any instance of the run starts (for
+    /// a container, its image, pulled when missing), reporting steps worth a
+    /// line through `progress`. `apply` calls it for every service it will
+    /// start before the first phase, so that a missing image fails the run
+    /// before anything has changed. Nothing to do by default.
+    async fn prepare(
+        &self,
+        _spec: &ServiceSpec,
+        _progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Starts every replica of `spec` (plaintext secrets exposed to the instance
     /// only) and returns their handles at once, without waiting for health.
     async fn start(

@@ -62,6 +62,7 @@ impl Progress {
                 phases,
                 actions,
             } => format!("revision {revision}: {actions} action(s) in {phases} phase(s)"),
+            Event::Prepare { service, detail } => format!("{service}: {detail}"),
             Event::PhaseStarted { phase, services } => format!(
                 "phase {phase}: {}",
                 services

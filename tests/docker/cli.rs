@@ -168,6 +168,56 @@ async fn apply_drift_rollback_and_destroy_with_containers() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_image_fails_the_apply_before_anything_starts() {
+    let Some(_b) = engine("a_missing_image_fails_the_apply_before_anything_starts").await else {
+        return;
+    };
+    let d = Deployment::new("no-image");
+    let _guard = Cleanup::new(&d.project);
+    d.write("v1", None);
+    // c, in the last phase, names an image that is neither here nor pullable.
+    let cfg = std::fs::read_to_string(d.config()).unwrap();
+    let (head, tail) = cfg.split_at(cfg.find("  c:\n").unwrap());
+    let missing = format!("{}-missing:none", d.project);
+    let tail = tail.replacen(IMAGE, &missing, 1);
+    std::fs::write(d.config(), format!("{head}{tail}")).unwrap();
+
+    let (code, out, err) = d.run(&["apply", "--auto-approve", "--format", "json"]);
+    assert_eq!(
+        code, 4,
+        "nothing to undo: the state is as it was\n{out}\n{err}"
+    );
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert!(
+        !kinds
+            .iter()
+            .any(|k| *k == "phase_started" || *k == "instance_started"),
+        "no phase began: {kinds:?}"
+    );
+    let failed = events
+        .iter()
+        .find(|e| e["event"] == "action_failed")
+        .expect("the failure is reported");
+    assert_eq!(failed["service"], "c");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("image `{missing}` is not present")),
+        "{failed}"
+    );
+    assert!(d.containers().is_empty());
+    let (code, out, err) = d.run(&["state", "list", "--format", "json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["services"].as_array().map(Vec::len), Some(0), "{doc}");
+}
+
 /// The networks a container is attached to, by name.
 fn networks_of(id: &str) -> String {
     let out = Command::new("docker")
