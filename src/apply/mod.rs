@@ -356,14 +356,17 @@ impl Exec<'_> {
         }
     }
 
-    /// Starts `spec` under an intent and records it `Pending`; returns the handles.
-    async fn start(
+    /// Runs `act` (a start or an in-place update of `spec`) under an intent; on
+    /// success the service is recorded `Pending` with the handles `act`
+    /// returned. `act` is a future: nothing of it runs before the intent is
+    /// written.
+    async fn journalled(
         &self,
         spec: &ServiceSpec,
         gpus: &[GpuRef],
         intent: &str,
+        act: impl std::future::Future<Output = Result<Vec<Handle>, BackendError>>,
     ) -> Result<Vec<Handle>, String> {
-        let backend = self.backend(spec)?;
         let id = self
             .with_store(|s| {
                 s.record_intent(
@@ -374,9 +377,7 @@ impl Exec<'_> {
                 )
             })
             .map_err(|e| e.to_string())?;
-        let mut ctx = self.ctx.clone();
-        ctx.gpus = gpus.to_vec();
-        match backend.start(spec, &ctx).await {
+        match act.await {
             Ok(handles) => {
                 let rec = self.record(spec, handles.clone(), ServiceStatus::Pending, gpus);
                 self.with_store(|s| {
@@ -388,10 +389,6 @@ impl Exec<'_> {
                     )
                 })
                 .map_err(|e| e.to_string())?;
-                self.emit(Event::InstanceStarted {
-                    service: spec.name.clone(),
-                    handles: handles.clone(),
-                });
                 Ok(handles)
             }
             Err(e) => {
@@ -402,6 +399,26 @@ impl Exec<'_> {
                 Err(msg)
             }
         }
+    }
+
+    /// Starts `spec` under an intent and records it `Pending`; returns the handles.
+    async fn start(
+        &self,
+        spec: &ServiceSpec,
+        gpus: &[GpuRef],
+        intent: &str,
+    ) -> Result<Vec<Handle>, String> {
+        let backend = self.backend(spec)?;
+        let mut ctx = self.ctx.clone();
+        ctx.gpus = gpus.to_vec();
+        let handles = self
+            .journalled(spec, gpus, intent, backend.start(spec, &ctx))
+            .await?;
+        self.emit(Event::InstanceStarted {
+            service: spec.name.clone(),
+            handles: handles.clone(),
+        });
+        Ok(handles)
     }
 
     /// Stops instances under an intent.
@@ -651,36 +668,15 @@ impl Exec<'_> {
         let backend = self
             .backend(after)
             .map_err(|e| self.fail(&change.service, change.action, e))?;
-        let id = self
-            .with_store(|s| {
-                s.record_intent(
-                    self.revision,
-                    &after.name,
-                    "update",
-                    &serde_json::json!({ "spec_hash": after.spec_hash() }),
-                )
-            })
-            .map_err(|e| self.fail(&change.service, change.action, e.to_string()))?;
-        let handles = match backend.update(after, &record.handles, &self.ctx).await {
-            Ok(h) => h,
-            Err(e) => {
-                let msg = error_text(&e);
-                let _ = self.with_store(|s| {
-                    s.close_intent(id, "failed", &serde_json::json!({ "error": msg }))
-                });
-                return Err(self.fail(&change.service, change.action, msg));
-            }
-        };
-        let rec = self.record(after, handles.clone(), ServiceStatus::Pending, &change.gpus);
-        self.with_store(|s| {
-            s.put_service(&rec)?;
-            s.close_intent(
-                id,
-                "succeeded",
-                &serde_json::json!({ "handles": handles_json(&handles) }),
+        let handles = self
+            .journalled(
+                after,
+                &change.gpus,
+                "update",
+                backend.update(after, &record.handles, &self.ctx),
             )
-        })
-        .map_err(|e| self.fail(&change.service, change.action, e.to_string()))?;
+            .await
+            .map_err(|e| self.fail(&change.service, change.action, e))?;
         self.undo.lock().expect("undo").push(Undo::Updated {
             record: Box::new(record),
             spec: Box::new(after.clone()),

@@ -38,33 +38,40 @@ pub async fn unknown_instances(
     state: &std::collections::BTreeMap<ServiceName, ServiceRecord>,
     lineage: Option<&str>,
 ) -> Vec<Discovered> {
-    let known: Vec<&Handle> = state.values().flat_map(|r| r.handles.iter()).collect();
-    let mut out = Vec::new();
+    let mut found = Vec::new();
     for b in backends.all() {
-        if let Ok(found) = b.discover(project).await {
-            out.extend(
-                found
-                    .into_iter()
-                    .filter(|d| lineage.is_none() || d.lineage.as_deref() == lineage)
-                    .filter(|d| !known.iter().any(|k| same_instance(k, &d.handle))),
-            );
+        if let Ok(d) = b.discover(project).await {
+            found.extend(d);
         }
     }
-    out
+    unrecorded(found, state)
+        .into_iter()
+        .filter(|d| lineage.is_none() || d.lineage.as_deref() == lineage)
+        .collect()
 }
 
-/// [`unknown_instances`] of any state, split into those started by runs of the
-/// state with `lineage` (`None`: a state that has started nothing yet) and
-/// those of other states sharing the project name, with their lineage.
-pub async fn unknown_by_owner(
-    backends: &Registry,
-    project: &str,
+/// The discovered instances that no record of `state` names.
+pub fn unrecorded(
+    found: Vec<Discovered>,
     state: &std::collections::BTreeMap<ServiceName, ServiceRecord>,
+) -> Vec<Discovered> {
+    let known: Vec<&Handle> = state.values().flat_map(|r| r.handles.iter()).collect();
+    found
+        .into_iter()
+        .filter(|d| !known.iter().any(|k| same_instance(k, &d.handle)))
+        .collect()
+}
+
+/// Unrecorded instances split into those started by runs of the state with
+/// `lineage` (`None`: a state that has started nothing yet) and those of other
+/// states sharing the project name, with their lineage.
+pub fn by_owner(
+    unrecorded: Vec<Discovered>,
     lineage: Option<&str>,
 ) -> (Vec<Discovered>, Vec<(Discovered, String)>) {
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
-    for d in unknown_instances(backends, project, state, None).await {
+    for d in unrecorded {
         if lineage.is_some() && d.lineage.as_deref() == lineage {
             ours.push(d);
         } else {
@@ -73,6 +80,19 @@ pub async fn unknown_by_owner(
         }
     }
     (ours, theirs)
+}
+
+/// [`unknown_instances`] of any state, split by [`by_owner`].
+pub async fn unknown_by_owner(
+    backends: &Registry,
+    project: &str,
+    state: &std::collections::BTreeMap<ServiceName, ServiceRecord>,
+    lineage: Option<&str>,
+) -> (Vec<Discovered>, Vec<(Discovered, String)>) {
+    by_owner(
+        unknown_instances(backends, project, state, None).await,
+        lineage,
+    )
 }
 
 /// Adopts or stops every unrecorded instance of `project` and closes the

@@ -41,8 +41,27 @@ use super::{Backend, BackendError, Discovered, Liveness, ProbeOutcome, StartCont
 use crate::model::{
     BackendKind, PortSpec, Protocol, RestartPolicy, ServiceName, ServiceSpec, Text,
 };
-use crate::plan::{Observations, ObservedInstance};
+use crate::plan::Observations;
 use crate::state::{GpuRef, Handle, Snapshot};
+
+/// The last `lines` lines of a log stream (container or Swarm service, without
+/// `follow`), read for at most 5 s.
+pub(crate) async fn log_tail(
+    mut stream: impl futures_util::Stream<Item = Result<bollard::container::LogOutput, DockerError>>
+    + Unpin,
+    lines: usize,
+) -> Vec<String> {
+    let mut text = String::new();
+    let read = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            text.push_str(&chunk.to_string());
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    let all: Vec<String> = text.lines().map(str::to_owned).collect();
+    let skip = all.len().saturating_sub(lines);
+    all.into_iter().skip(skip).collect()
+}
 
 /// The container name of one replica: `<project>-<service>`, `-<replica>` for replicas after the first.
 pub fn container_name(project: &str, service: &str, replica: u32) -> String {
@@ -447,7 +466,14 @@ impl Engine {
 pub struct DockerBackend {
     engine: Engine,
     prepared: Prepared,
+    /// `(container id, container port)` -> the published address, which stays
+    /// the same for the container's life: a health gate probing every 20 ms
+    /// need not inspect the container for it each time.
+    published: std::sync::Arc<Mutex<HashMap<(String, u16), Address>>>,
 }
+
+/// A host and port to probe.
+type Address = (String, u16);
 
 /// Images and networks already known to be present.
 #[derive(Clone, Debug, Default)]
@@ -483,6 +509,7 @@ impl DockerBackend {
         Self {
             engine,
             prepared: Prepared::default(),
+            published: Default::default(),
         }
     }
 
@@ -1207,6 +1234,13 @@ impl Backend for DockerBackend {
 
     async fn probe_address(&self, handle: &Handle, port: u16) -> (String, u16) {
         let fallback = ("127.0.0.1".to_owned(), port);
+        let key = match handle {
+            Handle::Container { id, .. } => (id.clone(), port),
+            _ => return fallback,
+        };
+        if let Some(addr) = self.published.lock().expect("published").get(&key) {
+            return addr.clone();
+        }
         let Some(c) = self.inspect(handle).await else {
             return fallback;
         };
@@ -1231,6 +1265,10 @@ impl Backend for DockerBackend {
             })
         });
         if let Some(addr) = published {
+            self.published
+                .lock()
+                .expect("published")
+                .insert(key, addr.clone());
             return addr;
         }
         net.networks
@@ -1255,14 +1293,7 @@ impl Backend for DockerBackend {
             .stderr(true)
             .tail(&lines.to_string())
             .build();
-        let mut stream = docker.logs(id, Some(options));
-        let mut text = String::new();
-        while let Some(Ok(chunk)) = stream.next().await {
-            text.push_str(&chunk.to_string());
-        }
-        let all: Vec<String> = text.lines().map(str::to_owned).collect();
-        let skip = all.len().saturating_sub(lines);
-        all.into_iter().skip(skip).collect()
+        log_tail(docker.logs(id, Some(options)), lines).await
     }
 
     async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError> {
@@ -1315,75 +1346,11 @@ pub async fn observe_with(
     snapshot: &Snapshot,
 ) -> Result<Observations, BackendError> {
     let discovered = backend.discover(project).await?;
-    let key = |h: &Handle| match h {
-        Handle::Container { id, .. } => format!("c:{id}"),
-        Handle::SwarmService { id, .. } => format!("s:{id}"),
-        Handle::Process {
-            pid, start_time, ..
-        } => format!("p:{pid}:{start_time}"),
-    };
-    let by_key: HashMap<String, &Discovered> =
-        discovered.iter().map(|d| (key(&d.handle), d)).collect();
-    let mut obs = Observations::default();
-    let mut claimed = BTreeSet::new();
-    for (name, record) in &snapshot.services {
-        if record.backend != backend.kind() {
-            continue;
-        }
-        let mut list = Vec::new();
-        for h in &record.handles {
-            let k = key(h);
-            let inst = match by_key.get(&k) {
-                Some(d) => {
-                    claimed.insert(k);
-                    ObservedInstance {
-                        handle: d.handle.clone(),
-                        state: match d.liveness {
-                            Liveness::Running => "running",
-                            Liveness::Exited(_) => "exited",
-                            Liveness::Missing => "missing",
-                        }
-                        .into(),
-                        spec_hash: d.spec_hash.clone(),
-                    }
-                }
-                None => ObservedInstance {
-                    handle: h.clone(),
-                    state: "missing".into(),
-                    spec_hash: None,
-                },
-            };
-            list.push(inst);
-        }
-        obs.services.insert(name.clone(), list);
-    }
-    for d in &discovered {
-        if !claimed.contains(&key(&d.handle)) {
-            obs.orphans.push((d.service.clone(), d.handle.clone()));
-        }
-    }
-    Ok(obs)
-}
-
-/// Observations of every Docker and Swarm instance the snapshot records, for
-/// `plan --refresh`, merged into `obs` (an engine that does not answer adds
-/// nothing). Cheap when the state records no container: no connection is made.
-pub async fn observe_containers(
-    backends: &super::Registry,
-    project: &str,
-    snapshot: &Snapshot,
-    obs: &mut Observations,
-) {
-    for kind in [BackendKind::Docker, BackendKind::Swarm] {
-        if !snapshot.services.values().any(|r| r.backend == kind) {
-            continue;
-        }
-        if let Some(b) = backends.get(kind)
-            && let Ok(seen) = observe_with(b.as_ref(), project, snapshot).await
-        {
-            obs.services.extend(seen.services);
-        }
-    }
+    Ok(crate::plan::refresh::observe_discovered(
+        backend.kind(),
+        &discovered,
+        snapshot,
+    ))
 }
 
 /// [`observe_with`] for the Docker backend.

@@ -38,7 +38,6 @@ use bollard::query_parameters::{
     InspectNetworkOptions, InspectServiceOptions, ListServicesOptionsBuilder,
     ListTasksOptionsBuilder, LogsOptionsBuilder, UpdateServiceOptionsBuilder,
 };
-use futures_util::StreamExt;
 
 use super::docker::{self as dockerb, is_not_found, message};
 use super::{Backend, BackendError, Discovered, Liveness, ProbeOutcome, StartContext, marks};
@@ -950,17 +949,7 @@ impl Backend for SwarmBackend {
             .stderr(true)
             .tail(&lines.to_string())
             .build();
-        let mut stream = docker.service_logs(id, Some(options));
-        let mut text = String::new();
-        let read = async {
-            while let Some(Ok(chunk)) = stream.next().await {
-                text.push_str(&chunk.to_string());
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-        let all: Vec<String> = text.lines().map(str::to_owned).collect();
-        let skip = all.len().saturating_sub(lines);
-        all.into_iter().skip(skip).collect()
+        dockerb::log_tail(docker.service_logs(id, Some(options)), lines).await
     }
 
     async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError> {

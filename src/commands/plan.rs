@@ -4,12 +4,12 @@
 //! configuration, read the state (read-only, no lock), re-digest secrets under
 //! the state's key, take the inventory, observe what runs, and plan.
 
-use std::io::Write;
 use std::path::PathBuf;
 
+use super::print;
 use crate::cli::*;
 use crate::config::{self, LoadedConfig};
-use crate::error::{Code, Failure, Plain, exit};
+use crate::error::{Failure, exit};
 use crate::inventory::{self, Inventory};
 use crate::model::SecretKey;
 use crate::plan::{self, Plan};
@@ -40,21 +40,32 @@ pub(crate) async fn observe(
     project: &str,
     snapshot: &Snapshot,
 ) -> plan::Observations {
+    use crate::apply::reconcile;
+    use crate::model::BackendKind;
     let mut obs = plan::refresh::observe_processes(snapshot);
-    crate::backends::docker::observe_containers(backends, project, snapshot, &mut obs).await;
-    // An engine that does not answer must not hold up a plan: the search for
-    // unrecorded instances is only a report.
-    let search = crate::apply::reconcile::unknown_by_owner(
-        backends,
-        project,
-        &snapshot.services,
+    let mut found = Vec::new();
+    // One discovery per backend serves both the recorded instances and the
+    // unrecorded ones. An engine that does not answer must not hold up a plan.
+    for b in backends.all() {
+        let kind = b.kind();
+        match tokio::time::timeout(std::time::Duration::from_secs(10), b.discover(project)).await {
+            Ok(Ok(d)) => {
+                if kind != BackendKind::Process
+                    && snapshot.services.values().any(|r| r.backend == kind)
+                {
+                    let seen = plan::refresh::observe_discovered(kind, &d, snapshot);
+                    obs.services.extend(seen.services);
+                }
+                found.extend(d);
+            }
+            Ok(Err(e)) => tracing::debug!(backend = %kind, error = %e, "discovery failed"),
+            Err(_) => tracing::warn!(backend = %kind, "discovery took over 10 s; skipped"),
+        }
+    }
+    let (ours, theirs) = reconcile::by_owner(
+        reconcile::unrecorded(found, &snapshot.services),
         snapshot.lineage.as_deref(),
     );
-    let Ok((ours, theirs)) = tokio::time::timeout(std::time::Duration::from_secs(10), search).await
-    else {
-        tracing::warn!("the search for unrecorded instances took over 10 s; skipped");
-        return obs;
-    };
     obs.orphans = ours.into_iter().map(|d| (d.service, d.handle)).collect();
     obs.foreign = theirs
         .into_iter()
@@ -160,23 +171,6 @@ pub fn render_plan(ctx: &Context, plan: &Plan) -> String {
         Format::Yaml => serde_yaml::to_string(&render::plan::doc(plan))
             .expect("a plan document always serializes"),
     }
-}
-
-fn print(text: &str) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|_| out.flush())
-        .or_else(|e| {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                Ok(())
-            } else {
-                Err(Plain::new(
-                    Code::E016,
-                    format!("cannot write the output: {e}"),
-                ))
-            }
-        })?;
-    Ok(())
 }
 
 /// The exit code of a plan: 3 when infeasible (always); with

@@ -2,9 +2,9 @@
 //! maintain (`rm`, `restore`, `unlock`: take the lock or release it) the state
 //! file; `backup` copies it consistently while others may write.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::print;
 use crate::cli::*;
 use crate::error::{Code, Failure, Plain, exit};
 use crate::model::ServiceName;
@@ -34,20 +34,6 @@ fn state_path(ctx: &Context) -> PathBuf {
 
 fn shown(path: &Path) -> String {
     path.display().to_string()
-}
-
-fn print(text: &str) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|_| out.flush())
-        .or_else(|e| {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
-        .map_err(|e| Plain::new(Code::E016, format!("cannot write the output: {e}")).into())
 }
 
 /// Prints a document as JSON or YAML when asked, else the human text.

@@ -1,15 +1,78 @@
-//! Refresh for the process backend: the I/O edge of planning.
+//! Refresh: the I/O edge of planning.
 //!
-//! Reads `/proc/<pid>/stat` for every process the state records and reports what
-//! it finds as [`Observations`] for the pure planner. A process is identified by
-//! its pid and its start time (field 22, clock ticks since boot), so a pid reused
-//! by another program reads as `missing`, never as ours. Containers and Swarm
-//! services are observed by their backends, not here.
+//! For processes, reads `/proc/<pid>/stat` for every process the state records
+//! and reports what it finds as [`Observations`] for the pure planner. A process
+//! is identified by its pid and its start time (field 22, clock ticks since
+//! boot), so a pid reused by another program reads as `missing`, never as ours.
+//! Containers and Swarm services are discovered by their backends (by their
+//! labels); [`observe_discovered`] turns what they found into observations.
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use super::{Observations, ObservedInstance};
+use crate::backends::{Discovered, Liveness};
+use crate::model::BackendKind;
 use crate::state::{Handle, Snapshot};
+
+/// What the instances a backend of `kind` discovered (by their marks) say
+/// about the services the snapshot records for that backend: each recorded
+/// instance is `running`, `exited` or `missing`, with the spec hash it carries;
+/// a discovered instance that no record names is an orphan.
+pub fn observe_discovered(
+    kind: BackendKind,
+    discovered: &[Discovered],
+    snapshot: &Snapshot,
+) -> Observations {
+    let key = |h: &Handle| match h {
+        Handle::Container { id, .. } => format!("c:{id}"),
+        Handle::SwarmService { id, .. } => format!("s:{id}"),
+        Handle::Process {
+            pid, start_time, ..
+        } => format!("p:{pid}:{start_time}"),
+    };
+    let by_key: HashMap<String, &Discovered> =
+        discovered.iter().map(|d| (key(&d.handle), d)).collect();
+    let mut obs = Observations::default();
+    let mut claimed = BTreeSet::new();
+    for (name, record) in &snapshot.services {
+        if record.backend != kind {
+            continue;
+        }
+        let mut list = Vec::new();
+        for h in &record.handles {
+            let k = key(h);
+            let inst = match by_key.get(&k) {
+                Some(d) => {
+                    claimed.insert(k);
+                    ObservedInstance {
+                        handle: d.handle.clone(),
+                        state: match d.liveness {
+                            Liveness::Running => "running",
+                            Liveness::Exited(_) => "exited",
+                            Liveness::Missing => "missing",
+                        }
+                        .into(),
+                        spec_hash: d.spec_hash.clone(),
+                    }
+                }
+                None => ObservedInstance {
+                    handle: h.clone(),
+                    state: "missing".into(),
+                    spec_hash: None,
+                },
+            };
+            list.push(inst);
+        }
+        obs.services.insert(name.clone(), list);
+    }
+    for d in discovered {
+        if !claimed.contains(&key(&d.handle)) {
+            obs.orphans.push((d.service.clone(), d.handle.clone()));
+        }
+    }
+    obs
+}
 
 /// What `/proc` says about one pid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
