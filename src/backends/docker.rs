@@ -781,7 +781,7 @@ impl DockerBackend {
             for p in &spec.ports {
                 let port = match p.host_port {
                     Some(h) => h,
-                    None if spec.network.as_deref() == Some("host") => p.container_port,
+                    None if Attachment::of(spec, ctx) == Attachment::Host => p.container_port,
                     None => {
                         let port = free_port(ctx.network.port_range, p.protocol, &taken)
                             .ok_or_else(|| BackendError::Network {

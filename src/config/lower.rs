@@ -456,12 +456,12 @@ impl Lowering<'_> {
                 .label(net_at("mode"), "not with Swarm"),
             ),
             Some(schema::NetworkMode::Host) => {
-                for key in ["name", "cidr", "dns_servers"] {
-                    let given = match key {
-                        "name" => n.name.is_some(),
-                        "cidr" => n.cidr.is_some(),
-                        _ => n.dns_servers.as_ref().is_some_and(|d| !d.is_empty()),
-                    };
+                let given = [
+                    ("name", n.name.is_some()),
+                    ("cidr", n.cidr.is_some()),
+                    ("dns_servers", n.dns_servers.as_ref().is_some_and(|d| !d.is_empty())),
+                ];
+                for (key, given) in given {
                     if given {
                         out.push(
                             Problem::new(
@@ -641,9 +641,9 @@ impl Lowering<'_> {
 
         // A process's port, and a container's on the host network, is its
         // host port.
-        let own_port = backend == BackendKind::Process
-            || (backend == BackendKind::Docker && settings.network.is_host());
-        if backend == BackendKind::Docker && settings.network.is_host() {
+        let host_net = backend == BackendKind::Docker && settings.network.is_host();
+        let own_port = backend == BackendKind::Process || host_net;
+        if host_net {
             for (i, p) in def.ports.iter().flatten().enumerate() {
                 if let Some(h) = p.host_port.filter(|h| *h != p.container_port) {
                     let span = node
@@ -806,7 +806,7 @@ impl Lowering<'_> {
             labels: def.labels.clone().unwrap_or_default(),
             network: match backend {
                 BackendKind::Process => None,
-                BackendKind::Docker if settings.network.is_host() => Some("host".into()),
+                _ if host_net => Some("host".into()),
                 BackendKind::Docker | BackendKind::Swarm => settings.network.name.clone(),
             },
         })
