@@ -58,6 +58,7 @@ fn service(name: &str, port: u16, delay_ms: u64, deps: Vec<ServiceName>, www: &s
             timeout_seconds: 1,
             retries: 5,
             start_period_seconds: 0,
+            min_healthy_seconds: 0,
         }),
         ports: vec![PortSpec {
             container_port: port,

@@ -12,10 +12,14 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod failpoint;
+pub mod fsperm;
 pub mod inventory;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod plan;
+pub mod procfs;
 pub mod render;
 pub mod state;
 

@@ -238,7 +238,7 @@ pub async fn publish(monitoring: &MonitoringSettings, project: &str, text: &str)
             url.trim_end_matches('/'),
             project
         );
-        let client = reqwest::Client::builder()
+        let client = crate::net::client_builder()
             .timeout(std::time::Duration::from_secs(5))
             .build();
         let result = match client {

@@ -366,6 +366,28 @@ pub enum Probe {
     Command { argv: Vec<String> },
 }
 
+impl Probe {
+    /// The port an HTTP or TCP probe reaches on the loopback, if it does.
+    pub fn loopback_port(&self) -> Option<u16> {
+        let loopback = |h: &str| {
+            matches!(h, "localhost" | "0.0.0.0" | "::1" | "[::1]") || h.starts_with("127.")
+        };
+        match self {
+            Probe::Tcp { host, port } => loopback(host).then_some(*port),
+            Probe::Http { url } => {
+                let (scheme, rest) = url.split_once("://")?;
+                let authority = rest.split('/').next()?;
+                let (host, port) = match authority.rsplit_once(':') {
+                    Some((h, p)) if !p.contains(']') => (h, p.parse().ok()?),
+                    _ => (authority, if scheme == "https" { 443 } else { 80 }),
+                };
+                loopback(host).then_some(port)
+            }
+            Probe::Command { .. } => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
     pub probe: Probe,
@@ -374,6 +396,16 @@ pub struct HealthCheck {
     /// Consecutive failures, after the start period, that fail the gate.
     pub retries: u32,
     pub start_period_seconds: u64,
+    /// How long an instance must stay alive and healthy after its first
+    /// passing probe before its gate passes (Nomad's `min_healthy_time`).
+    /// Left out of the canonical form when 0, so that specs recorded before
+    /// it existed keep their hashes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_healthy_seconds: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -454,6 +486,25 @@ impl ServiceSpec {
         self.command.as_ref().is_some_and(Text::is_sensitive)
             || self.args.iter().any(Text::is_sensitive)
             || self.env.values().any(Text::is_sensitive)
+    }
+
+    /// The loopback ports an instance of this spec holds or is probed at on
+    /// the host: its host ports, and for a process (or a container on the
+    /// host's network) the port of an HTTP or TCP health check on the
+    /// loopback, which it must be listening on whether declared or not.
+    pub fn host_addresses(&self) -> std::collections::BTreeSet<u16> {
+        let mut out: std::collections::BTreeSet<u16> = self.host_ports().map(|(p, _)| p).collect();
+        let on_host =
+            self.backend == BackendKind::Process || self.network.as_deref() == Some("host");
+        if on_host
+            && let Some(p) = self
+                .health_check
+                .as_ref()
+                .and_then(|h| h.probe.loopback_port())
+        {
+            out.insert(p);
+        }
+        out
     }
 
     /// Host ports this service claims (all replicas), with their protocol.

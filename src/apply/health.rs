@@ -7,6 +7,15 @@
 //! not count; after it, a failure counts at most once per interval, and
 //! `retries` counted failures fail the gate. A process that exits during its gate
 //! fails it at once. A one-shot task passes by exiting 0.
+//!
+//! Attribution: a gate passes only on evidence the instance it judges produced.
+//! Liveness is checked before and after every passing probe; an HTTP or TCP
+//! probe that reaches a loopback port passes only when the backend does not
+//! say that another process holds the listening socket (for processes, the
+//! socket's inode must be open in the instance's process tree); a container is
+//! probed at its own address or the host port published for it alone. After
+//! the first pass the instance must stay alive and healthy for
+//! `min_healthy_seconds` (0 by default).
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -46,92 +55,180 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const FAST_CAP: Duration = Duration::from_millis(100);
 /// How long a gate probes fast before it falls back to `interval_seconds`.
 const FAST_WINDOW: Duration = Duration::from_secs(10);
+/// How often a passing instance is checked again while it must stay healthy
+/// for `min_healthy_seconds`.
+const HOLD_PROBE: Duration = Duration::from_millis(250);
+/// How long an instance without a health check must keep running after its
+/// start to pass: long enough to see a service that dies at start-up.
+pub const NO_CHECK_WAIT: Duration = Duration::from_secs(1);
 
 fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
+        // As Kubernetes' HTTPS probes: the probe asks whether the service
+        // answers, not who signed its certificate.
+        crate::net::client_builder()
             .no_proxy()
             .pool_max_idle_per_host(0)
+            .tls_danger_accept_invalid_certs(true)
             .build()
-            .expect("an HTTP client without TLS always builds")
+            .expect("the probe client always builds")
     })
 }
 
-/// A loopback URL `http://127.0.0.1:<port>/…` names the service's own port;
-/// the backend says where that port is reachable (a container's published
-/// host port). Other URLs are used as written.
-async fn published_url(backend: &dyn Backend, handle: &Handle, url: &str) -> String {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return url.to_owned();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let Some((host, port)) = authority.rsplit_once(':') else {
-        return url.to_owned();
-    };
-    let (Ok(port), true) = (
-        port.parse::<u16>(),
-        matches!(host, "127.0.0.1" | "localhost" | "0.0.0.0"),
-    ) else {
-        return url.to_owned();
-    };
-    let (h, p) = backend.probe_address(handle, port).await;
-    let h = if h.contains(':') { format!("[{h}]") } else { h };
-    format!("http://{h}:{p}{path}")
+/// Hosts that name this machine's loopback interface.
+fn is_loopback(host: &str) -> bool {
+    matches!(
+        host,
+        "127.0.0.1" | "localhost" | "0.0.0.0" | "::1" | "[::1]" | "::"
+    ) || host.starts_with("127.")
 }
 
-/// Runs one probe of `probe` against the instance behind `handle`.
+/// Where a probe of `host:port` goes for one instance, by the one port rule
+/// (documented in `docs/configuration.md`, "Health checks"):
+/// - a loopback address naming a declared `host_port` probes that host port;
+/// - a loopback address naming a declared `container_port` probes wherever
+///   that port of the instance is reachable (a process: the loopback; a
+///   container: its published host port, or its address on its network);
+/// - anything else is used as written.
+///
+/// A path endpoint was lowered to a loopback URL naming the first port.
+pub async fn target(
+    backend: &dyn Backend,
+    spec: &ServiceSpec,
+    handle: &Handle,
+    host: &str,
+    port: u16,
+) -> (String, u16) {
+    if !is_loopback(host) {
+        return (host.to_owned(), port);
+    }
+    if spec.ports.iter().any(|p| p.host_port == Some(port)) {
+        return ("127.0.0.1".to_owned(), port);
+    }
+    if spec.ports.iter().any(|p| p.container_port == port) {
+        return backend.probe_address(handle, port).await;
+    }
+    (host.trim_matches(|c| c == '[' || c == ']').to_owned(), port)
+}
+
+/// A URL split into what the port rule needs.
+struct Url<'a> {
+    scheme: &'a str,
+    host: &'a str,
+    port: u16,
+    path: &'a str,
+}
+
+fn split_url(url: &str) -> Option<Url<'_>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h, p.parse().ok()?),
+        _ => (authority, default_port),
+    };
+    Some(Url {
+        scheme,
+        host,
+        port,
+        path,
+    })
+}
+
+fn host_in_url(h: &str) -> String {
+    if h.contains(':') {
+        format!("[{h}]")
+    } else {
+        h.to_owned()
+    }
+}
+
+/// Runs one probe of `probe` against the instance behind `handle`. HTTP and
+/// TCP probes that reach a loopback address pass only when the listening
+/// socket is the instance's own (where the backend can tell).
 pub async fn probe_once(
     backend: &dyn Backend,
+    spec: &ServiceSpec,
     handle: &Handle,
     probe: &Probe,
     timeout: Duration,
 ) -> ProbeOutcome {
-    match probe {
+    let (out, reached) = match probe {
         Probe::Http { url } => {
-            let url = &published_url(backend, handle, url).await;
-            let fut = client().get(url).timeout(timeout).send();
-            match tokio::time::timeout(timeout, fut).await {
-                Err(_) => ProbeOutcome {
-                    healthy: false,
-                    detail: format!("GET {url}: timed out after {} ms", timeout.as_millis()),
-                },
-                Ok(Err(e)) => ProbeOutcome {
-                    healthy: false,
-                    detail: format!("GET {url}: {}", short_error(&e)),
-                },
-                Ok(Ok(resp)) => {
-                    let status = resp.status();
-                    ProbeOutcome {
-                        healthy: status.is_success(),
-                        detail: format!("GET {url}: {status}"),
-                    }
+            let (url, reached) = match split_url(url) {
+                Some(u) => {
+                    let (h, p) = target(backend, spec, handle, u.host, u.port).await;
+                    (
+                        format!("{}://{}:{p}{}", u.scheme, host_in_url(&h), u.path),
+                        Some((h, p)),
+                    )
                 }
-            }
+                None => (url.clone(), None),
+            };
+            (http_probe(&url, timeout).await, reached)
         }
         Probe::Tcp { host, port } => {
-            let (h, p) = if matches!(host.as_str(), "127.0.0.1" | "localhost" | "0.0.0.0") {
-                backend.probe_address(handle, *port).await
-            } else {
-                (host.clone(), *port)
-            };
-            let addr = format!("{h}:{p}");
-            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
-                Err(_) => ProbeOutcome {
+            let (h, p) = target(backend, spec, handle, host, *port).await;
+            let addr = format!("{}:{p}", host_in_url(&h));
+            let out =
+                match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {
+                    Err(_) => ProbeOutcome {
+                        healthy: false,
+                        detail: format!("connect {addr}: timed out"),
+                    },
+                    Ok(Err(e)) => ProbeOutcome {
+                        healthy: false,
+                        detail: format!("connect {addr}: {e}"),
+                    },
+                    Ok(Ok(_)) => ProbeOutcome {
+                        healthy: true,
+                        detail: format!("connect {addr}: ok"),
+                    },
+                };
+            (out, Some((h, p)))
+        }
+        Probe::Command { argv } => return backend.exec_probe(handle, argv, timeout).await,
+    };
+    match reached {
+        Some((h, p)) if out.healthy && is_loopback(&h) => {
+            if backend.listener_is_own(handle, p).await == Some(false) {
+                return ProbeOutcome {
                     healthy: false,
-                    detail: format!("connect {addr}: timed out"),
-                },
-                Ok(Err(e)) => ProbeOutcome {
-                    healthy: false,
-                    detail: format!("connect {addr}: {e}"),
-                },
-                Ok(Ok(_)) => ProbeOutcome {
-                    healthy: true,
-                    detail: format!("connect {addr}: ok"),
-                },
+                    detail: format!(
+                        "{}, but port {p} is held by a process that is not this instance",
+                        out.detail
+                    ),
+                };
+            }
+            out
+        }
+        _ => out,
+    }
+}
+
+async fn http_probe(url: &str, timeout: Duration) -> ProbeOutcome {
+    let fut = client().get(url).timeout(timeout).send();
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => ProbeOutcome {
+            healthy: false,
+            detail: format!("GET {url}: timed out after {} ms", timeout.as_millis()),
+        },
+        Ok(Err(e)) => ProbeOutcome {
+            healthy: false,
+            detail: format!("GET {url}: {}", short_error(&e)),
+        },
+        Ok(Ok(resp)) => {
+            let status = resp.status();
+            ProbeOutcome {
+                healthy: status.is_success(),
+                detail: format!("GET {url}: {status}"),
             }
         }
-        Probe::Command { argv } => backend.exec_probe(handle, argv, timeout).await,
     }
 }
 
@@ -240,8 +337,7 @@ pub async fn gate(
     }
     let Some(check) = &spec.health_check else {
         // No check: the instances must still run shortly after their start.
-        if let Some(why) = wait_or_stop(Duration::from_millis(100), cancel, stop_at, deadline).await
-        {
+        if let Some(why) = wait_or_stop(NO_CHECK_WAIT, cancel, stop_at, deadline).await {
             return rec.done(false, why);
         }
         return match first_down(backend, handles).await {
@@ -259,9 +355,11 @@ pub async fn gate(
     let interval = Duration::from_secs(check.interval_seconds.max(1));
     let timeout = Duration::from_secs(check.timeout_seconds.max(1));
     let start_period = Duration::from_secs(check.start_period_seconds);
+    let min_healthy = Duration::from_secs(check.min_healthy_seconds);
     let retries = check.retries.max(1);
     let mut counted = 0u32;
     let mut last_counted: Option<Instant> = None;
+    let mut healthy_since: Option<Instant> = None;
     loop {
         if let Some((i, l)) = first_down(backend, handles).await {
             let why = format!("replica {i} {} during its health check", describe(&l));
@@ -269,22 +367,40 @@ pub async fn gate(
             return rec.done(false, why);
         }
         let mut all_ok = true;
+        let mut probed = Vec::new();
         for h in handles {
-            let out = probe_once(backend, h, &check.probe, timeout).await;
+            // Replicas behind one address (a host port) answer with one probe.
+            let addr = probe_key(backend, spec, h, &check.probe).await;
+            if addr.is_some() && probed.contains(&addr) {
+                continue;
+            }
+            probed.push(addr);
+            let out = probe_once(backend, spec, h, &check.probe, timeout).await;
             let ok = out.healthy;
             rec.push(ok, out.detail);
             if !ok {
                 all_ok = false;
                 break;
             }
-            if matches!(check.probe, Probe::Http { .. } | Probe::Tcp { .. }) && handles.len() > 1 {
-                // One address serves every replica: one probe answers for all.
-                break;
-            }
         }
         if all_ok {
-            return rec.done(true, String::new());
+            // The answer counts only from instances that still run after it.
+            if let Some((i, l)) = first_down(backend, handles).await {
+                let why = format!("replica {i} {} right after a passing probe", describe(&l));
+                rec.push(false, why.clone());
+                return rec.done(false, why);
+            }
+            let since = *healthy_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= min_healthy {
+                return rec.done(true, String::new());
+            }
+            let left = min_healthy.saturating_sub(since.elapsed());
+            if let Some(why) = wait_or_stop(left.min(HOLD_PROBE), cancel, stop_at, deadline).await {
+                return rec.done(false, why);
+            }
+            continue;
         }
+        healthy_since = None;
         let now = Instant::now();
         if now.duration_since(rec.began) >= start_period
             && last_counted.is_none_or(|t| now.duration_since(t) >= interval)
@@ -315,6 +431,24 @@ pub async fn gate(
         } else {
             interval
         });
+    }
+}
+
+/// The address an HTTP or TCP probe of an instance reaches (`None` for a
+/// command probe, which runs per instance).
+async fn probe_key(
+    backend: &dyn Backend,
+    spec: &ServiceSpec,
+    handle: &Handle,
+    probe: &Probe,
+) -> Option<(String, u16)> {
+    match probe {
+        Probe::Http { url } => {
+            let u = split_url(url)?;
+            Some(target(backend, spec, handle, u.host, u.port).await)
+        }
+        Probe::Tcp { host, port } => Some(target(backend, spec, handle, host, *port).await),
+        Probe::Command { .. } => None,
     }
 }
 

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::backends::{Backend, BackendError, Registry, StartContext};
+use crate::error::Code;
 use crate::model::{DesiredState, SecretKey, Sensitive, ServiceName, ServiceSpec, Text, Workload};
 use crate::plan::{Action, Change, Plan};
 use crate::state::{
@@ -154,11 +155,47 @@ pub struct Options {
     pub base_dir: std::path::PathBuf,
 }
 
+/// What kind of failure stopped a run. The error code and the exit code
+/// follow from it; nothing reads the reason's words to decide.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Getting ready before the first phase failed (an image, a command, a
+    /// directory): nothing was changed.
+    Prepare { code: Code },
+    /// The backend could not start, stop or change an instance.
+    Backend { code: Code },
+    /// The health gate failed.
+    #[default]
+    Gate,
+    /// The state could not be written.
+    State,
+    /// The plaintext of a secret is not known to this run.
+    SecretUnavailable,
+    /// The run was interrupted (SIGINT, SIGTERM).
+    Interrupted,
+}
+
+impl FailureKind {
+    /// The error code this failure reports.
+    pub fn code(self) -> Code {
+        match self {
+            FailureKind::Prepare { code } | FailureKind::Backend { code } => code,
+            FailureKind::Gate => Code::E006,
+            FailureKind::State => Code::E012,
+            FailureKind::SecretUnavailable => Code::E016,
+            FailureKind::Interrupted => Code::E008,
+        }
+    }
+}
+
 /// Why a service failed, with the evidence.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FailureEvidence {
     pub service: ServiceName,
     pub action: Action,
+    #[serde(flatten, default)]
+    pub kind: FailureKind,
     pub reason: String,
     /// The last probe results.
     pub probes: Vec<ProbeRecord>,
@@ -192,12 +229,25 @@ pub struct Report {
 
 impl Report {
     /// The exit code: 0 succeeded, 4 rolled back cleanly, 5 anything else.
+    /// The exit code: 0 succeeded, 1 refused before any change, 4 rolled
+    /// back cleanly, 5 anything else.
     pub fn exit_code(&self) -> u8 {
         match self.outcome {
             Outcome::Succeeded => 0,
+            _ if self.refused() => 1,
             Outcome::RolledBack => 4,
             _ => 5,
         }
+    }
+
+    /// Whether the run was refused before it changed anything (a missing
+    /// image or command, say).
+    pub fn refused(&self) -> bool {
+        !self.failures.is_empty()
+            && self
+                .failures
+                .iter()
+                .all(|f| matches!(f.kind, FailureKind::Prepare { .. }))
     }
 }
 
@@ -284,6 +334,41 @@ fn secret_map(desired: &DesiredState) -> HashMap<String, String> {
 
 type StepResult = Result<(), FailureEvidence>;
 
+/// Why a step of a run failed: its kind (from which the codes follow) and
+/// its message.
+#[derive(Clone, Debug)]
+struct StepError {
+    kind: FailureKind,
+    message: String,
+}
+
+impl StepError {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<StateError> for StepError {
+    fn from(e: StateError) -> Self {
+        Self::new(FailureKind::State, e.to_string())
+    }
+}
+
+impl From<BackendError> for StepError {
+    fn from(e: BackendError) -> Self {
+        Self::new(FailureKind::Backend { code: e.code() }, e.to_string())
+    }
+}
+
 impl Exec<'_> {
     fn emit(&self, e: Event) {
         match &e {
@@ -313,10 +398,13 @@ impl Exec<'_> {
         f(&mut guard)
     }
 
-    fn backend(&self, spec: &ServiceSpec) -> Result<Arc<dyn Backend>, String> {
-        self.backends
-            .get(spec.backend)
-            .ok_or_else(|| format!("no {} backend is available", spec.backend))
+    fn backend(&self, spec: &ServiceSpec) -> Result<Arc<dyn Backend>, StepError> {
+        self.backends.get(spec.backend).ok_or_else(|| {
+            StepError::new(
+                FailureKind::Backend { code: Code::E014 },
+                format!("no {} backend is available", spec.backend),
+            )
+        })
     }
 
     fn record(
@@ -346,11 +434,12 @@ impl Exec<'_> {
         }
     }
 
-    fn fail(&self, service: &ServiceName, action: Action, reason: String) -> FailureEvidence {
+    fn fail(&self, service: &ServiceName, action: Action, err: StepError) -> FailureEvidence {
         FailureEvidence {
             service: service.clone(),
             action,
-            reason,
+            kind: err.kind,
+            reason: err.message,
             probes: Vec::new(),
             log_tail: Vec::new(),
         }
@@ -366,19 +455,19 @@ impl Exec<'_> {
         gpus: &[GpuRef],
         intent: &str,
         act: impl std::future::Future<Output = Result<Vec<Handle>, BackendError>>,
-    ) -> Result<Vec<Handle>, String> {
-        let id = self
-            .with_store(|s| {
-                s.record_intent(
-                    self.revision,
-                    &spec.name,
-                    intent,
-                    &serde_json::json!({ "spec_hash": spec.spec_hash() }),
-                )
-            })
-            .map_err(|e| e.to_string())?;
+    ) -> Result<Vec<Handle>, StepError> {
+        let id = self.with_store(|s| {
+            s.record_intent(
+                self.revision,
+                &spec.name,
+                intent,
+                &serde_json::json!({ "spec_hash": spec.spec_hash() }),
+            )
+        })?;
+        crate::failpoint::hit("after-intent");
         match act.await {
             Ok(handles) => {
+                crate::failpoint::hit("after-start");
                 let rec = self.record(spec, handles.clone(), ServiceStatus::Pending, gpus);
                 self.with_store(|s| {
                     s.put_service(&rec)?;
@@ -387,16 +476,15 @@ impl Exec<'_> {
                         "succeeded",
                         &serde_json::json!({ "handles": handles_json(&handles) }),
                     )
-                })
-                .map_err(|e| e.to_string())?;
+                })?;
                 Ok(handles)
             }
             Err(e) => {
-                let msg = error_text(&e);
+                let err = StepError::from(e);
                 let _ = self.with_store(|s| {
-                    s.close_intent(id, "failed", &serde_json::json!({ "error": msg }))
+                    s.close_intent(id, "failed", &serde_json::json!({ "error": err.message }))
                 });
-                Err(msg)
+                Err(err)
             }
         }
     }
@@ -407,7 +495,7 @@ impl Exec<'_> {
         spec: &ServiceSpec,
         gpus: &[GpuRef],
         intent: &str,
-    ) -> Result<Vec<Handle>, String> {
+    ) -> Result<Vec<Handle>, StepError> {
         let backend = self.backend(spec)?;
         let mut ctx = self.ctx.clone();
         ctx.gpus = gpus.to_vec();
@@ -427,30 +515,28 @@ impl Exec<'_> {
         spec: &ServiceSpec,
         handles: &[Handle],
         intent: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let backend = self.backend(spec)?;
-        let id = self
-            .with_store(|s| {
-                s.record_intent(
-                    self.revision,
-                    &spec.name,
-                    intent,
-                    &serde_json::json!({ "handles": handles_json(handles) }),
-                )
-            })
-            .map_err(|e| e.to_string())?;
+        let id = self.with_store(|s| {
+            s.record_intent(
+                self.revision,
+                &spec.name,
+                intent,
+                &serde_json::json!({ "handles": handles_json(handles) }),
+            )
+        })?;
         let res = backend.stop(handles, self.grace).await;
+        crate::failpoint::hit("after-stop");
         let (outcome, detail) = match &res {
             Ok(()) => ("succeeded", serde_json::json!({})),
             Err(e) => ("failed", serde_json::json!({ "error": error_text(e) })),
         };
-        self.with_store(|s| s.close_intent(id, outcome, &detail))
-            .map_err(|e| e.to_string())?;
+        self.with_store(|s| s.close_intent(id, outcome, &detail))?;
         self.emit(Event::InstanceStopped {
             service: spec.name.clone(),
             handles: handles.to_vec(),
         });
-        res.map_err(|e| error_text(&e))
+        res.map_err(StepError::from)
     }
 
     async fn gate(
@@ -468,6 +554,7 @@ impl Exec<'_> {
                 probes: Vec::new(),
             };
         };
+        crate::failpoint::hit("during-gate");
         let name = spec.name.clone();
         let hook = self.hook;
         let on_probe = move |p: &ProbeRecord| {
@@ -505,6 +592,7 @@ impl Exec<'_> {
         FailureEvidence {
             service: spec.name.clone(),
             action,
+            kind: FailureKind::Gate,
             reason: gate.reason,
             probes: gate.probes,
             log_tail,
@@ -534,7 +622,7 @@ impl Exec<'_> {
         };
         let rec = self.record(spec, kept, ServiceStatus::Ready, gpus);
         self.with_store(|s| s.put_service(&rec))
-            .map_err(|e| self.fail(&spec.name, action, e.to_string()))
+            .map_err(|e| self.fail(&spec.name, action, e.into()))
     }
 
     /// Stops the instances the state recorded for this change's service (if
@@ -575,7 +663,7 @@ impl Exec<'_> {
                 s.put_service(&r)
             }
         })
-        .map_err(|e| self.fail(&change.service, change.action, e.to_string()))
+        .map_err(|e| self.fail(&change.service, change.action, e.into()))
     }
 
     async fn run_change(&self, change: &Change) -> StepResult {
@@ -604,16 +692,27 @@ impl Exec<'_> {
             Action::NoOp => Ok(()),
             Action::Create => match &change.after {
                 Some(spec) => self.bring_up(spec, &change.gpus, Action::Create).await,
-                None => Err(self.fail(
-                    &change.service,
-                    change.action,
-                    "the plan has no spec".into(),
-                )),
+                None => Err(self.fail(&change.service, change.action, no_spec())),
             },
             Action::Replace => self.replace(change).await,
             Action::Destroy => self.take_down(change, true).await,
             Action::Update => self.update(change).await,
         };
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        // The audit trail: every action, with its outcome.
+        let (outcome, detail) = match &res {
+            Ok(()) => ("succeeded", format!("done in {elapsed_ms} ms")),
+            Err(f) => ("failed", f.reason.clone()),
+        };
+        let _ = self.with_store(|s| {
+            s.event(
+                self.revision,
+                Some(&change.service),
+                change.action.as_str(),
+                outcome,
+                &detail,
+            )
+        });
         match &res {
             Ok(()) => {
                 self.completed
@@ -623,7 +722,7 @@ impl Exec<'_> {
                 self.emit(Event::ActionSucceeded {
                     service: change.service.clone(),
                     action: change.action,
-                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    elapsed_ms,
                 });
             }
             Err(f) => self.emit(Event::ActionFailed {
@@ -637,17 +736,16 @@ impl Exec<'_> {
 
     async fn replace(&self, change: &Change) -> StepResult {
         let Some(after) = &change.after else {
-            return Err(self.fail(
-                &change.service,
-                change.action,
-                "the plan has no spec".into(),
-            ));
+            return Err(self.fail(&change.service, change.action, no_spec()));
         };
-        let conflict = change.before.as_ref().is_some_and(|b| {
-            let old: Vec<_> = b.host_ports().collect();
-            after.host_ports().any(|p| old.contains(&p))
-        });
-        if conflict {
+        // Stop-first when old and new would hold or be probed at the same
+        // host address: the new instance could not bind it, and a probe
+        // there could be answered by the old one.
+        if change
+            .before
+            .as_ref()
+            .is_some_and(|b| stops_first(b, after))
+        {
             self.take_down(change, false).await?;
             self.bring_up(after, &change.gpus, Action::Replace).await
         } else {
@@ -659,11 +757,7 @@ impl Exec<'_> {
     async fn update(&self, change: &Change) -> StepResult {
         let (Some(after), Some(record)) = (&change.after, self.prior.get(&change.service).cloned())
         else {
-            return Err(self.fail(
-                &change.service,
-                change.action,
-                "the plan has no spec".into(),
-            ));
+            return Err(self.fail(&change.service, change.action, no_spec()));
         };
         let backend = self
             .backend(after)
@@ -687,11 +781,11 @@ impl Exec<'_> {
         }
         let rec = self.record(after, handles, ServiceStatus::Ready, &change.gpus);
         self.with_store(|s| s.put_service(&rec))
-            .map_err(|e| self.fail(&change.service, change.action, e.to_string()))
+            .map_err(|e| self.fail(&change.service, change.action, e.into()))
     }
 
     /// The recorded spec with the plaintext of its secrets, where this run knows it.
-    fn with_plaintext(&self, spec: &ServiceSpec) -> Result<ServiceSpec, String> {
+    fn with_plaintext(&self, spec: &ServiceSpec) -> Result<ServiceSpec, StepError> {
         let mut spec = spec.clone();
         let mut missing = Vec::new();
         let fix = |t: &mut Text, field: String, missing: &mut Vec<String>| {
@@ -716,9 +810,12 @@ impl Exec<'_> {
         if missing.is_empty() {
             Ok(spec)
         } else {
-            Err(format!(
-                "the previous value of sensitive `{}` is not known (only its digest is recorded)",
-                missing.join("`, `")
+            Err(StepError::new(
+                FailureKind::SecretUnavailable,
+                format!(
+                    "the previous value of sensitive `{}` is not known (only its digest is recorded)",
+                    missing.join("`, `")
+                ),
             ))
         }
     }
@@ -733,6 +830,7 @@ impl Exec<'_> {
         self.emit(Event::RollbackStarted { steps: steps.len() });
         let mut out = Vec::new();
         for step in steps.into_iter().rev() {
+            crate::failpoint::hit("during-rollback");
             if self.cancel.level() >= 2 {
                 out.push(self.report_step(
                     &step_service(&step),
@@ -764,13 +862,16 @@ impl Exec<'_> {
                         .expect("alive")
                         .get(&service)
                         .cloned();
+                    if let (Some(rec), Ok(b)) = (&alive, self.backend(&spec)) {
+                        b.restore(&rec.handles).await;
+                    }
                     let st = self.with_store(|s| match &alive {
                         Some(rec) => s.put_service(rec),
                         None => s.remove_service(&service),
                     });
                     let ok = res.is_ok() && st.is_ok();
                     let detail = match (res, st) {
-                        (Err(e), _) => e,
+                        (Err(e), _) => e.message,
                         (_, Err(e)) => e.to_string(),
                         _ => format!("stopped {} instance(s)", handles.len()),
                     };
@@ -790,7 +891,7 @@ impl Exec<'_> {
                         (Ok(b), Ok(old)) => b
                             .update(&old, &current, &self.ctx)
                             .await
-                            .map_err(|e| error_text(&e)),
+                            .map_err(StepError::from),
                         (Err(e), _) | (_, Err(e)) => Err(e),
                     };
                     match res {
@@ -800,7 +901,9 @@ impl Exec<'_> {
                             let _ = self.with_store(|s| s.put_service(&rec));
                             self.report_step(&record.name, "revert-update", true, "reverted".into())
                         }
-                        Err(e) => self.report_step(&record.name, "revert-update", false, e),
+                        Err(e) => {
+                            self.report_step(&record.name, "revert-update", false, e.to_string())
+                        }
                     }
                 }
             };
@@ -818,7 +921,7 @@ impl Exec<'_> {
                 r.handles.clear();
                 r.status = ServiceStatus::Tainted;
                 let _ = self.with_store(|s| s.put_service(&r));
-                return self.report_step(&name, "restart-old", false, e);
+                return self.report_step(&name, "restart-old", false, e.message);
             }
         };
         let handles = match self.start(&spec, &record.gpus, "rollback-start").await {
@@ -828,7 +931,7 @@ impl Exec<'_> {
                 r.handles.clear();
                 r.status = ServiceStatus::Tainted;
                 let _ = self.with_store(|s| s.put_service(&r));
-                return self.report_step(&name, "restart-old", false, e);
+                return self.report_step(&name, "restart-old", false, e.message);
             }
         };
         let g = self.gate(&spec, &handles, 2, deadline).await;
@@ -902,6 +1005,17 @@ fn step_service(u: &Undo) -> ServiceName {
 
 fn error_text(e: &BackendError) -> String {
     e.to_string()
+}
+
+/// Whether replacing `before` by `after` must stop the old instances first:
+/// they share a host port, or a loopback address that both are probed at.
+pub fn stops_first(before: &ServiceSpec, after: &ServiceSpec) -> bool {
+    let old = before.host_addresses();
+    after.host_addresses().iter().any(|p| old.contains(p))
+}
+
+fn no_spec() -> StepError {
+    StepError::new(FailureKind::State, "the plan has no spec")
 }
 
 /// Runs `plan` against the world: phases in order, actions within a phase
@@ -983,8 +1097,9 @@ pub async fn execute(
     });
 
     let mut failures: Vec<FailureEvidence> = Vec::new();
-    // What the run will start is made ready first (images pulled), so that a
-    // missing image fails the run before anything has changed.
+    // What the run will start is made ready and checked first (images
+    // pulled, commands and directories found), so that a missing piece fails
+    // the run before anything has changed.
     let mut prepared = BTreeSet::new();
     for c in &plan.changes {
         let Some(spec) = c
@@ -994,12 +1109,15 @@ pub async fn execute(
         else {
             continue;
         };
-        if !prepared.insert((spec.backend, spec.image.clone())) || cancel.level() > 0 {
+        // An image is made ready once; everything else per service.
+        let key = spec.image.clone().unwrap_or_else(|| spec.name.to_string());
+        if !prepared.insert((spec.backend, key)) || cancel.level() > 0 {
             continue;
         }
         let Ok(backend) = exec.backend(spec) else {
             continue;
         };
+        let spec = &exec.with_plaintext(spec).unwrap_or_else(|_| spec.clone());
         let service = spec.name.clone();
         let on_progress = |detail: String| {
             hook(&Event::Prepare {
@@ -1007,14 +1125,14 @@ pub async fn execute(
                 detail,
             })
         };
-        if let Err(e) = backend.prepare(spec, &on_progress).await {
-            let reason = error_text(&e);
+        if let Err(e) = backend.prepare(spec, &exec.ctx, &on_progress).await {
+            let err = StepError::new(FailureKind::Prepare { code: e.code() }, e.to_string());
             exec.emit(Event::ActionFailed {
                 service: spec.name.clone(),
                 action: c.action,
-                reason: reason.clone(),
+                reason: err.message.clone(),
             });
-            failures.push(exec.fail(&spec.name, c.action, reason));
+            failures.push(exec.fail(&spec.name, c.action, err));
             break;
         }
     }
@@ -1069,6 +1187,7 @@ pub async fn execute(
         failures.push(FailureEvidence {
             service: ServiceName::parse("interrupted").expect("valid name"),
             action: Action::NoOp,
+            kind: FailureKind::Interrupted,
             reason: "the apply was interrupted".into(),
             probes: Vec::new(),
             log_tail: Vec::new(),
@@ -1077,8 +1196,15 @@ pub async fn execute(
 
     let mut rollback = Vec::new();
     let mut left = Vec::new();
+    let refused = !failures.is_empty()
+        && failures
+            .iter()
+            .all(|f| matches!(f.kind, FailureKind::Prepare { .. }));
     let outcome = if failures.is_empty() {
         Outcome::Succeeded
+    } else if refused {
+        // Nothing was changed: there is nothing to roll back.
+        Outcome::Failed
     } else if opts.no_rollback || !dep.rollback_on_failure {
         // Leave everything as it is; mark the failed services tainted.
         for f in &failures {

@@ -1019,6 +1019,7 @@ impl Backend for DockerBackend {
     async fn prepare(
         &self,
         spec: &ServiceSpec,
+        _ctx: &StartContext,
         progress: &(dyn Fn(String) + Send + Sync),
     ) -> Result<(), BackendError> {
         let Some(image) = spec.image.as_deref() else {
@@ -1279,6 +1280,32 @@ impl Backend for DockerBackend {
             })
             .map(|ip| (ip, port))
             .unwrap_or(fallback)
+    }
+
+    async fn restore(&self, handles: &[Handle]) {
+        let Ok(docker) = self.api().await else {
+            return;
+        };
+        for h in handles {
+            let Handle::Container { id, name, .. } = h else {
+                continue;
+            };
+            let Ok(c) = docker.inspect_container(id, None).await else {
+                continue;
+            };
+            if c.name.as_deref().map(|n| n.trim_start_matches('/')) == Some(name.as_str()) {
+                continue;
+            }
+            let renamed = docker
+                .rename_container(
+                    id,
+                    RenameContainerOptionsBuilder::default().name(name).build(),
+                )
+                .await;
+            if let Err(e) = renamed {
+                tracing::warn!(container = %name, error = %message(&e), "could not take its name back");
+            }
+        }
     }
 
     async fn logs(&self, handle: &Handle, lines: usize) -> Vec<String> {

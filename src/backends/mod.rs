@@ -127,6 +127,23 @@ pub enum BackendError {
     },
 }
 
+impl BackendError {
+    /// The error code this failure reports.
+    pub fn code(&self) -> crate::error::Code {
+        use crate::error::Code;
+        match self {
+            BackendError::StartFailed { .. }
+            | BackendError::StopFailed { .. }
+            | BackendError::Unsupported { .. } => Code::E005,
+            BackendError::BinaryNotFound { .. } => Code::E003,
+            BackendError::ImageUnavailable { .. } => Code::E015,
+            BackendError::Unavailable { .. } => Code::E014,
+            BackendError::Network { .. } => Code::E010,
+            BackendError::Volume { .. } => Code::S005,
+        }
+    }
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
@@ -139,6 +156,7 @@ pub trait Backend: Send + Sync {
     async fn prepare(
         &self,
         _spec: &ServiceSpec,
+        _ctx: &StartContext,
         _progress: &(dyn Fn(String) + Send + Sync),
     ) -> Result<(), BackendError> {
         Ok(())
@@ -190,6 +208,22 @@ pub trait Backend: Send + Sync {
     async fn probe_address(&self, handle: &Handle, port: u16) -> (String, u16) {
         let _ = handle;
         ("127.0.0.1".to_owned(), port)
+    }
+
+    /// Whether the socket listening on loopback `port` belongs to this
+    /// instance (its process tree): `Some(false)` when another process holds
+    /// it, `None` when the backend cannot tell (the address it probes is the
+    /// instance's own, as a container's is). A gate passes an HTTP or TCP
+    /// probe only on evidence the instance produced itself.
+    async fn listener_is_own(&self, handle: &Handle, port: u16) -> Option<bool> {
+        let _ = (handle, port);
+        None
+    }
+
+    /// Puts instances that a failed change left running back as they were
+    /// before it (a container renamed out of the way gets its name back).
+    async fn restore(&self, handles: &[Handle]) {
+        let _ = handles;
     }
 
     /// The last `lines` lines of an instance's output.

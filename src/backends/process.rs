@@ -12,9 +12,8 @@
 //! signalled. Every process carries the mark variables of [`super::marks`], which
 //! is how [`ProcessBackend::discover`] finds them again after a run was killed.
 
-use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,6 +24,7 @@ use async_trait::async_trait;
 
 use super::{Backend, BackendError, Discovered, Liveness, ProbeOutcome, StartContext, marks};
 use crate::model::{BackendKind, ServiceName, ServiceSpec, Text};
+use crate::procfs;
 use crate::state::Handle;
 
 /// Runs services as local processes. Keeps the children it started so that their
@@ -68,28 +68,24 @@ impl ProcessBackend {
         for (i, a) in spec.args.iter().enumerate() {
             argv.push(expose(a, &service, &format!("args[{i}]"))?);
         }
-        let cwd = match &spec.working_dir {
-            Some(d) => ctx.base_dir.join(d),
-            None => ctx.base_dir.clone(),
-        };
-        if !cwd.is_dir() {
-            return Err(start_failed(format!(
-                "working directory `{}` does not exist",
-                cwd.display()
-            )));
-        }
-        std::fs::create_dir_all(&ctx.log_dir).map_err(|e| {
+        let cwd = working_dir(spec, &ctx.base_dir)?;
+        crate::fsperm::private_dir(&ctx.log_dir).map_err(|e| {
             start_failed(format!(
                 "log directory `{}` cannot be created: {e}",
                 ctx.log_dir.display()
             ))
         })?;
         let log_path = Self::log_path(&ctx.log_dir, &service, replica, spec.replicas.max(1));
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
+        let mut log = crate::fsperm::private_append(&log_path)
             .map_err(|e| start_failed(format!("log file `{}`: {e}", log_path.display())))?;
+        // Each instance's lines start after a header of their own, so that
+        // the evidence of a failure never mixes in an earlier instance's.
+        let _ = writeln!(
+            log,
+            "{INSTANCE_HEADER} `{service}` replica {replica}, revision {}, at {}",
+            ctx.revision,
+            crate::apply::now_rfc3339()
+        );
         let log_err = log
             .try_clone()
             .map_err(|e| start_failed(format!("log file: {e}")))?;
@@ -122,16 +118,17 @@ impl ProcessBackend {
                 Ok(())
             });
         }
+        let shown = command.display();
         let child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 BackendError::BinaryNotFound {
                     service: service.clone(),
-                    command: program.to_owned(),
+                    command: shown.to_owned(),
                 }
             } else if e.kind() == std::io::ErrorKind::PermissionDenied {
-                start_failed(format!("`{program}` is not executable: {e}"))
+                start_failed(format!("`{shown}` is not executable"))
             } else {
-                start_failed(format!("`{program}`: {e}"))
+                start_failed(format!("`{shown}` could not be started: {}", e.kind()))
             }
         })?;
         let pid = child.id();
@@ -163,9 +160,9 @@ impl ProcessBackend {
                 };
             }
         }
-        match stat(pid) {
-            Some((state, st)) if st == start => {
-                if state == 'Z' || state == 'X' {
+        match procfs::stat(pid) {
+            Some(s) if s.start_time == start => {
+                if s.is_dead() {
                     Liveness::Exited(None)
                 } else {
                     Liveness::Running
@@ -175,56 +172,70 @@ impl ProcessBackend {
         }
     }
 
+    /// Stops one instance: the process that started at `start` with `pid`,
+    /// its process group and every process of its tree (children that left
+    /// the group included). SIGTERM first, SIGKILL after `grace`.
     async fn stop_one(&self, pid: u32, start: u64, grace: Duration) {
-        if self.liveness_now(pid, start) != Liveness::Running {
-            // The leader is gone; members of its group may remain (the group id
-            // cannot be reused while the group exists, so it is still ours).
-            kill_group(pid, libc::SIGKILL, start, self);
-            return;
-        }
-        kill_group(pid, libc::SIGTERM, start, self);
+        self.signal_instance(pid, start, libc::SIGTERM);
         let deadline = Instant::now() + grace;
         let mut wait = Duration::from_millis(5);
         while Instant::now() < deadline {
-            if self.liveness_now(pid, start) != Liveness::Running {
-                kill_group(pid, libc::SIGKILL, start, self);
+            if self.members(pid, start).is_empty() {
                 return;
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_millis(100));
         }
-        kill_group(pid, libc::SIGKILL, start, self);
+        self.signal_instance(pid, start, libc::SIGKILL);
         // Collect the exit status so that no zombie of ours is left.
-        for _ in 0..100 {
-            if self.liveness_now(pid, start) != Liveness::Running {
+        for _ in 0..200 {
+            if self.members(pid, start).is_empty() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-}
 
-/// Signals the process group led by `pid` when `pid` is still the process that
-/// started at `start`, or when the leader is gone but its group remains.
-fn kill_group(pid: u32, sig: i32, start: u64, b: &ProcessBackend) {
-    let Ok(pgid) = i32::try_from(pid) else { return };
-    match b.liveness_now(pid, start) {
-        Liveness::Running => {}
-        // The leader exited (and may be reaped): a group with that id can only be
-        // the one it led, since the kernel does not reuse an id in use by a group.
-        Liveness::Exited(_) | Liveness::Missing => {
-            if let Some((_, st)) = stat(pid)
-                && st != start
-            {
-                // The pid belongs to another process now: leave it alone.
-                return;
+    /// The live processes of an instance: the process itself while it is
+    /// the one that started at `start`, the members of its process group and
+    /// its descendants. The group of a leader that is gone is still its own:
+    /// the kernel reuses no id that a group still holds.
+    fn members(&self, pid: u32, start: u64) -> BTreeSet<u32> {
+        let mut out = BTreeSet::new();
+        let leader = self.liveness_now(pid, start) == Liveness::Running;
+        let group = match procfs::stat(pid) {
+            Some(s) if s.start_time == start => s.pgrp,
+            // The pid is another process's now, so the old group is gone too:
+            // the kernel reuses no id that a group still holds.
+            Some(_) => return out,
+            None => pid,
+        };
+        if leader {
+            out.extend(procfs::tree(pid));
+        }
+        out.extend(group_members(group));
+        out
+    }
+
+    /// Sends `sig` to every live process of an instance.
+    fn signal_instance(&self, pid: u32, start: u64, sig: i32) {
+        for member in self.members(pid, start) {
+            if let Ok(p) = i32::try_from(member) {
+                // SAFETY: plain syscall on a pid that is a member right now.
+                unsafe {
+                    libc::kill(p, sig);
+                }
             }
         }
     }
-    // SAFETY: plain syscall; a negative pid addresses the process group.
-    unsafe {
-        libc::kill(-pgid, sig);
-    }
+}
+
+/// The live processes of process group `pgrp`.
+fn group_members(pgrp: u32) -> BTreeSet<u32> {
+    procfs::pids()
+        .into_iter()
+        .filter(|p| procfs::stat(*p).is_some_and(|s| s.pgrp == pgrp && !s.is_dead()))
+        .collect()
 }
 
 fn expose<'a>(t: &'a Text, service: &str, field: &str) -> Result<&'a str, BackendError> {
@@ -236,36 +247,84 @@ fn expose<'a>(t: &'a Text, service: &str, field: &str) -> Result<&'a str, Backen
     })
 }
 
-/// State letter and start time (clock ticks since boot) of a process.
-pub fn stat(pid: u32) -> Option<(char, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // fields[0] is field 3 (state); field 22 (starttime) is fields[19].
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
+pub use crate::procfs::start_time;
+
+/// The first words of the line that opens each instance's part of a log file.
+pub const INSTANCE_HEADER: &str = "--- deploy-code: started";
+
+/// The directory a service runs in; it must exist.
+fn working_dir(spec: &ServiceSpec, base_dir: &Path) -> Result<PathBuf, BackendError> {
+    let cwd = match &spec.working_dir {
+        Some(d) => base_dir.join(d),
+        None => base_dir.to_path_buf(),
+    };
+    if cwd.is_dir() {
+        Ok(cwd)
+    } else {
+        Err(BackendError::StartFailed {
+            service: spec.name.to_string(),
+            message: format!("working directory `{}` does not exist", cwd.display()),
+        })
+    }
 }
 
-/// The start time of a process (`/proc/<pid>/stat` field 22).
-pub fn start_time(pid: u32) -> Option<u64> {
-    stat(pid).map(|(_, s)| s)
+/// Where `program` would be executed from: a path (relative ones against
+/// `cwd`, as the child resolves them) or the first executable match on
+/// `path` (the `PATH` the child gets).
+pub fn resolve_program(program: &str, cwd: &Path, path: Option<&str>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = cwd.join(program);
+        return executable(&p).then_some(p);
+    }
+    std::env::split_paths(path?)
+        .map(|dir| cwd.join(dir).join(program))
+        .find(|p| executable(p))
+}
+
+/// Checks before anything changes that a process of `spec` can start: its
+/// command resolves to an executable, its working directory exists.
+fn check_startable(spec: &ServiceSpec, ctx_base: &Path) -> Result<(), BackendError> {
+    let service = spec.name.to_string();
+    let cwd = working_dir(spec, ctx_base)?;
+    let Some(command) = &spec.command else {
+        return Err(BackendError::StartFailed {
+            service,
+            message: "a process service needs a `command`".into(),
+        });
+    };
+    // A secret known only by its digest is checked when it is started.
+    let Some(program) = command.expose() else {
+        return Ok(());
+    };
+    let path = match spec.env.get("PATH") {
+        Some(p) => p.expose().map(str::to_owned),
+        None => std::env::var("PATH").ok(),
+    };
+    if resolve_program(program, &cwd, path.as_deref()).is_some() {
+        return Ok(());
+    }
+    let shown = command.display();
+    let exists = program.contains('/') && cwd.join(program).exists();
+    Err(if exists {
+        BackendError::StartFailed {
+            service,
+            message: format!("`{shown}` is not an executable file"),
+        }
+    } else {
+        BackendError::BinaryNotFound {
+            service,
+            command: shown.to_owned(),
+        }
+    })
 }
 
 fn read_environ(pid: u32) -> Option<HashMap<String, String>> {
-    let bytes = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let mut out = HashMap::new();
-    for entry in bytes.split(|b| *b == 0) {
-        let Ok(s) = std::str::from_utf8(entry) else {
-            continue;
-        };
-        if let Some((k, v)) = s.split_once('=')
-            && k.starts_with("DEPLOY_CODE_")
-        {
-            out.insert(k.to_owned(), v.to_owned());
-        }
-    }
-    Some(out)
+    procfs::environ(pid, "DEPLOY_CODE_")
 }
 
 /// The last `lines` lines of a file (reads at most the last 256 KiB).
@@ -286,10 +345,31 @@ pub fn tail_file(path: &Path, lines: usize) -> Vec<String> {
     all[skip..].iter().map(|s| (*s).to_owned()).collect()
 }
 
+/// The last `lines` lines that the current instance wrote to a log file: those
+/// after the last instance header.
+pub fn instance_tail(path: &Path, lines: usize) -> Vec<String> {
+    let all = tail_file(path, 10_000);
+    let from = all
+        .iter()
+        .rposition(|l| l.starts_with(INSTANCE_HEADER))
+        .map_or(0, |i| i + 1);
+    let own = &all[from..];
+    own[own.len().saturating_sub(lines)..].to_vec()
+}
+
 #[async_trait]
 impl Backend for ProcessBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Process
+    }
+
+    async fn prepare(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+        _progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<(), BackendError> {
+        check_startable(spec, &ctx.base_dir)
     }
 
     async fn start(
@@ -342,37 +422,35 @@ impl Backend for ProcessBackend {
 
     async fn logs(&self, handle: &Handle, lines: usize) -> Vec<String> {
         match handle {
-            Handle::Process { log_path, .. } => tail_file(Path::new(log_path), lines),
+            Handle::Process { log_path, .. } => instance_tail(Path::new(log_path), lines),
             _ => Vec::new(),
         }
     }
 
     async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError> {
         let mut found = Vec::new();
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return Ok(found);
-        };
-        for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
+        let marked: BTreeMap<u32, (HashMap<String, String>, procfs::Stat)> = procfs::pids()
+            .into_iter()
+            .filter_map(|pid| {
+                let env = read_environ(pid)?;
+                let stat = procfs::stat(pid)?;
+                (env.get(marks::ENV_PROJECT).map(String::as_str) == Some(project))
+                    .then_some((pid, (env, stat)))
+            })
+            .collect();
+        for (&pid, (env, stat)) in &marked {
+            // A child of an instance inherits its marks; it is part of that
+            // instance while the process that leads its group or session runs.
+            let member_of = |leader: u32| {
+                leader != pid && marked.get(&leader).is_some_and(|(_, s)| !s.is_dead())
             };
-            let Some(env) = read_environ(pid) else {
-                continue;
-            };
-            if env.get(marks::ENV_PROJECT).map(String::as_str) != Some(project) {
+            if member_of(stat.pgrp) || member_of(stat.session) {
                 continue;
             }
             let Some(service) = env
                 .get(marks::ENV_SERVICE)
                 .and_then(|s| ServiceName::parse(s).ok())
             else {
-                continue;
-            };
-            let Some((_, start)) = stat(pid) else {
                 continue;
             };
             let log_path = std::fs::read_link(format!("/proc/{pid}/fd/1"))
@@ -385,12 +463,12 @@ impl Backend for ProcessBackend {
             let handle = Handle::Process {
                 replica,
                 pid,
-                start_time: start,
+                start_time: stat.start_time,
                 log_path,
             };
             found.push(Discovered {
                 service,
-                liveness: self.liveness_now(pid, start),
+                liveness: self.liveness_now(pid, stat.start_time),
                 handle,
                 spec_hash: env.get(marks::ENV_SPEC_HASH).cloned(),
                 lineage: env.get(marks::ENV_LINEAGE).cloned(),
@@ -398,6 +476,19 @@ impl Backend for ProcessBackend {
         }
         found.sort_by_key(|d| (d.service.clone(), handle_key(&d.handle)));
         Ok(found)
+    }
+
+    async fn listener_is_own(&self, handle: &Handle, port: u16) -> Option<bool> {
+        let Handle::Process {
+            pid, start_time, ..
+        } = handle
+        else {
+            return None;
+        };
+        if self.liveness_now(*pid, *start_time) != Liveness::Running {
+            return Some(false);
+        }
+        procfs::tree_listens(*pid, port)
     }
 }
 

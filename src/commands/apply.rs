@@ -212,9 +212,22 @@ fn execute(
     };
     let report = rt.block_on(async {
         let c = cancel.clone();
+        // SIGINT and SIGTERM interrupt alike: the first stops launching and
+        // rolls back, the second aborts at once.
         let sig = tokio::spawn(async move {
-            while tokio::signal::ctrl_c().await.is_ok() {
-                c.interrupt();
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    Some(()) = int.recv() => c.interrupt(),
+                    Some(()) = term.recv() => c.interrupt(),
+                    else => return,
+                }
             }
         });
         let r = apply::execute(p, &loaded.desired, store, backends, &opts, &hook, &cancel).await;
@@ -249,6 +262,20 @@ fn execute(
             let _ = writeln!(err, "left: {l}");
         }
     }
+    if let Some(f) = report.failures.first()
+        && let apply::FailureKind::Prepare { code } = f.kind
+    {
+        // Refused before anything changed: the failure's own code, exit 1.
+        return Err(Plain::new(
+            code,
+            format!(
+                "apply of revision {} was refused before any change: `{}`: {}",
+                report.revision, f.service, f.reason
+            ),
+        )
+        .help("nothing was started or stopped; fix the service's configuration (or the host) and apply again")
+        .into());
+    }
     match report.outcome {
         Outcome::Succeeded => {
             if ctx.global.format != Format::Json && !ctx.global.quiet {
@@ -264,7 +291,10 @@ fn execute(
         Outcome::RolledBack => Err(Failure::new(
             miette::Report::new(
                 Plain::new(
-                    Code::E006,
+                    report
+                        .failures
+                        .first()
+                        .map_or(Code::E006, |f| f.kind.code()),
                     format!(
                         "apply of revision {} failed and was rolled back: {}",
                         report.revision,
@@ -329,6 +359,43 @@ fn grace(loaded: &LoadedConfig) -> Duration {
     Duration::from_secs(loaded.desired.settings.deployment.stop_grace_seconds)
 }
 
+/// Recovery, before anything is judged: the instances that an interrupted run
+/// of this state left behind (unrecorded, marked with this state's lineage)
+/// are adopted or stopped, and its open intents closed, so that leftovers
+/// never block the run (a port they hold, say) nor are duplicated by it.
+/// Instances of another state sharing the project name are left alone.
+fn recover(
+    ctx: &Context,
+    rt: &tokio::runtime::Runtime,
+    store: &mut Store,
+    backends: &Registry,
+    loaded: &LoadedConfig,
+) -> Result<(), Failure> {
+    let snap = store.snapshot()?;
+    let project = &loaded.desired.settings.project;
+    let (ours, _) = rt.block_on(reconcile::unknown_by_owner(
+        backends,
+        project,
+        &snap.services,
+        snap.lineage.as_deref(),
+    ));
+    if ours.is_empty() && snap.open_intents.is_empty() {
+        return Ok(());
+    }
+    let done = rt.block_on(reconcile::reconcile(
+        store,
+        backends,
+        project,
+        grace(loaded),
+    ))?;
+    if ctx.global.format != Format::Json && !ctx.global.quiet {
+        for d in &done {
+            eprintln!("recover: `{}` {} {}", d.service, d.action, d.detail);
+        }
+    }
+    Ok(())
+}
+
 /// The planned path of `apply`, `destroy` and `restart`.
 fn plan_and_apply(
     ctx: &Context,
@@ -367,40 +434,16 @@ fn plan_and_apply_loaded(
     store.ensure_identity(None)?;
     let backends = registry_for(Some(&loaded), Some(&store.snapshot()?));
     let rt = runtime()?;
-    let (p, _) = make_plan(&loaded, &store, scope, options.clone(), &backends, &rt)?;
+    recover(ctx, &rt, &mut store, &backends, &loaded)?;
+    let (p, loaded) = make_plan(&loaded, &store, scope, options, &backends, &rt)?;
     show_plan(ctx, &p);
     if !p.feasibility.feasible && !force {
         return Err(infeasible(&p));
     }
-    let needs_reconcile =
-        !p.drift.iter().all(|d| d.kind != "orphan") || !store.snapshot()?.open_intents.is_empty();
-    if !p.has_changes() && !needs_reconcile {
-        return Ok(exit::OK);
-    }
-    confirm(ctx, auto_approve, what)?;
-    let (p, loaded) = if needs_reconcile {
-        let done = rt.block_on(reconcile::reconcile(
-            &mut store,
-            &backends,
-            &loaded.desired.settings.project,
-            grace(&loaded),
-        ))?;
-        for d in &done {
-            if ctx.global.format != Format::Json && !ctx.global.quiet {
-                eprintln!("reconcile: `{}` {} {}", d.service, d.action, d.detail);
-            }
-        }
-        make_plan(&loaded, &store, scope, options, &backends, &rt)?
-    } else {
-        let mut l = loaded.clone();
-        if let Some(k) = &store.snapshot()?.secret_key {
-            l.desired.rekey(k);
-        }
-        (p, l)
-    };
     if !p.has_changes() {
         return Ok(exit::OK);
     }
+    confirm(ctx, auto_approve, what)?;
     let no_rollback = no_rollback || !loaded.desired.settings.deployment.rollback_on_failure;
     execute(ctx, &rt, &p, &loaded, &mut store, &backends, no_rollback)
 }

@@ -115,6 +115,7 @@ async fn health_of(backends: &Registry, r: &ServiceRecord) -> Option<HealthView>
     let h = r.handles.first()?;
     let out = probe_once(
         b.as_ref(),
+        &r.spec,
         h,
         &check.probe,
         Duration::from_secs(check.timeout_seconds.max(1)),
@@ -136,18 +137,33 @@ async fn views(backends: &Registry, snap: &Snapshot, probe: bool) -> Vec<Service
                 instances.push(handle_view(h, &l));
             }
         }
-        let health = if probe {
-            health_of(backends, r).await
-        } else {
-            None
+        // An instance that is not running makes the service unhealthy,
+        // whatever a probe of its address says.
+        let down = instances
+            .iter()
+            .find(|i| i.state != "running")
+            .filter(|_| r.spec.workload != crate::model::Workload::Task);
+        let health = match down {
+            Some(i) => Some(HealthView {
+                healthy: false,
+                detail: format!("replica {} {}", i.replica, i.state),
+            }),
+            None if probe => health_of(backends, r).await,
+            None => None,
         };
+        let recorded = serde_json::to_value(r.status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
         out.push(ServiceView {
             service: r.name.to_string(),
             backend: r.backend.to_string(),
-            status: serde_json::to_value(r.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default(),
+            // A service with an instance that is not running is not ready,
+            // whatever the state recorded when it was.
+            status: match down {
+                Some(_) if recorded == "ready" => "degraded".to_owned(),
+                _ => recorded,
+            },
             revision: r.revision,
             spec_hash: r.spec_hash.clone(),
             instances,

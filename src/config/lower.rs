@@ -750,6 +750,7 @@ impl Lowering<'_> {
                 timeout_seconds: h.timeout_seconds.unwrap_or(5),
                 retries: h.retries.unwrap_or(3),
                 start_period_seconds: h.start_period_seconds.unwrap_or(0),
+                min_healthy_seconds: h.min_healthy_seconds.unwrap_or(0),
             })
         });
 

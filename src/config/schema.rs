@@ -342,7 +342,7 @@ pub struct ResourcesDef {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckDef {
-    /// An HTTP URL, or a path such as `/health` (then `http://127.0.0.1:<first port><path>`). Healthy on 2xx.
+    /// An `http://` or `https://` URL, or a path such as `/health` (the service's first port). Healthy on 2xx. A loopback URL naming a declared `host_port` probes that host port; one naming a declared `container_port` probes wherever that port of the instance is reachable; any other URL is used as written.
     pub endpoint: Option<String>,
     /// An argv run without a shell (inside the container for Docker); healthy on exit 0.
     pub command: Option<Vec<String>>,
@@ -360,6 +360,10 @@ pub struct HealthCheckDef {
     pub retries: Option<u32>,
     /// Seconds after start during which failures do not count. Default 0.
     pub start_period_seconds: Option<u64>,
+    /// Seconds an instance must stay alive and healthy after its first
+    /// passing probe before its gate passes. Default 0 (liveness is checked
+    /// after every passing probe all the same).
+    pub min_healthy_seconds: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]

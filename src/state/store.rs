@@ -974,6 +974,7 @@ impl Store {
                     record.updated_at
                 ])?;
             }
+            crate::failpoint::hit("in-commit");
             Ok(())
         })
     }

@@ -114,7 +114,7 @@ impl Project {
 
     async fn serving(&self) -> bool {
         for p in &self.ports {
-            match reqwest::get(format!("http://127.0.0.1:{p}/")).await {
+            match deploy_code::net::get(format!("http://127.0.0.1:{p}/")).await {
                 Ok(r) if r.status().is_success() => {}
                 _ => return false,
             }

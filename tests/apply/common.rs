@@ -85,6 +85,7 @@ pub fn http_check(port: u16, interval: u64, retries: u32) -> HealthCheck {
         timeout_seconds: 1,
         retries,
         start_period_seconds: 0,
+        min_healthy_seconds: 0,
     }
 }
 

@@ -290,7 +290,7 @@ async fn three_phases_come_up_in_order_and_a_change_replaces_only_what_changed()
         .collect();
     assert_eq!(ready, ["a", "b", "c"]);
     for p in [pa, pb, pc] {
-        let body = reqwest::get(format!("http://127.0.0.1:{p}/"))
+        let body = deploy_code::net::get(format!("http://127.0.0.1:{p}/"))
             .await
             .unwrap();
         assert!(body.status().is_success());
@@ -355,7 +355,7 @@ async fn rollback_case(test: &str, broken: ServiceSpec) {
     );
     host_matches_state(&w).await;
     for p in [pa, pb, pc] {
-        let resp = reqwest::get(format!("http://127.0.0.1:{p}/"))
+        let resp = deploy_code::net::get(format!("http://127.0.0.1:{p}/"))
             .await
             .unwrap();
         assert!(

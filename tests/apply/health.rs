@@ -118,6 +118,7 @@ async fn tcp_and_command_probes() {
         timeout_seconds: 1,
         retries: 3,
         start_period_seconds: 0,
+        min_healthy_seconds: 0,
     });
     let handles = b
         .start(&s, &ctx(dir.path(), &project("tcp")))

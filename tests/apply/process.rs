@@ -31,8 +31,8 @@ async fn a_process_runs_detached_with_its_env_marks_and_log() {
     else {
         panic!()
     };
-    let (_, st) = deploy_code::backends::process::stat(*pid).unwrap();
-    assert_eq!(st, *start_time);
+    let st = deploy_code::procfs::stat(*pid).unwrap();
+    assert_eq!(st.start_time, *start_time);
     // Own session: the session id is its own pid.
     let sid = unsafe { libc::getsid(*pid as i32) };
     assert_eq!(sid, *pid as i32);

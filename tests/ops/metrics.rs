@@ -114,7 +114,7 @@ fn metrics_reach_a_real_pushgateway() {
     assert!(warnings.is_empty(), "{warnings:?}");
 
     let scraped = rt.block_on(async {
-        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        deploy_code::net::get(format!("http://127.0.0.1:{port}/metrics"))
             .await
             .unwrap()
             .text()
@@ -196,7 +196,7 @@ services:
     let scrape = || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            reqwest::get(format!("http://127.0.0.1:{gw_port}/metrics"))
+            deploy_code::net::get(format!("http://127.0.0.1:{gw_port}/metrics"))
                 .await
                 .unwrap()
                 .text()

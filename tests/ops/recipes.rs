@@ -166,7 +166,7 @@ mod reqwest {
     pub fn blocking_get(port: u16) -> String {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            ::reqwest::get(format!("http://127.0.0.1:{port}/"))
+            deploy_code::net::get(format!("http://127.0.0.1:{port}/"))
                 .await
                 .unwrap()
                 .text()
