@@ -619,7 +619,7 @@ fn init_tracing(ctx: &Context) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("deploy_code={level}")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::redact::Writer(std::io::stderr()))
         .with_ansi(ctx.color)
         .without_time()
         .with_target(false)
@@ -643,8 +643,8 @@ fn install_miette_handler(ctx: &Context) {
 fn report_failure(ctx: &Context, failure: &Failure) {
     if ctx.global.format == Format::Json {
         let doc = crate::render::diagnostics_json(failure.report.as_ref());
-        println!("{doc}");
+        println!("{}", crate::redact::text(&doc.to_string()));
     } else {
-        eprintln!("{:?}", failure.report);
+        eprintln!("{}", crate::redact::text(&format!("{:?}", failure.report)));
     }
 }

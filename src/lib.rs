@@ -20,6 +20,7 @@ pub mod model;
 pub mod net;
 pub mod plan;
 pub mod procfs;
+pub mod redact;
 pub mod render;
 pub mod state;
 

@@ -130,6 +130,7 @@ pub struct Sensitive {
 
 impl Sensitive {
     pub fn new(key: &SecretKey, plaintext: String) -> Self {
+        crate::redact::register(&plaintext);
         Self {
             digest: key.digest(&plaintext),
             plaintext: Some(plaintext),

@@ -203,6 +203,14 @@ pub struct FailureEvidence {
     pub log_tail: Vec<String>,
 }
 
+impl FailureEvidence {
+    /// The evidence with every secret of the run redacted: log tails and
+    /// engine messages may carry what a service printed.
+    pub fn redacted(self) -> Self {
+        crate::redact::value(&self).unwrap_or(self)
+    }
+}
+
 /// One step of the rollback.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RollbackResult {
@@ -371,6 +379,7 @@ impl From<BackendError> for StepError {
 
 impl Exec<'_> {
     fn emit(&self, e: Event) {
+        let e = crate::redact::value(&e).unwrap_or(e);
         match &e {
             Event::ActionSucceeded {
                 service,
@@ -439,10 +448,11 @@ impl Exec<'_> {
             service: service.clone(),
             action,
             kind: err.kind,
-            reason: err.message,
+            reason: crate::redact::text(&err.message).into_owned(),
             probes: Vec::new(),
             log_tail: Vec::new(),
         }
+        .redacted()
     }
 
     /// Runs `act` (a start or an in-place update of `spec`) under an intent; on
@@ -561,7 +571,7 @@ impl Exec<'_> {
             hook(&Event::Probe {
                 service: name.clone(),
                 healthy: p.healthy,
-                detail: p.detail.clone(),
+                detail: crate::redact::text(&p.detail).into_owned(),
             })
         };
         health::gate(
@@ -597,6 +607,7 @@ impl Exec<'_> {
             probes: gate.probes,
             log_tail,
         }
+        .redacted()
     }
 
     /// Creates (or, after the old instances stopped, re-creates) a service and gates it.
@@ -1122,7 +1133,7 @@ pub async fn execute(
         let on_progress = |detail: String| {
             hook(&Event::Prepare {
                 service: service.clone(),
-                detail,
+                detail: crate::redact::text(&detail).into_owned(),
             })
         };
         if let Err(e) = backend.prepare(spec, &exec.ctx, &on_progress).await {

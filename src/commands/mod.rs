@@ -16,6 +16,7 @@ use crate::error::{Code, Failure, Plain};
 
 /// Writes `text` to stdout; a reader that went away (`| head`) is not an error.
 pub(crate) fn print(text: &str) -> Result<(), Failure> {
+    let text = crate::redact::text(text);
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|_| out.flush())

@@ -50,6 +50,7 @@ impl std::fmt::Debug for Secrets {
 impl Secrets {
     /// Registers a plaintext and returns its token (one token per name).
     pub fn token(&self, name: &str, plaintext: String) -> String {
+        crate::redact::register(&plaintext);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let idx = match inner.values.iter().position(|(n, _)| n == name) {
             Some(i) => i,

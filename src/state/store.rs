@@ -875,7 +875,9 @@ impl Store {
     /// Opens a new deployment; returns its revision.
     pub fn begin_deployment(&mut self, d: &NewDeployment) -> Result<u64, StateError> {
         let holder = self.holder.clone();
-        let summary = d.plan_summary.to_string();
+        let summary = crate::redact::text(&d.plan_summary.to_string()).into_owned();
+        let command = crate::redact::text(&d.command).into_owned();
+        let snapshot = crate::redact::text(&d.config_snapshot).into_owned();
         self.write("record a deployment in", |tx| {
             let next: i64 = tx.query_row(
                 "SELECT coalesce(max(revision), 0) + 1 FROM deployments",
@@ -892,8 +894,8 @@ impl Store {
                     now_rfc3339(),
                     holder.user,
                     holder.host,
-                    d.command,
-                    d.config_snapshot,
+                    command,
+                    snapshot,
                     d.config_hash,
                     summary
                 ],
@@ -910,7 +912,7 @@ impl Store {
         action: &str,
         detail: &serde_json::Value,
     ) -> Result<i64, StateError> {
-        let detail = detail.to_string();
+        let detail = crate::redact::text(&detail.to_string()).into_owned();
         self.write("record an intent in", |tx| {
             tx.execute(
                 "INSERT INTO intents (revision, service, action, detail, started_at) \
@@ -934,7 +936,7 @@ impl Store {
         outcome: &str,
         detail: &serde_json::Value,
     ) -> Result<(), StateError> {
-        let detail = detail.to_string();
+        let detail = crate::redact::text(&detail.to_string()).into_owned();
         self.write("close an intent in", |tx| {
             tx.execute(
                 "UPDATE intents SET closed_at = ?2, outcome = ?3, result = ?4 WHERE id = ?1",
@@ -994,6 +996,7 @@ impl Store {
         outcome: &str,
         message: &str,
     ) -> Result<(), StateError> {
+        let message = crate::redact::text(message);
         self.write("record an event in", |tx| {
             tx.execute(
                 "INSERT INTO events (revision, at, service, kind, outcome, message) \
@@ -1004,7 +1007,7 @@ impl Store {
                     service.map(ServiceName::as_str),
                     kind,
                     outcome,
-                    message
+                    message.as_ref()
                 ],
             )?;
             Ok(())
@@ -1017,7 +1020,7 @@ impl Store {
         outcome: Outcome,
         evidence: &serde_json::Value,
     ) -> Result<(), StateError> {
-        let evidence = evidence.to_string();
+        let evidence = crate::redact::text(&evidence.to_string()).into_owned();
         self.write("finish a deployment in", |tx| {
             tx.execute(
                 "UPDATE deployments SET outcome = ?2, evidence = ?3, finished_at = ?4 WHERE revision = ?1",

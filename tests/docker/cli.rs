@@ -185,8 +185,12 @@ async fn a_missing_image_fails_the_apply_before_anything_starts() {
 
     let (code, out, err) = d.run(&["apply", "--auto-approve", "--format", "json"]);
     assert_eq!(
-        code, 4,
-        "nothing to undo: the state is as it was\n{out}\n{err}"
+        code, 1,
+        "refused before any change, not rolled back\n{out}\n{err}"
+    );
+    assert!(
+        err.contains("E015"),
+        "the failure keeps its own code: {err}"
     );
     let events: Vec<serde_json::Value> = out
         .lines()

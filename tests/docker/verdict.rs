@@ -148,7 +148,7 @@ impl Site {
             Probe::UrlContainerPort => Some("endpoint: \"http://127.0.0.1:8080/\"".to_owned()),
             Probe::Tcp => Some("tcp: 8080".to_owned()),
             Probe::Command => Some(
-                "command: [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"-T\", \"1\", \"http://127.0.0.1:8080/\"]".to_owned(),
+                "command: [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:8080/\"]".to_owned(),
             ),
             Probe::None => None,
         };
