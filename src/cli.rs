@@ -56,6 +56,10 @@ pub struct GlobalArgs {
     #[arg(long = "var-file", global = true, value_name = "FILE")]
     pub var_files: Vec<PathBuf>,
 
+    /// Accept a configuration with no services (an apply then destroys everything the state records)
+    #[arg(long, global = true)]
+    pub allow_empty: bool,
+
     /// The state file [default: `state.path` from the config, else .deploy-code/state.db beside it]
     #[arg(
         long = "state",
@@ -520,6 +524,7 @@ impl Context {
             path: self.global.config.clone(),
             vars: self.global.vars.clone(),
             var_files: self.global.var_files.clone(),
+            allow_empty: self.global.allow_empty,
         }
     }
 

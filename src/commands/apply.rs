@@ -506,8 +506,13 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
         ..Default::default()
     };
     // Destroying needs only the state: a configuration that no longer loads (a
-    // secret that is gone, a file deleted) must not keep anything running.
-    let loaded = match load_config(ctx) {
+    // secret that is gone, a file deleted) must not keep anything running, and
+    // one with no services is fine.
+    let opts = LoadOptions {
+        allow_empty: true,
+        ..ctx.load_options()
+    };
+    let loaded = match config::load(&opts).map_err(Failure::from) {
         Ok(l) => l,
         Err(f) => {
             tracing::warn!(
@@ -519,8 +524,8 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
                 &ctx.global.config,
                 &LoadOptions {
                     path: ctx.global.config.clone(),
-                    vars: Vec::new(),
-                    var_files: Vec::new(),
+                    allow_empty: true,
+                    ..LoadOptions::default()
                 },
             )?
         }
@@ -538,7 +543,7 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
     // The project's container networks go with the last container.
     if code == 0
         && args.targets.is_empty()
-        && let Ok(loaded) = load_config(ctx)
+        && let Ok(loaded) = config::load(&opts)
         && let Ok(rt) = runtime()
     {
         let project = &loaded.desired.settings.project;

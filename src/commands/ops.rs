@@ -6,7 +6,12 @@ use crate::error::{Failure, exit};
 /// The project name and state path for commands that read the state: from the
 /// config when it loads, else the defaults (`code`, beside the config path).
 pub(crate) fn project_and_state(ctx: &Context) -> (String, std::path::PathBuf) {
-    let loaded = crate::config::load(&ctx.load_options()).ok();
+    let loaded = crate::config::load(&crate::config::LoadOptions {
+        // Reading the state needs no services.
+        allow_empty: true,
+        ..ctx.load_options()
+    })
+    .ok();
     let project = loaded
         .as_ref()
         .map(|l| l.desired.settings.project.clone())

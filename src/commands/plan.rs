@@ -79,7 +79,11 @@ pub(crate) async fn observe(
 /// when refresh is on, and plans. Never writes anything.
 pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Prepared, Failure> {
     let g = &ctx.global;
-    let opts = ctx.load_options();
+    // A destroy plan needs no services.
+    let opts = config::LoadOptions {
+        allow_empty: destroy_all || g.allow_empty,
+        ..ctx.load_options()
+    };
     let mut loaded = if destroy_all && !g.config.exists() {
         None
     } else {

@@ -13,7 +13,12 @@ use crate::error::{Code, Failure, Plain, exit};
 use crate::state::{Handle, ServiceRecord, Snapshot};
 
 fn snapshot(ctx: &Context) -> Result<Snapshot, Failure> {
-    let loaded = crate::config::load(&ctx.load_options()).ok();
+    let loaded = crate::config::load(&crate::config::LoadOptions {
+        // Reading the state needs no services.
+        allow_empty: true,
+        ..ctx.load_options()
+    })
+    .ok();
     Ok(crate::state::load_snapshot(&state_path(
         ctx,
         loaded.as_ref(),

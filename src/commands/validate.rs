@@ -1,16 +1,11 @@
 //! `validate`: render, parse and check the configuration; print one line.
 
 use crate::cli::*;
-use crate::config::{self, LoadOptions};
+use crate::config;
 use crate::error::Failure;
 
 pub fn run(ctx: &Context, _args: &ValidateArgs) -> Result<u8, Failure> {
-    let opts = LoadOptions {
-        path: ctx.global.config.clone(),
-        vars: ctx.global.vars.clone(),
-        var_files: ctx.global.var_files.clone(),
-    };
-    let loaded = config::load(&opts)?;
+    let loaded = config::load(&ctx.load_options())?;
     let desired = &loaded.desired;
     let enabled = desired.services.len();
     let disabled = desired.disabled.len();

@@ -39,16 +39,51 @@ fn resolve<'a>(schema: &'a J, root: &'a J) -> &'a J {
 }
 
 fn type_matches(t: &str, v: &Value) -> bool {
-    matches!(
-        (t, v),
-        ("null", Value::Null)
-            | ("boolean", Value::Bool(_))
-            | ("integer", Value::Int(_))
-            | ("number", Value::Int(_) | Value::Float(_))
-            | ("string", Value::Str(_))
-            | ("array", Value::Seq(_))
-            | ("object", Value::Map(_))
-    )
+    match (t, v) {
+        ("integer", Value::Float(f)) => is_big_integer(*f),
+        _ => matches!(
+            (t, v),
+            ("null", Value::Null)
+                | ("boolean", Value::Bool(_))
+                | ("integer", Value::Int(_))
+                | ("number", Value::Int(_) | Value::Float(_))
+                | ("string", Value::Str(_))
+                | ("array", Value::Seq(_))
+                | ("object", Value::Map(_))
+        ),
+    }
+}
+
+/// An integer written in the file that is too large for `i64` (YAML reads it as
+/// a float): still an integer, to be reported as out of range.
+fn is_big_integer(f: f64) -> bool {
+    f.is_finite() && f.fract() == 0.0 && f.abs() >= i64::MAX as f64
+}
+
+/// The range of the Rust integer type schemars names in `format`.
+fn format_range(format: &str) -> Option<(i128, i128)> {
+    Some(match format {
+        "uint8" => (0, u8::MAX.into()),
+        "uint16" => (0, u16::MAX.into()),
+        "uint32" => (0, u32::MAX.into()),
+        "uint64" | "uint" => (0, u64::MAX.into()),
+        "int8" => (i8::MIN.into(), i8::MAX.into()),
+        "int16" => (i16::MIN.into(), i16::MAX.into()),
+        "int32" => (i32::MIN.into(), i32::MAX.into()),
+        "int64" | "int" => (i64::MIN.into(), i64::MAX.into()),
+        _ => return None,
+    })
+}
+
+/// The tighter of a bound the schema states and the bound of the value's type,
+/// as a number and as text for messages.
+fn tighter(stated: Option<f64>, typed: Option<i128>, min: bool) -> Option<(f64, String)> {
+    let typed = typed.map(|t| (t as f64, t.to_string()));
+    let stated = stated.map(|s| (s, fmt_num(s)));
+    match (stated, typed) {
+        (Some(s), Some(t)) => Some(if (s.0 >= t.0) == min { s } else { t }),
+        (s, t) => s.or(t),
+    }
 }
 
 fn types_of(schema: &J) -> Vec<&str> {
@@ -190,16 +225,49 @@ fn check(node: &Node, schema: &J, root: &J, path: &mut Vec<String>, out: &mut Ve
             out.push(invalid_choice(node, s, &allowed, path));
         }
     }
-    let number = match node.value {
-        Value::Int(i) => Some(i as f64),
-        Value::Float(f) => Some(f),
-        _ => None,
+    let (number, shown) = match node.value {
+        Value::Int(i) => (Some(i as f64), i.to_string()),
+        Value::Float(f) if is_big_integer(f) => (Some(f), "an integer beyond 64 bits".to_owned()),
+        Value::Float(f) => (Some(f), fmt_num(f)),
+        _ => (None, String::new()),
     };
-    if let Some(n) = number {
-        let min = schema.get("minimum").and_then(J::as_f64);
-        let max = schema.get("maximum").and_then(J::as_f64);
-        if let Some(min) = min.filter(|m| n < *m) {
-            let in_resources = path.iter().any(|p| p == "resources");
+    let in_resources = path.iter().any(|p| p == "resources");
+    if number.is_some_and(|n| !n.is_finite()) {
+        let (message, help) = if in_resources {
+            (
+                "must be a finite number above 0",
+                "give a positive amount such as 0.5, or leave the key out for the default",
+            )
+        } else {
+            (
+                "must be a finite number",
+                "write a finite number, or quote the value to use it as text",
+            )
+        };
+        out.push(
+            Problem::new(
+                Kind::InvalidValue,
+                format!("{} {message}, found {shown}", where_(path)),
+            )
+            .label(node.span.clone(), "not a finite number")
+            .help(help),
+        );
+    } else if let Some(n) = number {
+        let range = schema
+            .get("format")
+            .and_then(J::as_str)
+            .and_then(format_range);
+        let min = tighter(
+            schema.get("minimum").and_then(J::as_f64),
+            range.map(|r| r.0),
+            true,
+        );
+        let max = tighter(
+            schema.get("maximum").and_then(J::as_f64),
+            range.map(|r| r.1),
+            false,
+        );
+        if let Some((_, min)) = min.filter(|(m, _)| n < *m) {
             let kind = if in_resources {
                 Kind::NonPositiveResource
             } else {
@@ -207,32 +275,28 @@ fn check(node: &Node, schema: &J, root: &J, path: &mut Vec<String>, out: &mut Ve
             };
             let help = if in_resources {
                 "resources are positive amounts: give a value above 0, or leave the key out for the default".to_owned()
+            } else if path.last().is_some_and(|k| k == "replicas") {
+                format!(
+                    "run at least {min} replica; to stop a service, remove it or set `enabled: false`"
+                )
             } else {
                 format!("use a value of at least {min}")
             };
             let message = if in_resources {
-                format!("{} must be positive, found {}", where_(path), fmt_num(n))
+                format!("{} must be positive, found {}", where_(path), shown)
             } else {
-                format!(
-                    "{} must be at least {min}, found {}",
-                    where_(path),
-                    fmt_num(n)
-                )
+                format!("{} must be at least {min}, found {}", where_(path), shown)
             };
             out.push(
                 Problem::new(kind, message)
                     .label(node.span.clone(), "too small")
                     .help(help),
             );
-        } else if let Some(max) = max.filter(|m| n > *m) {
+        } else if let Some((_, max)) = max.filter(|(m, _)| n > *m) {
             out.push(
                 Problem::new(
                     Kind::InvalidValue,
-                    format!(
-                        "{} must be at most {max}, found {}",
-                        where_(path),
-                        fmt_num(n)
-                    ),
+                    format!("{} must be at most {max}, found {}", where_(path), shown),
                 )
                 .label(node.span.clone(), "too large")
                 .help(format!("use a value of at most {max}")),

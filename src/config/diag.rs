@@ -40,11 +40,12 @@ pub enum Kind {
     HealthCheckWithoutProbe,
     InvalidServiceName,
     InvalidService,
+    NoServices,
     TooManyProblems,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 27] = [
+    pub const ALL: [Kind; 28] = [
         Kind::NotFound,
         Kind::Unreadable,
         Kind::TooLarge,
@@ -71,6 +72,7 @@ impl Kind {
         Kind::HealthCheckWithoutProbe,
         Kind::InvalidServiceName,
         Kind::InvalidService,
+        Kind::NoServices,
         Kind::TooManyProblems,
     ];
 
@@ -117,6 +119,7 @@ impl Kind {
             Kind::HealthCheckWithoutProbe => "health_check_without_probe",
             Kind::InvalidServiceName => "invalid_service_name",
             Kind::InvalidService => "invalid_service",
+            Kind::NoServices => "no_services",
             Kind::TooManyProblems => "too_many_problems",
         }
     }

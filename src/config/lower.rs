@@ -633,10 +633,10 @@ impl Lowering<'_> {
         positive("gpu_memory_mb", r.gpu_memory_mb.map(|v| v as f64), out);
         let resources = Resources {
             cpu_cores: r.cpu_cores.unwrap_or(0.5),
-            memory_mb: r.memory_mb.unwrap_or(256).max(0) as u64,
-            storage_gb: r.storage_gb.unwrap_or(0).max(0) as u64,
-            gpu_count: r.gpu_count.unwrap_or(0).clamp(0, u32::MAX as i64) as u32,
-            gpu_memory_mb: r.gpu_memory_mb.map(|v| v.max(0) as u64),
+            memory_mb: r.memory_mb.unwrap_or(256),
+            storage_gb: r.storage_gb.unwrap_or(0),
+            gpu_count: r.gpu_count.unwrap_or(0),
+            gpu_memory_mb: r.gpu_memory_mb,
         };
 
         // A process's port, and a container's on the host network, is its

@@ -12,7 +12,8 @@ pub mod schema;
 pub mod template;
 pub mod yaml;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 
 use diag::{Kind, Origin, Problem, ProblemReport};
@@ -34,6 +35,9 @@ pub struct LoadOptions {
     pub vars: Vec<(String, String)>,
     /// `--var-file FILE`, YAML mappings; later files win.
     pub var_files: Vec<PathBuf>,
+    /// Accept a configuration with no services (`--allow-empty`): an apply of
+    /// it destroys everything the state records.
+    pub allow_empty: bool,
 }
 
 /// A loaded, valid configuration.
@@ -196,7 +200,7 @@ pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
         }
     };
     let inputs = template::Inputs::from_process(opts.vars.clone(), opts.var_files.clone());
-    load_text(&text, &opts.path, &inputs)
+    load_text_with(&text, &opts.path, &inputs, opts.allow_empty)
 }
 
 /// Loads a configuration from text, as if read from `path` (used for names in
@@ -207,14 +211,26 @@ pub fn load_from_str(
     opts: &LoadOptions,
 ) -> Result<LoadedConfig, ConfigError> {
     let inputs = template::Inputs::from_process(opts.vars.clone(), opts.var_files.clone());
-    load_text(text, path, &inputs)
+    load_text_with(text, path, &inputs, opts.allow_empty)
 }
 
 /// Loads a configuration from text with explicit inputs (no process environment).
+/// A configuration with no services is refused.
 pub fn load_text(
     text: &str,
     path: &Path,
     inputs: &template::Inputs,
+) -> Result<LoadedConfig, ConfigError> {
+    load_text_with(text, path, inputs, false)
+}
+
+/// [`load_text`], accepting a configuration with no services when `allow_empty`
+/// (see [`LoadOptions::allow_empty`]).
+pub fn load_text_with(
+    text: &str,
+    path: &Path,
+    inputs: &template::Inputs,
+    allow_empty: bool,
 ) -> Result<LoadedConfig, ConfigError> {
     let name = path.display().to_string();
     let base = std::env::current_dir().unwrap_or_default();
@@ -271,46 +287,53 @@ pub fn load_text(
     lower::check_secret_places(&root, &mut problems);
     let before = problems.len();
     check::check_document(&root, &mut problems);
-    let schema_problems: std::collections::HashSet<std::ops::Range<usize>> = problems[before..]
+    let schema_problems: HashSet<Range<usize>> = problems[before..]
         .iter()
         .filter_map(|p| p.labels.first().map(|(s, _)| s.clone()))
         .collect();
     let problem_starts: BTreeSet<usize> = schema_problems.iter().map(|s| s.start).collect();
+    let reported_in = |span: &Range<usize>| problem_starts.range(span.clone()).next().is_some();
 
-    // Typed settings (without the services); defaults where they do not type-check.
-    let mut top = root.to_json();
-    if let Some(obj) = top.as_object_mut() {
-        obj.remove("services");
-    }
-    let file: schema::ConfigFile = serde_json::from_value(top).unwrap_or_else(|_| {
-        let mut pruned = root.to_json_pruned(&schema_problems);
-        if let Some(obj) = pruned.as_object_mut() {
-            obj.remove("services");
-        }
-        serde_json::from_value(pruned).unwrap_or_default()
-    });
+    // Typed settings (without the services), then each service.
+    let services_node = root.get("services");
+    let mut skip = schema_problems.clone();
+    skip.extend(services_node.map(|n| n.span.clone()));
+    let settings_reported = problem_starts
+        .iter()
+        .any(|at| !services_node.is_some_and(|n| n.span.contains(at)));
+    let file: schema::ConfigFile = typed(
+        &root,
+        &skip,
+        settings_reported,
+        &mut Vec::new(),
+        &mut problems,
+    )
+    .unwrap_or_default();
     let mut services = Vec::new();
-    if let Some(yaml::Node {
-        value: yaml::Value::Map(entries),
-        ..
-    }) = root.get("services")
-    {
-        for (key, node) in entries {
-            let dirty = problem_starts.range(node.span.clone()).next().is_some()
-                || schema_problems.contains(&key.span);
-            let def = if matches!(node.value, yaml::Value::Null) {
-                Some(schema::Service::default())
-            } else {
-                serde_json::from_value::<schema::Service>(node.to_json_pruned(&schema_problems))
-                    .ok()
-            };
-            services.push(lower::Entry {
-                key,
-                node,
-                def,
-                dirty,
-            });
+    match services_node.map(|n| &n.value) {
+        Some(yaml::Value::Map(entries)) if !entries.is_empty() => {
+            for (key, node) in entries {
+                let dirty = reported_in(&node.span) || schema_problems.contains(&key.span);
+                let def = if matches!(node.value, yaml::Value::Null) {
+                    Some(schema::Service::default())
+                } else {
+                    let mut path = vec!["services".to_owned(), key.name.clone()];
+                    typed(node, &schema_problems, dirty, &mut path, &mut problems)
+                };
+                services.push(lower::Entry {
+                    key,
+                    node,
+                    def,
+                    dirty,
+                });
+            }
         }
+        None | Some(yaml::Value::Null | yaml::Value::Map(_))
+            if !allow_empty && matches!(root.value, yaml::Value::Map(_)) =>
+        {
+            problems.push(no_services(services_node, &rendered));
+        }
+        _ => {}
     }
     let lowering = lower::Lowering {
         root: &root,
@@ -331,6 +354,79 @@ pub fn load_text(
             })
         }
         _ => Err(finish(problems, &name, text, &rendered)),
+    }
+}
+
+/// `node` (less the values at `skip`) as a `T`. Where the schema check already
+/// reported a problem inside `node` (`reported`), a failure is expected and
+/// not repeated; any other failure is a problem at the value `T` refuses.
+fn typed<T: serde::de::DeserializeOwned>(
+    node: &yaml::Node,
+    skip: &HashSet<Range<usize>>,
+    reported: bool,
+    path: &mut Vec<String>,
+    out: &mut Vec<Problem>,
+) -> Option<T> {
+    let read =
+        |skip: &HashSet<Range<usize>>| serde_json::from_value::<T>(node.to_json_pruned(skip));
+    let error = match read(skip) {
+        Ok(v) => return Some(v),
+        Err(_) if reported => return None,
+        Err(e) => e,
+    };
+    // The value to blame: the deepest one whose removal lets the rest read, or
+    // changes the failure (to a required key missing, say).
+    let error = error.to_string();
+    let mut at = node;
+    'descend: loop {
+        let children: Vec<(String, &yaml::Node)> = match &at.value {
+            yaml::Value::Map(entries) => entries.iter().map(|(k, v)| (k.name.clone(), v)).collect(),
+            yaml::Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (i.to_string(), v))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (name, child) in children {
+            if skip.contains(&child.span) {
+                continue;
+            }
+            let mut without = skip.clone();
+            without.insert(child.span.clone());
+            if read(&without).err().is_none_or(|e| e.to_string() != error) {
+                path.push(name);
+                at = child;
+                continue 'descend;
+            }
+        }
+        break;
+    }
+    let place = if path.is_empty() {
+        "the document".to_owned()
+    } else {
+        format!("`{}`", path.join("."))
+    };
+    out.push(
+        Problem::new(
+            Kind::InvalidValue,
+            format!("{place} cannot be used: {error}"),
+        )
+        .label(at.span.clone(), "this value")
+        .help("see the key's type and range in docs/configuration.md"),
+    );
+    None
+}
+
+/// The problem of a configuration with no services.
+fn no_services(services: Option<&yaml::Node>, rendered: &str) -> Problem {
+    let problem = Problem::new(Kind::NoServices, "the configuration defines no services").help(
+        "add services under `services:`; to mean no services (an apply then destroys everything the state records), pass `--allow-empty`",
+    );
+    match services {
+        Some(node) => problem.label(node.span.clone(), "no services here"),
+        None if rendered.trim().is_empty() => problem.origin(Origin::None),
+        None => problem.label(0..0, "no `services:` in this file"),
     }
 }
 
@@ -391,4 +487,41 @@ pub fn state_path(
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     dir.join(".deploy-code").join("state.db")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A value the schema walk let through but the type refuses is reported at
+    /// that value, never dropped.
+    #[test]
+    fn a_value_the_type_refuses_is_a_problem_at_that_value() {
+        let text = "name: x\nports:\n  - container_port: 80\n  - container_port: 70000\n";
+        let (root, _) = yaml::parse(text);
+        let root = root.unwrap();
+        let ports = root.get("ports").unwrap();
+        let mut out = Vec::new();
+        let mut path = vec!["ports".to_owned()];
+        let read: Option<Vec<schema::PortDef>> =
+            typed(ports, &HashSet::new(), false, &mut path, &mut out);
+        assert!(read.is_none());
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].kind, Kind::InvalidValue);
+        assert!(
+            out[0]
+                .message
+                .starts_with("`ports.1.container_port` cannot be used: "),
+            "{}",
+            out[0].message
+        );
+        assert_eq!(&text[out[0].labels[0].0.clone()], "70000");
+        assert!(!out[0].help.is_empty());
+
+        // Already reported by the schema walk: not repeated.
+        let mut out = Vec::new();
+        let read: Option<Vec<schema::PortDef>> =
+            typed(ports, &HashSet::new(), true, &mut Vec::new(), &mut out);
+        assert!(read.is_none() && out.is_empty());
+    }
 }

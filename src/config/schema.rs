@@ -185,7 +185,7 @@ pub enum Strategy {
 pub struct Deployment {
     /// Sequential, Parallel, Hybrid, RollingUpdate or BlueGreen. Default Hybrid.
     pub strategy: Option<Strategy>,
-    /// Most actions at once. Default 10.
+    /// Most actions at once, 1 to 4294967295. Default 10.
     #[schemars(range(min = 1))]
     pub max_parallel: Option<u32>,
     /// Default health-probe interval, seconds. Default 30.
@@ -294,7 +294,8 @@ pub struct Service {
     pub image: Option<String>,
     /// The seeds' spelling of `image`.
     pub container_image: Option<String>,
-    /// Instances to run. Default 1.
+    /// Instances to run, 1 to 4294967295. Default 1. To stop a service, remove it or set `enabled: false`.
+    #[schemars(range(min = 1))]
     pub replicas: Option<u32>,
     /// The program (a process) or the entrypoint override (a container).
     pub command: Option<String>,
@@ -321,21 +322,17 @@ pub struct Service {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesDef {
-    /// Logical CPUs, fractions allowed, positive. Default 0.5.
+    /// Logical CPUs, fractions allowed: a finite number above 0. Default 0.5.
     #[schemars(range(min = 0))]
     pub cpu_cores: Option<f64>,
-    /// Memory in MB, positive. Default 256.
-    #[schemars(range(min = 0))]
-    pub memory_mb: Option<i64>,
-    /// Disk in GB. Default 0.
-    #[schemars(range(min = 0))]
-    pub storage_gb: Option<i64>,
-    /// GPUs per replica. Default 0.
-    #[schemars(range(min = 0))]
-    pub gpu_count: Option<i64>,
-    /// Free memory each assigned GPU must have, MB, positive.
-    #[schemars(range(min = 0))]
-    pub gpu_memory_mb: Option<i64>,
+    /// Memory in MB, 1 to 18446744073709551615. Default 256.
+    pub memory_mb: Option<u64>,
+    /// Disk in GB, 0 to 18446744073709551615. Default 0.
+    pub storage_gb: Option<u64>,
+    /// GPUs per replica, 0 to 4294967295. Default 0.
+    pub gpu_count: Option<u32>,
+    /// Free memory each assigned GPU must have, MB, 1 to 18446744073709551615.
+    pub gpu_memory_mb: Option<u64>,
 }
 
 /// A health gate: exactly one of `endpoint`, `command` or `tcp`.
@@ -350,10 +347,10 @@ pub struct HealthCheckDef {
     pub tcp: Option<u16>,
     /// The host for `tcp`. Default 127.0.0.1.
     pub host: Option<String>,
-    /// Seconds between probes. Default `deployment.health_check_interval`.
+    /// Seconds between probes, 1 to 18446744073709551615. Default `deployment.health_check_interval`.
     #[schemars(range(min = 1))]
     pub interval_seconds: Option<u64>,
-    /// Seconds one probe may take. Default 5.
+    /// Seconds one probe may take, 1 to 18446744073709551615. Default 5.
     #[schemars(range(min = 1))]
     pub timeout_seconds: Option<u64>,
     /// Consecutive failures that fail the gate. Default 3.
@@ -369,10 +366,10 @@ pub struct HealthCheckDef {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortDef {
-    /// The port the service listens on.
+    /// The port the service listens on, 1 to 65535.
     #[schemars(range(min = 1))]
     pub container_port: u16,
-    /// The host port. Default: the container port for a process; allocated from `port_range` for a container.
+    /// The host port, 1 to 65535. Default: the container port for a process; allocated from `port_range` for a container.
     #[schemars(range(min = 1))]
     pub host_port: Option<u16>,
     /// tcp or udp. Default tcp.

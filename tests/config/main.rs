@@ -4,6 +4,7 @@ mod cli;
 mod diagnostics;
 mod examples;
 mod fuzz;
+mod limits;
 mod schema;
 mod templating;
 

@@ -1,0 +1,318 @@
+//! Values outside what a key can hold, and configurations with nothing in them:
+//! each is a diagnostic at the exact value, never a silent default.
+
+use assert_cmd::cargo::cargo_bin_cmd;
+use miette::Diagnostic;
+
+use super::*;
+
+/// The one problem of `text`: its code, message and help, after checking that
+/// its primary label covers exactly `value`, the last occurrence in `text`.
+fn problem_at(text: &str, value: &str) -> (String, String, String) {
+    let err = match load(text) {
+        Ok(l) => panic!(
+            "expected a problem at `{value}` in:\n{text}\nloaded {:?}",
+            l.desired
+        ),
+        Err(e) => e,
+    };
+    assert_eq!(err.problems.len(), 1, "{}", rendered(&err));
+    let p = &err.problems[0];
+    let at = text.rfind(value).expect("the value is in the text");
+    let label = p
+        .labels()
+        .and_then(|mut l| l.next())
+        .unwrap_or_else(|| panic!("no label: {}", rendered(&err)));
+    assert_eq!(
+        (label.offset(), label.len()),
+        (at, value.len()),
+        "the label should cover `{value}`:\n{}",
+        rendered(&err)
+    );
+    let help = p.help().map(|h| h.to_string()).unwrap_or_default();
+    assert!(!help.is_empty(), "no help: {}", rendered(&err));
+    (err.codes()[0].clone(), p.to_string(), help)
+}
+
+const SERVICE: &str = "services:\n  api:\n    command: x\n";
+
+#[test]
+fn integers_beyond_their_type_are_refused_at_the_value() {
+    let cases = [
+        // u32
+        (
+            format!("{SERVICE}    replicas: 4294967297\n"),
+            "4294967297",
+            "`services.api.replicas` must be at most 4294967295, found 4294967297",
+        ),
+        (
+            format!("deployment:\n  max_parallel: 4294967296\nproject: shop\n{SERVICE}"),
+            "4294967296",
+            "`deployment.max_parallel` must be at most 4294967295, found 4294967296",
+        ),
+        (
+            format!("{SERVICE}    health_check:\n      tcp: 80\n      retries: 4294967296\n"),
+            "4294967296",
+            "`services.api.health_check.retries` must be at most 4294967295",
+        ),
+        (
+            format!("{SERVICE}    resources:\n      gpu_count: 4294967296\n"),
+            "4294967296",
+            "`services.api.resources.gpu_count` must be at most 4294967295",
+        ),
+        // u16
+        (
+            format!("{SERVICE}    ports:\n      - container_port: 70000\n"),
+            "70000",
+            "`services.api.ports.0.container_port` must be at most 65535, found 70000",
+        ),
+        (
+            format!("{SERVICE}    ports:\n      - container_port: 80\n        host_port: 70000\n"),
+            "70000",
+            "`services.api.ports.0.host_port` must be at most 65535, found 70000",
+        ),
+        // u64, written larger than any 64-bit integer
+        (
+            format!(
+                "{SERVICE}    health_check:\n      tcp: 80\n      interval_seconds: 99999999999999999999\n"
+            ),
+            "99999999999999999999",
+            "`services.api.health_check.interval_seconds` must be at most 18446744073709551615, found an integer beyond 64 bits",
+        ),
+        (
+            format!(
+                "{SERVICE}    health_check:\n      tcp: 80\n      timeout_seconds: 99999999999999999999\n"
+            ),
+            "99999999999999999999",
+            "`services.api.health_check.timeout_seconds` must be at most 18446744073709551615",
+        ),
+        (
+            format!("{SERVICE}    resources:\n      memory_mb: 99999999999999999999\n"),
+            "99999999999999999999",
+            "`services.api.resources.memory_mb` must be at most 18446744073709551615",
+        ),
+        (
+            format!("deployment:\n  timeout_seconds: 99999999999999999999\n{SERVICE}"),
+            "99999999999999999999",
+            "`deployment.timeout_seconds` must be at most 18446744073709551615",
+        ),
+        // negative where unsigned
+        (
+            format!("{SERVICE}    replicas: -1\n"),
+            "-1",
+            "`services.api.replicas` must be at least 1, found -1",
+        ),
+        (
+            format!("deployment:\n  stop_grace_seconds: -5\n{SERVICE}"),
+            "-5",
+            "`deployment.stop_grace_seconds` must be at least 0, found -5",
+        ),
+        (
+            format!("{SERVICE}    health_check:\n      tcp: 80\n      timeout_seconds: -1\n"),
+            "-1",
+            "`services.api.health_check.timeout_seconds` must be at least 1, found -1",
+        ),
+        (
+            format!("{SERVICE}    resources:\n      gpu_count: -1\n"),
+            "-1",
+            "`services.api.resources.gpu_count` must be positive, found -1",
+        ),
+    ];
+    for (text, value, want) in cases {
+        let (code, message, _) = problem_at(&text, value);
+        assert!(
+            code == "E002::invalid_value" || code == "S003::non_positive_resource",
+            "{code} for\n{text}"
+        );
+        assert!(message.starts_with(want), "`{message}` for\n{text}");
+    }
+}
+
+#[test]
+fn the_largest_values_of_each_type_load() {
+    let text = format!(
+        "deployment:\n  max_parallel: 4294967295\n  timeout_seconds: 9223372036854775807\n{SERVICE}    replicas: 4294967295\n    ports:\n      - container_port: 65535\n        host_port: 65535\n    resources:\n      gpu_count: 4294967295\n      memory_mb: 9223372036854775807\n"
+    );
+    let loaded = load(&text).expect("valid");
+    let d = &loaded.desired;
+    assert_eq!(d.settings.deployment.max_parallel, u32::MAX);
+    let api = d.services.values().next().unwrap();
+    assert_eq!(api.replicas, u32::MAX);
+    assert_eq!(api.ports[0].host_port, Some(65535));
+    assert_eq!(api.resources.gpu_count, u32::MAX);
+    assert_eq!(api.resources.memory_mb, i64::MAX as u64);
+}
+
+#[test]
+fn cpu_cores_must_be_a_finite_number() {
+    for value in ["1e400", ".inf", "-.inf", ".nan", ".NaN"] {
+        let text = format!("{SERVICE}    resources:\n      cpu_cores: {value}\n");
+        let (code, message, help) = problem_at(&text, value);
+        assert_eq!(code, "E002::invalid_value", "{value}");
+        assert!(
+            message.starts_with(
+                "`services.api.resources.cpu_cores` must be a finite number above 0, found"
+            ),
+            "{message}"
+        );
+        assert!(help.contains("leave the key out"), "{help}");
+    }
+}
+
+#[test]
+fn zero_replicas_is_refused() {
+    let text = format!("{SERVICE}    replicas: 0\n");
+    let (code, message, help) = problem_at(&text, "0");
+    assert_eq!(code, "E002::invalid_value");
+    assert_eq!(
+        message,
+        "`services.api.replicas` must be at least 1, found 0"
+    );
+    assert!(help.contains("remove it or set `enabled: false`"), "{help}");
+}
+
+#[test]
+fn out_of_range_replicas_as_a_person_sees_it() {
+    let err = load(&format!("{SERVICE}    replicas: 4294967297\n")).unwrap_err();
+    insta::assert_snapshot!(rendered(&err));
+}
+
+#[test]
+fn a_configuration_without_services_is_refused() {
+    for text in [
+        "",
+        "\n\n",
+        "# nothing here yet\n",
+        "~\n",
+        "null\n",
+        "---\n",
+        "services:\n",
+        "services: {}\n",
+        "services: ~\n",
+        "project: shop\nstate:\n  path: shop.db\n",
+        "{% if false %}services:\n  a:\n    command: x\n{% endif %}\n",
+    ] {
+        let err = match load(text) {
+            Ok(_) => panic!("{text:?} loaded as a configuration of no services"),
+            Err(e) => e,
+        };
+        assert_eq!(err.codes(), vec!["E002::no_services"], "{text:?}");
+        assert_eq!(err.code().unwrap().to_string(), "deploy_code::E002");
+        let p = &err.problems[0];
+        assert_eq!(p.to_string(), "the configuration defines no services");
+        assert!(
+            p.help().unwrap().to_string().contains("--allow-empty"),
+            "{text:?}"
+        );
+    }
+    // The label is the `services` value when there is one.
+    let (_, _, _) = problem_at("services: {}\n", "{}");
+}
+
+#[test]
+fn only_disabled_services_is_not_empty() {
+    let loaded = load("services:\n  a:\n    enabled: false\n    command: x\n").expect("valid");
+    assert!(loaded.desired.services.is_empty());
+    assert_eq!(loaded.desired.disabled.len(), 1);
+}
+
+#[test]
+fn no_services_as_a_person_sees_it() {
+    let err = load("project: shop\nservices: {}\n").unwrap_err();
+    insta::assert_snapshot!(rendered(&err));
+}
+
+#[test]
+fn the_document_must_be_a_mapping() {
+    for (text, value, found) in [
+        ("just a string\n", "just a string", "a string"),
+        ("42\n", "42", "an integer"),
+        ("- a\n- b\n", "- a\n- b", "a list"),
+        ("[services]\n", "[services]", "a list"),
+    ] {
+        let (code, message, _) = problem_at(text, value);
+        assert_eq!(code, "E002::wrong_type", "{text:?}");
+        assert_eq!(
+            message,
+            format!("the document should be a mapping, found {found}")
+        );
+    }
+}
+
+fn cmd() -> assert_cmd::Command {
+    let mut c = cargo_bin_cmd!("deploy-code");
+    c.env("NO_COLOR", "1").env_remove("DEPLOY_CODE_CONFIG");
+    c
+}
+
+#[test]
+fn validate_refuses_an_empty_file_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deploy-code.yaml");
+    std::fs::write(&path, "# services come later\n").unwrap();
+    let out = cmd().arg("-c").arg(&path).arg("validate").assert().code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(stderr.contains("E002::no_services"), "{stderr}");
+    assert!(stderr.contains("--allow-empty"), "{stderr}");
+
+    let out = cmd()
+        .arg("-c")
+        .arg(&path)
+        .args(["--allow-empty", "validate"])
+        .assert()
+        .success();
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(stdout.ends_with("is valid: 0 services\n"), "{stdout}");
+}
+
+#[test]
+fn allow_empty_is_a_load_option() {
+    let opts = config::LoadOptions {
+        allow_empty: true,
+        ..Default::default()
+    };
+    let path = Path::new("deploy-code.yaml");
+    let loaded = config::load_from_str("project: shop\n", path, &opts).expect("allowed");
+    assert!(loaded.desired.services.is_empty());
+    assert_eq!(loaded.desired.settings.project, "shop");
+    let err = config::load_from_str("project: shop\n", path, &config::LoadOptions::default())
+        .unwrap_err();
+    assert_eq!(err.codes(), vec!["E002::no_services"]);
+}
+
+/// `deploy-code ARGS` in `dir` with its own state file: (exit code, stderr).
+fn run_in(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = cmd()
+        .current_dir(dir)
+        .args(["--state", "state.db"])
+        .args(args)
+        .write_stdin("")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn apply_refuses_an_empty_configuration_destroy_does_not_need_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("deploy-code.yaml"), "~\n").unwrap();
+    let (code, err) = run_in(d, &["apply", "--auto-approve"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("E002::no_services"), "{err}");
+    assert!(!d.join("state.db").exists(), "nothing ran");
+
+    let (code, err) = run_in(d, &["--allow-empty", "apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = run_in(d, &["destroy", "--auto-approve"]);
+    assert_eq!(code, 0, "{err}");
+
+    // A configuration that does not load: destroy falls back to one of no
+    // services, which must load.
+    std::fs::write(d.join("deploy-code.yaml"), "services: [\n").unwrap();
+    let (code, err) = run_in(d, &["destroy", "--auto-approve"]);
+    assert_eq!(code, 0, "{err}");
+}
