@@ -87,6 +87,9 @@ fn make_plan(
     rt: &tokio::runtime::Runtime,
 ) -> Result<(Plan, LoadedConfig), Failure> {
     let snap = store.snapshot()?;
+    if loaded.desired.services.values().any(|s| s.has_sensitive()) {
+        snap.require_key(store.path())?;
+    }
     let mut loaded = loaded.clone();
     if let Some(key) = &snap.secret_key {
         loaded.desired.rekey(key);
@@ -466,11 +469,7 @@ pub fn run(ctx: &Context, args: &ApplyArgs) -> Result<u8, Failure> {
     let mut store = open_store(ctx, &loaded)?;
     let snap = store.snapshot()?;
     let mut l = loaded.clone();
-    let key = match (&snap.secret_key, &saved.binding.new_state_key) {
-        (Some(k), _) => Some(k.clone()),
-        (None, Some(hex)) => crate::model::SecretKey::from_hex(hex),
-        (None, None) => None,
-    };
+    let key = snap.secret_key.clone();
     if let Some(k) = &key {
         l.desired.rekey(k);
     }
@@ -530,6 +529,20 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
             )?
         }
     };
+    // Nothing to destroy and nowhere to record it: create nothing.
+    let state = state_path(ctx, Some(&loaded));
+    if !ctx.global.config.exists() && !state.exists() {
+        return Err(Plain::new(
+            Code::E001,
+            format!(
+                "nothing to destroy: there is no configuration at `{}` and no state at `{}`",
+                ctx.global.config.display(),
+                state.display()
+            ),
+        )
+        .help("run it where the deployment's configuration or state is, or name them with `-c FILE` and `--state FILE`")
+        .into());
+    }
     let code = plan_and_apply_loaded(
         ctx,
         loaded,

@@ -91,10 +91,16 @@ pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Pr
     };
     let state_path = config::state_path(g.state.as_deref(), loaded.as_ref(), &g.config);
     let snapshot = state::load_snapshot(&state_path)?;
-    let (secret_key, new_key) = match &snapshot.secret_key {
-        Some(k) => (k.clone(), false),
-        None => (SecretKey::random(), true),
-    };
+    if loaded
+        .as_ref()
+        .is_some_and(|l| l.desired.services.values().any(|s| s.has_sensitive()))
+    {
+        snapshot.require_key(&state_path)?;
+    }
+    let secret_key = snapshot
+        .secret_key
+        .clone()
+        .unwrap_or_else(SecretKey::random);
     if let Some(l) = loaded.as_mut() {
         l.desired.rekey(&secret_key);
     }
@@ -148,9 +154,7 @@ pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Pr
         },
     };
     let mut plan = plan::plan(&input)?;
-    if new_key && snapshot.lineage.is_none() {
-        plan.binding.new_state_key = Some(secret_key.to_hex());
-    }
+    plan.binding.state_key_id = Some(crate::state::key::id(&secret_key));
     Ok(Prepared {
         loaded,
         snapshot,
@@ -189,11 +193,22 @@ pub fn exit_code(plan: &Plan, detailed: bool) -> u8 {
     }
 }
 
+fn has_secret(c: &plan::Change) -> bool {
+    c.after
+        .as_ref()
+        .is_some_and(crate::model::ServiceSpec::has_sensitive)
+}
+
 pub fn run(ctx: &Context, args: &PlanArgs) -> Result<u8, Failure> {
     let prepared = prepare(ctx, &args.scope, args.destroy)?;
     let plan = &prepared.plan;
     let mut text = render_plan(ctx, plan);
     if let Some(out) = &args.out {
+        // A plan for a state that has no key yet keeps the key it made its
+        // digests with beside the state, where `apply` will find it.
+        if prepared.snapshot.secret_key.is_none() && plan.changes.iter().any(has_secret) {
+            crate::state::key::store(&prepared.state_path, &prepared.secret_key)?;
+        }
         plan::saved::write(out, plan)?;
         if ctx.global.format == Format::Human && !ctx.global.quiet {
             text.push_str(&format!(

@@ -265,11 +265,11 @@ pub fn status(ctx: &Context, args: &StatusArgs) -> Result<u8, Failure> {
             _ => human(&v, args.detailed),
         };
         if args.watch {
-            print!("\x1b[2J\x1b[H{text}");
+            super::print(&format!("\x1b[2J\x1b[H{text}"))?;
             let _ = std::io::stdout().flush();
             std::thread::sleep(Duration::from_secs(args.interval.max(1)));
         } else {
-            print!("{text}");
+            super::print(&text)?;
             return Ok(exit::OK);
         }
     }
@@ -307,22 +307,21 @@ pub fn health(ctx: &Context, _args: &HealthArgs) -> Result<u8, Failure> {
         .collect();
     let all_ok = rows.iter().all(|r| r["healthy"] == true);
     match ctx.global.format {
-        Format::Json => println!(
-            "{}",
+        Format::Json => super::print(&format!(
+            "{}\n",
             serde_json::to_string_pretty(
                 &serde_json::json!({"format_version": 1, "healthy": all_ok, "services": rows})
             )
             .unwrap_or_default()
-        ),
-        Format::Yaml => print!(
-            "{}",
-            serde_yaml::to_string(&serde_json::json!({"healthy": all_ok, "services": rows}))
-                .unwrap_or_default()
-        ),
+        ))?,
+        Format::Yaml => super::print(
+            &serde_yaml::to_string(&serde_json::json!({"healthy": all_ok, "services": rows}))
+                .unwrap_or_default(),
+        )?,
         _ => {
             for r in &rows {
-                println!(
-                    "{:<20} {:<10} {}",
+                super::print(&format!(
+                    "{:<20} {:<10} {}\n",
                     r["service"].as_str().unwrap_or(""),
                     if r["healthy"] == true {
                         "healthy"
@@ -330,7 +329,7 @@ pub fn health(ctx: &Context, _args: &HealthArgs) -> Result<u8, Failure> {
                         "UNHEALTHY"
                     },
                     r["detail"].as_str().unwrap_or("")
-                );
+                ))?;
             }
         }
     }
@@ -360,9 +359,9 @@ pub fn logs(ctx: &Context, args: &LogsArgs) -> Result<u8, Failure> {
     for h in &r.handles {
         for l in rt.block_on(b.logs(h, args.lines)) {
             if several {
-                println!("[{}] {l}", replica_of(h));
+                super::print(&format!("[{}] {l}\n", replica_of(h)))?;
             } else {
-                println!("{l}");
+                super::print(&format!("{l}\n"))?;
             }
         }
     }
@@ -387,7 +386,7 @@ pub fn logs(ctx: &Context, args: &LogsArgs) -> Result<u8, Failure> {
                         let mut buf = String::new();
                         let _ = f.read_to_string(&mut buf);
                         offsets[i] = len;
-                        print!("{buf}");
+                        super::print(&buf)?;
                         let _ = std::io::stdout().flush();
                     }
                 }

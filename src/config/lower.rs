@@ -18,7 +18,11 @@ use crate::model::{
 /// Whether an environment variable's name marks it as a secret.
 pub fn looks_secret(name: &str) -> bool {
     let n = name.to_ascii_uppercase();
-    n.ends_with("_KEY") || n.contains("PASSWORD") || n.contains("SECRET") || n.contains("TOKEN")
+    n.ends_with("_KEY")
+        || n == "KEY"
+        || ["PASSWORD", "SECRET", "TOKEN", "CREDENTIAL"]
+            .iter()
+            .any(|w| n.contains(w))
 }
 
 /// Replaces `${NAME}` and `${NAME:-default}` in every string value (`$${` is a

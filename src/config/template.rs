@@ -251,6 +251,9 @@ fn environment<'s>(
     env.add_function(
         "env",
         move |name: String, default: Option<JValue>| -> Result<JValue, Error> {
+            if super::lower::looks_secret(&name) {
+                warn_env_secret(&name);
+            }
             match vars.get(&name) {
                 Some(v) => Ok(JValue::from(v.clone())),
                 None => default.ok_or_else(|| {
@@ -279,6 +282,20 @@ fn environment<'s>(
         }
     });
     env
+}
+
+/// Warns, once per name and process, that `env('NAME')` of a variable named
+/// like a secret goes in as plain text.
+fn warn_env_secret(name: &str) {
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned.iter().any(|n| n == name) {
+        return;
+    }
+    warned.push(name.to_owned());
+    tracing::warn!(
+        "`env('{name}')` looks like a secret but is used as plain text: its value would be stored, shown and diffed as is; use `secret('{name}')` to keep it as a digest and redact it everywhere"
+    );
 }
 
 /// A secret's plaintext: env var `NAME`, else the file named by `NAME_FILE`, else

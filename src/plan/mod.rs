@@ -142,10 +142,10 @@ pub struct Binding {
     /// `sha256:` of the rendered configuration (secrets as digests).
     pub config_hash: String,
     pub tool_version: String,
-    /// The secret-digest key when the state did not exist yet (apply then creates
-    /// the state with it, so digests stay comparable). `None` otherwise.
+    /// The id of the secret-digest key the plan's digests were made with (the
+    /// key itself never travels in a plan; see `state::key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub new_state_key: Option<String>,
+    pub state_key_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -271,7 +271,7 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
             serial: input.snapshot.serial,
             config_hash: input.config_hash.clone(),
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
-            new_state_key: None,
+            state_key_id: None,
         },
         changes: ordered,
         phases,

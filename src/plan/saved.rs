@@ -2,9 +2,9 @@
 //!
 //! A saved plan is the plan as JSON, bound to the state's lineage and serial,
 //! the rendered configuration's hash and the tool version. Specs carry secrets
-//! as keyed digests only, so the file holds no plaintext. It is written with
-//! mode 0600 because it may carry the key of a state that does not exist yet
-//! (`binding.new_state_key`).
+//! as keyed digests only, so the file holds no plaintext, and the key of those
+//! digests never travels in it (only its id, `binding.state_key_id`). It is
+//! written with mode 0600 all the same.
 
 use std::io::Write;
 use std::path::Path;
@@ -111,6 +111,15 @@ pub fn check_fresh(plan: &Plan, snapshot: &Snapshot, config_hash: &str) -> Resul
     }
     if b.config_hash != config_hash {
         changed.push("the rendered configuration changed since the plan was made".to_owned());
+    }
+    if let (Some(was), Some(now)) = (&b.state_key_id, &snapshot.secret_key)
+        && *was != crate::state::key::id(now)
+    {
+        changed.push(format!(
+            "the plan's secrets were digested with key {was}, this state's key is {} (give the state's key with `{}`)",
+            crate::state::key::id(now),
+            crate::state::key::ENV
+        ));
     }
     let tool = env!("CARGO_PKG_VERSION");
     if b.tool_version != tool {

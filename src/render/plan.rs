@@ -44,6 +44,9 @@ pub struct BindingDoc {
     pub serial: u64,
     pub config_hash: String,
     pub tool_version: String,
+    /// The id of the secret-digest key (never the key itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_key_id: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -140,6 +143,7 @@ pub fn doc(plan: &Plan) -> PlanDoc {
             serial: plan.binding.serial,
             config_hash: plan.binding.config_hash.clone(),
             tool_version: plan.binding.tool_version.clone(),
+            state_key_id: plan.binding.state_key_id.clone(),
         },
         destroy_all: plan.destroy_all,
         summary: SummaryDoc {

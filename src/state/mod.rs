@@ -1,7 +1,7 @@
 //! The state file: a SQLite database that remembers what was deployed.
 //!
-//! Holds the lineage and serial (identity for saved plans), the secret-digest
-//! key, one record per deployed service (its applied spec with secrets as
+//! Holds the lineage and serial (identity for saved plans), the id of the
+//! secret-digest key (the key itself lives apart, see [`key`]), one record per deployed service (its applied spec with secrets as
 //! digests, runtime handles, status), the deployment history, an audit log of
 //! events, an intent journal (a row before every side effect, closed after it)
 //! and the lock. The schema changes only through the numbered migrations in the
@@ -10,6 +10,7 @@
 //! Readers (`plan`, `state show`) never write: [`load_snapshot`] opens the file
 //! read-only, takes no lock and migrates nothing on disk.
 
+pub mod key;
 mod store;
 pub use store::*;
 
@@ -18,6 +19,25 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{BackendKind, SecretKey, ServiceName, ServiceSpec};
+
+impl Snapshot {
+    /// Refuses to compare secrets without the state's key: a state made with
+    /// a key that is not at hand (a copy, a backup, another runner) would see
+    /// every secret as changed.
+    pub fn require_key(&self, state: &std::path::Path) -> Result<(), StateError> {
+        match (&self.secret_key, &self.secret_key_id) {
+            (None, Some(id)) => Err(StateError::BadKey {
+                path: state.to_path_buf(),
+                detail: format!(
+                    "its key ({id}) is neither in `{}` nor in `{}`, and the configuration has secrets to compare",
+                    key::path_for(state).display(),
+                    key::ENV
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
 
 /// The status of a service in the state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +136,10 @@ pub struct Snapshot {
     pub serial: u64,
     /// The newest deployment revision (0 when none).
     pub revision: u64,
+    /// The secret-digest key, when it is at hand (see [`key`]).
     pub secret_key: Option<SecretKey>,
+    /// The id of the key the state was made with (see [`key::id`]).
+    pub secret_key_id: Option<String>,
     pub services: BTreeMap<ServiceName, ServiceRecord>,
     pub open_intents: Vec<OpenIntent>,
     pub lock: Option<LockInfo>,

@@ -111,6 +111,15 @@ pub enum StateError {
     )]
     UnsafePermissions { path: PathBuf, mode: u32 },
 
+    #[error("the secret-digest key of `{}` is unusable: {detail}", path.display())]
+    #[diagnostic(
+        code(deploy_code::E012),
+        help(
+            "give the key this state was made with: its key file beside the state (`<state>.key`, mode 0600) or `DEPLOY_CODE_STATE_KEY`"
+        )
+    )]
+    BadKey { path: PathBuf, detail: String },
+
     #[error("`{}` is damaged: {detail}", path.display())]
     #[diagnostic(
         code(deploy_code::E012),
@@ -193,7 +202,7 @@ impl StateError {
         }
     }
 
-    fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+    pub(crate) fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
         let path = path.to_path_buf();
         move |source| StateError::Io { op, path, source }
     }
@@ -302,6 +311,76 @@ fn check_permissions(path: &Path, meta: &fs::Metadata) -> Result<(), StateError>
             mode,
         });
     }
+    Ok(())
+}
+
+/// Refuses a state whose directory, `-wal` or `-shm` file group or others
+/// can write: the same rule as for the state file.
+fn check_companions(path: &Path) -> Result<(), StateError> {
+    let dir = dir_of(path).to_path_buf();
+    let file = path.file_name().unwrap_or_default().to_string_lossy();
+    let wal = path.with_file_name(format!("{file}-wal"));
+    let shm = path.with_file_name(format!("{file}-shm"));
+    for p in [dir, wal, shm] {
+        match fs::metadata(&p) {
+            // A sticky directory (/tmp) lets nobody replace another's file.
+            Ok(meta) if meta.is_dir() && meta.permissions().mode() & 0o1000 != 0 => {}
+            Ok(meta) => check_permissions(&p, &meta)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StateError::io("read", &p)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// `PRAGMA quick_check`, once per process and file, before anything is
+/// written: a damaged state is refused (E012) and left byte for byte as it
+/// was. Without a `-wal` file the check reads the file as immutable, so that
+/// no companion file is created beside a file that is refused.
+fn quick_check(path: &Path) -> Result<(), StateError> {
+    static CHECKED: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    if CHECKED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&abs)
+    {
+        return Ok(());
+    }
+    if fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Ok(());
+    }
+    let wal = path.with_file_name(format!(
+        "{}-wal",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = if wal.exists() {
+        Connection::open_with_flags(path, flags)
+    } else {
+        Connection::open_with_flags(
+            format!("{}?immutable=1", uri_path(path)),
+            flags | OpenFlags::SQLITE_OPEN_URI,
+        )
+    }
+    .map_err(StateError::sql("open", path))?;
+    let verdict: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(StateError::sql("check", path))?;
+    if verdict != "ok" {
+        return Err(StateError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!(
+                "`PRAGMA quick_check` says: {}",
+                verdict.lines().next().unwrap_or_default()
+            ),
+        });
+    }
+    CHECKED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(abs);
     Ok(())
 }
 
@@ -508,12 +587,32 @@ fn read_snapshot(conn: &Connection, path: &Path, schema: u32) -> Result<Snapshot
         .map_err(e("read"))?
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    if let Some(k) = meta_get(&tx, "secret_key").map_err(e("read"))? {
-        snap.secret_key = Some(SecretKey::from_hex(&k).ok_or_else(|| StateError::Corrupt {
-            path: path.to_path_buf(),
-            detail: "the secret key is not 64 hex digits".into(),
-        })?);
+    // The key lives beside the state (see `key`); a state written before
+    // that keeps it in `meta` until its next write moves it out.
+    snap.secret_key = match super::key::load(path)? {
+        Some(k) => Some(k),
+        None => match meta_get(&tx, "secret_key").map_err(e("read"))? {
+            Some(k) => Some(SecretKey::from_hex(&k).ok_or_else(|| StateError::Corrupt {
+                path: path.to_path_buf(),
+                detail: "the secret key is not 64 hex digits".into(),
+            })?),
+            None => None,
+        },
+    };
+    let key_id = meta_get(&tx, "secret_key_id").map_err(e("read"))?;
+    match (&snap.secret_key, &key_id) {
+        (Some(k), Some(id)) if super::key::id(k) != *id => {
+            return Err(StateError::BadKey {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "the key given has id {}, the state was made with {id}",
+                    super::key::id(k)
+                ),
+            });
+        }
+        _ => {}
     }
+    snap.secret_key_id = key_id;
     snap.revision = tx
         .query_row(
             "SELECT coalesce(max(revision), 0) FROM deployments",
@@ -730,6 +829,8 @@ impl Store {
     fn open_unlocked(path: &Path) -> Result<Connection, StateError> {
         prepare_file(path)?;
         check_magic(path)?;
+        check_companions(path)?;
+        quick_check(path)?;
         // Look before writing anything: a foreign or newer file stays untouched.
         drop(open_read(path)?);
         let mut conn = Connection::open_with_flags(
@@ -853,14 +954,40 @@ impl Store {
             )
             .map_err(e("write"))?;
         }
-        if meta_get(&tx, "secret_key").map_err(e("read"))?.is_none() {
-            let key = key.cloned().unwrap_or_else(SecretKey::random);
-            tx.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('secret_key', ?1)",
-                [key.to_hex()],
-            )
-            .map_err(e("write"))?;
+        // The key: the one beside the state (or in the environment), else
+        // the one an older state kept in `meta`, else the one given (a saved
+        // plan's), else a new one. It is kept apart from the database, which
+        // records only its id.
+        let legacy = meta_get(&tx, "secret_key")
+            .map_err(e("read"))?
+            .and_then(|k| SecretKey::from_hex(&k));
+        let recorded_id = meta_get(&tx, "secret_key_id").map_err(e("read"))?;
+        let key = match (super::key::load(&path)?, legacy, key) {
+            (Some(k), _, _) | (None, Some(k), _) => k,
+            (None, None, Some(k)) => k.clone(),
+            // The state's key is not at hand: it cannot be made anew.
+            (None, None, None) if recorded_id.is_some() => return tx.commit().map_err(e("write")),
+            (None, None, None) => SecretKey::random(),
+        };
+        if let Some(id) = recorded_id
+            && id != super::key::id(&key)
+        {
+            return Err(StateError::BadKey {
+                path,
+                detail: format!(
+                    "the key given has id {}, the state was made with {id}",
+                    super::key::id(&key)
+                ),
+            });
         }
+        super::key::store(&path, &key)?;
+        tx.execute("DELETE FROM meta WHERE key = 'secret_key'", [])
+            .map_err(e("write"))?;
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('secret_key_id', ?1)",
+            [super::key::id(&key)],
+        )
+        .map_err(e("write"))?;
         tx.commit().map_err(e("write"))
     }
 

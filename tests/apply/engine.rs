@@ -164,7 +164,7 @@ pub fn make_plan(desired: &DesiredState, snap: &Snapshot) -> Plan {
             serial: snap.serial,
             config_hash: "sha256:test".into(),
             tool_version: "test".into(),
-            new_state_key: None,
+            state_key_id: None,
         },
         changes,
         phases,

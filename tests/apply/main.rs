@@ -5,4 +5,5 @@ mod common;
 mod engine;
 mod health;
 mod process;
+mod secrets;
 mod verdict;

@@ -189,8 +189,8 @@ async fn a_missing_image_fails_the_apply_before_anything_starts() {
         "refused before any change, not rolled back\n{out}\n{err}"
     );
     assert!(
-        err.contains("E015"),
-        "the failure keeps its own code: {err}"
+        out.contains("E015"),
+        "the failure keeps its own code (the JSON diagnostic is on stdout): {out}"
     );
     let events: Vec<serde_json::Value> = out
         .lines()

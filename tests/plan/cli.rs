@@ -139,15 +139,33 @@ fn an_empty_state_plans_the_platform_in_phases() {
     assert_eq!(doc["binding"]["lineage"], serde_json::Value::Null);
     assert_eq!(doc["binding"]["serial"], 0);
     assert!(doc["binding"].get("new_state_key").is_none());
+    assert!(
+        doc["binding"]["state_key_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("key:")),
+        "only the key's id: {doc}"
+    );
     assert_eq!(doc["feasibility"]["feasible"], true);
     assert_eq!(
         doc["feasibility"]["gpu_assignments"]["circle_of_experts"][0]["model"],
         "NVIDIA GeForce RTX 4090"
     );
-    // The saved plan carries the key for the new state, and no plaintext.
+    // The saved plan carries neither the key nor any plaintext: the key of
+    // its digests waits beside the (not yet existing) state.
     let file = std::fs::read_to_string(case.dir.path().join("release.plan")).unwrap();
     let saved = saved::read(&case.dir.path().join("release.plan")).unwrap();
-    assert!(saved.binding.new_state_key.is_some());
+    let key_file = deploy_code::state::key::path_for(&case.state());
+    let key = std::fs::read_to_string(&key_file).expect("the key file beside the state");
+    assert!(!file.contains(key.trim()), "the key is not in the plan");
+    assert_eq!(
+        saved.binding.state_key_id.as_deref(),
+        Some(
+            deploy_code::state::key::id(
+                &deploy_code::model::SecretKey::from_hex(key.trim()).unwrap()
+            )
+            .as_str()
+        )
+    );
     assert!(!file.contains(CANARY));
     assert!(!stdout(&out).contains(CANARY));
     // Plan wrote no state.
@@ -247,7 +265,7 @@ fn saved_plans_show_and_go_stale() {
 
     let plan = saved::read(&plan_file).unwrap();
     let snap = state::load_snapshot(&case.state()).unwrap();
-    assert!(plan.binding.new_state_key.is_none());
+    assert!(plan.binding.state_key_id.is_some());
     saved::check_fresh(&plan, &snap, &plan.binding.config_hash).unwrap();
     let err = saved::check_fresh(&plan, &snap, "sha256:other").unwrap_err();
     assert_eq!(
@@ -408,8 +426,12 @@ fn plan_reads_a_read_only_copy_and_leaves_it_alone() {
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o400)).unwrap();
     std::fs::set_permissions(ro.path(), std::fs::Permissions::from_mode(0o500)).unwrap();
     let before = std::fs::read(&copy).unwrap();
+    // The copy travels without its key (as a CI artifact does); the key is
+    // given as the CI's secret.
+    let key = std::fs::read_to_string(deploy_code::state::key::path_for(&case.state())).unwrap();
     let out = case
         .cmd(CANARY)
+        .env(deploy_code::state::key::ENV, key.trim())
         .args([
             "plan",
             "--no-refresh",

@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod hardening;
 mod procs;
 mod refusals;
 mod store;
