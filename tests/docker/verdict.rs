@@ -377,11 +377,10 @@ async fn conformance_matrix_containers() {
     for p in Probe::ALL {
         for replace in [false, true] {
             for f in Fault::ALL {
-                let sampled = match (replace, f) {
-                    (false, Fault::None | Fault::ExitNow) => true,
-                    (true, Fault::None | Fault::HttpError) => true,
-                    _ => false,
-                };
+                let sampled = matches!(
+                    (replace, f),
+                    (false, Fault::None | Fault::ExitNow) | (true, Fault::None | Fault::HttpError)
+                );
                 if all || sampled {
                     cases.push((p, replace, f));
                 }
