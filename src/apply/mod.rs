@@ -643,10 +643,13 @@ impl Exec<'_> {
                 "the plan has no spec".into(),
             ));
         };
-        let conflict = change.before.as_ref().is_some_and(|b| {
-            let old: Vec<_> = b.host_ports().collect();
-            after.host_ports().any(|p| old.contains(&p))
-        });
+        // A Swarm service's name is fixed (`<project>_<service>`), so the new
+        // one cannot run beside the old one either.
+        let conflict = after.backend == crate::model::BackendKind::Swarm
+            || change.before.as_ref().is_some_and(|b| {
+                let old: Vec<_> = b.host_ports().collect();
+                after.host_ports().any(|p| old.contains(&p))
+            });
         if conflict {
             self.take_down(change, false).await?;
             self.bring_up(after, &change.gpus, Action::Replace).await
