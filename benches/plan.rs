@@ -93,6 +93,7 @@ fn inventory() -> Inventory {
             gpus: Vec::new(),
             ports_in_use: vec![22],
         }],
+        swarm_publish: Default::default(),
     }
 }
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::Cancel;
-use crate::backends::{Backend, Liveness, ProbeOutcome};
+use crate::backends::{Backend, Liveness, ProbeOutcome, Replicas};
 use crate::model::{Probe, ServiceSpec, Workload};
 use crate::state::Handle;
 
@@ -273,12 +273,30 @@ impl Recorder<'_> {
     }
 }
 
-/// The first instance that is no longer running, with its liveness.
-async fn first_down(backend: &dyn Backend, handles: &[Handle]) -> Option<(usize, Liveness)> {
+/// The first instance that is no longer running, with what happened to it
+/// (the engine's reason when it gives one).
+async fn first_down(backend: &dyn Backend, handles: &[Handle]) -> Option<(usize, String)> {
     for (i, h) in handles.iter().enumerate() {
         let l = backend.liveness(h).await;
         if l != Liveness::Running {
-            return Some((i, l));
+            let why = match backend.replicas(h).await {
+                Some(r) if r.detail.is_some() => format!("is down ({r})"),
+                _ => describe(&l),
+            };
+            return Some((i, why));
+        }
+    }
+    None
+}
+
+/// The replicas an instance that stands for several still lacks (a Swarm
+/// service with fewer tasks running than it asks for).
+async fn shortfall(backend: &dyn Backend, handles: &[Handle]) -> Option<Replicas> {
+    for h in handles {
+        if let Some(r) = backend.replicas(h).await
+            && !r.complete()
+        {
+            return Some(r);
         }
     }
     None
@@ -336,21 +354,24 @@ pub async fn gate(
         }
     }
     let Some(check) = &spec.health_check else {
-        // No check: the instances must still run shortly after their start.
-        if let Some(why) = wait_or_stop(NO_CHECK_WAIT, cancel, stop_at, deadline).await {
-            return rec.done(false, why);
-        }
-        return match first_down(backend, handles).await {
-            Some((i, l)) => {
-                let why = format!("replica {i} {}", describe(&l));
+        // No check: the instances must still run a while after their start
+        // (and every replica behind a handle must have come up).
+        let mut wait = NO_CHECK_WAIT;
+        loop {
+            if let Some(why) = wait_or_stop(wait, cancel, stop_at, deadline).await {
+                return rec.done(false, why);
+            }
+            if let Some((i, down)) = first_down(backend, handles).await {
+                let why = format!("replica {i} {down}");
                 rec.push(false, why.clone());
-                rec.done(false, why)
+                return rec.done(false, why);
             }
-            None => {
+            if shortfall(backend, handles).await.is_none() {
                 rec.push(true, "running (no health check)".into());
-                rec.done(true, String::new())
+                return rec.done(true, String::new());
             }
-        };
+            wait = FAST_CAP;
+        }
     };
     let interval = Duration::from_secs(check.interval_seconds.max(1));
     let timeout = Duration::from_secs(check.timeout_seconds.max(1));
@@ -361,8 +382,8 @@ pub async fn gate(
     let mut last_counted: Option<Instant> = None;
     let mut healthy_since: Option<Instant> = None;
     loop {
-        if let Some((i, l)) = first_down(backend, handles).await {
-            let why = format!("replica {i} {} during its health check", describe(&l));
+        if let Some((i, down)) = first_down(backend, handles).await {
+            let why = format!("replica {i} {down} during its health check");
             rec.push(false, why.clone());
             return rec.done(false, why);
         }
@@ -383,26 +404,40 @@ pub async fn gate(
                 break;
             }
         }
+        // While replicas are still missing, probes that pass (or that find
+        // none running yet) wait for them without counting a failure.
+        let short = shortfall(backend, handles).await;
+        let converging = short.as_ref().is_some_and(|r| all_ok || r.running == 0);
         if all_ok {
-            // The answer counts only from instances that still run after it.
-            if let Some((i, l)) = first_down(backend, handles).await {
-                let why = format!("replica {i} {} right after a passing probe", describe(&l));
-                rec.push(false, why.clone());
-                return rec.done(false, why);
+            match short {
+                // Replicas are still missing: keep waiting for them.
+                Some(r) => rec.push(false, r.to_string()),
+                None => {
+                    // The answer counts only from instances that still run
+                    // after it.
+                    if let Some((i, down)) = first_down(backend, handles).await {
+                        let why = format!("replica {i} {down} right after a passing probe");
+                        rec.push(false, why.clone());
+                        return rec.done(false, why);
+                    }
+                    let since = *healthy_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= min_healthy {
+                        return rec.done(true, String::new());
+                    }
+                    let left = min_healthy.saturating_sub(since.elapsed());
+                    if let Some(why) =
+                        wait_or_stop(left.min(HOLD_PROBE), cancel, stop_at, deadline).await
+                    {
+                        return rec.done(false, why);
+                    }
+                    continue;
+                }
             }
-            let since = *healthy_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= min_healthy {
-                return rec.done(true, String::new());
-            }
-            let left = min_healthy.saturating_sub(since.elapsed());
-            if let Some(why) = wait_or_stop(left.min(HOLD_PROBE), cancel, stop_at, deadline).await {
-                return rec.done(false, why);
-            }
-            continue;
         }
         healthy_since = None;
         let now = Instant::now();
-        if now.duration_since(rec.began) >= start_period
+        if !converging
+            && now.duration_since(rec.began) >= start_period
             && last_counted.is_none_or(|t| now.duration_since(t) >= interval)
         {
             counted += 1;

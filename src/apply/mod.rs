@@ -1019,8 +1019,12 @@ fn error_text(e: &BackendError) -> String {
 }
 
 /// Whether replacing `before` by `after` must stop the old instances first:
-/// they share a host port, or a loopback address that both are probed at.
+/// they share a host port, or a loopback address that both are probed at, or
+/// a name (a Swarm service's, `<project>_<service>`, is fixed).
 pub fn stops_first(before: &ServiceSpec, after: &ServiceSpec) -> bool {
+    if after.backend == crate::model::BackendKind::Swarm {
+        return true;
+    }
     let old = before.host_addresses();
     after.host_addresses().iter().any(|p| old.contains(p))
 }

@@ -1353,6 +1353,7 @@ impl Backend for DockerBackend {
                 spec_hash: labels.get(marks::SPEC_HASH).cloned(),
                 lineage: labels.get(marks::LINEAGE).cloned(),
                 liveness: summary_liveness(c.state.as_ref(), c.status.as_deref().unwrap_or("")),
+                replicas: None,
             });
         }
         found.sort_by(|a, b| {

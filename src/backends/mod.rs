@@ -73,6 +73,37 @@ pub struct ProbeOutcome {
     pub detail: String,
 }
 
+/// The replicas behind a handle that stands for several of them (a Swarm
+/// service and its tasks).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replicas {
+    /// Replicas of the current spec that run.
+    pub running: u32,
+    /// Replicas the instance asks for now (what the engine holds, which
+    /// `docker service scale` may have changed behind the tool's back).
+    pub wanted: u32,
+    /// Why a replica does not run, in the engine's words (a task's scheduler
+    /// or runtime error), when it says.
+    pub detail: Option<String>,
+}
+
+impl Replicas {
+    /// Every wanted replica runs.
+    pub fn complete(&self) -> bool {
+        self.running >= self.wanted
+    }
+}
+
+impl std::fmt::Display for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} tasks running", self.running, self.wanted)?;
+        match &self.detail {
+            Some(d) => write!(f, ": {d}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// An instance found by its marks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Discovered {
@@ -81,6 +112,8 @@ pub struct Discovered {
     pub spec_hash: Option<String>,
     pub lineage: Option<String>,
     pub liveness: Liveness,
+    /// For a handle that stands for several replicas: how many run.
+    pub replicas: Option<Replicas>,
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -189,8 +222,18 @@ pub trait Backend: Send + Sync {
         })
     }
 
-    /// Whether an instance still runs (for Swarm: enough running tasks).
+    /// Whether an instance still runs. A Swarm service is `Running` while its
+    /// tasks run or are still being placed, and down (`Exited`) as soon as a
+    /// task of its current spec fails or the scheduler refuses to place one.
     async fn liveness(&self, handle: &Handle) -> Liveness;
+
+    /// For a handle that stands for several replicas (a Swarm service), how
+    /// many of them run and why the others do not; `None` for a handle that
+    /// is one replica. The health gate passes only once they all run.
+    async fn replicas(&self, handle: &Handle) -> Option<Replicas> {
+        let _ = handle;
+        None
+    }
 
     /// Runs a command health probe for an instance (in the container for Docker).
     async fn exec_probe(&self, handle: &Handle, argv: &[String], timeout: Duration)

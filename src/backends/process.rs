@@ -472,6 +472,7 @@ impl Backend for ProcessBackend {
                 handle,
                 spec_hash: env.get(marks::ENV_SPEC_HASH).cloned(),
                 lineage: env.get(marks::ENV_LINEAGE).cloned(),
+                replicas: None,
             });
         }
         found.sort_by_key(|d| (d.service.clone(), handle_key(&d.handle)));

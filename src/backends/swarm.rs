@@ -16,7 +16,12 @@
 //!   scheduler places by) and the limit; `gpu_count` is a reservation of the
 //!   generic resource `NVIDIA-GPU` that nodes advertise (see [`nodes_inventory`]).
 //! - Health: a service is live when as many tasks of its current spec run as it
-//!   has replicas; HTTP and TCP probes go through the published port.
+//!   has replicas (see [`Backend::replicas`]), and down at once when one of
+//!   them fails or the scheduler refuses to place it; command probes run in
+//!   every running task, HTTP and TCP probes go through the published port.
+//! - Network: `destroy` waits until the engine no longer lists the removed
+//!   overlay network; `start` waits for one that is being removed and creates
+//!   it again (see [`NETWORK_WAIT`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -35,12 +40,14 @@ use bollard::models::{
     TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
-    InspectNetworkOptions, InspectServiceOptions, ListServicesOptionsBuilder,
+    InspectNetworkOptions, InspectServiceOptions, ListServicesOptionsBuilder, ListTasksOptions,
     ListTasksOptionsBuilder, LogsOptionsBuilder, UpdateServiceOptionsBuilder,
 };
 
 use super::docker::{self as dockerb, is_not_found, message};
-use super::{Backend, BackendError, Discovered, Liveness, ProbeOutcome, StartContext, marks};
+use super::{
+    Backend, BackendError, Discovered, Liveness, ProbeOutcome, Replicas, StartContext, marks,
+};
 use crate::inventory::{Gpu, Host, Inventory, Source};
 use crate::model::{BackendKind, Protocol, RestartPolicy, ServiceName, ServiceSpec};
 use crate::state::Handle;
@@ -49,17 +56,7 @@ use crate::state::Handle;
 /// `--node-generic-resource NVIDIA-GPU=<uuid>` or `"node-generic-resources"`).
 pub const GPU_RESOURCE: &str = "NVIDIA-GPU";
 
-/// How a Swarm service publishes its ports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PublishMode {
-    /// The routing mesh: the port answers on every node and balances over the
-    /// tasks (needs IPVS in the node's kernel).
-    #[default]
-    Ingress,
-    /// Each task publishes on its own node; a port the config leaves out is
-    /// picked by the engine per task, so replicas on one node do not clash.
-    Host,
-}
+pub use crate::inventory::PublishMode;
 
 impl PublishMode {
     /// `DEPLOY_CODE_SWARM_PUBLISH_MODE` (`ingress` or `host`), else ingress.
@@ -288,6 +285,7 @@ pub async fn nodes_inventory_with(docker: &Docker) -> Result<Inventory, BackendE
     Ok(Inventory {
         source: Source::Swarm,
         hosts,
+        swarm_publish: PublishMode::from_env(),
     })
 }
 
@@ -341,6 +339,18 @@ pub fn gpus_of(resources: &[GenericResourcesInner]) -> Vec<Gpu> {
     gpus
 }
 
+/// How long removing the project network, or waiting for a removed one to be
+/// gone before it is created again, may take.
+pub const NETWORK_WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(200);
+
+/// A service create that names a network the engine still lists but the Swarm
+/// has already removed.
+fn network_vanished(e: &bollard::errors::Error) -> bool {
+    let m = message(e);
+    m.contains("network") && m.contains("not found")
+}
+
 /// The Swarm backend (the engine must be a Swarm manager).
 #[derive(Clone, Debug)]
 pub struct SwarmBackend {
@@ -361,6 +371,39 @@ pub struct TaskCounts {
     pub spec_hash: Option<String>,
     /// The last change failed: the Swarm paused it or rolled it back.
     pub update_failed: Option<String>,
+    /// A task of the current spec that the scheduler will not place (its
+    /// error), while no task in the cluster is on its way out to make room:
+    /// it stays pending for good.
+    pub refused: Option<String>,
+    /// Why the newest task of the current spec that does not run stopped or
+    /// waits, in the engine's words.
+    pub detail: Option<String>,
+}
+
+impl TaskCounts {
+    /// Down: the last change failed, a task of the current spec failed while
+    /// fewer than asked run, or one cannot be placed.
+    fn down(&self) -> bool {
+        self.update_failed.is_some()
+            || (self.running < self.replicas && (self.failed > 0 || self.refused.is_some()))
+    }
+}
+
+/// "task 2 is pending: no suitable node (…)", "task 1 failed: task: non-zero
+/// exit (7)": a task that does not run, with the engine's error.
+fn task_error(t: &Task) -> Option<String> {
+    let status = t.status.as_ref()?;
+    let err = status.err.as_deref().filter(|e| !e.is_empty())?;
+    let state = status.state?;
+    let what = if state <= TaskState::RUNNING {
+        format!("is {state}")
+    } else {
+        state.to_string()
+    };
+    Some(match t.slot {
+        Some(slot) => format!("task {slot} {what}: {err}"),
+        None => format!("a task {what}: {err}"),
+    })
 }
 
 impl SwarmBackend {
@@ -452,29 +495,84 @@ impl SwarmBackend {
         }
     }
 
-    /// Removes the project's overlay network when no service uses it.
+    /// Removes the project's overlay network when no service uses it and
+    /// waits until the engine no longer lists it, [`NETWORK_WAIT`] at most:
+    /// the endpoints of tasks that are shutting down hold it for a moment,
+    /// and the engine lists a removed overlay network for some seconds more.
+    /// `Ok(false)`: a service still uses it, or it was not there; an error
+    /// says what was left and why.
     pub async fn remove_network_if_empty(&self, project: &str) -> Result<bool, BackendError> {
         let docker = self.api().await?;
-        let services =
-            project_services(docker, project)
-                .await
-                .map_err(|e| BackendError::Network {
-                    message: message(&e),
-                })?;
-        if !services.is_empty() {
-            return Ok(false);
-        }
-        match docker.remove_network(&overlay_name(project)).await {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e)
-                if message(&e).contains("in use") || message(&e).contains("active endpoints") =>
-            {
-                Ok(false)
+        let name = overlay_name(project);
+        let start = Instant::now();
+        let removed = loop {
+            let services =
+                project_services(docker, project)
+                    .await
+                    .map_err(|e| BackendError::Unavailable {
+                        what: "the Swarm manager".into(),
+                        message: message(&e),
+                    })?;
+            if !services.is_empty() {
+                return Ok(false);
             }
-            Err(e) => Err(BackendError::Network {
-                message: message(&e),
-            }),
+            let in_use = match docker.remove_network(&name).await {
+                Ok(()) => break true,
+                // Already removed, but possibly still listed.
+                Err(e) if is_not_found(&e) => break false,
+                Err(e)
+                    if message(&e).contains("in use")
+                        || message(&e).contains("active endpoints") =>
+                {
+                    message(&e)
+                }
+                Err(e) => {
+                    return Err(BackendError::Network {
+                        message: message(&e),
+                    });
+                }
+            };
+            if start.elapsed() >= NETWORK_WAIT {
+                return Err(BackendError::Network {
+                    message: format!(
+                        "`{name}` was left behind: still in use after {} s ({in_use})",
+                        NETWORK_WAIT.as_secs()
+                    ),
+                });
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        if self
+            .wait_network_gone(&name, NETWORK_WAIT.saturating_sub(start.elapsed()))
+            .await
+        {
+            Ok(removed)
+        } else {
+            Err(BackendError::Network {
+                message: format!(
+                    "`{name}` was removed, but the engine still lists it after {} s",
+                    NETWORK_WAIT.as_secs()
+                ),
+            })
+        }
+    }
+
+    /// Waits until the engine no longer lists the network `name`, `limit` at
+    /// most; true when it is gone.
+    async fn wait_network_gone(&self, name: &str, limit: Duration) -> bool {
+        let Ok(docker) = self.api().await else {
+            return false;
+        };
+        let start = Instant::now();
+        loop {
+            match docker
+                .inspect_network(name, None::<InspectNetworkOptions>)
+                .await
+            {
+                Err(e) if is_not_found(&e) => return true,
+                _ if start.elapsed() >= limit => return false,
+                _ => tokio::time::sleep(POLL).await,
+            }
         }
     }
 
@@ -612,10 +710,17 @@ impl SwarmBackend {
                 continue;
             }
             let state = t.status.as_ref().and_then(|s| s.state);
-            match state {
-                Some(TaskState::RUNNING) if t.desired_state == Some(TaskState::RUNNING) => {
-                    counts.running += 1
+            let wanted = t.desired_state == Some(TaskState::RUNNING);
+            if state != Some(TaskState::RUNNING)
+                && let Some(e) = task_error(t)
+            {
+                if wanted && state.is_some_and(|s| s < TaskState::RUNNING) {
+                    counts.refused = Some(e.clone());
                 }
+                counts.detail = Some(e);
+            }
+            match state {
+                Some(TaskState::RUNNING) if wanted => counts.running += 1,
                 Some(TaskState::FAILED) | Some(TaskState::REJECTED) => {
                     counts.failed += 1;
                     counts.last_exit = t
@@ -632,7 +737,31 @@ impl SwarmBackend {
                 _ => {}
             }
         }
+        // A task told to stop that still holds its place (a port, resources),
+        // of this service or another (one just replaced or rolled back), may
+        // free room for the pending one: not refused yet.
+        if counts.refused.is_some() && self.a_task_is_draining().await {
+            counts.refused = None;
+        }
         Some(counts)
+    }
+
+    /// Whether a task anywhere in the cluster is told to stop but still runs
+    /// (or has not got that far), so still holds what it was given.
+    async fn a_task_is_draining(&self) -> bool {
+        let Ok(docker) = self.api().await else {
+            return false;
+        };
+        let Ok(tasks) = docker.list_tasks(None::<ListTasksOptions>).await else {
+            return false;
+        };
+        tasks.iter().any(|t| {
+            t.desired_state.is_some_and(|d| d > TaskState::RUNNING)
+                && t.status
+                    .as_ref()
+                    .and_then(|s| s.state)
+                    .is_some_and(|s| s <= TaskState::RUNNING)
+        })
     }
 
     /// Applies `swarm_spec` to the service `id` (the engine needs the version
@@ -689,21 +818,39 @@ impl SwarmBackend {
             if tasks.is_empty() || !live {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(POLL).await;
         }
     }
 
-    /// The container of a running task on this node, for exec and logs.
-    async fn a_running_container(&self, handle: &Handle) -> Option<String> {
+    /// The containers of the running tasks of the service's current spec
+    /// (every running task when the spec carries no hash), for exec probes.
+    async fn running_containers(&self, handle: &Handle) -> Vec<String> {
         let Handle::SwarmService { id, .. } = handle else {
-            return None;
+            return Vec::new();
         };
-        self.tasks(id).await.into_iter().find_map(|t| {
-            let s = t.status?;
-            (s.state == Some(TaskState::RUNNING))
-                .then_some(s.container_status?.container_id)
-                .flatten()
-        })
+        let hash = match self.inspect_service(id).await {
+            Ok(Some(s)) => s.spec.and_then(|s| s.labels?.remove(marks::SPEC_HASH)),
+            _ => None,
+        };
+        self.tasks(id)
+            .await
+            .into_iter()
+            .filter(|t| {
+                hash.is_none()
+                    || t.spec
+                        .as_ref()
+                        .and_then(|s| s.container_spec.as_ref())
+                        .and_then(|c| c.labels.as_ref())
+                        .and_then(|l| l.get(marks::SPEC_HASH))
+                        == hash.as_ref()
+            })
+            .filter_map(|t| {
+                let s = t.status?;
+                (s.state == Some(TaskState::RUNNING))
+                    .then_some(s.container_status?.container_id)
+                    .flatten()
+            })
+            .collect()
     }
 }
 
@@ -743,11 +890,23 @@ impl Backend for SwarmBackend {
         }
         let published = self.published_ports(spec, ctx, None)?;
         let swarm_spec = service_spec(spec, ctx, &published, self.publish)?;
-        let created = docker.create_service(swarm_spec, None).await.map_err(|e| {
-            BackendError::StartFailed {
-                service: spec.name.to_string(),
-                message: message(&e),
+        // The engine lists the project network for some seconds after the
+        // Swarm removed it (a destroy just before), and a service cannot join
+        // it then: wait for the removal, create the network afresh under its
+        // name and try again, for NETWORK_WAIT at most.
+        let begun = Instant::now();
+        let created = loop {
+            match docker.create_service(swarm_spec.clone(), None).await {
+                Err(e) if network_vanished(&e) && begun.elapsed() < NETWORK_WAIT => {
+                    tokio::time::sleep(POLL).await;
+                    self.ensure_overlay(spec, ctx).await?;
+                }
+                other => break other,
             }
+        }
+        .map_err(|e| BackendError::StartFailed {
+            service: spec.name.to_string(),
+            message: message(&e),
         })?;
         Ok(vec![Handle::SwarmService {
             id: created.id.unwrap_or_else(|| name.clone()),
@@ -818,8 +977,9 @@ impl Backend for SwarmBackend {
 
     /// Running when as many tasks of the current spec run as there are
     /// replicas (or still converging); `Exited` when tasks of the current spec
-    /// fail and fewer than asked run, or when the Swarm paused or rolled back
-    /// the last change; `Missing` when the service is gone.
+    /// fail and fewer than asked run, when one is refused a place (see
+    /// [`TaskCounts::refused`]), or when the Swarm paused or rolled back the
+    /// last change; `Missing` when the service is gone.
     async fn liveness(&self, handle: &Handle) -> Liveness {
         let Handle::SwarmService { id, .. } = handle else {
             return Liveness::Missing;
@@ -830,32 +990,55 @@ impl Backend for SwarmBackend {
             Ok(Some(_)) => {}
         }
         match self.task_counts(handle).await {
-            Some(c) if c.update_failed.is_some() => Liveness::Exited(c.last_exit),
-            Some(c) if c.running < c.replicas && c.failed > 0 => Liveness::Exited(c.last_exit),
+            Some(c) if c.down() => Liveness::Exited(c.last_exit),
             Some(_) => Liveness::Running,
             None => Liveness::Missing,
         }
     }
 
+    /// Tasks of the current spec that run against the replicas the service
+    /// asks for; the detail is why the last change failed, else (while some
+    /// are missing) why the newest task that does not run stopped or waits.
+    async fn replicas(&self, handle: &Handle) -> Option<Replicas> {
+        let c = self.task_counts(handle).await?;
+        let detail = match c.update_failed {
+            Some(u) => Some(u),
+            None if c.running < c.replicas => c.refused.or(c.detail),
+            None => None,
+        };
+        Some(Replicas {
+            running: c.running,
+            wanted: c.replicas,
+            detail,
+        })
+    }
+
+    /// Runs the command in every running task of the current spec; healthy
+    /// when it passes in all of them.
     async fn exec_probe(
         &self,
         handle: &Handle,
         argv: &[String],
         timeout: Duration,
     ) -> ProbeOutcome {
-        let Some(container) = self.a_running_container(handle).await else {
-            return ProbeOutcome {
-                healthy: false,
-                detail: "no running task".into(),
-            };
-        };
+        let containers = self.running_containers(handle).await;
         let local = self.local();
-        let h = Handle::Container {
-            replica: 0,
-            id: container.clone(),
-            name: container,
+        let mut last = ProbeOutcome {
+            healthy: false,
+            detail: "no running task".into(),
         };
-        local.exec_probe(&h, argv, timeout).await
+        for container in containers {
+            let h = Handle::Container {
+                replica: 0,
+                id: container.clone(),
+                name: container,
+            };
+            last = local.exec_probe(&h, argv, timeout).await;
+            if !last.healthy {
+                break;
+            }
+        }
+        last
     }
 
     /// `Some(true)` when every replica of the current spec runs (and those
@@ -976,12 +1159,14 @@ impl Backend for SwarmBackend {
                 name: spec.name.unwrap_or_default(),
             };
             let liveness = self.liveness(&handle).await;
+            let replicas = self.replicas(&handle).await;
             found.push(Discovered {
                 service,
                 handle,
                 spec_hash: labels.get(marks::SPEC_HASH).cloned(),
                 lineage: labels.get(marks::LINEAGE).cloned(),
                 liveness,
+                replicas,
             });
         }
         found.sort_by(|a, b| a.service.cmp(&b.service));

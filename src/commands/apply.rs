@@ -563,9 +563,12 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
         let _ = rt.block_on(
             crate::backends::docker::DockerBackend::lazy().remove_network_if_empty(project),
         );
-        let _ = rt.block_on(
-            crate::backends::swarm::SwarmBackend::lazy().remove_network_if_empty(project),
-        );
+        // Without a Swarm manager there is no overlay network to remove.
+        if let Err(e @ crate::backends::BackendError::Network { .. }) = rt
+            .block_on(crate::backends::swarm::SwarmBackend::lazy().remove_network_if_empty(project))
+        {
+            tracing::warn!("{e}");
+        }
     }
     Ok(code)
 }

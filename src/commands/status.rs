@@ -34,6 +34,19 @@ struct InstanceView {
     uptime_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     log_path: Option<String>,
+    /// For an instance that stands for several replicas (a Swarm service):
+    /// its tasks of the current spec that run, against the recorded replicas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tasks: Option<TasksView>,
+    /// Why replicas do not run, in the engine's words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TasksView {
+    running: u32,
+    replicas: u32,
 }
 
 #[derive(Serialize)]
@@ -96,6 +109,8 @@ fn handle_view(h: &Handle, l: &Liveness) -> InstanceView {
             uptime_seconds: (*l == Liveness::Running).then(|| uptime(h)).flatten(),
             state,
             log_path: Some(log_path.clone()),
+            tasks: None,
+            detail: None,
         },
         Handle::Container { replica, name, .. } => InstanceView {
             replica: *replica,
@@ -103,6 +118,8 @@ fn handle_view(h: &Handle, l: &Liveness) -> InstanceView {
             state,
             uptime_seconds: None,
             log_path: None,
+            tasks: None,
+            detail: None,
         },
         Handle::SwarmService { name, .. } => InstanceView {
             replica: 0,
@@ -110,6 +127,8 @@ fn handle_view(h: &Handle, l: &Liveness) -> InstanceView {
             state,
             uptime_seconds: None,
             log_path: None,
+            tasks: None,
+            detail: None,
         },
     }
 }
@@ -139,7 +158,19 @@ async fn views(backends: &Registry, snap: &Snapshot, probe: bool) -> Vec<Service
         if let Some(b) = backends.get(r.backend) {
             for h in &r.handles {
                 let l = b.liveness(h).await;
-                instances.push(handle_view(h, &l));
+                let mut view = handle_view(h, &l);
+                if let Some(tasks) = b.replicas(h).await {
+                    let replicas = r.spec.replicas;
+                    if l == Liveness::Running && tasks.running < replicas {
+                        view.state = "degraded".into();
+                    }
+                    view.detail = tasks.detail;
+                    view.tasks = Some(TasksView {
+                        running: tasks.running,
+                        replicas,
+                    });
+                }
+                instances.push(view);
             }
         }
         // An instance that is not running makes the service unhealthy,
@@ -200,12 +231,16 @@ fn human(views: &[ServiceView], detailed: bool) -> String {
         "SERVICE", "BACKEND", "STATUS", "INSTANCES", "UPTIME", "HEALTH"
     ));
     for v in views {
-        let running = v.instances.iter().filter(|i| i.state == "running").count();
+        // Replicas: a Swarm service counts its tasks, any other instance one.
+        let (running, total) = v.instances.iter().fold((0, 0), |(r, t), i| match &i.tasks {
+            Some(x) => (r + x.running, t + x.replicas),
+            None => (r + u32::from(i.state == "running"), t + 1),
+        });
         let ids: Vec<&str> = v.instances.iter().map(|i| i.id.as_str()).collect();
         let inst = if v.instances.is_empty() {
             "-".to_owned()
         } else {
-            format!("{running}/{} {}", v.instances.len(), ids.join(","))
+            format!("{running}/{total} {}", ids.join(","))
         };
         let up = v
             .instances
@@ -224,6 +259,11 @@ fn human(views: &[ServiceView], detailed: bool) -> String {
             "{:<20} {:<8} {:<8} {:<24} {:<10} {}\n",
             v.service, v.backend, v.status, inst, up, health
         ));
+        for i in &v.instances {
+            if let Some(d) = &i.detail {
+                out.push_str(&format!("    {}: {d}\n", i.id));
+            }
+        }
         if detailed {
             out.push_str(&format!(
                 "    spec {}  revision {}\n",

@@ -190,6 +190,7 @@ pub fn parse(text: &str, name: &str) -> Result<Inventory, InventoryError> {
             path: name.to_owned(),
         },
         hosts: out,
+        swarm_publish: Default::default(),
     })
 }
 

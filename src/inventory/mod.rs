@@ -50,8 +50,28 @@ pub enum Source {
     Swarm,
 }
 
+/// How a Swarm service's published ports bind on the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishMode {
+    /// The routing mesh: the port answers on every node and balances over the
+    /// tasks (needs IPVS in the node's kernel); one fixed host port serves any
+    /// number of replicas.
+    #[default]
+    Ingress,
+    /// Each task publishes on its own node: a fixed host port binds once per
+    /// node, so a service can run at most one task per node with it. A port
+    /// the config leaves out is picked by the engine per task, so replicas on
+    /// one node do not clash.
+    Host,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Inventory {
     pub source: Source,
     pub hosts: Vec<Host>,
+    /// How Swarm services publish their ports here (`DEPLOY_CODE_SWARM_PUBLISH_MODE`
+    /// for a Swarm inventory; the routing mesh otherwise).
+    #[serde(default)]
+    pub swarm_publish: PublishMode,
 }

@@ -43,6 +43,7 @@ pub fn probe(data_dir: &Path) -> Inventory {
             gpus: nvidia_gpus(),
             ports_in_use: listening_ports(),
         }],
+        swarm_publish: Default::default(),
     }
 }
 

@@ -3,7 +3,9 @@
 //! Every dimension is checked and every problem is collected as data (in the
 //! manner of Nomad's `AllocMetric`), never by returning at the first one:
 //! CPU, memory and storage per host against capacity minus the reserve, GPUs
-//! per device (count and per-device memory), and host ports already in use.
+//! per device (count and per-device memory), and host ports: already in use,
+//! or fixed and wanted by more replicas than there are places to bind them
+//! (see [`check_ports_per_replica`]).
 //!
 //! Placement: with one host, everything goes on it. With several (`hosts:` in an
 //! inventory file), services are placed first-fit decreasing: largest memory
@@ -24,8 +26,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Feasibility, Problem};
-use crate::inventory::{Host, Inventory, Source};
-use crate::model::{Protocol, ServiceName, ServiceSpec};
+use crate::inventory::{Host, Inventory, PublishMode, Source};
+use crate::model::{BackendKind, Protocol, ServiceName, ServiceSpec};
 use crate::state::GpuRef;
 
 /// One service that will be running after the plan.
@@ -197,8 +199,43 @@ pub fn check(
             }
         }
     }
+    check_ports_per_replica(&mut f, demands, inventory);
     f.feasible = f.problems.is_empty();
     f
+}
+
+/// A fixed host port binds once per host: every replica of a process or a
+/// container runs on one host, and a Swarm service that publishes in host mode
+/// runs at most one task per node with it (the routing mesh binds it once for
+/// all tasks). More replicas than places exhaust the port.
+fn check_ports_per_replica(f: &mut Feasibility, demands: &[Demand], inventory: &Inventory) {
+    for d in demands.iter().filter(|d| d.changing && d.spec.replicas > 1) {
+        let (places, unit) = match d.spec.backend {
+            BackendKind::Swarm if inventory.swarm_publish == PublishMode::Ingress => continue,
+            BackendKind::Swarm => (inventory.hosts.len() as u32, "node"),
+            BackendKind::Process | BackendKind::Docker => (1, "host"),
+        };
+        if d.spec.replicas <= places {
+            continue;
+        }
+        let ports: BTreeSet<u16> = d.spec.host_ports().map(|(p, _)| p).collect();
+        for p in ports {
+            f.problems.push(Problem {
+                dimension: "port".into(),
+                host: None,
+                message: format!(
+                    "port {p}: {} replicas of `{}` need it, {places} {unit}{} can bind it",
+                    d.spec.replicas,
+                    d.name,
+                    if places == 1 { "" } else { "s" }
+                ),
+                services: vec![d.name.clone()],
+                need: Some(f64::from(d.spec.replicas)),
+                usable: Some(f64::from(places)),
+                capacity: Some(f64::from(places)),
+            });
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

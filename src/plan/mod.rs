@@ -89,7 +89,7 @@ pub struct Change {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Drift {
     pub service: ServiceName,
-    /// `exited`, `missing`, `changed`, `orphan`, `foreign`, `adopted`.
+    /// `exited`, `missing`, `degraded`, `changed`, `orphan`, `foreign`, `adopted`.
     pub kind: String,
     pub detail: String,
 }
@@ -177,11 +177,16 @@ impl Plan {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ObservedInstance {
     pub handle: Handle,
-    /// `running`, `exited`, `missing`.
+    /// `running`, `exited`, `missing`, or `degraded` (a Swarm service that
+    /// runs fewer tasks than the state records replicas).
     pub state: String,
     /// The spec hash the instance carries (a container label), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_hash: Option<String>,
+    /// What the engine says beyond the state ("1/2 tasks running: task 2 is
+    /// pending: no suitable node …").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Observations gathered by the caller before planning (`--refresh`).

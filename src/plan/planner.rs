@@ -98,10 +98,13 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
             for inst in seen {
                 let what = describe_handle(&inst.handle);
                 let entry = match inst.state.as_str() {
-                    "exited" | "missing" => Some(Drift {
+                    "exited" | "missing" | "degraded" => Some(Drift {
                         service: (*name).clone(),
                         kind: inst.state.clone(),
-                        detail: format!("{what} is {}", inst.state),
+                        detail: match &inst.detail {
+                            Some(d) => format!("{what} is {} ({d})", inst.state),
+                            None => format!("{what} is {}", inst.state),
+                        },
                     }),
                     _ => match &inst.spec_hash {
                         Some(h) if *h != record.spec_hash => Some(Drift {

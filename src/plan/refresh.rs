@@ -11,14 +11,17 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use super::{Observations, ObservedInstance};
-use crate::backends::{Discovered, Liveness};
+use crate::backends::{Discovered, Liveness, Replicas};
 use crate::model::BackendKind;
 use crate::state::{Handle, Snapshot};
 
 /// What the instances a backend of `kind` discovered (by their marks) say
 /// about the services the snapshot records for that backend: each recorded
-/// instance is `running`, `exited` or `missing`, with the spec hash it carries;
-/// a discovered instance that no record names is an orphan.
+/// instance is `running`, `exited` or `missing`, with the spec hash it carries,
+/// or `degraded` when it stands for several replicas (a Swarm service) and
+/// fewer of them run than the record asks for (scaled down behind the tool's
+/// back, or tasks that cannot be placed); a discovered instance that no record
+/// names is an orphan.
 pub fn observe_discovered(
     kind: BackendKind,
     discovered: &[Discovered],
@@ -45,21 +48,32 @@ pub fn observe_discovered(
             let inst = match by_key.get(&k) {
                 Some(d) => {
                     claimed.insert(k);
+                    let wanted = record.spec.replicas;
+                    let short = d.replicas.as_ref().filter(|r| r.running < wanted);
                     ObservedInstance {
                         handle: d.handle.clone(),
                         state: match d.liveness {
+                            Liveness::Running if short.is_some() => "degraded",
                             Liveness::Running => "running",
                             Liveness::Exited(_) => "exited",
                             Liveness::Missing => "missing",
                         }
                         .into(),
                         spec_hash: d.spec_hash.clone(),
+                        detail: short.map(|r| {
+                            Replicas {
+                                wanted,
+                                ..r.clone()
+                            }
+                            .to_string()
+                        }),
                     }
                 }
                 None => ObservedInstance {
                     handle: h.clone(),
                     state: "missing".into(),
                     spec_hash: None,
+                    detail: None,
                 },
             };
             list.push(inst);
@@ -134,6 +148,7 @@ pub fn observe_processes(snapshot: &Snapshot) -> Observations {
                 handle: h.clone(),
                 state: state.to_owned(),
                 spec_hash: None,
+                detail: None,
             });
         }
         if !seen.is_empty() {

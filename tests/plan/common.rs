@@ -161,6 +161,7 @@ pub fn inventory(hosts: Vec<Host>) -> Inventory {
             path: "inventory.yaml".into(),
         },
         hosts,
+        swarm_publish: Default::default(),
     }
 }
 

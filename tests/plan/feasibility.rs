@@ -212,8 +212,8 @@ fn destroys_free_capacity_and_our_own_ports_are_not_conflicts() {
         record(with_port(sized("old", 1.0, 20 * 1024, 1), 9090)),
         record(with_port(sized("web", 1.0, 1024, 1), 8080)),
     ];
-    let mut web = with_port(sized("web", 1.0, 1024, 1), 8080);
-    web.replicas = 2;
+    // (One replica: two would need the fixed port twice on one host.)
+    let web = with_port(sized("web", 2.0, 1024, 1), 8080);
     let d = desired(vec![web, with_port(sized("new", 1.0, 20 * 1024, 1), 9090)]);
     let p = ok(&d, &snapshot(state), &inventory(vec![h]));
     assert!(p.feasibility.feasible, "{:?}", messages(&p));
@@ -247,4 +247,65 @@ fn several_hosts_are_packed_first_fit_decreasing() {
         vec!["memory on `a`: need 10 GiB, 6.4 GiB usable (8 GiB - 20% reserve)"]
     );
     assert_eq!(p.feasibility.problems[0].host.as_deref(), Some("a"));
+}
+
+#[test]
+fn replicas_of_a_fixed_host_port_need_a_place_each_to_bind_it() {
+    use deploy_code::inventory::PublishMode;
+    use deploy_code::model::BackendKind;
+
+    // Processes: every replica binds on this one host.
+    let mut web = with_port(spec("web", &[]), 18601);
+    web.replicas = 2;
+    let p = ok(&desired(vec![web.clone()]), &snapshot(vec![]), &big());
+    assert!(!p.feasibility.feasible);
+    assert_eq!(
+        messages(&p),
+        vec!["port 18601: 2 replicas of `web` need it, 1 host can bind it"]
+    );
+    let problem = &p.feasibility.problems[0];
+    assert_eq!(problem.dimension, "port");
+    assert_eq!((problem.need, problem.usable), (Some(2.0), Some(1.0)));
+
+    // One replica, or a port the engine picks per replica, fits.
+    let mut one = web.clone();
+    one.replicas = 1;
+    assert!(
+        ok(&desired(vec![one]), &snapshot(vec![]), &big())
+            .feasibility
+            .feasible
+    );
+    let mut picked = web.clone();
+    picked.ports[0].host_port = None;
+    assert!(
+        ok(&desired(vec![picked]), &snapshot(vec![]), &big())
+            .feasibility
+            .feasible
+    );
+
+    // Swarm: the routing mesh binds the port once for every task; in host
+    // mode each node binds it once.
+    let mut swarm = web.clone();
+    swarm.backend = BackendKind::Swarm;
+    let nodes = |n: usize, mode: PublishMode| {
+        let mut inv = inventory((0..n).map(|_| host(64.0, 256 * 1024, 2000)).collect());
+        inv.swarm_publish = mode;
+        inv
+    };
+    let d = desired(vec![swarm]);
+    assert!(
+        ok(&d, &snapshot(vec![]), &nodes(1, PublishMode::Ingress))
+            .feasibility
+            .feasible
+    );
+    let p = ok(&d, &snapshot(vec![]), &nodes(1, PublishMode::Host));
+    assert_eq!(
+        messages(&p),
+        vec!["port 18601: 2 replicas of `web` need it, 1 node can bind it"]
+    );
+    assert!(
+        ok(&d, &snapshot(vec![]), &nodes(2, PublishMode::Host))
+            .feasibility
+            .feasible
+    );
 }

@@ -276,6 +276,7 @@ fn drift_is_reported_and_repaired() {
             handle: handle("db"),
             state: "exited".into(),
             spec_hash: None,
+            detail: None,
         }],
     );
     obs.services.insert(
@@ -284,6 +285,7 @@ fn drift_is_reported_and_repaired() {
             handle: handle("web"),
             state: "running".into(),
             spec_hash: Some("sha256:0123456789abcdef0123".into()),
+            detail: None,
         }],
     );
     obs.orphans.push((
