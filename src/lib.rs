@@ -30,5 +30,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    if args.get(1).is_some_and(|a| a == backends::logwriter::ARG) {
+        let file = args.get(2).cloned().unwrap_or_default();
+        return backends::logwriter::run(std::path::Path::new(&file));
+    }
     cli::run(args)
 }

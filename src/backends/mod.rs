@@ -8,6 +8,7 @@
 //! its instances are adopted or removed, never duplicated.
 
 pub mod docker;
+pub mod logwriter;
 pub mod process;
 pub mod swarm;
 

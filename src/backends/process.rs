@@ -32,6 +32,8 @@ use crate::state::Handle;
 #[derive(Default)]
 pub struct ProcessBackend {
     children: Mutex<HashMap<(u32, u64), Child>>,
+    /// Log writers started by this run, reaped when they exit.
+    writers: Mutex<Vec<Child>>,
 }
 
 impl ProcessBackend {
@@ -46,6 +48,59 @@ impl ProcessBackend {
         } else {
             log_dir.join(format!("{service}.log"))
         }
+    }
+
+    /// Where an instance's stdout and stderr go: its log file, or for an
+    /// instance given secrets, a pipe to its redacting log writer (see
+    /// [`super::logwriter`]), which appends to the same file.
+    fn output(
+        &self,
+        spec: &ServiceSpec,
+        log_path: &Path,
+        log: std::fs::File,
+    ) -> std::io::Result<(Stdio, Stdio)> {
+        let secrets: Vec<&str> = spec
+            .command
+            .iter()
+            .chain(spec.args.iter())
+            .chain(spec.env.values())
+            .filter(|t| t.is_sensitive())
+            .filter_map(Text::expose)
+            .collect();
+        let writer = super::logwriter::program().filter(|_| !secrets.is_empty());
+        let Some(program) = writer else {
+            let err = log.try_clone()?;
+            return Ok((Stdio::from(log), Stdio::from(err)));
+        };
+        drop(log);
+        let mut cmd = Command::new(program);
+        cmd.arg(super::logwriter::ARG)
+            .arg(log_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        let mut pipe = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("the log writer has no input"))?;
+        let first = serde_json::to_string(&secrets).unwrap_or_else(|_| "[]".into());
+        writeln!(pipe, "{first}")?;
+        let out = std::os::fd::OwnedFd::from(pipe);
+        let err = out.try_clone()?;
+        let mut writers = self.writers.lock().expect("writers lock");
+        writers.retain_mut(|w| matches!(w.try_wait(), Ok(None)));
+        writers.push(child);
+        Ok((Stdio::from(out), Stdio::from(err)))
     }
 
     fn spawn_one(
@@ -86,16 +141,16 @@ impl ProcessBackend {
             ctx.revision,
             crate::apply::now_rfc3339()
         );
-        let log_err = log
-            .try_clone()
-            .map_err(|e| start_failed(format!("log file: {e}")))?;
+        let (out, err) = self
+            .output(spec, &log_path, log)
+            .map_err(|e| start_failed(format!("log file `{}`: {e}", log_path.display())))?;
 
         let mut cmd = Command::new(program);
         cmd.args(argv)
             .current_dir(&cwd)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
+            .stdout(out)
+            .stderr(err);
         for (k, v) in &spec.env {
             cmd.env(k, expose(v, &service, &format!("env.{k}"))?);
         }
@@ -345,6 +400,21 @@ pub fn tail_file(path: &Path, lines: usize) -> Vec<String> {
     all[skip..].iter().map(|s| (*s).to_owned()).collect()
 }
 
+/// Waits (at most 300 ms) until a log file stops growing: a log writer may
+/// still be appending what an instance printed just before it exited.
+async fn settle(path: &Path) {
+    let size = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut last = size();
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = size();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// The last `lines` lines that the current instance wrote to a log file: those
 /// after the last instance header.
 pub fn instance_tail(path: &Path, lines: usize) -> Vec<String> {
@@ -422,7 +492,11 @@ impl Backend for ProcessBackend {
 
     async fn logs(&self, handle: &Handle, lines: usize) -> Vec<String> {
         match handle {
-            Handle::Process { log_path, .. } => instance_tail(Path::new(log_path), lines),
+            Handle::Process { log_path, .. } => {
+                let path = Path::new(log_path);
+                settle(path).await;
+                instance_tail(path, lines)
+            }
             _ => Vec::new(),
         }
     }
