@@ -354,11 +354,11 @@ pub async fn gate(
         }
     }
     let Some(check) = &spec.health_check else {
-        // No check: the instances must still run a while after their start
-        // (and every replica behind a handle must have come up).
-        let mut wait = NO_CHECK_WAIT;
+        // No check: every replica must have come up and kept running for
+        // NO_CHECK_WAIT; an exit meanwhile fails the gate at once.
+        let mut running_since: Option<Instant> = None;
         loop {
-            if let Some(why) = wait_or_stop(wait, cancel, stop_at, deadline).await {
+            if let Some(why) = wait_or_stop(FAST_CAP, cancel, stop_at, deadline).await {
                 return rec.done(false, why);
             }
             if let Some((i, down)) = first_down(backend, handles).await {
@@ -366,11 +366,14 @@ pub async fn gate(
                 rec.push(false, why.clone());
                 return rec.done(false, why);
             }
-            if shortfall(backend, handles).await.is_none() {
+            if shortfall(backend, handles).await.is_some() {
+                running_since = None;
+                continue;
+            }
+            if running_since.get_or_insert_with(Instant::now).elapsed() >= NO_CHECK_WAIT {
                 rec.push(true, "running (no health check)".into());
                 return rec.done(true, String::new());
             }
-            wait = FAST_CAP;
         }
     };
     let interval = Duration::from_secs(check.interval_seconds.max(1));

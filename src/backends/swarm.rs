@@ -40,8 +40,9 @@ use bollard::models::{
     TaskSpecRestartPolicyConditionEnum, TaskState,
 };
 use bollard::query_parameters::{
-    InspectNetworkOptions, InspectServiceOptions, ListServicesOptionsBuilder, ListTasksOptions,
-    ListTasksOptionsBuilder, LogsOptionsBuilder, UpdateServiceOptionsBuilder,
+    InspectNetworkOptions, InspectServiceOptions, ListContainersOptionsBuilder,
+    ListServicesOptionsBuilder, ListTasksOptions, ListTasksOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, UpdateServiceOptionsBuilder,
 };
 
 use super::docker::{self as dockerb, is_not_found, message};
@@ -343,6 +344,8 @@ pub fn gpus_of(resources: &[GenericResourcesInner]) -> Vec<Gpu> {
 /// gone before it is created again, may take.
 pub const NETWORK_WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(200);
+/// How long after a removal a refused task may still get its place.
+const REMOVAL_SETTLE: Duration = Duration::from_secs(10);
 
 /// A service create that names a network the engine still lists but the Swarm
 /// has already removed.
@@ -356,6 +359,8 @@ fn network_vanished(e: &bollard::errors::Error) -> bool {
 pub struct SwarmBackend {
     engine: dockerb::Engine,
     publish: PublishMode,
+    /// When this backend last removed a service (see `recently_removed`).
+    removed_at: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// The tasks of a service, as counted for health.
@@ -421,6 +426,7 @@ impl SwarmBackend {
         Self {
             engine,
             publish: PublishMode::from_env(),
+            removed_at: Default::default(),
         }
     }
 
@@ -740,10 +746,21 @@ impl SwarmBackend {
         // A task told to stop that still holds its place (a port, resources),
         // of this service or another (one just replaced or rolled back), may
         // free room for the pending one: not refused yet.
-        if counts.refused.is_some() && self.a_task_is_draining().await {
+        if counts.refused.is_some() && (self.recently_removed() || self.a_task_is_draining().await)
+        {
             counts.refused = None;
         }
         Some(counts)
+    }
+
+    /// Whether this backend removed a service a moment ago: the managers free
+    /// what its tasks held (a host port) a little after their containers are
+    /// gone, so a task refused meanwhile may still get its place.
+    fn recently_removed(&self) -> bool {
+        self.removed_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() < REMOVAL_SETTLE)
     }
 
     /// Whether a task anywhere in the cluster is told to stop but still runs
@@ -805,20 +822,45 @@ impl SwarmBackend {
     }
 
     /// Waits until no task of the service `id` is left (after removal).
-    async fn wait_gone(&self, id: &str, limit: Duration) {
+    async fn wait_gone(&self, id: &str, grace: Duration) {
+        // The engine forgets a removed service's tasks at once, while their
+        // containers still stop (and hold their host ports): wait for the
+        // containers on this node, and stop those that outlive the grace.
+        let Ok(docker) = self.api().await else {
+            return;
+        };
+        let mut filters = HashMap::new();
+        filters.insert("label", vec![format!("com.docker.swarm.service.id={id}")]);
+        let list = || {
+            docker.list_containers(Some(
+                ListContainersOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+        };
         let start = Instant::now();
-        while start.elapsed() < limit {
-            let tasks = self.tasks(id).await;
-            let live = tasks.iter().any(|t| {
-                matches!(
-                    t.status.as_ref().and_then(|s| s.state),
-                    Some(TaskState::RUNNING | TaskState::STARTING | TaskState::PREPARING)
-                )
-            });
-            if tasks.is_empty() || !live {
-                return;
+        while start.elapsed() < grace {
+            match list().await {
+                Ok(running) if !running.is_empty() => tokio::time::sleep(POLL).await,
+                _ => return,
             }
-            tokio::time::sleep(POLL).await;
+        }
+        for c in list().await.unwrap_or_default() {
+            if let Some(cid) = c.id {
+                let _ = docker
+                    .remove_container(
+                        &cid,
+                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                    )
+                    .await;
+            }
+        }
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            match list().await {
+                Ok(running) if !running.is_empty() => tokio::time::sleep(POLL).await,
+                _ => return,
+            }
         }
     }
 
@@ -962,7 +1004,11 @@ impl Backend for SwarmBackend {
                 continue;
             };
             match docker.delete_service(id).await {
-                Ok(()) => self.wait_gone(id, grace + Duration::from_secs(10)).await,
+                Ok(()) => {
+                    self.wait_gone(id, grace).await;
+                    *self.removed_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Instant::now());
+                }
                 Err(e) if is_not_found(&e) => {}
                 Err(e) => {
                     return Err(BackendError::StopFailed {

@@ -108,6 +108,8 @@ struct Site {
     dir: tempfile::TempDir,
     project: String,
     host_port: u16,
+    /// Swarm services instead of containers.
+    swarm: bool,
 }
 
 fn unique(test: &str) -> String {
@@ -131,6 +133,7 @@ impl Site {
             dir: tempfile::tempdir().unwrap(),
             project: unique(test),
             host_port: free_port(),
+            swarm: false,
         }
     }
 
@@ -153,8 +156,13 @@ impl Site {
             Probe::None => None,
         };
         let mut s = format!(
-            "version: \"1.0.0\"\nproject: {}\ninfrastructure: {{container_runtime: Docker}}\ndeployment: {{timeout_seconds: 60, stop_grace_seconds: 1, rollback_timeout_seconds: 60}}\nservices:\n  web:\n    image: {IMAGE}\n    args: [\"sh\", \"-c\", \"{}\"]\n    ports: [{{container_port: 8080, host_port: {h}}}]\n",
+            "version: \"1.0.0\"\nproject: {}\ninfrastructure: {{container_runtime: Docker{}}}\ndeployment: {{timeout_seconds: 60, stop_grace_seconds: 1, rollback_timeout_seconds: 60}}\nservices:\n  web:\n    image: {IMAGE}\n    args: [\"sh\", \"-c\", \"{}\"]\n    ports: [{{container_port: 8080, host_port: {h}}}]\n",
             self.project,
+            if self.swarm {
+                ", orchestrator: Swarm"
+            } else {
+                ""
+            },
             fault.script(version)
         );
         if let Some(c) = check {
@@ -204,6 +212,35 @@ impl Site {
                 .map(|(_, b)| b.trim().to_owned())
         })
         .flatten()
+    }
+
+    /// Names of the project's Swarm services.
+    fn services(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args([
+                "service",
+                "ls",
+                "--filter",
+                &format!("label=io.deploy-code.project={}", self.project),
+                "--format",
+                "{{.Name}}",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// What runs of the project: its Swarm services, or its containers
+    /// (running or not).
+    fn instances(&self) -> Vec<String> {
+        if self.swarm {
+            self.services()
+        } else {
+            self.containers()
+        }
     }
 
     /// Names of the project's containers, running or not.
@@ -295,6 +332,7 @@ async fn a_failed_replace_gives_the_old_container_its_name_back() {
 }
 
 struct Outcome {
+    swarm: bool,
     probe: Probe,
     replace: bool,
     fault: Fault,
@@ -302,8 +340,11 @@ struct Outcome {
     problem: Option<String>,
 }
 
-fn run_case(probe: Probe, replace: bool, fault: Fault) -> Outcome {
-    let site = Site::new("cm");
+fn run_case(swarm: bool, probe: Probe, replace: bool, fault: Fault) -> Outcome {
+    let site = Site {
+        swarm,
+        ..Site::new("cm")
+    };
     let _guard = Cleanup::new(&site.project);
     let mut problem: Option<String> = None;
     let mut note = |ok: bool, what: String| {
@@ -338,23 +379,24 @@ fn run_case(probe: Probe, replace: bool, fault: Fault) -> Outcome {
                 format!("the old version does not serve again: {:?}", site.serves()),
             );
             note(
-                site.containers().len() == 1,
-                format!("left behind: {:?}", site.containers()),
+                site.instances().len() == 1,
+                format!("left behind: {:?}", site.instances()),
             );
         } else {
             note(
-                site.containers().is_empty(),
-                format!("left behind: {:?}", site.containers()),
+                site.instances().is_empty(),
+                format!("left behind: {:?}", site.instances()),
             );
         }
     }
     let (code, out) = site.run(&["destroy", "--auto-approve"]);
     note(code == 0, format!("destroy exited {code}: {out}"));
     note(
-        site.containers().is_empty(),
-        format!("destroy left {:?}", site.containers()),
+        site.instances().is_empty(),
+        format!("destroy left {:?}", site.instances()),
     );
     Outcome {
+        swarm,
         probe,
         replace,
         fault,
@@ -363,15 +405,18 @@ fn run_case(probe: Probe, replace: bool, fault: Fault) -> Outcome {
     }
 }
 
-/// Probe kind x {create, replace} x fault for containers. CI runs a fixed
-/// sample (every probe kind, the faults without and with an exit at once on
-/// create, without and with an error status on replace);
-/// `DEPLOY_CODE_MATRIX=all` runs every case.
+/// Probe kind x {create, replace} x fault for containers, and for Swarm
+/// services. CI runs a fixed sample (containers: every probe kind, the faults
+/// without and with an exit at once on create, without and with an error
+/// status on replace; Swarm: the path, command and no probe, without and
+/// with an exit at once, on create and replace); `DEPLOY_CODE_MATRIX=all`
+/// runs every case of both.
 #[tokio::test(flavor = "multi_thread")]
 async fn conformance_matrix_containers() {
     let Some(_b) = engine("conformance_matrix_containers").await else {
         return;
     };
+    let swarm = swarm_active("conformance_matrix_containers");
     let all = std::env::var("DEPLOY_CODE_MATRIX").as_deref() == Ok("all");
     let mut cases = Vec::new();
     for p in Probe::ALL {
@@ -382,7 +427,12 @@ async fn conformance_matrix_containers() {
                     (false, Fault::None | Fault::ExitNow) | (true, Fault::None | Fault::HttpError)
                 );
                 if all || sampled {
-                    cases.push((p, replace, f));
+                    cases.push((false, p, replace, f));
+                }
+                let swarm_sampled = matches!(p, Probe::Path | Probe::Command | Probe::None)
+                    && matches!(f, Fault::None | Fault::ExitNow);
+                if swarm && (all || swarm_sampled) {
+                    cases.push((true, p, replace, f));
                 }
             }
         }
@@ -396,19 +446,21 @@ async fn conformance_matrix_containers() {
                 s.spawn(|| {
                     loop {
                         let next = queue.lock().unwrap().pop();
-                        let Some((p, r, f)) = next else { return };
-                        let o = run_case(p, r, f);
+                        let Some((w, p, r, f)) = next else { return };
+                        let o = run_case(w, p, r, f);
                         results.lock().unwrap().push(o);
                     }
                 });
             }
         });
         let results = results.into_inner().unwrap();
-        let mut table =
-            String::from("| probe | action | fault | exit | holds |\n|---|---|---|---|---|\n");
+        let mut table = String::from(
+            "| backend | probe | action | fault | exit | holds |\n|---|---|---|---|---|---|\n",
+        );
         let mut sorted: Vec<&Outcome> = results.iter().collect();
         sorted.sort_by_key(|o| {
             (
+                o.swarm,
                 Probe::ALL.iter().position(|p| *p == o.probe),
                 o.replace,
                 Fault::ALL.iter().position(|f| *f == o.fault),
@@ -416,7 +468,8 @@ async fn conformance_matrix_containers() {
         });
         for o in &sorted {
             table.push_str(&format!(
-                "| {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} |\n",
+                if o.swarm { "swarm" } else { "docker" },
                 o.probe.label(),
                 if o.replace { "replace" } else { "create" },
                 o.fault.label(),
@@ -434,7 +487,8 @@ async fn conformance_matrix_containers() {
             .filter_map(|o| {
                 o.problem.as_ref().map(|p| {
                     format!(
-                        "{} / {} / {}: {p}",
+                        "{} / {} / {} / {}: {p}",
+                        if o.swarm { "swarm" } else { "docker" },
                         o.probe.label(),
                         o.replace,
                         o.fault.label()
