@@ -648,7 +648,7 @@ fn install_miette_handler(ctx: &Context) {
 fn report_failure(ctx: &Context, failure: &Failure) {
     if ctx.global.format == Format::Json {
         let doc = crate::render::diagnostics_json(failure.report.as_ref());
-        println!("{}", crate::redact::text(&doc.to_string()));
+        crate::commands::out(&format!("{doc}\n"));
     } else {
         eprintln!("{}", crate::redact::text(&format!("{:?}", failure.report)));
     }

@@ -1282,6 +1282,23 @@ impl Backend for DockerBackend {
             .unwrap_or(fallback)
     }
 
+    async fn follow(&self, handle: &Handle, on_output: &(dyn Fn(String) + Send + Sync)) -> bool {
+        let (Ok(docker), Handle::Container { id, .. }) = (self.api().await, handle) else {
+            return false;
+        };
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .follow(true)
+            .tail("0")
+            .build();
+        let mut stream = docker.logs(id, Some(options));
+        while let Some(Ok(chunk)) = stream.next().await {
+            on_output(chunk.to_string());
+        }
+        true
+    }
+
     async fn restore(&self, handles: &[Handle]) {
         let Ok(docker) = self.api().await else {
             return;

@@ -38,6 +38,8 @@ pub mod marks {
     pub const ENV_DEPLOYMENT: &str = "DEPLOY_CODE_DEPLOYMENT";
     pub const ENV_LINEAGE: &str = "DEPLOY_CODE_LINEAGE";
     pub const ENV_REPLICA: &str = "DEPLOY_CODE_REPLICA";
+    /// The log file of a process (its output may reach it through a pipe).
+    pub const ENV_LOG: &str = "DEPLOY_CODE_LOG_FILE";
 }
 
 /// What a backend needs to know about the run that starts an instance.
@@ -268,6 +270,14 @@ pub trait Backend: Send + Sync {
     /// before it (a container renamed out of the way gets its name back).
     async fn restore(&self, handles: &[Handle]) {
         let _ = handles;
+    }
+
+    /// Follows an instance's output from now on, handing each new chunk to
+    /// `on_output`, until the instance's output ends. `false` when the
+    /// backend cannot follow (the caller follows its log file).
+    async fn follow(&self, handle: &Handle, on_output: &(dyn Fn(String) + Send + Sync)) -> bool {
+        let _ = (handle, on_output);
+        false
     }
 
     /// The last `lines` lines of an instance's output.

@@ -163,7 +163,8 @@ impl ProcessBackend {
             .env(marks::ENV_SPEC_HASH, spec.spec_hash())
             .env(marks::ENV_DEPLOYMENT, ctx.revision.to_string())
             .env(marks::ENV_LINEAGE, &ctx.lineage)
-            .env(marks::ENV_REPLICA, replica.to_string());
+            .env(marks::ENV_REPLICA, replica.to_string())
+            .env(marks::ENV_LOG, &log_path);
         // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -527,9 +528,11 @@ impl Backend for ProcessBackend {
             else {
                 continue;
             };
-            let log_path = std::fs::read_link(format!("/proc/{pid}/fd/1"))
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let log_path = env.get(marks::ENV_LOG).cloned().unwrap_or_else(|| {
+                std::fs::read_link(format!("/proc/{pid}/fd/1"))
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
             let replica = env
                 .get(marks::ENV_REPLICA)
                 .and_then(|r| r.parse().ok())

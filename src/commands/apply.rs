@@ -141,10 +141,10 @@ fn show_plan(ctx: &Context, p: &Plan) {
                 "phases": p.phases,
                 "feasible": p.feasibility.feasible,
             });
-            println!("{v}");
+            outln!("{v}");
         }
         _ if ctx.global.quiet => {}
-        _ => print!("{}", crate::render::plan::human(p, ctx.color)),
+        _ => out!("{}", crate::render::plan::human(p, ctx.color)),
     }
 }
 
@@ -281,8 +281,9 @@ fn execute(
     }
     match report.outcome {
         Outcome::Succeeded => {
-            if ctx.global.format != Format::Json && !ctx.global.quiet {
-                println!(
+            // The final result, with `-q` too.
+            if ctx.global.format != Format::Json {
+                outln!(
                     "{} complete: revision {} in {} ms.",
                     if p.destroy_all { "Destroy" } else { "Apply" },
                     report.revision,
@@ -720,7 +721,7 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
     // another state sharing the project name are named and left alone.
     let left_alone = |theirs: &[(crate::backends::Discovered, String)]| {
         for (d, lineage) in theirs {
-            println!(
+            outln!(
                 "left alone: `{}` {} (started by another state, lineage {lineage})",
                 d.service,
                 reconcile::describe(&d.handle)
@@ -735,7 +736,7 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
             snap0.lineage.as_deref(),
         ));
         for d in &ours {
-            println!(
+            outln!(
                 "would remove `{}` {}",
                 d.service,
                 reconcile::describe(&d.handle)
@@ -743,7 +744,7 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
         }
         left_alone(&theirs);
         if ours.is_empty() {
-            println!("Nothing to clean up.");
+            outln!("Nothing to clean up.");
         }
         return Ok(exit::OK);
     }
@@ -758,11 +759,11 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
     ));
     left_alone(&theirs);
     if ours.is_empty() && snap.open_intents.is_empty() {
-        println!("Nothing to clean up.");
+        outln!("Nothing to clean up.");
         return Ok(exit::OK);
     }
     for d in &ours {
-        println!("`{}` {}", d.service, reconcile::describe(&d.handle));
+        outln!("`{}` {}", d.service, reconcile::describe(&d.handle));
     }
     confirm(ctx, args.auto_approve, "remove these instances")?;
     let done = rt.block_on(reconcile::reconcile(
@@ -772,7 +773,7 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
         grace(&loaded),
     ))?;
     for d in &done {
-        println!("`{}`: {} {}", d.service, d.action, d.detail);
+        outln!("`{}`: {} {}", d.service, d.action, d.detail);
     }
     Ok(exit::OK)
 }

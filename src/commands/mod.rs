@@ -2,6 +2,20 @@
 //! the engine and hands the results to `render`. They return an exit code or a
 //! `Failure`; they never call `std::process::exit`.
 
+/// Prints to stdout through [`out`]: redacted, and quiet when the reader went away.
+macro_rules! out {
+    ($($t:tt)*) => {
+        $crate::commands::out(&format!($($t)*))
+    };
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::commands::out(&format!("{}\n", format_args!($($t)*)))
+    };
+}
+
 pub mod apply;
 pub mod ops;
 pub mod plan;
@@ -12,7 +26,37 @@ pub mod validate;
 
 use std::io::Write;
 
+use crate::cli::Context;
+use crate::config::{self, LoadOptions, LoadedConfig};
 use crate::error::{Code, Failure, Plain};
+
+/// The configuration as far as a reader of the state needs it (its
+/// `state.path` and project, and its secrets, which output must redact), or
+/// `None` when it does not load: reading the state needs no services.
+pub(crate) fn config_for_reading(ctx: &Context) -> Option<LoadedConfig> {
+    config::load(&LoadOptions {
+        allow_empty: true,
+        ..ctx.load_options()
+    })
+    .ok()
+}
+
+/// The state file of a command that only reads it, by the one rule:
+/// `--state` (or `DEPLOY_CODE_STATE`), else the configuration's
+/// `state.path`, else `.deploy-code/state.db` beside the configuration.
+pub(crate) fn reader_state_path(ctx: &Context) -> std::path::PathBuf {
+    let loaded = config_for_reading(ctx);
+    config::state_path(
+        ctx.global.state.as_deref(),
+        loaded.as_ref(),
+        &ctx.global.config,
+    )
+}
+
+/// Writes `text` to stdout where a failure to write cannot change the outcome.
+pub(crate) fn out(text: &str) {
+    let _ = print(text);
+}
 
 /// Writes `text` to stdout; a reader that went away (`| head`) is not an error.
 pub(crate) fn print(text: &str) -> Result<(), Failure> {

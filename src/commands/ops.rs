@@ -6,12 +6,7 @@ use crate::error::{Failure, exit};
 /// The project name and state path for commands that read the state: from the
 /// config when it loads, else the defaults (`code`, beside the config path).
 pub(crate) fn project_and_state(ctx: &Context) -> (String, std::path::PathBuf) {
-    let loaded = crate::config::load(&crate::config::LoadOptions {
-        // Reading the state needs no services.
-        allow_empty: true,
-        ..ctx.load_options()
-    })
-    .ok();
+    let loaded = super::config_for_reading(ctx);
     let project = loaded
         .as_ref()
         .map(|l| l.desired.settings.project.clone())
@@ -32,7 +27,7 @@ pub fn metrics(ctx: &Context, _args: &MetricsArgs) -> Result<u8, Failure> {
     } else {
         Vec::new()
     };
-    print!(
+    out!(
         "{}",
         crate::metrics::exposition(&project, &snapshot, &history)
     );
@@ -317,7 +312,7 @@ pub fn doctor(ctx: &Context, _args: &DoctorArgs) -> Result<u8, Failure> {
             "healthy": failed == 0,
             "checks": checks,
         });
-        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
+        outln!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
     } else {
         for c in &checks {
             let mark = match c.verdict {
@@ -325,12 +320,12 @@ pub fn doctor(ctx: &Context, _args: &DoctorArgs) -> Result<u8, Failure> {
                 Verdict::Warning => "warn",
                 Verdict::Failed => "FAIL",
             };
-            println!("{mark} {:<9} {}", c.check, c.detail);
+            outln!("{mark} {:<9} {}", c.check, c.detail);
             if let Some(h) = &c.help {
-                println!("               help: {h}");
+                outln!("               help: {h}");
             }
         }
-        println!(
+        outln!(
             "\n{}",
             if failed == 0 {
                 "No problem found.".to_owned()

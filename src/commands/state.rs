@@ -27,9 +27,9 @@ pub fn run(ctx: &Context, cmd: StateCommand) -> Result<u8, Failure> {
     }
 }
 
-/// `--state`/`DEPLOY_CODE_STATE`, else `.deploy-code/state.db` beside the config.
+/// The state's path by the one rule (see [`super::reader_state_path`]).
 fn state_path(ctx: &Context) -> PathBuf {
-    crate::config::state_path(ctx.global.state.as_deref(), None, &ctx.global.config)
+    super::reader_state_path(ctx)
 }
 
 fn shown(path: &Path) -> String {

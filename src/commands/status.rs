@@ -8,21 +8,12 @@ use serde::Serialize;
 use crate::apply::health::probe_once;
 use crate::backends::{Liveness, Registry};
 use crate::cli::*;
-use crate::commands::apply::{registry_for, runtime, state_path};
+use crate::commands::apply::{registry_for, runtime};
 use crate::error::{Code, Failure, Plain, exit};
 use crate::state::{Handle, ServiceRecord, Snapshot};
 
 fn snapshot(ctx: &Context) -> Result<Snapshot, Failure> {
-    let loaded = crate::config::load(&crate::config::LoadOptions {
-        // Reading the state needs no services.
-        allow_empty: true,
-        ..ctx.load_options()
-    })
-    .ok();
-    Ok(crate::state::load_snapshot(&state_path(
-        ctx,
-        loaded.as_ref(),
-    ))?)
+    Ok(crate::state::load_snapshot(&super::reader_state_path(ctx))?)
 }
 
 #[derive(Serialize)]
@@ -404,6 +395,29 @@ pub fn logs(ctx: &Context, args: &LogsArgs) -> Result<u8, Failure> {
                 super::print(&format!("{l}\n"))?;
             }
         }
+    }
+    // A finished one-shot task keeps no instance: its log file remains.
+    if r.handles.is_empty()
+        && r.backend == crate::model::BackendKind::Process
+        && let Some(l) = super::config_for_reading(ctx)
+    {
+        let file = crate::backends::process::ProcessBackend::log_path(
+            &l.desired.settings.log_dir,
+            r.name.as_str(),
+            0,
+            r.spec.replicas.max(1),
+        );
+        for line in crate::backends::process::instance_tail(&file, args.lines) {
+            super::print(&format!("{line}\n"))?;
+        }
+    }
+    if args.follow && r.backend != crate::model::BackendKind::Process {
+        // Containers and services: the engine's own stream, replicas at once.
+        let print = |text: String| super::out(&text);
+        rt.block_on(futures_util::future::join_all(
+            r.handles.iter().map(|h| b.follow(h, &print)),
+        ));
+        return Ok(exit::OK);
     }
     if args.follow {
         let paths: Vec<String> = r

@@ -25,7 +25,7 @@ pub fn run(ctx: &Context, _args: &ValidateArgs) -> Result<u8, Failure> {
             "disabled": disabled,
             "tasks": tasks,
         });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&doc).expect("JSON always serializes")
         );
@@ -42,7 +42,7 @@ pub fn run(ctx: &Context, _args: &ValidateArgs) -> Result<u8, Failure> {
         } else {
             "✓"
         };
-        println!("{check} {file} is valid: {total} {noun}{extra}");
+        outln!("{check} {file} is valid: {total} {noun}{extra}");
     }
     Ok(crate::error::exit::OK)
 }

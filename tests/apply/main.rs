@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod edges;
 mod engine;
 mod health;
 mod process;

@@ -359,6 +359,17 @@ impl Drop for Site {
     }
 }
 
+/// `N` free ports, all different.
+pub fn distinct_ports<const N: usize>() -> [u16; N] {
+    loop {
+        let ports: [u16; N] = std::array::from_fn(|_| free_port());
+        let set: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        if set.len() == N {
+            return ports;
+        }
+    }
+}
+
 fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
@@ -662,9 +673,7 @@ pub struct CaseResult {
 
 fn run_case(probe: ProbeKind, act: Act, fault: Fault) -> CaseResult {
     let site = Site::new("m");
-    let port = free_port();
-    let moved = free_port();
-    let other = free_port();
+    let [port, moved, other] = distinct_ports();
     let check = |cond: bool, what: String| if cond { None } else { Some(what) };
     let mut problem = None;
     let mut note = |p: Option<String>| {
@@ -877,9 +886,10 @@ struct Campaign {
 
 impl Campaign {
     fn new() -> Self {
+        let [a, b, c] = distinct_ports();
         Self {
             site: Site::new("k"),
-            ports: [free_port(), free_port(), free_port()],
+            ports: [a, b, c],
         }
     }
 

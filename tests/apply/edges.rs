@@ -1,0 +1,106 @@
+//! The edges of the command line, as users hit them: the configuration's
+//! `state.path` for every command, a closed pipe, `-q`, the log of a
+//! one-shot task.
+
+use std::process::Stdio;
+
+use crate::common::*;
+use crate::verdict::{Fault, ProbeKind, Site, serves};
+
+/// With `state.path` in the configuration, `state list` and `state history`
+/// read the state that `apply` wrote.
+#[test]
+fn the_state_commands_read_the_configured_state_path() {
+    let site = Site::new("statepath");
+    let port = free_port();
+    let web = site.web(ProbeKind::Path, port, 0, "v1", Fault::None);
+    site.write(&format!(
+        "{}{web}",
+        site.header()
+            .replace("services:\n", "state: {path: custom/state.db}\nservices:\n")
+    ));
+    site.apply_ok();
+    assert!(site.dir.path().join("custom/state.db").exists());
+    assert!(!site.state().exists(), "nothing at the default path");
+    let (code, out) = site.run(&["state", "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("web"), "{out}");
+    let (code, out) = site.run(&["state", "history"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("succeeded"), "{out}");
+    site.run(&["destroy", "--auto-approve"]);
+}
+
+/// `status | true`, `health | true`, `metrics | true`: a reader that goes
+/// away ends the command quietly, never with a panic (exit 101).
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    let site = Site::new("pipe");
+    let port = free_port();
+    site.write(&format!(
+        "{}{}",
+        site.header(),
+        site.web(ProbeKind::Path, port, 0, "v1", Fault::None)
+    ));
+    site.apply_ok();
+    for cmd in [
+        &["status"][..],
+        &["health"],
+        &["metrics"],
+        &["state", "list"],
+    ] {
+        let mut child = site
+            .cmd()
+            .args(cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(101), "{cmd:?} panicked: {err}");
+        assert!(!err.contains("panicked"), "{cmd:?}: {err}");
+    }
+    site.teardown();
+}
+
+/// `-q` prints only errors and the final result: the result is printed.
+#[test]
+fn quiet_still_prints_the_final_result() {
+    let site = Site::new("quiet");
+    let port = free_port();
+    site.write(&format!(
+        "{}{}",
+        site.header(),
+        site.web(ProbeKind::Path, port, 0, "v1", Fault::None)
+    ));
+    let (code, out) = site.run(&["-q", "apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Apply complete: revision 1"), "{out}");
+    assert!(!out.contains("Phase 1"), "the plan is not shown: {out}");
+    assert_eq!(serves(port).as_deref(), Some("version=v1"));
+    site.teardown();
+}
+
+/// A one-shot task keeps no instance, but `logs` shows what it printed, and
+/// only its own run's lines.
+#[test]
+fn logs_of_a_finished_task_show_its_last_run() {
+    let site = Site::new("tasklog");
+    let cfg = |word: &str| {
+        format!(
+            "{}  migrate:\n    oneshot: true\n    command: /bin/sh\n    args: [\"-c\", \"echo migrated {word}\"]\n",
+            site.header()
+        )
+    };
+    site.write(&cfg("first"));
+    site.apply_ok();
+    site.write(&cfg("second"));
+    site.apply_ok();
+    let (code, out) = site.run(&["logs", "migrate"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("migrated second"), "{out}");
+    assert!(!out.contains("migrated first"), "only the last run: {out}");
+    site.teardown();
+}
