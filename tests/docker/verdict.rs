@@ -110,6 +110,8 @@ struct Site {
     host_port: u16,
     /// Swarm services instead of containers.
     swarm: bool,
+    /// Variables for the commands (secrets).
+    env: Vec<(String, String)>,
 }
 
 fn unique(test: &str) -> String {
@@ -134,6 +136,7 @@ impl Site {
             project: unique(test),
             host_port: free_port(),
             swarm: false,
+            env: Vec::new(),
         }
     }
 
@@ -181,6 +184,9 @@ impl Site {
             .args(args)
             .env_remove("DEPLOY_CODE_STATE")
             .env_remove("DEPLOY_CODE_CONFIG")
+            // No IPVS here for the ingress routing mesh.
+            .env("DEPLOY_CODE_SWARM_PUBLISH_MODE", "host")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();
         (
@@ -500,4 +506,84 @@ async fn conformance_matrix_containers() {
     })
     .await
     .unwrap();
+}
+
+/// A container's secrets leak through no failure path: a secret `command`
+/// the image does not have (the engine's error quotes it), and a container
+/// that prints its secret and dies (its log tail is the evidence).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_containers_secret_never_leaves_the_process() {
+    let Some(_b) = engine("a_containers_secret_never_leaves_the_process").await else {
+        return;
+    };
+    const CANARY: &str = "canary-c0ntainer-7b2e-xyzzy";
+    let forms = [
+        CANARY.to_owned(),
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, CANARY),
+        hex::encode(CANARY),
+    ];
+    let site = Site {
+        env: vec![("TOKEN".into(), CANARY.into())],
+        ..Site::new("canary")
+    };
+    let _guard = Cleanup::new(&site.project);
+    let head = format!(
+        "version: \"1.0.0\"\nproject: {}\ninfrastructure: {{container_runtime: Docker}}\ndeployment: {{timeout_seconds: 60, stop_grace_seconds: 1}}\nservices:\n  web:\n    image: {IMAGE}\n",
+        site.project
+    );
+    let mut outputs = Vec::new();
+    // 1. The secret as the command: the engine says it is not found.
+    std::fs::write(
+        site.config(),
+        format!("{head}    command: \"/{{{{ secret('TOKEN') }}}}\"\n"),
+    )
+    .unwrap();
+    for args in [
+        &["apply", "--auto-approve"][..],
+        &["apply", "--auto-approve", "--format", "json"],
+    ] {
+        let (code, out) = site.run(args);
+        assert_ne!(code, 0, "{out}");
+        outputs.push(out);
+    }
+    // 2. A container that prints its secret (plain and base64) and exits.
+    std::fs::write(
+        site.config(),
+        format!(
+            "{head}    args: [\"sh\", \"-c\", \"echo the token is $TOKEN; echo $TOKEN | base64; exit 3\"]\n    env: {{TOKEN: \"{{{{ secret('TOKEN') }}}}\"}}\n"
+        ),
+    )
+    .unwrap();
+    let (code, out) = site.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("the token is (sensitive)"),
+        "the evidence is there, redacted: {out}"
+    );
+    outputs.push(out);
+    for args in [
+        &["state", "history", "--format", "json"][..],
+        &["state", "show", "--revision", "3", "--format", "json"],
+        &["destroy", "--auto-approve"],
+    ] {
+        outputs.push(site.run(args).1);
+    }
+    let state_dir = site.dir.path().join(".deploy-code");
+    for entry in std::fs::read_dir(&state_dir).unwrap().flatten() {
+        if entry.path().is_file() {
+            outputs
+                .push(String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned());
+        }
+    }
+    let leaks: Vec<String> = outputs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, o)| {
+            forms
+                .iter()
+                .filter(|f| o.contains(f.as_str()))
+                .map(move |f| format!("output {i}: `{f}`"))
+        })
+        .collect();
+    assert!(leaks.is_empty(), "the canary leaked: {leaks:?}");
 }
