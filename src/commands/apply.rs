@@ -233,7 +233,16 @@ fn execute(
                 }
             }
         });
-        let r = apply::execute(p, &loaded.desired, store, backends, &opts, &hook, &cancel).await;
+        let ticker = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                progress.tick();
+            }
+        };
+        let r = tokio::select! {
+            r = apply::execute(p, &loaded.desired, store, backends, &opts, &hook, &cancel) => r,
+            () = ticker => unreachable!("the ticker never ends"),
+        };
         sig.abort();
         r
     })?;

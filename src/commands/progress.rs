@@ -1,9 +1,10 @@
 //! Renders the events of a run: a progress bar per phase on a terminal, plain
 //! timestamped lines otherwise, one JSON object per line with `--format json`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -23,7 +24,21 @@ pub enum Mode {
 pub struct Progress {
     mode: Mode,
     inner: Mutex<Inner>,
+    /// Actions under way, for the lines that say a gate is still waiting.
+    waiting: Mutex<BTreeMap<String, Waiting>>,
 }
+
+/// An action under way: when it began, when a line last spoke of it, and
+/// the newest probe result.
+struct Waiting {
+    began: Instant,
+    said: Instant,
+    last_probe: Option<String>,
+}
+
+/// How often a line says that an action still waits (off a terminal, where
+/// no bar moves): CI logs never look hung.
+pub const STILL_WAITING: Duration = Duration::from_secs(5);
 
 struct Inner {
     multi: MultiProgress,
@@ -51,6 +66,65 @@ impl Progress {
                 bars: HashMap::new(),
                 current: 0,
             }),
+            waiting: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Says, at most every [`STILL_WAITING`], which actions are still under
+    /// way and what their last probe answered (plain lines only).
+    pub fn tick(&self) {
+        if self.mode != Mode::Lines {
+            return;
+        }
+        let mut waiting = self.waiting.lock().expect("progress lock");
+        for (service, w) in waiting.iter_mut() {
+            if w.said.elapsed() < STILL_WAITING {
+                continue;
+            }
+            w.said = Instant::now();
+            let last = w
+                .last_probe
+                .as_deref()
+                .map(|p| format!(" (last probe: {p})"))
+                .unwrap_or_default();
+            eprintln!(
+                "{} {service}: still waiting after {} s{last}",
+                stamp(),
+                w.began.elapsed().as_secs()
+            );
+        }
+    }
+
+    fn track(&self, e: &Event) {
+        let mut waiting = self.waiting.lock().expect("progress lock");
+        match e {
+            Event::ActionStarted { service, .. } => {
+                let now = Instant::now();
+                waiting.insert(
+                    service.to_string(),
+                    Waiting {
+                        began: now,
+                        said: now,
+                        last_probe: None,
+                    },
+                );
+            }
+            Event::Probe {
+                service,
+                healthy,
+                detail,
+            } => {
+                if let Some(w) = waiting.get_mut(service.as_str()) {
+                    w.last_probe = Some(format!(
+                        "{} {detail}",
+                        if *healthy { "ok" } else { "failed:" }
+                    ));
+                }
+            }
+            Event::ActionSucceeded { service, .. } | Event::ActionFailed { service, .. } => {
+                waiting.remove(service.as_str());
+            }
+            _ => {}
         }
     }
 
@@ -121,6 +195,7 @@ impl Progress {
     }
 
     pub fn handle(&self, e: &Event) {
+        self.track(e);
         match self.mode {
             Mode::Quiet => {}
             Mode::Json => {

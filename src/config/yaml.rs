@@ -176,6 +176,9 @@ enum Frame {
         start: usize,
         anchor: usize,
         entries: Vec<(Key, Node)>,
+        /// The index in `entries` of each key seen, so that a duplicate is
+        /// found in constant time (a config has thousands of services).
+        seen: std::collections::HashMap<String, usize>,
         pending: Option<Key>,
     },
 }
@@ -290,6 +293,7 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
                         start: span_b.start,
                         anchor,
                         entries: Vec::new(),
+                        seen: std::collections::HashMap::new(),
                         pending: None,
                     });
                 }
@@ -366,7 +370,10 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut
         None => *root = Some(node),
         Some(Frame::Seq { items, .. }) => items.push(node),
         Some(Frame::Map {
-            entries, pending, ..
+            entries,
+            seen,
+            pending,
+            ..
         }) => match pending.take() {
             None => {
                 let name = match &node.value {
@@ -390,7 +397,7 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut
                 });
             }
             Some(key) => {
-                if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == key.name) {
+                if let Some((first, _)) = seen.get(&key.name).map(|i| &entries[*i]) {
                     let (kind, what) = if in_services {
                         (Kind::DuplicateService, "service")
                     } else {
@@ -403,6 +410,7 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut
                             .help("remove one of the two definitions or rename one of them"),
                     );
                 } else {
+                    seen.insert(key.name.clone(), entries.len());
                     entries.push((key, node));
                 }
             }

@@ -104,3 +104,24 @@ fn logs_of_a_finished_task_show_its_last_run() {
     assert!(!out.contains("migrated first"), "only the last run: {out}");
     site.teardown();
 }
+
+/// Off a terminal a gate that waits says so every 5 s, with its last probe:
+/// a CI log never looks hung.
+#[test]
+fn a_waiting_gate_says_so_every_five_seconds() {
+    let site = Site::new("waitline");
+    let port = free_port();
+    let py = python();
+    let script = crate::verdict::server_script();
+    site.write(&format!(
+        "{}  slow:\n    command: /bin/sh\n    args: [\"-c\", \"sleep 6; exec {py} {script} {port} v1\"]\n    ports: [{{container_port: {port}}}]\n    health_check: {{endpoint: /, interval_seconds: 1, timeout_seconds: 1, retries: 30}}\n",
+        site.header()
+    ));
+    let (code, out) = site.apply();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("slow: still waiting after 5 s (last probe: failed: GET http://127.0.0.1:"),
+        "{out}"
+    );
+    site.teardown();
+}
