@@ -104,6 +104,12 @@ pub enum Format {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write a commented starter `deploy-code.yaml` (never over an existing file)
+    #[command(
+        after_help = "Examples:\n  deploy-code init\n  deploy-code -c services/deploy-code.yaml init\n\nThen: deploy-code validate, deploy-code plan, deploy-code apply."
+    )]
+    Init(InitArgs),
+
     /// Check the configuration: render the template, parse, validate; report every problem
     #[command(
         after_help = "Examples:\n  deploy-code validate\n  deploy-code -c prod.yaml --var replicas=3 validate\n  deploy-code validate --format json"
@@ -205,6 +211,9 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct ValidateArgs {}
+
+#[derive(Debug, Clone, Args)]
+pub struct InitArgs {}
 
 /// The flags that choose what a plan covers; shared by `plan`, `apply`, `destroy`.
 #[derive(Debug, Clone, Default, Args)]
@@ -573,6 +582,7 @@ where
 
 fn dispatch(ctx: &Context, command: Command) -> Result<u8, Failure> {
     match command {
+        Command::Init(a) => commands::validate::init(ctx, &a),
         Command::Validate(a) => commands::validate::run(ctx, &a),
         Command::Plan(a) => commands::plan::run(ctx, &a),
         Command::Apply(a) => commands::apply::run(ctx, &a),

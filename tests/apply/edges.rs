@@ -125,3 +125,50 @@ fn a_waiting_gate_says_so_every_five_seconds() {
     );
     site.teardown();
 }
+
+/// `init` writes a starter that validates and deploys, refuses to overwrite,
+/// and says what to run next.
+#[test]
+fn init_writes_a_starter_that_deploys_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_deploy-code"))
+            .current_dir(dir.path())
+            .args(args)
+            .env_remove("DEPLOY_CODE_STATE")
+            .env_remove("DEPLOY_CODE_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, out) = run(&["init"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("deploy-code validate") && out.contains("deploy-code plan"),
+        "{out}"
+    );
+    let cfg = dir.path().join("deploy-code.yaml");
+    let written = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        written.starts_with("# yaml-language-server: $schema="),
+        "{written}"
+    );
+    assert!(
+        dir.path()
+            .join(".deploy-code/deploy-code.schema.json")
+            .exists()
+    );
+    let (code, out) = run(&["validate"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&["init"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("exists already"), "{out}");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), written, "untouched");
+}
