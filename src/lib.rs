@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod plan;
+pub mod planfile;
 pub mod procfs;
 pub mod redact;
 pub mod render;

@@ -86,6 +86,11 @@ pub fn environ(pid: u32, prefix: &str) -> Option<HashMap<String, String>> {
     Some(out)
 }
 
+/// Where file descriptor `fd` of a process points (`/proc/<pid>/fd/<fd>`).
+pub fn fd_target(pid: u32, fd: u32) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()
+}
+
 /// `pid` and every live process descending from it (by parent links) or
 /// sharing the session it leads.
 pub fn tree(pid: u32) -> BTreeSet<u32> {

@@ -529,7 +529,7 @@ impl Backend for ProcessBackend {
                 continue;
             };
             let log_path = env.get(marks::ENV_LOG).cloned().unwrap_or_else(|| {
-                std::fs::read_link(format!("/proc/{pid}/fd/1"))
+                procfs::fd_target(pid, 1)
                     .map(|p| p.to_string_lossy().into_owned())
                     .unwrap_or_default()
             });
@@ -632,4 +632,40 @@ pub async fn run_command_probe(argv: &[String], timeout: Duration) -> ProbeOutco
             }
         }
     }
+}
+
+/// What runs of the processes `snapshot` records, read from `/proc` (for
+/// `plan` without a configuration, which has no project to discover by):
+/// `running` when the pid is alive with the recorded start time, `exited`
+/// when it is gone or a zombie, `missing` when the pid now belongs to another
+/// process.
+pub fn observe_recorded(snapshot: &crate::state::Snapshot) -> crate::plan::Observations {
+    let mut obs = crate::plan::Observations::default();
+    for (name, record) in &snapshot.services {
+        let mut seen = Vec::new();
+        for h in &record.handles {
+            let Handle::Process {
+                pid, start_time, ..
+            } = h
+            else {
+                continue;
+            };
+            let state = match procfs::stat(*pid) {
+                Some(s) if s.is_dead() => "exited",
+                Some(s) if s.start_time == *start_time => "running",
+                Some(_) => "missing",
+                None => "exited",
+            };
+            seen.push(crate::plan::ObservedInstance {
+                handle: h.clone(),
+                state: state.to_owned(),
+                spec_hash: None,
+                detail: None,
+            });
+        }
+        if !seen.is_empty() {
+            obs.services.insert(name.clone(), seen);
+        }
+    }
+    obs
 }

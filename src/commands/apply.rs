@@ -474,7 +474,7 @@ pub fn run(ctx: &Context, args: &ApplyArgs) -> Result<u8, Failure> {
         );
     };
     // A saved plan: executed exactly, or refused when stale.
-    let saved = plan::saved::read(file)?;
+    let saved = crate::planfile::read(file)?;
     let loaded = load_config(ctx)?;
     let mut store = open_store(ctx, &loaded)?;
     let snap = store.snapshot()?;

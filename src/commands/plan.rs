@@ -42,7 +42,7 @@ pub(crate) async fn observe(
 ) -> plan::Observations {
     use crate::apply::reconcile;
     use crate::model::BackendKind;
-    let mut obs = plan::refresh::observe_processes(snapshot);
+    let mut obs = crate::backends::process::observe_recorded(snapshot);
     let mut found = Vec::new();
     // One discovery per backend serves both the recorded instances and the
     // unrecorded ones. An engine that does not answer must not hold up a plan.
@@ -134,10 +134,10 @@ pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Pr
                 &l.desired.settings.project,
                 &snapshot,
             )),
-            Err(_) => plan::refresh::observe_processes(&snapshot),
+            Err(_) => crate::backends::process::observe_recorded(&snapshot),
         },
         // Without a configuration there is no project name to look for.
-        None => plan::refresh::observe_processes(&snapshot),
+        None => crate::backends::process::observe_recorded(&snapshot),
     });
 
     let input = plan::Input {
@@ -209,7 +209,7 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<u8, Failure> {
         if prepared.snapshot.secret_key.is_none() && plan.changes.iter().any(has_secret) {
             crate::state::key::store(&prepared.state_path, &prepared.secret_key)?;
         }
-        plan::saved::write(out, plan)?;
+        crate::planfile::write(out, plan)?;
         if ctx.global.format == Format::Human && !ctx.global.quiet {
             text.push_str(&format!(
                 "\nSaved the plan to `{}`. Apply exactly this plan with `deploy-code apply {}`.\n",
@@ -223,7 +223,7 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<u8, Failure> {
 }
 
 pub fn show(ctx: &Context, args: &ShowArgs) -> Result<u8, Failure> {
-    let plan = plan::saved::read(&args.plan_file)?;
+    let plan = crate::planfile::read(&args.plan_file)?;
     print(&render_plan(ctx, &plan))?;
     Ok(exit::OK)
 }

@@ -1,6 +1,6 @@
 //! `status` commands: status, health, logs.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -64,16 +64,7 @@ fn uptime(h: &Handle) -> Option<u64> {
     let Handle::Process { start_time, .. } = h else {
         return None;
     };
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let btime: u64 = stat
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
-    // SAFETY: sysconf is a plain query.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let started = btime + start_time / ticks;
+    let started = crate::procfs::started_at_epoch(*start_time)?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
@@ -297,7 +288,6 @@ pub fn status(ctx: &Context, args: &StatusArgs) -> Result<u8, Failure> {
         };
         if args.watch {
             super::print(&format!("\x1b[2J\x1b[H{text}"))?;
-            let _ = std::io::stdout().flush();
             std::thread::sleep(Duration::from_secs(args.interval.max(1)));
         } else {
             super::print(&text)?;
@@ -441,7 +431,6 @@ pub fn logs(ctx: &Context, args: &LogsArgs) -> Result<u8, Failure> {
                         let _ = f.read_to_string(&mut buf);
                         offsets[i] = len;
                         super::print(&buf)?;
-                        let _ = std::io::stdout().flush();
                     }
                 }
             }

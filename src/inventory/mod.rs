@@ -9,7 +9,7 @@ mod file;
 mod probe;
 
 pub use file::{InventoryError, load_file, parse, to_yaml};
-pub use probe::{NvmlAbsent, listening_ports, nvml_probe, parse_proc_net_tcp, probe};
+pub use probe::{NvmlAbsent, listening_ports, nvml_probe, probe};
 
 use serde::{Deserialize, Serialize};
 

@@ -4,7 +4,6 @@
 //! Nothing here fails: a source that cannot be read contributes zero (no NVIDIA
 //! library or driver means zero GPUs).
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::{Gpu, Host, Inventory, Source};
@@ -131,41 +130,12 @@ pub fn nvml_probe() -> Result<Vec<Gpu>, NvmlAbsent> {
 
 /// TCP ports in LISTEN state on this host (IPv4 and IPv6), sorted.
 pub fn listening_ports() -> Vec<u16> {
-    let mut ports = BTreeSet::new();
-    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(f) {
-            ports.extend(parse_proc_net_tcp(&text));
-        }
-    }
-    ports.into_iter().collect()
-}
-
-/// The local ports of the LISTEN (`0A`) rows of a `/proc/net/tcp` table.
-pub fn parse_proc_net_tcp(text: &str) -> Vec<u16> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut cols = line.split_whitespace();
-            let local = cols.nth(1)?;
-            let state = cols.nth(1)?;
-            if state != "0A" {
-                return None;
-            }
-            let port = local.rsplit(':').next()?;
-            u16::from_str_radix(port, 16).ok()
-        })
-        .collect()
+    crate::procfs::listening_ports().into_iter().collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_listen_rows_only() {
-        let t = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 1 1 0 100 0 0 10 0\n   1: 0100007F:A2C4 0100007F:1F90 01 00000000:00000000 00:00000000 00000000  1000        0 2 1 0 100 0 0 10 0\n";
-        assert_eq!(parse_proc_net_tcp(t), vec![8080]);
-    }
 
     #[test]
     fn a_listening_socket_is_seen() {

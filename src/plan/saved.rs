@@ -1,13 +1,11 @@
-//! Saved plans (`plan --out FILE`, `apply FILE`, `show FILE`).
+//! Saved plans (`plan --out FILE`, `apply FILE`, `show FILE`): their format
+//! and their freshness. Reading and writing the files is `crate::planfile`'s.
 //!
 //! A saved plan is the plan as JSON, bound to the state's lineage and serial,
 //! the rendered configuration's hash and the tool version. Specs carry secrets
 //! as keyed digests only, so the file holds no plaintext, and the key of those
 //! digests never travels in it (only its id, `binding.state_key_id`). It is
 //! written with mode 0600 all the same.
-
-use std::io::Write;
-use std::path::Path;
 
 use super::{Binding, FORMAT_VERSION, Plan};
 use crate::error::{Code, Plain};
@@ -25,53 +23,26 @@ pub struct StaleError {
     pub changed: Vec<String>,
 }
 
-/// Writes the plan as JSON with mode 0600.
-pub fn write(path: &Path, plan: &Plan) -> Result<(), Plain> {
-    let json = serde_json::to_vec_pretty(plan).expect("a plan always serializes");
-    let err = |e: std::io::Error| {
-        Plain::new(
-            Code::E016,
-            format!("cannot write the plan to `{}`: {e}", path.display()),
-        )
-        .help("check that the directory exists and is writable")
-    };
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(path).map_err(err)?;
-    f.write_all(&json).map_err(err)?;
-    f.write_all(b"\n").map_err(err)?;
-    f.sync_all().map_err(err)?;
-    Ok(())
+/// The bytes of a saved plan file: the plan as JSON.
+pub fn encode(plan: &Plan) -> Vec<u8> {
+    let mut json = serde_json::to_vec_pretty(plan).expect("a plan always serializes");
+    json.push(b'\n');
+    json
 }
 
-/// Reads a saved plan; a file that is not one, or of another format version, is an error.
-pub fn read(path: &Path) -> Result<Plan, Plain> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Plain::new(
-            Code::E016,
-            format!("cannot read the plan `{}`: {e}", path.display()),
-        )
-        .help("give the file written by `deploy-code plan --out FILE`")
-    })?;
-    let head: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        Plain::new(
-            Code::E016,
-            format!("`{}` is not a saved plan: {e}", path.display()),
-        )
-        .help("give the file written by `deploy-code plan --out FILE`")
+/// A saved plan from the text of its file (`name` for messages); a text that
+/// is not one, or of another format version, is an error.
+pub fn decode(text: &str, name: &str) -> Result<Plan, Plain> {
+    let head: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        Plain::new(Code::E016, format!("`{name}` is not a saved plan: {e}"))
+            .help("give the file written by `deploy-code plan --out FILE`")
     })?;
     let version = head.get("format_version").and_then(|v| v.as_u64());
     if version != Some(u64::from(FORMAT_VERSION)) {
         return Err(Plain::new(
             Code::E013,
             format!(
-                "`{}` has plan format version {}, this tool reads version {FORMAT_VERSION}",
-                path.display(),
+                "`{name}` has plan format version {}, this tool reads version {FORMAT_VERSION}",
                 version.map_or("none".to_owned(), |v| v.to_string())
             ),
         )
@@ -80,7 +51,7 @@ pub fn read(path: &Path) -> Result<Plan, Plain> {
     serde_json::from_value(head).map_err(|e| {
         Plain::new(
             Code::E016,
-            format!("`{}` is not a valid saved plan: {e}", path.display()),
+            format!("`{name}` is not a valid saved plan: {e}"),
         )
         .help("give the file written by `deploy-code plan --out FILE`")
     })

@@ -237,9 +237,7 @@ fn username() -> String {
 
 /// `/proc/<pid>/stat` field 22: when the process started, in clock ticks since boot.
 pub fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::procfs::start_time(pid)
 }
 
 /// Whether process `pid` on this host is still the one that started at `start_time`.
@@ -255,21 +253,11 @@ fn process_alive(pid: u32, start_time: Option<u64>) -> bool {
         Ok(()) | Err(Errno::EPERM) => {}
         Err(_) => return false,
     }
-    if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
-        let rest = stat.rfind(')').map(|i| &stat[i + 1..]).unwrap_or("");
-        let mut fields = rest.split_whitespace();
-        if matches!(fields.next(), Some("Z" | "X")) {
-            return false;
-        }
-        if let (Some(expected), Some(actual)) = (
-            start_time,
-            fields.nth(18).and_then(|s| s.parse::<u64>().ok()),
-        ) && expected != actual
-        {
-            return false;
-        }
+    match crate::procfs::stat(pid) {
+        Some(s) if s.is_dead() => false,
+        Some(s) => start_time.is_none_or(|expected| expected == s.start_time),
+        None => true,
     }
-    true
 }
 
 /// Now, RFC 3339 UTC to the second.

@@ -7,3 +7,4 @@ mod doctor;
 mod metrics;
 mod recipes;
 mod support;
+mod tidy;

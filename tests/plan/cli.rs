@@ -153,7 +153,7 @@ fn an_empty_state_plans_the_platform_in_phases() {
     // The saved plan carries neither the key nor any plaintext: the key of
     // its digests waits beside the (not yet existing) state.
     let file = std::fs::read_to_string(case.dir.path().join("release.plan")).unwrap();
-    let saved = saved::read(&case.dir.path().join("release.plan")).unwrap();
+    let saved = deploy_code::planfile::read(&case.dir.path().join("release.plan")).unwrap();
     let key_file = deploy_code::state::key::path_for(&case.state());
     let key = std::fs::read_to_string(&key_file).expect("the key file beside the state");
     assert!(!file.contains(key.trim()), "the key is not in the plan");
@@ -263,7 +263,7 @@ fn saved_plans_show_and_go_stale() {
         0o600
     );
 
-    let plan = saved::read(&plan_file).unwrap();
+    let plan = deploy_code::planfile::read(&plan_file).unwrap();
     let snap = state::load_snapshot(&case.state()).unwrap();
     assert!(plan.binding.state_key_id.is_some());
     saved::check_fresh(&plan, &snap, &plan.binding.config_hash).unwrap();

@@ -1,0 +1,148 @@
+//! The invariants ARCHITECTURE.md states as absences, checked by reading the
+//! sources (as rust-analyzer's tidy tests do). Each rule names where a thing
+//! may appear; a line of code (comments are skipped) anywhere else fails.
+
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            sources(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// `(file relative to the crate, line number, line)` of every line of code
+/// under `src/` (comment lines and unit-test modules left out).
+fn code_lines() -> Vec<(String, usize, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("src"), &mut files);
+    let mut out = Vec::new();
+    for f in files {
+        let rel = f.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let t = line.trim_start();
+            if t.starts_with("#[cfg(test)]") {
+                break;
+            }
+            if t.starts_with("//") {
+                continue;
+            }
+            out.push((rel.clone(), i + 1, line.to_owned()));
+        }
+    }
+    out
+}
+
+/// Whether `line` holds `needle` as a token of its own (not the tail of a
+/// longer name: `print!(` is not in `eprint!(`).
+fn holds(line: &str, needle: &str) -> bool {
+    line.match_indices(needle).any(|(i, _)| {
+        !line[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_')
+    })
+}
+
+/// Fails with every line that contains one of `needles` outside `allowed`
+/// (path prefixes).
+fn only_in(rule: &str, needles: &[&str], allowed: &[&str]) {
+    let offenders: Vec<String> = code_lines()
+        .into_iter()
+        .filter(|(file, _, line)| {
+            needles.iter().any(|n| holds(line, n)) && !allowed.iter().any(|a| file.starts_with(a))
+        })
+        .map(|(file, n, line)| format!("{file}:{n}: {}", line.trim()))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "{rule} (see ARCHITECTURE.md, Invariants):\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn plan_does_no_io() {
+    let io = [
+        "std::fs",
+        "fs::",
+        "File::",
+        "tokio",
+        "std::process",
+        "std::env",
+        "Instant::now",
+        "SystemTime",
+        "procfs",
+    ];
+    let offenders: Vec<String> = code_lines()
+        .into_iter()
+        .filter(|(file, _, line)| {
+            file.starts_with("src/plan/") && io.iter().any(|n| line.contains(n))
+        })
+        .map(|(file, n, line)| format!("{file}:{n}: {}", line.trim()))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "`plan` does no I/O, reads no clock and no environment:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn only_the_backends_name_bollard() {
+    only_in(
+        "only `backends/` names bollard",
+        &["bollard"],
+        &["src/backends/"],
+    );
+}
+
+#[test]
+fn only_procfs_reads_proc() {
+    only_in(
+        "one reader of `/proc` for the crate",
+        &["\"/proc", "/proc/{", "/proc/net"],
+        &["src/procfs.rs"],
+    );
+}
+
+#[test]
+fn only_the_one_writer_prints_to_stdout() {
+    only_in(
+        "nothing prints to stdout outside `commands::print`",
+        &["println!(", "print!(", "stdout()"],
+        &[
+            "src/commands/mod.rs",
+            "src/commands/progress.rs",
+            "src/cli.rs",
+        ],
+    );
+}
+
+#[test]
+fn only_cli_and_progress_write_to_stderr() {
+    only_in(
+        "messages to stderr come from `cli`, the progress view and the apply command's evidence",
+        &["eprintln!(", "eprint!(", "io::stderr()"],
+        &[
+            "src/cli.rs",
+            "src/commands/progress.rs",
+            "src/commands/apply.rs",
+        ],
+    );
+}
+
+#[test]
+fn nothing_below_main_exits_the_process() {
+    only_in(
+        "only `main` ends the process",
+        &["process::exit("],
+        &["src/main.rs"],
+    );
+}
