@@ -508,6 +508,31 @@ impl ServiceSpec {
         out
     }
 
+    /// Why replacing this spec by `after` must stop the old instances first,
+    /// or `None` when the new ones can start and pass their gate before the
+    /// old ones stop: they would share a host address (a host port, or the
+    /// loopback port a process is probed at), or a name (a Swarm service's
+    /// is fixed).
+    pub fn stop_first_reason(&self, after: &ServiceSpec) -> Option<String> {
+        if after.backend == BackendKind::Swarm {
+            return Some("a Swarm service's name is fixed".into());
+        }
+        let old = self.host_addresses();
+        let shared: Vec<String> = after
+            .host_addresses()
+            .into_iter()
+            .filter(|p| old.contains(p))
+            .map(|p| p.to_string())
+            .collect();
+        (!shared.is_empty()).then(|| {
+            format!(
+                "the old instance holds port{} {}",
+                if shared.len() > 1 { "s" } else { "" },
+                shared.join(", ")
+            )
+        })
+    }
+
     /// Host ports this service claims (all replicas), with their protocol.
     pub fn host_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
         self.ports

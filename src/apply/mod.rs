@@ -1018,15 +1018,10 @@ fn error_text(e: &BackendError) -> String {
     e.to_string()
 }
 
-/// Whether replacing `before` by `after` must stop the old instances first:
-/// they share a host port, or a loopback address that both are probed at, or
-/// a name (a Swarm service's, `<project>_<service>`, is fixed).
+/// Whether replacing `before` by `after` must stop the old instances first
+/// (see [`ServiceSpec::stop_first_reason`]).
 pub fn stops_first(before: &ServiceSpec, after: &ServiceSpec) -> bool {
-    if after.backend == crate::model::BackendKind::Swarm {
-        return true;
-    }
-    let old = before.host_addresses();
-    after.host_addresses().iter().any(|p| old.contains(p))
+    before.stop_first_reason(after).is_some()
 }
 
 fn no_spec() -> StepError {

@@ -167,9 +167,11 @@ fn confirm(ctx: &Context, auto_approve: bool, what: &str) -> Result<(), Failure>
     if answer.trim() == "yes" {
         Ok(())
     } else {
-        Err(Plain::new(Code::E016, format!("{what} cancelled"))
-            .help("nothing was changed")
-            .into())
+        Err(
+            Plain::new(Code::E016, "cancelled at the prompt: nothing was changed")
+                .help(format!("answer `yes` to {what}, or pass `--auto-approve`"))
+                .into(),
+        )
     }
 }
 

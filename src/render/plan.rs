@@ -265,6 +265,20 @@ fn paint(color: bool, action: Action, s: &str) -> String {
     }
 }
 
+/// Why a replace stops the old instances before the new ones start (an
+/// outage the plan must show before `apply`).
+fn stop_first(c: &Change) -> Option<String> {
+    match (c.action, &c.before, &c.after) {
+        (Action::Replace, Some(b), Some(a)) => b.stop_first_reason(a),
+        _ => None,
+    }
+}
+
+/// "1 service unchanged.", "3 services unchanged."
+fn unchanged(n: usize) -> String {
+    format!("{n} service{} unchanged.", if n == 1 { "" } else { "s" })
+}
+
 fn diff_lines(c: &Change) -> Vec<DiffLine> {
     match c.action {
         Action::Create | Action::Update | Action::Replace => {
@@ -287,7 +301,7 @@ pub fn human(plan: &Plan, color: bool) -> String {
     };
     let _ = writeln!(out, "{}", bold(&summary_line(plan)));
     if !plan.has_changes() {
-        let _ = writeln!(out, "{} services unchanged.", plan.summary.no_op);
+        let _ = writeln!(out, "{}", unchanged(plan.summary.no_op));
     }
     let by_name: BTreeMap<&str, &Change> = plan
         .changes
@@ -322,6 +336,12 @@ pub fn human(plan: &Plan, color: bool) -> String {
                 let _ = write!(out, ": {r}");
             }
             let _ = writeln!(out);
+            if let Some(why) = stop_first(c) {
+                let _ = writeln!(
+                    out,
+                    "        stop-first, {why}: the service is down while its new instance starts"
+                );
+            }
             if !c.gpus.is_empty() {
                 let _ = writeln!(
                     out,
@@ -350,7 +370,7 @@ pub fn human(plan: &Plan, color: bool) -> String {
     }
     if plan.has_changes() && plan.summary.no_op > 0 {
         let _ = writeln!(out);
-        let _ = writeln!(out, "{} services unchanged.", plan.summary.no_op);
+        let _ = writeln!(out, "{}", unchanged(plan.summary.no_op));
     }
     if !plan.drift.is_empty() {
         let _ = writeln!(out);
@@ -452,7 +472,7 @@ pub fn markdown(plan: &Plan) -> String {
         }
         if plan.summary.no_op > 0 {
             let _ = writeln!(out);
-            let _ = writeln!(out, "{} services unchanged.", plan.summary.no_op);
+            let _ = writeln!(out, "{}", unchanged(plan.summary.no_op));
         }
     }
     if !plan.drift.is_empty() {

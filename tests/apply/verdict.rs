@@ -409,6 +409,13 @@ fn a_replacement_that_dies_is_not_passed_by_its_predecessor() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(serves(port).as_deref(), Some("version=v1"));
     site.write(&cfg("v2", "exit-now"));
+    let (_, plan) = site.run(&["plan"]);
+    assert!(
+        plan.contains(&format!(
+            "stop-first, the old instance holds port {port}: the service is down while its new instance starts"
+        )),
+        "the plan shows the outage before apply: {plan}"
+    );
     let (code, out) = site.apply();
     assert_eq!(code, 4, "the dead replacement fails its gate: {out}");
     assert!(out.contains("exited with code 3"), "{out}");
