@@ -8,3 +8,4 @@ mod metrics;
 mod recipes;
 mod support;
 mod tidy;
+mod tour;
