@@ -9,6 +9,8 @@
 //! still never serialized, as every sensitive value is kept as a digest.
 
 use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
 use std::sync::RwLock;
 
 use base64::Engine;
@@ -19,8 +21,12 @@ pub const MARK: &str = "(sensitive)";
 /// Secrets shorter than this are not searched for in text.
 pub const MIN_LEN: usize = 4;
 
-fn registry() -> &'static RwLock<Vec<String>> {
-    static R: RwLock<Vec<String>> = RwLock::new(Vec::new());
+/// Every form of every secret, longest first (so that a secret containing
+/// another is replaced whole).
+type Registry = BTreeSet<(Reverse<usize>, String)>;
+
+fn registry() -> &'static RwLock<Registry> {
+    static R: RwLock<Registry> = RwLock::new(BTreeSet::new());
     &R
 }
 
@@ -49,24 +55,21 @@ pub fn register(secret: &str) {
         return;
     }
     let mut r = registry().write().unwrap_or_else(|e| e.into_inner());
-    if r.iter().any(|s| s == secret) {
+    if r.contains(&(Reverse(secret.len()), secret.to_owned())) {
         return;
     }
-    r.extend(forms(secret));
-    // Longest first, so that a secret containing another is replaced whole.
-    r.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    r.dedup();
+    r.extend(forms(secret).into_iter().map(|f| (Reverse(f.len()), f)));
 }
 
 /// `s` with every registered secret (in any of its forms) replaced by
 /// [`MARK`].
 pub fn text(s: &str) -> Cow<'_, str> {
     let r = registry().read().unwrap_or_else(|e| e.into_inner());
-    if r.is_empty() || !r.iter().any(|secret| s.contains(secret.as_str())) {
+    if r.is_empty() || !r.iter().any(|(_, secret)| s.contains(secret.as_str())) {
         return Cow::Borrowed(s);
     }
     let mut out = s.to_owned();
-    for secret in r.iter() {
+    for (_, secret) in r.iter() {
         if out.contains(secret.as_str()) {
             out = out.replace(secret.as_str(), MARK);
         }

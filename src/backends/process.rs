@@ -79,15 +79,7 @@ impl ProcessBackend {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        detach(&mut cmd);
         let mut child = cmd.spawn()?;
         let mut pipe = child
             .stdin
@@ -165,15 +157,7 @@ impl ProcessBackend {
             .env(marks::ENV_LINEAGE, &ctx.lineage)
             .env(marks::ENV_REPLICA, replica.to_string())
             .env(marks::ENV_LOG, &log_path);
-        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        detach(&mut cmd);
         let shown = command.display();
         let child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -304,6 +288,20 @@ fn expose<'a>(t: &'a Text, service: &str, field: &str) -> Result<&'a str, Backen
 }
 
 pub use crate::procfs::start_time;
+
+/// Starts the command in a session of its own (`setsid`), so that it
+/// outlives `deploy-code` and leads a process group of its own.
+fn detach(cmd: &mut Command) {
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
 
 /// The first words of the line that opens each instance's part of a log file.
 pub const INSTANCE_HEADER: &str = "--- deploy-code: started";
