@@ -396,6 +396,25 @@ impl Lowering<'_> {
         };
         let d = f.deployment.clone().unwrap_or_default();
         let dd = DeploymentSettings::default();
+        // A strategy that would run as another is refused, not accepted.
+        let unbuilt = match d.strategy {
+            Some(schema::Strategy::RollingUpdate) => Some("RollingUpdate"),
+            Some(schema::Strategy::BlueGreen) => Some("BlueGreen"),
+            _ => None,
+        };
+        if let Some(name) = unbuilt {
+            out.push(
+                unsupported(
+                    "deployment.strategy",
+                    name,
+                    "it would run exactly as `Hybrid` (phases in order, replaces in the order the ports allow); write `Hybrid`, `Sequential` or `Parallel`",
+                )
+                .label(
+                    span_of(self.root, &["deployment", "strategy"]).unwrap_or(0..0),
+                    "would have no effect",
+                ),
+            );
+        }
         let deployment = DeploymentSettings {
             strategy: match d.strategy {
                 Some(schema::Strategy::Sequential) => Strategy::Sequential,
@@ -688,6 +707,26 @@ impl Lowering<'_> {
             })
             .collect();
 
+        // Nothing restarts a local process between applies: a policy other
+        // than `no` would be accepted and ignored.
+        if backend == BackendKind::Process
+            && matches!(
+                def.restart,
+                Some(
+                    schema::Restart::OnFailure
+                        | schema::Restart::Always
+                        | schema::Restart::UnlessStopped
+                )
+            )
+        {
+            out.push(invalid(
+                format!(
+                    "`restart` has no effect on `{sname}`: nothing restarts a local process between applies"
+                ),
+                node.get("restart").map(|n| n.span.clone()),
+                "remove `restart` (or write `restart: no`), or run the service as a container (`image:`), whose engine applies the policy",
+            ));
+        }
         let health_check = def.health_check.as_ref().and_then(|h| {
             let hspan = key_span(node, "health_check");
             let count = [h.endpoint.is_some(), h.command.is_some(), h.tcp.is_some()]

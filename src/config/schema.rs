@@ -183,7 +183,7 @@ pub enum Strategy {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Deployment {
-    /// Sequential, Parallel, Hybrid, RollingUpdate or BlueGreen. Default Hybrid.
+    /// Sequential (one action at a time), Parallel or Hybrid (phases in order, a phase's actions at once up to `max_parallel`). Default Hybrid. RollingUpdate and BlueGreen are refused: they would run exactly as Hybrid.
     pub strategy: Option<Strategy>,
     /// Most actions at once, 1 to 4294967295. Default 10.
     #[schemars(range(min = 1))]
@@ -313,7 +313,7 @@ pub struct Service {
     pub health_check: Option<HealthCheckDef>,
     pub ports: Option<Vec<PortDef>>,
     pub volumes: Option<Vec<VolumeDef>>,
-    /// no, on-failure, always or unless-stopped. Default no.
+    /// no, on-failure, always or unless-stopped, applied by the container engine. Default no. Refused on a local process, which nothing restarts between applies.
     pub restart: Option<Restart>,
     pub labels: Option<BTreeMap<String, String>>,
 }

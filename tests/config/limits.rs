@@ -316,3 +316,27 @@ fn apply_refuses_an_empty_configuration_destroy_does_not_need_services() {
     let (code, err) = run_in(d, &["destroy", "--auto-approve"]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// A setting that would have no effect is refused, not silently accepted: a
+/// strategy that would run as `Hybrid`, a restart policy on a local process.
+#[test]
+fn settings_without_effect_are_refused() {
+    for strategy in ["RollingUpdate", "BlueGreen"] {
+        let text = format!("deployment:\n  strategy: {strategy}\n{SERVICE}");
+        let (code, message, help) = problem_at(&text, strategy);
+        assert!(code.starts_with("E002"), "{code}");
+        assert!(message.contains("is not supported"), "{message}");
+        assert!(help.contains("exactly as `Hybrid`"), "{help}");
+    }
+    let text = format!("{SERVICE}    restart: always\n");
+    let (code, message, help) = problem_at(&text, "always");
+    assert!(code.starts_with("S003"), "{code}");
+    assert!(
+        message.contains("`restart` has no effect on `api`"),
+        "{message}"
+    );
+    assert!(help.contains("container"), "{help}");
+    // `restart: no` says what happens anyway; a container's policy is the engine's.
+    assert!(load(&format!("{SERVICE}    restart: \"no\"\n")).is_ok());
+    assert!(load("services:\n  api:\n    image: x:1\n    restart: always\n").is_ok());
+}
