@@ -112,6 +112,20 @@ pub async fn target(
     (host.trim_matches(|c| c == '[' || c == ']').to_owned(), port)
 }
 
+/// The container port that a loopback `host:port` names by the port rule:
+/// the port itself when declared as a container port, or the container port
+/// a declared host port publishes.
+fn container_port(spec: &ServiceSpec, host: &str, port: u16) -> Option<u16> {
+    if !is_loopback(host) {
+        return None;
+    }
+    spec.ports
+        .iter()
+        .find(|p| p.host_port == Some(port))
+        .or_else(|| spec.ports.iter().find(|p| p.container_port == port))
+        .map(|p| p.container_port)
+}
+
 /// A URL split into what the port rule needs.
 struct Url<'a> {
     scheme: &'a str,
@@ -173,7 +187,16 @@ pub async fn probe_once(
             (http_probe(&url, timeout).await, reached)
         }
         Probe::Tcp { host, port } => {
-            let (h, p) = target(backend, spec, handle, host, *port).await;
+            // A connect proves only that something accepts: probe the
+            // instance's own address where it has one, not a proxy in front.
+            let own = match container_port(spec, host, *port) {
+                Some(cp) => backend.own_address(handle, cp).await,
+                None => None,
+            };
+            let (h, p) = match own {
+                Some(addr) => addr,
+                None => target(backend, spec, handle, host, *port).await,
+            };
             let addr = format!("{}:{p}", host_in_url(&h));
             let out =
                 match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&addr)).await {

@@ -1299,6 +1299,16 @@ impl Backend for DockerBackend {
         true
     }
 
+    async fn own_address(&self, handle: &Handle, port: u16) -> Option<(String, u16)> {
+        let c = self.inspect(handle).await?;
+        let ip = c
+            .network_settings?
+            .networks?
+            .into_values()
+            .find_map(|e| e.ip_address.filter(|ip| !ip.is_empty()))?;
+        Some((ip, port))
+    }
+
     async fn restore(&self, handles: &[Handle]) {
         let Ok(docker) = self.api().await else {
             return;

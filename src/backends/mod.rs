@@ -256,6 +256,16 @@ pub trait Backend: Send + Sync {
         ("127.0.0.1".to_owned(), port)
     }
 
+    /// The instance's own address for its `port` (a container's address on
+    /// its network), where a TCP probe reaches the instance itself rather than
+    /// a proxy that accepts connections for it (Docker's `docker-proxy`
+    /// accepts on a published port whether the container listens or not).
+    /// `None`: the instance has no address of its own to reach.
+    async fn own_address(&self, handle: &Handle, port: u16) -> Option<(String, u16)> {
+        let _ = (handle, port);
+        None
+    }
+
     /// Whether the socket listening on loopback `port` belongs to this
     /// instance (its process tree): `Some(false)` when another process holds
     /// it, `None` when the backend cannot tell (the address it probes is the
