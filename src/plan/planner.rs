@@ -102,8 +102,10 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                         service: (*name).clone(),
                         kind: inst.state.clone(),
                         detail: match &inst.detail {
-                            Some(d) => format!("{what} is {} ({d})", inst.state),
-                            None => format!("{what} is {}", inst.state),
+                            Some(d) if *d != inst.state => {
+                                format!("{what} is {} ({d})", inst.state)
+                            }
+                            _ => format!("{what} is {}", inst.state),
                         },
                     }),
                     _ => match &inst.spec_hash {

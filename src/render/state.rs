@@ -354,6 +354,26 @@ pub fn list_doc(state: &str, snap: &Snapshot) -> ListDoc {
     }
 }
 
+/// A recorded plan summary in words: "2 to create, 1 to replace, …".
+fn plan_words(summary: &serde_json::Value) -> String {
+    let count = |k: &str| summary.get(k).and_then(serde_json::Value::as_u64);
+    let words: Vec<String> = [
+        ("create", "to create"),
+        ("replace", "to replace"),
+        ("update", "to update"),
+        ("destroy", "to destroy"),
+        ("no_op", "unchanged"),
+    ]
+    .iter()
+    .filter_map(|(k, w)| count(k).map(|n| format!("{n} {w}")))
+    .collect();
+    if words.is_empty() {
+        summary.to_string()
+    } else {
+        words.join(", ")
+    }
+}
+
 pub fn summary_doc(state: &str, exists: bool, snap: &Snapshot) -> SummaryDoc {
     let mut counts = StatusCounts::default();
     for r in snap.services.values() {
@@ -734,7 +754,7 @@ pub fn deployment_human(doc: &DeploymentDoc, color: bool) -> String {
         ("host", d.host.clone()),
         ("command", d.command.clone()),
         ("config hash", d.config_hash.clone()),
-        ("plan", d.plan_summary.to_string()),
+        ("plan", plan_words(&d.plan_summary)),
     ]);
     if !d.evidence.is_null() {
         out.push_str("\nevidence:\n");

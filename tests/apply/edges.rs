@@ -28,6 +28,10 @@ fn the_state_commands_read_the_configured_state_path() {
     let (code, out) = site.run(&["state", "history"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("succeeded"), "{out}");
+    // The recorded plan summary reads as words, not JSON.
+    let (code, out) = site.run(&["state", "show", "--revision", "1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 to create, 0 to replace"), "{out}");
     site.run(&["destroy", "--auto-approve"]);
 }
 
