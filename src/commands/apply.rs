@@ -486,6 +486,28 @@ pub fn run(ctx: &Context, args: &ApplyArgs) -> Result<u8, Failure> {
         l.desired.rekey(k);
     }
     if let Err(stale) = plan::saved::check_fresh(&saved, &snap, &l.config_hash()) {
+        // The commonest stale plan: one that was applied already.
+        let applied = (snap.serial > saved.binding.serial)
+            .then(|| crate::state::history(store.path(), 20).ok())
+            .flatten()
+            .and_then(|h| {
+                h.into_iter().find(|d| {
+                    d.outcome == Outcome::Succeeded && d.config_hash == saved.binding.config_hash
+                })
+            });
+        if let Some(d) = applied {
+            return Err(Plain::new(
+                Code::E013,
+                format!(
+                    "the saved plan `{}` was already applied (revision {}, {})",
+                    file.display(),
+                    d.revision,
+                    d.started_at
+                ),
+            )
+            .help("nothing to do; for a new change run `deploy-code plan --out FILE` again")
+            .into());
+        }
         return Err(Plain::new(
             Code::E013,
             format!(

@@ -176,3 +176,26 @@ fn init_writes_a_starter_that_deploys_and_never_overwrites() {
     assert!(out.contains("exists already"), "{out}");
     assert_eq!(std::fs::read_to_string(&cfg).unwrap(), written, "untouched");
 }
+
+/// Applying a saved plan a second time says that it was applied, not that
+/// serials differ.
+#[test]
+fn a_plan_applied_twice_says_so() {
+    let site = Site::new("twice");
+    let port = free_port();
+    site.write(&format!(
+        "{}{}",
+        site.header(),
+        site.web(ProbeKind::Path, port, 0, "v1", Fault::None)
+    ));
+    let plan = site.dir.path().join("release.plan");
+    let plan = plan.to_str().unwrap();
+    let (code, out) = site.run(&["plan", "--out", plan]);
+    assert!(code == 0 || code == 2, "{out}");
+    let (code, out) = site.run(&["apply", plan]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = site.run(&["apply", plan]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("was already applied (revision 1"), "{out}");
+    site.teardown();
+}
