@@ -499,7 +499,7 @@ pub fn run(ctx: &Context, args: &ApplyArgs) -> Result<u8, Failure> {
             return Err(Plain::new(
                 Code::E013,
                 format!(
-                    "the saved plan `{}` was already applied (revision {}, {})",
+                    "the saved plan `{}` is stale: its configuration was already applied (revision {}, {})",
                     file.display(),
                     d.revision,
                     d.started_at

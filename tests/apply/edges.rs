@@ -196,6 +196,9 @@ fn a_plan_applied_twice_says_so() {
     assert_eq!(code, 0, "{out}");
     let (code, out) = site.run(&["apply", plan]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("was already applied (revision 1"), "{out}");
+    assert!(
+        out.contains("its configuration was already applied (revision 1"),
+        "{out}"
+    );
     site.teardown();
 }
