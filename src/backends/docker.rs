@@ -1299,6 +1299,19 @@ impl Backend for DockerBackend {
         true
     }
 
+    async fn started_at(&self, handle: &Handle) -> Option<u64> {
+        let state = self.inspect(handle).await?.state?;
+        if state.running != Some(true) {
+            return None;
+        }
+        let at = time::OffsetDateTime::parse(
+            state.started_at.as_deref()?,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?;
+        u64::try_from(at.unix_timestamp()).ok()
+    }
+
     async fn own_address(&self, handle: &Handle, port: u16) -> Option<(String, u16)> {
         let c = self.inspect(handle).await?;
         let ip = c

@@ -276,6 +276,12 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// When an instance started, in seconds since the epoch (for uptimes).
+    async fn started_at(&self, handle: &Handle) -> Option<u64> {
+        let _ = handle;
+        None
+    }
+
     /// Puts instances that a failed change left running back as they were
     /// before it (a container renamed out of the way gets its name back).
     async fn restore(&self, handles: &[Handle]) {

@@ -554,6 +554,18 @@ impl Backend for ProcessBackend {
         Ok(found)
     }
 
+    async fn started_at(&self, handle: &Handle) -> Option<u64> {
+        let Handle::Process {
+            pid, start_time, ..
+        } = handle
+        else {
+            return None;
+        };
+        (self.liveness_now(*pid, *start_time) == Liveness::Running)
+            .then(|| procfs::started_at_epoch(*start_time))
+            .flatten()
+    }
+
     async fn listener_is_own(&self, handle: &Handle, port: u16) -> Option<bool> {
         let Handle::Process {
             pid, start_time, ..

@@ -44,6 +44,8 @@ struct TasksView {
 struct ServiceView {
     service: String,
     backend: String,
+    /// Published ports: `host->container`, or one number where both are one.
+    ports: Vec<String>,
     status: String,
     revision: u64,
     spec_hash: String,
@@ -58,18 +60,6 @@ struct ServiceView {
 struct HealthView {
     healthy: bool,
     detail: String,
-}
-
-fn uptime(h: &Handle) -> Option<u64> {
-    let Handle::Process { start_time, .. } = h else {
-        return None;
-    };
-    let started = crate::procfs::started_at_epoch(*start_time)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_secs();
-    Some(now.saturating_sub(started))
 }
 
 fn handle_view(h: &Handle, l: &Liveness) -> InstanceView {
@@ -88,7 +78,7 @@ fn handle_view(h: &Handle, l: &Liveness) -> InstanceView {
         } => InstanceView {
             replica: *replica,
             id: format!("pid {pid}"),
-            uptime_seconds: (*l == Liveness::Running).then(|| uptime(h)).flatten(),
+            uptime_seconds: None,
             state,
             log_path: Some(log_path.clone()),
             tasks: None,
@@ -135,12 +125,19 @@ async fn health_of(backends: &Registry, r: &ServiceRecord) -> Option<HealthView>
 
 async fn views(backends: &Registry, snap: &Snapshot, probe: bool) -> Vec<ServiceView> {
     let mut out = Vec::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     for r in snap.services.values() {
         let mut instances = Vec::new();
+        let mut ports = Vec::new();
         if let Some(b) = backends.get(r.backend) {
+            ports = published(b.as_ref(), r).await;
             for h in &r.handles {
                 let l = b.liveness(h).await;
                 let mut view = handle_view(h, &l);
+                view.uptime_seconds = b.started_at(h).await.map(|t| now.saturating_sub(t));
                 if let Some(tasks) = b.replicas(h).await {
                     let replicas = r.spec.replicas;
                     if l == Liveness::Running && tasks.running < replicas {
@@ -176,6 +173,7 @@ async fn views(backends: &Registry, snap: &Snapshot, probe: bool) -> Vec<Service
         out.push(ServiceView {
             service: r.name.to_string(),
             backend: r.backend.to_string(),
+            ports,
             // A service with an instance that is not running is not ready,
             // whatever the state recorded when it was.
             status: match down {
@@ -192,6 +190,28 @@ async fn views(backends: &Registry, snap: &Snapshot, probe: bool) -> Vec<Service
     out
 }
 
+/// The ports a service publishes, as `host->container` (one number where
+/// they are the same); a host port the engine allocated is looked up.
+async fn published(b: &dyn crate::backends::Backend, r: &ServiceRecord) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in &r.spec.ports {
+        let host = match (p.host_port, r.handles.first()) {
+            (Some(h), _) => Some(h),
+            (None, Some(h)) => match b.probe_address(h, p.container_port).await {
+                (ip, port) if ip.starts_with("127.") || ip == "::1" => Some(port),
+                _ => None,
+            },
+            (None, None) => None,
+        };
+        out.push(match host {
+            Some(h) if h == p.container_port => h.to_string(),
+            Some(h) => format!("{h}->{}", p.container_port),
+            None => p.container_port.to_string(),
+        });
+    }
+    out
+}
+
 fn fmt_uptime(s: u64) -> String {
     if s >= 3600 {
         format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
@@ -203,15 +223,13 @@ fn fmt_uptime(s: u64) -> String {
 }
 
 fn human(views: &[ServiceView], detailed: bool) -> String {
-    let mut out = String::new();
     if views.is_empty() {
-        out.push_str("No services are deployed.\n");
-        return out;
+        return "No services are deployed.\n".to_owned();
     }
-    out.push_str(&format!(
-        "{:<20} {:<8} {:<8} {:<24} {:<10} {}\n",
-        "SERVICE", "BACKEND", "STATUS", "INSTANCES", "UPTIME", "HEALTH"
-    ));
+    let mut rows = Vec::new();
+    // Lines under a service's row: pending errors, and with --detailed its
+    // spec and instances.
+    let mut notes: Vec<Vec<String>> = Vec::new();
     for v in views {
         // Replicas: a Swarm service counts its tasks, any other instance one.
         let (running, total) = v.instances.iter().fold((0, 0), |(r, t), i| match &i.tasks {
@@ -237,23 +255,31 @@ fn human(views: &[ServiceView], detailed: bool) -> String {
             None if v.workload_task && v.status == "ready" => "completed".to_owned(),
             None => "-".to_owned(),
         };
-        out.push_str(&format!(
-            "{:<20} {:<8} {:<8} {:<24} {:<10} {}\n",
-            v.service, v.backend, v.status, inst, up, health
-        ));
+        let ports = if v.ports.is_empty() {
+            "-".to_owned()
+        } else {
+            v.ports.join(",")
+        };
+        rows.push(vec![
+            v.service.clone(),
+            v.backend.clone(),
+            v.status.clone(),
+            inst,
+            ports,
+            up,
+            health,
+        ]);
+        let mut lines = Vec::new();
         for i in &v.instances {
             if let Some(d) = &i.detail {
-                out.push_str(&format!("    {}: {d}\n", i.id));
+                lines.push(format!("    {}: {d}", i.id));
             }
         }
         if detailed {
-            out.push_str(&format!(
-                "    spec {}  revision {}\n",
-                v.spec_hash, v.revision
-            ));
+            lines.push(format!("    spec {}  revision {}", v.spec_hash, v.revision));
             for i in &v.instances {
-                out.push_str(&format!(
-                    "    replica {} {} {}{}\n",
+                lines.push(format!(
+                    "    replica {} {} {}{}",
                     i.replica,
                     i.id,
                     i.state,
@@ -262,6 +288,35 @@ fn human(views: &[ServiceView], detailed: bool) -> String {
                         .map(|p| format!("  log {p}"))
                         .unwrap_or_default()
                 ));
+            }
+        }
+        notes.push(lines);
+    }
+    let table = crate::render::state::table(
+        &[
+            "SERVICE",
+            "BACKEND",
+            "STATUS",
+            "INSTANCES",
+            "PORTS",
+            "UPTIME",
+            "HEALTH",
+        ],
+        &rows,
+        &|_, _, cell| cell.to_owned(),
+        false,
+    );
+    // The table's first line is its header; each row is one line after it.
+    let mut out = String::new();
+    for (i, line) in table.lines().enumerate() {
+        out.push_str(line);
+        out.push('\n');
+        if i > 0
+            && let Some(lines) = notes.get(i - 1)
+        {
+            for l in lines {
+                out.push_str(l);
+                out.push('\n');
             }
         }
     }

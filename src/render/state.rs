@@ -504,7 +504,7 @@ fn paint_outcome(o: OutcomeView, text: &str, color: bool) -> String {
 }
 
 /// A plain table: columns padded to their widest cell (colour added after padding).
-fn table(
+pub(crate) fn table(
     headers: &[&str],
     rows: &[Vec<String>],
     paint: &dyn Fn(usize, usize, &str) -> String,

@@ -297,6 +297,23 @@ async fn a_host_port_that_differs_from_the_container_port_deploys() {
             "{}",
             probe.label()
         );
+        // `status` names the container, its published port and its uptime.
+        let (_, status) = site.run(&["status"]);
+        let row = status
+            .lines()
+            .find(|l| l.starts_with("web "))
+            .unwrap_or_else(|| panic!("{status}"));
+        assert!(
+            row.contains(&format!("container {}-web", site.project)),
+            "{status}"
+        );
+        assert!(
+            row.contains(&format!("{}->8080", site.host_port)),
+            "{status}"
+        );
+        assert!(row.contains("healthy"), "{status}");
+        let uptime = row.split_whitespace().nth(7).unwrap_or("-");
+        assert!(uptime.ends_with('s'), "an uptime is shown: {status}");
         let (_, _) = site.run(&["destroy", "--auto-approve"]);
     }
 }
