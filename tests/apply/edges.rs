@@ -41,11 +41,7 @@ fn the_state_commands_read_the_configured_state_path() {
 fn a_closed_pipe_is_not_a_panic() {
     let site = Site::new("pipe");
     let port = free_port();
-    site.write(&format!(
-        "{}{}",
-        site.header(),
-        site.web(ProbeKind::Path, port, 0, "v1", Fault::None)
-    ));
+    site.write_web(ProbeKind::Path, port, "v1", Fault::None);
     site.apply_ok();
     for cmd in [
         &["status"][..],
@@ -74,11 +70,7 @@ fn a_closed_pipe_is_not_a_panic() {
 fn quiet_still_prints_the_final_result() {
     let site = Site::new("quiet");
     let port = free_port();
-    site.write(&format!(
-        "{}{}",
-        site.header(),
-        site.web(ProbeKind::Path, port, 0, "v1", Fault::None)
-    ));
+    site.write_web(ProbeKind::Path, port, "v1", Fault::None);
     let (code, out) = site.run(&["-q", "apply", "--auto-approve"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Apply complete: revision 1"), "{out}");
@@ -183,11 +175,7 @@ fn init_writes_a_starter_that_deploys_and_never_overwrites() {
 fn a_plan_applied_twice_says_so() {
     let site = Site::new("twice");
     let port = free_port();
-    site.write(&format!(
-        "{}{}",
-        site.header(),
-        site.web(ProbeKind::Path, port, 0, "v1", Fault::None)
-    ));
+    site.write_web(ProbeKind::Path, port, "v1", Fault::None);
     let plan = site.dir.path().join("release.plan");
     let plan = plan.to_str().unwrap();
     let (code, out) = site.run(&["plan", "--out", plan]);

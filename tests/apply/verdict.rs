@@ -230,6 +230,15 @@ impl Site {
         s
     }
 
+    /// Writes a configuration of the one service `web` (see [`Site::web`]).
+    pub fn write_web(&self, probe: ProbeKind, port: u16, version: &str, fault: Fault) {
+        self.write(&format!(
+            "{}{}",
+            self.header(),
+            self.web(probe, port, 0, version, fault)
+        ));
+    }
+
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_deploy-code"));
         c.current_dir(self.dir.path())
@@ -440,11 +449,7 @@ fn a_probe_answered_by_another_process_does_not_pass() {
     let site = Site::new("v-foreign");
     let port = free_port();
     site.foreign(port);
-    site.write(&format!(
-        "{}{}",
-        site.header(),
-        site.web(ProbeKind::UrlUndeclared, port, 0, "v1", Fault::None)
-    ));
+    site.write_web(ProbeKind::UrlUndeclared, port, "v1", Fault::None);
     let (code, out) = site.apply();
     assert_eq!(code, 4, "{out}");
     assert!(
@@ -462,11 +467,7 @@ fn a_probe_answered_by_another_process_does_not_pass() {
 fn min_healthy_seconds_catches_a_late_exit() {
     let site = Site::new("v-late");
     let port = free_port();
-    site.write(&format!(
-        "{}{}",
-        site.header(),
-        site.web(ProbeKind::Path, port, 0, "v1", Fault::ExitLater)
-    ));
+    site.write_web(ProbeKind::Path, port, "v1", Fault::ExitLater);
     let (code, out) = site.apply();
     assert_eq!(code, 4, "{out}");
     assert!(out.contains("exited with code 3"), "{out}");
@@ -480,11 +481,7 @@ fn min_healthy_seconds_catches_a_late_exit() {
 fn a_missing_command_is_refused_before_anything_stops() {
     let site = Site::new("v-pyhton");
     let port = free_port();
-    site.write(&format!(
-        "{}{}",
-        site.header(),
-        site.web(ProbeKind::Path, port, 0, "v1", Fault::None)
-    ));
+    site.write_web(ProbeKind::Path, port, "v1", Fault::None);
     site.apply_ok();
     let before = site.marked();
     site.write(&format!(
@@ -527,11 +524,7 @@ fn a_missing_working_directory_is_refused_before_anything_stops() {
 fn status_folds_liveness_in() {
     let site = Site::new("v-status");
     let port = free_port();
-    site.write(&format!(
-        "{}{}",
-        site.header(),
-        site.web(ProbeKind::Path, port, 0, "v1", Fault::None)
-    ));
+    site.write_web(ProbeKind::Path, port, "v1", Fault::None);
     site.apply_ok();
     for (_, pid, _) in site.marked() {
         unsafe {
@@ -554,17 +547,9 @@ fn status_folds_liveness_in() {
 fn every_action_is_in_the_audit_trail() {
     let site = Site::new("v-audit");
     let port = free_port();
-    site.write(&format!(
-        "{}{}",
-        site.header(),
-        site.web(ProbeKind::Path, port, 0, "v1", Fault::None)
-    ));
+    site.write_web(ProbeKind::Path, port, "v1", Fault::None);
     site.apply_ok();
-    site.write(&format!(
-        "{}{}",
-        site.header(),
-        site.web(ProbeKind::Path, port, 0, "v2", Fault::ExitNow)
-    ));
+    site.write_web(ProbeKind::Path, port, "v2", Fault::ExitNow);
     assert_eq!(site.apply().0, 4);
     let (code, out) = site.run(&["state", "show", "web"]);
     assert_eq!(code, 0, "{out}");
