@@ -177,20 +177,6 @@ pub fn socket_inodes(pid: u32) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Who listens on `port`: the pids holding a listening socket on it. Empty
-/// when nothing listens in this network namespace (or the holders cannot be
-/// read).
-pub fn listeners_of(port: u16) -> BTreeSet<u32> {
-    let inodes = listening_inodes(port);
-    if inodes.is_empty() {
-        return BTreeSet::new();
-    }
-    pids()
-        .into_iter()
-        .filter(|p| !socket_inodes(*p).is_disjoint(&inodes))
-        .collect()
-}
-
 /// Whether the process tree of `pid` holds a listening socket on `port`:
 /// `None` when no listening socket on it is visible at all.
 pub fn tree_listens(pid: u32, port: u16) -> Option<bool> {

@@ -73,7 +73,7 @@ impl PublishMode {
 async fn project_services(
     docker: &Docker,
     project: &str,
-) -> Result<Vec<bollard::models::Service>, bollard::errors::Error> {
+) -> Result<Vec<bollard::models::Service>, BackendError> {
     let mut filters = HashMap::new();
     filters.insert("label", vec![format!("{}={project}", marks::PROJECT)]);
     docker
@@ -83,6 +83,10 @@ async fn project_services(
                 .build(),
         ))
         .await
+        .map_err(|e| BackendError::Unavailable {
+            what: "the Swarm manager".into(),
+            message: message(&e),
+        })
 }
 
 /// The Swarm service of one service: `<project>_<service>`.
@@ -512,13 +516,7 @@ impl SwarmBackend {
         let name = overlay_name(project);
         let start = Instant::now();
         let removed = loop {
-            let services =
-                project_services(docker, project)
-                    .await
-                    .map_err(|e| BackendError::Unavailable {
-                        what: "the Swarm manager".into(),
-                        message: message(&e),
-                    })?;
+            let services = project_services(docker, project).await?;
             if !services.is_empty() {
                 return Ok(false);
             }
@@ -1183,13 +1181,7 @@ impl Backend for SwarmBackend {
 
     async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError> {
         let docker = self.api().await?;
-        let services =
-            project_services(docker, project)
-                .await
-                .map_err(|e| BackendError::Unavailable {
-                    what: "the Swarm manager".into(),
-                    message: message(&e),
-                })?;
+        let services = project_services(docker, project).await?;
         let mut found = Vec::new();
         for s in services {
             let spec = s.spec.unwrap_or_default();
