@@ -313,6 +313,18 @@ pub struct Resources {
     pub gpu_memory_mb: Option<u64>,
 }
 
+impl Resources {
+    /// `resources.cpu_cores` of a local process that declares none: a tenth
+    /// of a core, so that a handful of small services fits a 2-core CI runner
+    /// (a process runs without a CPU limit; this is only what `plan` counts).
+    pub const DEFAULT_PROCESS_CPU_CORES: f64 = 0.1;
+    /// `resources.cpu_cores` of a container that declares none; the engine
+    /// applies it as the container's limit.
+    pub const DEFAULT_CONTAINER_CPU_CORES: f64 = 0.5;
+    /// `resources.memory_mb` of a service that declares none.
+    pub const DEFAULT_MEMORY_MB: u64 = 256;
+}
+
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]

@@ -188,7 +188,12 @@ fn infeasible(p: &Plan) -> Failure {
                 Code::E004,
                 format!("the plan does not fit: {}", problems.join("; ")),
             )
-            .help("free capacity, lower the requests, or run with `--force` to apply anyway"),
+            .help({
+                let mut r: Vec<&str> = p.feasibility.problems.iter().map(|x| x.remedy()).collect();
+                r.dedup();
+                r.push("or run with `--force` to apply anyway");
+                r.join("; ")
+            }),
         ),
         exit::INFEASIBLE,
     )
@@ -705,7 +710,7 @@ pub fn rollback(ctx: &Context, args: &RollbackArgs) -> Result<u8, Failure> {
         refresh: true,
         ..Default::default()
     };
-    plan_and_apply_loaded(
+    let code = plan_and_apply_loaded(
         ctx,
         old,
         &scope,
@@ -714,7 +719,16 @@ pub fn rollback(ctx: &Context, args: &RollbackArgs) -> Result<u8, Failure> {
         false,
         false,
         "return to this revision",
-    )
+    )?;
+    if code == 0 && ctx.global.format != Format::Json && !ctx.global.quiet {
+        eprintln!(
+            "warning: `{}` still holds the newer configuration: the next `plan` proposes it again. Change the file to keep revision {} (`deploy-code state show --revision {}` shows what it ran).",
+            ctx.global.config.display(),
+            target.revision,
+            target.revision
+        );
+    }
+    Ok(code)
 }
 
 pub fn restart(ctx: &Context, args: &RestartArgs) -> Result<u8, Failure> {

@@ -1,7 +1,7 @@
 //! Renders the events of a run: a progress bar per phase on a terminal, plain
 //! timestamped lines otherwise, one JSON object per line with `--format json`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -26,6 +26,9 @@ pub struct Progress {
     inner: Mutex<Inner>,
     /// Actions under way, for the lines that say a gate is still waiting.
     waiting: Mutex<BTreeMap<String, Waiting>>,
+    /// The phases that start something (and so pass health gates); a phase
+    /// that only stops services is "done", not "healthy".
+    gated: Mutex<HashSet<usize>>,
 }
 
 /// An action under way: when it began, when a line last spoke of it, and
@@ -67,6 +70,18 @@ impl Progress {
                 current: 0,
             }),
             waiting: Mutex::new(BTreeMap::new()),
+            gated: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The word for a finished phase.
+    fn phase_word(&self, phase: usize, ok: bool) -> &'static str {
+        if !ok {
+            "failed"
+        } else if self.gated.lock().expect("progress lock").contains(&phase) {
+            "healthy"
+        } else {
+            "done"
         }
     }
 
@@ -98,7 +113,14 @@ impl Progress {
     fn track(&self, e: &Event) {
         let mut waiting = self.waiting.lock().expect("progress lock");
         match e {
-            Event::ActionStarted { service, .. } => {
+            Event::PhaseStarted { phase, .. } => {
+                self.inner.lock().expect("progress lock").current = *phase;
+            }
+            Event::ActionStarted { service, action } => {
+                if *action != Action::Destroy {
+                    let phase = self.inner.lock().expect("progress lock").current;
+                    self.gated.lock().expect("progress lock").insert(phase);
+                }
                 let now = Instant::now();
                 waiting.insert(
                     service.to_string(),
@@ -129,7 +151,7 @@ impl Progress {
     }
 
     /// A line for humans (plain mode), or `None` for events not worth a line.
-    pub fn line(e: &Event) -> Option<String> {
+    fn line(&self, e: &Event) -> Option<String> {
         Some(match e {
             Event::ApplyStarted {
                 revision,
@@ -171,7 +193,7 @@ impl Progress {
                 elapsed_ms,
             } => format!(
                 "phase {phase}: {} in {elapsed_ms} ms",
-                if *ok { "healthy" } else { "failed" }
+                self.phase_word(*phase, *ok)
             ),
             Event::RollbackStarted { steps } => format!("rolling back {steps} step(s)"),
             Event::RollbackStep {
@@ -210,7 +232,7 @@ impl Progress {
                 let _ = writeln!(out, "{v}");
             }
             Mode::Lines => {
-                if let Some(l) = Self::line(e) {
+                if let Some(l) = self.line(e) {
                     eprintln!("{} {l}", stamp());
                 }
             }
@@ -259,14 +281,14 @@ impl Progress {
                 if let Some(b) = inner.bars.get(phase) {
                     b.finish_with_message(format!(
                         "{} in {elapsed_ms} ms",
-                        if *ok { "healthy" } else { "failed" }
+                        self.phase_word(*phase, *ok)
                     ));
                 }
             }
             Event::Probe { .. } | Event::InstanceStarted { .. } | Event::InstanceStopped { .. } => {
             }
             other => {
-                if let Some(l) = Self::line(other) {
+                if let Some(l) = self.line(other) {
                     let _ = inner.multi.println(l);
                 }
             }

@@ -655,8 +655,12 @@ impl Lowering<'_> {
         positive("memory_mb", r.memory_mb.map(|v| v as f64), out);
         positive("gpu_memory_mb", r.gpu_memory_mb.map(|v| v as f64), out);
         let resources = Resources {
-            cpu_cores: r.cpu_cores.unwrap_or(0.5),
-            memory_mb: r.memory_mb.unwrap_or(256),
+            cpu_cores: r.cpu_cores.unwrap_or(if backend == BackendKind::Process {
+                Resources::DEFAULT_PROCESS_CPU_CORES
+            } else {
+                Resources::DEFAULT_CONTAINER_CPU_CORES
+            }),
+            memory_mb: r.memory_mb.unwrap_or(Resources::DEFAULT_MEMORY_MB),
             storage_gb: r.storage_gb.unwrap_or(0),
             gpu_count: r.gpu_count.unwrap_or(0),
             gpu_memory_mb: r.gpu_memory_mb,

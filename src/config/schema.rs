@@ -322,7 +322,7 @@ pub struct Service {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesDef {
-    /// Logical CPUs, fractions allowed: a finite number above 0. Default 0.5.
+    /// Logical CPUs, fractions allowed: a finite number above 0. Default 0.1 for a local process (only what `plan` counts: a process runs without a CPU limit), 0.5 for a container (applied as its limit).
     #[schemars(range(min = 0))]
     pub cpu_cores: Option<f64>,
     /// Memory in MB, 1 to 18446744073709551615. Default 256.

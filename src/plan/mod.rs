@@ -114,6 +114,25 @@ pub struct Problem {
     pub capacity: Option<f64>,
 }
 
+impl Problem {
+    /// What an operator can change about it, naming the keys and defaults.
+    pub fn remedy(&self) -> &'static str {
+        match self.dimension.as_str() {
+            "cpu" => {
+                "lower `resources.cpu_cores` of the services (default 0.1 for a local process, 0.5 for a container), or plan against a larger `--inventory`"
+            }
+            "memory" => {
+                "lower `resources.memory_mb` of the services (default 256), or plan against a larger `--inventory`"
+            }
+            "storage" => "lower `resources.storage_gb` of the services (default 0)",
+            "gpu" => "lower `resources.gpu_count`, or free a GPU",
+            "gpu_memory" => "lower `resources.gpu_memory_mb`, or free GPU memory",
+            "port" => "choose another `host_port`, or stop what holds the port",
+            _ => "free capacity or lower the requests",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Feasibility {
     pub feasible: bool,

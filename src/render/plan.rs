@@ -406,6 +406,11 @@ pub fn human(plan: &Plan, color: bool) -> String {
         for p in &f.problems {
             let _ = writeln!(out, "  x {}", p.message);
         }
+        let mut remedies: Vec<&str> = f.problems.iter().map(|p| p.remedy()).collect();
+        remedies.dedup();
+        for r in remedies {
+            let _ = writeln!(out, "  help: {r}");
+        }
     }
     out
 }
@@ -449,6 +454,12 @@ pub fn markdown(plan: &Plan) -> String {
         let _ = writeln!(out);
         for p in &f.problems {
             let _ = writeln!(out, "- {}", p.message);
+        }
+        let mut remedies: Vec<&str> = f.problems.iter().map(|p| p.remedy()).collect();
+        remedies.dedup();
+        let _ = writeln!(out);
+        for r in remedies {
+            let _ = writeln!(out, "_Help_: {r}.");
         }
     }
     if plan.has_changes() {

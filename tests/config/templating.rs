@@ -186,7 +186,10 @@ fn lowering_is_canonical() {
     );
     assert_eq!(api.env.keys().collect::<Vec<_>>(), ["A", "B"]);
     assert_eq!(api.env["A"].display(), "true");
-    assert_eq!(api.resources.cpu_cores, 0.5);
+    assert_eq!(
+        api.resources.cpu_cores, 0.1,
+        "a local process counts a tenth of a core"
+    );
     assert_eq!(api.replicas, 1);
     let again = load(doc).unwrap();
     assert_eq!(api.spec_hash(), again.desired.services["api"].spec_hash());

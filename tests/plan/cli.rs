@@ -304,6 +304,46 @@ fn an_infeasible_plan_exits_3_with_every_dimension() {
     ] {
         assert!(text.contains(dim), "{dim} missing in\n{text}");
     }
+    // Each exhausted dimension names the key that changes it, once.
+    assert!(
+        text.contains("help: lower `resources.cpu_cores` of the services (default 0.1 for a local process, 0.5 for a container)"),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("help: lower `resources.memory_mb`").count(),
+        1,
+        "{text}"
+    );
+}
+
+/// Four hello-world services that declare no resources fit a 2-core CI
+/// runner: a local process is counted at 0.1 core unless it says otherwise.
+#[test]
+fn four_services_without_resources_fit_a_two_core_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = String::from("version: \"1.0.0\"\nservices:\n");
+    for i in 0..4 {
+        yaml.push_str(&format!(
+            "  hello{i}:\n    command: sleep\n    args: [\"600\"]\n"
+        ));
+    }
+    std::fs::write(dir.path().join("deploy-code.yaml"), yaml).unwrap();
+    std::fs::write(
+        dir.path().join("runner.yaml"),
+        "name: ci-runner\ncpu_cores: 2\nmemory_mb: 7000\nstorage_gb: 14\n",
+    )
+    .unwrap();
+    let out = cargo_bin_cmd!("deploy-code")
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .env_remove("DEPLOY_CODE_STATE")
+        .env_remove("DEPLOY_CODE_CONFIG")
+        .args(["plan", "--inventory", "runner.yaml", "--detailed-exitcode"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("Feasibility: fits"), "{text}");
 }
 
 #[test]
