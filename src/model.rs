@@ -481,8 +481,10 @@ impl ServiceSpec {
 
     /// `sha256:<hex>` of the canonical JSON: the identity of this exact spec.
     pub fn spec_hash(&self) -> String {
-        let bytes = serde_json::to_vec(&self.canonical()).expect("JSON always serializes");
-        format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+        // The same bytes as `canonical()` written out, streamed into the hash.
+        let mut h = Sha256::new();
+        serde_json::to_writer(&mut h, self).expect("a ServiceSpec always serializes");
+        format!("sha256:{}", hex::encode(h.finalize()))
     }
 
     /// Recomputes every sensitive digest under `key` (see [`Sensitive::rekey`]).

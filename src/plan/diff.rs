@@ -95,11 +95,128 @@ fn prune(v: &Value) -> Value {
 }
 
 fn yaml_lines(v: &Value) -> String {
-    let mut s = serde_yaml::to_string(&prune(v)).unwrap_or_default();
+    let pruned = prune(v);
+    if let Some(s) = fast_yaml(&pruned) {
+        return s;
+    }
+    let mut s = serde_yaml::to_string(&pruned).unwrap_or_default();
     if !s.ends_with('\n') {
         s.push('\n');
     }
     s
+}
+
+/// The block YAML `serde_yaml` writes for a spec, written directly: plans of
+/// thousands of services render every created spec, and the emitter of
+/// `serde_yaml` dominated their time. Only the shapes a spec has (maps of
+/// scalars, lists and maps, lists of scalars and maps) and scalars whose
+/// style is certain are written here; anything else returns `None`, and the
+/// caller uses `serde_yaml`. A test holds the two to the same bytes.
+fn fast_yaml(v: &Value) -> Option<String> {
+    let Value::Object(m) = v else {
+        return None;
+    };
+    let mut out = String::with_capacity(256);
+    if m.is_empty() {
+        return None;
+    }
+    fast_map(m, 0, &mut out)?;
+    Some(out)
+}
+
+fn fast_map(m: &Map<String, Value>, indent: usize, out: &mut String) -> Option<()> {
+    for (i, (k, x)) in m.iter().enumerate() {
+        if i > 0 {
+            out.extend(std::iter::repeat_n(' ', indent));
+        }
+        fast_scalar_str(k, out)?;
+        out.push(':');
+        match x {
+            Value::Object(o) if o.is_empty() => out.push_str(" {}\n"),
+            Value::Array(a) if a.is_empty() => out.push_str(" []\n"),
+            Value::Object(o) => {
+                out.push('\n');
+                out.extend(std::iter::repeat_n(' ', indent + 2));
+                fast_map(o, indent + 2, out)?;
+            }
+            Value::Array(a) => {
+                out.push('\n');
+                fast_seq(a, indent, out)?;
+            }
+            scalar => {
+                out.push(' ');
+                fast_scalar(scalar, out)?;
+                out.push('\n');
+            }
+        }
+    }
+    Some(())
+}
+
+fn fast_seq(a: &[Value], indent: usize, out: &mut String) -> Option<()> {
+    for x in a {
+        out.extend(std::iter::repeat_n(' ', indent));
+        out.push_str("- ");
+        match x {
+            Value::Object(o) if !o.is_empty() => fast_map(o, indent + 2, out)?,
+            Value::Object(_) | Value::Array(_) => return None,
+            scalar => {
+                fast_scalar(scalar, out)?;
+                out.push('\n');
+            }
+        }
+    }
+    Some(())
+}
+
+fn fast_scalar(v: &Value, out: &mut String) -> Option<()> {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) if n.is_f64() => {
+            // `serde_yaml` writes exponents without `+`: 2.5e20, 1e-7.
+            let text = n.to_string();
+            out.push_str(&text.replace("e+", "e"));
+        }
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => fast_scalar_str(s, out)?,
+        _ => return None,
+    }
+    Some(())
+}
+
+/// A string `serde_yaml` writes plain (a letter, `_`, `/`, `-` and a letter,
+/// or `--` first, then letters, digits and `_ . / -`), or one it quotes
+/// because it would read back as an integer, a boolean or null; `None` for
+/// anything else.
+fn fast_scalar_str(s: &str, out: &mut String) -> Option<()> {
+    let b = s.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'/' | b'-');
+    // What `serde_yaml` would read back as a number, a boolean or null, it quotes.
+    let reads_as_other = (!b.is_empty() && b.iter().all(u8::is_ascii_digit))
+        || matches!(
+            s,
+            "true" | "True" | "TRUE" | "false" | "False" | "FALSE" | "null" | "Null" | "NULL"
+        );
+    if reads_as_other {
+        out.push('\'');
+        out.push_str(s);
+        out.push('\'');
+        return Some(());
+    }
+    // `--flag` and `-f` are plain; `-`, `-1` and `-.5` are not.
+    let first = match b {
+        [b'-', b'-', ..] => true,
+        [b'-', c, ..] => c.is_ascii_alphabetic(),
+        [c, ..] => c.is_ascii_alphabetic() || *c == b'_' || *c == b'/',
+        [] => false,
+    };
+    let plain = first && b.iter().all(|c| word(*c));
+    if !plain {
+        return None;
+    }
+    out.push_str(s);
+    Some(())
 }
 
 /// The line diff between two specs: changed lines with `context` lines of
@@ -110,13 +227,21 @@ pub fn spec_diff(
     after: Option<&ServiceSpec>,
     context: usize,
 ) -> Vec<DiffLine> {
+    let one_side = |tag: char, text: String| {
+        text.lines()
+            .map(|l| DiffLine {
+                tag,
+                text: l.to_owned(),
+            })
+            .collect()
+    };
     let (old, new) = match (before, after) {
         (Some(b), Some(a)) => {
             let (b, a) = redacted_pair(b, a);
             (yaml_lines(&b), yaml_lines(&a))
         }
-        (None, Some(a)) => (String::new(), yaml_lines(&redacted(a))),
-        (Some(b), None) => (yaml_lines(&redacted(b)), String::new()),
+        (None, Some(a)) => return one_side('+', yaml_lines(&redacted(a))),
+        (Some(b), None) => return one_side('-', yaml_lines(&redacted(b))),
         (None, None) => return Vec::new(),
     };
     let diff = TextDiff::from_lines(&old, &new);
@@ -143,4 +268,52 @@ pub fn spec_diff(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The direct emitter writes exactly what `serde_yaml` writes, or declines.
+    #[test]
+    fn the_fast_emitter_matches_serde_yaml_or_declines() {
+        let strings = [
+            "server", "--port", "20000", "0123", "0", "true", "True", "yes", "No", "null", "~",
+            "1.5", "1e3", "0x10", ".inf", "a b", "a: b", "#x", "-", "- a", "", "/usr/bin/x",
+            "x.y-z_1", "café", "line\nbreak", "'q'", "\"d\"", "a#b", "-1", "+1", "Y", "on",
+            "production", "_x", "http://x:1/", "8080/tcp", "12345678901234567890123", "--",
+            "-p", "-x-", "-.5", "--port=1", "-1e3", "no", "off", "y", "NO", "nan", "Inf", "tRUE",
+            "FALSE", "Null", "NULL", "nULL", "False",
+        ];
+        let mut docs = Vec::new();
+        for s in strings {
+            docs.push(json!({ "command": s, "args": [s, "x"], "env": { "K": s } }));
+            docs.push(json!({ s: 1 }));
+        }
+        docs.push(json!({
+            "name": "svc-1", "replicas": 3, "cpu": 0.25, "neg": -4, "on": true, "n": null,
+            "ports": [{ "container_port": 8080, "host_port": 18080, "protocol": "tcp" }],
+            "health": { "endpoint": "/health", "interval": { "secs": 30 }, "none": {}, "list": [] },
+            "nested": [[1, 2]], "deep": { "a": { "b": ["c", { "d": "e" }] } }
+        }));
+        let spec_like = json!({
+            "name": "svc-1", "replicas": 3, "cpu_cores": 0.001, "memory_mb": 256,
+            "floats": [0.001, 1.0, 1e-7, 2.5e20, 0.1, -3.5, 1e300, 123456789.125],
+            "args": ["--port", "20000"], "env": { "MODE": "production" },
+            "ports": [{ "container_port": 8080, "host_port": 18080, "protocol": "tcp" }],
+            "restart": "no"
+        });
+        assert!(fast_yaml(&spec_like).is_some(), "a typical spec takes the fast path");
+        docs.push(spec_like);
+        let mut fast = 0;
+        for d in &docs {
+            let slow = serde_yaml::to_string(d).unwrap();
+            if let Some(f) = fast_yaml(d) {
+                fast += 1;
+                assert_eq!(f, slow, "for {d}");
+            }
+        }
+        assert!(fast >= 20, "the fast path took only {fast} documents");
+    }
 }

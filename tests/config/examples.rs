@@ -39,6 +39,20 @@ fn every_example_validates() {
     assert!(seen >= 2, "examples missing");
 }
 
+/// A spec's hash is the SHA-256 of its canonical JSON (streamed, not built
+/// as a value first): the hashes recorded by earlier versions stay valid.
+#[test]
+fn spec_hashes_are_the_digest_of_the_canonical_json() {
+    use sha2::{Digest, Sha256};
+    let loaded = load_file(Path::new("examples/platform/deploy-code.yaml"), &platform_env());
+    assert!(loaded.desired.services.len() > 5);
+    for spec in loaded.desired.services.values() {
+        let bytes = serde_json::to_vec(&spec.canonical()).unwrap();
+        let expected = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        assert_eq!(spec.spec_hash(), expected, "{}", spec.name);
+    }
+}
+
 #[test]
 fn every_seed_configuration_validates() {
     let mut seen = 0;
