@@ -1,8 +1,17 @@
 //! The writable store: create or migrate, lock, and record every change.
 //!
-//! Every write runs in a `BEGIN IMMEDIATE` transaction with `synchronous=FULL`
-//! in WAL mode, checks that this process still holds the lock and raises the
-//! serial by one. Reads ([`load_snapshot`], [`history`], …) open the file
+//! Every write runs in a `BEGIN IMMEDIATE` transaction in WAL mode, checks
+//! that this process still holds the lock and raises the serial by one.
+//!
+//! Durability comes in two kinds ([`Durability`]). A deployment's start and
+//! end, every intent (written before its side effect) and every maintenance
+//! write commit with `synchronous=FULL`: the WAL is synced before the commit
+//! returns. The records that follow a side effect (service rows, closed
+//! intents, audit events) commit with `synchronous=NORMAL`: they survive the
+//! process being killed at once (they are in the WAL), and the next durable
+//! commit syncs them with it, since the WAL is written in order. A power loss
+//! can lose only a suffix of such records, never one without the intent
+//! before it, and the intent journal tells the next run what to reconcile. Reads ([`load_snapshot`], [`history`], …) open the file
 //! read-only and never write, lock or migrate.
 
 use std::fs;
@@ -776,6 +785,16 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), StateError> {
     Ok(())
 }
 
+/// How a write is committed (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// Synced before the commit returns (`synchronous=FULL`).
+    Synced,
+    /// In the WAL when the commit returns, synced by the next synced commit
+    /// (`synchronous=NORMAL`).
+    Ordered,
+}
+
 /// An open, locked, migrated state file. Dropping it releases the lock.
 pub struct Store {
     path: PathBuf,
@@ -784,6 +803,8 @@ pub struct Store {
     start_time: Option<u64>,
     /// Whether this store took the lock (and so releases it when dropped).
     locked: bool,
+    /// The `synchronous` setting the connection has now.
+    durability: Durability,
 }
 
 impl std::fmt::Debug for Store {
@@ -808,6 +829,7 @@ impl Store {
             holder: holder.clone(),
             start_time: process_start_time(holder.pid),
             locked: false,
+            durability: Durability::Synced,
         };
         store.acquire(lock_timeout)?;
         Ok(store)
@@ -903,8 +925,27 @@ impl Store {
         op: &'static str,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
     ) -> Result<T, StateError> {
+        self.write_as(Durability::Synced, op, f)
+    }
+
+    fn write_as<T>(
+        &mut self,
+        durability: Durability,
+        op: &'static str,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StateError> {
         let path = self.path.clone();
         let e = |op| StateError::sql(op, &path);
+        if durability != self.durability {
+            let mode = match durability {
+                Durability::Synced => "FULL",
+                Durability::Ordered => "NORMAL",
+            };
+            self.conn
+                .pragma_update(None, "synchronous", mode)
+                .map_err(e(op))?;
+            self.durability = durability;
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1052,7 +1093,7 @@ impl Store {
         detail: &serde_json::Value,
     ) -> Result<(), StateError> {
         let detail = crate::redact::text(&detail.to_string()).into_owned();
-        self.write("close an intent in", |tx| {
+        self.write_as(Durability::Ordered, "close an intent in", |tx| {
             tx.execute(
                 "UPDATE intents SET closed_at = ?2, outcome = ?3, result = ?4 WHERE id = ?1",
                 params![id, now_rfc3339(), outcome, detail],
@@ -1068,7 +1109,7 @@ impl Store {
 
     /// Inserts or replaces several service records in one transaction (one commit).
     pub fn put_services(&mut self, records: &[ServiceRecord]) -> Result<(), StateError> {
-        self.write("record a service in", |tx| {
+        self.write_as(Durability::Ordered, "record a service in", |tx| {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO services (name, spec, spec_hash, backend, handles, status, \
                  gpus, revision, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -1097,7 +1138,7 @@ impl Store {
     }
 
     pub fn remove_service(&mut self, name: &ServiceName) -> Result<(), StateError> {
-        self.write("remove a service from", |tx| {
+        self.write_as(Durability::Ordered, "remove a service from", |tx| {
             tx.execute("DELETE FROM services WHERE name = ?1", [name.as_str()])?;
             Ok(())
         })
@@ -1112,7 +1153,7 @@ impl Store {
         message: &str,
     ) -> Result<(), StateError> {
         let message = crate::redact::text(message);
-        self.write("record an event in", |tx| {
+        self.write_as(Durability::Ordered, "record an event in", |tx| {
             tx.execute(
                 "INSERT INTO events (revision, at, service, kind, outcome, message) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -1213,6 +1254,10 @@ impl Drop for Store {
     fn drop(&mut self) {
         if !self.locked {
             return;
+        }
+        // The release is synced, and with it every ordered write before it.
+        if self.durability != Durability::Synced {
+            let _ = self.conn.pragma_update(None, "synchronous", "FULL");
         }
         let released = self.conn.execute(
             "DELETE FROM lock WHERE id = 1 AND host = ?1 AND pid = ?2",
