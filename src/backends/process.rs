@@ -139,7 +139,10 @@ impl ProcessBackend {
 
         let mut env: Vec<(String, String)> = Vec::with_capacity(spec.env.len() + 1);
         for (k, v) in &spec.env {
-            env.push((k.clone(), expose(v, &service, &format!("env.{k}"))?.to_owned()));
+            env.push((
+                k.clone(),
+                expose(v, &service, &format!("env.{k}"))?.to_owned(),
+            ));
         }
         if !ctx.gpus.is_empty() {
             let ids: Vec<String> = ctx.gpus.iter().map(|g| g.index.to_string()).collect();
@@ -149,14 +152,18 @@ impl ProcessBackend {
         let monitored = spec.restart_settings.is_some();
         let mut cmd = if monitored {
             let monitor = super::logwriter::program().ok_or_else(|| {
-                start_failed("the `deploy-code` binary that monitors the process was not found".into())
+                start_failed(
+                    "the `deploy-code` binary that monitors the process was not found".into(),
+                )
             })?;
             let mut cmd = Command::new(monitor);
             cmd.arg(crate::monitor::ARG).stdin(Stdio::piped());
             cmd
         } else {
             let mut cmd = Command::new(program);
-            cmd.args(&argv).stdin(Stdio::null()).envs(env.iter().map(|(k, v)| (k, v)));
+            cmd.args(&argv)
+                .stdin(Stdio::null())
+                .envs(env.iter().map(|(k, v)| (k, v)));
             cmd
         };
         cmd.current_dir(&cwd).stdout(out).stderr(err);
@@ -201,7 +208,9 @@ impl ProcessBackend {
             if !matches!(sent, Some(Ok(()))) {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(start_failed("the monitor could not be given its instance".into()));
+                return Err(start_failed(
+                    "the monitor could not be given its instance".into(),
+                ));
             }
         }
         let pid = child.id();

@@ -83,9 +83,8 @@ impl MonitorView {
                     .map(|t| format!(" (until {t})"))
                     .unwrap_or_default()
             )),
-            "circuit-open" => parts.push(
-                "circuit open: restarted by the next apply or `deploy-code restart`".into(),
-            ),
+            "circuit-open" => parts
+                .push("circuit open: restarted by the next apply or `deploy-code restart`".into()),
             _ => parts.push(format!("next back-off {} ms", self.backoff_ms)),
         }
         parts.join(", ")
@@ -134,7 +133,8 @@ fn handle_view(h: &Handle, l: &Liveness) -> InstanceView {
             start_time,
             log_path,
         } => {
-            let monitor = crate::monitor::status_of(std::path::Path::new(log_path), *pid, *start_time);
+            let monitor =
+                crate::monitor::status_of(std::path::Path::new(log_path), *pid, *start_time);
             let state = match monitor.as_ref().map(|m| m.state) {
                 Some(crate::monitor::MonitorState::CircuitOpen) => "failed (circuit open)".into(),
                 Some(crate::monitor::MonitorState::BackingOff) if *l == Liveness::Running => {

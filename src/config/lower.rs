@@ -937,7 +937,9 @@ fn restart_settings(
         && !(m.is_finite() && m >= 1.0)
     {
         out.push(invalid(
-            format!("`restart.multiplier` of `{sname}` is {m}: it must be a finite number of 1 or more"),
+            format!(
+                "`restart.multiplier` of `{sname}` is {m}: it must be a finite number of 1 or more"
+            ),
             tuned_span("multiplier"),
             "write 2 to double each pause, or 1 for a constant pause",
         ));

@@ -206,12 +206,74 @@ pub fn status_of(log_path: &Path, pid: u32, start_time: u64) -> Option<MonitorSt
         .filter(|s| s.monitor_pid == pid && s.monitor_start_time == start_time)
 }
 
+/// The restarts the monitors of a service's recorded instances made, as
+/// events (kind `restart`, id 0: they live in the monitors' status files, not
+/// in the state, which a monitor never writes while an apply may hold it).
+pub fn restart_events(r: &crate::state::ServiceRecord) -> Vec<crate::state::Event> {
+    let mut out = Vec::new();
+    for h in &r.handles {
+        let crate::state::Handle::Process {
+            pid,
+            start_time,
+            log_path,
+            replica,
+        } = h
+        else {
+            continue;
+        };
+        let Some(status) = status_of(Path::new(log_path), *pid, *start_time) else {
+            continue;
+        };
+        for rec in &status.recent {
+            out.push(crate::state::Event {
+                id: 0,
+                revision: status.revision,
+                at: rec.at.clone(),
+                service: Some(r.name.clone()),
+                kind: "restart".into(),
+                outcome: "succeeded".into(),
+                message: format!(
+                    "replica {replica}: restart {} after {}, {} ms back-off",
+                    rec.restart, rec.after, rec.delay_ms
+                ),
+            });
+        }
+        if status.state == MonitorState::CircuitOpen
+            && let Some(exit) = &status.last_exit
+        {
+            out.push(crate::state::Event {
+                id: 0,
+                revision: status.revision,
+                at: exit.at.clone(),
+                service: Some(r.name.clone()),
+                kind: "restart".into(),
+                outcome: "failed".into(),
+                message: format!(
+                    "replica {replica}: circuit open after {}: more than {} restarts within {} s",
+                    exit.describe(),
+                    r.spec
+                        .restart_settings
+                        .as_ref()
+                        .map_or(0, |s| s.max_restarts),
+                    r.spec
+                        .restart_settings
+                        .as_ref()
+                        .map_or(0, |s| s.window_seconds)
+                ),
+            });
+        }
+    }
+    out
+}
+
 /// Replaces `path` with `status` atomically: a reader sees the old file or
 /// the new one, never a part.
 fn write_status(path: &Path, status: &MonitorStatus) -> std::io::Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("monitor"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("monitor"),
         std::process::id()
     ));
     let bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;

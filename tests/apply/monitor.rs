@@ -10,10 +10,12 @@ use std::time::Duration;
 use deploy_code::monitor::{MonitorState, MonitorStatus, read_status};
 
 use crate::common::*;
-use crate::verdict::{Site, serves, server_script, wait_until};
+use crate::verdict::{Site, server_script, serves, wait_until};
 
 fn status_file(site: &Site) -> PathBuf {
-    site.dir.path().join(".deploy-code/logs/web.log.monitor.json")
+    site.dir
+        .path()
+        .join(".deploy-code/logs/web.log.monitor.json")
 }
 
 /// The status the monitor of `web` writes, once it says `cond`.
@@ -61,7 +63,11 @@ fn a_killed_process_is_restarted_with_backoff() {
     site.assert_consistent("after apply");
     let first = wait_status(&site, "first start", |s| s.child_pid.is_some());
     let monitor = first.monitor_pid;
-    assert_eq!(site.recorded()[0].1, monitor, "the state records the monitor");
+    assert_eq!(
+        site.recorded()[0].1,
+        monitor,
+        "the state records the monitor"
+    );
     let mut child = first.child_pid.unwrap();
     for n in 1..=3u32 {
         assert_eq!(serves(port).as_deref(), Some("version=v1"));
@@ -158,6 +164,34 @@ fn the_circuit_opens_and_the_next_apply_closes_it() {
     );
     let (_, out) = site.run(&["status"]);
     assert!(out.contains("failed (circuit open)"), "{out}");
+    let (code, metrics) = site.run(&["metrics"]);
+    assert_eq!(code, 0, "{metrics}");
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains("service=\"web\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        sample("deploy_code_service_restarts_total").as_deref(),
+        Some("3"),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample("deploy_code_service_circuit_open").as_deref(),
+        Some("1"),
+        "{metrics}"
+    );
+    let (code, events) = site.run(&["state", "show", "web"]);
+    assert_eq!(code, 0, "{events}");
+    for n in 1..=3 {
+        assert!(
+            events.contains(&format!("restart {n} after exit 3")),
+            "{events}"
+        );
+    }
+    assert!(events.contains("circuit open after exit 3"), "{events}");
     assert_eq!(site.plan_code(), 2, "plan sees the service down");
     site.apply_ok();
     let old = s.monitor_pid;

@@ -329,7 +329,8 @@ fn settings_without_effect_are_refused() {
         assert!(help.contains("exactly as `Hybrid`"), "{help}");
     }
     // A container's engine takes the policy, not a back-off.
-    let text = "services:\n  api:\n    image: x:1\n    restart: {policy: always, initial_delay_ms: 250}\n";
+    let text =
+        "services:\n  api:\n    image: x:1\n    restart: {policy: always, initial_delay_ms: 250}\n";
     let (code, message, help) = problem_at(text, "250");
     assert!(code.starts_with("S003"), "{code}");
     assert!(
@@ -342,9 +343,7 @@ fn settings_without_effect_are_refused() {
     let (_, message, help) = problem_at(&text, "9");
     assert!(message.contains("its restart policy is `no`"), "{message}");
     assert!(help.contains("policy: on-failure"), "{help}");
-    let text = format!(
-        "{SERVICE}    health_check: {{tcp: 80, restart_after_failures: 17}}\n"
-    );
+    let text = format!("{SERVICE}    health_check: {{tcp: 80, restart_after_failures: 17}}\n");
     let (_, message, _) = problem_at(&text, "17");
     assert!(
         message.contains("`health_check.restart_after_failures` has no effect on `api`"),
