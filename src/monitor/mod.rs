@@ -332,7 +332,7 @@ pub fn run() -> u8 {
     let launch: Launch = match serde_json::from_str(&line) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("deploy-code monitor: unreadable launch: {e}");
+            note(&format!("deploy-code monitor: unreadable launch: {e}"));
             return 2;
         }
     };
@@ -342,7 +342,7 @@ pub fn run() -> u8 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("deploy-code monitor: {e}");
+            note(&format!("deploy-code monitor: {e}"));
             return 2;
         }
     };
@@ -397,10 +397,10 @@ impl Monitor {
     fn save(&mut self) {
         self.status.updated_at = stamp(Duration::ZERO);
         if let Err(e) = write_status(&self.launch.status_path, &self.status) {
-            eprintln!(
+            note(&format!(
                 "deploy-code monitor: status file `{}`: {e}",
                 self.launch.status_path.display()
-            );
+            ));
         }
     }
 
@@ -432,18 +432,28 @@ impl Monitor {
     }
 
     fn header(&self, restart: u32, after: &str) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(
-            out,
+        note(&format!(
             "{} `{}` replica {}, revision {}, at {} (restart {restart} after {after})",
             crate::backends::process::INSTANCE_HEADER,
             self.launch.spec.name,
             self.launch.replica,
             self.launch.revision,
             stamp(Duration::ZERO)
-        );
-        let _ = out.flush();
+        ));
     }
+}
+
+/// Appends a line to the instance's log: the monitor's standard output is
+/// the log file (or the pipe to its redacting writer), as its child's is.
+fn note(line: &str) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a duplicate of our own descriptor 1, owned (and closed) by the File.
+    let fd = unsafe { libc::dup(1) };
+    if fd < 0 {
+        return;
+    }
+    let mut log = unsafe { std::fs::File::from_raw_fd(fd) };
+    let _ = writeln!(log, "{}", crate::redact::text(line));
 }
 
 /// Signals the child and every process of its tree.
@@ -470,6 +480,8 @@ async fn stop_child(
         return child.try_wait().ok().flatten();
     };
     signal_tree(pid, libc::SIGTERM);
+    // A stopped (hung) process acts on SIGTERM only once continued.
+    signal_tree(pid, libc::SIGCONT);
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(r) => r.ok(),
         Err(_) => {
@@ -561,10 +573,10 @@ async fn supervise(launch: Launch) -> End {
             RunEnd::Exited(exit) => exit,
         };
         let after = exit.describe();
-        eprintln!(
+        note(&format!(
             "--- deploy-code: `{}` replica {} ended: {after}",
             m.status.service, m.status.replica
-        );
+        ));
         m.status.last_exit = Some(exit.clone());
         if !restarts(policy, &exit) {
             m.status.state = MonitorState::Exited;
@@ -581,13 +593,13 @@ async fn supervise(launch: Launch) -> End {
             m.window.pop_front();
         }
         if m.window.len() >= m.settings.max_restarts as usize {
-            eprintln!(
+            note(&format!(
                 "--- deploy-code: `{}` replica {}: circuit open after {} restarts within {} s; restarted by the next apply or `deploy-code restart`",
                 m.status.service,
                 m.status.replica,
                 m.window.len(),
                 m.settings.window_seconds
-            );
+            ));
             m.status.state = MonitorState::CircuitOpen;
             m.status.next_start_at = None;
             m.save();
@@ -717,10 +729,10 @@ async fn run_child(
                 if let Some((_, n)) = probe_after
                     && m.status.probe_failures >= n
                 {
-                    eprintln!(
+                    note(&format!(
                         "--- deploy-code: `{}` replica {}: {n} failed probes in a row (last: {}); restarting it",
                         m.status.service, m.status.replica, out.detail
-                    );
+                    ));
                     let st = stop_child(&mut child, grace).await;
                     return RunEnd::Exited(exit_record(st, "unhealthy"));
                 }
