@@ -102,7 +102,7 @@ fn ok(port: u16) -> bool {
 
 fn httpd(name: &str, port: u16, dir: &Path, extra: &str) -> String {
     format!(
-        "  {name}:\n    command: /bin/busybox\n    args: [httpd, -f, -p, \"127.0.0.1:{port}\", -h, \"{}\"]\n    ports: [{{container_port: {port}}}]\n    health_check: {{endpoint: /, interval_seconds: 1, timeout_seconds: 1, retries: 2, restart_after_failures: 2}}\n{extra}",
+        "  {name}:\n    command: /bin/busybox\n    args: [httpd, -f, -p, \"127.0.0.1:{port}\", -h, \"{}\"]\n    ports: [{{container_port: {port}}}]\n    resources: {{cpu_cores: 0.05, memory_mb: 16}}\n    health_check: {{endpoint: /, interval_seconds: 1, timeout_seconds: 1, retries: 2, restart_after_failures: 2}}\n{extra}",
         dir.display()
     )
 }
@@ -192,10 +192,21 @@ fn children(pid: u32) -> Vec<u32> {
 fn backoff_schedule() {
     let site = Site::new("backoff");
     site.write(
-        "  web:\n    command: /bin/busybox\n    args: [sh, -c, \"sleep 0.05; exit 3\"]\n    restart: {policy: on-failure, initial_delay_ms: 100, multiplier: 2, max_delay_seconds: 2, max_restarts: 7, window_seconds: 120}\n",
+        "  web:\n    command: /bin/busybox\n    args: [sh, -c, \"sleep 0.05; exit 3\"]\n    restart: {policy: on-failure, initial_delay_ms: 100, multiplier: 2, max_delay_seconds: 4, max_restarts: 8, window_seconds: 120}\n",
     );
-    site.run(&["apply", "--auto-approve"]);
-    let monitor = site.status("web").unwrap().monitor_pid;
+    // Watch from the first start on, while `apply` still runs.
+    let mut apply = Command::new(BIN)
+        .current_dir(site.dir.path())
+        .args(["apply", "--auto-approve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut monitor = 0;
+    assert!(wait(Duration::from_secs(30), || {
+        monitor = site.status("web").map_or(0, |s| s.monitor_pid);
+        monitor != 0
+    }));
     // (pid, first seen, last seen) of each child, polled every millisecond.
     let mut seen: Vec<(u32, Instant, Instant)> = Vec::new();
     let end = Instant::now() + Duration::from_secs(30);
@@ -216,15 +227,19 @@ fn backoff_schedule() {
         }
         std::thread::sleep(Duration::from_micros(500));
     }
+    let _ = apply.wait();
     let status = site.status("web").unwrap();
     let configured: Vec<u64> = status.recent.iter().map(|r| r.delay_ms).collect();
+    // Should the first child be missed, pair the gaps seen with the last
+    // configured pauses.
+    let gaps: Vec<f64> = seen
+        .windows(2)
+        .map(|w| w[1].1.duration_since(w[0].2).as_secs_f64() * 1000.0)
+        .collect();
+    let skip = configured.len().saturating_sub(gaps.len());
     let mut worst: f64 = 0.0;
     let mut rows = Vec::new();
-    for (i, want) in configured.iter().enumerate() {
-        let (Some(prev), Some(next)) = (seen.get(i), seen.get(i + 1)) else {
-            break;
-        };
-        let gap = next.1.duration_since(prev.2).as_secs_f64() * 1000.0;
+    for (want, gap) in configured[skip..].iter().zip(&gaps) {
         let err = (gap - *want as f64) / *want as f64 * 100.0;
         worst = worst.max(err.abs());
         rows.push(format!("{want}->{gap:.1}"));
@@ -236,14 +251,14 @@ fn backoff_schedule() {
     );
 }
 
-fn rss_kb(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+/// A field of `/proc/<pid>/<file>` in kB (`VmRSS`, `RssAnon`, `Pss`).
+fn kb(pid: u32, file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn soak() {
@@ -269,13 +284,16 @@ fn soak() {
     let start = Instant::now();
     let mut next_fault = start + Duration::from_secs(10);
     let mut faults = 0usize;
-    let mut peak_rss = 0u64;
+    // Resident memory of each monitor: all of it (the binary's pages are
+    // shared by every monitor), its own (anonymous) pages, and its
+    // proportional share.
+    let (mut rss, mut anon, mut pss) = (0u64, 0u64, 0u64);
     while start.elapsed() < Duration::from_secs(seconds) {
         let round = Instant::now();
         if round >= next_fault {
             let victim = &names[faults % names.len()];
             if let Some(child) = site.status(victim).and_then(|s| s.child_pid) {
-                let sig = if faults % 2 == 0 {
+                let sig = if faults.is_multiple_of(2) {
                     libc::SIGKILL
                 } else {
                     libc::SIGSTOP
@@ -294,7 +312,9 @@ fn soak() {
                 e.0 += 1;
             }
             if let Some(s) = site.status(n) {
-                peak_rss = peak_rss.max(rss_kb(s.monitor_pid).unwrap_or(0));
+                rss = rss.max(kb(s.monitor_pid, "status", "VmRSS:"));
+                anon = anon.max(kb(s.monitor_pid, "status", "RssAnon:"));
+                pss = pss.max(kb(s.monitor_pid, "smaps_rollup", "Pss:"));
             }
         }
         std::thread::sleep(Duration::from_millis(100).saturating_sub(round.elapsed()));
@@ -317,10 +337,13 @@ fn soak() {
     let mean = faulted.iter().sum::<f64>() / faulted.len() as f64;
     println!(
         "soak ({seconds} s, 20 services, {faults} faults alternating SIGKILL/SIGSTOP every 10 s, probes every 100 ms): \
-         availability worst {:.2}% ({}), mean {mean:.3}%; restarts {restarts}; circuits opened {open}; peak monitor RSS {:.1} MB",
+         availability worst {:.2}% ({}), mean {mean:.3}%; restarts {restarts}; circuits opened {open}; \
+         per monitor, peak: RSS {:.1} MB, anonymous {:.1} MB, PSS {:.1} MB",
         worst.1,
         worst.0,
-        peak_rss as f64 / 1024.0
+        rss as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        pss as f64 / 1024.0
     );
 }
 
