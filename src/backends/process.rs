@@ -156,8 +156,13 @@ impl ProcessBackend {
                     "the `deploy-code` binary that monitors the process was not found".into(),
                 )
             })?;
+            // The monitor's own environment is its marks alone: the child's
+            // (this run's environment and the service's, secrets included)
+            // goes through its stdin with the rest of its launch.
             let mut cmd = Command::new(monitor);
-            cmd.arg(crate::monitor::ARG).stdin(Stdio::piped());
+            cmd.arg(crate::monitor::ARG)
+                .env_clear()
+                .stdin(Stdio::piped());
             cmd
         } else {
             let mut cmd = Command::new(program);
@@ -190,10 +195,13 @@ impl ProcessBackend {
         if monitored {
             // The monitor learns what to run through its stdin, so that the
             // secrets in it never touch a file or an argument list.
+            let inherited = std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .filter(|(k, _)| !spec.env.contains_key(k));
             let launch = crate::monitor::Launch {
                 program: program.to_owned(),
                 args: argv.iter().map(|a| (*a).to_owned()).collect(),
-                env,
+                env: inherited.chain(env).collect(),
                 cwd: cwd.clone(),
                 status_path: crate::monitor::status_path(&log_path),
                 replica,

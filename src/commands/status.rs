@@ -50,9 +50,11 @@ struct MonitorView {
     #[serde(skip_serializing_if = "Option::is_none")]
     next_start_at: Option<String>,
     circuit_open: bool,
-    /// The service process the monitor runs now.
+    /// The service process the monitor runs now, and its start time.
     #[serde(skip_serializing_if = "Option::is_none")]
     child_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    child_start_time: Option<u64>,
 }
 
 impl MonitorView {
@@ -65,6 +67,7 @@ impl MonitorView {
             next_start_at: m.next_start_at.clone(),
             circuit_open: m.state == crate::monitor::MonitorState::CircuitOpen,
             child_pid: m.child_pid,
+            child_start_time: m.child_start_time,
         }
     }
 
@@ -209,6 +212,15 @@ async fn views(backends: &Registry, snap: &Snapshot, probe: bool) -> Vec<Service
                 let l = b.liveness(h).await;
                 let mut view = handle_view(h, &l);
                 view.uptime_seconds = b.started_at(h).await.map(|t| now.saturating_sub(t));
+                // A monitored process is up since its child's last start.
+                if let Some(m) = &view.monitor {
+                    view.uptime_seconds = match (l == Liveness::Running, m.child_start_time) {
+                        (true, Some(t)) => {
+                            crate::procfs::started_at_epoch(t).map(|t| now.saturating_sub(t))
+                        }
+                        _ => None,
+                    };
+                }
                 if let Some(tasks) = b.replicas(h).await {
                     let replicas = r.spec.replicas;
                     if l == Liveness::Running && tasks.running < replicas {

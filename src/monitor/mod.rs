@@ -55,7 +55,9 @@ pub const RECENT: usize = 20;
 pub struct Launch {
     pub program: String,
     pub args: Vec<String>,
-    /// The service's environment (secrets included: this never touches a file).
+    /// The child's environment besides the marks: the starting run's own and
+    /// the service's (secrets included: this never touches a file, and the
+    /// monitor's own environment holds only the marks).
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
     pub status_path: PathBuf,

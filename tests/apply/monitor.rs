@@ -255,3 +255,58 @@ fn killing_the_monitor_stops_the_service() {
     assert_eq!(site.plan_code(), 2, "plan sees the service gone");
     site.teardown();
 }
+
+/// A monitored service given a secret: the monitor passes it to every
+/// restart of its child, its own arguments, environment and status file
+/// never hold it, and what the child prints of it is redacted in the log.
+#[test]
+fn the_monitor_keeps_secrets_out_of_its_files() {
+    const CANARY: &str = "canary-monitor-8c1f-plugh";
+    let site = Site::new("mon-secret");
+    site.write(&format!(
+        "{}  web:\n    command: /bin/busybox\n    args: [sh, -c, \"echo the token is $TOKEN; sleep 0.8; exit 3\"]\n    env: {{TOKEN: \"{{{{ secret('API_TOKEN') }}}}\"}}\n    restart: {{policy: on-failure, initial_delay_ms: 50, max_restarts: 2}}\n",
+        site.header()
+    ));
+    let (code, out) = site.run_with(&["apply", "--auto-approve"], &[("API_TOKEN", CANARY)]);
+    assert_eq!(code, 0, "{out}");
+    let running = wait_status(&site, "running", |s| s.child_pid.is_some());
+    let proc_text = |pid: u32, file: &str| {
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default())
+            .into_owned()
+    };
+    for file in ["cmdline", "environ"] {
+        assert!(
+            !proc_text(running.monitor_pid, file).contains(CANARY),
+            "the monitor's {file} holds the secret"
+        );
+    }
+    let s = wait_status(&site, "circuit", |s| s.state == MonitorState::CircuitOpen);
+    assert_eq!(s.restarts, 2);
+    let log = std::fs::read_to_string(site.dir.path().join(".deploy-code/logs/web.log")).unwrap();
+    assert_eq!(
+        log.matches("the token is (sensitive)").count(),
+        3,
+        "every run got the secret, redacted in the log:\n{log}"
+    );
+    let dir = site.dir.path().join(".deploy-code");
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+                assert!(!text.contains(CANARY), "{} holds the secret", p.display());
+            }
+        }
+    }
+    for args in [
+        vec!["status", "--format", "json"],
+        vec!["state", "show", "web"],
+    ] {
+        let (_, out) = site.run_with(&args, &[("API_TOKEN", CANARY)]);
+        assert!(!out.contains(CANARY), "{args:?}: {out}");
+    }
+    site.teardown();
+}
