@@ -705,7 +705,10 @@ pub fn observe_recorded(snapshot: &crate::state::Snapshot) -> crate::plan::Obser
         let mut seen = Vec::new();
         for h in &record.handles {
             let Handle::Process {
-                pid, start_time, ..
+                pid,
+                start_time,
+                log_path,
+                ..
             } = h
             else {
                 continue;
@@ -716,11 +719,19 @@ pub fn observe_recorded(snapshot: &crate::state::Snapshot) -> crate::plan::Obser
                 Some(_) => "missing",
                 None => "exited",
             };
+            // A monitor that gave up says why.
+            let detail = (state != "running")
+                .then(|| crate::monitor::status_of(Path::new(log_path), *pid, *start_time))
+                .flatten()
+                .map(|m| match &m.last_exit {
+                    Some(e) => format!("{}, last exit: {}", m.summary(), e.describe()),
+                    None => m.summary(),
+                });
             seen.push(crate::plan::ObservedInstance {
                 handle: h.clone(),
                 state: state.to_owned(),
                 spec_hash: None,
-                detail: None,
+                detail,
             });
         }
         if !seen.is_empty() {

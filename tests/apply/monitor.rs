@@ -193,6 +193,11 @@ fn the_circuit_opens_and_the_next_apply_closes_it() {
     }
     assert!(events.contains("circuit open after exit 3"), "{events}");
     assert_eq!(site.plan_code(), 2, "plan sees the service down");
+    let (_, plan) = site.run(&["plan"]);
+    assert!(
+        plan.contains("failed (circuit open), last exit: exit 3"),
+        "{plan}"
+    );
     site.apply_ok();
     let old = s.monitor_pid;
     // A new monitor with a closed circuit and a fresh back-off, which
