@@ -315,3 +315,23 @@ fn the_monitor_keeps_secrets_out_of_its_files() {
     }
     site.teardown();
 }
+
+/// `on-failure` leaves a clean exit alone: the monitor ends as its child
+/// did, and says so.
+#[test]
+fn on_failure_leaves_a_clean_exit_alone() {
+    let site = Site::new("mon-clean");
+    site.write(&format!(
+        "{}  web:\n    command: /bin/busybox\n    args: [sh, -c, \"sleep 1.5; exit 0\"]\n    restart: on-failure\n",
+        site.header()
+    ));
+    site.apply_ok();
+    let s = wait_status(&site, "exited", |s| s.state == MonitorState::Exited);
+    assert_eq!(s.restarts, 0);
+    assert_eq!(s.last_exit.as_ref().and_then(|e| e.code), Some(0));
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(s.monitor_pid)),
+        "the monitor ends with its child"
+    );
+    site.teardown();
+}
