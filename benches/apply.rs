@@ -59,6 +59,7 @@ fn service(name: &str, port: u16, delay_ms: u64, deps: Vec<ServiceName>, www: &s
             retries: 5,
             start_period_seconds: 0,
             min_healthy_seconds: 0,
+            restart_after_failures: None,
         }),
         ports: vec![PortSpec {
             container_port: port,
@@ -68,6 +69,7 @@ fn service(name: &str, port: u16, delay_ms: u64, deps: Vec<ServiceName>, www: &s
         }],
         volumes: Vec::new(),
         restart: RestartPolicy::No,
+        restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
     }

@@ -201,6 +201,7 @@ fn spec(name: &str) -> ServiceSpec {
         }],
         volumes: vec![],
         restart: RestartPolicy::No,
+        restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
     }

@@ -47,6 +47,7 @@ fn record(i: usize, key: &SecretKey) -> ServiceRecord {
         ports: Vec::new(),
         volumes: Vec::new(),
         restart: RestartPolicy::OnFailure,
+        restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
     };

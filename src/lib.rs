@@ -17,6 +17,7 @@ pub mod fsperm;
 pub mod inventory;
 pub mod metrics;
 pub mod model;
+pub mod monitor;
 pub mod net;
 pub mod plan;
 pub mod planfile;
@@ -35,6 +36,9 @@ where
     if args.get(1).is_some_and(|a| a == backends::logwriter::ARG) {
         let file = args.get(2).cloned().unwrap_or_default();
         return backends::logwriter::run(std::path::Path::new(&file));
+    }
+    if args.get(1).is_some_and(|a| a == monitor::ARG) {
+        return monitor::run();
     }
     cli::run(args)
 }

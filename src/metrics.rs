@@ -88,6 +88,22 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
+/// The status files of the monitors of a service's recorded instances.
+fn monitor_statuses(r: &crate::state::ServiceRecord) -> Vec<crate::monitor::MonitorStatus> {
+    r.handles
+        .iter()
+        .filter_map(|h| match h {
+            crate::state::Handle::Process {
+                pid,
+                start_time,
+                log_path,
+                ..
+            } => crate::monitor::status_of(std::path::Path::new(log_path), *pid, *start_time),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The exposition for one project: `history` is every deployment, newest first.
 pub fn exposition(project: &str, snapshot: &Snapshot, history: &[Deployment]) -> String {
     let mut w = Writer {
@@ -132,6 +148,44 @@ pub fn exposition(project: &str, snapshot: &Snapshot, history: &[Deployment]) ->
             ],
             ready,
         );
+    }
+
+    // Processes under a restart policy: what their monitors report.
+    let monitored: Vec<_> = snapshot
+        .services
+        .iter()
+        .filter(|(_, r)| r.spec.restart_settings.is_some())
+        .map(|(name, r)| (name, r, monitor_statuses(r)))
+        .collect();
+    if !monitored.is_empty() {
+        w.family(
+            "deploy_code_service_restarts_total",
+            "counter",
+            "Restarts of a process service by its monitors since the running monitors started (every replica).",
+        );
+        for (name, _, statuses) in &monitored {
+            let n: u64 = statuses.iter().map(|m| u64::from(m.restarts)).sum();
+            w.sample(
+                "deploy_code_service_restarts_total",
+                &[("service", name.as_str())],
+                n as f64,
+            );
+        }
+        w.family(
+            "deploy_code_service_circuit_open",
+            "gauge",
+            "1 when a replica's circuit breaker is open (not restarted until the next apply), else 0.",
+        );
+        for (name, _, statuses) in &monitored {
+            let open = statuses
+                .iter()
+                .any(|m| m.state == crate::monitor::MonitorState::CircuitOpen);
+            w.sample(
+                "deploy_code_service_circuit_open",
+                &[("service", name.as_str())],
+                if open { 1.0 } else { 0.0 },
+            );
+        }
     }
 
     w.family(

@@ -415,10 +415,46 @@ pub struct HealthCheck {
     /// it existed keep their hashes.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub min_healthy_seconds: u64,
+    /// For a process under a restart policy: consecutive failed probes of
+    /// the running instance after which its monitor restarts it (Nomad's
+    /// `check_restart`). Left out of the canonical form when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_after_failures: Option<u32>,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// How a process's monitor restarts it: exponential back-off that resets
+/// after a healthy run, and a circuit breaker (see `src/monitor/`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestartSettings {
+    /// The pause before the first restart, milliseconds.
+    pub initial_delay_ms: u64,
+    /// The longest pause between restarts, seconds.
+    pub max_delay_seconds: u64,
+    /// Each restart's pause is the previous one times this (at least 1).
+    pub multiplier: f64,
+    /// The back-off starts again from `initial_delay_ms` once an instance
+    /// has been running (and passing its health check) this long.
+    pub reset_after_seconds: u64,
+    /// Restarts allowed within `window_seconds`; one more opens the circuit.
+    pub max_restarts: u32,
+    pub window_seconds: u64,
+}
+
+impl Default for RestartSettings {
+    fn default() -> Self {
+        Self {
+            initial_delay_ms: 100,
+            max_delay_seconds: 30,
+            multiplier: 2.0,
+            reset_after_seconds: 10,
+            max_restarts: 5,
+            window_seconds: 60,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -463,6 +499,11 @@ pub struct ServiceSpec {
     pub volumes: Vec<VolumeSpec>,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// For a process with a restart policy other than `no`: how its monitor
+    /// restarts it. Left out of the canonical form otherwise, so that specs
+    /// recorded before it existed keep their hashes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_settings: Option<RestartSettings>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// For a container, the network it joins when that is not the project

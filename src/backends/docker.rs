@@ -1496,6 +1496,7 @@ mod tests {
                 },
             ],
             restart: RestartPolicy::OnFailure,
+            restart_settings: None,
             labels: BTreeMap::new(),
             network: None,
         }

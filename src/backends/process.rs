@@ -137,19 +137,41 @@ impl ProcessBackend {
             .output(spec, &log_path, log)
             .map_err(|e| start_failed(format!("log file `{}`: {e}", log_path.display())))?;
 
-        let mut cmd = Command::new(program);
-        cmd.args(argv)
-            .current_dir(&cwd)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        let mut env: Vec<(String, String)> = Vec::with_capacity(spec.env.len() + 1);
         for (k, v) in &spec.env {
-            cmd.env(k, expose(v, &service, &format!("env.{k}"))?);
+            env.push((
+                k.clone(),
+                expose(v, &service, &format!("env.{k}"))?.to_owned(),
+            ));
         }
         if !ctx.gpus.is_empty() {
             let ids: Vec<String> = ctx.gpus.iter().map(|g| g.index.to_string()).collect();
-            cmd.env("CUDA_VISIBLE_DEVICES", ids.join(","));
+            env.push(("CUDA_VISIBLE_DEVICES".into(), ids.join(",")));
         }
+        let shown = command.display();
+        let monitored = spec.restart_settings.is_some();
+        let mut cmd = if monitored {
+            let monitor = super::logwriter::program().ok_or_else(|| {
+                start_failed(
+                    "the `deploy-code` binary that monitors the process was not found".into(),
+                )
+            })?;
+            // The monitor's own environment is its marks alone: the child's
+            // (this run's environment and the service's, secrets included)
+            // goes through its stdin with the rest of its launch.
+            let mut cmd = Command::new(monitor);
+            cmd.arg(crate::monitor::ARG)
+                .env_clear()
+                .stdin(Stdio::piped());
+            cmd
+        } else {
+            let mut cmd = Command::new(program);
+            cmd.args(&argv)
+                .stdin(Stdio::null())
+                .envs(env.iter().map(|(k, v)| (k, v)));
+            cmd
+        };
+        cmd.current_dir(&cwd).stdout(out).stderr(err);
         cmd.env(marks::ENV_PROJECT, &ctx.project)
             .env(marks::ENV_SERVICE, &service)
             .env(marks::ENV_SPEC_HASH, spec.spec_hash())
@@ -158,8 +180,7 @@ impl ProcessBackend {
             .env(marks::ENV_REPLICA, replica.to_string())
             .env(marks::ENV_LOG, &log_path);
         detach(&mut cmd);
-        let shown = command.display();
-        let child = cmd.spawn().map_err(|e| {
+        let mut child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 BackendError::BinaryNotFound {
                     service: service.clone(),
@@ -171,6 +192,35 @@ impl ProcessBackend {
                 start_failed(format!("`{shown}` could not be started: {}", e.kind()))
             }
         })?;
+        if monitored {
+            // The monitor learns what to run through its stdin, so that the
+            // secrets in it never touch a file or an argument list.
+            let inherited = std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .filter(|(k, _)| !spec.env.contains_key(k));
+            let launch = crate::monitor::Launch {
+                program: program.to_owned(),
+                args: argv.iter().map(|a| (*a).to_owned()).collect(),
+                env: inherited.chain(env).collect(),
+                cwd: cwd.clone(),
+                status_path: crate::monitor::status_path(&log_path),
+                replica,
+                revision: ctx.revision,
+                spec: spec.clone(),
+                grace_seconds: crate::monitor::GRACE_SECONDS,
+            };
+            let sent = child.stdin.take().map(|mut pipe| {
+                let line = serde_json::to_string(&launch).map_err(std::io::Error::other)?;
+                writeln!(pipe, "{line}")
+            });
+            if !matches!(sent, Some(Ok(()))) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(start_failed(
+                    "the monitor could not be given its instance".into(),
+                ));
+            }
+        }
         let pid = child.id();
         let start_time = start_time(pid).unwrap_or(0);
         self.children
@@ -655,7 +705,10 @@ pub fn observe_recorded(snapshot: &crate::state::Snapshot) -> crate::plan::Obser
         let mut seen = Vec::new();
         for h in &record.handles {
             let Handle::Process {
-                pid, start_time, ..
+                pid,
+                start_time,
+                log_path,
+                ..
             } = h
             else {
                 continue;
@@ -666,11 +719,19 @@ pub fn observe_recorded(snapshot: &crate::state::Snapshot) -> crate::plan::Obser
                 Some(_) => "missing",
                 None => "exited",
             };
+            // A monitor that gave up says why.
+            let detail = (state != "running")
+                .then(|| crate::monitor::status_of(Path::new(log_path), *pid, *start_time))
+                .flatten()
+                .map(|m| match &m.last_exit {
+                    Some(e) => format!("{}, last exit: {}", m.summary(), e.describe()),
+                    None => m.summary(),
+                });
             seen.push(crate::plan::ObservedInstance {
                 handle: h.clone(),
                 state: state.to_owned(),
                 spec_hash: None,
-                detail: None,
+                detail,
             });
         }
         if !seen.is_empty() {

@@ -1248,6 +1248,7 @@ mod tests {
             }],
             volumes: vec![],
             restart: RestartPolicy::Always,
+            restart_settings: None,
             labels: BTreeMap::new(),
             network: None,
         }

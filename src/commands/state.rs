@@ -84,7 +84,11 @@ fn show(ctx: &Context, path: &Path, args: &StateShowArgs) -> Result<u8, Failure>
             }
             .into());
         };
-        let events = state::events(path, Some(&rec.name), RECENT_EVENTS)?;
+        let mut events = state::events(path, Some(&rec.name), RECENT_EVENTS)?;
+        events.extend(crate::monitor::restart_events(rec));
+        // Newest first; RFC 3339 UTC times order as text.
+        events.sort_by(|a, b| b.at.cmp(&a.at).then(b.id.cmp(&a.id)));
+        events.truncate(usize::try_from(RECENT_EVENTS).unwrap_or(usize::MAX));
         let doc = view::service_doc(&shown(path), rec, &events);
         return emit(ctx, StateDocument::Service(doc.clone()), || {
             view::service_human(&doc, ctx.color)

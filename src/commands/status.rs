@@ -32,6 +32,66 @@ struct InstanceView {
     /// Why replicas do not run, in the engine's words.
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
+    /// For a process under a restart policy: what its monitor reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    monitor: Option<MonitorView>,
+}
+
+/// What a process's monitor reports (see `crate::monitor`).
+#[derive(Serialize)]
+struct MonitorView {
+    /// running, backing-off, circuit-open, exited or stopped.
+    state: String,
+    restarts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_exit: Option<crate::monitor::ExitRecord>,
+    /// The back-off in force (while backing off) or that the next restart waits.
+    backoff_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_start_at: Option<String>,
+    circuit_open: bool,
+    /// The service process the monitor runs now, and its start time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    child_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    child_start_time: Option<u64>,
+}
+
+impl MonitorView {
+    fn of(m: &crate::monitor::MonitorStatus) -> Self {
+        MonitorView {
+            state: m.state.as_str().to_owned(),
+            restarts: m.restarts,
+            last_exit: m.last_exit.clone(),
+            backoff_ms: m.backoff_ms,
+            next_start_at: m.next_start_at.clone(),
+            circuit_open: m.state == crate::monitor::MonitorState::CircuitOpen,
+            child_pid: m.child_pid,
+            child_start_time: m.child_start_time,
+        }
+    }
+
+    /// One line for the human view.
+    fn line(&self) -> String {
+        let mut parts = vec![format!("restarts {}", self.restarts)];
+        if let Some(e) = &self.last_exit {
+            parts.push(format!("last exit: {} at {}", e.describe(), e.at));
+        }
+        match self.state.as_str() {
+            "backing-off" => parts.push(format!(
+                "backing off {} ms{}",
+                self.backoff_ms,
+                self.next_start_at
+                    .as_ref()
+                    .map(|t| format!(" (until {t})"))
+                    .unwrap_or_default()
+            )),
+            "circuit-open" => parts
+                .push("circuit open: restarted by the next apply or `deploy-code restart`".into()),
+            _ => parts.push(format!("next back-off {} ms", self.backoff_ms)),
+        }
+        parts.join(", ")
+    }
 }
 
 #[derive(Serialize)]
@@ -73,17 +133,29 @@ fn handle_view(h: &Handle, l: &Liveness) -> InstanceView {
         Handle::Process {
             replica,
             pid,
+            start_time,
             log_path,
-            ..
-        } => InstanceView {
-            replica: *replica,
-            id: format!("pid {pid}"),
-            uptime_seconds: None,
-            state,
-            log_path: Some(log_path.clone()),
-            tasks: None,
-            detail: None,
-        },
+        } => {
+            let monitor =
+                crate::monitor::status_of(std::path::Path::new(log_path), *pid, *start_time);
+            let state = match monitor.as_ref().map(|m| m.state) {
+                Some(crate::monitor::MonitorState::CircuitOpen) => "failed (circuit open)".into(),
+                Some(crate::monitor::MonitorState::BackingOff) if *l == Liveness::Running => {
+                    "backing-off".into()
+                }
+                _ => state,
+            };
+            InstanceView {
+                replica: *replica,
+                id: format!("pid {pid}"),
+                uptime_seconds: None,
+                state,
+                log_path: Some(log_path.clone()),
+                tasks: None,
+                detail: None,
+                monitor: monitor.as_ref().map(MonitorView::of),
+            }
+        }
         Handle::Container { replica, name, .. } => InstanceView {
             replica: *replica,
             id: format!("container {name}"),
@@ -92,6 +164,7 @@ fn handle_view(h: &Handle, l: &Liveness) -> InstanceView {
             log_path: None,
             tasks: None,
             detail: None,
+            monitor: None,
         },
         Handle::SwarmService { name, .. } => InstanceView {
             replica: 0,
@@ -101,6 +174,7 @@ fn handle_view(h: &Handle, l: &Liveness) -> InstanceView {
             log_path: None,
             tasks: None,
             detail: None,
+            monitor: None,
         },
     }
 }
@@ -138,6 +212,15 @@ async fn views(backends: &Registry, snap: &Snapshot, probe: bool) -> Vec<Service
                 let l = b.liveness(h).await;
                 let mut view = handle_view(h, &l);
                 view.uptime_seconds = b.started_at(h).await.map(|t| now.saturating_sub(t));
+                // A monitored process is up since its child's last start.
+                if let Some(m) = &view.monitor {
+                    view.uptime_seconds = match (l == Liveness::Running, m.child_start_time) {
+                        (true, Some(t)) => {
+                            crate::procfs::started_at_epoch(t).map(|t| now.saturating_sub(t))
+                        }
+                        _ => None,
+                    };
+                }
                 if let Some(tasks) = b.replicas(h).await {
                     let replicas = r.spec.replicas;
                     if l == Liveness::Running && tasks.running < replicas {
@@ -273,6 +356,11 @@ fn human(views: &[ServiceView], detailed: bool) -> String {
         for i in &v.instances {
             if let Some(d) = &i.detail {
                 lines.push(format!("    {}: {d}", i.id));
+            }
+            if let Some(m) = &i.monitor
+                && (m.restarts > 0 || m.state != "running")
+            {
+                lines.push(format!("    {}: {}", i.id, m.line()));
             }
         }
         if detailed {

@@ -711,26 +711,20 @@ impl Lowering<'_> {
             })
             .collect();
 
-        // Nothing restarts a local process between applies: a policy other
-        // than `no` would be accepted and ignored.
-        if backend == BackendKind::Process
-            && matches!(
-                def.restart,
-                Some(
-                    schema::Restart::OnFailure
-                        | schema::Restart::Always
-                        | schema::Restart::UnlessStopped
-                )
-            )
-        {
-            out.push(invalid(
-                format!(
-                    "`restart` has no effect on `{sname}`: nothing restarts a local process between applies"
-                ),
-                node.get("restart").map(|n| n.span.clone()),
-                "remove `restart` (or write `restart: no`), or run the service as a container (`image:`), whose engine applies the policy",
-            ));
-        }
+        let restart_policy = match def.restart.as_ref().and_then(schema::RestartDef::policy) {
+            Some(schema::Restart::OnFailure) => RestartPolicy::OnFailure,
+            Some(schema::Restart::Always) => RestartPolicy::Always,
+            Some(schema::Restart::UnlessStopped) => RestartPolicy::UnlessStopped,
+            Some(schema::Restart::No) | None => RestartPolicy::No,
+        };
+        let restart_settings = restart_settings(
+            def,
+            sname,
+            (backend, workload, restart_policy),
+            node,
+            &entry.key.span,
+            out,
+        );
         let health_check = def.health_check.as_ref().and_then(|h| {
             let hspan = key_span(node, "health_check");
             let count = [h.endpoint.is_some(), h.command.is_some(), h.tcp.is_some()]
@@ -798,6 +792,7 @@ impl Lowering<'_> {
                 retries: h.retries.unwrap_or(3),
                 start_period_seconds: h.start_period_seconds.unwrap_or(0),
                 min_healthy_seconds: h.min_healthy_seconds.unwrap_or(0),
+                restart_after_failures: h.restart_after_failures,
             })
         });
 
@@ -845,12 +840,8 @@ impl Lowering<'_> {
                     read_only: v.read_only.unwrap_or(false),
                 })
                 .collect(),
-            restart: match def.restart {
-                Some(schema::Restart::OnFailure) => RestartPolicy::OnFailure,
-                Some(schema::Restart::Always) => RestartPolicy::Always,
-                Some(schema::Restart::UnlessStopped) => RestartPolicy::UnlessStopped,
-                Some(schema::Restart::No) | None => RestartPolicy::No,
-            },
+            restart: restart_policy,
+            restart_settings,
             labels: def.labels.clone().unwrap_or_default(),
             network: match backend {
                 BackendKind::Process => None,
@@ -859,6 +850,117 @@ impl Lowering<'_> {
             },
         })
     }
+}
+
+/// The back-off and circuit breaker of a process under a restart policy,
+/// and the refusal of every restart setting that would have no effect: a
+/// policy on a one-shot task, back-off settings without a policy or on a
+/// container (whose engine applies only the policy), health-driven restarts
+/// without a policy or on a container.
+fn restart_settings(
+    def: &Service,
+    sname: &str,
+    (backend, workload, policy): (BackendKind, Workload, RestartPolicy),
+    node: &Node,
+    fallback: &Range<usize>,
+    out: &mut Vec<Problem>,
+) -> Option<crate::model::RestartSettings> {
+    let invalid = |msg: String, span: Option<Range<usize>>, help: &str| {
+        Problem::new(Kind::InvalidService, msg)
+            .label(span.unwrap_or_else(|| fallback.clone()), "here")
+            .help(help.to_owned())
+    };
+    let rnode = node.get("restart");
+    let policy_span = rnode.map(|n| n.get("policy").unwrap_or(n).span.clone());
+    let settings = match &def.restart {
+        Some(schema::RestartDef::Settings(s)) => Some(s),
+        _ => None,
+    };
+    let tuned = settings.and_then(|s| {
+        [
+            ("initial_delay_ms", s.initial_delay_ms.is_some()),
+            ("max_delay_seconds", s.max_delay_seconds.is_some()),
+            ("multiplier", s.multiplier.is_some()),
+            ("reset_after_seconds", s.reset_after_seconds.is_some()),
+            ("max_restarts", s.max_restarts.is_some()),
+            ("window_seconds", s.window_seconds.is_some()),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set)
+        .map(|(k, _)| k)
+    });
+    let tuned_span = |k: &str| rnode.and_then(|n| n.get(k)).map(|n| n.span.clone());
+    let raf = def
+        .health_check
+        .as_ref()
+        .and_then(|h| h.restart_after_failures);
+    let raf_span = node
+        .get("health_check")
+        .and_then(|h| h.get("restart_after_failures"))
+        .map(|n| n.span.clone());
+    let process = backend == BackendKind::Process;
+    if process && workload == Workload::Task && policy != RestartPolicy::No {
+        out.push(invalid(
+            format!("`restart` has no effect on `{sname}`: a one-shot task runs once"),
+            policy_span,
+            "remove `restart`, or make the service long-running (drop `oneshot`)",
+        ));
+        return None;
+    }
+    if let Some(k) = tuned {
+        if !process {
+            out.push(invalid(
+                format!("`restart.{k}` has no effect on `{sname}`: a container's engine applies only the restart policy"),
+                tuned_span(k),
+                "keep `restart: <policy>` for a container; back-off and circuit breaker apply to local processes",
+            ));
+        } else if policy == RestartPolicy::No {
+            out.push(invalid(
+                format!("`restart.{k}` has no effect on `{sname}`: its restart policy is `no`"),
+                tuned_span(k),
+                "add `policy: on-failure` (or `always`, `unless-stopped`) under `restart`, or remove the setting",
+            ));
+        }
+    }
+    if raf.is_some() {
+        if !process {
+            out.push(invalid(
+                format!("`health_check.restart_after_failures` has no effect on `{sname}`: health-driven restarts apply to local processes"),
+                raf_span.clone(),
+                "remove `restart_after_failures`; run the service as a local process (`command:`) for health-driven restarts",
+            ));
+        } else if policy == RestartPolicy::No {
+            out.push(invalid(
+                format!("`health_check.restart_after_failures` has no effect on `{sname}`: its restart policy is `no`"),
+                raf_span,
+                "add `restart: on-failure` (or `always`, `unless-stopped`), or remove `restart_after_failures`",
+            ));
+        }
+    }
+    if let Some(m) = settings.and_then(|s| s.multiplier)
+        && !(m.is_finite() && m >= 1.0)
+    {
+        out.push(invalid(
+            format!(
+                "`restart.multiplier` of `{sname}` is {m}: it must be a finite number of 1 or more"
+            ),
+            tuned_span("multiplier"),
+            "write 2 to double each pause, or 1 for a constant pause",
+        ));
+    }
+    if !process || policy == RestartPolicy::No {
+        return None;
+    }
+    let d = crate::model::RestartSettings::default();
+    let s = settings.cloned().unwrap_or_default();
+    Some(crate::model::RestartSettings {
+        initial_delay_ms: s.initial_delay_ms.unwrap_or(d.initial_delay_ms),
+        max_delay_seconds: s.max_delay_seconds.unwrap_or(d.max_delay_seconds),
+        multiplier: s.multiplier.unwrap_or(d.multiplier),
+        reset_after_seconds: s.reset_after_seconds.unwrap_or(d.reset_after_seconds),
+        max_restarts: s.max_restarts.unwrap_or(d.max_restarts),
+        window_seconds: s.window_seconds.unwrap_or(d.window_seconds),
+    })
 }
 
 fn unsupported(path: &str, value: &str, help: &str) -> Problem {

@@ -270,6 +270,48 @@ pub enum Restart {
     UnlessStopped,
 }
 
+/// `restart`: a policy, or a policy with its back-off and circuit breaker.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RestartDef {
+    Policy(Restart),
+    Settings(RestartSettingsDef),
+}
+
+impl RestartDef {
+    pub fn policy(&self) -> Option<Restart> {
+        match self {
+            RestartDef::Policy(p) => Some(*p),
+            RestartDef::Settings(s) => s.policy,
+        }
+    }
+}
+
+/// A restart policy with its back-off and circuit breaker. For a local
+/// process, its monitor applies them; a container's engine takes the policy only.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSettingsDef {
+    /// no, on-failure, always or unless-stopped. Default no.
+    pub policy: Option<Restart>,
+    /// Pause before the first restart, milliseconds. Default 100.
+    pub initial_delay_ms: Option<u64>,
+    /// Longest pause between restarts, seconds, at least 1. Default 30.
+    #[schemars(range(min = 1))]
+    pub max_delay_seconds: Option<u64>,
+    /// Each pause is the previous one times this, 1 or more. Default 2.
+    #[schemars(range(min = 1))]
+    pub multiplier: Option<f64>,
+    /// The back-off starts again once an instance has run (and passed its health check) this long, seconds. Default 10.
+    pub reset_after_seconds: Option<u64>,
+    /// Restarts allowed within `window_seconds`; one more opens the circuit (`failed (circuit open)`) until the next apply or `deploy-code restart`. At least 1. Default 5.
+    #[schemars(range(min = 1))]
+    pub max_restarts: Option<u32>,
+    /// The circuit breaker's window, seconds, at least 1. Default 60.
+    #[schemars(range(min = 1))]
+    pub window_seconds: Option<u64>,
+}
+
 /// An environment value: a string, a number or a boolean (written as text).
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
@@ -313,8 +355,8 @@ pub struct Service {
     pub health_check: Option<HealthCheckDef>,
     pub ports: Option<Vec<PortDef>>,
     pub volumes: Option<Vec<VolumeDef>>,
-    /// no, on-failure, always or unless-stopped, applied by the container engine. Default no. Refused on a local process, which nothing restarts between applies.
-    pub restart: Option<Restart>,
+    /// no, on-failure, always or unless-stopped (default no), or a map with `policy` and the back-off and circuit breaker of a local process (`initial_delay_ms`, `max_delay_seconds`, `multiplier`, `reset_after_seconds`, `max_restarts`, `window_seconds`). A local process is restarted by its monitor; a container by its engine.
+    pub restart: Option<RestartDef>,
     pub labels: Option<BTreeMap<String, String>>,
 }
 
@@ -361,6 +403,9 @@ pub struct HealthCheckDef {
     /// passing probe before its gate passes. Default 0 (liveness is checked
     /// after every passing probe all the same).
     pub min_healthy_seconds: Option<u64>,
+    /// For a local process with a restart policy other than `no`: consecutive failed probes of the running instance after which its monitor restarts it, at least 1. Default: never.
+    #[schemars(range(min = 1))]
+    pub restart_after_failures: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]

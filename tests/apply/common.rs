@@ -49,6 +49,7 @@ pub fn spec(service: &str, argv: &[&str]) -> ServiceSpec {
         ports: Vec::new(),
         volumes: Vec::new(),
         restart: RestartPolicy::No,
+        restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
     }
@@ -86,6 +87,7 @@ pub fn http_check(port: u16, interval: u64, retries: u32) -> HealthCheck {
         retries,
         start_period_seconds: 0,
         min_healthy_seconds: 0,
+        restart_after_failures: None,
     }
 }
 

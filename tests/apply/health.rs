@@ -119,6 +119,7 @@ async fn tcp_and_command_probes() {
         retries: 3,
         start_period_seconds: 0,
         min_healthy_seconds: 0,
+        restart_after_failures: None,
     });
     let handles = b
         .start(&s, &ctx(dir.path(), &project("tcp")))

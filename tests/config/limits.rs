@@ -318,7 +318,7 @@ fn apply_refuses_an_empty_configuration_destroy_does_not_need_services() {
 }
 
 /// A setting that would have no effect is refused, not silently accepted: a
-/// strategy that would run as `Hybrid`, a restart policy on a local process.
+/// strategy that would run as `Hybrid`, restart settings that nothing applies.
 #[test]
 fn settings_without_effect_are_refused() {
     for strategy in ["RollingUpdate", "BlueGreen"] {
@@ -328,15 +328,79 @@ fn settings_without_effect_are_refused() {
         assert!(message.contains("is not supported"), "{message}");
         assert!(help.contains("exactly as `Hybrid`"), "{help}");
     }
-    let text = format!("{SERVICE}    restart: always\n");
-    let (code, message, help) = problem_at(&text, "always");
+    // A container's engine takes the policy, not a back-off.
+    let text =
+        "services:\n  api:\n    image: x:1\n    restart: {policy: always, initial_delay_ms: 250}\n";
+    let (code, message, help) = problem_at(text, "250");
     assert!(code.starts_with("S003"), "{code}");
     assert!(
-        message.contains("`restart` has no effect on `api`"),
+        message.contains("`restart.initial_delay_ms` has no effect on `api`"),
         "{message}"
     );
-    assert!(help.contains("container"), "{help}");
-    // `restart: no` says what happens anyway; a container's policy is the engine's.
+    assert!(help.contains("local processes"), "{help}");
+    // A back-off without a policy, health-driven restarts without one.
+    let text = format!("{SERVICE}    restart: {{max_restarts: 9}}\n");
+    let (_, message, help) = problem_at(&text, "9");
+    assert!(message.contains("its restart policy is `no`"), "{message}");
+    assert!(help.contains("policy: on-failure"), "{help}");
+    let text = format!("{SERVICE}    health_check: {{tcp: 80, restart_after_failures: 17}}\n");
+    let (_, message, _) = problem_at(&text, "17");
+    assert!(
+        message.contains("`health_check.restart_after_failures` has no effect on `api`"),
+        "{message}"
+    );
+    let text = "services:\n  api:\n    image: x:1\n    restart: always\n    health_check: {tcp: 80, restart_after_failures: 17}\n";
+    let (_, message, _) = problem_at(text, "17");
+    assert!(message.contains("apply to local processes"), "{message}");
+    // A one-shot task runs once.
+    let text = format!("{SERVICE}    oneshot: true\n    restart: always\n");
+    let (_, message, _) = problem_at(&text, "always");
+    assert!(message.contains("a one-shot task runs once"), "{message}");
+    let text = format!("{SERVICE}    restart: {{policy: 1.5}}\n");
+    assert!(load(&text).is_err());
+    let text = format!("{SERVICE}    restart: {{policy: on-failure, multiplier: 0.5}}\n");
+    assert!(load(&text).is_err());
+    // What works is accepted: the policy on a process (its monitor applies
+    // it) and on a container (its engine does); `restart: no` says what
+    // happens anyway.
     assert!(load(&format!("{SERVICE}    restart: \"no\"\n")).is_ok());
+    assert!(load(&format!("{SERVICE}    restart: always\n")).is_ok());
     assert!(load("services:\n  api:\n    image: x:1\n    restart: always\n").is_ok());
+}
+
+/// `restart` as a map: every key lowers into the spec, defaults fill the rest.
+#[test]
+fn restart_settings_lower_into_the_spec() {
+    let text = format!(
+        "{SERVICE}    restart:\n      policy: on-failure\n      initial_delay_ms: 250\n      max_delay_seconds: 8\n      multiplier: 1.5\n      reset_after_seconds: 20\n      max_restarts: 4\n      window_seconds: 30\n    health_check: {{tcp: 80, restart_after_failures: 3}}\n"
+    );
+    let loaded = load(&text).unwrap();
+    let spec = loaded.desired.services.values().next().unwrap();
+    assert_eq!(spec.restart, deploy_code::model::RestartPolicy::OnFailure);
+    assert_eq!(
+        spec.restart_settings,
+        Some(deploy_code::model::RestartSettings {
+            initial_delay_ms: 250,
+            max_delay_seconds: 8,
+            multiplier: 1.5,
+            reset_after_seconds: 20,
+            max_restarts: 4,
+            window_seconds: 30,
+        })
+    );
+    assert_eq!(
+        spec.health_check.as_ref().unwrap().restart_after_failures,
+        Some(3)
+    );
+    let plain = load(&format!("{SERVICE}    restart: always\n")).unwrap();
+    let spec = plain.desired.services.values().next().unwrap();
+    assert_eq!(
+        spec.restart_settings,
+        Some(deploy_code::model::RestartSettings::default())
+    );
+    // Without a policy nothing is added: the spec (and its hash) stay as before.
+    let none = load(SERVICE).unwrap();
+    let spec = none.desired.services.values().next().unwrap();
+    assert_eq!(spec.restart_settings, None);
+    assert!(!spec.canonical().to_string().contains("restart_settings"));
 }

@@ -139,6 +139,7 @@ pub fn web(name: &str) -> ServiceSpec {
         }],
         volumes: vec![],
         restart: RestartPolicy::No,
+        restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
     }

@@ -42,6 +42,7 @@ pub fn spec(service: &str, deps: &[&str]) -> ServiceSpec {
         ports: Vec::new(),
         volumes: Vec::new(),
         restart: RestartPolicy::No,
+        restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
     }

@@ -45,6 +45,7 @@ pub fn spec(service: &str, key: &SecretKey, secret: Option<&str>) -> ServiceSpec
         ports: Vec::new(),
         volumes: Vec::new(),
         restart: RestartPolicy::No,
+        restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
     }

@@ -1,0 +1,798 @@
+//! The per-instance monitor of a local process under a restart policy (the
+//! pattern of podman's `conmon`: one small monitor per instance).
+//!
+//! `deploy-code __monitor` is started by the process backend in a session of
+//! its own and is the instance's recorded process (its pid and start time are
+//! the handle in the state); it reads what to run as one JSON line on stdin
+//! (so that secrets never touch a file), starts the service as its child and
+//! outlives the CLI. The child stays in the monitor's process group and gets
+//! `SIGKILL` when the monitor dies (`PR_SET_PDEATHSIG`), so that killing the
+//! monitor stops the service; a stopped monitor (`SIGTERM`) stops the child
+//! and restarts nothing. The child's exit is seen at once (`SIGCHLD` and
+//! `waitpid`, through tokio), not at a poll.
+//!
+//! On an exit the policy decides (`on-failure`: a non-zero exit, a signal or
+//! a health-driven kill; `always` and `unless-stopped`: every exit; nothing
+//! restarts an instance that `deploy-code` stopped). The pause before a
+//! restart is `initial_delay_ms × multiplier^n`, capped at
+//! `max_delay_seconds`, where `n` counts the restarts since the instance was
+//! last healthy for `reset_after_seconds` (running, and passing its health
+//! check when it has one). A restart that would be the `max_restarts + 1`-th
+//! within `window_seconds` opens the circuit: the monitor exits as its child
+//! did, the status says `circuit-open`, and the instance is started again only
+//! by the next apply or `deploy-code restart` (which see it exited).
+//!
+//! With `health_check.restart_after_failures`, the monitor probes the running
+//! child every `interval_seconds` (after `start_period_seconds`) with the
+//! gate's probes and their listener attribution, and restarts it (SIGTERM,
+//! SIGKILL after the grace) after that many consecutive failures.
+//!
+//! Everything `status`, `metrics` and `plan --refresh` show of it is in the
+//! status file beside the instance's log (`<log>.monitor.json`, see
+//! [`status_path`]), replaced atomically (write, then rename) at every change.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{RestartPolicy, RestartSettings, ServiceSpec};
+
+/// The hidden subcommand that runs a monitor.
+pub const ARG: &str = "__monitor";
+
+/// Seconds between SIGTERM and SIGKILL when a monitor stops its child for
+/// a health-driven restart or because it was stopped itself.
+pub const GRACE_SECONDS: u64 = 10;
+
+/// How many recent restarts a status file keeps.
+pub const RECENT: usize = 20;
+
+/// What a monitor runs, as the process backend hands it over on stdin.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Launch {
+    pub program: String,
+    pub args: Vec<String>,
+    /// The child's environment besides the marks: the starting run's own and
+    /// the service's (secrets included: this never touches a file, and the
+    /// monitor's own environment holds only the marks).
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub status_path: PathBuf,
+    pub replica: u32,
+    pub revision: u64,
+    /// The canonical spec (sensitive values as digests): policy, back-off,
+    /// health check and the ports the probes resolve against.
+    pub spec: ServiceSpec,
+    /// Seconds between SIGTERM and SIGKILL when the monitor stops its child.
+    pub grace_seconds: u64,
+}
+
+/// Where the monitor of the instance logging to `log_path` keeps its status.
+pub fn status_path(log_path: &Path) -> PathBuf {
+    let mut name = log_path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".monitor.json");
+    log_path.with_file_name(name)
+}
+
+/// What a monitor is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MonitorState {
+    /// The child runs.
+    Running,
+    /// The child exited; it is started again after the back-off.
+    BackingOff,
+    /// Too many restarts within the window: nothing is restarted until the
+    /// next apply or `deploy-code restart`.
+    CircuitOpen,
+    /// The child exited and the policy does not restart it.
+    Exited,
+    /// `deploy-code` stopped the instance.
+    Stopped,
+}
+
+impl MonitorState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MonitorState::Running => "running",
+            MonitorState::BackingOff => "backing-off",
+            MonitorState::CircuitOpen => "circuit-open",
+            MonitorState::Exited => "exited",
+            MonitorState::Stopped => "stopped",
+        }
+    }
+}
+
+/// How a child ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// `exited`, `killed`, `unhealthy` (a health-driven restart) or `spawn failed: ...`.
+    pub reason: String,
+}
+
+impl ExitRecord {
+    /// "exit 3", "signal 9", "unhealthy (signal 15)".
+    pub fn describe(&self) -> String {
+        let how = match (self.code, self.signal) {
+            (Some(c), _) => format!("exit {c}"),
+            (None, Some(s)) => format!("signal {s}"),
+            (None, None) => String::new(),
+        };
+        match self.reason.as_str() {
+            "exited" | "killed" => how,
+            r if how.is_empty() => r.to_owned(),
+            r => format!("{r} ({how})"),
+        }
+    }
+}
+
+/// One restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartRecord {
+    /// When the replacement started.
+    pub at: String,
+    /// The restart's number since the monitor started (1 for the first).
+    pub restart: u32,
+    /// Why: the exit it followed.
+    pub after: String,
+    /// The pause before it, milliseconds.
+    pub delay_ms: u64,
+}
+
+/// A monitor's status file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MonitorStatus {
+    pub service: String,
+    pub replica: u32,
+    pub revision: u64,
+    pub monitor_pid: u32,
+    pub monitor_start_time: u64,
+    pub policy: RestartPolicy,
+    pub state: MonitorState,
+    /// The running child's identity (pid and start time, as in `/proc/<pid>/stat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_start_time: Option<u64>,
+    /// Restarts since the monitor started.
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<ExitRecord>,
+    /// The pause in force now (while backing off), or the one the next
+    /// restart would wait, milliseconds.
+    pub backoff_ms: u64,
+    /// When the child is started again, while backing off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_start_at: Option<String>,
+    /// Consecutive failed probes of the running child.
+    pub probe_failures: u32,
+    /// The last restarts, oldest first (at most [`RECENT`]).
+    #[serde(default)]
+    pub recent: Vec<RestartRecord>,
+    pub updated_at: String,
+}
+
+impl MonitorStatus {
+    /// The one-word state `status` shows for it.
+    pub fn summary(&self) -> String {
+        match self.state {
+            MonitorState::CircuitOpen => "failed (circuit open)".into(),
+            MonitorState::BackingOff => format!("backing off {} ms", self.backoff_ms),
+            s => s.as_str().to_owned(),
+        }
+    }
+}
+
+/// Reads a status file; `None` when there is none or it cannot be read.
+pub fn read_status(path: &Path) -> Option<MonitorStatus> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The monitor's status for an instance that logs to `log_path` and whose
+/// recorded process is `pid` started at `start_time`: only the status file
+/// written by that very monitor counts.
+pub fn status_of(log_path: &Path, pid: u32, start_time: u64) -> Option<MonitorStatus> {
+    read_status(&status_path(log_path))
+        .filter(|s| s.monitor_pid == pid && s.monitor_start_time == start_time)
+}
+
+/// The restarts the monitors of a service's recorded instances made, as
+/// events (kind `restart`, id 0: they live in the monitors' status files, not
+/// in the state, which a monitor never writes while an apply may hold it).
+pub fn restart_events(r: &crate::state::ServiceRecord) -> Vec<crate::state::Event> {
+    let mut out = Vec::new();
+    for h in &r.handles {
+        let crate::state::Handle::Process {
+            pid,
+            start_time,
+            log_path,
+            replica,
+        } = h
+        else {
+            continue;
+        };
+        let Some(status) = status_of(Path::new(log_path), *pid, *start_time) else {
+            continue;
+        };
+        for rec in &status.recent {
+            out.push(crate::state::Event {
+                id: 0,
+                revision: status.revision,
+                at: rec.at.clone(),
+                service: Some(r.name.clone()),
+                kind: "restart".into(),
+                outcome: "succeeded".into(),
+                message: format!(
+                    "replica {replica}: restart {} after {}, {} ms back-off",
+                    rec.restart, rec.after, rec.delay_ms
+                ),
+            });
+        }
+        if status.state == MonitorState::CircuitOpen
+            && let Some(exit) = &status.last_exit
+        {
+            out.push(crate::state::Event {
+                id: 0,
+                revision: status.revision,
+                at: exit.at.clone(),
+                service: Some(r.name.clone()),
+                kind: "restart".into(),
+                outcome: "failed".into(),
+                message: format!(
+                    "replica {replica}: circuit open after {}: more than {} restarts within {} s",
+                    exit.describe(),
+                    r.spec
+                        .restart_settings
+                        .as_ref()
+                        .map_or(0, |s| s.max_restarts),
+                    r.spec
+                        .restart_settings
+                        .as_ref()
+                        .map_or(0, |s| s.window_seconds)
+                ),
+            });
+        }
+    }
+    out
+}
+
+/// Replaces `path` with `status` atomically: a reader sees the old file or
+/// the new one, never a part.
+fn write_status(path: &Path, status: &MonitorStatus) -> std::io::Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("monitor"),
+        std::process::id()
+    ));
+    let bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// UTC now plus `after`, RFC 3339 with milliseconds.
+fn stamp(after: Duration) -> String {
+    let t = time::OffsetDateTime::now_utc() + after;
+    let ms = t.millisecond();
+    t.replace_nanosecond(0)
+        .unwrap_or(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .map(|s| match s.strip_suffix('Z') {
+            Some(base) => format!("{base}.{ms:03}Z"),
+            None => s,
+        })
+        .unwrap_or_default()
+}
+
+/// The pause before restart number `n + 1` since the last reset.
+pub fn backoff(settings: &RestartSettings, n: u32) -> Duration {
+    let cap = settings.max_delay_seconds.saturating_mul(1000) as f64;
+    let ms =
+        (settings.initial_delay_ms as f64) * settings.multiplier.max(1.0).powi(n.min(1000) as i32);
+    Duration::from_millis(ms.min(cap).max(0.0) as u64)
+}
+
+/// Whether `policy` restarts a child that ended as `exit` (a health-driven
+/// kill counts as a failure).
+pub fn restarts(policy: RestartPolicy, exit: &ExitRecord) -> bool {
+    match policy {
+        RestartPolicy::No => false,
+        RestartPolicy::OnFailure => exit.code != Some(0) || exit.reason != "exited",
+        RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+    }
+}
+
+/// Runs a monitor (the `__monitor` subcommand): reads its [`Launch`] from
+/// stdin and returns only when it gives up or is stopped.
+pub fn run() -> u8 {
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return 2;
+    }
+    let launch: Launch = match serde_json::from_str(&line) {
+        Ok(l) => l,
+        Err(e) => {
+            note(&format!("deploy-code monitor: unreadable launch: {e}"));
+            return 2;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            note(&format!("deploy-code monitor: {e}"));
+            return 2;
+        }
+    };
+    let end = rt.block_on(supervise(launch));
+    drop(rt);
+    match end {
+        End::Code(c) => u8::try_from(c & 0xff).unwrap_or(1),
+        End::Signal(s) => {
+            // Die as the child died, so that whoever waits for the monitor
+            // sees the same end.
+            // SAFETY: resetting a disposition and raising a signal at ourselves.
+            unsafe {
+                libc::signal(s, libc::SIG_DFL);
+                libc::raise(s);
+            }
+            u8::try_from((128 + s) & 0xff).unwrap_or(1)
+        }
+    }
+}
+
+enum End {
+    Code(i32),
+    Signal(i32),
+}
+
+fn end_of(exit: Option<&ExitRecord>) -> End {
+    match exit {
+        Some(ExitRecord {
+            code: Some(c),
+            reason,
+            ..
+        }) if reason == "exited" => End::Code(*c),
+        Some(ExitRecord {
+            signal: Some(s), ..
+        }) => End::Signal(*s),
+        Some(_) => End::Code(1),
+        None => End::Code(0),
+    }
+}
+
+struct Monitor {
+    launch: Launch,
+    settings: RestartSettings,
+    status: MonitorStatus,
+    /// When each restart within the window happened.
+    window: VecDeque<Instant>,
+    /// Restarts since the instance was last healthy for `reset_after_seconds`.
+    streak: u32,
+}
+
+impl Monitor {
+    fn save(&mut self) {
+        self.status.updated_at = stamp(Duration::ZERO);
+        if let Err(e) = write_status(&self.launch.status_path, &self.status) {
+            note(&format!(
+                "deploy-code monitor: status file `{}`: {e}",
+                self.launch.status_path.display()
+            ));
+        }
+    }
+
+    fn spawn(&self) -> std::io::Result<tokio::process::Child> {
+        let mut cmd = tokio::process::Command::new(&self.launch.program);
+        cmd.args(&self.launch.args)
+            .current_dir(&self.launch.cwd)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(false);
+        for (k, v) in &self.launch.env {
+            cmd.env(k, v);
+        }
+        let parent = std::process::id();
+        // SAFETY: prctl and getppid are async-signal-safe and touch no memory
+        // of the parent.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The monitor died between fork and prctl.
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn()
+    }
+
+    fn header(&self, restart: u32, after: &str) {
+        note(&format!(
+            "{} `{}` replica {}, revision {}, at {} (restart {restart} after {after})",
+            crate::backends::process::INSTANCE_HEADER,
+            self.launch.spec.name,
+            self.launch.replica,
+            self.launch.revision,
+            stamp(Duration::ZERO)
+        ));
+    }
+}
+
+/// Appends a line to the instance's log: the monitor's standard output is
+/// the log file (or the pipe to its redacting writer), as its child's is.
+fn note(line: &str) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a duplicate of our own descriptor 1, owned (and closed) by the File.
+    let fd = unsafe { libc::dup(1) };
+    if fd < 0 {
+        return;
+    }
+    let mut log = unsafe { std::fs::File::from_raw_fd(fd) };
+    let _ = writeln!(log, "{}", crate::redact::text(line));
+}
+
+/// Signals the child and every process of its tree.
+fn signal_tree(pid: u32, sig: i32) {
+    let mut members = crate::procfs::tree(pid);
+    members.insert(pid);
+    for m in members {
+        if let Ok(p) = i32::try_from(m) {
+            // SAFETY: plain syscall on a process of the child's tree.
+            unsafe {
+                libc::kill(p, sig);
+            }
+        }
+    }
+}
+
+/// Stops the child: SIGTERM to its tree, SIGKILL after `grace`; returns its
+/// exit status.
+async fn stop_child(
+    child: &mut tokio::process::Child,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
+    let Some(pid) = child.id() else {
+        return child.try_wait().ok().flatten();
+    };
+    signal_tree(pid, libc::SIGTERM);
+    // A stopped (hung) process acts on SIGTERM only once continued.
+    signal_tree(pid, libc::SIGCONT);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(r) => r.ok(),
+        Err(_) => {
+            signal_tree(pid, libc::SIGKILL);
+            child.wait().await.ok()
+        }
+    }
+}
+
+fn exit_record(status: Option<std::process::ExitStatus>, reason: &str) -> ExitRecord {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.and_then(|s| s.code());
+    let signal = status.and_then(|s| s.signal());
+    ExitRecord {
+        at: stamp(Duration::ZERO),
+        code,
+        signal,
+        reason: if reason == "exited" && signal.is_some() {
+            "killed".into()
+        } else {
+            reason.into()
+        },
+    }
+}
+
+/// How one run of the child ended.
+enum RunEnd {
+    Exited(ExitRecord),
+    /// The monitor was told to stop.
+    Stopped(ExitRecord),
+}
+
+async fn supervise(launch: Launch) -> End {
+    use tokio::signal::unix::{SignalKind, signal};
+    let me = std::process::id();
+    let settings = launch.spec.restart_settings.clone().unwrap_or_default();
+    let policy = launch.spec.restart;
+    let status = MonitorStatus {
+        service: launch.spec.name.to_string(),
+        replica: launch.replica,
+        revision: launch.revision,
+        monitor_pid: me,
+        monitor_start_time: crate::procfs::start_time(me).unwrap_or(0),
+        policy,
+        state: MonitorState::Running,
+        child_pid: None,
+        child_start_time: None,
+        restarts: 0,
+        last_exit: None,
+        backoff_ms: backoff(&settings, 0).as_millis() as u64,
+        next_start_at: None,
+        probe_failures: 0,
+        recent: Vec::new(),
+        updated_at: String::new(),
+    };
+    let mut m = Monitor {
+        launch,
+        settings,
+        status,
+        window: VecDeque::new(),
+        streak: 0,
+    };
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return End::Code(2);
+    };
+    let grace = Duration::from_secs(m.launch.grace_seconds);
+    loop {
+        let end = match m.spawn() {
+            Ok(child) => run_child(&mut m, child, &mut term, &mut int, grace).await,
+            Err(e) => RunEnd::Exited(ExitRecord {
+                at: stamp(Duration::ZERO),
+                code: None,
+                signal: None,
+                reason: format!("spawn failed: {}", e.kind()),
+            }),
+        };
+        m.status.child_pid = None;
+        m.status.child_start_time = None;
+        let exit = match end {
+            RunEnd::Stopped(exit) => {
+                m.status.last_exit = Some(exit);
+                m.status.state = MonitorState::Stopped;
+                m.save();
+                return End::Code(0);
+            }
+            RunEnd::Exited(exit) => exit,
+        };
+        let after = exit.describe();
+        note(&format!(
+            "--- deploy-code: `{}` replica {} ended: {after}",
+            m.status.service, m.status.replica
+        ));
+        m.status.last_exit = Some(exit.clone());
+        if !restarts(policy, &exit) {
+            m.status.state = MonitorState::Exited;
+            m.save();
+            return end_of(Some(&exit));
+        }
+        let now = Instant::now();
+        let window = Duration::from_secs(m.settings.window_seconds);
+        while m
+            .window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            m.window.pop_front();
+        }
+        if m.window.len() >= m.settings.max_restarts as usize {
+            note(&format!(
+                "--- deploy-code: `{}` replica {}: circuit open after {} restarts within {} s; restarted by the next apply or `deploy-code restart`",
+                m.status.service,
+                m.status.replica,
+                m.window.len(),
+                m.settings.window_seconds
+            ));
+            m.status.state = MonitorState::CircuitOpen;
+            m.status.next_start_at = None;
+            m.save();
+            return end_of(Some(&exit));
+        }
+        let delay = backoff(&m.settings, m.streak);
+        m.status.state = MonitorState::BackingOff;
+        m.status.backoff_ms = delay.as_millis() as u64;
+        m.status.next_start_at = Some(stamp(delay));
+        m.save();
+        tokio::select! {
+            biased;
+            _ = term.recv() => return stopped(&mut m),
+            _ = int.recv() => return stopped(&mut m),
+            () = tokio::time::sleep(delay) => {}
+        }
+        m.window.push_back(Instant::now());
+        m.streak = m.streak.saturating_add(1);
+        m.status.restarts += 1;
+        m.status.next_start_at = None;
+        let record = RestartRecord {
+            at: stamp(Duration::ZERO),
+            restart: m.status.restarts,
+            after: after.clone(),
+            delay_ms: delay.as_millis() as u64,
+        };
+        m.status.recent.push(record);
+        let extra = m.status.recent.len().saturating_sub(RECENT);
+        m.status.recent.drain(..extra);
+        m.header(m.status.restarts, &after);
+    }
+}
+
+fn stopped(m: &mut Monitor) -> End {
+    m.status.state = MonitorState::Stopped;
+    m.status.next_start_at = None;
+    m.save();
+    End::Code(0)
+}
+
+/// Runs the child until it ends: probes it when it has health-driven
+/// restarts, resets the back-off after a healthy window.
+async fn run_child(
+    m: &mut Monitor,
+    mut child: tokio::process::Child,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+    grace: Duration,
+) -> RunEnd {
+    let started = Instant::now();
+    let pid = child.id().unwrap_or(0);
+    m.status.child_pid = Some(pid);
+    m.status.child_start_time = crate::procfs::start_time(pid);
+    m.status.state = MonitorState::Running;
+    m.status.probe_failures = 0;
+    m.status.backoff_ms = backoff(&m.settings, m.streak).as_millis() as u64;
+    m.save();
+
+    let check = m.launch.spec.health_check.clone();
+    let probe_after = check
+        .as_ref()
+        .and_then(|h| h.restart_after_failures.map(|n| (h, n)));
+    // Without a health check, running is healthy.
+    let mut healthy_since = check.is_none().then_some(started);
+    let reset_after = Duration::from_secs(m.settings.reset_after_seconds);
+    let mut next_probe = check
+        .as_ref()
+        .map(|h| started + Duration::from_secs(h.start_period_seconds));
+    let backend = crate::backends::process::ProcessBackend::new();
+    let me = std::process::id();
+    let handle = crate::state::Handle::Process {
+        replica: m.launch.replica,
+        pid: me,
+        start_time: m.status.monitor_start_time,
+        log_path: String::new(),
+    };
+    let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+    loop {
+        let reset_at = match healthy_since {
+            Some(t) if m.streak > 0 => t + reset_after,
+            _ => far(),
+        };
+        let probe_at = next_probe.unwrap_or_else(far);
+        tokio::select! {
+            biased;
+            _ = term.recv() => {
+                let st = stop_child(&mut child, grace).await;
+                return RunEnd::Stopped(exit_record(st, "stopped"));
+            }
+            _ = int.recv() => {
+                let st = stop_child(&mut child, grace).await;
+                return RunEnd::Stopped(exit_record(st, "stopped"));
+            }
+            st = child.wait() => {
+                if healthy_since.is_some_and(|t| t.elapsed() >= reset_after) {
+                    m.streak = 0;
+                }
+                return RunEnd::Exited(exit_record(st.ok(), "exited"));
+            }
+            () = tokio::time::sleep_until(reset_at.into()) => {
+                m.streak = 0;
+                m.status.backoff_ms = backoff(&m.settings, 0).as_millis() as u64;
+                m.save();
+            }
+            () = tokio::time::sleep_until(probe_at.into()) => {
+                let Some(h) = check.as_ref() else { continue };
+                next_probe = Some(Instant::now() + Duration::from_secs(h.interval_seconds.max(1)));
+                let out = crate::apply::health::probe_once(
+                    &backend,
+                    &m.launch.spec,
+                    &handle,
+                    &h.probe,
+                    Duration::from_secs(h.timeout_seconds.max(1)),
+                )
+                .await;
+                if out.healthy {
+                    healthy_since.get_or_insert_with(Instant::now);
+                    if m.status.probe_failures != 0 {
+                        m.status.probe_failures = 0;
+                        m.save();
+                    }
+                    continue;
+                }
+                healthy_since = None;
+                m.status.probe_failures += 1;
+                m.save();
+                if let Some((_, n)) = probe_after
+                    && m.status.probe_failures >= n
+                {
+                    note(&format!(
+                        "--- deploy-code: `{}` replica {}: {n} failed probes in a row (last: {}); restarting it",
+                        m.status.service, m.status.replica, out.detail
+                    ));
+                    let st = stop_child(&mut child, grace).await;
+                    return RunEnd::Exited(exit_record(st, "unhealthy"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_grows_by_the_multiplier_up_to_the_cap() {
+        let s = RestartSettings {
+            initial_delay_ms: 100,
+            max_delay_seconds: 1,
+            multiplier: 2.0,
+            ..RestartSettings::default()
+        };
+        let ms: Vec<u128> = (0..6).map(|n| backoff(&s, n).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
+        let flat = RestartSettings {
+            multiplier: 1.0,
+            ..s
+        };
+        assert_eq!(backoff(&flat, 50).as_millis(), 100);
+    }
+
+    #[test]
+    fn policies_decide_on_the_exit() {
+        let exit = |code: Option<i32>, signal: Option<i32>, reason: &str| ExitRecord {
+            at: String::new(),
+            code,
+            signal,
+            reason: reason.into(),
+        };
+        let clean = exit(Some(0), None, "exited");
+        let failed = exit(Some(3), None, "exited");
+        let killed = exit(None, Some(9), "killed");
+        let unhealthy = exit(Some(0), None, "unhealthy");
+        assert!(!restarts(RestartPolicy::No, &failed));
+        assert!(!restarts(RestartPolicy::OnFailure, &clean));
+        for e in [&failed, &killed, &unhealthy] {
+            assert!(restarts(RestartPolicy::OnFailure, e));
+        }
+        assert!(restarts(RestartPolicy::Always, &clean));
+        assert!(restarts(RestartPolicy::UnlessStopped, &clean));
+        assert_eq!(killed.describe(), "signal 9");
+        assert_eq!(failed.describe(), "exit 3");
+        assert_eq!(unhealthy.describe(), "unhealthy (exit 0)");
+    }
+
+    #[test]
+    fn the_status_file_sits_beside_the_log() {
+        assert_eq!(
+            status_path(Path::new("/x/logs/web-1.log")),
+            Path::new("/x/logs/web-1.log.monitor.json")
+        );
+    }
+}
