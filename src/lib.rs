@@ -23,6 +23,7 @@ pub mod planfile;
 pub mod procfs;
 pub mod redact;
 pub mod render;
+pub mod serve;
 pub mod state;
 
 /// Runs the tool on these arguments and returns the process exit code.

@@ -659,6 +659,10 @@ pub fn rollback(ctx: &Context, args: &RollbackArgs) -> Result<u8, Failure> {
     };
     let opts = ctx.load_options();
     let mut old = config::load_from_str(&target.config_snapshot, &ctx.global.config, &opts)?;
+    // Who may call the server and who is told about runs are today's
+    // settings, not the revision's (whose secrets the history redacted).
+    old.desired.settings.security = current.desired.settings.security.clone();
+    old.desired.settings.hooks = current.desired.settings.hooks.clone();
     let mut missing = Vec::new();
     for (name, spec) in old.desired.services.iter_mut() {
         let now = current.desired.services.get(name);

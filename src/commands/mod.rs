@@ -20,6 +20,7 @@ pub mod apply;
 pub mod ops;
 pub mod plan;
 pub mod progress;
+pub mod serve;
 pub mod state;
 pub mod status;
 pub mod validate;
