@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod fsperm;
+pub mod hooks;
 pub mod inventory;
 pub mod metrics;
 pub mod model;
