@@ -16,6 +16,8 @@ import jwt
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# The tests exercise the working tree's package (an installed copy may be older).
+sys.path.insert(0, str(REPO / "python"))
 SECRET = "jwt-test-secret-5e1f-0123456789abcdef"
 
 
