@@ -50,7 +50,7 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<u8, Failure> {
         }
     };
     let state = super::apply::state_path(ctx, Some(&loaded));
-    let service = crate::serve::Service::new(ctx.global.clone(), state.clone(), gate);
+    let service = crate::serve::Service::new(ctx.global.clone(), state.clone(), gate)?;
     let rt = super::apply::runtime()?;
     let summary = format!(
         "state {}, tls {}, auth {}, roles {}",

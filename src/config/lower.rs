@@ -750,7 +750,22 @@ impl Lowering<'_> {
                         },
                         schema::Role::Full(def) => {
                             let mut set = BTreeSet::new();
-                            for p in &def.permissions {
+                            for (j, p) in def.permissions.iter().enumerate() {
+                                let at_permission = self
+                                    .root
+                                    .get("security")
+                                    .and_then(|n| n.get("rbac"))
+                                    .and_then(|n| n.get("roles"))
+                                    .and_then(|n| match &n.value {
+                                        Value::Seq(items) => items.get(i),
+                                        _ => None,
+                                    })
+                                    .and_then(|n| n.get("permissions"))
+                                    .and_then(|n| match &n.value {
+                                        Value::Seq(items) => items.get(j).map(|n| n.span.clone()),
+                                        _ => None,
+                                    })
+                                    .unwrap_or_else(|| span.clone());
                                 match p.as_str() {
                                     "*" => set.extend(
                                         crate::model::PERMISSIONS.iter().map(|s| (*s).to_owned()),
@@ -766,11 +781,11 @@ impl Lowering<'_> {
                                             Kind::InvalidValue,
                                             format!("`{other}` is not a permission (role `{}`)", def.name),
                                         )
-                                        .label(span.clone(), "unknown permission")
+                                        .label(at_permission, "unknown permission")
                                         .help(format!(
-                                            "permissions are the calls: {}, `deploy` (the same as `apply`) or `*`{}",
+                                            "{}permissions are the calls: {}, `deploy` (the same as `apply`) or `*`",
+                                            did_you_mean(other, crate::model::PERMISSIONS.iter().copied()).map(|d| format!("did you mean `{d}`? ")).unwrap_or_default(),
                                             crate::model::PERMISSIONS.join(", "),
-                                            did_you_mean(other, crate::model::PERMISSIONS.iter().copied()).map(|d| format!(" (did you mean `{d}`?)")).unwrap_or_default()
                                         )),
                                     ),
                                 }

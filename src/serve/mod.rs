@@ -112,16 +112,23 @@ pub struct Service {
     state: PathBuf,
     gate: auth::Gate,
     hub: Arc<Hub>,
+    audit_log: crate::state::AuditLog,
 }
 
 impl Service {
-    pub fn new(global: GlobalArgs, state: PathBuf, gate: auth::Gate) -> Service {
-        Service {
+    /// Opens the state's audit log (creating the state when it is new).
+    pub fn new(
+        global: GlobalArgs,
+        state: PathBuf,
+        gate: auth::Gate,
+    ) -> Result<Service, crate::state::StateError> {
+        Ok(Service {
+            audit_log: crate::state::AuditLog::open(&state)?,
             global,
             state,
             gate,
             hub: Arc::new(Hub::new()),
-        }
+        })
     }
 
     fn context(&self) -> Context {
@@ -139,14 +146,14 @@ impl Service {
         }
     }
 
-    fn audit(&self, caller: &auth::Caller, call: &str, outcome: &str, detail: &str) {
+    fn record(&self, caller: &auth::Caller, call: &str, outcome: &str, detail: &str) {
         let record = crate::state::AuditRecord {
             subject: caller.subject.clone(),
             role: caller.role.clone(),
             call: call.to_owned(),
             detail: detail.to_owned(),
         };
-        if let Err(e) = crate::state::audit(&self.state, &record, outcome) {
+        if let Err(e) = self.audit_log.record(&record, outcome) {
             tracing::warn!("the audit event of `{call}` was not recorded: {e}");
         }
     }
@@ -172,7 +179,7 @@ impl Service {
                     }
                     auth::Refusal::Denied(m) => ("denied", Status::permission_denied(m)),
                 };
-                self.audit(&caller, call, outcome, status.message());
+                self.record(&caller, call, outcome, status.message());
                 status
             })
     }
@@ -244,12 +251,12 @@ impl Service {
     fn conclude(&self, caller: &auth::Caller, call: &str, ran: &Ran) -> Result<(), Status> {
         match &ran.result {
             Ok(_) => {
-                self.audit(caller, call, "succeeded", "");
+                self.record(caller, call, "succeeded", "");
                 Ok(())
             }
             Err(f) => {
                 let status = failure_status(f);
-                self.audit(caller, call, "failed", status.message());
+                self.record(caller, call, "failed", status.message());
                 Err(status)
             }
         }
@@ -521,7 +528,7 @@ impl DeployCode for Service {
             n => n,
         };
         // Recorded first, so that the answer shows this call too.
-        self.audit(&caller, "Audit", "succeeded", "");
+        self.record(&caller, "Audit", "succeeded", "");
         let rows = crate::state::audit_events(&self.state, limit).map_err(|e| {
             failure_status(&Failure::from(e))
         })?;
@@ -547,7 +554,7 @@ impl DeployCode for Service {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let caller = self.admit(&req, "WatchEvents", "events")?;
-        self.audit(&caller, "WatchEvents", "succeeded", "");
+        self.record(&caller, "WatchEvents", "succeeded", "");
         let (replay, rx) = self.hub.subscribe();
         let replay: VecDeque<pb::Event> = replay.into();
         let stream = futures_util::stream::unfold((replay, rx), |(mut replay, mut rx)| async move {
@@ -592,7 +599,8 @@ pub async fn serve(
             .tls_config(tls)
             .map_err(|e| format!("the TLS configuration is unusable: {e}"))?;
     }
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    // Without TCP_NODELAY small replies wait on delayed ACKs (~40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     ready(bound);
     let shutdown = async {
         use tokio::signal::unix::{SignalKind, signal};

@@ -1470,21 +1470,37 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
-/// Appends an audit event (`kind` [`AUDIT_KIND`]). It takes no lock and
-/// leaves the serial alone: an audit event changes nothing deployed, so a
-/// plan saved before it stays fresh, and a call is recorded while a run
-/// holds the lock.
-pub fn audit(path: &Path, record: &AuditRecord, outcome: &str) -> Result<(), StateError> {
-    let conn = Store::open_unlocked(path)?;
-    let message = serde_json::to_string(record).unwrap_or_default();
-    let message = crate::redact::text(&message);
-    conn.execute(
-        "INSERT INTO events (revision, at, service, kind, outcome, message) \
-         VALUES (0, ?1, NULL, ?2, ?3, ?4)",
-        params![now_rfc3339(), AUDIT_KIND, outcome, message.as_ref()],
-    )
-    .map_err(StateError::sql("record an audit event in", path))?;
-    Ok(())
+/// The audit events of one state, on a connection of their own kept open
+/// by the server. An audit event takes no lock and leaves the serial alone:
+/// it changes nothing deployed, so a plan saved before it stays fresh, and
+/// a call is recorded while a run holds the lock.
+pub struct AuditLog {
+    path: PathBuf,
+    conn: std::sync::Mutex<Connection>,
+}
+
+impl AuditLog {
+    /// Opens (creating and migrating when needed) the state file.
+    pub fn open(path: &Path) -> Result<AuditLog, StateError> {
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            conn: std::sync::Mutex::new(Store::open_unlocked(path)?),
+        })
+    }
+
+    /// Appends an audit event (`kind` [`AUDIT_KIND`]).
+    pub fn record(&self, record: &AuditRecord, outcome: &str) -> Result<(), StateError> {
+        let message = serde_json::to_string(record).unwrap_or_default();
+        let message = crate::redact::text(&message);
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute(
+            "INSERT INTO events (revision, at, service, kind, outcome, message) \
+             VALUES (0, ?1, NULL, ?2, ?3, ?4)",
+            params![now_rfc3339(), AUDIT_KIND, outcome, message.as_ref()],
+        )
+        .map_err(StateError::sql("record an audit event in", &self.path))?;
+        Ok(())
+    }
 }
 
 /// The audit events, newest first, with their records.
