@@ -46,12 +46,19 @@ pub struct Outcome {
 }
 
 /// Runs `hooks` one after the other with `payload`, from `dir`.
-pub async fn run(hooks: &[HookSpec], when: When, payload: &serde_json::Value, dir: &Path) -> Vec<Outcome> {
+pub async fn run(
+    hooks: &[HookSpec],
+    when: When,
+    payload: &serde_json::Value,
+    dir: &Path,
+) -> Vec<Outcome> {
     let body = crate::redact::text(&payload.to_string()).into_owned();
     let mut out = Vec::new();
     for h in hooks {
         let (hook, result) = match &h.target {
-            HookTarget::Command(argv) => (argv.join(" "), command(argv, &body, h.timeout, dir).await),
+            HookTarget::Command(argv) => {
+                (argv.join(" "), command(argv, &body, h.timeout, dir).await)
+            }
             HookTarget::Webhook(url) => (url.display().to_owned(), webhook(url, &body, h).await),
         };
         let (ok, detail) = match result {
@@ -69,7 +76,12 @@ pub async fn run(hooks: &[HookSpec], when: When, payload: &serde_json::Value, di
     out
 }
 
-async fn command(argv: &[String], body: &str, timeout: Duration, dir: &Path) -> Result<String, String> {
+async fn command(
+    argv: &[String],
+    body: &str,
+    timeout: Duration,
+    dir: &Path,
+) -> Result<String, String> {
     let mut child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
         .current_dir(dir)
@@ -91,7 +103,10 @@ async fn command(argv: &[String], body: &str, timeout: Duration, dir: &Path) -> 
         child.wait_with_output().await
     };
     match tokio::time::timeout(timeout, run).await {
-        Err(_) => Err(format!("did not finish within {} s (killed)", timeout.as_secs())),
+        Err(_) => Err(format!(
+            "did not finish within {} s (killed)",
+            timeout.as_secs()
+        )),
         Ok(Err(e)) => Err(format!("cannot wait for it: {e}")),
         Ok(Ok(o)) if o.status.success() => Ok("exited 0".into()),
         Ok(Ok(o)) => {

@@ -213,3 +213,19 @@ def test_events_reach_a_subscriber_within_50_ms(serve):
             assert p50 < 50, delays
 
     asyncio.run(main())
+
+
+def test_sigterm_stops_the_server_while_a_subscriber_listens(serve):
+    server = serve(SECURITY + web_service(free_port()))
+
+    async def main():
+        async with DeployCode(server.address, token=token("vera", role="viewer")) as v:
+            events = v.watch_events()
+            await events.ready()
+            server.proc.send_signal(__import__("signal").SIGTERM)
+            # The stream ends instead of holding the shutdown.
+            rest = [e async for e in events]
+            assert rest == []
+        assert server.proc.wait(timeout=15) == 0
+
+    asyncio.run(main())

@@ -8,9 +8,9 @@ use crate::apply::{self, Cancel, Event, reconcile};
 use crate::backends::Registry;
 use crate::cli::*;
 use crate::commands::progress::{Mode, Progress};
-use crate::hooks::When;
 use crate::config::{self, LoadOptions, LoadedConfig};
 use crate::error::{Code, Failure, Plain, exit};
+use crate::hooks::When;
 use crate::plan::{self, Plan};
 use crate::state::{Holder, Outcome, Store};
 
@@ -197,6 +197,7 @@ fn infeasible(p: &Plan) -> Failure {
 
 /// Runs the executor with progress output and SIGINT handling; turns the report
 /// into an exit code or a failure.
+#[allow(clippy::too_many_arguments)]
 fn execute(
     ctx: &Context,
     rt: &tokio::runtime::Runtime,

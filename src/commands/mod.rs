@@ -59,10 +59,12 @@ pub(crate) fn out(text: &str) {
     let _ = print(text);
 }
 
+/// A receiver of captured output.
+type Sink = Box<dyn FnMut(&str)>;
+
 thread_local! {
     /// Where this thread's output goes instead of stdout (see [`capture`]).
-    static SINK: std::cell::RefCell<Option<Box<dyn FnMut(&str)>>> =
-        const { std::cell::RefCell::new(None) };
+    static SINK: std::cell::RefCell<Option<Sink>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `f` with everything it would print to stdout (redacted, as always)

@@ -56,7 +56,11 @@ pub fn run(ctx: &Context, args: &ServeArgs) -> Result<u8, Failure> {
         "state {}, tls {}, auth {}, roles {}",
         state.display(),
         if security.tls.is_some() { "on" } else { "off" },
-        if security.auth.is_some() { "JWT" } else { "off" },
+        if security.auth.is_some() {
+            "JWT"
+        } else {
+            "off"
+        },
         if security.rbac.is_some() { "on" } else { "off" }
     );
     rt.block_on(crate::serve::serve(

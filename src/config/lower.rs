@@ -10,10 +10,10 @@ use super::schema::{self, ConfigFile, Service};
 use super::template::Secrets;
 use super::yaml::{Key, Node, Value};
 use crate::model::{
-    AuthSettings, BackendKind, DeploymentSettings, DesiredState, HealthCheck, HookSpec,
-    HookTarget, HooksSettings, JwtKey, MonitoringSettings, NetworkSettings, SecuritySettings,
-    TlsSettings, PortSpec, Probe, Protocol, Resources, RestartPolicy, SecretKey, Sensitive,
-    ServiceName, ServiceSpec, Settings, Strategy, Text, VolumeSpec, Workload,
+    AuthSettings, BackendKind, DeploymentSettings, DesiredState, HealthCheck, HookSpec, HookTarget,
+    HooksSettings, JwtKey, MonitoringSettings, NetworkSettings, PortSpec, Probe, Protocol,
+    Resources, RestartPolicy, SecretKey, SecuritySettings, Sensitive, ServiceName, ServiceSpec,
+    Settings, Strategy, Text, TlsSettings, VolumeSpec, Workload,
 };
 
 /// Whether an environment variable's name marks it as a secret.
@@ -617,8 +617,12 @@ impl Lowering<'_> {
             && m != "JWT"
         {
             out.push(
-                unsupported("security.auth.method", m, "tokens are JWTs: write `method: JWT`")
-                    .label(at(&["auth", "method"]), "not supported"),
+                unsupported(
+                    "security.auth.method",
+                    m,
+                    "tokens are JWTs: write `method: JWT`",
+                )
+                .label(at(&["auth", "method"]), "not supported"),
             );
         }
         if !auth_on {

@@ -188,7 +188,10 @@ impl Verifier {
                 let Some(secret) = text.expose() else {
                     return Err("`security.auth.jwt_secret` has no value".into());
                 };
-                (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256)
+                (
+                    DecodingKey::from_secret(secret.as_bytes()),
+                    Algorithm::HS256,
+                )
             }
             Some(JwtKey::Public { path, algorithm }) => {
                 let pem = std::fs::read(path).map_err(|e| {
@@ -243,7 +246,11 @@ fn claimed_subject(token: &str) -> String {
     token
         .split('.')
         .nth(1)
-        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v.get("sub").and_then(|s| s.as_str()).map(str::to_owned))
         .map(|s| s.chars().take(200).collect())
@@ -284,10 +291,9 @@ mod tests {
         Gate::new(&SecuritySettings {
             tls: None,
             auth: Some(AuthSettings {
-                key: Some(JwtKey::Hs256(Text::Sensitive(crate::model::Sensitive::new(
-                    &key,
-                    secret.to_owned(),
-                )))),
+                key: Some(JwtKey::Hs256(Text::Sensitive(
+                    crate::model::Sensitive::new(&key, secret.to_owned()),
+                ))),
                 max_lifetime: Some(3600),
                 issuer: None,
                 audience: None,
@@ -311,7 +317,10 @@ mod tests {
     fn roles_decide_and_a_refusal_names_the_missing_role() {
         let g = gate("s3cret", true);
         let exp = now() + 600;
-        let viewer = token("s3cret", serde_json::json!({"sub": "ann", "role": "viewer", "exp": exp}));
+        let viewer = token(
+            "s3cret",
+            serde_json::json!({"sub": "ann", "role": "viewer", "exp": exp}),
+        );
         let ok = g.admit(Some(&viewer), "Status", "status").unwrap();
         assert_eq!((ok.subject.as_str(), ok.role.as_str()), ("ann", "viewer"));
         let (who, why) = g.admit(Some(&viewer), "Apply", "apply").unwrap_err();
@@ -327,14 +336,20 @@ mod tests {
             "s3cret",
             serde_json::json!({"sub": "bob", "roles": ["viewer", "admin"], "exp": exp}),
         );
-        assert_eq!(g.admit(Some(&both), "Destroy", "destroy").unwrap().role, "admin");
+        assert_eq!(
+            g.admit(Some(&both), "Destroy", "destroy").unwrap().role,
+            "admin"
+        );
     }
 
     #[test]
     fn bad_tokens_are_unauthenticated() {
         let g = gate("s3cret", true);
         let exp = now() + 600;
-        let other = token("other", serde_json::json!({"sub": "eve", "role": "admin", "exp": exp}));
+        let other = token(
+            "other",
+            serde_json::json!({"sub": "eve", "role": "admin", "exp": exp}),
+        );
         let expired = token(
             "s3cret",
             serde_json::json!({"sub": "old", "role": "admin", "exp": now() - 120}),

@@ -113,6 +113,9 @@ pub struct Service {
     gate: auth::Gate,
     hub: Arc<Hub>,
     audit_log: crate::state::AuditLog,
+    /// Told when the server shuts down: event streams end then, so that a
+    /// graceful shutdown does not wait on them forever.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Service {
@@ -128,6 +131,7 @@ impl Service {
             state,
             gate,
             hub: Arc::new(Hub::new()),
+            stopping: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -366,7 +370,10 @@ impl DeployCode for Service {
         }))
     }
 
-    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::RunReply>, Status> {
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::RunReply>, Status> {
         let caller = self.admit(&req, "Apply", "apply")?;
         let r = req.into_inner();
         let dir = tempfile::tempdir().map_err(|e| Status::internal(e.to_string()))?;
@@ -529,9 +536,8 @@ impl DeployCode for Service {
         };
         // Recorded first, so that the answer shows this call too.
         self.record(&caller, "Audit", "succeeded", "");
-        let rows = crate::state::audit_events(&self.state, limit).map_err(|e| {
-            failure_status(&Failure::from(e))
-        })?;
+        let rows = crate::state::audit_events(&self.state, limit)
+            .map_err(|e| failure_status(&Failure::from(e)))?;
         Ok(Response::new(pb::AuditReply {
             entries: rows
                 .into_iter()
@@ -557,20 +563,30 @@ impl DeployCode for Service {
         self.record(&caller, "WatchEvents", "succeeded", "");
         let (replay, rx) = self.hub.subscribe();
         let replay: VecDeque<pb::Event> = replay.into();
-        let stream = futures_util::stream::unfold((replay, rx), |(mut replay, mut rx)| async move {
-            if let Some(e) = replay.pop_front() {
-                return Some((Ok(e), (replay, rx)));
-            }
-            loop {
-                match rx.recv().await {
-                    Ok(e) => return Some((Ok(e), (replay, rx))),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!("a subscriber fell {n} events behind; they were skipped");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+        let stop = self.stopping.subscribe();
+        let stream = futures_util::stream::unfold(
+            (replay, rx, stop),
+            |(mut replay, mut rx, mut stop)| async move {
+                if let Some(e) = replay.pop_front() {
+                    return Some((Ok(e), (replay, rx, stop)));
                 }
-            }
-        });
+                loop {
+                    if *stop.borrow() {
+                        return None;
+                    }
+                    tokio::select! {
+                        r = rx.recv() => match r {
+                            Ok(e) => return Some((Ok(e), (replay, rx, stop))),
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::warn!("a subscriber fell {n} events behind; they were skipped");
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        },
+                        _ = stop.changed() => return None,
+                    }
+                }
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -602,7 +618,8 @@ pub async fn serve(
     // Without TCP_NODELAY small replies wait on delayed ACKs (~40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     ready(bound);
-    let shutdown = async {
+    let stopping = service.stopping.clone();
+    let shutdown = async move {
         use tokio::signal::unix::{SignalKind, signal};
         let (Ok(mut int), Ok(mut term)) = (
             signal(SignalKind::interrupt()),
@@ -614,6 +631,8 @@ pub async fn serve(
             _ = int.recv() => {},
             _ = term.recv() => {},
         }
+        // Event streams end; calls under way finish.
+        let _ = stopping.send(true);
     };
     builder
         .add_service(DeployCodeServer::new(service))

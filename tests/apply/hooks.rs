@@ -78,7 +78,8 @@ fn hooks_get_the_summary_and_a_webhook_is_retried() {
     ));
     let (code, out) = site.apply();
     assert_eq!(code, 0, "{out}");
-    let pre: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&pre).unwrap()).unwrap();
+    let pre: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&pre).unwrap()).unwrap();
     assert_eq!(pre["event"], "pre_apply");
     assert_eq!(pre["changes"][0]["service"], "web");
     assert_eq!(pre["changes"][0]["action"], "create");
@@ -132,7 +133,11 @@ fn a_failed_run_tells_on_failure_and_on_rollback_without_its_secrets() {
         receiver.bodies()
     );
     let bodies = receiver.bodies();
-    assert_eq!(bodies[0].0, format!("/fail?key={secret}"), "the webhook got its real URL");
+    assert_eq!(
+        bodies[0].0,
+        format!("/fail?key={secret}"),
+        "the webhook got its real URL"
+    );
     let fail: serde_json::Value = serde_json::from_str(&bodies[0].1).unwrap();
     assert_eq!(fail["event"], "on_failure");
     assert_eq!(fail["outcome"], "rolled_back");

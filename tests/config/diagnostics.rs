@@ -283,7 +283,10 @@ fn the_exact_security_of_the_remote_control_loads() {
         other => panic!("{other:?}"),
     }
     let roles = sec.rbac.as_ref().unwrap();
-    assert_eq!(roles.keys().collect::<Vec<_>>(), ["admin", "operator", "viewer"]);
+    assert_eq!(
+        roles.keys().collect::<Vec<_>>(),
+        ["admin", "operator", "viewer"]
+    );
     assert!(roles["operator"].contains("apply"));
     assert!(!roles["viewer"].contains("apply"));
     assert!(

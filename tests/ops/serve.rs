@@ -27,7 +27,15 @@ fn the_python_api_passes_its_tests_against_a_real_server() {
         return;
     }
     let out = Command::new("python3")
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-s", "tests"])
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-s",
+            "tests",
+        ])
         .current_dir("python")
         .env("DEPLOY_CODE_BIN", env!("CARGO_BIN_EXE_deploy-code"))
         .env_remove("DEPLOY_CODE_STATE")
@@ -67,7 +75,8 @@ fn serve(config: &str, listen: &str) -> (i32, String) {
     )
 }
 
-const SERVICE: &str = "services:\n  web:\n    command: /bin/busybox\n    args: [\"sleep\", \"60\"]\n";
+const SERVICE: &str =
+    "services:\n  web:\n    command: /bin/busybox\n    args: [\"sleep\", \"60\"]\n";
 
 #[test]
 fn serve_refuses_a_public_address_without_authentication() {
@@ -79,9 +88,7 @@ fn serve_refuses_a_public_address_without_authentication() {
 
 #[test]
 fn serve_refuses_tokens_it_could_not_check() {
-    let config = format!(
-        "security:\n  auth: {{enabled: true, method: JWT}}\n{SERVICE}"
-    );
+    let config = format!("security:\n  auth: {{enabled: true, method: JWT}}\n{SERVICE}");
     let (code, out) = serve(&config, &format!("127.0.0.1:{}", free_port()));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("names no key"), "{out}");
