@@ -10,6 +10,7 @@ from conftest import free_port, token, web_service
 
 from deploy_code import (
     AuthenticationError,
+    ConfigError,
     DeployCode,
     LockedError,
     PermissionDeniedError,
@@ -161,6 +162,14 @@ def test_rollback_and_history_through_the_api(serve, tmp_path):
 
     async def main():
         async with DeployCode(server.address, token=token("otto", role="operator")) as op:
+            v = await op.validate()
+            assert v.valid and v.services == 1
+            good = server.config.read_text()
+            server.config.write_text(good.replace("command: python3", "comand: python3"))
+            with pytest.raises(ConfigError) as bad:
+                await op.validate()
+            assert bad.value.code == "E002" and "comand" in bad.value.message
+            server.config.write_text(good)
             first = await op.deploy()
             assert first.revision >= 1
             server.config.write_text(
