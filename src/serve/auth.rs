@@ -141,11 +141,14 @@ impl Gate {
         {
             return Ok(caller(role.clone()));
         }
-        let allowed: Vec<&str> = roles
+        // The least privileged role first: the one to ask for.
+        let mut allowed: Vec<(usize, &str)> = roles
             .iter()
             .filter(|(_, p)| p.contains(permission))
-            .map(|(r, _)| r.as_str())
+            .map(|(r, p)| (p.len(), r.as_str()))
             .collect();
+        allowed.sort();
+        let allowed: Vec<&str> = allowed.into_iter().map(|(_, r)| r).collect();
         let has = if held.is_empty() {
             "the token names no role (claim `role` or `roles`)".to_owned()
         } else {
