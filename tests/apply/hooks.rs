@@ -149,3 +149,31 @@ fn a_failed_run_tells_on_failure_and_on_rollback_without_its_secrets() {
     assert!(!out.contains(secret), "the output holds the secret: {out}");
     assert!(out.contains("hook on_failure"), "{out}");
 }
+
+#[test]
+fn a_rollback_command_tells_on_rollback() {
+    let site = Site::new("hooks-rollback");
+    let port = crate::common::free_port();
+    let told = site.dir.path().join("rollback.json");
+    let write = |version: &str| {
+        site.write(&format!(
+            "{}{}hooks:\n  on_rollback:\n    - command: [\"/bin/busybox\", \"tee\", \"{}\"]\n",
+            site.header(),
+            site.web(ProbeKind::Path, port, 0, version, Fault::None),
+            told.display()
+        ))
+    };
+    write("v1");
+    site.apply_ok();
+    write("v2");
+    site.apply_ok();
+    assert!(!told.exists(), "a successful apply is not a rollback");
+    let (code, out) = site.run(&["rollback", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&told).unwrap()).unwrap();
+    assert_eq!(doc["event"], "on_rollback");
+    assert_eq!(doc["outcome"], "succeeded");
+    assert_eq!(doc["revision"], 3);
+    site.teardown();
+}
