@@ -92,6 +92,8 @@ fn settings(dir: &std::path::Path, project: &str) -> Settings {
         reserve_percent: 20,
         monitoring: MonitoringSettings::default(),
         state_path: None,
+        security: Default::default(),
+        hooks: Default::default(),
     }
 }
 

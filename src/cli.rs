@@ -199,6 +199,12 @@ pub enum Command {
     #[command(after_help = "Examples:\n  deploy-code doctor")]
     Doctor(DoctorArgs),
 
+    /// Serve this configuration and state over gRPC (validate, plan, apply, status, events...)
+    #[command(
+        after_help = "Examples:\n  deploy-code serve\n  deploy-code serve --listen 127.0.0.1:18401\n  JWT_SECRET=... deploy-code -c prod.yaml serve --listen 0.0.0.0:8401\n\nTLS, tokens and roles come from `security:` in the configuration; see docs/serve.md."
+    )]
+    Serve(ServeArgs),
+
     /// Print shell completions
     #[command(
         after_help = "Examples:\n  deploy-code completions bash > /etc/bash_completion.d/deploy-code\n  deploy-code completions zsh > ~/.zfunc/_deploy-code"
@@ -479,6 +485,13 @@ pub struct MetricsArgs {}
 pub struct DoctorArgs {}
 
 #[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; a non-loopback one needs `security.auth`
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8401")]
+    pub listen: std::net::SocketAddr,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct CompletionsArgs {
     /// The shell
     #[arg(value_enum)]
@@ -602,6 +615,7 @@ fn dispatch(ctx: &Context, command: Command) -> Result<u8, Failure> {
         }
         Command::Metrics(a) => commands::ops::metrics(ctx, &a),
         Command::Doctor(a) => commands::ops::doctor(ctx, &a),
+        Command::Serve(a) => commands::serve::run(ctx, &a),
         Command::Completions(a) => {
             let mut cmd = Cli::command();
             clap_complete::generate(a.shell, &mut cmd, "deploy-code", &mut std::io::stdout());

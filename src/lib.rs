@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod fsperm;
+pub mod hooks;
 pub mod inventory;
 pub mod metrics;
 pub mod model;
@@ -24,6 +25,7 @@ pub mod planfile;
 pub mod procfs;
 pub mod redact;
 pub mod render;
+pub mod serve;
 pub mod state;
 
 /// Runs the tool on these arguments and returns the process exit code.

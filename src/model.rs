@@ -707,6 +707,107 @@ pub struct Settings {
     /// The state file from the config (`state.path`), resolved; flags and env override it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_path: Option<std::path::PathBuf>,
+    /// How `deploy-code serve` is reached and who may call it (never part of a plan).
+    #[serde(skip)]
+    pub security: SecuritySettings,
+    /// Programs and webhooks told about runs (never part of a plan).
+    #[serde(skip)]
+    pub hooks: HooksSettings,
+}
+
+/// The calls of `deploy-code serve`, as permissions of a role.
+pub const PERMISSIONS: [&str; 11] = [
+    "validate", "plan", "status", "health", "history", "events", "apply", "rollback", "restart",
+    "destroy", "audit",
+];
+
+/// The default roles and their permissions: `viewer` reads, `operator` also
+/// changes the deployment through saved plans, rollbacks and restarts,
+/// `admin` may do everything.
+pub fn default_roles() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let viewer = &PERMISSIONS[..6];
+    let operator = &PERMISSIONS[..9];
+    let set = |p: &[&str]| p.iter().map(|s| (*s).to_owned()).collect();
+    [
+        ("viewer".to_owned(), set(viewer)),
+        ("operator".to_owned(), set(operator)),
+        ("admin".to_owned(), set(&PERMISSIONS)),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// `security:` resolved: read by `serve` only.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SecuritySettings {
+    pub tls: Option<TlsSettings>,
+    /// `None`: no authentication; every caller is `anonymous`.
+    pub auth: Option<AuthSettings>,
+    /// Role name to permissions; `None`: every authenticated caller may call everything.
+    pub rbac: Option<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>>,
+}
+
+/// TLS of the server; paths absolute. Missing files are reported when `serve` starts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TlsSettings {
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthSettings {
+    /// `None` when the configuration names no key (`serve` refuses to start).
+    pub key: Option<JwtKey>,
+    /// The longest token lifetime accepted, seconds.
+    pub max_lifetime: Option<u64>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum JwtKey {
+    /// HS256 with a secret.
+    Hs256(Text),
+    /// RS256 or EdDSA with a public key file (PEM).
+    Public {
+        path: std::path::PathBuf,
+        algorithm: crate::config::schema::JwtAlgorithm,
+    },
+}
+
+/// `hooks:` resolved.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HooksSettings {
+    pub pre_apply: Vec<HookSpec>,
+    pub post_apply: Vec<HookSpec>,
+    pub on_failure: Vec<HookSpec>,
+    pub on_rollback: Vec<HookSpec>,
+}
+
+impl HooksSettings {
+    pub fn is_empty(&self) -> bool {
+        self.pre_apply.is_empty()
+            && self.post_apply.is_empty()
+            && self.on_failure.is_empty()
+            && self.on_rollback.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct HookSpec {
+    pub target: HookTarget,
+    pub timeout: std::time::Duration,
+    /// Further attempts of a webhook.
+    pub retries: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum HookTarget {
+    /// A program and its arguments, run without a shell.
+    Command(Vec<String>),
+    /// A webhook URL (sensitive when it holds a secret).
+    Webhook(Text),
 }
 
 /// The rendered, validated configuration: the desired state.

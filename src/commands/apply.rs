@@ -10,6 +10,7 @@ use crate::cli::*;
 use crate::commands::progress::{Mode, Progress};
 use crate::config::{self, LoadOptions, LoadedConfig};
 use crate::error::{Code, Failure, Plain, exit};
+use crate::hooks::When;
 use crate::plan::{self, Plan};
 use crate::state::{Holder, Outcome, Store};
 
@@ -201,6 +202,7 @@ fn infeasible(p: &Plan) -> Failure {
 
 /// Runs the executor with progress output and SIGINT handling; turns the report
 /// into an exit code or a failure.
+#[allow(clippy::too_many_arguments)]
 fn execute(
     ctx: &Context,
     rt: &tokio::runtime::Runtime,
@@ -209,7 +211,29 @@ fn execute(
     store: &mut Store,
     backends: &Registry,
     no_rollback: bool,
+    is_rollback: bool,
 ) -> Result<u8, Failure> {
+    let hooks = &loaded.desired.settings.hooks;
+    if !hooks.pre_apply.is_empty() {
+        let results = rt.block_on(crate::hooks::run(
+            &hooks.pre_apply,
+            When::PreApply,
+            &hook_payload(When::PreApply, p, loaded, None),
+            loaded.base_dir(),
+        ));
+        show_hooks(ctx, &results);
+        if let Some(bad) = results.iter().find(|r| !r.ok) {
+            return Err(Plain::new(
+                Code::E016,
+                format!(
+                    "the pre_apply hook `{}` failed: {}; nothing was changed",
+                    bad.hook, bad.detail
+                ),
+            )
+            .help("the hook decides whether a run may start: fix what it checks (or the hook) and apply again")
+            .into());
+        }
+    }
     let progress = Progress::new(progress_mode(ctx));
     let hook = |e: &Event| progress.handle(e);
     let cancel = Cancel::new();
@@ -254,6 +278,31 @@ fn execute(
         r
     })?;
     publish_metrics(rt, loaded, store);
+    let whens: &[When] = match report.outcome {
+        Outcome::Succeeded if is_rollback => &[When::PostApply, When::OnRollback],
+        Outcome::Succeeded => &[When::PostApply],
+        Outcome::RolledBack => &[When::OnFailure, When::OnRollback],
+        _ => &[When::OnFailure],
+    };
+    for &when in whens {
+        let list = match when {
+            When::PostApply => &hooks.post_apply,
+            When::OnFailure => &hooks.on_failure,
+            When::OnRollback => &hooks.on_rollback,
+            When::PreApply => &hooks.pre_apply,
+        };
+        if list.is_empty() {
+            continue;
+        }
+        // Reported, never changing the outcome.
+        let results = rt.block_on(crate::hooks::run(
+            list,
+            when,
+            &hook_payload(when, p, loaded, Some(&report)),
+            loaded.base_dir(),
+        ));
+        show_hooks(ctx, &results);
+    }
     if ctx.global.format != Format::Json && !report.failures.is_empty() {
         let mut err = std::io::stderr().lock();
         for f in &report.failures {
@@ -343,6 +392,59 @@ fn execute(
             ),
             exit::ROLLBACK_FAILED,
         )),
+    }
+}
+
+/// The run's summary that hooks receive (redacted by `hooks::run`).
+fn hook_payload(
+    when: When,
+    p: &Plan,
+    loaded: &LoadedConfig,
+    report: Option<&apply::Report>,
+) -> serde_json::Value {
+    let settings = &loaded.desired.settings;
+    serde_json::json!({
+        "format_version": 1,
+        "event": when.as_str(),
+        "at": apply::now_rfc3339(),
+        "project": settings.project,
+        "environment": settings.environment,
+        "command": command_line(),
+        "destroy": p.destroy_all,
+        "summary": p.summary,
+        "phases": p.phases,
+        "changes": p.changes.iter()
+            .filter(|c| c.action != plan::Action::NoOp)
+            .map(|c| serde_json::json!({"service": c.service, "action": c.action}))
+            .collect::<Vec<_>>(),
+        "revision": report.map(|r| r.revision),
+        "outcome": report.map(|r| r.outcome),
+        "elapsed_ms": report.map(|r| r.elapsed_ms),
+        "failures": report.map(|r| r.failures.iter().map(|f| serde_json::json!({
+            "service": f.service,
+            "reason": f.reason,
+            "log_tail": f.log_tail,
+        })).collect::<Vec<_>>()).unwrap_or_default(),
+    })
+}
+
+/// Says what each hook did: a JSON line with `--format json`, else a line on stderr.
+fn show_hooks(ctx: &Context, results: &[crate::hooks::Outcome]) {
+    for r in results {
+        if ctx.global.format == Format::Json {
+            outln!("{}", serde_json::to_string(r).unwrap_or_default());
+        } else if !r.ok || !ctx.global.quiet {
+            eprintln!(
+                "{}",
+                crate::redact::text(&format!(
+                    "hook {} `{}`: {}: {}",
+                    r.when.as_str(),
+                    r.hook,
+                    if r.ok { "ok" } else { "FAILED" },
+                    r.detail
+                ))
+            );
+        }
     }
 }
 
@@ -436,6 +538,7 @@ fn plan_and_apply(
         force,
         no_rollback,
         what,
+        false,
     )
 }
 
@@ -449,6 +552,7 @@ fn plan_and_apply_loaded(
     force: bool,
     no_rollback: bool,
     what: &str,
+    is_rollback: bool,
 ) -> Result<u8, Failure> {
     let mut store = open_store(ctx, &loaded)?;
     store.ensure_identity(None)?;
@@ -465,7 +569,16 @@ fn plan_and_apply_loaded(
     }
     confirm(ctx, auto_approve, what)?;
     let no_rollback = no_rollback || !loaded.desired.settings.deployment.rollback_on_failure;
-    execute(ctx, &rt, &p, &loaded, &mut store, &backends, no_rollback)
+    execute(
+        ctx,
+        &rt,
+        &p,
+        &loaded,
+        &mut store,
+        &backends,
+        no_rollback,
+        is_rollback,
+    )
 }
 
 pub fn run(ctx: &Context, args: &ApplyArgs) -> Result<u8, Failure> {
@@ -534,7 +647,16 @@ pub fn run(ctx: &Context, args: &ApplyArgs) -> Result<u8, Failure> {
     let backends = registry_for(Some(&l), Some(&snap));
     let rt = runtime()?;
     let no_rollback = args.no_rollback || !l.desired.settings.deployment.rollback_on_failure;
-    execute(ctx, &rt, &saved, &l, &mut store, &backends, no_rollback)
+    execute(
+        ctx,
+        &rt,
+        &saved,
+        &l,
+        &mut store,
+        &backends,
+        no_rollback,
+        false,
+    )
 }
 
 pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
@@ -591,6 +713,7 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
         true,
         false,
         "destroy these services",
+        false,
     )?;
     // The project's container networks go with the last container.
     if code == 0
@@ -664,6 +787,10 @@ pub fn rollback(ctx: &Context, args: &RollbackArgs) -> Result<u8, Failure> {
     };
     let opts = ctx.load_options();
     let mut old = config::load_from_str(&target.config_snapshot, &ctx.global.config, &opts)?;
+    // Who may call the server and who is told about runs are today's
+    // settings, not the revision's (whose secrets the history redacted).
+    old.desired.settings.security = current.desired.settings.security.clone();
+    old.desired.settings.hooks = current.desired.settings.hooks.clone();
     let mut missing = Vec::new();
     for (name, spec) in old.desired.services.iter_mut() {
         let now = current.desired.services.get(name);
@@ -719,6 +846,7 @@ pub fn rollback(ctx: &Context, args: &RollbackArgs) -> Result<u8, Failure> {
         false,
         false,
         "return to this revision",
+        true,
     )?;
     if code == 0 && ctx.global.format != Format::Json && !ctx.global.quiet {
         eprintln!(

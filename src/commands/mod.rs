@@ -20,6 +20,7 @@ pub mod apply;
 pub mod ops;
 pub mod plan;
 pub mod progress;
+pub mod serve;
 pub mod state;
 pub mod status;
 pub mod validate;
@@ -58,9 +59,42 @@ pub(crate) fn out(text: &str) {
     let _ = print(text);
 }
 
+/// A receiver of captured output.
+type Sink = Box<dyn FnMut(&str)>;
+
+thread_local! {
+    /// Where this thread's output goes instead of stdout (see [`capture`]).
+    static SINK: std::cell::RefCell<Option<Sink>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with everything it would print to stdout (redacted, as always)
+/// handed to `sink` instead: the server runs the same commands as the CLI
+/// and returns or streams what they print. Only this thread is affected.
+pub(crate) fn capture<R>(sink: impl FnMut(&str) + 'static, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SINK.with(|s| s.borrow_mut().take());
+        }
+    }
+    SINK.with(|s| *s.borrow_mut() = Some(Box::new(sink)));
+    let _reset = Reset;
+    f()
+}
+
 /// Writes `text` to stdout; a reader that went away (`| head`) is not an error.
 pub(crate) fn print(text: &str) -> Result<(), Failure> {
     let text = crate::redact::text(text);
+    let captured = SINK.with(|s| match s.borrow_mut().as_mut() {
+        Some(sink) => {
+            sink(&text);
+            true
+        }
+        None => false,
+    });
+    if captured {
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|_| out.flush())

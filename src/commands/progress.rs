@@ -2,7 +2,6 @@
 //! timestamped lines otherwise, one JSON object per line with `--format json`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -228,8 +227,7 @@ impl Progress {
                         serde_json::Value::String(crate::apply::now_rfc3339()),
                     );
                 }
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{v}");
+                super::out(&format!("{v}\n"));
             }
             Mode::Lines => {
                 if let Some(l) = self.line(e) {

@@ -10,9 +10,10 @@ use super::schema::{self, ConfigFile, Service};
 use super::template::Secrets;
 use super::yaml::{Key, Node, Value};
 use crate::model::{
-    BackendKind, DeploymentSettings, DesiredState, HealthCheck, MonitoringSettings,
-    NetworkSettings, PortSpec, Probe, Protocol, Resources, RestartPolicy, SecretKey, Sensitive,
-    ServiceName, ServiceSpec, Settings, Strategy, Text, VolumeSpec, Workload,
+    AuthSettings, BackendKind, DeploymentSettings, DesiredState, HealthCheck, HookSpec, HookTarget,
+    HooksSettings, JwtKey, MonitoringSettings, NetworkSettings, PortSpec, Probe, Protocol,
+    Resources, RestartPolicy, SecretKey, SecuritySettings, Sensitive, ServiceName, ServiceSpec,
+    Settings, Strategy, Text, TlsSettings, VolumeSpec, Workload,
 };
 
 /// Whether an environment variable's name marks it as a secret.
@@ -121,14 +122,17 @@ pub fn check_secret_places(root: &Node, out: &mut Vec<Problem>) {
     fn walk(node: &Node, path: &mut Vec<String>, out: &mut Vec<Problem>) {
         match &node.value {
             Value::Str(s) if s.contains("__DC_SECRET_") => {
-                let allowed = path.len() >= 3
+                let in_service = path.len() >= 3
                     && path[0] == "services"
                     && matches!(path[2].as_str(), "env" | "environment" | "command" | "args");
+                let jwt_secret = *path == ["security", "auth", "jwt_secret"];
+                let webhook = path.len() == 4 && path[0] == "hooks" && path[3] == "url";
+                let allowed = in_service || jwt_secret || webhook;
                 if !allowed {
                     out.push(
                         Problem::new(Kind::SecretNotAllowed, format!("a secret cannot be used in `{}`", path.join(".")))
                             .label(node.span.clone(), "this value holds a secret")
-                            .help("secrets may appear only in a service's `env`, `command` and `args`, where they stay redacted"),
+                            .help("secrets may appear only in a service's `env`, `command` and `args`, `security.auth.jwt_secret` and a hook's `url`, where they stay redacted"),
                     );
                 }
             }
@@ -562,6 +566,324 @@ impl Lowering<'_> {
                 .as_ref()
                 .and_then(|s| s.path.as_ref())
                 .map(|p| resolve(Some(p), "")),
+            security: self.security(out),
+            hooks: self.hooks(out),
+        }
+    }
+
+    /// `security:` for `serve`. A key that would change nothing (a
+    /// certificate without `tls_enabled`, auth settings without
+    /// `auth.enabled`, roles without `rbac.enabled`) is refused.
+    fn security(&self, out: &mut Vec<Problem>) -> SecuritySettings {
+        let Some(sec) = &self.file.security else {
+            return SecuritySettings::default();
+        };
+        let at = |path: &[&str]| {
+            let mut full = vec!["security"];
+            full.extend_from_slice(path);
+            span_of(self.root, &full).unwrap_or(0..0)
+        };
+        let unused = |path: &[&str], why: &str, help: &str| {
+            Problem::new(
+                Kind::InvalidValue,
+                format!("`security.{}` has no effect: {why}", path.join(".")),
+            )
+            .label(at(path), "would have no effect")
+            .help(help.to_owned())
+        };
+        let resolve = |p: &String| self.base_dir.join(p);
+        let tls_on = sec.tls_enabled == Some(true);
+        for (key, value) in [
+            ("cert_path", &sec.cert_path),
+            ("key_path", &sec.key_path),
+            ("client_ca_path", &sec.client_ca_path),
+        ] {
+            if value.is_some() && !tls_on {
+                out.push(unused(
+                    &[key],
+                    "`tls_enabled` is not true",
+                    "set `tls_enabled: true` to serve over TLS, or remove the key",
+                ));
+            }
+        }
+        let tls = tls_on.then(|| TlsSettings {
+            cert: sec.cert_path.as_ref().map(resolve),
+            key: sec.key_path.as_ref().map(resolve),
+            client_ca: sec.client_ca_path.as_ref().map(resolve),
+        });
+        let a = sec.auth.clone().unwrap_or_default();
+        let auth_on = a.enabled == Some(true);
+        if let Some(m) = &a.method
+            && m != "JWT"
+        {
+            out.push(
+                unsupported(
+                    "security.auth.method",
+                    m,
+                    "tokens are JWTs: write `method: JWT`",
+                )
+                .label(at(&["auth", "method"]), "not supported"),
+            );
+        }
+        if !auth_on {
+            for (key, set) in [
+                ("method", a.method.is_some()),
+                ("token_expiry_seconds", a.token_expiry_seconds.is_some()),
+                ("jwt_secret", a.jwt_secret.is_some()),
+                ("jwt_public_key_path", a.jwt_public_key_path.is_some()),
+                ("jwt_algorithm", a.jwt_algorithm.is_some()),
+                ("issuer", a.issuer.is_some()),
+                ("audience", a.audience.is_some()),
+            ] {
+                if set {
+                    out.push(unused(
+                        &["auth", key],
+                        "`auth.enabled` is not true",
+                        "set `auth.enabled: true` to require tokens, or remove the key",
+                    ));
+                }
+            }
+        }
+        if a.jwt_secret.is_some() && a.jwt_public_key_path.is_some() {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`security.auth` names both `jwt_secret` and `jwt_public_key_path`",
+                )
+                .label(at(&["auth", "jwt_public_key_path"]), "one key only")
+                .help("keep `jwt_secret` for HS256 tokens or `jwt_public_key_path` (with `jwt_algorithm`) for RS256/EdDSA tokens"),
+            );
+        }
+        if a.jwt_public_key_path.is_some() != a.jwt_algorithm.is_some() {
+            let key = if a.jwt_algorithm.is_some() {
+                "jwt_algorithm"
+            } else {
+                "jwt_public_key_path"
+            };
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`security.auth.jwt_public_key_path` and `jwt_algorithm` go together",
+                )
+                .label(at(&["auth", key]), "needs the other")
+                .help("name the public key file and its algorithm (`RS256` or `EdDSA`)"),
+            );
+        }
+        // A configuration from the history has its secrets redacted: it
+        // names no key (a rollback keeps the server's own settings).
+        let secret = a
+            .jwt_secret
+            .as_ref()
+            .filter(|s| s.as_str() != crate::redact::MARK)
+            .map(|s| self.text(s));
+        if let Some(crate::model::Text::Plain(_)) = &secret {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`security.auth.jwt_secret` is written in plain text",
+                )
+                .label(at(&["auth", "jwt_secret"]), "not a secret")
+                .help("give it as a secret: `jwt_secret: \"{{ secret('JWT_SECRET') }}\"`"),
+            );
+        }
+        let key = match (secret, &a.jwt_public_key_path, a.jwt_algorithm) {
+            (Some(s), _, _) => Some(JwtKey::Hs256(s)),
+            (None, Some(p), Some(algorithm)) => Some(JwtKey::Public {
+                path: resolve(p),
+                algorithm,
+            }),
+            _ => None,
+        };
+        let auth = auth_on.then(|| AuthSettings {
+            key,
+            max_lifetime: a.token_expiry_seconds,
+            issuer: a.issuer.clone(),
+            audience: a.audience.clone(),
+        });
+        let r = sec.rbac.clone().unwrap_or_default();
+        let rbac_on = r.enabled == Some(true);
+        if rbac_on && !auth_on {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`security.rbac` is enabled but `security.auth` is not",
+                )
+                .label(at(&["rbac", "enabled"]), "roles come from tokens")
+                .help("set `security.auth.enabled: true` (roles are claims of the callers' tokens), or disable `rbac`"),
+            );
+        }
+        if r.roles.is_some() && !rbac_on {
+            out.push(unused(
+                &["rbac", "roles"],
+                "`rbac.enabled` is not true",
+                "set `rbac.enabled: true` for roles to decide what a token may call, or remove `roles`",
+            ));
+        }
+        let defaults = crate::model::default_roles();
+        let mut roles = BTreeMap::new();
+        match &r.roles {
+            None => roles = defaults.clone(),
+            Some(list) => {
+                for (i, role) in list.iter().enumerate() {
+                    let span = self
+                        .root
+                        .get("security")
+                        .and_then(|n| n.get("rbac"))
+                        .and_then(|n| n.get("roles"))
+                        .and_then(|n| match &n.value {
+                            Value::Seq(items) => items.get(i).map(|n| n.span.clone()),
+                            _ => None,
+                        })
+                        .unwrap_or(0..0);
+                    match role {
+                        schema::Role::Name(name) => match defaults.get(name) {
+                            Some(p) => {
+                                roles.insert(name.clone(), p.clone());
+                            }
+                            None => out.push(
+                                Problem::new(
+                                    Kind::InvalidValue,
+                                    format!("`{name}` is not a default role"),
+                                )
+                                .label(span, "unknown role")
+                                .help(format!(
+                                    "the default roles are viewer, operator and admin; define others with `{{name: {name}, permissions: [...]}}`{}",
+                                    did_you_mean(name, defaults.keys().map(String::as_str)).map(|d| format!(" (did you mean `{d}`?)")).unwrap_or_default()
+                                )),
+                            ),
+                        },
+                        schema::Role::Full(def) => {
+                            let mut set = BTreeSet::new();
+                            for (j, p) in def.permissions.iter().enumerate() {
+                                let at_permission = self
+                                    .root
+                                    .get("security")
+                                    .and_then(|n| n.get("rbac"))
+                                    .and_then(|n| n.get("roles"))
+                                    .and_then(|n| match &n.value {
+                                        Value::Seq(items) => items.get(i),
+                                        _ => None,
+                                    })
+                                    .and_then(|n| n.get("permissions"))
+                                    .and_then(|n| match &n.value {
+                                        Value::Seq(items) => items.get(j).map(|n| n.span.clone()),
+                                        _ => None,
+                                    })
+                                    .unwrap_or_else(|| span.clone());
+                                match p.as_str() {
+                                    "*" => set.extend(
+                                        crate::model::PERMISSIONS.iter().map(|s| (*s).to_owned()),
+                                    ),
+                                    "deploy" => {
+                                        set.insert("apply".to_owned());
+                                    }
+                                    p if crate::model::PERMISSIONS.contains(&p) => {
+                                        set.insert(p.to_owned());
+                                    }
+                                    other => out.push(
+                                        Problem::new(
+                                            Kind::InvalidValue,
+                                            format!("`{other}` is not a permission (role `{}`)", def.name),
+                                        )
+                                        .label(at_permission, "unknown permission")
+                                        .help(format!(
+                                            "{}permissions are the calls: {}, `deploy` (the same as `apply`) or `*`",
+                                            did_you_mean(other, crate::model::PERMISSIONS.iter().copied()).map(|d| format!("did you mean `{d}`? ")).unwrap_or_default(),
+                                            crate::model::PERMISSIONS.join(", "),
+                                        )),
+                                    ),
+                                }
+                            }
+                            roles.insert(def.name.clone(), set);
+                        }
+                    }
+                }
+            }
+        }
+        SecuritySettings {
+            tls,
+            auth,
+            rbac: rbac_on.then_some(roles),
+        }
+    }
+
+    /// `hooks:`: each one a program or a webhook, never both.
+    fn hooks(&self, out: &mut Vec<Problem>) -> HooksSettings {
+        let Some(h) = &self.file.hooks else {
+            return HooksSettings::default();
+        };
+        let mut lower = |when: &str, list: &Option<Vec<schema::Hook>>| -> Vec<HookSpec> {
+            let mut specs = Vec::new();
+            for (i, hook) in list.iter().flatten().enumerate() {
+                let span = self
+                    .root
+                    .get("hooks")
+                    .and_then(|n| n.get(when))
+                    .and_then(|n| match &n.value {
+                        Value::Seq(items) => items.get(i).map(|n| n.span.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or(0..0);
+                let bad = |msg: String, help: &str| {
+                    Problem::new(Kind::InvalidValue, msg)
+                        .label(span.clone(), "this hook")
+                        .help(help.to_owned())
+                };
+                let target = match (&hook.command, &hook.url) {
+                    (Some(argv), None) if !argv.is_empty() && !argv[0].is_empty() => {
+                        if hook.retries.is_some() {
+                            out.push(bad(
+                                format!("`hooks.{when}[{i}].retries` has no effect on a command"),
+                                "only a webhook is retried; remove `retries`",
+                            ));
+                        }
+                        HookTarget::Command(argv.clone())
+                    }
+                    // Redacted in a configuration from the history.
+                    (None, Some(url)) if url == crate::redact::MARK => continue,
+                    (None, Some(url)) => {
+                        let t = self.text(url);
+                        let shown = t.display();
+                        let plain = match &t {
+                            Text::Plain(p) => p.clone(),
+                            Text::Sensitive(s) => s.expose().unwrap_or_default().to_owned(),
+                        };
+                        if !(plain.starts_with("http://") || plain.starts_with("https://")) {
+                            out.push(bad(
+                                format!("`hooks.{when}[{i}].url` `{shown}` is not an http(s) URL"),
+                                "write `http://...` or `https://...`",
+                            ));
+                        }
+                        HookTarget::Webhook(t)
+                    }
+                    (Some(_), Some(_)) => {
+                        out.push(bad(
+                            format!("`hooks.{when}[{i}]` has both `command` and `url`"),
+                            "a hook is a program or a webhook: keep one",
+                        ));
+                        continue;
+                    }
+                    _ => {
+                        out.push(bad(
+                            format!("`hooks.{when}[{i}]` has neither a `command` nor a `url`"),
+                            "give `command: [program, args...]` or `url: https://...`",
+                        ));
+                        continue;
+                    }
+                };
+                specs.push(HookSpec {
+                    target,
+                    timeout: std::time::Duration::from_secs(hook.timeout_seconds.unwrap_or(10)),
+                    retries: hook.retries.unwrap_or(2),
+                });
+            }
+            specs
+        };
+        HooksSettings {
+            pre_apply: lower("pre_apply", &h.pre_apply),
+            post_apply: lower("post_apply", &h.post_apply),
+            on_failure: lower("on_failure", &h.on_failure),
+            on_rollback: lower("on_rollback", &h.on_rollback),
         }
     }
 

@@ -34,6 +34,7 @@ pub struct ConfigFile {
     pub security: Option<Security>,
     pub deployment: Option<Deployment>,
     pub monitoring: Option<Monitoring>,
+    pub hooks: Option<Hooks>,
     /// The services, by name (`[a-z0-9][a-z0-9_-]{0,62}`).
     pub services: Option<BTreeMap<String, Option<Service>>>,
 }
@@ -129,30 +130,61 @@ pub struct Storage {
     pub backup_dir: Option<String>,
 }
 
+/// How `deploy-code serve` is reached and who may call it. Read by `serve`
+/// only; it changes nothing that is deployed.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Security {
+    /// Serve over TLS with `cert_path` and `key_path`. Default false.
     pub tls_enabled: Option<bool>,
+    /// The server's certificate chain (PEM), relative to the config's directory.
     pub cert_path: Option<String>,
+    /// The server's private key (PEM).
     pub key_path: Option<String>,
+    /// Require client certificates signed by these CA certificates (PEM). Needs `tls_enabled`.
+    pub client_ca_path: Option<String>,
     pub auth: Option<Auth>,
     pub rbac: Option<Rbac>,
 }
 
+/// Token authentication of the server's callers.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
+    /// Every call needs a valid bearer token. Default false.
     pub enabled: Option<bool>,
-    /// JWT, OAuth2 or Basic.
+    /// `JWT` (the only method). OAuth2 and Basic are refused.
     pub method: Option<String>,
+    /// The longest lifetime accepted: a token whose `exp` is further than this from its `iat` (or from now, without `iat`) is refused.
+    #[schemars(range(min = 1))]
     pub token_expiry_seconds: Option<u64>,
+    /// HS256 key, as `"{{ secret('NAME') }}"` (a secret, never plain text in the file).
+    pub jwt_secret: Option<String>,
+    /// A public key (PEM) checking RS256 or EdDSA tokens, relative to the config's directory.
+    pub jwt_public_key_path: Option<String>,
+    /// The algorithm of `jwt_public_key_path`: RS256 or EdDSA.
+    pub jwt_algorithm: Option<JwtAlgorithm>,
+    /// The `iss` claim every token must carry.
+    pub issuer: Option<String>,
+    /// The `aud` claim every token must carry.
+    pub audience: Option<String>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum JwtAlgorithm {
+    RS256,
+    EdDSA,
+}
+
+/// Roles and what they may call. Without `roles`: `viewer` (validate, plan,
+/// status, health, history, events), `operator` (those, apply, rollback,
+/// restart) and `admin` (everything, destroy and audit too).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rbac {
+    /// A token's `role` (or `roles`) claim decides what it may call. Default false: every valid token may call everything.
     pub enabled: Option<bool>,
-    /// Role names, or roles with their permissions.
+    /// The roles that exist: a default role by name, or a role with its permissions (call names: validate, plan, apply (or deploy), destroy, rollback, restart, status, health, history, events, audit; `*` for all).
     pub roles: Option<Vec<Role>>,
 }
 
@@ -562,4 +594,34 @@ pub fn reference_markdown() -> String {
         }
     }
     out
+}
+
+/// Programs or webhooks told about runs (apply, destroy, restart, rollback).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Before anything changes; a failing one stops the run (exit 1).
+    pub pre_apply: Option<Vec<Hook>>,
+    /// After a run that succeeded.
+    pub post_apply: Option<Vec<Hook>>,
+    /// After a run that failed (rolled back or not).
+    pub on_failure: Option<Vec<Hook>>,
+    /// After a failed run was rolled back, and after `deploy-code rollback`.
+    pub on_rollback: Option<Vec<Hook>>,
+}
+
+/// One hook: a program (`command`, run without a shell, the run's summary as
+/// JSON on stdin) or a webhook (`url`, the summary POSTed as JSON).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    /// The program and its arguments, e.g. `["./notify.sh", "--channel", "ops"]`.
+    pub command: Option<Vec<String>>,
+    /// The webhook, `http://` or `https://`; may hold a secret (`{{ secret('SLACK_WEBHOOK') }}`).
+    pub url: Option<String>,
+    /// How long one attempt may take, seconds. Default 10.
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<u64>,
+    /// Further attempts of a webhook that failed (connection error or non-2xx). Default 2.
+    pub retries: Option<u32>,
 }

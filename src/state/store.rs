@@ -1501,6 +1501,88 @@ pub fn deployment(path: &Path, revision: u64) -> Result<Option<Deployment>, Stat
     }
 }
 
+/// The kind of the events that record calls to `deploy-code serve`.
+pub const AUDIT_KIND: &str = "audit";
+
+/// One call to the server, as an audit event records it (its message is this
+/// object as JSON).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditRecord {
+    pub subject: String,
+    pub role: String,
+    pub call: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// The audit events of one state, on a connection of their own kept open
+/// by the server. An audit event takes no lock and leaves the serial alone:
+/// it changes nothing deployed, so a plan saved before it stays fresh, and
+/// a call is recorded while a run holds the lock.
+pub struct AuditLog {
+    path: PathBuf,
+    conn: std::sync::Mutex<Connection>,
+}
+
+impl AuditLog {
+    /// Opens (creating and migrating when needed) the state file.
+    pub fn open(path: &Path) -> Result<AuditLog, StateError> {
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            conn: std::sync::Mutex::new(Store::open_unlocked(path)?),
+        })
+    }
+
+    /// Appends an audit event (`kind` [`AUDIT_KIND`]).
+    pub fn record(&self, record: &AuditRecord, outcome: &str) -> Result<(), StateError> {
+        let message = serde_json::to_string(record).unwrap_or_default();
+        let message = crate::redact::text(&message);
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.execute(
+            "INSERT INTO events (revision, at, service, kind, outcome, message) \
+             VALUES (0, ?1, NULL, ?2, ?3, ?4)",
+            params![now_rfc3339(), AUDIT_KIND, outcome, message.as_ref()],
+        )
+        .map_err(StateError::sql("record an audit event in", &self.path))?;
+        Ok(())
+    }
+}
+
+/// The audit events, newest first, with their records.
+pub fn audit_events(path: &Path, limit: u64) -> Result<Vec<(Event, AuditRecord)>, StateError> {
+    let Some((conn, _)) = open_read(path)? else {
+        return Ok(Vec::new());
+    };
+    let e = |op| StateError::sql(op, path);
+    let mut stmt = conn
+        .prepare(
+            "SELECT id, revision, at, kind, outcome, message FROM events \
+             WHERE kind = ?1 ORDER BY id DESC LIMIT ?2",
+        )
+        .map_err(e("read"))?;
+    let mut rows = stmt
+        .query(params![AUDIT_KIND, to_i64(limit)])
+        .map_err(e("read"))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(e("read"))? {
+        let message: String = r.get(5).map_err(e("read"))?;
+        let record = serde_json::from_str(&message).unwrap_or_default();
+        out.push((
+            Event {
+                id: r.get(0).map_err(e("read"))?,
+                revision: to_u64(r.get(1).map_err(e("read"))?),
+                at: r.get(2).map_err(e("read"))?,
+                service: None,
+                kind: r.get(3).map_err(e("read"))?,
+                outcome: r.get(4).map_err(e("read"))?,
+                message,
+            },
+            record,
+        ));
+    }
+    Ok(out)
+}
+
 /// Recent events, newest first, of one service or of all.
 pub fn events(
     path: &Path,

@@ -55,6 +55,8 @@ impl World {
             reserve_percent: 20,
             monitoring: Default::default(),
             state_path: None,
+            security: Default::default(),
+            hooks: Default::default(),
         };
         settings.deployment.stop_grace_seconds = 2;
         settings.deployment.timeout_seconds = 60;

@@ -5,6 +5,7 @@ mod common;
 mod edges;
 mod engine;
 mod health;
+mod hooks;
 mod monitor;
 mod process;
 mod secrets;

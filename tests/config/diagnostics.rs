@@ -236,3 +236,77 @@ fn network_keys_that_contradict_each_other() {
             .all(|s| s.ports[0].host_port.is_none())
     );
 }
+
+/// `security:` is read by `serve`: what would change nothing is refused,
+/// each with its span.
+#[test]
+fn security_keys_without_effect_are_refused() {
+    let text = "security:\n  cert_path: server.crt\n  auth:\n    method: OAuth2\n    token_expiry_seconds: 60\n  rbac:\n    enabled: true\n    roles:\n      - name: deployer\n        permissions: [deploy, stauts]\n      - superuser\nservices:\n  api:\n    command: x\n";
+    let out = snap(text);
+    for want in [
+        "`security.cert_path` has no effect: `tls_enabled` is not true",
+        "`security.auth.method: OAuth2` is not supported",
+        "`security.auth.token_expiry_seconds` has no effect: `auth.enabled` is not true",
+        "`security.rbac` is enabled but `security.auth` is not",
+        "`stauts` is not a permission (role `deployer`)",
+        "did you mean `status`?",
+        "`superuser` is not a default role",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn a_jwt_secret_in_plain_text_is_refused() {
+    let out = snap(
+        "security:\n  auth: {enabled: true, method: JWT, jwt_secret: hunter2-hunter2}\nservices:\n  api:\n    command: x\n",
+    );
+    assert!(out.contains("written in plain text"), "{out}");
+    assert!(out.contains("secret('JWT_SECRET')"), "{out}");
+}
+
+#[test]
+fn the_exact_security_of_the_remote_control_loads() {
+    let l = load_with(
+        "security: {auth: {enabled: true, method: JWT, jwt_secret: \"{{ secret('JWT_SECRET') }}\"}, rbac: {enabled: true}}\nservices:\n  api:\n    command: x\n",
+        &inputs(&[("JWT_SECRET", "jwt-canary-0123456789")]),
+    )
+    .unwrap();
+    let sec = &l.desired.settings.security;
+    let auth = sec.auth.as_ref().unwrap();
+    match auth.key.as_ref().unwrap() {
+        deploy_code::model::JwtKey::Hs256(t) => {
+            assert!(t.is_sensitive());
+            assert_eq!(t.expose(), Some("jwt-canary-0123456789"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let roles = sec.rbac.as_ref().unwrap();
+    assert_eq!(
+        roles.keys().collect::<Vec<_>>(),
+        ["admin", "operator", "viewer"]
+    );
+    assert!(roles["operator"].contains("apply"));
+    assert!(!roles["viewer"].contains("apply"));
+    assert!(
+        !l.redacted_render.contains("jwt-canary"),
+        "{}",
+        l.redacted_render
+    );
+}
+
+#[test]
+fn hooks_are_a_program_or_a_webhook() {
+    let out = snap(
+        "hooks:\n  pre_apply:\n    - command: [./check.sh]\n      retries: 3\n  post_apply:\n    - url: ftp://example.com/x\n    - {}\n    - {command: [a], url: \"http://x/\"}\nservices:\n  api:\n    command: x\n",
+    );
+    for want in [
+        "`hooks.pre_apply[0].retries` has no effect on a command",
+        "`hooks.post_apply[0].url` `ftp://example.com/x` is not an http(s) URL",
+        "`hooks.post_apply[1]` has neither a `command` nor a `url`",
+        "`hooks.post_apply[2]` has both `command` and `url`",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}

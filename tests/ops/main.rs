@@ -6,6 +6,7 @@ mod docs;
 mod doctor;
 mod metrics;
 mod recipes;
+mod serve;
 mod support;
 mod tidy;
 mod tour;

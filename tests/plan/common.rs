@@ -93,6 +93,8 @@ pub fn settings() -> Settings {
         reserve_percent: 20,
         monitoring: MonitoringSettings::default(),
         state_path: None,
+        security: Default::default(),
+        hooks: Default::default(),
     }
 }
 

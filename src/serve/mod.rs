@@ -1,0 +1,642 @@
+//! `deploy-code serve`: the remote control of one configuration and its
+//! state, over gRPC (`proto/deploy_code/v1/deploy_code.proto`).
+//!
+//! Every call runs the same command function as the CLI (`commands::*`), on a
+//! thread of its own, with the command's `--format json` output captured
+//! (`commands::capture`) and returned, or, for the events of a run, streamed
+//! to every `WatchEvents` subscriber as it is printed. The state lock is taken
+//! by the command itself, so it is held only while a mutating call runs and a
+//! second one is refused with E011, as a second CLI would be. Every call,
+//! refused ones too, is written to the state's audit events.
+//!
+//! This module never decides anything about deployments; `auth` decides who
+//! may call what.
+
+pub mod auth;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+use tonic::{Request, Response, Status};
+
+use crate::cli::{Context, Format, GlobalArgs};
+use crate::error::Failure;
+
+/// The generated messages, server and client of `deploy_code.v1`.
+pub mod pb {
+    tonic::include_proto!("deploy_code.v1");
+}
+
+use pb::deploy_code_server::{DeployCode, DeployCodeServer};
+
+/// Metadata key of the error code a failed call carries (`E011`, ...).
+pub const CODE_KEY: &str = "deploy-code-code";
+/// Metadata key of the exit code the CLI would have returned.
+pub const EXIT_KEY: &str = "deploy-code-exit";
+
+/// The events of runs: those of the run under way, kept for late
+/// subscribers, and a broadcast of every new one.
+pub struct Hub {
+    inner: Mutex<HubInner>,
+    tx: broadcast::Sender<pb::Event>,
+}
+
+#[derive(Default)]
+struct HubInner {
+    /// Runs under way (a second one is refused by the state lock, but may
+    /// start before it is).
+    running: usize,
+    current: Vec<pb::Event>,
+}
+
+impl Hub {
+    fn new() -> Hub {
+        Hub {
+            inner: Mutex::new(HubInner::default()),
+            tx: broadcast::channel(4096).0,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HubInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn begin(&self) {
+        let mut i = self.lock();
+        if i.running == 0 {
+            i.current.clear();
+        }
+        i.running += 1;
+    }
+
+    fn end(&self) {
+        let mut i = self.lock();
+        i.running = i.running.saturating_sub(1);
+    }
+
+    fn publish(&self, e: pb::Event) {
+        let mut i = self.lock();
+        i.current.push(e.clone());
+        // No subscriber is not an error.
+        let _ = self.tx.send(e);
+    }
+
+    /// The events of the run under way so far, and a receiver of every
+    /// later one: nothing is lost or repeated between the two.
+    fn subscribe(&self) -> (Vec<pb::Event>, broadcast::Receiver<pb::Event>) {
+        let i = self.lock();
+        let replay = if i.running > 0 {
+            i.current.clone()
+        } else {
+            Vec::new()
+        };
+        (replay, self.tx.subscribe())
+    }
+}
+
+/// What one call of a command printed and returned.
+struct Ran {
+    result: Result<u8, Failure>,
+    output: String,
+    finished: Option<serde_json::Value>,
+}
+
+/// The service: the CLI's global arguments (configuration, state, vars),
+/// the gate and the event hub.
+pub struct Service {
+    global: GlobalArgs,
+    state: PathBuf,
+    gate: auth::Gate,
+    hub: Arc<Hub>,
+    audit_log: crate::state::AuditLog,
+    /// Told when the server shuts down: event streams end then, so that a
+    /// graceful shutdown does not wait on them forever.
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl Service {
+    /// Opens the state's audit log (creating the state when it is new).
+    pub fn new(
+        global: GlobalArgs,
+        state: PathBuf,
+        gate: auth::Gate,
+    ) -> Result<Service, crate::state::StateError> {
+        Ok(Service {
+            audit_log: crate::state::AuditLog::open(&state)?,
+            global,
+            state,
+            gate,
+            hub: Arc::new(Hub::new()),
+            stopping: tokio::sync::watch::channel(false).0,
+        })
+    }
+
+    fn context(&self) -> Context {
+        let mut global = self.global.clone();
+        global.format = Format::Json;
+        global.quiet = true;
+        global.no_color = true;
+        // A second run is refused at once, as a second CLI without
+        // `--lock-timeout` is.
+        global.lock_timeout = None;
+        Context {
+            global,
+            color: false,
+            interactive: false,
+        }
+    }
+
+    fn record(&self, caller: &auth::Caller, call: &str, outcome: &str, detail: &str) {
+        let record = crate::state::AuditRecord {
+            subject: caller.subject.clone(),
+            role: caller.role.clone(),
+            call: call.to_owned(),
+            detail: detail.to_owned(),
+        };
+        if let Err(e) = self.audit_log.record(&record, outcome) {
+            tracing::warn!("the audit event of `{call}` was not recorded: {e}");
+        }
+    }
+
+    /// Admits the call or refuses it with the status that says why; a
+    /// refusal is audited here.
+    fn admit<T>(
+        &self,
+        req: &Request<T>,
+        call: &str,
+        permission: &str,
+    ) -> Result<auth::Caller, Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.gate
+            .admit(header, call, permission)
+            .map_err(|(caller, refusal)| {
+                let (outcome, status) = match refusal {
+                    auth::Refusal::Unauthenticated(m) => {
+                        ("unauthenticated", Status::unauthenticated(m))
+                    }
+                    auth::Refusal::Denied(m) => ("denied", Status::permission_denied(m)),
+                };
+                self.record(&caller, call, outcome, status.message());
+                status
+            })
+    }
+
+    /// Runs `f` (a command function) on a thread of its own with its output
+    /// captured; with `events`, every event it prints goes to the hub as it
+    /// is printed.
+    async fn run<F>(&self, events: bool, f: F) -> Ran
+    where
+        F: FnOnce(&Context) -> Result<u8, Failure> + Send + 'static,
+    {
+        let ctx = self.context();
+        let hub = events.then(|| self.hub.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let output = Arc::new(Mutex::new(String::new()));
+            let finished = Arc::new(Mutex::new(None));
+            let (o, fin, h) = (output.clone(), finished.clone(), hub.clone());
+            if let Some(h) = &hub {
+                h.begin();
+            }
+            let result = crate::commands::capture(
+                move |text: &str| {
+                    let mut out = o.lock().unwrap_or_else(|e| e.into_inner());
+                    out.push_str(text);
+                    let Some(h) = &h else { return };
+                    // Events come one JSON object per line, a line per print.
+                    for line in text.lines() {
+                        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                            continue;
+                        };
+                        let Some(kind) = v.get("event").and_then(|k| k.as_str()) else {
+                            continue;
+                        };
+                        if kind == "finished" {
+                            *fin.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
+                        }
+                        h.publish(pb::Event {
+                            kind: kind.to_owned(),
+                            json: line.to_owned(),
+                        });
+                    }
+                },
+                || f(&ctx),
+            );
+            if let Some(h) = &hub {
+                h.end();
+            }
+            let output = std::mem::take(&mut *output.lock().unwrap_or_else(|e| e.into_inner()));
+            let finished = finished.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let _ = tx.send(Ran {
+                result,
+                output,
+                finished,
+            });
+        });
+        rx.await.unwrap_or_else(|_| Ran {
+            result: Err(crate::error::Plain::new(
+                crate::error::Code::E016,
+                "the call's worker thread ended without a result",
+            )
+            .into()),
+            output: String::new(),
+            finished: None,
+        })
+    }
+
+    /// Audits the outcome and turns a failure into its status.
+    fn conclude(&self, caller: &auth::Caller, call: &str, ran: &Ran) -> Result<(), Status> {
+        match &ran.result {
+            Ok(_) => {
+                self.record(caller, call, "succeeded", "");
+                Ok(())
+            }
+            Err(f) => {
+                let status = failure_status(f);
+                self.record(caller, call, "failed", status.message());
+                Err(status)
+            }
+        }
+    }
+
+    fn run_reply(ran: &Ran) -> pb::RunReply {
+        match &ran.finished {
+            Some(v) => pb::RunReply {
+                revision: v.get("revision").and_then(|r| r.as_u64()).unwrap_or(0),
+                outcome: v
+                    .get("outcome")
+                    .and_then(|o| o.as_str())
+                    .unwrap_or("")
+                    .to_owned(),
+                elapsed_ms: v.get("elapsed_ms").and_then(|r| r.as_u64()).unwrap_or(0),
+            },
+            None => pb::RunReply {
+                revision: 0,
+                outcome: "unchanged".into(),
+                elapsed_ms: 0,
+            },
+        }
+    }
+}
+
+/// The gRPC status of a failed command: its error code and the CLI's exit
+/// code ride along as metadata; the message is the rendered diagnostic.
+pub fn failure_status(f: &Failure) -> Status {
+    let code = f
+        .report
+        .code()
+        .map(|c| c.to_string())
+        .unwrap_or_default()
+        .trim_start_matches("deploy_code::")
+        .to_owned();
+    let mut text = String::new();
+    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::none());
+    if handler.render_report(&mut text, f.report.as_ref()).is_err() {
+        text = f.report.to_string();
+    }
+    let text = crate::redact::text(text.trim()).into_owned();
+    let grpc = match code.as_str() {
+        "E011" => tonic::Code::Aborted,
+        "E004" | "E013" => tonic::Code::FailedPrecondition,
+        "E001" | "E002" => tonic::Code::InvalidArgument,
+        _ => tonic::Code::Unknown,
+    };
+    let mut md = tonic::metadata::MetadataMap::new();
+    if let Ok(v) = code.parse() {
+        md.insert(CODE_KEY, v);
+    }
+    if let Ok(v) = f.exit_code.to_string().parse() {
+        md.insert(EXIT_KEY, v);
+    }
+    Status::with_metadata(grpc, text, md)
+}
+
+type EventStream = Pin<Box<dyn futures_util::Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DeployCode for Service {
+    async fn validate(
+        &self,
+        req: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::Document>, Status> {
+        let caller = self.admit(&req, "Validate", "validate")?;
+        let ran = self
+            .run(false, |ctx| {
+                crate::commands::validate::run(ctx, &crate::cli::ValidateArgs {})
+            })
+            .await;
+        self.conclude(&caller, "Validate", &ran)?;
+        Ok(Response::new(pb::Document { json: ran.output }))
+    }
+
+    async fn plan(&self, req: Request<pb::PlanRequest>) -> Result<Response<pb::PlanReply>, Status> {
+        let caller = self.admit(&req, "Plan", "plan")?;
+        let r = req.into_inner();
+        let dir = tempfile::tempdir().map_err(|e| Status::internal(e.to_string()))?;
+        let file = dir.path().join("served.plan");
+        let out = file.clone();
+        let ran = self
+            .run(false, move |ctx| {
+                crate::commands::plan::run(
+                    ctx,
+                    &crate::cli::PlanArgs {
+                        scope: crate::cli::PlanScope {
+                            targets: r.targets,
+                            ..Default::default()
+                        },
+                        destroy: r.destroy,
+                        out: Some(out),
+                        detailed_exitcode: false,
+                    },
+                )
+            })
+            .await;
+        self.conclude(&caller, "Plan", &ran)?;
+        let bytes = std::fs::read(&file)
+            .map_err(|e| Status::internal(format!("the saved plan was not written: {e}")))?;
+        let plan = crate::planfile::read(&file).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::PlanReply {
+            plan: bytes,
+            json: ran.output,
+            has_changes: plan.has_changes(),
+            feasible: plan.feasibility.feasible,
+        }))
+    }
+
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::RunReply>, Status> {
+        let caller = self.admit(&req, "Apply", "apply")?;
+        let r = req.into_inner();
+        let dir = tempfile::tempdir().map_err(|e| Status::internal(e.to_string()))?;
+        let file = dir.path().join("served.plan");
+        std::fs::write(&file, &r.plan).map_err(|e| Status::internal(e.to_string()))?;
+        let ran = self
+            .run(true, move |ctx| {
+                crate::commands::apply::run(
+                    ctx,
+                    &crate::cli::ApplyArgs {
+                        plan_file: Some(file),
+                        scope: Default::default(),
+                        auto_approve: true,
+                        force: r.force,
+                        no_rollback: r.no_rollback,
+                    },
+                )
+            })
+            .await;
+        self.conclude(&caller, "Apply", &ran)?;
+        Ok(Response::new(Self::run_reply(&ran)))
+    }
+
+    async fn destroy(
+        &self,
+        req: Request<pb::DestroyRequest>,
+    ) -> Result<Response<pb::RunReply>, Status> {
+        let caller = self.admit(&req, "Destroy", "destroy")?;
+        let r = req.into_inner();
+        let ran = self
+            .run(true, move |ctx| {
+                crate::commands::apply::destroy(
+                    ctx,
+                    &crate::cli::DestroyArgs {
+                        targets: r.targets,
+                        auto_approve: true,
+                        timeout: None,
+                        all: false,
+                    },
+                )
+            })
+            .await;
+        self.conclude(&caller, "Destroy", &ran)?;
+        Ok(Response::new(Self::run_reply(&ran)))
+    }
+
+    async fn rollback(
+        &self,
+        req: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::RunReply>, Status> {
+        let caller = self.admit(&req, "Rollback", "rollback")?;
+        let r = req.into_inner();
+        let ran = self
+            .run(true, move |ctx| {
+                crate::commands::apply::rollback(
+                    ctx,
+                    &crate::cli::RollbackArgs {
+                        to: r.revision,
+                        auto_approve: true,
+                    },
+                )
+            })
+            .await;
+        self.conclude(&caller, "Rollback", &ran)?;
+        Ok(Response::new(Self::run_reply(&ran)))
+    }
+
+    async fn restart(
+        &self,
+        req: Request<pb::RestartRequest>,
+    ) -> Result<Response<pb::RunReply>, Status> {
+        let caller = self.admit(&req, "Restart", "restart")?;
+        let r = req.into_inner();
+        let ran = self
+            .run(true, move |ctx| {
+                crate::commands::apply::restart(
+                    ctx,
+                    &crate::cli::RestartArgs {
+                        services: r.services,
+                        auto_approve: true,
+                    },
+                )
+            })
+            .await;
+        self.conclude(&caller, "Restart", &ran)?;
+        Ok(Response::new(Self::run_reply(&ran)))
+    }
+
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::Document>, Status> {
+        let caller = self.admit(&req, "Status", "status")?;
+        let ran = self
+            .run(false, |ctx| {
+                crate::commands::status::status(
+                    ctx,
+                    &crate::cli::StatusArgs {
+                        detailed: false,
+                        watch: false,
+                        interval: 2,
+                    },
+                )
+            })
+            .await;
+        self.conclude(&caller, "Status", &ran)?;
+        Ok(Response::new(pb::Document { json: ran.output }))
+    }
+
+    async fn health(
+        &self,
+        req: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthReply>, Status> {
+        let caller = self.admit(&req, "Health", "health")?;
+        let ran = self
+            .run(false, |ctx| {
+                crate::commands::status::health(ctx, &crate::cli::HealthArgs {})
+            })
+            .await;
+        self.conclude(&caller, "Health", &ran)?;
+        let healthy = serde_json::from_str::<serde_json::Value>(&ran.output)
+            .ok()
+            .and_then(|v| v.get("healthy").and_then(|h| h.as_bool()))
+            .unwrap_or(false);
+        Ok(Response::new(pb::HealthReply {
+            healthy,
+            json: ran.output,
+        }))
+    }
+
+    async fn history(
+        &self,
+        req: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::Document>, Status> {
+        let caller = self.admit(&req, "History", "history")?;
+        let limit = match req.get_ref().limit {
+            0 => 20,
+            n => n,
+        };
+        let ran = self
+            .run(false, move |ctx| {
+                crate::commands::state::run(
+                    ctx,
+                    crate::cli::StateCommand::History(crate::cli::StateHistoryArgs { limit }),
+                )
+            })
+            .await;
+        self.conclude(&caller, "History", &ran)?;
+        Ok(Response::new(pb::Document { json: ran.output }))
+    }
+
+    async fn audit(
+        &self,
+        req: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditReply>, Status> {
+        let caller = self.admit(&req, "Audit", "audit")?;
+        let limit = match req.get_ref().limit {
+            0 => 100,
+            n => n,
+        };
+        // Recorded first, so that the answer shows this call too.
+        self.record(&caller, "Audit", "succeeded", "");
+        let rows = crate::state::audit_events(&self.state, limit)
+            .map_err(|e| failure_status(&Failure::from(e)))?;
+        Ok(Response::new(pb::AuditReply {
+            entries: rows
+                .into_iter()
+                .map(|(e, r)| pb::AuditEntry {
+                    at: e.at,
+                    subject: r.subject,
+                    role: r.role,
+                    call: r.call,
+                    outcome: e.outcome,
+                    detail: r.detail,
+                })
+                .collect(),
+        }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let caller = self.admit(&req, "WatchEvents", "events")?;
+        self.record(&caller, "WatchEvents", "succeeded", "");
+        let (replay, rx) = self.hub.subscribe();
+        let replay: VecDeque<pb::Event> = replay.into();
+        let stop = self.stopping.subscribe();
+        let stream = futures_util::stream::unfold(
+            (replay, rx, stop),
+            |(mut replay, mut rx, mut stop)| async move {
+                if let Some(e) = replay.pop_front() {
+                    return Some((Ok(e), (replay, rx, stop)));
+                }
+                loop {
+                    if *stop.borrow() {
+                        return None;
+                    }
+                    tokio::select! {
+                        r = rx.recv() => match r {
+                            Ok(e) => return Some((Ok(e), (replay, rx, stop))),
+                            Err(broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::warn!("a subscriber fell {n} events behind; they were skipped");
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        },
+                        _ = stop.changed() => return None,
+                    }
+                }
+            },
+        );
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Where and how the server listens.
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+/// Serves until SIGINT or SIGTERM; `ready` is told the bound address.
+pub async fn serve(
+    service: Service,
+    listen: Listen,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(listen.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", listen.addr))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = listen.tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| format!("the TLS configuration is unusable: {e}"))?;
+    }
+    // Without TCP_NODELAY small replies wait on delayed ACKs (~40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    ready(bound);
+    let stopping = service.stopping.clone();
+    let shutdown = async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
+        }
+        // Event streams end; calls under way finish.
+        let _ = stopping.send(true);
+    };
+    builder
+        .add_service(DeployCodeServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| format!("the server stopped: {e}"))
+}

@@ -1,0 +1,237 @@
+//! `deploy-code serve`: the Python API's tests (python/tests, pytest) run
+//! against the binary built here, and the server's refusals to start.
+
+use std::process::Command;
+
+use crate::support::free_port;
+
+/// Whether the Python packages the API's tests need are importable; CI
+/// installs them (`.ci/run`) and demands them.
+fn python_ready() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import grpc, jwt, pytest, grpc_tools"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok && std::env::var_os("DEPLOY_CODE_REQUIRE_TOOLS").is_some() {
+        panic!("the Python API's test packages are required in CI (.ci/run installs them)");
+    }
+    if !ok {
+        eprintln!("skipping: `pip install './python[test]'` first");
+    }
+    ok
+}
+
+#[test]
+fn the_python_api_passes_its_tests_against_a_real_server() {
+    if !python_ready() {
+        return;
+    }
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-s",
+            "tests",
+        ])
+        .current_dir("python")
+        .env("DEPLOY_CODE_BIN", env!("CARGO_BIN_EXE_deploy-code"))
+        .env_remove("DEPLOY_CODE_STATE")
+        .env_remove("DEPLOY_CODE_CONFIG")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "pytest failed:\n{text}");
+    // The measured event delivery, for the record.
+    for line in text.lines().filter(|l| l.contains("event delivery")) {
+        eprintln!("{line}");
+    }
+}
+
+fn serve(config: &str, listen: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("deploy-code.yaml"), config).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_deploy-code"))
+        .current_dir(dir.path())
+        .args(["serve", "--listen", listen])
+        .env_remove("DEPLOY_CODE_STATE")
+        .env_remove("DEPLOY_CODE_CONFIG")
+        .env("JWT_SECRET", "serve-refusal-secret-0123456789abcdef")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+const SERVICE: &str =
+    "services:\n  web:\n    command: /bin/busybox\n    args: [\"sleep\", \"60\"]\n";
+
+#[test]
+fn serve_refuses_a_public_address_without_authentication() {
+    let (code, out) = serve(SERVICE, &format!("0.0.0.0:{}", free_port()));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("without authentication"), "{out}");
+    assert!(out.contains("loopback"), "{out}");
+}
+
+#[test]
+fn serve_refuses_tokens_it_could_not_check() {
+    let config = format!("security:\n  auth: {{enabled: true, method: JWT}}\n{SERVICE}");
+    let (code, out) = serve(&config, &format!("127.0.0.1:{}", free_port()));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("names no key"), "{out}");
+}
+
+#[test]
+fn serve_refuses_missing_certificate_files() {
+    let config = format!(
+        "security:\n  tls_enabled: true\n  cert_path: nowhere/server.crt\n  key_path: nowhere/server.key\n{SERVICE}"
+    );
+    let (code, out) = serve(&config, &format!("127.0.0.1:{}", free_port()));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("cert_path"), "{out}");
+}
+
+/// A server on a free port over `config`, stopped (by its pid) on drop.
+struct Server {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(dir: tempfile::TempDir, config: &str) -> Server {
+        use std::io::BufRead;
+        std::fs::write(dir.path().join("deploy-code.yaml"), config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_deploy-code"))
+            .current_dir(dir.path())
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .env_remove("DEPLOY_CODE_STATE")
+            .env_remove("DEPLOY_CODE_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or_else(|| panic!("serve did not start: {line}"))
+            .to_owned();
+        Server {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// RS256/EdDSA: a public key checks the tokens, with issuer and audience;
+/// a custom role allows only its permissions.
+#[test]
+fn eddsa_tokens_with_issuer_audience_and_a_custom_role() {
+    use deploy_code::serve::pb::{self, deploy_code_client::DeployCodeClient};
+    if !crate::support::have("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let s = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .status()
+            .unwrap();
+        assert!(s.success(), "openssl {args:?}");
+    };
+    run(&["genpkey", "-algorithm", "ed25519", "-out", "jwt.key"]);
+    run(&["pkey", "-in", "jwt.key", "-pubout", "-out", "jwt.pub"]);
+    let private = std::fs::read(dir.path().join("jwt.key")).unwrap();
+    let config = format!(
+        "security:\n  auth:\n    enabled: true\n    method: JWT\n    jwt_public_key_path: jwt.pub\n    jwt_algorithm: EdDSA\n    issuer: ci.example.com\n    audience: deploy-code\n  rbac:\n    enabled: true\n    roles:\n      - name: watcher\n        permissions: [status]\n{SERVICE}"
+    );
+    let server = Server::start(dir, &config);
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(&private).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |iss: &str, aud: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+            &serde_json::json!({"sub": "bot", "role": "watcher", "iss": iss, "aud": aud, "exp": now + 300}),
+            &key,
+        )
+        .unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = DeployCodeClient::connect(format!("http://{}", server.addr))
+            .await
+            .unwrap();
+        let call = |t: String| {
+            let mut r = tonic::Request::new(pb::StatusRequest {});
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            r
+        };
+        let doc = client
+            .status(call(token("ci.example.com", "deploy-code")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(doc.json.contains("\"services\""), "{}", doc.json);
+        let e = client
+            .status(call(token("elsewhere", "deploy-code")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(e.message().contains("issuer"), "{}", e.message());
+        let e = client
+            .status(call(token("ci.example.com", "other")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(e.message().contains("audience"), "{}", e.message());
+        let mut plan = tonic::Request::new(pb::PlanRequest::default());
+        plan.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", token("ci.example.com", "deploy-code"))
+                .parse()
+                .unwrap(),
+        );
+        let e = client.plan(plan).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("`watcher`"), "{}", e.message());
+        // An HS256 token is refused by an EdDSA server.
+        let forged = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub": "eve", "role": "watcher", "iss": "ci.example.com", "aud": "deploy-code", "exp": now + 300}),
+            &jsonwebtoken::EncodingKey::from_secret(b"guess"),
+        )
+        .unwrap();
+        let e = client.status(call(forged)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    });
+}
