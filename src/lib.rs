@@ -24,6 +24,7 @@ pub mod procfs;
 pub mod redact;
 pub mod render;
 pub mod state;
+pub mod switch;
 
 /// Runs the tool on these arguments and returns the process exit code.
 pub fn run<I, T>(args: I) -> u8
@@ -35,6 +36,9 @@ where
     if args.get(1).is_some_and(|a| a == backends::logwriter::ARG) {
         let file = args.get(2).cloned().unwrap_or_default();
         return backends::logwriter::run(std::path::Path::new(&file));
+    }
+    if args.get(1).is_some_and(|a| a == switch::ARG) {
+        return switch::run(&args[2..]);
     }
     cli::run(args)
 }

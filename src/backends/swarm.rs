@@ -1268,6 +1268,7 @@ mod tests {
                 uuid: None,
                 model: "H100".into(),
             }],
+            only_replicas: None,
         }
     }
 
