@@ -203,6 +203,7 @@ fn spec(name: &str) -> ServiceSpec {
         restart: RestartPolicy::No,
         labels: BTreeMap::new(),
         network: None,
+        behind_switch: false,
     }
 }
 
@@ -221,6 +222,7 @@ fn backend(rt: &tokio::runtime::Runtime, b: &DockerBackend, run: usize) -> Durat
             ..Default::default()
         },
         gpus: vec![],
+        only_replicas: None,
     };
     let start = Instant::now();
     rt.block_on(async {

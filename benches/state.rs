@@ -49,6 +49,7 @@ fn record(i: usize, key: &SecretKey) -> ServiceRecord {
         restart: RestartPolicy::OnFailure,
         labels: BTreeMap::new(),
         network: None,
+        behind_switch: false,
     };
     ServiceRecord {
         name,

@@ -315,7 +315,8 @@ impl Exec<'_> {
             .expect("alive")
             .remove(&change.service);
         let rec = self.record(after, new_live, ServiceStatus::Ready, &change.gpus);
-        self.with_store(|s| s.put_service(&rec)).map_err(|e| fail(e.into()))
+        self.with_store(|s| s.put_service(&rec))
+            .map_err(|e| fail(e.into()))
     }
 
     /// Undoes a rollout: the old replicas it stopped start again and pass
@@ -354,10 +355,8 @@ impl Exec<'_> {
                             Ok(handles) => {
                                 let g = self.gate(&spec, &handles, 2, deadline).await;
                                 if !g.healthy {
-                                    problems.push(format!(
-                                        "restarted but not healthy: {}",
-                                        g.reason
-                                    ));
+                                    problems
+                                        .push(format!("restarted but not healthy: {}", g.reason));
                                 }
                                 live.extend(handles);
                             }

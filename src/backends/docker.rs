@@ -780,11 +780,8 @@ impl DockerBackend {
             let mut allocated = Vec::new();
             // Behind a traffic switch the switch holds the host ports: the
             // container publishes none and is reached on its network.
-            let published: &[crate::model::PortSpec] = if spec.behind_switch {
-                &[]
-            } else {
-                &spec.ports
-            };
+            let published: &[crate::model::PortSpec] =
+                if spec.behind_switch { &[] } else { &spec.ports };
             for p in published {
                 let port = match p.host_port {
                     Some(h) => h,
@@ -1505,6 +1502,7 @@ mod tests {
             restart: RestartPolicy::OnFailure,
             labels: BTreeMap::new(),
             network: None,
+            behind_switch: false,
         }
     }
 

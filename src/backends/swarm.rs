@@ -1250,6 +1250,7 @@ mod tests {
             restart: RestartPolicy::Always,
             labels: BTreeMap::new(),
             network: None,
+            behind_switch: false,
         }
     }
 

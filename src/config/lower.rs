@@ -880,8 +880,7 @@ impl Lowering<'_> {
             return false;
         }
         let name = format!("{strategy:?}");
-        let strategy_span =
-            span_of(self.root, &["deployment", "strategy"]).unwrap_or(0..0);
+        let strategy_span = span_of(self.root, &["deployment", "strategy"]).unwrap_or(0..0);
         let refuse = |why: String, help: &str, out: &mut Vec<Problem>| {
             out.push(
                 Problem::new(Kind::InvalidValue, why)
@@ -892,7 +891,9 @@ impl Lowering<'_> {
         };
         if backend == BackendKind::Swarm {
             refuse(
-                format!("`strategy: {name}` has no effect on `{sname}`, a Swarm service: Swarm rolls its services out itself"),
+                format!(
+                    "`strategy: {name}` has no effect on `{sname}`, a Swarm service: Swarm rolls its services out itself"
+                ),
                 "run the service on the `process` or `docker` backend, or use `Hybrid`, `Sequential` or `Parallel`",
                 out,
             );
@@ -904,7 +905,9 @@ impl Lowering<'_> {
         }
         if host_net {
             refuse(
-                format!("`strategy: {name}` cannot put `{sname}` behind a traffic switch: on the host network its container binds its host ports itself"),
+                format!(
+                    "`strategy: {name}` cannot put `{sname}` behind a traffic switch: on the host network its container binds its host ports itself"
+                ),
                 "use `network.mode: Bridge`, or `Hybrid`, `Sequential` or `Parallel`",
                 out,
             );

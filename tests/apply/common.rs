@@ -51,6 +51,7 @@ pub fn spec(service: &str, argv: &[&str]) -> ServiceSpec {
         restart: RestartPolicy::No,
         labels: BTreeMap::new(),
         network: None,
+        behind_switch: false,
     }
 }
 
@@ -99,6 +100,7 @@ pub fn ctx(dir: &Path, project: &str) -> StartContext {
         base_dir: dir.to_path_buf(),
         network: NetworkSettings::default(),
         gpus: Vec::new(),
+        only_replicas: None,
     }
 }
 

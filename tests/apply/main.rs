@@ -6,5 +6,6 @@ mod edges;
 mod engine;
 mod health;
 mod process;
+mod rollout;
 mod secrets;
 mod verdict;

@@ -110,6 +110,7 @@ pub fn ctx(project: &str) -> StartContext {
             ..Default::default()
         },
         gpus: vec![],
+        only_replicas: None,
     }
 }
 
@@ -141,6 +142,7 @@ pub fn web(name: &str) -> ServiceSpec {
         restart: RestartPolicy::No,
         labels: BTreeMap::new(),
         network: None,
+        behind_switch: false,
     }
 }
 

@@ -44,6 +44,7 @@ pub fn spec(service: &str, deps: &[&str]) -> ServiceSpec {
         restart: RestartPolicy::No,
         labels: BTreeMap::new(),
         network: None,
+        behind_switch: false,
     }
 }
 

@@ -47,6 +47,7 @@ pub fn spec(service: &str, key: &SecretKey, secret: Option<&str>) -> ServiceSpec
         restart: RestartPolicy::No,
         labels: BTreeMap::new(),
         network: None,
+        behind_switch: false,
     }
 }
 

@@ -1,0 +1,273 @@
+//! Rollouts behind a traffic switch, from the user's side: the configurations
+//! as written, a request loop against the published port during `apply`,
+//! and what serves afterwards.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::verdict::{Site, get, serves, wait_until};
+
+/// The contract's fixed port: tests that use it run one at a time.
+static PORT_18301: Mutex<()> = Mutex::new(());
+
+/// The contract's configuration, exactly as written, with `strategy` and
+/// (for RollingUpdate) `replicas: 3`.
+fn contract(strategy: &str, replicas: Option<u32>) -> String {
+    let replicas = replicas
+        .map(|n| format!("    replicas: {n}\n"))
+        .unwrap_or_default();
+    format!(
+        r#"version: "1.0.0"
+deployment: {{strategy: {strategy}}}
+services:
+  web:
+{replicas}    command: python3
+    args: ["-c", "import os, functools, http.server as h; h.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), functools.partial(h.SimpleHTTPRequestHandler, directory=os.environ['SITE'])).serve_forever()"]
+    env: {{SITE: "{{{{ env('SITE') }}}}"}}
+    ports: [{{container_port: 8080, host_port: 18301}}]
+    health_check: {{endpoint: /}}
+"#
+    )
+}
+
+/// A directory whose `index.html` names `version`.
+fn site_dir(site: &Site, version: &str) -> PathBuf {
+    let dir = site.dir.path().join(version);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), format!("{version}\n")).unwrap();
+    dir
+}
+
+/// GET / in a loop against `port` until stopped: (answered 200, failed, first failures).
+pub struct Loop {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<(u64, u64, Vec<String>)>>,
+}
+
+impl Loop {
+    pub fn start(port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (mut ok, mut failed, mut seen) = (0u64, 0u64, Vec::new());
+            while !flag.load(Ordering::Relaxed) {
+                match get(port) {
+                    Some((200, _)) => ok += 1,
+                    other => {
+                        failed += 1;
+                        if seen.len() < 5 {
+                            seen.push(format!("{other:?}"));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (ok, failed, seen)
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn finish(mut self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Pids whose environment has `var` under `dir`.
+fn pids_marked_under(var: &str, dir: &Path) -> Vec<u32> {
+    deploy_code::procfs::pids()
+        .into_iter()
+        .filter(|pid| {
+            deploy_code::procfs::environ(*pid, "DEPLOY_CODE_")
+                .and_then(|e| e.get(var).cloned())
+                .is_some_and(|v| Path::new(&v).starts_with(dir))
+        })
+        .collect()
+}
+
+/// The running switches of a site (found by their marks).
+fn switches(site: &Site) -> Vec<u32> {
+    pids_marked_under(deploy_code::switch::marks::ENV_SOCKET, site.dir.path())
+}
+
+/// Destroys what the site runs, then kills whatever is left of it by pid.
+struct Cleanup<'a>(&'a Site);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["destroy", "--auto-approve"]);
+        let dir = self.0.dir.path();
+        let mut left = switches(self.0);
+        left.extend(pids_marked_under("DEPLOY_CODE_LOG_FILE", dir));
+        for pid in left {
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+fn apply_with_site(site: &Site, dir: &Path) -> (i32, String) {
+    site.run_with(
+        &["apply", "--auto-approve"],
+        &[("SITE", dir.to_str().unwrap())],
+    )
+}
+
+/// Applies `versions` in turn under a request loop against 18301; each
+/// update must keep the port answering and serve its version after.
+fn contract_case(test: &str, strategy: &str, replicas: Option<u32>) {
+    let _port = PORT_18301.lock().unwrap_or_else(|e| e.into_inner());
+    let site = Site::new(test);
+    let _cleanup = Cleanup(&site);
+    site.write(&contract(strategy, replicas));
+    let v1 = site_dir(&site, "v1");
+    let (code, out) = apply_with_site(&site, &v1);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(serves(18301).as_deref(), Some("v1"));
+    assert_eq!(switches(&site).len(), 1, "one switch holds the port");
+    for version in ["v2", "v3"] {
+        let dir = site_dir(&site, version);
+        let requests = Loop::start(18301);
+        assert!(wait_until(Duration::from_secs(5), || serves(18301).is_some()));
+        let (code, out) = apply_with_site(&site, &dir);
+        let (ok, failed, seen) = requests.finish();
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(failed, 0, "failed requests during the update: {seen:?}");
+        assert!(ok >= 20, "the loop ran during the update ({ok} answered)");
+        assert_eq!(serves(18301).as_deref(), Some(version), "{out}");
+    }
+    let (code, out) = site.run(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("18301"), "{out}");
+    // `destroy` takes the switch down with the service.
+    let (code, out) = site.run_with(
+        &["destroy", "--auto-approve"],
+        &[("SITE", v1.to_str().unwrap())],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        switches(&site).is_empty(),
+        "the switch is gone after destroy"
+    );
+    assert!(get(18301).is_none(), "the port is free after destroy");
+}
+
+#[test]
+fn blue_green_keeps_the_fixed_port_answering_through_every_apply() {
+    contract_case("bg-contract", "BlueGreen", None);
+}
+
+#[test]
+fn rolling_update_of_three_replicas_keeps_the_fixed_port_answering() {
+    contract_case("ru-contract", "RollingUpdate", Some(3));
+}
+
+/// A new set that fails its gate never receives traffic: the old set keeps
+/// serving, the run rolls back, and the port never stops answering.
+#[test]
+fn a_failing_new_set_leaves_the_old_one_serving() {
+    for strategy in ["BlueGreen", "RollingUpdate"] {
+        let site = Site::new("rollout-fail");
+        let _cleanup = Cleanup(&site);
+        let port = crate::common::free_port();
+        let config = format!(
+            r#"{header}  web:
+    replicas: 2
+    command: python3
+    args: ["-c", "import os, functools, http.server as h; h.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), functools.partial(h.SimpleHTTPRequestHandler, directory=os.environ['SITE'])).serve_forever()"]
+    env: {{SITE: "{{{{ env('SITE') }}}}"}}
+    ports: [{{container_port: 8080, host_port: {port}}}]
+    health_check: {{endpoint: /, interval_seconds: 1, timeout_seconds: 1, retries: 1, start_period_seconds: 3}}
+"#,
+            header = site.header().replace(
+                "deployment:\n",
+                &format!("deployment:\n  strategy: {strategy}\n")
+            ),
+        );
+        site.write(&config);
+        let v1 = site_dir(&site, "v1");
+        let (code, out) = apply_with_site(&site, &v1);
+        assert_eq!(code, 0, "{out}");
+        let before = site.recorded();
+        let requests = Loop::start(port);
+        // A directory that does not exist: the new instances answer 404.
+        let (code, out) = apply_with_site(&site, &site.dir.path().join("missing"));
+        let (ok, failed, seen) = requests.finish();
+        assert_eq!(code, 4, "{strategy}: rolled back: {out}");
+        assert_eq!(failed, 0, "{strategy}: failed requests: {seen:?}");
+        assert!(ok > 0);
+        assert_eq!(serves(port).as_deref(), Some("v1"), "{strategy}: {out}");
+        assert_eq!(
+            site.recorded(),
+            before,
+            "{strategy}: the old set is recorded"
+        );
+        for (_, pid, _) in &before {
+            assert!(crate::common::alive(*pid), "{strategy}: old pid {pid} runs");
+        }
+    }
+}
+
+/// Under `RollingUpdate` the replicas are replaced one by one: each new one
+/// starts only after the previous old one stopped; under `BlueGreen` every
+/// new one starts before any old one stops.
+#[test]
+fn rolling_and_blue_green_replace_in_different_orders() {
+    let mut orders = Vec::new();
+    for strategy in ["RollingUpdate", "BlueGreen"] {
+        let site = Site::new("rollout-order");
+        let _cleanup = Cleanup(&site);
+        let port = crate::common::free_port();
+        let header = site.header().replace(
+            "deployment:\n",
+            &format!("deployment:\n  strategy: {strategy}\n"),
+        );
+        let config = format!(
+            r#"{header}  web:
+    replicas: 3
+    command: python3
+    args: ["-c", "import os, functools, http.server as h; h.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), functools.partial(h.SimpleHTTPRequestHandler, directory=os.environ['SITE'])).serve_forever()"]
+    env: {{SITE: "{{{{ env('SITE') }}}}"}}
+    ports: [{{container_port: 8080, host_port: {port}}}]
+    health_check: {{endpoint: /}}
+"#
+        );
+        site.write(&config);
+        let (code, out) = apply_with_site(&site, &site_dir(&site, "v1"));
+        assert_eq!(code, 0, "{out}");
+        let (code, out) = site.run_with(
+            &["apply", "--auto-approve", "--format", "json"],
+            &[("SITE", site_dir(&site, "v2").to_str().unwrap())],
+        );
+        assert_eq!(code, 0, "{out}");
+        let order: Vec<&str> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| match v["event"].as_str() {
+                Some("instance_started") => Some("start"),
+                Some("instance_stopped") => Some("stop"),
+                _ => None,
+            })
+            .collect();
+        orders.push((strategy, order.join(",")));
+    }
+    assert_eq!(
+        orders[0].1, "start,stop,start,stop,start,stop",
+        "{orders:?}"
+    );
+    assert_eq!(orders[1].1, "start,stop", "{orders:?}");
+}
