@@ -620,6 +620,53 @@ impl Strategy {
     }
 }
 
+/// How a create (`before` is `None`) or a replace of `after` rolls out
+/// under `strategy`, and whether it costs downtime, in words for the plan.
+pub fn rollout_description(
+    strategy: Strategy,
+    before: Option<&ServiceSpec>,
+    after: &ServiceSpec,
+) -> String {
+    let ports: Vec<String> = if after.behind_switch {
+        after.host_ports().map(|(p, _)| p.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    let switch = format!(
+        "the traffic switch on port{} {}",
+        if ports.len() > 1 { "s" } else { "" },
+        ports.join(", ")
+    );
+    let Some(before) = before else {
+        return if after.behind_switch {
+            format!("starts behind {switch}")
+        } else {
+            "starts".into()
+        };
+    };
+    if let Some(why) = before.stop_first_reason(after) {
+        let then = if after.behind_switch {
+            format!(", then behind {switch}")
+        } else {
+            String::new()
+        };
+        return format!("stop-first ({why}){then}: downtime while the new instances start");
+    }
+    let replicas = after.replicas.max(1);
+    match (strategy, after.behind_switch) {
+        (Strategy::BlueGreen, true) => format!(
+            "blue-green: {replicas} new instance(s) start beside the old ones and pass their gates, then {switch} moves every new connection to them; no downtime"
+        ),
+        (Strategy::RollingUpdate, true) => format!(
+            "rolling: replica by replica ({replicas}) behind {switch}, each new one gated before an old one drains and stops; no downtime"
+        ),
+        (Strategy::RollingUpdate, false) if after.workload == Workload::Service => format!(
+            "rolling: replica by replica ({replicas}), each new one gated before an old one stops; no fixed host port"
+        ),
+        _ => "start-first: the new instances pass their gates before the old ones stop; no fixed host port to hand over".into(),
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentSettings {
     pub strategy: Strategy,

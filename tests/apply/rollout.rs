@@ -141,6 +141,19 @@ fn contract_case(test: &str, strategy: &str, replicas: Option<u32>) {
     assert_eq!(switches(&site).len(), 1, "one switch holds the port");
     for version in ["v2", "v3"] {
         let dir = site_dir(&site, version);
+        // The plan says how the service rolls out, and that it costs no downtime.
+        let (_, plan) = site.run_with(&["plan"], &[("SITE", dir.to_str().unwrap())]);
+        let how = if replicas.is_some() {
+            "rolling: replica by replica (3)"
+        } else {
+            "blue-green"
+        };
+        assert!(plan.contains(&format!("rollout: {how}")), "{plan}");
+        assert!(
+            plan.contains("traffic switch on port 18301") && plan.contains("no downtime"),
+            "{plan}"
+        );
+        assert!(!plan.contains("stop-first"), "{plan}");
         let requests = Loop::start(18301);
         assert!(wait_until(Duration::from_secs(5), || serves(18301).is_some()));
         let (code, out) = apply_with_site(&site, &dir);

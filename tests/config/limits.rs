@@ -342,7 +342,10 @@ fn settings_without_effect_are_refused() {
     let text = format!("deployment:\n  drain_seconds: 17\n{SERVICE}");
     let (code, message, help) = problem_at(&text, "17");
     assert!(code.starts_with("E002"), "{code}");
-    assert!(message.contains("no effect without a traffic switch"), "{message}");
+    assert!(
+        message.contains("no effect without a traffic switch"),
+        "{message}"
+    );
     assert!(help.contains("BlueGreen"), "{help}");
     assert!(
         load(&format!(
