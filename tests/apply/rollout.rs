@@ -165,7 +165,17 @@ fn contract_case(test: &str, strategy: &str, replicas: Option<u32>) {
     }
     let (code, out) = site.run(&["status"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("18301"), "{out}");
+    assert!(
+        out.contains("switch :18301 (pid "),
+        "the switch, its port and live set: {out}"
+    );
+    let live = out
+        .lines()
+        .find(|l| l.contains("switch :18301"))
+        .unwrap_or_default()
+        .to_owned();
+    let expected = replicas.unwrap_or(1) as usize;
+    assert_eq!(live.matches("127.0.0.1:").count(), expected, "{out}");
     // `destroy` takes the switch down with the service.
     let (code, out) = site.run_with(
         &["destroy", "--auto-approve"],
