@@ -268,7 +268,7 @@ impl Exec<'_> {
             if self.strategy == Strategy::RollingUpdate && old.is_some() {
                 (0..n).map(|i| i..i + 1).collect()
             } else {
-                vec![0..n]
+                std::iter::once(0..n).collect()
             };
         let old_spec = old.as_ref().map(|r| r.spec.clone());
         let mut old_live: Vec<Handle> = old.as_ref().map(|r| r.handles.clone()).unwrap_or_default();
