@@ -294,3 +294,61 @@ fn rolling_and_blue_green_replace_in_different_orders() {
     );
     assert_eq!(orders[1].1, "start,stop", "{orders:?}");
 }
+
+/// The whole change set rolls back: a service whose blue-green rollout
+/// completed (its old set stopped) gets its old set back, serving through
+/// the same switch, when a later phase fails; the port never stops
+/// answering.
+#[test]
+fn a_completed_rollout_is_undone_when_a_later_phase_fails() {
+    let site = Site::new("rollout-undo");
+    let _cleanup = Cleanup(&site);
+    let port = crate::common::free_port();
+    let header = site
+        .header()
+        .replace("deployment:\n", "deployment:\n  strategy: BlueGreen\n");
+    let write = |api_exit: &str| {
+        site.write(&format!(
+            r#"{header}  web:
+    replicas: 2
+    command: python3
+    args: ["-c", "import os, functools, http.server as h; h.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), functools.partial(h.SimpleHTTPRequestHandler, directory=os.environ['SITE'])).serve_forever()"]
+    env: {{SITE: "{{{{ env('SITE') }}}}"}}
+    ports: [{{container_port: 8080, host_port: {port}}}]
+    health_check: {{endpoint: /}}
+  api:
+    command: python3
+    args: ["-c", "import sys, time; time.sleep(0.2); sys.exit({api_exit})"]
+    env: {{SITE: "{{{{ env('SITE') }}}}"}}
+    dependencies: [web]
+    oneshot: true
+"#
+        ))
+    };
+    write("0");
+    let (code, out) = apply_with_site(&site, &site_dir(&site, "v1"));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(serves(port).as_deref(), Some("v1"));
+    write("3");
+    let requests = Loop::start(port);
+    let (code, out) = apply_with_site(&site, &site_dir(&site, "v2"));
+    let (ok, failed, seen) = requests.finish();
+    assert_eq!(code, 4, "rolled back: {out}");
+    assert!(out.contains("restore-old-set"), "{out}");
+    assert_eq!(failed, 0, "failed requests: {seen:?}");
+    assert!(ok > 0);
+    assert_eq!(serves(port).as_deref(), Some("v1"), "{out}");
+    // The old set is recorded again, runs, and is what the switch serves.
+    let recorded = site.recorded();
+    let web: Vec<_> = recorded.iter().filter(|(s, _, _)| s == "web").collect();
+    assert_eq!(web.len(), 2, "{recorded:?}");
+    for (_, pid, _) in &web {
+        assert!(crate::common::alive(*pid));
+    }
+    let (_, status) = site.run(&["status"]);
+    let line = status
+        .lines()
+        .find(|l| l.contains(&format!("switch :{port}")))
+        .unwrap_or_default();
+    assert_eq!(line.matches("127.0.0.1:").count(), 2, "{status}");
+}
