@@ -2,6 +2,7 @@
 //! as written, a request loop against the published port during `apply`,
 //! and what serves afterwards.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -351,4 +352,126 @@ fn a_completed_rollout_is_undone_when_a_later_phase_fails() {
         .find(|l| l.contains(&format!("switch :{port}")))
         .unwrap_or_default();
     assert_eq!(line.matches("127.0.0.1:").count(), 2, "{status}");
+}
+
+/// A TCP server on a free loopback port that answers each line with
+/// `<name>:<line>`; runs until the test binary ends.
+fn echo_server(name: &'static str) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut write = stream.try_clone().unwrap();
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { return };
+                    if writeln!(write, "{name}:{line}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn say(
+    conn: &mut (std::net::TcpStream, std::io::BufReader<std::net::TcpStream>),
+    text: &str,
+) -> Option<String> {
+    use std::io::BufRead;
+    writeln!(conn.0, "{text}").ok()?;
+    let mut answer = String::new();
+    match conn.1.read_line(&mut answer) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(answer.trim().to_owned()),
+    }
+}
+
+fn connect(port: u16) -> (std::net::TcpStream, std::io::BufReader<std::net::TcpStream>) {
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = std::io::BufReader::new(s.try_clone().unwrap());
+    (s, r)
+}
+
+/// The switch on its own: it forwards to its live set, keeps a connection
+/// to an instance it no longer sends new ones to for the drain time and
+/// then cuts it, counts what it forwarded, and frees its port when stopped.
+#[test]
+fn the_switch_forwards_drains_and_stops() {
+    use deploy_code::switch::SwitchClient;
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::common::free_port();
+    let (blue, green) = (echo_server("blue"), echo_server("green"));
+    let client = SwitchClient::new(&dir.path().join("state.db"), "web", port);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let project = format!("switch-{}", std::process::id());
+    let started = rt
+        .block_on(client.ensure(
+            &format!("127.0.0.1:{port}"),
+            &project,
+            "lineage-1",
+            &dir.path().join("switch.log"),
+        ))
+        .unwrap();
+    assert!(started);
+    let pid = rt.block_on(client.status()).unwrap().pid;
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            unsafe {
+                libc::kill(self.0 as i32, libc::SIGKILL);
+            }
+        }
+    }
+    let _kill = Kill(pid);
+    // The control socket is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&client.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Found again by its marks.
+    let found = deploy_code::switch::client::find(&project, "lineage-1");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].pid, pid);
+    assert!(deploy_code::switch::client::find(&project, "another").is_empty());
+
+    rt.block_on(client.set(&[blue], Duration::from_millis(0)))
+        .unwrap();
+    let mut old = connect(port);
+    assert_eq!(say(&mut old, "1").as_deref(), Some("blue:1"));
+    rt.block_on(client.set(&[green], Duration::from_millis(700)))
+        .unwrap();
+    // New connections go to green; the open one still reaches blue.
+    let mut new = connect(port);
+    assert_eq!(say(&mut new, "2").as_deref(), Some("green:2"));
+    assert_eq!(say(&mut old, "3").as_deref(), Some("blue:3"));
+    let status = rt.block_on(client.status()).unwrap();
+    assert_eq!(status.backends, vec![green]);
+    assert_eq!(status.active.get(&blue), Some(&1));
+    assert_eq!(status.forwarded.get(&green), Some(&1));
+    // After the drain the connection to blue is cut.
+    assert!(wait_until(Duration::from_secs(5), || {
+        rt.block_on(client.status())
+            .is_ok_and(|s| !s.active.contains_key(&blue))
+    }));
+    assert_eq!(say(&mut old, "4"), None);
+    assert_eq!(say(&mut new, "5").as_deref(), Some("green:5"));
+    // No backend: a connection is accepted and closed, and counted failed.
+    rt.block_on(client.set(&[], Duration::from_millis(0)))
+        .unwrap();
+    assert_eq!(say(&mut connect(port), "6"), None);
+    assert_eq!(rt.block_on(client.status()).unwrap().failed, 1);
+    // Stopped: the port and the socket are gone.
+    rt.block_on(client.stop(&project, "lineage-1")).unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert!(!client.socket.exists());
+    assert!(rt.block_on(client.status()).is_err());
 }
