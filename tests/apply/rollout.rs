@@ -65,7 +65,7 @@ impl Loop {
                         }
                     }
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(10));
             }
             (ok, failed, seen)
         });

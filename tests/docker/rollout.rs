@@ -133,7 +133,7 @@ fn case(test: &str, strategy: &str, replicas: u32) {
                         }
                     }
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(10));
             }
             (ok, failed, seen)
         });
