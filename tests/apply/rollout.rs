@@ -475,3 +475,55 @@ fn the_switch_forwards_drains_and_stops() {
     assert!(!client.socket.exists());
     assert!(rt.block_on(client.status()).is_err());
 }
+
+/// Moving a service that holds its port itself behind a switch stops it
+/// first, and the plan says so before `apply`; moving it back out stops the
+/// switch.
+#[test]
+fn moving_behind_the_switch_and_out_again_is_planned_and_done() {
+    let site = Site::new("rollout-move");
+    let _cleanup = Cleanup(&site);
+    let port = crate::common::free_port();
+    let write = |strategy: &str| {
+        let header = site.header().replace(
+            "deployment:\n",
+            &format!("deployment:\n  strategy: {strategy}\n"),
+        );
+        site.write(&format!(
+            r#"{header}  web:
+    command: python3
+    args: ["-c", "import os, functools, http.server as h; h.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), functools.partial(h.SimpleHTTPRequestHandler, directory=os.environ['SITE'])).serve_forever()"]
+    env: {{SITE: "{{{{ env('SITE') }}}}"}}
+    ports: [{{container_port: {port}, host_port: {port}}}]
+    health_check: {{endpoint: /}}
+"#
+        ));
+    };
+    let v1 = site_dir(&site, "v1");
+    write("Hybrid");
+    let (code, out) = apply_with_site(&site, &v1);
+    assert_eq!(code, 0, "{out}");
+    assert!(switches(&site).is_empty());
+    write("BlueGreen");
+    let (_, plan) = site.run_with(&["plan"], &[("SITE", v1.to_str().unwrap())]);
+    assert!(
+        plan.contains(&format!(
+            "stop-first, the old instance holds port {port} that the traffic switch takes over"
+        )),
+        "{plan}"
+    );
+    let (code, out) = apply_with_site(&site, &v1);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(switches(&site).len(), 1);
+    assert_eq!(serves(port).as_deref(), Some("v1"));
+    write("Hybrid");
+    let (_, plan) = site.run_with(&["plan"], &[("SITE", v1.to_str().unwrap())]);
+    assert!(
+        plan.contains(&format!("stop-first, the traffic switch holds port {port}")),
+        "{plan}"
+    );
+    let (code, out) = apply_with_site(&site, &v1);
+    assert_eq!(code, 0, "{out}");
+    assert!(switches(&site).is_empty(), "the switch is gone");
+    assert_eq!(serves(port).as_deref(), Some("v1"));
+}
