@@ -161,7 +161,7 @@ fn contract_case(test: &str, strategy: &str, replicas: Option<u32>) {
         let (ok, failed, seen) = requests.finish();
         assert_eq!(code, 0, "{out}");
         assert_eq!(failed, 0, "failed requests during the update: {seen:?}");
-        assert!(ok >= 20, "the loop ran during the update ({ok} answered)");
+        assert!(ok >= 5, "the loop ran during the update ({ok} answered)");
         assert_eq!(serves(18301).as_deref(), Some(version), "{out}");
     }
     let (code, out) = site.run(&["status"]);
