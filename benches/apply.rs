@@ -72,6 +72,7 @@ fn service(name: &str, port: u16, delay_ms: u64, deps: Vec<ServiceName>, www: &s
         restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
+        behind_switch: false,
     }
 }
 
@@ -222,6 +223,7 @@ async fn detection(samples: &mut Vec<f64>) {
         base_dir: dir.path().to_path_buf(),
         network: NetworkSettings::default(),
         gpus: Vec::new(),
+        only_replicas: None,
     };
     let handles = b.start(&s, &ctx).await.unwrap();
     let poller = std::thread::spawn(move || {

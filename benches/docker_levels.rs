@@ -204,6 +204,7 @@ fn spec(name: &str) -> ServiceSpec {
         restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
+        behind_switch: false,
     }
 }
 
@@ -222,6 +223,7 @@ fn backend(rt: &tokio::runtime::Runtime, b: &DockerBackend, run: usize) -> Durat
             ..Default::default()
         },
         gpus: vec![],
+        only_replicas: None,
     };
     let start = Instant::now();
     rt.block_on(async {

@@ -50,6 +50,7 @@ fn record(i: usize, key: &SecretKey) -> ServiceRecord {
         restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
+        behind_switch: false,
     };
     ServiceRecord {
         name,

@@ -27,6 +27,7 @@ pub mod redact;
 pub mod render;
 pub mod serve;
 pub mod state;
+pub mod switch;
 
 /// Runs the tool on these arguments and returns the process exit code.
 pub fn run<I, T>(args: I) -> u8
@@ -41,6 +42,9 @@ where
     }
     if args.get(1).is_some_and(|a| a == monitor::ARG) {
         return monitor::run();
+    }
+    if args.get(1).is_some_and(|a| a == switch::ARG) {
+        return switch::run(&args[2..]);
     }
     cli::run(args)
 }

@@ -512,6 +512,18 @@ pub struct ServiceSpec {
     /// replaces it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The service's TCP host ports are held by a traffic switch (see
+    /// `crate::switch`) that forwards to the instances, which listen on
+    /// private ports (a process: the `PORT` it is given; a container: its
+    /// `container_port` on its network). Lowered from a `BlueGreen` or
+    /// `RollingUpdate` strategy; part of the spec, so that moving a service
+    /// behind a switch or out from behind one replaces it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub behind_switch: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ServiceSpec {
@@ -549,6 +561,11 @@ impl ServiceSpec {
     /// host's network) the port of an HTTP or TCP health check on the
     /// loopback, which it must be listening on whether declared or not.
     pub fn host_addresses(&self) -> std::collections::BTreeSet<u16> {
+        if self.behind_switch {
+            // The switch holds the host ports; instances listen and are
+            // probed on private ports.
+            return std::collections::BTreeSet::new();
+        }
         let mut out: std::collections::BTreeSet<u16> = self.host_ports().map(|(p, _)| p).collect();
         let on_host =
             self.backend == BackendKind::Process || self.network.as_deref() == Some("host");
@@ -571,6 +588,40 @@ impl ServiceSpec {
     pub fn stop_first_reason(&self, after: &ServiceSpec) -> Option<String> {
         if after.backend == BackendKind::Swarm {
             return Some("a Swarm service's name is fixed".into());
+        }
+        if after.behind_switch && !self.behind_switch {
+            // The switch takes over the host ports the old instances hold.
+            let held = self.host_addresses();
+            let taken: Vec<String> = after
+                .host_ports()
+                .map(|(p, _)| p)
+                .filter(|p| held.contains(p))
+                .map(|p| p.to_string())
+                .collect();
+            if !taken.is_empty() {
+                return Some(format!(
+                    "the old instance holds port{} {} that the traffic switch takes over",
+                    if taken.len() > 1 { "s" } else { "" },
+                    taken.join(", ")
+                ));
+            }
+            return None;
+        }
+        if self.behind_switch && !after.behind_switch {
+            let held: std::collections::BTreeSet<u16> = self.host_ports().map(|(p, _)| p).collect();
+            let shared: Vec<String> = after
+                .host_addresses()
+                .into_iter()
+                .filter(|p| held.contains(p))
+                .map(|p| p.to_string())
+                .collect();
+            if !shared.is_empty() {
+                return Some(format!(
+                    "the traffic switch holds port{} {}",
+                    if shared.len() > 1 { "s" } else { "" },
+                    shared.join(", ")
+                ));
+            }
         }
         let old = self.host_addresses();
         let shared: Vec<String> = after
@@ -606,10 +657,69 @@ pub enum Strategy {
     /// Phases in order, actions within a phase in parallel (the default).
     #[default]
     Hybrid,
-    /// As Hybrid; replicas of a service are replaced one at a time where the backend can.
+    /// Phases as Hybrid; a replaced service's replicas are replaced one at a
+    /// time, each new one gated before the next old one stops; fixed TCP
+    /// host ports are held by a traffic switch.
     RollingUpdate,
-    /// As Hybrid; the new instance is healthy before the old one stops, where ports allow.
+    /// Phases as Hybrid; a replaced service's complete new set starts beside
+    /// the old one and passes its gates, then the traffic switch moves every
+    /// new connection to it at once and the old set drains and stops.
     BlueGreen,
+}
+
+impl Strategy {
+    /// Whether services with fixed TCP host ports run behind a traffic
+    /// switch under this strategy.
+    pub fn uses_switch(self) -> bool {
+        matches!(self, Strategy::BlueGreen | Strategy::RollingUpdate)
+    }
+}
+
+/// How a create (`before` is `None`) or a replace of `after` rolls out
+/// under `strategy`, and whether it costs downtime, in words for the plan.
+pub fn rollout_description(
+    strategy: Strategy,
+    before: Option<&ServiceSpec>,
+    after: &ServiceSpec,
+) -> String {
+    let ports: Vec<String> = if after.behind_switch {
+        after.host_ports().map(|(p, _)| p.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    let switch = format!(
+        "the traffic switch on port{} {}",
+        if ports.len() > 1 { "s" } else { "" },
+        ports.join(", ")
+    );
+    let Some(before) = before else {
+        return if after.behind_switch {
+            format!("starts behind {switch}")
+        } else {
+            "starts".into()
+        };
+    };
+    if let Some(why) = before.stop_first_reason(after) {
+        let then = if after.behind_switch {
+            format!(", then behind {switch}")
+        } else {
+            String::new()
+        };
+        return format!("stop-first ({why}){then}: downtime while the new instances start");
+    }
+    let replicas = after.replicas.max(1);
+    match (strategy, after.behind_switch) {
+        (Strategy::BlueGreen, true) => format!(
+            "blue-green: {replicas} new instance(s) start beside the old ones and pass their gates, then {switch} moves every new connection to them; no downtime"
+        ),
+        (Strategy::RollingUpdate, true) => format!(
+            "rolling: replica by replica ({replicas}) behind {switch}, each new one gated before an old one drains and stops; no downtime"
+        ),
+        (Strategy::RollingUpdate, false) if after.workload == Workload::Service => format!(
+            "rolling: replica by replica ({replicas}), each new one gated before an old one stops; no fixed host port"
+        ),
+        _ => "start-first: the new instances pass their gates before the old ones stop; no fixed host port to hand over".into(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -625,6 +735,14 @@ pub struct DeploymentSettings {
     pub rollback_timeout_seconds: u64,
     /// Grace period between SIGTERM and SIGKILL (or a container's stop timeout).
     pub stop_grace_seconds: u64,
+    /// How long a traffic switch lets connections to instances it no longer
+    /// sends new ones to finish before those instances stop.
+    #[serde(default = "default_drain")]
+    pub drain_seconds: u64,
+}
+
+fn default_drain() -> u64 {
+    5
 }
 
 impl Default for DeploymentSettings {
@@ -637,6 +755,7 @@ impl Default for DeploymentSettings {
             rollback_on_failure: true,
             rollback_timeout_seconds: 300,
             stop_grace_seconds: 10,
+            drain_seconds: default_drain(),
         }
     }
 }

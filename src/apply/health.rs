@@ -103,6 +103,18 @@ pub async fn target(
     if !is_loopback(host) {
         return (host.to_owned(), port);
     }
+    // Behind a traffic switch a host port is the switch's: the instance is
+    // probed at its own (private) address for that port.
+    if spec.behind_switch
+        && let Some(p) = spec
+            .ports
+            .iter()
+            .find(|p| p.host_port == Some(port))
+            .or_else(|| spec.ports.iter().find(|p| p.container_port == port))
+        && let Some(addr) = backend.own_address(handle, p.container_port).await
+    {
+        return addr;
+    }
     if spec.ports.iter().any(|p| p.host_port == Some(port)) {
         return ("127.0.0.1".to_owned(), port);
     }

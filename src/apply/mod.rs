@@ -16,6 +16,7 @@
 
 pub mod health;
 pub mod reconcile;
+mod rollout;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -288,6 +289,13 @@ enum Undo {
         record: Box<ServiceRecord>,
         spec: Box<ServiceSpec>,
     },
+    /// A traffic switch was started: stop it.
+    SwitchUp {
+        service: ServiceName,
+        client: Box<crate::switch::SwitchClient>,
+    },
+    /// A rollout (see [`rollout`]): restore the old set, then stop the new.
+    Rollout(Arc<Mutex<rollout::RolloutUndo>>),
 }
 
 struct Exec<'a> {
@@ -308,6 +316,11 @@ struct Exec<'a> {
     deadline: Instant,
     /// Phase and health-gate timings, stored with the deployment record.
     timings: Mutex<crate::metrics::Timings>,
+    /// The state file: switches' control sockets live beside it.
+    state_path: std::path::PathBuf,
+    strategy: crate::model::Strategy,
+    /// How long a switch lets old connections finish.
+    drain: Duration,
 }
 
 pub fn now_rfc3339() -> String {
@@ -664,6 +677,12 @@ impl Exec<'_> {
             }
             return Ok(());
         };
+        // The switches go with the service, or when it leaves them.
+        let after = change.after.as_ref().filter(|_| !remove);
+        if record.spec.behind_switch {
+            self.stop_switches(&record.spec, after.filter(|a| a.behind_switch))
+                .await;
+        }
         self.with_store(|s| {
             if remove {
                 s.remove_service(&change.service)
@@ -702,6 +721,9 @@ impl Exec<'_> {
         let res = match change.action {
             Action::NoOp => Ok(()),
             Action::Create => match &change.after {
+                Some(spec) if rollout::is_rollout(self.strategy, change, spec) => {
+                    self.rollout(change, spec, None).await
+                }
                 Some(spec) => self.bring_up(spec, &change.gpus, Action::Create).await,
                 None => Err(self.fail(&change.service, change.action, no_spec())),
             },
@@ -749,14 +771,25 @@ impl Exec<'_> {
         let Some(after) = &change.after else {
             return Err(self.fail(&change.service, change.action, no_spec()));
         };
+        let stop_first = change
+            .before
+            .as_ref()
+            .is_some_and(|b| stops_first(b, after));
+        if rollout::is_rollout(self.strategy, change, after) {
+            // Behind switches, or replica by replica. Old instances that
+            // hold the port a switch takes over stop first.
+            let old = if stop_first {
+                self.take_down(change, false).await?;
+                None
+            } else {
+                self.prior.get(&change.service).cloned()
+            };
+            return self.rollout(change, after, old).await;
+        }
         // Stop-first when old and new would hold or be probed at the same
         // host address: the new instance could not bind it, and a probe
         // there could be answered by the old one.
-        if change
-            .before
-            .as_ref()
-            .is_some_and(|b| stops_first(b, after))
-        {
+        if stop_first {
             self.take_down(change, false).await?;
             self.bring_up(after, &change.gpus, Action::Replace).await
         } else {
@@ -889,6 +922,22 @@ impl Exec<'_> {
                     self.report_step(&service, "stop-new", ok, detail)
                 }
                 Undo::Stopped { record } => self.restart_old(*record, deadline).await,
+                Undo::SwitchUp { service, client } => {
+                    let res = client.stop(&self.ctx.project, &self.ctx.lineage).await;
+                    self.report_step(
+                        &service,
+                        "stop-switch",
+                        res.is_ok(),
+                        match res {
+                            Ok(()) => format!("port {} released", client.port),
+                            Err(e) => e.to_string(),
+                        },
+                    )
+                }
+                Undo::Rollout(u) => {
+                    let u = u.lock().expect("rollout").clone();
+                    self.undo_rollout(u, deadline).await
+                }
                 Undo::Updated { record, spec } => {
                     let current = self
                         .with_store(|s| s.snapshot())
@@ -935,6 +984,11 @@ impl Exec<'_> {
                 return self.report_step(&name, "restart-old", false, e.message);
             }
         };
+        if spec.behind_switch
+            && let Err(e) = self.ensure_switches(&spec, false).await
+        {
+            return self.report_step(&name, "restart-old", false, e.message);
+        }
         let handles = match self.start(&spec, &record.gpus, "rollback-start").await {
             Ok(h) => h,
             Err(e) => {
@@ -945,7 +999,14 @@ impl Exec<'_> {
                 return self.report_step(&name, "restart-old", false, e.message);
             }
         };
-        let g = self.gate(&spec, &handles, 2, deadline).await;
+        let mut g = self.gate(&spec, &handles, 2, deadline).await;
+        if g.healthy
+            && spec.behind_switch
+            && let Err(e) = self.point_all(&spec, &handles).await
+        {
+            g.healthy = false;
+            g.reason = e.message;
+        }
         let mut r = record.clone();
         r.handles = handles;
         r.updated_at = now_rfc3339();
@@ -1011,6 +1072,8 @@ fn step_service(u: &Undo) -> ServiceName {
     match u {
         Undo::Started { service, .. } => service.clone(),
         Undo::Stopped { record } | Undo::Updated { record, .. } => record.name.clone(),
+        Undo::SwitchUp { service, .. } => service.clone(),
+        Undo::Rollout(u) => u.lock().expect("rollout").new_spec.name.clone(),
     }
 }
 
@@ -1074,13 +1137,18 @@ pub async fn execute(
         base_dir: opts.base_dir.clone(),
         network: settings.network.clone(),
         gpus: Vec::new(),
+        only_replicas: None,
     };
     let max_parallel = if dep.strategy == crate::model::Strategy::Sequential {
         1
     } else {
         dep.max_parallel.max(1) as usize
     };
+    let state_path = store.path().to_path_buf();
     let exec = Exec {
+        state_path,
+        strategy: dep.strategy,
+        drain: rollout::drain_of(dep.drain_seconds),
         store: Mutex::new(store),
         backends,
         ctx,

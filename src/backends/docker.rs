@@ -778,7 +778,11 @@ impl DockerBackend {
             let mut chosen = Vec::new();
             let mut taken = BTreeSet::new();
             let mut allocated = Vec::new();
-            for p in &spec.ports {
+            // Behind a traffic switch the switch holds the host ports: the
+            // container publishes none and is reached on its network.
+            let published: &[crate::model::PortSpec] =
+                if spec.behind_switch { &[] } else { &spec.ports };
+            for p in published {
                 let port = match p.host_port {
                     Some(h) => h,
                     None if Attachment::of(spec, ctx) == Attachment::Host => p.container_port,
@@ -1060,9 +1064,8 @@ impl Backend for DockerBackend {
                 self.prepared.remember(net_key);
             }
             self.ensure_volumes(spec, ctx).await?;
-            let replicas = spec.replicas.max(1);
             let results = futures_util::future::join_all(
-                (0..replicas).map(|r| self.start_replica(spec, ctx, r)),
+                ctx.replicas(spec).map(|r| self.start_replica(spec, ctx, r)),
             )
             .await;
             let mut handles = Vec::new();
@@ -1447,6 +1450,7 @@ mod tests {
             base_dir: PathBuf::from("/tmp"),
             network: Default::default(),
             gpus,
+            only_replicas: None,
         }
     }
 
@@ -1499,6 +1503,7 @@ mod tests {
             restart_settings: None,
             labels: BTreeMap::new(),
             network: None,
+            behind_switch: false,
         }
     }
 

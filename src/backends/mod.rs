@@ -40,6 +40,9 @@ pub mod marks {
     pub const ENV_REPLICA: &str = "DEPLOY_CODE_REPLICA";
     /// The log file of a process (its output may reach it through a pipe).
     pub const ENV_LOG: &str = "DEPLOY_CODE_LOG_FILE";
+    /// The private ports of a process behind a traffic switch:
+    /// `<container_port>=<private_port>,…`.
+    pub const ENV_PORTS: &str = "DEPLOY_CODE_PORTS";
 }
 
 /// What a backend needs to know about the run that starts an instance.
@@ -56,6 +59,20 @@ pub struct StartContext {
     pub network: NetworkSettings,
     /// GPUs the plan assigned (CUDA_VISIBLE_DEVICES / device requests).
     pub gpus: Vec<GpuRef>,
+    /// The replicas to start, when not all of them (a rolling update starts
+    /// one at a time).
+    pub only_replicas: Option<std::ops::Range<u32>>,
+}
+
+impl StartContext {
+    /// The replica indexes a start of `spec` brings up.
+    pub fn replicas(&self, spec: &ServiceSpec) -> std::ops::Range<u32> {
+        let all = 0..spec.replicas.max(1);
+        match &self.only_replicas {
+            Some(r) => r.start.max(all.start)..r.end.min(all.end),
+            None => all,
+        }
+    }
 }
 
 /// Whether an instance still runs.

@@ -148,6 +148,8 @@ impl ProcessBackend {
             let ids: Vec<String> = ctx.gpus.iter().map(|g| g.index.to_string()).collect();
             env.push(("CUDA_VISIBLE_DEVICES".into(), ids.join(",")));
         }
+        let ports = port_env(spec).map_err(|e| start_failed(e.to_string()))?;
+        env.extend(ports.iter().cloned());
         let shown = command.display();
         let monitored = spec.restart_settings.is_some();
         let mut cmd = if monitored {
@@ -172,6 +174,11 @@ impl ProcessBackend {
             cmd
         };
         cmd.current_dir(&cwd).stdout(out).stderr(err);
+        // The private ports are a mark too: found again on the instance's
+        // own process (the monitor, when there is one).
+        if let Some((k, v)) = ports.iter().find(|(k, _)| k == marks::ENV_PORTS) {
+            cmd.env(k, v);
+        }
         cmd.env(marks::ENV_PROJECT, &ctx.project)
             .env(marks::ENV_SERVICE, &service)
             .env(marks::ENV_SPEC_HASH, spec.spec_hash())
@@ -353,6 +360,46 @@ fn detach(cmd: &mut Command) {
     }
 }
 
+/// The port variables of a process: `PORT` (its first port) and
+/// `PORT_<container_port>` for each port. Behind a traffic switch each
+/// port is a private one allocated here (recorded in the
+/// [`marks::ENV_PORTS`] mark); otherwise it is the port itself.
+fn port_env(spec: &ServiceSpec) -> std::io::Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut private = Vec::new();
+    for p in &spec.ports {
+        let port = if spec.behind_switch && p.host_port.is_some() {
+            let port = std::net::TcpListener::bind(("127.0.0.1", 0))?
+                .local_addr()?
+                .port();
+            private.push(format!("{}={port}", p.container_port));
+            port
+        } else {
+            p.host_port.unwrap_or(p.container_port)
+        };
+        if out.is_empty() {
+            out.push(("PORT".to_owned(), port.to_string()));
+        }
+        out.push((format!("PORT_{}", p.container_port), port.to_string()));
+    }
+    if !private.is_empty() {
+        out.push((marks::ENV_PORTS.to_owned(), private.join(",")));
+    }
+    Ok(out)
+}
+
+/// The private port a process behind a traffic switch listens on for
+/// `container_port`, read from its marks.
+fn private_port(pid: u32, container_port: u16) -> Option<u16> {
+    let env = read_environ(pid)?;
+    env.get(marks::ENV_PORTS)?.split(',').find_map(|pair| {
+        let (c, p) = pair.split_once('=')?;
+        (c.parse::<u16>().ok()? == container_port)
+            .then(|| p.parse().ok())
+            .flatten()
+    })
+}
+
 /// The first words of the line that opens each instance's part of a log file.
 pub const INSTANCE_HEADER: &str = "--- deploy-code: started";
 
@@ -497,7 +544,7 @@ impl Backend for ProcessBackend {
         ctx: &StartContext,
     ) -> Result<Vec<Handle>, BackendError> {
         let mut handles = Vec::new();
-        for replica in 0..spec.replicas.max(1) {
+        for replica in ctx.replicas(spec) {
             match self.spawn_one(spec, ctx, replica) {
                 Ok(h) => handles.push(h),
                 Err(e) => {
@@ -614,6 +661,13 @@ impl Backend for ProcessBackend {
         (self.liveness_now(*pid, *start_time) == Liveness::Running)
             .then(|| procfs::started_at_epoch(*start_time))
             .flatten()
+    }
+
+    async fn own_address(&self, handle: &Handle, port: u16) -> Option<(String, u16)> {
+        let Handle::Process { pid, .. } = handle else {
+            return None;
+        };
+        private_port(*pid, port).map(|p| ("127.0.0.1".to_owned(), p))
     }
 
     async fn listener_is_own(&self, handle: &Handle, port: u16) -> Option<bool> {

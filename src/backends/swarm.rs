@@ -1251,6 +1251,7 @@ mod tests {
             restart_settings: None,
             labels: BTreeMap::new(),
             network: None,
+            behind_switch: false,
         }
     }
 
@@ -1269,6 +1270,7 @@ mod tests {
                 uuid: None,
                 model: "H100".into(),
             }],
+            only_replicas: None,
         }
     }
 

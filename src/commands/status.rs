@@ -112,8 +112,59 @@ struct ServiceView {
     instances: Vec<InstanceView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     health: Option<HealthView>,
+    /// The traffic switches that hold its host ports.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    switches: Vec<SwitchView>,
     #[serde(skip)]
     workload_task: bool,
+}
+
+/// A traffic switch as it reports itself.
+#[derive(Serialize)]
+struct SwitchView {
+    port: u16,
+    /// `running`, or why it does not answer.
+    state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<u32>,
+    /// Where new connections go.
+    live: Vec<String>,
+    /// Open connections.
+    active: u64,
+    /// Connections forwarded, and those no instance took, since it started.
+    forwarded: u64,
+    failed: u64,
+}
+
+async fn switches_of(state_path: &std::path::Path, r: &ServiceRecord) -> Vec<SwitchView> {
+    let mut out = Vec::new();
+    if !r.spec.behind_switch {
+        return out;
+    }
+    for (port, _) in r.spec.host_ports() {
+        let client = crate::switch::SwitchClient::new(state_path, r.name.as_str(), port);
+        out.push(match client.status().await {
+            Ok(s) => SwitchView {
+                port,
+                state: "running".into(),
+                pid: Some(s.pid),
+                live: s.backends.iter().map(ToString::to_string).collect(),
+                active: s.active.values().sum(),
+                forwarded: s.forwarded.values().sum(),
+                failed: s.failed,
+            },
+            Err(e) => SwitchView {
+                port,
+                state: e.to_string(),
+                pid: None,
+                live: Vec::new(),
+                active: 0,
+                forwarded: 0,
+                failed: 0,
+            },
+        });
+    }
+    out
 }
 
 #[derive(Clone, Serialize)]
@@ -197,7 +248,12 @@ async fn health_of(backends: &Registry, r: &ServiceRecord) -> Option<HealthView>
     })
 }
 
-async fn views(backends: &Registry, snap: &Snapshot, probe: bool) -> Vec<ServiceView> {
+async fn views(
+    backends: &Registry,
+    snap: &Snapshot,
+    probe: bool,
+    state_path: &std::path::Path,
+) -> Vec<ServiceView> {
     let mut out = Vec::new();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -267,6 +323,7 @@ async fn views(backends: &Registry, snap: &Snapshot, probe: bool) -> Vec<Service
             spec_hash: r.spec_hash.clone(),
             instances,
             health,
+            switches: switches_of(state_path, r).await,
             workload_task: r.spec.workload == crate::model::Workload::Task,
         });
     }
@@ -363,6 +420,23 @@ fn human(views: &[ServiceView], detailed: bool) -> String {
                 lines.push(format!("    {}: {}", i.id, m.line()));
             }
         }
+        for sw in &v.switches {
+            lines.push(match sw.pid {
+                Some(pid) => format!(
+                    "    switch :{} (pid {pid}) -> {}  ({} open, {} forwarded, {} failed)",
+                    sw.port,
+                    if sw.live.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        sw.live.join(", ")
+                    },
+                    sw.active,
+                    sw.forwarded,
+                    sw.failed
+                ),
+                None => format!("    switch :{} {}", sw.port, sw.state),
+            });
+        }
         if detailed {
             lines.push(format!("    spec {}  revision {}", v.spec_hash, v.revision));
             for i in &v.instances {
@@ -416,7 +490,8 @@ pub fn status(ctx: &Context, args: &StatusArgs) -> Result<u8, Failure> {
     loop {
         let snap = snapshot(ctx)?;
         let backends = registry_for(None, Some(&snap));
-        let v = rt.block_on(views(&backends, &snap, true));
+        let state_path = super::reader_state_path(ctx);
+        let v = rt.block_on(views(&backends, &snap, true, &state_path));
         let text = match ctx.global.format {
             Format::Json => {
                 serde_json::to_string_pretty(&serde_json::json!({
@@ -443,7 +518,12 @@ pub fn health(ctx: &Context, _args: &HealthArgs) -> Result<u8, Failure> {
     let rt = runtime()?;
     let snap = snapshot(ctx)?;
     let backends = registry_for(None, Some(&snap));
-    let v = rt.block_on(views(&backends, &snap, true));
+    let v = rt.block_on(views(
+        &backends,
+        &snap,
+        true,
+        &super::reader_state_path(ctx),
+    ));
     let rows: Vec<serde_json::Value> = v
         .iter()
         .map(|s| {

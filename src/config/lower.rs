@@ -400,23 +400,21 @@ impl Lowering<'_> {
         };
         let d = f.deployment.clone().unwrap_or_default();
         let dd = DeploymentSettings::default();
-        // A strategy that would run as another is refused, not accepted.
-        let unbuilt = match d.strategy {
-            Some(schema::Strategy::RollingUpdate) => Some("RollingUpdate"),
-            Some(schema::Strategy::BlueGreen) => Some("BlueGreen"),
-            _ => None,
-        };
-        if let Some(name) = unbuilt {
+        let uses_switch = matches!(
+            d.strategy,
+            Some(schema::Strategy::RollingUpdate | schema::Strategy::BlueGreen)
+        );
+        if d.drain_seconds.is_some() && !uses_switch {
             out.push(
-                unsupported(
-                    "deployment.strategy",
-                    name,
-                    "it would run exactly as `Hybrid` (phases in order, replaces in the order the ports allow); write `Hybrid`, `Sequential` or `Parallel`",
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`deployment.drain_seconds` has no effect without a traffic switch",
                 )
                 .label(
-                    span_of(self.root, &["deployment", "strategy"]).unwrap_or(0..0),
+                    span_of(self.root, &["deployment", "drain_seconds"]).unwrap_or(0..0),
                     "would have no effect",
-                ),
+                )
+                .help("only `strategy: BlueGreen` and `strategy: RollingUpdate` put services behind a traffic switch that drains; remove the key or change the strategy"),
             );
         }
         let deployment = DeploymentSettings {
@@ -435,6 +433,7 @@ impl Lowering<'_> {
                 .rollback_timeout_seconds
                 .unwrap_or(dd.rollback_timeout_seconds),
             stop_grace_seconds: d.stop_grace_seconds.unwrap_or(dd.stop_grace_seconds),
+            drain_seconds: d.drain_seconds.unwrap_or(dd.drain_seconds),
         };
         let n = infra.network.clone().unwrap_or_default();
         let nd = NetworkSettings::default();
@@ -1134,6 +1133,9 @@ impl Lowering<'_> {
             })
             .collect();
 
+        let behind_switch = self.behind_switch(
+            entry, sname, backend, workload, host_net, &ports, settings, out,
+        );
         if out.len() > start {
             return None;
         }
@@ -1170,7 +1172,76 @@ impl Lowering<'_> {
                 _ if host_net => Some("host".into()),
                 BackendKind::Docker | BackendKind::Swarm => settings.network.name.clone(),
             },
+            behind_switch,
         })
+    }
+
+    /// Whether a service runs behind a traffic switch: under `BlueGreen` or
+    /// `RollingUpdate`, a long-running process or container with fixed TCP
+    /// host ports. A service the strategy cannot act on is refused rather
+    /// than run as another strategy would.
+    #[allow(clippy::too_many_arguments)]
+    fn behind_switch(
+        &self,
+        entry: &Entry<'_>,
+        sname: &str,
+        backend: BackendKind,
+        workload: Workload,
+        host_net: bool,
+        ports: &[PortSpec],
+        settings: &Settings,
+        out: &mut Vec<Problem>,
+    ) -> bool {
+        let strategy = settings.deployment.strategy;
+        if !strategy.uses_switch() {
+            return false;
+        }
+        let name = format!("{strategy:?}");
+        let strategy_span = span_of(self.root, &["deployment", "strategy"]).unwrap_or(0..0);
+        let refuse = |why: String, help: &str, out: &mut Vec<Problem>| {
+            out.push(
+                Problem::new(Kind::InvalidValue, why)
+                    .label(strategy_span.clone(), "the strategy")
+                    .label(entry.key.span.clone(), "this service")
+                    .help(help.to_owned()),
+            );
+        };
+        if backend == BackendKind::Swarm {
+            refuse(
+                format!(
+                    "`strategy: {name}` has no effect on `{sname}`, a Swarm service: Swarm rolls its services out itself"
+                ),
+                "run the service on the `process` or `docker` backend, or use `Hybrid`, `Sequential` or `Parallel`",
+                out,
+            );
+            return false;
+        }
+        let fixed: Vec<&PortSpec> = ports.iter().filter(|p| p.host_port.is_some()).collect();
+        if workload != Workload::Service || fixed.is_empty() {
+            return false;
+        }
+        if host_net {
+            refuse(
+                format!(
+                    "`strategy: {name}` cannot put `{sname}` behind a traffic switch: on the host network its container binds its host ports itself"
+                ),
+                "use `network.mode: Bridge`, or `Hybrid`, `Sequential` or `Parallel`",
+                out,
+            );
+            return false;
+        }
+        if let Some(p) = fixed.iter().find(|p| p.protocol == Protocol::Udp) {
+            refuse(
+                format!(
+                    "`strategy: {name}` cannot put `{sname}` behind a traffic switch: host port {}/udp, and the switch forwards TCP only",
+                    p.host_port.unwrap_or(0)
+                ),
+                "leave `host_port` out of UDP ports, or use `Hybrid`, `Sequential` or `Parallel`",
+                out,
+            );
+            return false;
+        }
+        true
     }
 }
 

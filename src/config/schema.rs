@@ -215,7 +215,7 @@ pub enum Strategy {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Deployment {
-    /// Sequential (one action at a time), Parallel or Hybrid (phases in order, a phase's actions at once up to `max_parallel`). Default Hybrid. RollingUpdate and BlueGreen are refused: they would run exactly as Hybrid.
+    /// Sequential (one action at a time), Parallel (every action of a phase at once, up to `max_parallel`), Hybrid (phases in order, a phase's actions at once up to `max_parallel`; the default), RollingUpdate (a replaced service replica by replica) or BlueGreen (a replaced service's whole new set beside the old one, then one switch). Under RollingUpdate and BlueGreen, fixed TCP host ports are held by a traffic switch.
     pub strategy: Option<Strategy>,
     /// Most actions at once, 1 to 4294967295. Default 10.
     #[schemars(range(min = 1))]
@@ -233,6 +233,8 @@ pub struct Deployment {
     pub rollback_timeout_seconds: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL (a container's stop timeout). Default 10.
     pub stop_grace_seconds: Option<u64>,
+    /// Seconds a traffic switch lets the connections of instances it no longer sends new ones to finish before they stop (RollingUpdate and BlueGreen only). Default 5.
+    pub drain_seconds: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]

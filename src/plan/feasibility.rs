@@ -209,7 +209,11 @@ pub fn check(
 /// runs at most one task per node with it (the routing mesh binds it once for
 /// all tasks). More replicas than places exhaust the port.
 fn check_ports_per_replica(f: &mut Feasibility, demands: &[Demand], inventory: &Inventory) {
-    for d in demands.iter().filter(|d| d.changing && d.spec.replicas > 1) {
+    // Behind a traffic switch the switch binds the port once for all replicas.
+    for d in demands
+        .iter()
+        .filter(|d| d.changing && d.spec.replicas > 1 && !d.spec.behind_switch)
+    {
         let (places, unit) = match d.spec.backend {
             BackendKind::Swarm if inventory.swarm_publish == PublishMode::Ingress => continue,
             BackendKind::Swarm => (inventory.hosts.len() as u32, "node"),

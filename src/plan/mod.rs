@@ -83,6 +83,10 @@ pub struct Change {
     /// The GPUs assigned to the new spec.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<GpuRef>,
+    /// How a create or replace rolls out under the deployment's strategy,
+    /// and whether it costs downtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
 }
 
 /// Something running differs from what the state says.

@@ -166,6 +166,7 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                 after: Some(after.clone()),
                 prior_handles: Vec::new(),
                 gpus: Vec::new(),
+                rollout: None,
             },
             (None, Some(r)) => {
                 let reason = if destroy_all {
@@ -185,6 +186,7 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                     after: None,
                     prior_handles: r.handles.clone(),
                     gpus: Vec::new(),
+                    rollout: None,
                 }
             }
             (Some(after), Some(r)) => decide(
@@ -199,6 +201,19 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
     }
 
     let phases = phases(&changes, state);
+
+    if let Some(d) = input.desired {
+        let strategy = d.settings.deployment.strategy;
+        for c in changes.values_mut() {
+            if let (Action::Create | Action::Replace, Some(after)) = (c.action, &c.after) {
+                c.rollout = Some(crate::model::rollout_description(
+                    strategy,
+                    c.before.as_ref().filter(|_| c.action == Action::Replace),
+                    after,
+                ));
+            }
+        }
+    }
 
     // Feasibility of what the plan leaves running.
     let mut demands = Vec::new();
@@ -304,6 +319,7 @@ fn decide(
         after: Some(after.clone()),
         prior_handles: record.handles.clone(),
         gpus: Vec::new(),
+        rollout: None,
     };
     let paths = if record.spec == *after {
         Vec::new()

@@ -341,6 +341,8 @@ pub fn human(plan: &Plan, color: bool) -> String {
                     out,
                     "        stop-first, {why}: the service is down while its new instance starts"
                 );
+            } else if let Some(r) = c.rollout.as_ref().filter(|_| c.action == Action::Replace) {
+                let _ = writeln!(out, "        rollout: {r}");
             }
             if !c.gpus.is_empty() {
                 let _ = writeln!(

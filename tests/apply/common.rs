@@ -52,6 +52,7 @@ pub fn spec(service: &str, argv: &[&str]) -> ServiceSpec {
         restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
+        behind_switch: false,
     }
 }
 
@@ -101,6 +102,7 @@ pub fn ctx(dir: &Path, project: &str) -> StartContext {
         base_dir: dir.to_path_buf(),
         network: NetworkSettings::default(),
         gpus: Vec::new(),
+        only_replicas: None,
     }
 }
 

@@ -136,6 +136,7 @@ pub fn make_plan(desired: &DesiredState, snap: &Snapshot) -> Plan {
             after: Some(spec.clone()),
             prior_handles: prior.map(|r| r.handles.clone()).unwrap_or_default(),
             gpus: Vec::new(),
+            rollout: None,
         });
     }
     let mut gone = Vec::new();
@@ -152,6 +153,7 @@ pub fn make_plan(desired: &DesiredState, snap: &Snapshot) -> Plan {
                 after: None,
                 prior_handles: r.handles.clone(),
                 gpus: Vec::new(),
+                rollout: None,
             });
         }
     }

@@ -8,5 +8,6 @@ mod health;
 mod hooks;
 mod monitor;
 mod process;
+mod rollout;
 mod secrets;
 mod verdict;

@@ -318,16 +318,41 @@ fn apply_refuses_an_empty_configuration_destroy_does_not_need_services() {
 }
 
 /// A setting that would have no effect is refused, not silently accepted: a
-/// strategy that would run as `Hybrid`, restart settings that nothing applies.
+/// drain without a switch, a rollout strategy on a backend it cannot act on,
+/// restart settings that nothing applies.
 #[test]
 fn settings_without_effect_are_refused() {
     for strategy in ["RollingUpdate", "BlueGreen"] {
         let text = format!("deployment:\n  strategy: {strategy}\n{SERVICE}");
+        assert!(load(&text).is_ok(), "{strategy} is accepted");
+        let text = format!(
+            "infrastructure: {{orchestrator: Swarm}}\ndeployment:\n  strategy: {strategy}\nservices:\n  api:\n    image: x:1\n"
+        );
         let (code, message, help) = problem_at(&text, strategy);
         assert!(code.starts_with("E002"), "{code}");
-        assert!(message.contains("is not supported"), "{message}");
-        assert!(help.contains("exactly as `Hybrid`"), "{help}");
+        assert!(message.contains("a Swarm service"), "{message}");
+        assert!(help.contains("`process` or `docker`"), "{help}");
+        let text = format!(
+            "deployment:\n  strategy: {strategy}\n{SERVICE}    ports: [{{container_port: 5353, host_port: 5353, protocol: udp}}]\n"
+        );
+        let (code, message, _) = problem_at(&text, strategy);
+        assert!(code.starts_with("E002"), "{code}");
+        assert!(message.contains("forwards TCP only"), "{message}");
     }
+    let text = format!("deployment:\n  drain_seconds: 17\n{SERVICE}");
+    let (code, message, help) = problem_at(&text, "17");
+    assert!(code.starts_with("E002"), "{code}");
+    assert!(
+        message.contains("no effect without a traffic switch"),
+        "{message}"
+    );
+    assert!(help.contains("BlueGreen"), "{help}");
+    assert!(
+        load(&format!(
+            "deployment:\n  strategy: BlueGreen\n  drain_seconds: 17\n{SERVICE}"
+        ))
+        .is_ok()
+    );
     // A container's engine takes the policy, not a back-off.
     let text =
         "services:\n  api:\n    image: x:1\n    restart: {policy: always, initial_delay_ms: 250}\n";

@@ -110,6 +110,7 @@ pub fn ctx(project: &str) -> StartContext {
             ..Default::default()
         },
         gpus: vec![],
+        only_replicas: None,
     }
 }
 
@@ -142,6 +143,7 @@ pub fn web(name: &str) -> ServiceSpec {
         restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
+        behind_switch: false,
     }
 }
 

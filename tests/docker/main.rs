@@ -4,5 +4,6 @@
 mod cli;
 mod common;
 mod containers;
+mod rollout;
 mod swarm;
 mod verdict;

@@ -45,6 +45,7 @@ pub fn spec(service: &str, deps: &[&str]) -> ServiceSpec {
         restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
+        behind_switch: false,
     }
 }
 

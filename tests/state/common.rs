@@ -48,6 +48,7 @@ pub fn spec(service: &str, key: &SecretKey, secret: Option<&str>) -> ServiceSpec
         restart_settings: None,
         labels: BTreeMap::new(),
         network: None,
+        behind_switch: false,
     }
 }
 

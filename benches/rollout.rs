@@ -1,0 +1,243 @@
+//! Requests against a published port during consecutive updates, per
+//! strategy and backend: failed requests and p50/p99 latency, against the
+//! steady state of the same service.
+//!
+//! `cargo bench --bench rollout` (loopback only; it stops by itself).
+//! `DEPLOY_CODE_BENCH_UPDATES` (default 20) sets the number of updates,
+//! `DEPLOY_CODE_BENCH_RATE` (default 500) the requests per second.
+//! `Hybrid` is the comparison point: the replace stops the old instance
+//! first because it holds the port. Containers are measured when a Docker
+//! engine answers.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const IMAGE: &str = "deploy-code-bench-busybox:1";
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(port: u16) -> bool {
+    let addr = ([127, 0, 0, 1], port).into();
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET / HTTP/1.0\r\nHost: b\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.split_whitespace().nth(1) == Some("200")
+}
+
+/// Requests at a fixed rate until stopped: (latencies of answered ones in µs, failed).
+fn request_loop(port: u16, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u64>, u64) {
+    let period = Duration::from_micros(1_000_000 / rate.max(1));
+    let mut next = Instant::now();
+    let (mut lat, mut failed) = (Vec::new(), 0);
+    while !stop.load(Ordering::Relaxed) {
+        let began = Instant::now();
+        if get(port) {
+            lat.push(began.elapsed().as_micros() as u64);
+        } else {
+            failed += 1;
+        }
+        next += period;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    (lat, failed)
+}
+
+fn quantile(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn config(project: &str, strategy: &str, port: u16, docker: bool) -> String {
+    let service = if docker {
+        format!(
+            "    image: {IMAGE}\n    args: [\"sh\", \"-c\", \"mkdir -p /tmp/w && echo {{{{ env('SITE') }}}} > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w\"]\n"
+        )
+    } else {
+        "    command: python3\n    args: [\"-c\", \"import os, functools, http.server as h; h.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), functools.partial(h.SimpleHTTPRequestHandler, directory=os.environ['SITE'])).serve_forever()\"]\n".to_owned()
+    };
+    let (port_line, runtime) = if docker {
+        (
+            format!("    ports: [{{container_port: 8080, host_port: {port}}}]\n"),
+            "infrastructure: {container_runtime: Docker}\n",
+        )
+    } else {
+        (
+            format!("    ports: [{{container_port: {port}, host_port: {port}}}]\n"),
+            "",
+        )
+    };
+    format!(
+        "version: \"1.0.0\"\nproject: {project}\n{runtime}deployment: {{strategy: {strategy}, stop_grace_seconds: 2}}\nservices:\n  web:\n{service}    env: {{SITE: \"{{{{ env('SITE') }}}}\"}}\n{port_line}    health_check: {{endpoint: /}}\n"
+    )
+}
+
+fn deploy_code(dir: &Path, site: &str, args: &[&str]) -> bool {
+    Command::new(env!("CARGO_BIN_EXE_deploy-code"))
+        .current_dir(dir)
+        .args(["-c", "deploy-code.yaml"])
+        .args(args)
+        .env("SITE", site)
+        .env_remove("DEPLOY_CODE_STATE")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+struct Row {
+    backend: &'static str,
+    strategy: &'static str,
+    requests: u64,
+    failed: u64,
+    p50: f64,
+    p99: f64,
+    steady_p50: f64,
+    steady_p99: f64,
+}
+
+fn case(backend: &'static str, strategy: &'static str, updates: u64, rate: u64) -> Option<Row> {
+    let dir = tempfile::tempdir().ok()?;
+    let port = free_port();
+    let project = format!(
+        "bench-rollout-{}-{}",
+        std::process::id(),
+        strategy.to_lowercase()
+    );
+    let docker = backend == "docker";
+    let site = |n: u64| {
+        let d = dir.path().join(format!("v{n}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("index.html"), format!("v{n}\n")).unwrap();
+        if docker {
+            format!("v{n}")
+        } else {
+            d.to_string_lossy().into_owned()
+        }
+    };
+    std::fs::write(
+        dir.path().join("deploy-code.yaml"),
+        config(&project, strategy, port, docker),
+    )
+    .ok()?;
+    if !deploy_code(dir.path(), &site(0), &["apply", "--auto-approve"]) {
+        eprintln!("{backend} {strategy}: the first apply failed");
+        return None;
+    }
+    let measure = |run: &dyn Fn()| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let t = std::thread::spawn(move || request_loop(port, rate, flag));
+        run();
+        stop.store(true, Ordering::Relaxed);
+        let (mut lat, failed) = t.join().unwrap();
+        lat.sort_unstable();
+        (lat, failed)
+    };
+    let (steady, _) = measure(&|| std::thread::sleep(Duration::from_secs(3)));
+    let (lat, failed) = measure(&|| {
+        for n in 1..=updates {
+            deploy_code(dir.path(), &site(n), &["apply", "--auto-approve"]);
+        }
+    });
+    deploy_code(dir.path(), &site(updates), &["destroy", "--auto-approve"]);
+    Some(Row {
+        backend,
+        strategy,
+        requests: lat.len() as u64 + failed,
+        failed,
+        p50: quantile(&lat, 0.5),
+        p99: quantile(&lat, 0.99),
+        steady_p50: quantile(&steady, 0.5),
+        steady_p99: quantile(&steady, 0.99),
+    })
+}
+
+fn docker_ready() -> bool {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok || !Path::new("/bin/busybox").exists() {
+        return false;
+    }
+    let Ok(dir) = tempfile::tempdir() else {
+        return false;
+    };
+    let _ = std::fs::copy("/bin/busybox", dir.path().join("busybox"));
+    let _ = std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
+    );
+    Command::new("docker")
+        .args(["build", "-q", "-t", IMAGE])
+        .arg(dir.path())
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs it as a test: nothing to do.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let updates = env_or("DEPLOY_CODE_BENCH_UPDATES", 20);
+    let rate = env_or("DEPLOY_CODE_BENCH_RATE", 500);
+    let mut backends = vec!["process"];
+    if docker_ready() {
+        backends.push("docker");
+    } else {
+        eprintln!("containers skipped: no Docker engine or no /bin/busybox");
+    }
+    println!(
+        "{updates} consecutive updates, {rate} requests/s on the loopback\n\n| backend | strategy | requests | failed | p50 ms | p99 ms | steady p50 ms | steady p99 ms |\n|---|---|---|---|---|---|---|---|"
+    );
+    for backend in backends {
+        for strategy in ["BlueGreen", "RollingUpdate", "Hybrid"] {
+            if let Some(r) = case(backend, strategy, updates, rate) {
+                println!(
+                    "| {} | {}{} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                    r.backend,
+                    r.strategy,
+                    if r.strategy == "Hybrid" {
+                        " (stop-first)"
+                    } else {
+                        ""
+                    },
+                    r.requests,
+                    r.failed,
+                    r.p50,
+                    r.p99,
+                    r.steady_p50,
+                    r.steady_p99
+                );
+            }
+        }
+    }
+}

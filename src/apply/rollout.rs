@@ -1,0 +1,442 @@
+//! Rollouts behind a traffic switch (`BlueGreen`, `RollingUpdate`) and
+//! replica-by-replica replaces (`RollingUpdate`).
+//!
+//! `BlueGreen`: the complete new set starts beside the old one and passes
+//! its gates; then every switch of the service sends new connections to the
+//! new set at once; the old set's connections drain (at most
+//! `deployment.drain_seconds`) and it stops.
+//!
+//! `RollingUpdate`: replica by replica: the new replica starts and passes its
+//! gate (held `min_healthy_seconds`), joins the switch's set in place of the
+//! old replica of the same index, which drains and stops; then the next.
+//!
+//! Undo: a rollout records what it started and what it stopped as it goes;
+//! the rollback restarts the old replicas it stopped, points the switches
+//! back at the old set and only then stops the new instances, so that the
+//! port keeps answering throughout.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{Action, Change, Exec, RollbackResult, StepError, StepResult, Undo};
+use crate::apply::FailureKind;
+use crate::error::Code;
+use crate::model::{BackendKind, ServiceSpec, Strategy};
+use crate::state::{GpuRef, Handle, ServiceRecord, ServiceStatus};
+use crate::switch::SwitchClient;
+
+/// What a rollout has done so far, for its undo.
+#[derive(Clone, Debug)]
+pub(super) struct RolloutUndo {
+    /// The record it replaces (`None` for a create, or when the old
+    /// instances were stopped first and are restored by their own undo).
+    pub old: Option<ServiceRecord>,
+    pub new_spec: ServiceSpec,
+    /// New instances started.
+    pub started: Vec<Handle>,
+    /// Old instances stopped.
+    pub stopped: Vec<Handle>,
+}
+
+fn replica_of(h: &Handle) -> u32 {
+    match h {
+        Handle::Process { replica, .. } | Handle::Container { replica, .. } => *replica,
+        Handle::SwarmService { .. } => 0,
+    }
+}
+
+fn switch_error(e: crate::switch::SwitchError) -> StepError {
+    StepError::new(FailureKind::Backend { code: Code::E010 }, e.to_string())
+}
+
+impl Exec<'_> {
+    /// One switch per fixed TCP host port of a spec behind switches: the
+    /// client, the address it listens on, and the container port it forwards
+    /// to.
+    pub(super) fn switches_of(&self, spec: &ServiceSpec) -> Vec<(SwitchClient, String, u16)> {
+        if !spec.behind_switch {
+            return Vec::new();
+        }
+        spec.ports
+            .iter()
+            .filter_map(|p| {
+                let host = p.host_port?;
+                let ip = p.host_ip.clone().unwrap_or_else(|| match spec.backend {
+                    BackendKind::Process => "127.0.0.1".into(),
+                    _ => "0.0.0.0".into(),
+                });
+                let listen = if ip.contains(':') {
+                    format!("[{ip}]:{host}")
+                } else {
+                    format!("{ip}:{host}")
+                };
+                Some((
+                    SwitchClient::new(&self.state_path, spec.name.as_str(), host),
+                    listen,
+                    p.container_port,
+                ))
+            })
+            .collect()
+    }
+
+    /// Starts the switches of `spec` that do not run yet; those it starts
+    /// are stopped again by a rollback when `undoable`.
+    pub(super) async fn ensure_switches(
+        &self,
+        spec: &ServiceSpec,
+        undoable: bool,
+    ) -> Result<(), StepError> {
+        for (client, listen, _) in self.switches_of(spec) {
+            let log = self
+                .ctx
+                .log_dir
+                .join(format!("{}-switch-{}.log", spec.name, client.port));
+            let id = self.with_store(|s| {
+                s.record_intent(
+                    self.revision,
+                    &spec.name,
+                    "switch-start",
+                    &serde_json::json!({ "listen": listen }),
+                )
+            })?;
+            let res = client
+                .ensure(&listen, &self.ctx.project, &self.ctx.lineage, &log)
+                .await;
+            let (outcome, detail) = match &res {
+                Ok(started) => ("succeeded", serde_json::json!({ "started": started })),
+                Err(e) => ("failed", serde_json::json!({ "error": e.to_string() })),
+            };
+            self.with_store(|s| s.close_intent(id, outcome, &detail))?;
+            if res.map_err(switch_error)? && undoable {
+                self.undo.lock().expect("undo").push(Undo::SwitchUp {
+                    service: spec.name.clone(),
+                    client: Box::new(client),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the switches of `spec` (a destroyed service, or one no longer
+    /// behind switches), or only those on ports `keep` does not hold.
+    pub(super) async fn stop_switches(&self, spec: &ServiceSpec, keep: Option<&ServiceSpec>) {
+        let kept: Vec<SwitchClient> = keep
+            .map(|k| self.switches_of(k).into_iter().map(|s| s.0).collect())
+            .unwrap_or_default();
+        for (client, _, _) in self.switches_of(spec) {
+            if !kept.contains(&client) {
+                let _ = client.stop(&self.ctx.project, &self.ctx.lineage).await;
+            }
+        }
+    }
+
+    /// The addresses of `handles` for `container_port`, where a switch
+    /// forwards to them.
+    async fn addresses(
+        &self,
+        spec: &ServiceSpec,
+        handles: &[Handle],
+        container_port: u16,
+    ) -> Result<Vec<SocketAddr>, StepError> {
+        let backend = self.backend(spec)?;
+        let mut out = Vec::new();
+        for h in handles {
+            let addr = backend
+                .own_address(h, container_port)
+                .await
+                .and_then(|(ip, port)| {
+                    let ip = ip.trim_matches(|c| c == '[' || c == ']');
+                    ip.parse::<std::net::IpAddr>()
+                        .ok()
+                        .map(|ip| SocketAddr::new(ip, port))
+                })
+                .ok_or_else(|| {
+                    StepError::new(
+                        FailureKind::Backend { code: Code::E010 },
+                        format!(
+                            "no address of replica {} of `{}` for port {container_port}",
+                            replica_of(h),
+                            spec.name
+                        ),
+                    )
+                })?;
+            out.push(addr);
+        }
+        Ok(out)
+    }
+
+    /// Points every switch of `spec` at `live` (instances of `spec`) plus
+    /// `others` (instances of `other_spec` still serving), then waits until
+    /// the connections of `retiring` (instances of `other_spec`) have
+    /// drained.
+    async fn point(
+        &self,
+        spec: &ServiceSpec,
+        live: &[Handle],
+        other_spec: Option<&ServiceSpec>,
+        others: &[Handle],
+        retiring: &[Handle],
+    ) -> Result<(), StepError> {
+        for (client, _, cp) in self.switches_of(spec) {
+            let mut set = self.addresses(spec, live, cp).await?;
+            let mut gone = Vec::new();
+            if let Some(o) = other_spec.filter(|o| o.behind_switch) {
+                set.extend(self.addresses(o, others, cp).await?);
+                // An instance that is gone already has no address: nothing to drain.
+                for h in retiring {
+                    if let Ok(a) = self.addresses(o, std::slice::from_ref(h), cp).await {
+                        gone.extend(a);
+                    }
+                }
+            }
+            let id = self.with_store(|s| {
+                s.record_intent(
+                    self.revision,
+                    &spec.name,
+                    "switch-set",
+                    &serde_json::json!({ "port": client.port, "backends": set }),
+                )
+            })?;
+            let res = client.set(&set, self.drain).await;
+            let outcome = if res.is_ok() { "succeeded" } else { "failed" };
+            self.with_store(|s| s.close_intent(id, outcome, &serde_json::json!({})))?;
+            res.map_err(switch_error)?;
+            if !gone.is_empty() {
+                client.drained(&gone, self.drain).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Points every switch of `spec` at `handles` alone.
+    pub(super) async fn point_all(
+        &self,
+        spec: &ServiceSpec,
+        handles: &[Handle],
+    ) -> Result<(), StepError> {
+        self.point(spec, handles, None, &[], &[]).await
+    }
+
+    /// Starts the replicas `only` of `spec` under an intent.
+    async fn start_some(
+        &self,
+        spec: &ServiceSpec,
+        gpus: &[GpuRef],
+        only: Option<std::ops::Range<u32>>,
+        intent: &str,
+    ) -> Result<Vec<Handle>, StepError> {
+        let backend = self.backend(spec)?;
+        let mut ctx = self.ctx.clone();
+        ctx.gpus = gpus.to_vec();
+        ctx.only_replicas = only;
+        let handles = self
+            .journalled(spec, gpus, intent, backend.start(spec, &ctx))
+            .await?;
+        self.emit(super::Event::InstanceStarted {
+            service: spec.name.clone(),
+            handles: handles.clone(),
+        });
+        Ok(handles)
+    }
+
+    /// Brings `after` up in place of `old` (if any): the whole new set then
+    /// one switch (`BlueGreen`, and any create), or replica by replica
+    /// (`RollingUpdate`).
+    pub(super) async fn rollout(
+        &self,
+        change: &Change,
+        after: &ServiceSpec,
+        old: Option<ServiceRecord>,
+    ) -> StepResult {
+        let action = change.action;
+        let fail = |e: StepError| self.fail(&change.service, action, e);
+        self.ensure_switches(after, true).await.map_err(fail)?;
+        let old = old.filter(|r| !r.handles.is_empty());
+        let undo = Arc::new(Mutex::new(RolloutUndo {
+            old: old.clone(),
+            new_spec: after.clone(),
+            started: Vec::new(),
+            stopped: Vec::new(),
+        }));
+        self.undo
+            .lock()
+            .expect("undo")
+            .push(Undo::Rollout(undo.clone()));
+        let n = after.replicas.max(1);
+        let batches: Vec<std::ops::Range<u32>> =
+            if self.strategy == Strategy::RollingUpdate && old.is_some() {
+                (0..n).map(|i| i..i + 1).collect()
+            } else {
+                std::iter::once(0..n).collect()
+            };
+        let old_spec = old.as_ref().map(|r| r.spec.clone());
+        let mut old_live: Vec<Handle> = old.as_ref().map(|r| r.handles.clone()).unwrap_or_default();
+        old_live.sort_by_key(replica_of);
+        let mut new_live: Vec<Handle> = Vec::new();
+        let last = batches.len().saturating_sub(1);
+        for (i, batch) in batches.into_iter().enumerate() {
+            let handles = self
+                .start_some(after, &change.gpus, Some(batch.clone()), "start")
+                .await
+                .map_err(fail)?;
+            undo.lock()
+                .expect("rollout")
+                .started
+                .extend(handles.iter().cloned());
+            let g = self.gate(after, &handles, 1, self.deadline).await;
+            if !g.healthy {
+                return Err(self.evidence(after, &handles, action, g).await);
+            }
+            new_live.extend(handles);
+            // The old replicas this batch takes over from: those of the same
+            // indexes, and after the last batch every one left.
+            let (retiring, staying): (Vec<Handle>, Vec<Handle>) = old_live
+                .iter()
+                .cloned()
+                .partition(|h| i == last || batch.contains(&replica_of(h)));
+            self.point(after, &new_live, old_spec.as_ref(), &staying, &retiring)
+                .await
+                .map_err(fail)?;
+            if let (Some(spec), false) = (&old_spec, retiring.is_empty()) {
+                self.stop(spec, &retiring, "stop").await.map_err(fail)?;
+                undo.lock()
+                    .expect("rollout")
+                    .stopped
+                    .extend(retiring.iter().cloned());
+            }
+            old_live = staying;
+        }
+        if let Some(spec) = &old_spec {
+            self.stop_switches(spec, Some(after)).await;
+        }
+        self.alive_prior
+            .lock()
+            .expect("alive")
+            .remove(&change.service);
+        let rec = self.record(after, new_live, ServiceStatus::Ready, &change.gpus);
+        self.with_store(|s| s.put_service(&rec))
+            .map_err(|e| fail(e.into()))
+    }
+
+    /// Undoes a rollout: the old replicas it stopped start again and pass
+    /// their gate, the switches point back at the old set, and only then do
+    /// the new instances stop.
+    pub(super) async fn undo_rollout(
+        &self,
+        undo: RolloutUndo,
+        deadline: Instant,
+    ) -> RollbackResult {
+        let name = undo.new_spec.name.clone();
+        let mut restored = Vec::new();
+        let mut problems = Vec::new();
+        if let Some(old) = &undo.old {
+            let mut live: Vec<Handle> = old
+                .handles
+                .iter()
+                .filter(|h| !undo.stopped.contains(h))
+                .cloned()
+                .collect();
+            match self.with_plaintext(&old.spec) {
+                Err(e) => problems.push(e.message),
+                Ok(spec) => {
+                    if spec.behind_switch
+                        && let Err(e) = self.ensure_switches(&spec, false).await
+                    {
+                        problems.push(e.message);
+                    }
+                    if !undo.stopped.is_empty() {
+                        let lo = undo.stopped.iter().map(replica_of).min().unwrap_or(0);
+                        let hi = undo.stopped.iter().map(replica_of).max().unwrap_or(0);
+                        match self
+                            .start_some(&spec, &old.gpus, Some(lo..hi + 1), "rollback-start")
+                            .await
+                        {
+                            Ok(handles) => {
+                                let g = self.gate(&spec, &handles, 2, deadline).await;
+                                if !g.healthy {
+                                    problems
+                                        .push(format!("restarted but not healthy: {}", g.reason));
+                                }
+                                live.extend(handles);
+                            }
+                            Err(e) => problems.push(e.message),
+                        }
+                    }
+                    if spec.behind_switch
+                        && let Err(e) = self
+                            .point(&spec, &live, Some(&undo.new_spec), &[], &undo.started)
+                            .await
+                    {
+                        problems.push(e.message);
+                    }
+                }
+            }
+            live.sort_by_key(replica_of);
+            restored = live;
+        }
+        let stopped_new = self
+            .stop(&undo.new_spec, &undo.started, "rollback-stop")
+            .await;
+        if let Err(e) = &stopped_new {
+            problems.push(e.message.clone());
+        }
+        if undo.old.as_ref().is_none_or(|o| !o.spec.behind_switch) {
+            self.stop_switches(&undo.new_spec, undo.old.as_ref().map(|o| &o.spec))
+                .await;
+        }
+        let st = match &undo.old {
+            Some(old) => {
+                let mut r = old.clone();
+                r.handles = restored;
+                r.updated_at = super::now_rfc3339();
+                r.status = if problems.is_empty() {
+                    ServiceStatus::Ready
+                } else {
+                    ServiceStatus::Tainted
+                };
+                self.alive_prior
+                    .lock()
+                    .expect("alive")
+                    .insert(name.clone(), r.clone());
+                self.with_store(|s| s.put_service(&r))
+            }
+            None => self.with_store(|s| s.remove_service(&name)),
+        };
+        if let Err(e) = st {
+            problems.push(e.to_string());
+        }
+        let detail = if problems.is_empty() {
+            format!(
+                "the old set serves again; stopped {} new instance(s)",
+                undo.started.len()
+            )
+        } else {
+            problems.join("; ")
+        };
+        self.report_step(&name, "restore-old-set", problems.is_empty(), detail)
+    }
+}
+
+/// How long the switches let old connections finish.
+pub(super) fn drain_of(seconds: u64) -> Duration {
+    Duration::from_secs(seconds)
+}
+
+/// Whether a change runs as a rollout (behind switches, or replica by
+/// replica) rather than as a plain replace.
+pub(super) fn is_rollout(strategy: Strategy, change: &Change, after: &ServiceSpec) -> bool {
+    match change.action {
+        Action::Create => after.behind_switch,
+        Action::Replace => {
+            after.behind_switch
+                || (strategy == Strategy::RollingUpdate
+                    && after.workload == crate::model::Workload::Service
+                    && !change
+                        .before
+                        .as_ref()
+                        .is_some_and(|b| super::stops_first(b, after)))
+        }
+        _ => false,
+    }
+}
