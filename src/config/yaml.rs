@@ -14,8 +14,9 @@ use super::diag::{Kind, Problem};
 
 /// The deepest nesting accepted (mappings and sequences).
 pub const MAX_DEPTH: usize = 64;
-/// The most nodes a document may expand to, aliases included.
-pub const MAX_NODES: usize = 2_000_000;
+/// The most nodes a document may expand to, aliases included (100,000
+/// services of about twenty values each fit).
+pub const MAX_NODES: usize = 4_000_000;
 
 /// A YAML value with the byte range it came from.
 #[derive(Clone, Debug)]

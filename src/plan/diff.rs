@@ -279,12 +279,61 @@ mod tests {
     #[test]
     fn the_fast_emitter_matches_serde_yaml_or_declines() {
         let strings = [
-            "server", "--port", "20000", "0123", "0", "true", "True", "yes", "No", "null", "~",
-            "1.5", "1e3", "0x10", ".inf", "a b", "a: b", "#x", "-", "- a", "", "/usr/bin/x",
-            "x.y-z_1", "café", "line\nbreak", "'q'", "\"d\"", "a#b", "-1", "+1", "Y", "on",
-            "production", "_x", "http://x:1/", "8080/tcp", "12345678901234567890123", "--",
-            "-p", "-x-", "-.5", "--port=1", "-1e3", "no", "off", "y", "NO", "nan", "Inf", "tRUE",
-            "FALSE", "Null", "NULL", "nULL", "False",
+            "server",
+            "--port",
+            "20000",
+            "0123",
+            "0",
+            "true",
+            "True",
+            "yes",
+            "No",
+            "null",
+            "~",
+            "1.5",
+            "1e3",
+            "0x10",
+            ".inf",
+            "a b",
+            "a: b",
+            "#x",
+            "-",
+            "- a",
+            "",
+            "/usr/bin/x",
+            "x.y-z_1",
+            "café",
+            "line\nbreak",
+            "'q'",
+            "\"d\"",
+            "a#b",
+            "-1",
+            "+1",
+            "Y",
+            "on",
+            "production",
+            "_x",
+            "http://x:1/",
+            "8080/tcp",
+            "12345678901234567890123",
+            "--",
+            "-p",
+            "-x-",
+            "-.5",
+            "--port=1",
+            "-1e3",
+            "no",
+            "off",
+            "y",
+            "NO",
+            "nan",
+            "Inf",
+            "tRUE",
+            "FALSE",
+            "Null",
+            "NULL",
+            "nULL",
+            "False",
         ];
         let mut docs = Vec::new();
         for s in strings {
@@ -304,7 +353,10 @@ mod tests {
             "ports": [{ "container_port": 8080, "host_port": 18080, "protocol": "tcp" }],
             "restart": "no"
         });
-        assert!(fast_yaml(&spec_like).is_some(), "a typical spec takes the fast path");
+        assert!(
+            fast_yaml(&spec_like).is_some(),
+            "a typical spec takes the fast path"
+        );
         docs.push(spec_like);
         let mut fast = 0;
         for d in &docs {

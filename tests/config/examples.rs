@@ -44,7 +44,10 @@ fn every_example_validates() {
 #[test]
 fn spec_hashes_are_the_digest_of_the_canonical_json() {
     use sha2::{Digest, Sha256};
-    let loaded = load_file(Path::new("examples/platform/deploy-code.yaml"), &platform_env());
+    let loaded = load_file(
+        Path::new("examples/platform/deploy-code.yaml"),
+        &platform_env(),
+    );
     assert!(loaded.desired.services.len() > 5);
     for spec in loaded.desired.services.values() {
         let bytes = serde_json::to_vec(&spec.canonical()).unwrap();
