@@ -605,11 +605,32 @@ impl Lowering<'_> {
                 ));
             }
         }
-        let tls = tls_on.then(|| TlsSettings {
+        let mut tls = tls_on.then(|| TlsSettings {
             cert: sec.cert_path.as_ref().map(resolve),
             key: sec.key_path.as_ref().map(resolve),
             client_ca: sec.client_ca_path.as_ref().map(resolve),
         });
+        if let Some(t) = &sec.tls {
+            if sec.tls_enabled.is_some()
+                || sec.cert_path.is_some()
+                || sec.key_path.is_some()
+                || sec.client_ca_path.is_some()
+            {
+                out.push(
+                    Problem::new(
+                        Kind::InvalidValue,
+                        "`security.tls` and `security.tls_enabled` / `cert_path` / `key_path` / `client_ca_path` say the same thing twice".to_owned(),
+                    )
+                    .label(at(&["tls"]), "TLS given here too")
+                    .help("keep one form: the `tls:` mapping, or `tls_enabled: true` with the flat keys"),
+                );
+            }
+            tls = Some(TlsSettings {
+                cert: Some(resolve(&t.cert_path)),
+                key: Some(resolve(&t.key_path)),
+                client_ca: t.client_ca_path.as_ref().map(resolve),
+            });
+        }
         let a = sec.auth.clone().unwrap_or_default();
         let auth_on = a.enabled == Some(true);
         if let Some(m) = &a.method

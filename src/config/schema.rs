@@ -143,8 +143,23 @@ pub struct Security {
     pub key_path: Option<String>,
     /// Require client certificates signed by these CA certificates (PEM). Needs `tls_enabled`.
     pub client_ca_path: Option<String>,
+    /// The same as a mapping: `tls: {cert_path, key_path, client_ca_path}`
+    /// serves over TLS (instead of `tls_enabled` and the flat keys).
+    pub tls: Option<TlsDef>,
     pub auth: Option<Auth>,
     pub rbac: Option<Rbac>,
+}
+
+/// TLS of `deploy-code serve`; paths are relative to the config's directory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsDef {
+    /// The server's certificate chain (PEM).
+    pub cert_path: String,
+    /// The server's private key (PEM).
+    pub key_path: String,
+    /// Require client certificates signed by these CA certificates (PEM).
+    pub client_ca_path: Option<String>,
 }
 
 /// Token authentication of the server's callers.

@@ -104,6 +104,69 @@ fn serve_refuses_missing_certificate_files() {
     assert!(out.contains("cert_path"), "{out}");
 }
 
+/// `security.tls` as a mapping serves over TLS: a TLS client gets the
+/// server's certificate; the mapping and the flat keys together are refused.
+#[test]
+fn the_tls_mapping_serves_over_tls() {
+    if !crate::support::have("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new("openssl")
+        .current_dir(dir.path())
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let twice = format!(
+        "security:\n  tls_enabled: true\n  tls: {{cert_path: server.crt, key_path: server.key}}\n{SERVICE}"
+    );
+    std::fs::write(dir.path().join("deploy-code.yaml"), twice).unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_deploy-code"))
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .arg("validate")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("TLS given here too"),
+        "{refused:?}"
+    );
+    let config =
+        format!("security:\n  tls: {{cert_path: server.crt, key_path: server.key}}\n{SERVICE}");
+    let server = Server::start(dir, &config);
+    let hello = Command::new("openssl")
+        .args(["s_client", "-connect", &server.addr, "-alpn", "h2"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&hello.stdout);
+    assert!(text.contains("BEGIN CERTIFICATE"), "{text}");
+    assert!(
+        text.contains("CN=localhost") || text.contains("CN = localhost"),
+        "{text}"
+    );
+}
+
 /// A server on a free port over `config`, stopped (by its pid) on drop.
 struct Server {
     child: std::process::Child,
