@@ -405,6 +405,11 @@ pub enum StateCommand {
     /// The deployment history, newest first
     #[command(after_help = "Examples:\n  deploy-code state history --limit 5")]
     History(StateHistoryArgs),
+    /// The calls made to `deploy-code serve`: who, with which role, what, and the outcome
+    #[command(
+        after_help = "Examples:\n  deploy-code state audit --limit 20\n  deploy-code state audit --format json"
+    )]
+    Audit(StateHistoryArgs),
     /// Forget a service without touching what runs
     #[command(after_help = "Examples:\n  deploy-code state rm legacy_worker")]
     Rm(StateRmArgs),

@@ -81,9 +81,17 @@ def test_the_check_from_outside_exactly(serve):
             await c.close()
 
     asyncio.run(main())
-    # The CLI reads the same audit events from the state.
+    # The CLI reads the same history and audit events from the state.
     doc = json.loads(server.cli("--format", "json", "state", "history").stdout)
     assert [d["outcome"] for d in doc["deployments"]] == ["succeeded"]
+    audit = json.loads(server.cli("--format", "json", "state", "audit").stdout)
+    seen = {(c["subject"], c["role"], c["call"], c["outcome"]) for c in audit["calls"]}
+    assert ("vera", "viewer", "Status", "succeeded") in seen, seen
+    assert ("vera", "viewer", "Apply", "denied") in seen, seen
+    assert ("otto", "operator", "Apply", "succeeded") in seen, seen
+    assert any(s == "mallory" and o == "unauthenticated" for s, _, _, o in seen), seen
+    table = server.cli("state", "audit").stdout
+    assert "SUBJECT" in table and "otto" in table and "mallory" in table, table
 
 
 def test_no_token_and_expired_tokens_never_reach_the_engine(serve):

@@ -20,6 +20,7 @@ pub fn run(ctx: &Context, cmd: StateCommand) -> Result<u8, Failure> {
         StateCommand::List => list(ctx, &path),
         StateCommand::Show(a) => show(ctx, &path, &a),
         StateCommand::History(a) => history(ctx, &path, a.limit),
+        StateCommand::Audit(a) => audit(ctx, &path, a.limit),
         StateCommand::Rm(a) => rm(ctx, &path, &a.service),
         StateCommand::Backup(a) => backup(ctx, &path, &a.file),
         StateCommand::Restore(a) => restore(ctx, &path, &a),
@@ -47,6 +48,14 @@ fn emit(ctx: &Context, doc: StateDocument, human: impl FnOnce() -> String) -> Re
         Format::Human | Format::Markdown => print(&human())?,
     }
     Ok(exit::OK)
+}
+
+fn audit(ctx: &Context, path: &Path, limit: u64) -> Result<u8, Failure> {
+    let events = state::audit_events(path, limit)?;
+    let doc = view::audit_doc(&shown(path), &events);
+    emit(ctx, StateDocument::Audit(doc.clone()), || {
+        view::audit_human(&doc, ctx.color)
+    })
 }
 
 fn list(ctx: &Context, path: &Path) -> Result<u8, Failure> {

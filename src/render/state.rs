@@ -13,7 +13,8 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::state::{
-    Deployment, Event, Handle, LockInfo, Outcome, ServiceRecord, ServiceStatus, Snapshot,
+    AuditRecord, Deployment, Event, Handle, LockInfo, Outcome, ServiceRecord, ServiceStatus,
+    Snapshot,
 };
 
 /// The version of every state JSON document; raised on an incompatible change.
@@ -33,6 +34,8 @@ pub enum StateDocument {
     Deployment(DeploymentDoc),
     /// `state history`.
     History(HistoryDoc),
+    /// `state audit`.
+    Audit(AuditDoc),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
@@ -313,6 +316,80 @@ pub struct HistoryDoc {
     pub state: String,
     /// Newest first.
     pub deployments: Vec<DeploymentRow>,
+}
+
+/// The calls made to `deploy-code serve`, newest first.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct AuditDoc {
+    pub format_version: u32,
+    pub state: String,
+    pub calls: Vec<AuditRow>,
+}
+
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub struct AuditRow {
+    pub at: String,
+    /// The token's `sub` claim (as claimed, for a refused token).
+    pub subject: String,
+    pub role: String,
+    /// The remote call, e.g. `Status`, `Apply`.
+    pub call: String,
+    /// `succeeded`, `failed`, `unauthenticated` or `denied`.
+    pub outcome: String,
+    pub detail: String,
+}
+
+pub fn audit_doc(state: &str, events: &[(Event, AuditRecord)]) -> AuditDoc {
+    AuditDoc {
+        format_version: STATE_FORMAT_VERSION,
+        state: state.to_owned(),
+        calls: events
+            .iter()
+            .map(|(e, r)| AuditRow {
+                at: e.at.clone(),
+                subject: r.subject.clone(),
+                role: r.role.clone(),
+                call: r.call.clone(),
+                outcome: e.outcome.clone(),
+                detail: crate::redact::text(&r.detail).into_owned(),
+            })
+            .collect(),
+    }
+}
+
+pub fn audit_human(doc: &AuditDoc, color: bool) -> String {
+    if doc.calls.is_empty() {
+        return format!(
+            "no calls to `deploy-code serve` in the state `{}`\n",
+            doc.state
+        );
+    }
+    let rows: Vec<Vec<String>> = doc
+        .calls
+        .iter()
+        .map(|c| {
+            vec![
+                c.at.clone(),
+                c.subject.clone(),
+                c.role.clone(),
+                c.call.clone(),
+                c.outcome.clone(),
+                c.detail.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["AT", "SUBJECT", "ROLE", "CALL", "OUTCOME", "DETAIL"],
+        &rows,
+        &|r, c, text| {
+            if c == 4 && color && doc.calls[r].outcome != "succeeded" {
+                text.red().to_string()
+            } else {
+                text.to_owned()
+            }
+        },
+        color,
+    )
 }
 
 /// The JSON Schema of every state document (`schemas/state.schema.json`).
