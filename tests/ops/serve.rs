@@ -298,3 +298,73 @@ fn eddsa_tokens_with_issuer_audience_and_a_custom_role() {
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
     });
 }
+
+/// RS256: an RSA public key checks the tokens; a token signed by another
+/// RSA key is refused.
+#[test]
+fn rs256_tokens_are_checked_with_the_public_key() {
+    use deploy_code::serve::pb::{self, deploy_code_client::DeployCodeClient};
+    if !crate::support::have("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let s = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(s.success(), "openssl {args:?}");
+    };
+    for name in ["jwt", "other"] {
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            &format!("{name}.key"),
+        ]);
+    }
+    run(&["pkey", "-in", "jwt.key", "-pubout", "-out", "jwt.pub"]);
+    let private = std::fs::read(dir.path().join("jwt.key")).unwrap();
+    let other = std::fs::read(dir.path().join("other.key")).unwrap();
+    let config = format!(
+        "security:\n  auth:\n    enabled: true\n    method: JWT\n    jwt_public_key_path: jwt.pub\n    jwt_algorithm: RS256\n  rbac:\n    enabled: true\n{SERVICE}"
+    );
+    let server = Server::start(dir, &config);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |pem: &[u8]| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &serde_json::json!({"sub": "release-bot", "role": "viewer", "exp": now + 300}),
+            &jsonwebtoken::EncodingKey::from_rsa_pem(pem).unwrap(),
+        )
+        .unwrap()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = DeployCodeClient::connect(format!("http://{}", server.addr))
+            .await
+            .unwrap();
+        let call = |t: String| {
+            let mut r = tonic::Request::new(pb::StatusRequest {});
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            r
+        };
+        let doc = client
+            .status(call(token(&private)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(doc.json.contains("\"services\""), "{}", doc.json);
+        let e = client.status(call(token(&other))).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    });
+}
