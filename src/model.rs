@@ -835,9 +835,9 @@ pub struct Settings {
 }
 
 /// The calls of `deploy-code serve`, as permissions of a role.
-pub const PERMISSIONS: [&str; 11] = [
+pub const PERMISSIONS: [&str; 12] = [
     "validate", "plan", "status", "health", "history", "events", "apply", "rollback", "restart",
-    "destroy", "audit",
+    "destroy", "audit", "state",
 ];
 
 /// The default roles and their permissions: `viewer` reads, `operator` also

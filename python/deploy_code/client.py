@@ -205,6 +205,18 @@ class DeployCode:
         r = await self._call(self._stub.History, pb.HistoryRequest(limit=limit))
         return Deployment.list_from_json(r.json)
 
+    async def backup(self, path: str) -> dict:
+        """State maintenance (role `admin`): a consistent copy of the state
+        file at `path` on the server's machine; the command's JSON answer."""
+        r = await self._call(self._stub.Backup, pb.BackupRequest(path=path))
+        return json.loads(r.json) if r.json.strip() else {}
+
+    async def unlock(self, force: bool = False) -> dict:
+        """State maintenance (role `admin`): releases the lock of a run that
+        died (`force` also when its holder is alive); the command's JSON answer."""
+        r = await self._call(self._stub.Unlock, pb.UnlockRequest(force=force))
+        return json.loads(r.json) if r.json.strip() else {}
+
     async def audit(self, limit: int = 100) -> List[AuditEntry]:
         """The audit events of the state, newest first (every call, refused ones too)."""
         r = await self._call(self._stub.Audit, pb.AuditRequest(limit=limit))

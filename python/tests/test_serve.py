@@ -198,7 +198,14 @@ def test_rollback_and_history_through_the_api(serve, tmp_path):
             with pytest.raises(PermissionDeniedError) as e:
                 await op.destroy()
             assert "admin" in e.value.message
+            with pytest.raises(PermissionDeniedError) as e:
+                await op.backup(str(tmp_path / "copy.db"))
+            assert "admin" in e.value.message
         async with DeployCode(server.address, token=token("ada", role="admin")) as admin:
+            # State maintenance is the admin's.
+            await admin.backup(str(tmp_path / "copy.db"))
+            assert (tmp_path / "copy.db").read_bytes()[:16] == b"SQLite format 3\0"
+            await admin.unlock()
             gone = await admin.destroy()
             assert gone.outcome == "succeeded"
             assert (await admin.status()).services == []

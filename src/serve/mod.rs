@@ -525,6 +525,46 @@ impl DeployCode for Service {
         Ok(Response::new(pb::Document { json: ran.output }))
     }
 
+    async fn backup(
+        &self,
+        req: Request<pb::BackupRequest>,
+    ) -> Result<Response<pb::Document>, Status> {
+        let caller = self.admit(&req, "Backup", "state")?;
+        let file = std::path::PathBuf::from(req.into_inner().path);
+        if file.as_os_str().is_empty() {
+            self.record(&caller, "Backup", "failed", "no path given");
+            return Err(Status::invalid_argument("a backup needs a `path`"));
+        }
+        let ran = self
+            .run(false, move |ctx| {
+                crate::commands::state::run(
+                    ctx,
+                    crate::cli::StateCommand::Backup(crate::cli::StateFileArgs { file }),
+                )
+            })
+            .await;
+        self.conclude(&caller, "Backup", &ran)?;
+        Ok(Response::new(pb::Document { json: ran.output }))
+    }
+
+    async fn unlock(
+        &self,
+        req: Request<pb::UnlockRequest>,
+    ) -> Result<Response<pb::Document>, Status> {
+        let caller = self.admit(&req, "Unlock", "state")?;
+        let force = req.into_inner().force;
+        let ran = self
+            .run(false, move |ctx| {
+                crate::commands::state::run(
+                    ctx,
+                    crate::cli::StateCommand::Unlock(crate::cli::StateUnlockArgs { force }),
+                )
+            })
+            .await;
+        self.conclude(&caller, "Unlock", &ran)?;
+        Ok(Response::new(pb::Document { json: ran.output }))
+    }
+
     async fn audit(
         &self,
         req: Request<pb::AuditRequest>,

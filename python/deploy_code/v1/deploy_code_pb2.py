@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n deploy_code/v1/deploy_code.proto\x12\x0e\x64\x65ploy_code.v1\"\x11\n\x0fValidateRequest\"\x18\n\x08\x44ocument\x12\x0c\n\x04json\x18\x01 \x01(\t\"/\n\x0bPlanRequest\x12\x0f\n\x07targets\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65stroy\x18\x02 \x01(\x08\"N\n\tPlanReply\x12\x0c\n\x04plan\x18\x01 \x01(\x0c\x12\x0c\n\x04json\x18\x02 \x01(\t\x12\x13\n\x0bhas_changes\x18\x03 \x01(\x08\x12\x10\n\x08\x66\x65\x61sible\x18\x04 \x01(\x08\"@\n\x0c\x41pplyRequest\x12\x0c\n\x04plan\x18\x01 \x01(\x0c\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x13\n\x0bno_rollback\x18\x03 \x01(\x08\"!\n\x0e\x44\x65stroyRequest\x12\x0f\n\x07targets\x18\x01 \x03(\t\"5\n\x0fRollbackRequest\x12\x15\n\x08revision\x18\x01 \x01(\x04H\x00\x88\x01\x01\x42\x0b\n\t_revision\"\"\n\x0eRestartRequest\x12\x10\n\x08services\x18\x01 \x03(\t\"A\n\x08RunReply\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x12\n\nelapsed_ms\x18\x03 \x01(\x04\"\x0f\n\rStatusRequest\"\x0f\n\rHealthRequest\",\n\x0bHealthReply\x12\x0f\n\x07healthy\x18\x01 \x01(\x08\x12\x0c\n\x04json\x18\x02 \x01(\t\"\x1f\n\x0eHistoryRequest\x12\r\n\x05limit\x18\x01 \x01(\x04\"\x1d\n\x0c\x41uditRequest\x12\r\n\x05limit\x18\x01 \x01(\x04\"9\n\nAuditReply\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.deploy_code.v1.AuditEntry\"f\n\nAuditEntry\x12\n\n\x02\x61t\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04\x63\x61ll\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\x0e\n\x0cWatchRequest\"#\n\x05\x45vent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04json\x18\x02 \x01(\t2\xfc\x05\n\nDeployCode\x12\x45\n\x08Validate\x12\x1f.deploy_code.v1.ValidateRequest\x1a\x18.deploy_code.v1.Document\x12>\n\x04Plan\x12\x1b.deploy_code.v1.PlanRequest\x1a\x19.deploy_code.v1.PlanReply\x12?\n\x05\x41pply\x12\x1c.deploy_code.v1.ApplyRequest\x1a\x18.deploy_code.v1.RunReply\x12\x43\n\x07\x44\x65stroy\x12\x1e.deploy_code.v1.DestroyRequest\x1a\x18.deploy_code.v1.RunReply\x12\x45\n\x08Rollback\x12\x1f.deploy_code.v1.RollbackRequest\x1a\x18.deploy_code.v1.RunReply\x12\x43\n\x07Restart\x12\x1e.deploy_code.v1.RestartRequest\x1a\x18.deploy_code.v1.RunReply\x12\x41\n\x06Status\x12\x1d.deploy_code.v1.StatusRequest\x1a\x18.deploy_code.v1.Document\x12\x44\n\x06Health\x12\x1d.deploy_code.v1.HealthRequest\x1a\x1b.deploy_code.v1.HealthReply\x12\x43\n\x07History\x12\x1e.deploy_code.v1.HistoryRequest\x1a\x18.deploy_code.v1.Document\x12\x41\n\x05\x41udit\x12\x1c.deploy_code.v1.AuditRequest\x1a\x1a.deploy_code.v1.AuditReply\x12\x44\n\x0bWatchEvents\x12\x1c.deploy_code.v1.WatchRequest\x1a\x15.deploy_code.v1.Event0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n deploy_code/v1/deploy_code.proto\x12\x0e\x64\x65ploy_code.v1\"\x11\n\x0fValidateRequest\"\x18\n\x08\x44ocument\x12\x0c\n\x04json\x18\x01 \x01(\t\"/\n\x0bPlanRequest\x12\x0f\n\x07targets\x18\x01 \x03(\t\x12\x0f\n\x07\x64\x65stroy\x18\x02 \x01(\x08\"N\n\tPlanReply\x12\x0c\n\x04plan\x18\x01 \x01(\x0c\x12\x0c\n\x04json\x18\x02 \x01(\t\x12\x13\n\x0bhas_changes\x18\x03 \x01(\x08\x12\x10\n\x08\x66\x65\x61sible\x18\x04 \x01(\x08\"@\n\x0c\x41pplyRequest\x12\x0c\n\x04plan\x18\x01 \x01(\x0c\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\x12\x13\n\x0bno_rollback\x18\x03 \x01(\x08\"!\n\x0e\x44\x65stroyRequest\x12\x0f\n\x07targets\x18\x01 \x03(\t\"5\n\x0fRollbackRequest\x12\x15\n\x08revision\x18\x01 \x01(\x04H\x00\x88\x01\x01\x42\x0b\n\t_revision\"\"\n\x0eRestartRequest\x12\x10\n\x08services\x18\x01 \x03(\t\"A\n\x08RunReply\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0f\n\x07outcome\x18\x02 \x01(\t\x12\x12\n\nelapsed_ms\x18\x03 \x01(\x04\"\x0f\n\rStatusRequest\"\x0f\n\rHealthRequest\",\n\x0bHealthReply\x12\x0f\n\x07healthy\x18\x01 \x01(\x08\x12\x0c\n\x04json\x18\x02 \x01(\t\"\x1f\n\x0eHistoryRequest\x12\r\n\x05limit\x18\x01 \x01(\x04\"\x1d\n\rBackupRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"\x1e\n\rUnlockRequest\x12\r\n\x05\x66orce\x18\x01 \x01(\x08\"\x1d\n\x0c\x41uditRequest\x12\r\n\x05limit\x18\x01 \x01(\x04\"9\n\nAuditReply\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.deploy_code.v1.AuditEntry\"f\n\nAuditEntry\x12\n\n\x02\x61t\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04\x63\x61ll\x18\x04 \x01(\t\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"\x0e\n\x0cWatchRequest\"#\n\x05\x45vent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04json\x18\x02 \x01(\t2\x82\x07\n\nDeployCode\x12\x45\n\x08Validate\x12\x1f.deploy_code.v1.ValidateRequest\x1a\x18.deploy_code.v1.Document\x12>\n\x04Plan\x12\x1b.deploy_code.v1.PlanRequest\x1a\x19.deploy_code.v1.PlanReply\x12?\n\x05\x41pply\x12\x1c.deploy_code.v1.ApplyRequest\x1a\x18.deploy_code.v1.RunReply\x12\x43\n\x07\x44\x65stroy\x12\x1e.deploy_code.v1.DestroyRequest\x1a\x18.deploy_code.v1.RunReply\x12\x45\n\x08Rollback\x12\x1f.deploy_code.v1.RollbackRequest\x1a\x18.deploy_code.v1.RunReply\x12\x43\n\x07Restart\x12\x1e.deploy_code.v1.RestartRequest\x1a\x18.deploy_code.v1.RunReply\x12\x41\n\x06Status\x12\x1d.deploy_code.v1.StatusRequest\x1a\x18.deploy_code.v1.Document\x12\x44\n\x06Health\x12\x1d.deploy_code.v1.HealthRequest\x1a\x1b.deploy_code.v1.HealthReply\x12\x43\n\x07History\x12\x1e.deploy_code.v1.HistoryRequest\x1a\x18.deploy_code.v1.Document\x12\x41\n\x05\x41udit\x12\x1c.deploy_code.v1.AuditRequest\x1a\x1a.deploy_code.v1.AuditReply\x12\x41\n\x06\x42\x61\x63kup\x12\x1d.deploy_code.v1.BackupRequest\x1a\x18.deploy_code.v1.Document\x12\x41\n\x06Unlock\x12\x1d.deploy_code.v1.UnlockRequest\x1a\x18.deploy_code.v1.Document\x12\x44\n\x0bWatchEvents\x12\x1c.deploy_code.v1.WatchRequest\x1a\x15.deploy_code.v1.Event0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -57,16 +57,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEALTHREPLY']._serialized_end=563
   _globals['_HISTORYREQUEST']._serialized_start=565
   _globals['_HISTORYREQUEST']._serialized_end=596
-  _globals['_AUDITREQUEST']._serialized_start=598
-  _globals['_AUDITREQUEST']._serialized_end=627
-  _globals['_AUDITREPLY']._serialized_start=629
-  _globals['_AUDITREPLY']._serialized_end=686
-  _globals['_AUDITENTRY']._serialized_start=688
-  _globals['_AUDITENTRY']._serialized_end=790
-  _globals['_WATCHREQUEST']._serialized_start=792
-  _globals['_WATCHREQUEST']._serialized_end=806
-  _globals['_EVENT']._serialized_start=808
-  _globals['_EVENT']._serialized_end=843
-  _globals['_DEPLOYCODE']._serialized_start=846
-  _globals['_DEPLOYCODE']._serialized_end=1610
+  _globals['_BACKUPREQUEST']._serialized_start=598
+  _globals['_BACKUPREQUEST']._serialized_end=627
+  _globals['_UNLOCKREQUEST']._serialized_start=629
+  _globals['_UNLOCKREQUEST']._serialized_end=659
+  _globals['_AUDITREQUEST']._serialized_start=661
+  _globals['_AUDITREQUEST']._serialized_end=690
+  _globals['_AUDITREPLY']._serialized_start=692
+  _globals['_AUDITREPLY']._serialized_end=749
+  _globals['_AUDITENTRY']._serialized_start=751
+  _globals['_AUDITENTRY']._serialized_end=853
+  _globals['_WATCHREQUEST']._serialized_start=855
+  _globals['_WATCHREQUEST']._serialized_end=869
+  _globals['_EVENT']._serialized_start=871
+  _globals['_EVENT']._serialized_end=906
+  _globals['_DEPLOYCODE']._serialized_start=909
+  _globals['_DEPLOYCODE']._serialized_end=1807
 # @@protoc_insertion_point(module_scope)

@@ -84,6 +84,16 @@ class DeployCodeStub:
                 request_serializer=deploy__code_dot_v1_dot_deploy__code__pb2.AuditRequest.SerializeToString,
                 response_deserializer=deploy__code_dot_v1_dot_deploy__code__pb2.AuditReply.FromString,
                 _registered_method=True)
+        self.Backup = channel.unary_unary(
+                '/deploy_code.v1.DeployCode/Backup',
+                request_serializer=deploy__code_dot_v1_dot_deploy__code__pb2.BackupRequest.SerializeToString,
+                response_deserializer=deploy__code_dot_v1_dot_deploy__code__pb2.Document.FromString,
+                _registered_method=True)
+        self.Unlock = channel.unary_unary(
+                '/deploy_code.v1.DeployCode/Unlock',
+                request_serializer=deploy__code_dot_v1_dot_deploy__code__pb2.UnlockRequest.SerializeToString,
+                response_deserializer=deploy__code_dot_v1_dot_deploy__code__pb2.Document.FromString,
+                _registered_method=True)
         self.WatchEvents = channel.unary_stream(
                 '/deploy_code.v1.DeployCode/WatchEvents',
                 request_serializer=deploy__code_dot_v1_dot_deploy__code__pb2.WatchRequest.SerializeToString,
@@ -175,6 +185,24 @@ class DeployCodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Backup(self, request, context):
+        """State maintenance: a consistent copy of the state file written on the
+        server's machine (`deploy-code state backup PATH --format json`).
+        Permission `state`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unlock(self, request, context):
+        """State maintenance: releases the state lock of a run that died
+        (`deploy-code state unlock --format json`); `force` also when its holder
+        is alive. Permission `state`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchEvents(self, request, context):
         """The events of runs (apply, destroy, rollback, restart) as they happen:
         first those of a run under way, from its start, then every later one.
@@ -237,6 +265,16 @@ def add_DeployCodeServicer_to_server(servicer, server):
                     servicer.Audit,
                     request_deserializer=deploy__code_dot_v1_dot_deploy__code__pb2.AuditRequest.FromString,
                     response_serializer=deploy__code_dot_v1_dot_deploy__code__pb2.AuditReply.SerializeToString,
+            ),
+            'Backup': grpc.unary_unary_rpc_method_handler(
+                    servicer.Backup,
+                    request_deserializer=deploy__code_dot_v1_dot_deploy__code__pb2.BackupRequest.FromString,
+                    response_serializer=deploy__code_dot_v1_dot_deploy__code__pb2.Document.SerializeToString,
+            ),
+            'Unlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unlock,
+                    request_deserializer=deploy__code_dot_v1_dot_deploy__code__pb2.UnlockRequest.FromString,
+                    response_serializer=deploy__code_dot_v1_dot_deploy__code__pb2.Document.SerializeToString,
             ),
             'WatchEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchEvents,
@@ -514,6 +552,60 @@ class DeployCode:
             '/deploy_code.v1.DeployCode/Audit',
             deploy__code_dot_v1_dot_deploy__code__pb2.AuditRequest.SerializeToString,
             deploy__code_dot_v1_dot_deploy__code__pb2.AuditReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Backup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deploy_code.v1.DeployCode/Backup',
+            deploy__code_dot_v1_dot_deploy__code__pb2.BackupRequest.SerializeToString,
+            deploy__code_dot_v1_dot_deploy__code__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/deploy_code.v1.DeployCode/Unlock',
+            deploy__code_dot_v1_dot_deploy__code__pb2.UnlockRequest.SerializeToString,
+            deploy__code_dot_v1_dot_deploy__code__pb2.Document.FromString,
             options,
             channel_credentials,
             insecure,
