@@ -190,8 +190,7 @@ fn infeasible(p: &Plan) -> Failure {
                 format!("the plan does not fit: {}", problems.join("; ")),
             )
             .help({
-                let mut r: Vec<&str> = p.feasibility.problems.iter().map(|x| x.remedy()).collect();
-                r.dedup();
+                let mut r = p.feasibility.remedies();
                 r.push("or run with `--force` to apply anyway");
                 r.join("; ")
             }),

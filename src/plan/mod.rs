@@ -137,6 +137,19 @@ impl Problem {
     }
 }
 
+impl Feasibility {
+    /// The remedies of the problems, each once, in the order first needed.
+    pub fn remedies(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = Vec::new();
+        for r in self.problems.iter().map(Problem::remedy) {
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+        out
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Feasibility {
     pub feasible: bool,

@@ -408,9 +408,7 @@ pub fn human(plan: &Plan, color: bool) -> String {
         for p in &f.problems {
             let _ = writeln!(out, "  x {}", p.message);
         }
-        let mut remedies: Vec<&str> = f.problems.iter().map(|p| p.remedy()).collect();
-        remedies.dedup();
-        for r in remedies {
+        for r in f.remedies() {
             let _ = writeln!(out, "  help: {r}");
         }
     }
@@ -457,10 +455,8 @@ pub fn markdown(plan: &Plan) -> String {
         for p in &f.problems {
             let _ = writeln!(out, "- {}", p.message);
         }
-        let mut remedies: Vec<&str> = f.problems.iter().map(|p| p.remedy()).collect();
-        remedies.dedup();
         let _ = writeln!(out);
-        for r in remedies {
+        for r in f.remedies() {
             let _ = writeln!(out, "_Help_: {r}.");
         }
     }

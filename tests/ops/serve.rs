@@ -167,6 +167,14 @@ fn the_tls_mapping_serves_over_tls() {
     );
 }
 
+/// A request carrying `token` as its bearer token.
+fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
 /// A server on a free port over `config`, stopped (by its pid) on drop.
 struct Server {
     child: std::process::Child,
@@ -253,12 +261,7 @@ fn eddsa_tokens_with_issuer_audience_and_a_custom_role() {
         let mut client = DeployCodeClient::connect(format!("http://{}", server.addr))
             .await
             .unwrap();
-        let call = |t: String| {
-            let mut r = tonic::Request::new(pb::StatusRequest {});
-            r.metadata_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-            r
-        };
+        let call = |t: String| bearer(pb::StatusRequest {}, &t);
         let doc = client
             .status(call(token("ci.example.com", "deploy-code")))
             .await
@@ -277,12 +280,9 @@ fn eddsa_tokens_with_issuer_audience_and_a_custom_role() {
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
         assert!(e.message().contains("audience"), "{}", e.message());
-        let mut plan = tonic::Request::new(pb::PlanRequest::default());
-        plan.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {}", token("ci.example.com", "deploy-code"))
-                .parse()
-                .unwrap(),
+        let plan = bearer(
+            pb::PlanRequest::default(),
+            &token("ci.example.com", "deploy-code"),
         );
         let e = client.plan(plan).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
@@ -352,12 +352,7 @@ fn rs256_tokens_are_checked_with_the_public_key() {
         let mut client = DeployCodeClient::connect(format!("http://{}", server.addr))
             .await
             .unwrap();
-        let call = |t: String| {
-            let mut r = tonic::Request::new(pb::StatusRequest {});
-            r.metadata_mut()
-                .insert("authorization", format!("Bearer {t}").parse().unwrap());
-            r
-        };
+        let call = |t: String| bearer(pb::StatusRequest {}, &t);
         let doc = client
             .status(call(token(&private)))
             .await
