@@ -442,47 +442,94 @@ fn next_char_end(text: &str, at: usize) -> usize {
     text[at..].chars().next().map_or(at, |c| at + c.len_utf8())
 }
 
-/// YAML 1.2 core schema resolution of a plain scalar.
+/// Resolves a plain scalar by the YAML 1.2 core schema, with exactly the rule
+/// `serde_yaml` applies when it reads a file (a test feeds both the same
+/// scalars): `null`/`Null`/`NULL`/`~`/empty are null; `true`/`True`/`TRUE` and
+/// the `false` forms are booleans (`yes`, `no`, `on`, `off` are strings);
+/// integers are decimal, `0x`, `0o` or `0b` with an optional sign; a leading
+/// zero followed by digits (`0123`) is a string; floats are what Rust reads as
+/// a finite `f64`, plus `.inf`, `-.inf` and `.nan` in their three cases. One
+/// difference: a float too large for `f64` is infinite here, a string there.
 fn resolve_plain(s: &str) -> Value {
     match s {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         "true" | "True" | "TRUE" => return Value::Bool(true),
         "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
-            return Value::Float(f64::INFINITY);
-        }
-        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
-        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
         _ => {}
     }
-    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = s.parse::<i64>() {
-            return Value::Int(i);
-        }
-        if let Ok(f) = s.parse::<f64>() {
-            return Value::Float(f);
-        }
+    if let Some(i) = resolve_int(s) {
+        // Integers beyond `i64` stay numbers, as they do in `serde_yaml`.
+        return i64::try_from(i).map_or(Value::Float(i as f64), Value::Int);
     }
-    if let Some(hex) = s.strip_prefix("0x")
-        && let Ok(i) = i64::from_str_radix(hex, 16)
+    if !digits_but_not_number(s)
+        && let Some(f) = resolve_float(s)
     {
-        return Value::Int(i);
-    }
-    if let Some(oct) = s.strip_prefix("0o")
-        && let Ok(i) = i64::from_str_radix(oct, 8)
-    {
-        return Value::Int(i);
-    }
-    let looks_float = digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
-        && digits
-            .bytes()
-            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
-        && digits.bytes().any(|b| b.is_ascii_digit());
-    if looks_float && let Ok(f) = s.parse::<f64>() {
         return Value::Float(f);
     }
     Value::Str(s.to_owned())
+}
+
+/// An integer in decimal, hex (`0x`), octal (`0o`) or binary (`0b`), with an
+/// optional sign (`+0x10`, `-0x10`); never a sign after the prefix.
+fn resolve_int(s: &str) -> Option<i128> {
+    let (negative, unsigned) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    for (prefix, radix) in [("0x", 16), ("0o", 8), ("0b", 2)] {
+        if let Some(rest) = unsigned.strip_prefix(prefix) {
+            if rest.starts_with(['+', '-']) {
+                return None;
+            }
+            if let Ok(i) = u128::from_str_radix(rest, radix) {
+                return signed(negative, i);
+            }
+        }
+    }
+    if unsigned.starts_with(['+', '-']) || digits_but_not_number(s) {
+        return None;
+    }
+    unsigned
+        .parse::<u128>()
+        .ok()
+        .and_then(|i| signed(negative, i))
+}
+
+fn signed(negative: bool, i: u128) -> Option<i128> {
+    let i = i128::try_from(i).ok()?;
+    Some(if negative { -i } else { i })
+}
+
+/// Leading zeros followed by digits (`0123`, `-00`) are a string in YAML 1.2.
+fn digits_but_not_number(s: &str) -> bool {
+    let s = s.strip_prefix(['-', '+']).unwrap_or(s);
+    s.len() > 1 && s.starts_with('0') && s[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
+fn resolve_float(s: &str) -> Option<f64> {
+    let unsigned = match s.strip_prefix('+') {
+        Some(rest) if rest.starts_with(['+', '-']) => return None,
+        Some(rest) => rest,
+        None => s,
+    };
+    match (unsigned, s) {
+        (".inf" | ".Inf" | ".INF", _) => return Some(f64::INFINITY),
+        (_, "-.inf" | "-.Inf" | "-.INF") => return Some(f64::NEG_INFINITY),
+        (_, ".nan" | ".NaN" | ".NAN") => return Some(f64::NAN),
+        _ => {}
+    }
+    let f = unsigned.parse::<f64>().ok()?;
+    if f.is_finite() {
+        return Some(f);
+    }
+    // Rust also reads `inf`, `nan` and `infinity`, which YAML does not. A
+    // float too large for `f64` (`1e400`) stays a number, infinite, so that a
+    // configuration is told its value is out of range, not of the wrong type:
+    // here alone `serde_yaml` reads a string.
+    let digits = unsigned.strip_prefix('-').unwrap_or(unsigned);
+    digits
+        .starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        .then_some(f)
 }
 
 #[cfg(test)]
@@ -511,6 +558,187 @@ mod tests {
         assert!(matches!(root.get("e").unwrap().value, Value::Str(_)));
         assert!(matches!(root.get("f").unwrap().value, Value::Str(_)));
         assert!(matches!(root.get("g").unwrap().value, Value::Int(-3)));
+    }
+
+    /// A scalar as both readers resolve it, to compare them.
+    #[derive(Debug, PartialEq)]
+    enum Resolved {
+        Null,
+        Bool(bool),
+        Int(i128),
+        /// The bits, so that NaN equals NaN.
+        Float(u64),
+        Str(String),
+    }
+
+    fn float(f: f64) -> Resolved {
+        Resolved::Float(if f.is_nan() {
+            f64::NAN.to_bits()
+        } else {
+            f.to_bits()
+        })
+    }
+
+    fn by_loader(scalar: &str) -> Resolved {
+        let (root, problems) = parse(&format!("v: {scalar}\n"));
+        assert!(problems.is_empty(), "{scalar}: {problems:?}");
+        match root.unwrap().get("v").unwrap().value.clone() {
+            Value::Null => Resolved::Null,
+            Value::Bool(b) => Resolved::Bool(b),
+            Value::Int(i) => Resolved::Int(i.into()),
+            Value::Float(f) => float(f),
+            Value::Str(s) => Resolved::Str(s),
+            other => panic!("{scalar}: {other:?}"),
+        }
+    }
+
+    fn by_serde_yaml(scalar: &str) -> Resolved {
+        let doc: serde_yaml::Mapping = serde_yaml::from_str(&format!("v: {scalar}\n")).unwrap();
+        match doc.get("v").unwrap().clone() {
+            serde_yaml::Value::Null => Resolved::Null,
+            serde_yaml::Value::Bool(b) => Resolved::Bool(b),
+            serde_yaml::Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => Resolved::Int(i.into()),
+                (_, Some(u), _) => Resolved::Int(u.into()),
+                (_, _, Some(f)) => float(f),
+                _ => unreachable!(),
+            },
+            serde_yaml::Value::String(s) => Resolved::Str(s),
+            other => panic!("{scalar}: {other:?}"),
+        }
+    }
+
+    /// One dialect: the span-keeping loader resolves every plain and quoted
+    /// scalar exactly as `serde_yaml` does (YAML 1.2 core).
+    #[test]
+    fn scalars_resolve_as_serde_yaml_resolves_them() {
+        let scalars = [
+            // integers
+            "0",
+            "1",
+            "-3",
+            "+7",
+            "-0",
+            "42",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "0123",
+            "-0123",
+            "+0123",
+            "00",
+            "007",
+            "1_000",
+            // hex, octal, binary
+            "0x10",
+            "0xff",
+            "0xFF",
+            "+0x10",
+            "-0x10",
+            "0x-1",
+            "0x+1",
+            "0x",
+            "0xg",
+            "0o17",
+            "-0o17",
+            "0o8",
+            "017",
+            "0b101",
+            "-0b11",
+            "0b2",
+            // floats
+            "1.5",
+            "-1.5",
+            "+1.5",
+            ".5",
+            "5.",
+            "1e3",
+            "1E3",
+            "1e-7",
+            "-2.5e20",
+            "0.5",
+            "00.5",
+            "1.5.3",
+            "1,5",
+            // infinities and NaN
+            ".inf",
+            ".Inf",
+            ".INF",
+            "+.inf",
+            "-.inf",
+            "-.Inf",
+            "-.INF",
+            ".nan",
+            ".NaN",
+            ".NAN",
+            "+.nan",
+            "-.nan",
+            "inf",
+            "nan",
+            "NaN",
+            "infinity",
+            // booleans in every case
+            "true",
+            "True",
+            "TRUE",
+            "tRUE",
+            "false",
+            "False",
+            "FALSE",
+            "fAlse",
+            "yes",
+            "no",
+            "Yes",
+            "NO",
+            "on",
+            "off",
+            "y",
+            "n",
+            // null
+            "~",
+            "null",
+            "Null",
+            "NULL",
+            "nULL",
+            "",
+            "none",
+            // quoted
+            "'1'",
+            "\"1\"",
+            "'true'",
+            "\"True\"",
+            "'~'",
+            "'null'",
+            "'0x10'",
+            "\".nan\"",
+            "''",
+            // strings
+            "x",
+            "-x",
+            "+",
+            "1.2.3.4",
+            "10:30",
+            "0.0.0.0",
+            "v1",
+            "1e",
+            "e1",
+        ];
+        for scalar in scalars {
+            assert_eq!(
+                by_loader(scalar),
+                by_serde_yaml(scalar),
+                "the scalar `{scalar}`"
+            );
+        }
+        // The one difference: a float beyond `f64` is a number (infinite), so
+        // that a configuration hears it is out of range.
+        for (scalar, inf) in [("1e400", f64::INFINITY), ("-1e400", f64::NEG_INFINITY)] {
+            assert_eq!(by_loader(scalar), float(inf), "{scalar}");
+            assert_eq!(
+                by_serde_yaml(scalar),
+                Resolved::Str(scalar.into()),
+                "{scalar}"
+            );
+        }
     }
 
     #[test]
