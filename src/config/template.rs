@@ -172,17 +172,26 @@ pub fn render(
                     }
                 }
                 (None, p) if p.is_empty() => {}
-                _ => problems.push(
-                    Problem::new(
-                        Kind::VarFile,
-                        format!(
-                            "the variable file `{}` is not a YAML mapping",
-                            file.display()
-                        ),
-                    )
-                    .origin(Origin::None)
-                    .help("write the variables as `name: value` lines"),
-                ),
+                (root, p) => {
+                    // The var file is not the configuration, whose text the
+                    // spans of a problem point into: say where, as a line.
+                    let (at, why) = match p.first() {
+                        Some(first) => (first.position(), format!(": {}", first.message)),
+                        None => (root.map_or(0, |r| r.span.start), String::new()),
+                    };
+                    let line = text[..at.min(text.len())].matches('\n').count() + 1;
+                    problems.push(
+                        Problem::new(
+                            Kind::VarFile,
+                            format!(
+                                "the variable file `{}` is not a YAML mapping (line {line}){why}",
+                                file.display()
+                            ),
+                        )
+                        .origin(Origin::None)
+                        .help("write the variables as `name: value` lines"),
+                    );
+                }
             },
             Err(e) => problems.push(
                 Problem::new(

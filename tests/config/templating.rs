@@ -40,6 +40,29 @@ fn variables_take_precedence_in_order() {
 }
 
 #[test]
+fn a_var_file_error_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("vars.yaml");
+    // The bad text also appears, valid, on the first line.
+    std::fs::write(&f, "replicas: 2\nname: x\nreplicas: [2\n").unwrap();
+    let mut i = inputs(&[]);
+    i.var_files = vec![f];
+    let err = load_with(DOC, &i).unwrap_err();
+    assert_eq!(err.codes(), vec!["E016::var_file"]);
+    let text = rendered(&err);
+    assert!(
+        text.contains("(line 3)") || text.contains("(line 4)"),
+        "{text}"
+    );
+
+    let f = dir.path().join("dup.yaml");
+    std::fs::write(&f, "replicas: 2\nname: x\nreplicas: 3\n").unwrap();
+    i.var_files = vec![f];
+    let text = rendered(&load_with(DOC, &i).unwrap_err());
+    assert!(text.contains("(line 3)"), "{text}");
+}
+
+#[test]
 fn var_values_are_yaml_scalars() {
     let mut i = inputs(&[]);
     i.vars = vec![("replicas".into(), "3".into())];
