@@ -307,7 +307,7 @@ pub struct DestroyArgs {
     pub auto_approve: bool,
 
     /// Seconds to wait for each service to stop before killing it
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
     pub timeout: Option<u64>,
 
     /// Accepted for compatibility: destroy always covers every service in the state
@@ -333,7 +333,7 @@ pub struct StatusArgs {
     pub watch: bool,
 
     /// Seconds between refreshes with --watch
-    #[arg(long, default_value_t = 2, value_name = "SECONDS")]
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_seconds)]
     pub interval: u64,
 }
 
@@ -517,22 +517,25 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
-/// `30`, `30s`, `500ms`, `2m`, `1h`.
+/// A duration, in the one style of every flag that takes one: humantime's
+/// (`500ms`, `30s`, `2m`, `1h30m`, `1h 30m`), or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("expected a duration such as 30s or 2m, got `{s}`"))?;
-    let ms = match unit {
-        "" | "s" => n * 1000,
-        "ms" => n,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("unknown unit `{unit}`: use ms, s, m or h")),
-    };
-    Ok(std::time::Duration::from_millis(ms))
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u64>()
+            .map(std::time::Duration::from_secs)
+            .map_err(|e| format!("expected a duration such as 30s or 2m, got `{s}`: {e}"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration such as 30s, 2m or 1h30m, got `{s}`: {e}"))
+}
+
+/// A duration flag held in whole seconds: what [`parse_duration`] reads,
+/// rounded up to the next second.
+pub fn parse_seconds(s: &str) -> Result<u64, String> {
+    let d = parse_duration(s)?;
+    Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 /// How output should look, resolved once from the flags and the environment.

@@ -66,3 +66,34 @@ fn completions_for_bash_zsh_and_fish() {
         }
     }
 }
+
+/// Every flag that takes a duration reads it in one style: humantime's units
+/// (also combined), or a bare number of seconds.
+#[test]
+fn every_duration_flag_takes_one_style() {
+    use clap::Parser;
+    use deploy_code::cli::{parse_duration, parse_seconds};
+    use std::time::Duration;
+    assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+    assert!(parse_duration("soon").is_err());
+    assert!(parse_duration("5 parsecs").is_err());
+    assert!(parse_duration("").is_err());
+    assert_eq!(parse_seconds("2"), Ok(2));
+    assert_eq!(parse_seconds("1m"), Ok(60));
+    assert_eq!(parse_seconds("1500ms"), Ok(2));
+    for args in [
+        vec!["deploy-code", "--lock-timeout", "1m30s", "plan"],
+        vec!["deploy-code", "status", "--watch", "--interval", "5s"],
+        vec!["deploy-code", "status", "--interval", "5"],
+        vec!["deploy-code", "destroy", "--timeout", "2m"],
+        vec!["deploy-code", "destroy", "--timeout", "10"],
+    ] {
+        Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+    assert!(Cli::try_parse_from(["deploy-code", "destroy", "--timeout", "2 fortnights"]).is_err());
+}
