@@ -261,7 +261,22 @@ async fn sigint_rolls_back_and_exits_4() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Interrupt once the new `a` runs (it is ready only after 3 s), so that
+    // there is a replacement to roll back.
+    let old_hashes: Vec<_> = before.iter().map(|x| x.2.clone()).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !p
+        .processes()
+        .await
+        .iter()
+        .any(|x| x.0 == "a" && !old_hashes.contains(&x.2))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new `a` never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     unsafe {
         libc::kill(pid as i32, libc::SIGINT);
     }

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use deploy_code::apply::{self, Cancel, Event, Options};
 use deploy_code::backends::process::ProcessBackend;
@@ -188,11 +187,25 @@ pub struct Run {
 }
 
 pub async fn run(world: &World, desired: &DesiredState, no_rollback: bool, cancel: &Cancel) -> Run {
+    run_watched(world, desired, no_rollback, cancel, &|_| {}).await
+}
+
+/// [`run`], telling `watch` every event as it happens.
+pub async fn run_watched(
+    world: &World,
+    desired: &DesiredState,
+    no_rollback: bool,
+    cancel: &Cancel,
+    watch: &(dyn Fn(&Event) + Send + Sync),
+) -> Run {
     let mut store = world.store();
     let snap = store.snapshot().unwrap();
     let plan = make_plan(desired, &snap);
     let events = Mutex::new(Vec::new());
-    let hook = |e: &Event| events.lock().unwrap().push(e.clone());
+    let hook = |e: &Event| {
+        watch(e);
+        events.lock().unwrap().push(e.clone());
+    };
     let opts = Options {
         no_rollback,
         command: "deploy-code apply".into(),
@@ -430,13 +443,23 @@ async fn an_interrupt_rolls_back() {
     never.health_check = Some(http_check(free_port(), 30, 5));
     let v2 = w.desired(vec![slow, never]);
     let cancel = Cancel::new();
-    let c2 = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        c2.interrupt();
-    });
-    let r = run(&w, &v2, false, &cancel).await;
+    // Interrupted once `a` has been replaced, while `z` waits for its gate:
+    // there is something to roll back.
+    let interrupt = |e: &Event| {
+        if matches!(e, Event::ActionSucceeded { service, .. } if service.as_str() == "a")
+            && cancel.level() == 0
+        {
+            cancel.interrupt();
+        }
+    };
+    let r = run_watched(&w, &v2, false, &cancel, &interrupt).await;
     assert_eq!(r.report.outcome, Outcome::RolledBack, "{:?}", r.report);
+    assert!(
+        r.events.iter().any(|e| matches!(e,
+            Event::RollbackStep { service, ok: true, .. } if service.as_str() == "a")),
+        "`a` was rolled back: {:?}",
+        r.events
+    );
     assert_eq!(essence(&w.state), before);
     host_matches_state(&w).await;
     w.kill_all().await;

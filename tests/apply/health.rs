@@ -29,6 +29,13 @@ async fn a_service_that_becomes_ready_is_seen_within_about_100ms() {
     // 400 ms sleep + interpreter start-up; detection itself adds at most the backoff.
     assert!(took < Duration::from_millis(2500), "{took:?}");
     assert!(out.probes.last().unwrap().detail.contains("200"));
+    // Detection: the passing probe comes at most one fast back-off step
+    // (100 ms) after the last failing one, plus the time a probe takes.
+    let [.., failing, passing] = &out.probes[..] else {
+        panic!("a failing probe before the passing one: {out:?}")
+    };
+    assert!(!failing.healthy && passing.healthy, "{out:?}");
+    assert!(passing.at_ms - failing.at_ms <= 200, "{out:?}");
     b.stop(&handles, Duration::from_secs(2)).await.unwrap();
 }
 
@@ -167,13 +174,14 @@ async fn an_interrupt_stops_a_gate() {
         .unwrap();
     let _reaper = Reaper(handles.iter().map(pid_of).collect());
     let cancel = Cancel::new();
-    let c2 = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        c2.interrupt();
-    });
+    // Interrupted while it waits, once it has probed.
+    let interrupt = |_: &deploy_code::apply::health::ProbeRecord| {
+        if cancel.level() == 0 {
+            cancel.interrupt();
+        }
+    };
     let t = Instant::now();
-    let out = gate(&b, &s, &handles, &cancel, 1, None, &noop).await;
+    let out = gate(&b, &s, &handles, &cancel, 1, None, &interrupt).await;
     assert!(!out.healthy);
     assert_eq!(out.reason, "interrupted");
     assert!(t.elapsed() < Duration::from_secs(1));

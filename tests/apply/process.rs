@@ -174,14 +174,21 @@ async fn a_process_ignoring_sigterm_is_killed_after_the_grace() {
     let b = ProcessBackend::new();
     let s = spec(
         "stubborn",
-        &["sh", "-c", "trap '' TERM; while true; do sleep 0.05; done"],
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo trapped; while true; do sleep 0.05; done",
+        ],
     );
     let handles = b
         .start(&s, &ctx(dir.path(), &project("stubborn")))
         .await
         .unwrap();
     let _reaper = Reaper(handles.iter().map(pid_of).collect());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // SIGTERM only once the shell ignores it.
+    while b.logs(&handles[0], 5).await.is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let t = std::time::Instant::now();
     b.stop(&handles, Duration::from_millis(300)).await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(300));

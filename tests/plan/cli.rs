@@ -1,10 +1,9 @@
 //! The command line against real configuration, state and inventory files.
 
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 
 use assert_cmd::cargo::cargo_bin_cmd;
-use deploy_code::config::{self, LoadOptions};
+use deploy_code::config;
 use deploy_code::plan::saved;
 use deploy_code::state::{self, Handle, Holder, ServiceRecord, ServiceStatus, Store};
 
@@ -17,11 +16,13 @@ fn fixture(case: &str, file: &str) -> PathBuf {
         .join(file)
 }
 
-/// The same secret for every in-process load in this binary.
-fn secret_env() {
-    static ONCE: Once = Once::new();
-    // SAFETY: set once, before any load reads the environment, to one value.
-    ONCE.call_once(|| unsafe { std::env::set_var("API_KEY", CANARY) });
+/// The configuration loaded in this process with the canary as its secret,
+/// given in the load's inputs (the process environment stays untouched).
+fn load_with_canary(path: &Path) -> config::LoadedConfig {
+    let mut inputs = config::template::Inputs::from_process(Vec::new(), Vec::new());
+    inputs.env.insert("API_KEY".into(), CANARY.into());
+    let text = std::fs::read_to_string(path).unwrap();
+    config::load_text(&text, path, &inputs).unwrap()
 }
 
 struct Case {
@@ -60,12 +61,7 @@ impl Case {
     /// Records every service of the configuration in a real state file, as an
     /// apply would, with `handle` as each one's instance.
     fn record_all(&self, handle: impl Fn(&str) -> Handle) {
-        secret_env();
-        let mut loaded = config::load(&LoadOptions {
-            path: self.config(),
-            ..LoadOptions::default()
-        })
-        .unwrap();
+        let mut loaded = load_with_canary(&self.config());
         let mut store = Store::open(&self.state(), &Holder::current("test"), None).unwrap();
         store.ensure_identity(None).unwrap();
         let key = store.snapshot().unwrap().secret_key.unwrap();
