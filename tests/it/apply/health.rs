@@ -1,0 +1,189 @@
+use std::time::{Duration, Instant};
+
+use deploy_code::apply::Cancel;
+use deploy_code::apply::health::gate;
+use deploy_code::backends::Backend;
+use deploy_code::backends::process::ProcessBackend;
+use deploy_code::model::{HealthCheck, Probe, Workload};
+
+use super::common::*;
+
+fn noop(_: &deploy_code::apply::health::ProbeRecord) {}
+
+#[tokio::test]
+async fn a_service_that_becomes_ready_is_seen_within_about_100ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = ProcessBackend::new();
+    let port = free_port();
+    let s = http_spec("web", port, 400);
+    let handles = b
+        .start(&s, &ctx(dir.path(), &project("ready")))
+        .await
+        .unwrap();
+    let _reaper = Reaper(handles.iter().map(pid_of).collect());
+    let t = Instant::now();
+    let out = gate(&b, &s, &handles, &Cancel::new(), 1, None, &noop).await;
+    let took = t.elapsed();
+    assert!(out.healthy, "{out:?}");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    // 400 ms sleep + interpreter start-up; detection itself adds at most the backoff.
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    assert!(out.probes.last().unwrap().detail.contains("200"));
+    // Detection: the passing probe comes at most one fast back-off step
+    // (100 ms) after the last failing one, plus the time a probe takes.
+    let [.., failing, passing] = &out.probes[..] else {
+        panic!("a failing probe before the passing one: {out:?}")
+    };
+    assert!(!failing.healthy && passing.healthy, "{out:?}");
+    assert!(passing.at_ms - failing.at_ms <= 200, "{out:?}");
+    b.stop(&handles, Duration::from_secs(2)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_gate_that_never_passes_fails_with_evidence() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = ProcessBackend::new();
+    let port = free_port();
+    let mut s = spec("deaf", &["sleep", "30"]);
+    s.health_check = Some(http_check(port, 1, 2));
+    let handles = b
+        .start(&s, &ctx(dir.path(), &project("never")))
+        .await
+        .unwrap();
+    let _reaper = Reaper(handles.iter().map(pid_of).collect());
+    let t = Instant::now();
+    let out = gate(&b, &s, &handles, &Cancel::new(), 1, None, &noop).await;
+    assert!(!out.healthy);
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "two counted failures one interval apart"
+    );
+    assert!(t.elapsed() < Duration::from_secs(4));
+    assert!(out.reason.contains("failed 2 times"), "{}", out.reason);
+    assert!(!out.probes.is_empty() && out.probes.len() <= 5);
+    b.stop(&handles, Duration::from_secs(2)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_process_that_exits_fails_its_gate_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = ProcessBackend::new();
+    let port = free_port();
+    let mut s = spec("crasher", &["sh", "-c", "sleep 0.2; exit 7"]);
+    let mut check = http_check(port, 5, 10);
+    check.start_period_seconds = 30;
+    s.health_check = Some(check);
+    let handles = b
+        .start(&s, &ctx(dir.path(), &project("crash")))
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let out = gate(&b, &s, &handles, &Cancel::new(), 1, None, &noop).await;
+    assert!(!out.healthy);
+    assert!(out.reason.contains("exited with code 7"), "{}", out.reason);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+}
+
+#[tokio::test]
+async fn tasks_pass_by_exiting_zero_and_fail_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = ProcessBackend::new();
+    let mut ok = spec("migrate", &["sh", "-c", "sleep 0.1"]);
+    ok.workload = Workload::Task;
+    let h = b
+        .start(&ok, &ctx(dir.path(), &project("task")))
+        .await
+        .unwrap();
+    assert!(
+        gate(&b, &ok, &h, &Cancel::new(), 1, None, &noop)
+            .await
+            .healthy
+    );
+    let mut bad = spec("migrate-bad", &["sh", "-c", "exit 2"]);
+    bad.workload = Workload::Task;
+    let h = b
+        .start(&bad, &ctx(dir.path(), &project("task")))
+        .await
+        .unwrap();
+    let out = gate(&b, &bad, &h, &Cancel::new(), 1, None, &noop).await;
+    assert!(!out.healthy);
+    assert!(out.reason.contains("code 2"), "{}", out.reason);
+}
+
+#[tokio::test]
+async fn tcp_and_command_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = ProcessBackend::new();
+    let port = free_port();
+    let mut s = http_spec("tcp", port, 0);
+    s.health_check = Some(HealthCheck {
+        probe: Probe::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        },
+        interval_seconds: 1,
+        timeout_seconds: 1,
+        retries: 3,
+        start_period_seconds: 0,
+        min_healthy_seconds: 0,
+        restart_after_failures: None,
+    });
+    let handles = b
+        .start(&s, &ctx(dir.path(), &project("tcp")))
+        .await
+        .unwrap();
+    let _reaper = Reaper(handles.iter().map(pid_of).collect());
+    assert!(
+        gate(&b, &s, &handles, &Cancel::new(), 1, None, &noop)
+            .await
+            .healthy
+    );
+    let ok = b
+        .exec_probe(&handles[0], &["true".into()], Duration::from_secs(1))
+        .await;
+    assert!(ok.healthy);
+    let bad = b
+        .exec_probe(
+            &handles[0],
+            &["sh".into(), "-c".into(), "echo nope; exit 1".into()],
+            Duration::from_secs(1),
+        )
+        .await;
+    assert!(!bad.healthy);
+    assert_eq!(bad.detail, "exit 1: nope");
+    let slow = b
+        .exec_probe(
+            &handles[0],
+            &["sleep".into(), "5".into()],
+            Duration::from_millis(100),
+        )
+        .await;
+    assert!(!slow.healthy && slow.detail.contains("timed out"));
+    b.stop(&handles, Duration::from_secs(2)).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_interrupt_stops_a_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = ProcessBackend::new();
+    let mut s = spec("waiting", &["sleep", "30"]);
+    s.health_check = Some(http_check(free_port(), 30, 10));
+    let handles = b
+        .start(&s, &ctx(dir.path(), &project("interrupt")))
+        .await
+        .unwrap();
+    let _reaper = Reaper(handles.iter().map(pid_of).collect());
+    let cancel = Cancel::new();
+    // Interrupted while it waits, once it has probed.
+    let interrupt = |_: &deploy_code::apply::health::ProbeRecord| {
+        if cancel.level() == 0 {
+            cancel.interrupt();
+        }
+    };
+    let t = Instant::now();
+    let out = gate(&b, &s, &handles, &cancel, 1, None, &interrupt).await;
+    assert!(!out.healthy);
+    assert_eq!(out.reason, "interrupted");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    b.stop(&handles, Duration::from_secs(2)).await.unwrap();
+}
