@@ -7,3 +7,4 @@ mod docker;
 mod ops;
 mod plan;
 mod state;
+mod support;

@@ -131,6 +131,13 @@ impl Project {
     }
 }
 
+impl Drop for Project {
+    /// Stops what the test started, also when it failed half-way.
+    fn drop(&mut self) {
+        crate::support::kill_project(&self.name);
+    }
+}
+
 #[tokio::test]
 async fn apply_then_no_changes_then_destroy() {
     let p = Project::new("cli-basic", 0);

@@ -1,59 +1,16 @@
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use deploy_code::backends::StartContext;
-use deploy_code::model::{
-    BackendKind, HealthCheck, NetworkSettings, PortSpec, Probe, Protocol, Resources, RestartPolicy,
-    ServiceName, ServiceSpec, Text, Workload,
-};
+use deploy_code::model::{HealthCheck, NetworkSettings, Probe, ServiceSpec};
 use deploy_code::state::Handle;
 
-/// The real python3 binary (not a version-manager shim).
-pub fn python() -> String {
-    static P: OnceLock<String> = OnceLock::new();
-    P.get_or_init(|| {
-        let out = std::process::Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 runs");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-    .clone()
-}
+use crate::support::Spec;
 
-/// A free TCP port on the loopback.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+pub use crate::support::{alive, free_port, name, python};
 
-pub fn name(s: &str) -> ServiceName {
-    ServiceName::parse(s).unwrap()
-}
-
+/// A local process running `argv`.
 pub fn spec(service: &str, argv: &[&str]) -> ServiceSpec {
-    ServiceSpec {
-        name: name(service),
-        backend: BackendKind::Process,
-        workload: Workload::Service,
-        replicas: 1,
-        image: None,
-        command: Some(Text::plain(argv[0])),
-        args: argv[1..].iter().map(|a| Text::plain(*a)).collect(),
-        working_dir: None,
-        env: BTreeMap::new(),
-        dependencies: Vec::new(),
-        resources: Resources::default(),
-        health_check: None,
-        ports: Vec::new(),
-        volumes: Vec::new(),
-        restart: RestartPolicy::No,
-        restart_settings: None,
-        labels: BTreeMap::new(),
-        network: None,
-        behind_switch: false,
-    }
+    Spec::process(service, argv).build()
 }
 
 /// An HTTP server on `port` that becomes ready after `delay_ms` and serves `dir`.
@@ -69,12 +26,7 @@ pub fn http_spec(service: &str, port: u16, delay_ms: u64) -> ServiceSpec {
     let py = python();
     let mut s = spec(service, &[&py, "-c", &script]);
     s.health_check = Some(http_check(port, 1, 3));
-    s.ports = vec![PortSpec {
-        container_port: port,
-        host_port: Some(port),
-        host_ip: None,
-        protocol: Protocol::Tcp,
-    }];
+    s.ports = vec![crate::support::port(port)];
     s
 }
 
@@ -122,17 +74,6 @@ pub fn log_of(h: &Handle) -> PathBuf {
     match h {
         Handle::Process { log_path, .. } => PathBuf::from(log_path),
         _ => panic!("not a process"),
-    }
-}
-
-/// Whether a pid exists and is not a zombie.
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let rest = &s[s.rfind(')').unwrap() + 1..];
-            !matches!(rest.split_whitespace().next(), Some("Z") | Some("X"))
-        }
-        Err(_) => false,
     }
 }
 

@@ -89,6 +89,13 @@ impl World {
     }
 }
 
+impl Drop for World {
+    /// Stops what the test started, also when it failed half-way.
+    fn drop(&mut self) {
+        crate::support::kill_project(&self.project);
+    }
+}
+
 /// A minimal planner for the executor's tests: create what is new, replace what
 /// changed, destroy what is gone; phases by dependency depth.
 pub fn make_plan(desired: &DesiredState, snap: &Snapshot) -> Plan {

@@ -1,22 +1,19 @@
 //! Fixtures: the engine (or a skip), a tiny busybox image, unique names and a
 //! guard that removes what a test created, by id, even when it fails.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use deploy_code::backends::StartContext;
 use deploy_code::backends::docker::DockerBackend;
-use deploy_code::model::{
-    BackendKind, NetworkSettings, PortSpec, Protocol, Resources, RestartPolicy, ServiceName,
-    ServiceSpec, Text, Workload,
-};
+use deploy_code::model::{NetworkSettings, PortSpec, Protocol, ServiceSpec, Text};
 
-pub const IMAGE: &str = "deploy-code-test-busybox:1";
-pub const IMAGE_WITH_HEALTHCHECK: &str = "deploy-code-test-busybox-healthcheck:1";
+use crate::support::Spec;
+
+pub use crate::support::free_port;
+pub use crate::support::image::{IMAGE, IMAGE_WITH_HEALTHCHECK, build as build_image};
 
 /// The engine, or `None` after printing why the test is skipped.
 /// With `DEPLOY_CODE_REQUIRE_DOCKER=1` an unreachable engine fails the test.
@@ -55,43 +52,6 @@ pub fn swarm_active(test: &str) -> bool {
     active
 }
 
-/// Builds `FROM scratch` + Debian's static busybox + `/www/health`, once per binary.
-pub fn build_image() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::copy("/bin/busybox", dir.path().join("busybox"))
-            .expect("busybox-static is installed (/bin/busybox)");
-        std::fs::create_dir(dir.path().join("www")).unwrap();
-        std::fs::write(dir.path().join("www/health"), "ok\n").unwrap();
-        std::fs::write(
-            dir.path().join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nENTRYPOINT [\"/bin/busybox\"]\n",
-        )
-        .unwrap();
-        let out = Command::new("docker")
-            .args(["build", "-q", "-t", IMAGE])
-            .arg(dir.path())
-            .output()
-            .expect("docker CLI");
-        assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
-        // The same with a HEALTHCHECK that passes while /www/health exists.
-        std::fs::write(
-            dir.path().join("Dockerfile"),
-            format!(
-                "FROM {IMAGE}\nHEALTHCHECK --interval=1s --timeout=1s --retries=1 CMD [\"/bin/busybox\", \"test\", \"-f\", \"/www/health\"]\n"
-            ),
-        )
-        .unwrap();
-        let out = Command::new("docker")
-            .args(["build", "-q", "-t", IMAGE_WITH_HEALTHCHECK])
-            .arg(dir.path())
-            .output()
-            .expect("docker CLI");
-        assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
-    });
-}
-
 /// A project name no other test or run uses.
 pub fn project(test: &str) -> String {
     format!("dct-{test}-{}", std::process::id())
@@ -116,35 +76,14 @@ pub fn ctx(project: &str) -> StartContext {
 
 /// busybox httpd serving /www on container port 8080, host port allocated.
 pub fn web(name: &str) -> ServiceSpec {
-    ServiceSpec {
-        name: ServiceName::parse(name).unwrap(),
-        backend: BackendKind::Docker,
-        workload: Workload::Service,
-        replicas: 1,
-        image: Some(IMAGE.into()),
-        command: None,
-        args: ["httpd", "-f", "-p", "8080", "-h", "/www"]
-            .into_iter()
-            .map(Text::plain)
-            .collect(),
-        working_dir: None,
-        env: BTreeMap::new(),
-        dependencies: vec![],
-        resources: Resources::default(),
-        health_check: None,
-        ports: vec![PortSpec {
+    Spec::docker(name, IMAGE, &["httpd", "-f", "-p", "8080", "-h", "/www"])
+        .port(PortSpec {
             container_port: 8080,
             host_port: None,
             host_ip: None,
             protocol: Protocol::Tcp,
-        }],
-        volumes: vec![],
-        restart: RestartPolicy::No,
-        restart_settings: None,
-        labels: BTreeMap::new(),
-        network: None,
-        behind_switch: false,
-    }
+        })
+        .build()
 }
 
 /// A service whose container runs `sh -c script`.

@@ -263,15 +263,6 @@ impl SwarmCli {
     }
 }
 
-/// A TCP port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn more_replicas_than_nodes_for_one_host_port_are_refused_and_fail_at_once_when_forced() {
     let test =

@@ -126,15 +126,6 @@ fn unique(test: &str) -> String {
     format!("{}-{}", project(test), N.fetch_add(1, Ordering::SeqCst))
 }
 
-/// A free host port on the loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Site {
     fn new(test: &str) -> Self {
         Self {

@@ -7,7 +7,7 @@ use deploy_code::metrics::{Timings, exposition, publish};
 use deploy_code::model::MonitoringSettings;
 use deploy_code::state::{Deployment, Outcome, Snapshot};
 
-use super::support::{Guard, free_port, have, wait_for_port};
+use crate::support::{Guard, free_port, have, wait_for_port};
 
 /// A real Pushgateway on a free loopback port, persisting into `dir`; it is
 /// killed (by its pid) when the guard drops.

@@ -7,6 +7,5 @@ mod doctor;
 mod metrics;
 mod recipes;
 mod serve;
-mod support;
 mod tidy;
 mod tour;

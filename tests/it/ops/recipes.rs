@@ -7,7 +7,7 @@ use std::process::Output;
 
 use assert_cmd::cargo::cargo_bin_cmd;
 
-use super::support::free_port;
+use crate::support::free_port;
 
 fn config(tag: &str, port: u16, mode: &str) -> String {
     format!(

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use super::support::free_port;
+use crate::support::free_port;
 
 /// Whether the Python packages the API's tests need are importable; CI
 /// installs them (`.ci/run`) and demands them.
@@ -108,7 +108,7 @@ fn serve_refuses_missing_certificate_files() {
 /// server's certificate; the mapping and the flat keys together are refused.
 #[test]
 fn the_tls_mapping_serves_over_tls() {
-    if !super::support::have("openssl") {
+    if !crate::support::have("openssl") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -224,7 +224,7 @@ impl Drop for Server {
 #[test]
 fn eddsa_tokens_with_issuer_audience_and_a_custom_role() {
     use deploy_code::serve::pb::{self, deploy_code_client::DeployCodeClient};
-    if !super::support::have("openssl") {
+    if !crate::support::have("openssl") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -304,7 +304,7 @@ fn eddsa_tokens_with_issuer_audience_and_a_custom_role() {
 #[test]
 fn rs256_tokens_are_checked_with_the_public_key() {
     use deploy_code::serve::pb::{self, deploy_code_client::DeployCodeClient};
-    if !super::support::have("openssl") {
+    if !crate::support::have("openssl") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

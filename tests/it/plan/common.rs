@@ -1,61 +1,29 @@
 //! Builders for plan tests: specs, state records, snapshots and inventories.
 
-use std::collections::BTreeMap;
-
 use deploy_code::inventory::{Gpu, Host, Inventory, Source};
 use deploy_code::model::{
-    BackendKind, DeploymentSettings, DesiredState, MonitoringSettings, NetworkSettings, PortSpec,
-    Protocol, Resources, RestartPolicy, SecretKey, Sensitive, ServiceName, ServiceSpec, Settings,
-    Text, Workload,
+    BackendKind, DeploymentSettings, DesiredState, MonitoringSettings, NetworkSettings, SecretKey,
+    Sensitive, ServiceSpec, Settings, Text,
 };
 use deploy_code::plan::{self, Input, Observations, Options, Plan};
 use deploy_code::state::{Handle, ServiceRecord, ServiceStatus, Snapshot};
 
-pub fn name(s: &str) -> ServiceName {
-    ServiceName::parse(s).unwrap()
-}
+use crate::support::Spec;
+pub use crate::support::name;
 
 pub fn key() -> SecretKey {
     SecretKey::new([9; 32])
 }
 
 pub fn spec(service: &str, deps: &[&str]) -> ServiceSpec {
-    ServiceSpec {
-        name: name(service),
-        backend: BackendKind::Process,
-        workload: Workload::Service,
-        replicas: 1,
-        image: None,
-        command: Some(Text::plain("/usr/bin/sleep")),
-        args: vec![Text::plain("1000")],
-        working_dir: None,
-        env: BTreeMap::new(),
-        dependencies: deps.iter().map(|d| name(d)).collect(),
-        resources: Resources {
-            cpu_cores: 0.5,
-            memory_mb: 512,
-            storage_gb: 1,
-            gpu_count: 0,
-            gpu_memory_mb: None,
-        },
-        health_check: None,
-        ports: Vec::new(),
-        volumes: Vec::new(),
-        restart: RestartPolicy::No,
-        restart_settings: None,
-        labels: BTreeMap::new(),
-        network: None,
-        behind_switch: false,
-    }
+    Spec::process(service, &["/usr/bin/sleep", "1000"])
+        .deps(deps)
+        .resources(0.5, 512, 1)
+        .build()
 }
 
 pub fn with_port(mut s: ServiceSpec, port: u16) -> ServiceSpec {
-    s.ports.push(PortSpec {
-        container_port: port,
-        host_port: Some(port),
-        host_ip: None,
-        protocol: Protocol::Tcp,
-    });
+    s.ports.push(crate::support::port(port));
     s
 }
 

@@ -1,55 +1,25 @@
 //! Helpers shared by the state tests: sample records, and child processes that
 //! re-execute this test binary to act as a lock holder or a writer.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use deploy_code::model::{
-    BackendKind, Resources, RestartPolicy, SecretKey, Sensitive, ServiceName, ServiceSpec, Text,
-    Workload,
-};
+use deploy_code::model::{BackendKind, SecretKey, Sensitive, ServiceSpec, Text};
 use deploy_code::state::{Handle, Holder, ServiceRecord, ServiceStatus};
 
-pub fn name(s: &str) -> ServiceName {
-    ServiceName::parse(s).unwrap()
-}
+use crate::support::Spec;
+pub use crate::support::name;
 
 pub fn spec(service: &str, key: &SecretKey, secret: Option<&str>) -> ServiceSpec {
-    let mut env = BTreeMap::new();
-    env.insert("PORT".to_owned(), Text::plain("8080"));
-    if let Some(s) = secret {
-        env.insert(
-            "API_TOKEN".to_owned(),
-            Text::Sensitive(Sensitive::new(key, s.to_owned())),
+    let mut s = Spec::process(service, &["/usr/bin/sleep", "1000"])
+        .env("PORT", Text::plain("8080"))
+        .resources(0.5, 128, 0);
+    if let Some(secret) = secret {
+        s = s.env(
+            "API_TOKEN",
+            Text::Sensitive(Sensitive::new(key, secret.to_owned())),
         );
     }
-    ServiceSpec {
-        name: name(service),
-        backend: BackendKind::Process,
-        workload: Workload::Service,
-        replicas: 1,
-        image: None,
-        command: Some(Text::plain("/usr/bin/sleep")),
-        args: vec![Text::plain("1000")],
-        working_dir: None,
-        env,
-        dependencies: Vec::new(),
-        resources: Resources {
-            cpu_cores: 0.5,
-            memory_mb: 128,
-            storage_gb: 0,
-            gpu_count: 0,
-            gpu_memory_mb: None,
-        },
-        health_check: None,
-        ports: Vec::new(),
-        volumes: Vec::new(),
-        restart: RestartPolicy::No,
-        restart_settings: None,
-        labels: BTreeMap::new(),
-        network: None,
-        behind_switch: false,
-    }
+    s.build()
 }
 
 pub fn record(
