@@ -23,13 +23,12 @@ use deploy_code::model::*;
 use deploy_code::plan::{self, Observations};
 use deploy_code::state::{Holder, Store};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// The integration tests' shared support (free ports, the busybox image).
+#[allow(dead_code)]
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+
+use support::free_port;
 
 fn service(name: &str, port: u16, delay_ms: u64, deps: Vec<ServiceName>, www: &str) -> ServiceSpec {
     ServiceSpec {

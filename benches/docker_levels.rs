@@ -33,7 +33,14 @@ use deploy_code::model::{
     ServiceSpec, Text, Workload,
 };
 
-const IMAGE: &str = "deploy-code-bench-busybox:1";
+/// The integration tests' shared support (free ports, the busybox image).
+#[allow(dead_code)]
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+
+use support::free_port;
+
+use support::image::IMAGE;
 const LEVELS: usize = 4;
 const PER_LEVEL: usize = 5;
 
@@ -46,18 +53,6 @@ fn sh(args: &[&str]) -> String {
         panic!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn build_image(dir: &Path) {
-    std::fs::copy("/bin/busybox", dir.join("busybox")).expect("/bin/busybox (busybox-static)");
-    std::fs::create_dir_all(dir.join("www")).unwrap();
-    std::fs::write(dir.join("www/health"), "ok\n").unwrap();
-    std::fs::write(
-        dir.join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\nENTRYPOINT [\"/bin/busybox\"]\n",
-    )
-    .unwrap();
-    sh(&["docker", "build", "-q", "-t", IMAGE, dir.to_str().unwrap()]);
 }
 
 fn http_ok(host: &str, port: u16) -> bool {
@@ -96,14 +91,6 @@ fn remove_project(label: &str) {
         args.extend(ids);
         sh(&args);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Level after level: `docker run -d` for the level's containers at once
@@ -396,7 +383,7 @@ fn main() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    build_image(dir.path());
+    support::image::build();
     println!(
         "{LEVELS} levels x {PER_LEVEL} containers, HTTP health; {runs} run(s) each, median shown"
     );

@@ -22,6 +22,13 @@ use std::time::{Duration, Instant};
 
 use deploy_code::monitor::{MonitorState, MonitorStatus, read_status};
 
+/// The integration tests' shared support (free ports, the busybox image).
+#[allow(dead_code)]
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+
+use support::free_port;
+
 const BIN: &str = env!("CARGO_BIN_EXE_deploy-code");
 
 struct Site {
@@ -80,11 +87,6 @@ impl Drop for Site {
             .args(["destroy", "--auto-approve"])
             .output();
     }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 fn ok(port: u16) -> bool {

@@ -17,21 +17,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-const IMAGE: &str = "deploy-code-bench-busybox:1";
+/// The integration tests' shared support (free ports, the busybox image).
+#[allow(dead_code)]
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+
+use support::free_port;
+
+use support::image::IMAGE;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn get(port: u16) -> bool {
@@ -187,19 +186,8 @@ fn docker_ready() -> bool {
     if !ok || !Path::new("/bin/busybox").exists() {
         return false;
     }
-    let Ok(dir) = tempfile::tempdir() else {
-        return false;
-    };
-    let _ = std::fs::copy("/bin/busybox", dir.path().join("busybox"));
-    let _ = std::fs::write(
-        dir.path().join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
-    );
-    Command::new("docker")
-        .args(["build", "-q", "-t", IMAGE])
-        .arg(dir.path())
-        .output()
-        .is_ok_and(|o| o.status.success())
+    support::image::build();
+    true
 }
 
 fn main() {
