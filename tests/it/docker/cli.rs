@@ -335,11 +335,7 @@ async fn docker_default_bridge_and_the_host_network() {
     // The host network: the container's own port is the host port.
     let h = Deployment::new("host-net");
     let _guard = Cleanup::new(&h.project);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     std::fs::write(
         h.config(),
         format!(

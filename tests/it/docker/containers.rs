@@ -407,11 +407,7 @@ async fn a_fixed_host_port_is_published_as_asked() {
     };
     let project = project("fixed");
     let _guard = Cleanup::new(&project);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let mut spec = web("fixed");
     spec.ports[0].host_port = Some(port);
     spec.ports[0].host_ip = Some("127.0.0.1".into());

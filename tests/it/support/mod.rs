@@ -16,13 +16,31 @@ use deploy_code::model::{
 
 pub mod image;
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port that is free on every address right now and that no other test of
+/// this process has been given.
+///
+/// Ports come from 20000–32767, below the kernel's ephemeral range
+/// (32768–60999), so that no outgoing connection (a probe, a client) can hold
+/// one between the test choosing it and a service binding it. Each test
+/// process starts at its own offset and walks the range, so two tests never
+/// share a port, even when one releases it before the other binds.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_768;
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id().wrapping_mul(7919) % COUNT));
+    for _ in 0..COUNT {
+        let port = (FIRST + next.fetch_add(1, Ordering::Relaxed) % COUNT) as u16;
+        // One address at a time: a listener still held would make the next
+        // bind fail.
+        let on_all = TcpListener::bind(("0.0.0.0", port)).is_ok();
+        let on_loopback = on_all && TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if on_loopback {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}–{}", FIRST + COUNT - 1)
 }
 
 /// Whether a program is on PATH; tests that need it fail when CI demands it.
