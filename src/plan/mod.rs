@@ -8,10 +8,12 @@
 pub mod diff;
 pub mod feasibility;
 mod planner;
+mod reason;
 pub mod refresh;
 pub mod saved;
 
 pub use planner::{PlanError, plan};
+pub use reason::{Cause, Drift, DriftKind, Reason};
 
 use std::collections::BTreeMap;
 
@@ -67,9 +69,9 @@ pub struct Change {
     pub service: ServiceName,
     pub action: Action,
     pub backend: BackendKind,
-    /// Why: e.g. "`env.API_KEY` changed (forces replacement)", "tainted by a failed apply".
+    /// Why (as data; `render::plan::reason` puts it into words).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     /// Canonical spec fields whose change forces a replace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forced_by: Vec<String>,
@@ -87,15 +89,6 @@ pub struct Change {
     /// and whether it costs downtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<String>,
-}
-
-/// Something running differs from what the state says.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Drift {
-    pub service: ServiceName,
-    /// `exited`, `missing`, `degraded`, `changed`, `orphan`, `foreign`, `adopted`.
-    pub kind: String,
-    pub detail: String,
 }
 
 /// One exhausted capacity dimension.

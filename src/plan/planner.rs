@@ -89,42 +89,33 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
 
     // Drift from observations.
     let mut drift = Vec::new();
-    let mut drifted: BTreeMap<&ServiceName, String> = BTreeMap::new();
+    let mut drifted: BTreeMap<&ServiceName, Drift> = BTreeMap::new();
     if let Some(obs) = input.observations {
         for name in &scope {
             let (Some(record), Some(seen)) = (state.get(*name), obs.services.get(*name)) else {
                 continue;
             };
             for inst in seen {
-                let what = describe_handle(&inst.handle);
-                let entry = match inst.state.as_str() {
-                    "exited" | "missing" | "degraded" => Some(Drift {
-                        service: (*name).clone(),
-                        kind: inst.state.clone(),
-                        detail: match &inst.detail {
-                            Some(d) if *d != inst.state => {
-                                format!("{what} is {} ({d})", inst.state)
-                            }
-                            _ => format!("{what} is {}", inst.state),
-                        },
-                    }),
+                let note = inst.detail.clone().filter(|d| *d != inst.state);
+                let kind = match inst.state.as_str() {
+                    "exited" => Some(DriftKind::Exited { note }),
+                    "missing" => Some(DriftKind::Missing { note }),
+                    "degraded" => Some(DriftKind::Degraded { note }),
                     _ => match &inst.spec_hash {
-                        Some(h) if *h != record.spec_hash => Some(Drift {
-                            service: (*name).clone(),
-                            kind: "changed".into(),
-                            detail: format!(
-                                "{what} runs spec {}, the state recorded {}",
-                                short_hash(h),
-                                short_hash(&record.spec_hash)
-                            ),
+                        Some(h) if *h != record.spec_hash => Some(DriftKind::Changed {
+                            runs: h.clone(),
+                            recorded: record.spec_hash.clone(),
                         }),
                         _ => None,
                     },
                 };
-                if let Some(d) = entry {
-                    drifted
-                        .entry(*name)
-                        .or_insert_with(|| format!("{} ({})", d.detail, d.kind));
+                if let Some(kind) = kind {
+                    let d = Drift {
+                        service: (*name).clone(),
+                        kind,
+                        instance: inst.handle.clone(),
+                    };
+                    drifted.entry(*name).or_insert_with(|| d.clone());
                     drift.push(d);
                 }
             }
@@ -132,21 +123,17 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
         for (name, handle) in &obs.orphans {
             drift.push(Drift {
                 service: name.clone(),
-                kind: "orphan".into(),
-                detail: format!(
-                    "{} carries this project's marks but the state does not know it",
-                    describe_handle(handle)
-                ),
+                kind: DriftKind::Orphan,
+                instance: handle.clone(),
             });
         }
         for (name, handle, lineage) in &obs.foreign {
             drift.push(Drift {
                 service: name.clone(),
-                kind: "foreign".into(),
-                detail: format!(
-                    "{} carries this project's name but another state started it (lineage {lineage}); left alone",
-                    describe_handle(handle)
-                ),
+                kind: DriftKind::Foreign {
+                    lineage: lineage.clone(),
+                },
+                instance: handle.clone(),
             });
         }
     }
@@ -160,7 +147,7 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                 service: (*name).clone(),
                 action: Action::Create,
                 backend: after.backend,
-                reason: Some("new service".into()),
+                reason: Some(Cause::New.into()),
                 forced_by: Vec::new(),
                 before: None,
                 after: Some(after.clone()),
@@ -169,18 +156,18 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                 rollout: None,
             },
             (None, Some(r)) => {
-                let reason = if destroy_all {
-                    "destroy requested"
+                let cause = if destroy_all {
+                    Cause::DestroyRequested
                 } else if disabled.contains(*name) {
-                    "disabled in the configuration"
+                    Cause::Disabled
                 } else {
-                    "no longer in the configuration"
+                    Cause::Removed
                 };
                 Change {
                     service: (*name).clone(),
                     action: Action::Destroy,
                     backend: r.backend,
-                    reason: Some(reason.into()),
+                    reason: Some(cause.into()),
                     forced_by: Vec::new(),
                     before: Some(r.spec.clone()),
                     after: None,
@@ -307,7 +294,7 @@ fn decide(
     record: &ServiceRecord,
     after: &ServiceSpec,
     forced: bool,
-    drift: Option<&String>,
+    drift: Option<&Drift>,
 ) -> Change {
     let mut change = Change {
         service: after.name.clone(),
@@ -333,63 +320,48 @@ fn decide(
         .cloned()
         .collect();
     let backend_changed = record.backend != after.backend || record.spec.backend != after.backend;
-    let (action, reason) = if backend_changed {
+    let (action, cause) = if backend_changed {
         change.forced_by = vec!["backend".into()];
         (
             Action::Replace,
-            format!(
-                "`backend` changed from `{}` to `{}` (forces replacement)",
-                record.backend, after.backend
-            ),
+            Cause::BackendChanged {
+                from: record.backend,
+                to: after.backend,
+            },
         )
     } else if !forcing.is_empty() {
-        let reason = format!("{} changed (forces replacement)", tick_list(&forcing));
-        change.forced_by = forcing;
-        (Action::Replace, reason)
+        change.forced_by = forcing.clone();
+        (Action::Replace, Cause::ForcingFields { paths: forcing })
     } else if record.status == ServiceStatus::Tainted {
-        (Action::Replace, "tainted: its last apply failed".to_owned())
+        (Action::Replace, Cause::Tainted)
     } else if record.status == ServiceStatus::Pending {
-        (
-            Action::Replace,
-            "pending: an earlier apply was interrupted while changing it".to_owned(),
-        )
+        (Action::Replace, Cause::Pending)
     } else if forced {
+        (Action::Replace, Cause::ReplaceRequested)
+    } else if let Some(d) = drift {
         (
             Action::Replace,
-            "replacement requested with `--replace`".to_owned(),
+            Cause::RepairsDrift {
+                drift: Box::new(d.clone()),
+            },
         )
-    } else if let Some(d) = drift {
-        (Action::Replace, format!("repairs drift: {d}"))
     } else if !paths.is_empty() {
-        (
-            Action::Update,
-            format!("{} changed (updated in place)", tick_list(&paths)),
-        )
+        (Action::Update, Cause::UpdatableFields { paths })
     } else {
         return change;
     };
-    // A tainted or interrupted service is replaced whatever else changed; say so.
-    let reason = match record.status {
-        ServiceStatus::Tainted if !reason.starts_with("tainted") => {
-            format!("{reason}; tainted: its last apply failed")
-        }
-        _ => reason,
-    };
+    // A tainted service is replaced whatever else changed; say so.
+    let also_tainted = record.status == ServiceStatus::Tainted && cause != Cause::Tainted;
     change.action = action;
-    change.reason = Some(reason);
+    change.reason = Some(Reason {
+        cause,
+        also_tainted,
+    });
     change
 }
 
 fn top_level(path: &str) -> &str {
     path.split('.').next().unwrap_or(path)
-}
-
-fn tick_list(paths: &[String]) -> String {
-    paths
-        .iter()
-        .map(|p| format!("`{p}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The paths (`image`, `env.API_KEY`, `resources.memory_mb`) whose values differ
@@ -537,26 +509,6 @@ fn layers<'a>(g: &DiGraphMap<&'a str, ()>) -> Vec<Vec<&'a str>> {
         out.push(indegree.into_keys().collect());
     }
     out
-}
-
-fn describe_handle(h: &Handle) -> String {
-    match h {
-        Handle::Process { replica, pid, .. } => format!("replica {replica} (pid {pid})"),
-        Handle::Container { replica, name, .. } => {
-            format!("replica {replica} (container `{name}`)")
-        }
-        Handle::SwarmService { name, .. } => format!("swarm service `{name}`"),
-    }
-}
-
-fn short_hash(h: &str) -> String {
-    let (algo, hex) = h.split_once(':').unwrap_or(("", h));
-    let short: String = hex.chars().take(12).collect();
-    if algo.is_empty() {
-        short
-    } else {
-        format!("{algo}:{short}")
-    }
 }
 
 /// Every name in `--target`, `--exclude`, `--replace` must be a service of the

@@ -1,8 +1,14 @@
 use deploy_code::model::{BackendKind, Text};
-use deploy_code::plan::{Action, Observations, ObservedInstance, Options};
+use deploy_code::plan::{Action, Change, Observations, ObservedInstance, Options};
+use deploy_code::render::plan::drift_detail;
 use deploy_code::state::{Handle, ServiceStatus};
 
 use crate::common::*;
+
+/// A change's reason in words, as the views show it.
+fn words(c: &Change) -> Option<String> {
+    c.reason.as_ref().map(deploy_code::render::plan::reason)
+}
 
 #[test]
 fn the_platform_is_created_in_dependency_phases() {
@@ -61,7 +67,7 @@ fn every_action_with_its_reason() {
     assert_eq!(action(&p, "tainted"), "replace");
     assert_eq!(action(&p, "swarm_web"), "update");
     assert_eq!(action(&p, "fresh"), "create");
-    let reason = |s: &str| p.change(s).unwrap().reason.clone().unwrap_or_default();
+    let reason = |s: &str| words(p.change(s).unwrap()).unwrap_or_default();
     assert_eq!(
         reason("image_changed"),
         "`args` changed (forces replacement)"
@@ -100,7 +106,7 @@ fn an_interrupted_service_is_replaced() {
     let p = ok(&desired(vec![spec("db", &[])]), &snapshot(vec![r]), &big());
     assert_eq!(action(&p, "db"), "replace");
     assert_eq!(
-        p.change("db").unwrap().reason.as_deref(),
+        words(p.change("db").unwrap()).as_deref(),
         Some("pending: an earlier apply was interrupted while changing it")
     );
 }
@@ -117,7 +123,7 @@ fn a_changed_secret_forces_a_replace_by_its_path() {
     let c = p.change("api").unwrap();
     assert_eq!(c.action, Action::Replace);
     assert_eq!(
-        c.reason.as_deref(),
+        words(c).as_deref(),
         Some("`env.API_KEY` changed (forces replacement)")
     );
 }
@@ -147,7 +153,7 @@ fn a_backend_change_is_a_replace() {
     let c = p.change("web").unwrap();
     assert_eq!(c.action, Action::Replace);
     assert_eq!(
-        c.reason.as_deref(),
+        words(c).as_deref(),
         Some("`backend` changed from `process` to `docker` (forces replacement)")
     );
 }
@@ -220,7 +226,7 @@ fn target_takes_the_dependencies_exclude_and_replace_apply() {
     let p = run(Some(&d), &snapshot(state), &big(), opts, None).unwrap();
     assert_eq!(action(&p, "redis"), "replace");
     assert_eq!(
-        p.change("redis").unwrap().reason.as_deref(),
+        words(p.change("redis").unwrap()).as_deref(),
         Some("replacement requested with `--replace`")
     );
     assert_eq!(p.summary.no_op, 5);
@@ -317,7 +323,7 @@ fn drift_is_reported_and_repaired() {
     .unwrap();
     assert_eq!(action(&p, "db"), "replace");
     assert_eq!(
-        p.change("db").unwrap().reason.as_deref(),
+        words(p.change("db").unwrap()).as_deref(),
         Some("repairs drift: replica 0 (pid 4000000) is exited (exited)")
     );
     assert_eq!(action(&p, "web"), "replace");
@@ -335,7 +341,7 @@ fn drift_is_reported_and_repaired() {
             ("db", "foreign")
         ]
     );
-    let foreign = &p.drift[3].detail;
+    let foreign = &drift_detail(&p.drift[3]);
     assert!(
         foreign.contains("another state started it (lineage other-lineage); left alone"),
         "{foreign}"
