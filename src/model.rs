@@ -77,6 +77,41 @@ impl fmt::Display for ServiceName {
     }
 }
 
+/// What an apply failure is about: one service, or the run as a whole (it
+/// was interrupted before any service failed). Never a made-up service name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Subject {
+    Service(ServiceName),
+    /// The run itself; shown as `interrupted`.
+    Run,
+}
+
+impl Subject {
+    /// The service, when the failure is one service's.
+    pub fn service(&self) -> Option<&ServiceName> {
+        match self {
+            Subject::Service(n) => Some(n),
+            Subject::Run => None,
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Service(n) => n.fmt(f),
+            Subject::Run => f.write_str("interrupted"),
+        }
+    }
+}
+
+impl PartialEq<ServiceName> for Subject {
+    fn eq(&self, other: &ServiceName) -> bool {
+        self.service() == Some(other)
+    }
+}
+
 impl std::borrow::Borrow<str> for ServiceName {
     fn borrow(&self) -> &str {
         &self.0

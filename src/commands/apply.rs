@@ -420,7 +420,7 @@ fn hook_payload(
         "outcome": report.map(|r| r.outcome),
         "elapsed_ms": report.map(|r| r.elapsed_ms),
         "failures": report.map(|r| r.failures.iter().map(|f| serde_json::json!({
-            "service": f.service,
+            "service": f.service.to_string(),
             "reason": f.reason,
             "log_tail": f.log_tail,
         })).collect::<Vec<_>>()).unwrap_or_default(),
