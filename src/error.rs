@@ -5,9 +5,11 @@
 //! this tool's own. `docs/errors.md` lists every code with an example and a fix,
 //! and a test fails when one is missing there.
 //!
-//! Modules define their own error types (thiserror + miette `Diagnostic`) and put
-//! `Code::X.diagnostic_code()` in their `#[diagnostic(code(...))]`. Only `cli`
-//! turns a [`Failure`] into printed output and an exit code.
+//! Modules define their own error types (thiserror for the message) whose code
+//! follows from the variant: they implement `miette::Diagnostic` with
+//! [`Code::diagnostic_code`] of the variant's [`Code`], never a code literal, and
+//! nothing reads a code back out of rendered text. Only `cli` turns a
+//! [`Failure`] into printed output and an exit code.
 
 use std::fmt;
 
@@ -137,6 +139,11 @@ impl Code {
         }
     }
 
+    /// `deploy_code::E004`, as miette shows it.
+    pub fn diagnostic_code(self) -> String {
+        format!("deploy_code::{}", self.as_str())
+    }
+
     pub fn parse(code: &str) -> Option<Code> {
         let code = code.strip_prefix("deploy_code::").unwrap_or(code);
         let code = code.split("::").next().unwrap_or(code);
@@ -242,7 +249,7 @@ impl Plain {
 
 impl miette::Diagnostic for Plain {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        Some(Box::new(format!("deploy_code::{}", self.code)))
+        Some(Box::new(self.code.diagnostic_code()))
     }
 
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {

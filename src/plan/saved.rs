@@ -12,15 +12,23 @@ use crate::error::{Code, Plain};
 use crate::state::Snapshot;
 
 /// A saved plan that no longer matches the state, the configuration or the tool.
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[derive(Debug, thiserror::Error)]
 #[error("the saved plan is stale: {}", .changed.join("; "))]
-#[diagnostic(
-    code("deploy_code::E013"),
-    help("run `deploy-code plan --out FILE` again and apply the new plan")
-)]
 pub struct StaleError {
     /// What changed, one entry per difference.
     pub changed: Vec<String>,
+}
+
+impl miette::Diagnostic for StaleError {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new(Code::E013.diagnostic_code()))
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new(
+            "run `deploy-code plan --out FILE` again and apply the new plan",
+        ))
+    }
 }
 
 /// The bytes of a saved plan file: the plan as JSON.

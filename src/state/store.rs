@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::*;
+use crate::error::Code;
 use crate::model::SecretKey;
 
 /// `PRAGMA application_id` of every deploy-code state file ("DPLC").
@@ -40,18 +41,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const LOCK_POLL: Duration = Duration::from_millis(100);
 
 /// Errors of the state file. Every variant says what to do next.
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(
         "the state `{}` is locked by `{}` (pid {} on host `{}`) since {}{}",
         path.display(), holder.command, holder.pid, holder.host, holder.acquired_at,
         waited.map(|w| format!("; waited {}s", w.as_secs())).unwrap_or_default()
-    )]
-    #[diagnostic(
-        code(deploy_code::E011),
-        help(
-            "wait for that run to finish (or pass `--lock-timeout 2m`), or run `deploy-code state unlock` if it is gone"
-        )
     )]
     Locked {
         path: PathBuf,
@@ -63,48 +58,18 @@ pub enum StateError {
         "the lock of `{}` is held by `{}` (pid {} on host `{}`), which is still running",
         path.display(), holder.command, holder.pid, holder.host
     )]
-    #[diagnostic(
-        code(deploy_code::E011),
-        help(
-            "wait for it to finish; `deploy-code state unlock --force` releases the lock anyway, at the risk of two runs writing at once"
-        )
-    )]
     HolderAlive { path: PathBuf, holder: LockInfo },
 
     #[error("this run no longer holds the lock of `{}`", path.display())]
-    #[diagnostic(
-        code(deploy_code::E011),
-        help(
-            "someone released it with `deploy-code state unlock --force`; check `deploy-code state show` before running again"
-        )
-    )]
     LockLost { path: PathBuf },
 
     #[error("`{}` is not a SQLite database", path.display())]
-    #[diagnostic(
-        code(deploy_code::E012),
-        help(
-            "point `--state` (or `state.path`) at a deploy-code state file; this file was left untouched"
-        )
-    )]
     NotSqlite { path: PathBuf },
 
     #[error("`{}` is a SQLite database but not a deploy-code state (application id {application_id:#x})", path.display())]
-    #[diagnostic(
-        code(deploy_code::E012),
-        help(
-            "point `--state` (or `state.path`) at a deploy-code state file; this file was left untouched"
-        )
-    )]
     Foreign { path: PathBuf, application_id: i32 },
 
     #[error("`{}` has state schema version {found}, newer than this deploy-code understands ({supported})", path.display())]
-    #[diagnostic(
-        code(deploy_code::E012),
-        help(
-            "use a newer deploy-code; a state file is never downgraded (the file was left untouched)"
-        )
-    )]
     Newer {
         path: PathBuf,
         found: u32,
@@ -112,39 +77,15 @@ pub enum StateError {
     },
 
     #[error("`{}` can be written by other users (mode {mode:03o})", path.display())]
-    #[diagnostic(
-        code(deploy_code::E012),
-        help(
-            "anyone who can write the state can change what gets deployed: run `chmod 600` on it"
-        )
-    )]
     UnsafePermissions { path: PathBuf, mode: u32 },
 
     #[error("the secret-digest key of `{}` is unusable: {detail}", path.display())]
-    #[diagnostic(
-        code(deploy_code::E012),
-        help(
-            "give the key this state was made with: its key file beside the state (`<state>.key`, mode 0600) or `DEPLOY_CODE_STATE_KEY`"
-        )
-    )]
     BadKey { path: PathBuf, detail: String },
 
     #[error("`{}` is damaged: {detail}", path.display())]
-    #[diagnostic(
-        code(deploy_code::E012),
-        help(
-            "restore the latest backup with `deploy-code state restore FILE`; keep a copy of the damaged file for inspection"
-        )
-    )]
     Corrupt { path: PathBuf, detail: String },
 
     #[error("cannot {op} `{}`: {source}", path.display())]
-    #[diagnostic(
-        code(deploy_code::E012),
-        help(
-            "check that the file and its directory exist and belong to you; `deploy-code doctor` checks the state"
-        )
-    )]
     Io {
         op: &'static str,
         path: PathBuf,
@@ -153,12 +94,6 @@ pub enum StateError {
     },
 
     #[error("cannot {op} `{}`: {source}", path.display())]
-    #[diagnostic(
-        code(deploy_code::E012),
-        help(
-            "check the disk and the file's permissions; `deploy-code doctor` checks the state, `deploy-code state restore` brings back a backup"
-        )
-    )]
     Sqlite {
         op: &'static str,
         path: PathBuf,
@@ -167,29 +102,93 @@ pub enum StateError {
     },
 
     #[error("no state file at `{}`", path.display())]
-    #[diagnostic(
-        code(deploy_code::E012),
-        help(
-            "check `--state`, `DEPLOY_CODE_STATE` or `state.path`; `deploy-code apply` creates the state"
-        )
-    )]
     Missing { path: PathBuf },
 
     #[error("service `{name}` is not in the state `{}`", path.display())]
-    #[diagnostic(
-        code(deploy_code::S001),
-        help("`deploy-code state list` shows the services the state knows")
-    )]
     ServiceNotFound { name: String, path: PathBuf },
 
     #[error("refusing to restore `{}`: {reason}", file.display())]
-    #[diagnostic(
-        code(deploy_code::E012),
-        help(
-            "check that this is the backup you mean; `--force` restores it anyway (the current state is backed up first)"
-        )
-    )]
     RestoreRefused { file: PathBuf, reason: String },
+}
+
+impl StateError {
+    /// The error's code, from its variant.
+    pub fn error_code(&self) -> Code {
+        match self {
+            StateError::Locked { .. } => Code::E011,
+            StateError::HolderAlive { .. } => Code::E011,
+            StateError::LockLost { .. } => Code::E011,
+            StateError::NotSqlite { .. } => Code::E012,
+            StateError::Foreign { .. } => Code::E012,
+            StateError::Newer { .. } => Code::E012,
+            StateError::UnsafePermissions { .. } => Code::E012,
+            StateError::BadKey { .. } => Code::E012,
+            StateError::Corrupt { .. } => Code::E012,
+            StateError::Io { .. } => Code::E012,
+            StateError::Sqlite { .. } => Code::E012,
+            StateError::Missing { .. } => Code::E012,
+            StateError::ServiceNotFound { .. } => Code::S001,
+            StateError::RestoreRefused { .. } => Code::E012,
+        }
+    }
+
+    /// What to do next.
+    pub fn help_text(&self) -> &'static str {
+        match self {
+            StateError::Locked { .. } => {
+                "wait for that run to finish (or pass `--lock-timeout 2m`), or run `deploy-code state unlock` if it is gone"
+            }
+            StateError::HolderAlive { .. } => {
+                "wait for it to finish; `deploy-code state unlock --force` releases the lock anyway, at the risk of two runs writing at once"
+            }
+            StateError::LockLost { .. } => {
+                "someone released it with `deploy-code state unlock --force`; check `deploy-code state show` before running again"
+            }
+            StateError::NotSqlite { .. } => {
+                "point `--state` (or `state.path`) at a deploy-code state file; this file was left untouched"
+            }
+            StateError::Foreign { .. } => {
+                "point `--state` (or `state.path`) at a deploy-code state file; this file was left untouched"
+            }
+            StateError::Newer { .. } => {
+                "use a newer deploy-code; a state file is never downgraded (the file was left untouched)"
+            }
+            StateError::UnsafePermissions { .. } => {
+                "anyone who can write the state can change what gets deployed: run `chmod 600` on it"
+            }
+            StateError::BadKey { .. } => {
+                "give the key this state was made with: its key file beside the state (`<state>.key`, mode 0600) or `DEPLOY_CODE_STATE_KEY`"
+            }
+            StateError::Corrupt { .. } => {
+                "restore the latest backup with `deploy-code state restore FILE`; keep a copy of the damaged file for inspection"
+            }
+            StateError::Io { .. } => {
+                "check that the file and its directory exist and belong to you; `deploy-code doctor` checks the state"
+            }
+            StateError::Sqlite { .. } => {
+                "check the disk and the file's permissions; `deploy-code doctor` checks the state, `deploy-code state restore` brings back a backup"
+            }
+            StateError::Missing { .. } => {
+                "check `--state`, `DEPLOY_CODE_STATE` or `state.path`; `deploy-code apply` creates the state"
+            }
+            StateError::ServiceNotFound { .. } => {
+                "`deploy-code state list` shows the services the state knows"
+            }
+            StateError::RestoreRefused { .. } => {
+                "check that this is the backup you mean; `--force` restores it anyway (the current state is backed up first)"
+            }
+        }
+    }
+}
+
+impl miette::Diagnostic for StateError {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new(self.error_code().diagnostic_code()))
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        Some(Box::new(self.help_text()))
+    }
 }
 
 impl StateError {
