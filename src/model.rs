@@ -548,7 +548,7 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
     /// The service's TCP host ports are held by a traffic switch (see
-    /// `crate::switch`) that forwards to the instances, which listen on
+    /// the `switch` module) that forwards to the instances, which listen on
     /// private ports (a process: the `PORT` it is given; a container: its
     /// `container_port` on its network). Lowered from a `BlueGreen` or
     /// `RollingUpdate` strategy; part of the spec, so that moving a service
@@ -926,8 +926,16 @@ pub enum JwtKey {
     /// RS256 or EdDSA with a public key file (PEM).
     Public {
         path: std::path::PathBuf,
-        algorithm: crate::config::schema::JwtAlgorithm,
+        algorithm: JwtAlgorithm,
     },
+}
+
+// The algorithm of a JWT public key (`security.jwt_algorithm`); no doc comment,
+// which would become a description in the JSON Schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum JwtAlgorithm {
+    RS256,
+    EdDSA,
 }
 
 /// `hooks:` resolved.

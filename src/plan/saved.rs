@@ -1,5 +1,5 @@
 //! Saved plans (`plan --out FILE`, `apply FILE`, `show FILE`): their format
-//! and their freshness. Reading and writing the files is `crate::planfile`'s.
+//! and their freshness. Reading and writing the files is the `planfile` module's.
 //!
 //! A saved plan is the plan as JSON, bound to the state's lineage and serial,
 //! the rendered configuration's hash and the tool version. Specs carry secrets
