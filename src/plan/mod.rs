@@ -13,7 +13,7 @@ pub mod refresh;
 pub mod saved;
 
 pub use planner::{PlanError, plan};
-pub use reason::{Cause, Drift, DriftKind, Reason};
+pub use reason::{Cause, Drift, DriftKind, Reason, Rollout};
 
 use std::collections::BTreeMap;
 
@@ -88,7 +88,7 @@ pub struct Change {
     /// How a create or replace rolls out under the deployment's strategy,
     /// and whether it costs downtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<String>,
+    pub rollout: Option<Rollout>,
 }
 
 /// One exhausted capacity dimension.

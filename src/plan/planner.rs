@@ -19,7 +19,7 @@ type DiGraphMap<N, E> = GraphMap<
 use super::feasibility::{self, Demand};
 use super::*;
 use crate::error::{Code, Plain};
-use crate::model::ServiceSpec;
+use crate::model::{ServiceSpec, Strategy, Workload};
 use crate::state::{ServiceRecord, ServiceStatus};
 
 /// Errors of planning: only bad names in `--target`, `--exclude`, `--replace`.
@@ -193,7 +193,7 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
         let strategy = d.settings.deployment.strategy;
         for c in changes.values_mut() {
             if let (Action::Create | Action::Replace, Some(after)) = (c.action, &c.after) {
-                c.rollout = Some(crate::model::rollout_description(
+                c.rollout = Some(rollout(
                     strategy,
                     c.before.as_ref().filter(|_| c.action == Action::Replace),
                     after,
@@ -358,6 +358,38 @@ fn decide(
         also_tainted,
     });
     change
+}
+
+/// How a create (`before` is `None`) or a replace of `after` rolls out
+/// under `strategy`.
+fn rollout(strategy: Strategy, before: Option<&ServiceSpec>, after: &ServiceSpec) -> Rollout {
+    let switch_ports: Option<Vec<u16>> = after
+        .behind_switch
+        .then(|| after.host_ports().map(|(p, _)| p).collect());
+    let Some(before) = before else {
+        return Rollout::Starts { switch_ports };
+    };
+    if let Some(why) = before.stop_first_reason(after) {
+        return Rollout::StopFirst { why, switch_ports };
+    }
+    let replicas = after.replicas.max(1);
+    match (strategy, after.behind_switch) {
+        (Strategy::BlueGreen, true) => Rollout::BlueGreen {
+            replicas,
+            switch_ports: switch_ports.unwrap_or_default(),
+        },
+        (Strategy::RollingUpdate, true) => Rollout::Rolling {
+            replicas,
+            switch_ports,
+        },
+        (Strategy::RollingUpdate, false) if after.workload == Workload::Service => {
+            Rollout::Rolling {
+                replicas,
+                switch_ports,
+            }
+        }
+        _ => Rollout::StartFirst,
+    }
 }
 
 fn top_level(path: &str) -> &str {

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BackendKind, ServiceName};
+use crate::model::{BackendKind, ServiceName, StopFirst};
 use crate::state::Handle;
 
 /// Why a service gets its action.
@@ -95,4 +95,33 @@ impl DriftKind {
             DriftKind::Foreign { .. } => "foreign",
         }
     }
+}
+
+/// How a create or replace rolls out under the deployment's strategy, and
+/// whether it costs downtime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "rollout", rename_all = "snake_case")]
+pub enum Rollout {
+    /// A create: the service starts (behind the traffic switch on these
+    /// ports when it runs behind one).
+    Starts { switch_ports: Option<Vec<u16>> },
+    /// The old instances stop before the new ones start: downtime.
+    StopFirst {
+        why: StopFirst,
+        switch_ports: Option<Vec<u16>>,
+    },
+    /// The new set starts beside the old one, then the switch on these ports
+    /// moves to it.
+    BlueGreen {
+        replicas: u32,
+        switch_ports: Vec<u16>,
+    },
+    /// Replica by replica (behind the traffic switch on these ports when it
+    /// runs behind one).
+    Rolling {
+        replicas: u32,
+        switch_ports: Option<Vec<u16>>,
+    },
+    /// The new instances pass their gates before the old ones stop.
+    StartFirst,
 }

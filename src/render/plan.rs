@@ -13,8 +13,9 @@ use owo_colors::OwoColorize;
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use crate::model::StopFirst;
 use crate::plan::diff::{self, DiffLine};
-use crate::plan::{Action, Cause, Change, Drift, DriftKind, Plan, Reason};
+use crate::plan::{Action, Cause, Change, Drift, DriftKind, Plan, Reason, Rollout};
 use crate::state::Handle;
 
 /// Lines of unchanged fields shown around a change in a field diff.
@@ -358,8 +359,87 @@ fn paint(color: bool, action: Action, s: &str) -> String {
 /// outage the plan must show before `apply`).
 fn stop_first(c: &Change) -> Option<String> {
     match (c.action, &c.before, &c.after) {
-        (Action::Replace, Some(b), Some(a)) => b.stop_first_reason(a),
+        (Action::Replace, Some(b), Some(a)) => {
+            b.stop_first_reason(a).as_ref().map(stop_first_words)
+        }
         _ => None,
+    }
+}
+
+/// Why a replace stops the old instances first, in words.
+pub fn stop_first_words(why: &StopFirst) -> String {
+    let ports = |ports: &[u16]| {
+        format!(
+            "port{} {}",
+            if ports.len() > 1 { "s" } else { "" },
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    match why {
+        StopFirst::SwarmName => "a Swarm service's name is fixed".to_owned(),
+        StopFirst::SwitchTakesPorts(p) => format!(
+            "the old instance holds {} that the traffic switch takes over",
+            ports(p)
+        ),
+        StopFirst::SwitchHoldsPorts(p) => format!("the traffic switch holds {}", ports(p)),
+        StopFirst::OldHoldsPorts(p) => format!("the old instance holds {}", ports(p)),
+    }
+}
+
+/// How a change rolls out, in words: "blue-green: 2 new instance(s) start
+/// beside the old ones …".
+pub fn rollout(r: &Rollout) -> String {
+    let switch = |ports: &[u16]| {
+        format!(
+            "the traffic switch on port{} {}",
+            if ports.len() > 1 { "s" } else { "" },
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    match r {
+        Rollout::Starts {
+            switch_ports: Some(p),
+        } => format!("starts behind {}", switch(p)),
+        Rollout::Starts { switch_ports: None } => "starts".to_owned(),
+        Rollout::StopFirst { why, switch_ports } => {
+            let then = match switch_ports {
+                Some(p) => format!(", then behind {}", switch(p)),
+                None => String::new(),
+            };
+            format!(
+                "stop-first ({}){then}: downtime while the new instances start",
+                stop_first_words(why)
+            )
+        }
+        Rollout::BlueGreen {
+            replicas,
+            switch_ports,
+        } => format!(
+            "blue-green: {replicas} new instance(s) start beside the old ones and pass their gates, then {} moves every new connection to them; no downtime",
+            switch(switch_ports)
+        ),
+        Rollout::Rolling {
+            replicas,
+            switch_ports: Some(p),
+        } => format!(
+            "rolling: replica by replica ({replicas}) behind {}, each new one gated before an old one drains and stops; no downtime",
+            switch(p)
+        ),
+        Rollout::Rolling {
+            replicas,
+            switch_ports: None,
+        } => format!(
+            "rolling: replica by replica ({replicas}), each new one gated before an old one stops; no fixed host port"
+        ),
+        Rollout::StartFirst => "start-first: the new instances pass their gates before the old ones stop; no fixed host port to hand over".to_owned(),
     }
 }
 
@@ -431,7 +511,7 @@ pub fn human(plan: &Plan, color: bool) -> String {
                     "        stop-first, {why}: the service is down while its new instance starts"
                 );
             } else if let Some(r) = c.rollout.as_ref().filter(|_| c.action == Action::Replace) {
-                let _ = writeln!(out, "        rollout: {r}");
+                let _ = writeln!(out, "        rollout: {}", rollout(r));
             }
             if !c.gpus.is_empty() {
                 let _ = writeln!(
