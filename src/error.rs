@@ -222,6 +222,35 @@ impl fmt::Debug for Failure {
     }
 }
 
+/// An error whose code and help line follow from its variant (its message is
+/// its `Display`). [`coded_diagnostic!`] makes it a miette diagnostic, so that
+/// every such error is shown the same way.
+pub trait Coded: std::error::Error {
+    /// The code, from the variant.
+    fn error_code(&self) -> Code;
+    /// What to do next, when there is something to say.
+    fn help_text(&self) -> Option<String>;
+}
+
+/// `impl miette::Diagnostic` for a [`Coded`] error: its code and help line.
+macro_rules! coded_diagnostic {
+    ($t:ty) => {
+        impl miette::Diagnostic for $t {
+            fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+                Some(Box::new(
+                    $crate::error::Coded::error_code(self).diagnostic_code(),
+                ))
+            }
+
+            fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+                $crate::error::Coded::help_text(self)
+                    .map(|h| Box::new(h) as Box<dyn std::fmt::Display + 'a>)
+            }
+        }
+    };
+}
+pub(crate) use coded_diagnostic;
+
 /// A plain error with a code, a message and a help line, for errors that point at
 /// no file (arguments, the environment).
 #[derive(Debug, thiserror::Error)]
@@ -247,17 +276,17 @@ impl Plain {
     }
 }
 
-impl miette::Diagnostic for Plain {
-    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        Some(Box::new(self.code.diagnostic_code()))
+impl Coded for Plain {
+    fn error_code(&self) -> Code {
+        self.code
     }
 
-    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.help
-            .as_ref()
-            .map(|h| Box::new(h) as Box<dyn fmt::Display + 'a>)
+    fn help_text(&self) -> Option<String> {
+        self.help.clone()
     }
 }
+
+coded_diagnostic!(Plain);
 
 #[cfg(test)]
 mod tests {

@@ -93,10 +93,12 @@ impl ConfigError {
             .map(|p| format!("{}::{}", p.kind().code(), p.kind().slug()))
             .collect()
     }
+}
 
+impl crate::error::Coded for ConfigError {
     /// The code of the problems when they share one (E001 for a missing
     /// file), else E002.
-    pub fn error_code(&self) -> crate::error::Code {
+    fn error_code(&self) -> crate::error::Code {
         let codes: BTreeSet<crate::error::Code> =
             self.problems.iter().map(|p| p.kind().code()).collect();
         match (codes.len(), codes.first()) {
@@ -104,11 +106,18 @@ impl ConfigError {
             _ => crate::error::Code::E002,
         }
     }
+
+    /// Each problem has its own.
+    fn help_text(&self) -> Option<String> {
+        None
+    }
 }
 
 impl miette::Diagnostic for ConfigError {
     fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
-        Some(Box::new(self.error_code().diagnostic_code()))
+        Some(Box::new(
+            crate::error::Coded::error_code(self).diagnostic_code(),
+        ))
     }
 
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn miette::Diagnostic> + 'a>> {

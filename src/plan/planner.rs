@@ -18,12 +18,70 @@ type DiGraphMap<N, E> = GraphMap<
 
 use super::feasibility::{self, Demand};
 use super::*;
-use crate::error::{Code, Plain};
+use crate::error::{Code, Coded, coded_diagnostic};
 use crate::model::{ServiceSpec, Strategy, Workload};
 use crate::state::{ServiceRecord, ServiceStatus};
 
 /// Errors of planning: only bad names in `--target`, `--exclude`, `--replace`.
-pub type PlanError = Plain;
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// Names that are no service of the configuration or the state, each with
+    /// its flag; the close names found for some; the services there are.
+    #[error("{}", unknown_message(.unknown))]
+    UnknownServices {
+        unknown: Vec<(&'static str, String)>,
+        suggestions: Vec<(String, String)>,
+        known: Vec<String>,
+    },
+}
+
+fn unknown_message(unknown: &[(&'static str, String)]) -> String {
+    match unknown {
+        [(flag, name)] => format!("unknown service `{name}` in `{flag}`"),
+        _ => format!(
+            "unknown services {}",
+            unknown
+                .iter()
+                .map(|(f, n)| format!("`{n}` (in `{f}`)"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+impl Coded for PlanError {
+    fn error_code(&self) -> Code {
+        match self {
+            PlanError::UnknownServices { .. } => Code::S001,
+        }
+    }
+
+    fn help_text(&self) -> Option<String> {
+        match self {
+            PlanError::UnknownServices {
+                suggestions, known, ..
+            } => Some(if suggestions.is_empty() {
+                format!(
+                    "the services are: {}",
+                    known
+                        .iter()
+                        .take(20)
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else {
+                suggestions
+                    .iter()
+                    .map(|(k, n)| format!("did you mean `{k}` instead of `{n}`?"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }),
+        }
+    }
+}
+
+coded_diagnostic!(PlanError);
 
 /// The default share of capacity kept for the system when no config says otherwise.
 pub const DEFAULT_RESERVE_PERCENT: u8 = 20;
@@ -557,7 +615,7 @@ fn check_names(
         known.extend(d.services.keys().map(|n| n.as_str()));
     }
     let o = &input.options;
-    let mut unknown = Vec::new();
+    let mut unknown: Vec<(&'static str, String)> = Vec::new();
     for (flag, names) in [
         ("--target", &o.targets),
         ("--exclude", &o.excludes),
@@ -565,26 +623,14 @@ fn check_names(
     ] {
         for n in names {
             if !known.contains(n.as_str()) {
-                unknown.push((flag, n.as_str()));
+                unknown.push((flag, n.clone()));
             }
         }
     }
     if unknown.is_empty() {
         return Ok(());
     }
-    let message = if unknown.len() == 1 {
-        format!("unknown service `{}` in `{}`", unknown[0].1, unknown[0].0)
-    } else {
-        format!(
-            "unknown services {}",
-            unknown
-                .iter()
-                .map(|(f, n)| format!("`{n}` (in `{f}`)"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    let mut helps = Vec::new();
+    let mut suggestions = Vec::new();
     for (_, n) in &unknown {
         let best = known
             .iter()
@@ -592,21 +638,12 @@ fn check_names(
             .filter(|(s, _)| *s >= 0.8)
             .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)));
         if let Some((_, k)) = best {
-            helps.push(format!("did you mean `{k}` instead of `{n}`?"));
+            suggestions.push((k.to_owned(), n.clone()));
         }
     }
-    let help = if helps.is_empty() {
-        format!(
-            "the services are: {}",
-            known
-                .iter()
-                .take(20)
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    } else {
-        helps.join(" ")
-    };
-    Err(Plain::new(Code::S001, message).help(help))
+    Err(PlanError::UnknownServices {
+        unknown,
+        suggestions,
+        known: known.iter().map(|k| (*k).to_owned()).collect(),
+    })
 }

@@ -1,3 +1,4 @@
+use deploy_code::error::Coded;
 use deploy_code::model::{BackendKind, Text};
 use deploy_code::plan::{Action, Change, Observations, ObservedInstance, Options};
 use deploy_code::render::plan::drift_detail;
@@ -252,10 +253,13 @@ fn unknown_names_are_s001_with_a_suggestion() {
         ..Options::default()
     };
     let err = run(Some(&d), &snapshot(vec![]), &big(), opts, None).unwrap_err();
-    assert_eq!(err.code, deploy_code::error::Code::S001);
-    assert_eq!(err.message, "unknown service `api_gatway` in `--target`");
+    assert_eq!(err.error_code(), deploy_code::error::Code::S001);
     assert_eq!(
-        err.help.as_deref(),
+        err.to_string(),
+        "unknown service `api_gatway` in `--target`"
+    );
+    assert_eq!(
+        err.help_text().as_deref(),
         Some("did you mean `api_gateway` instead of `api_gatway`?")
     );
     let opts = Options {
@@ -265,7 +269,7 @@ fn unknown_names_are_s001_with_a_suggestion() {
     };
     let err = run(Some(&d), &snapshot(vec![]), &big(), opts, None).unwrap_err();
     assert_eq!(
-        err.message,
+        err.to_string(),
         "unknown services `nope` (in `--exclude`), `redsi` (in `--replace`)"
     );
 }

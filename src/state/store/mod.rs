@@ -129,9 +129,8 @@ pub enum StateError {
     RestoreRefused { file: PathBuf, reason: String },
 }
 
-impl StateError {
-    /// The error's code, from its variant.
-    pub fn error_code(&self) -> Code {
+impl crate::error::Coded for StateError {
+    fn error_code(&self) -> Code {
         match self {
             StateError::Locked { .. } => Code::E011,
             StateError::HolderAlive { .. } => Code::E011,
@@ -150,9 +149,8 @@ impl StateError {
         }
     }
 
-    /// What to do next.
-    pub fn help_text(&self) -> &'static str {
-        match self {
+    fn help_text(&self) -> Option<String> {
+        Some(match self {
             StateError::Locked { .. } => {
                 "wait for that run to finish (or pass `--lock-timeout 2m`), or run `deploy-code state unlock` if it is gone"
             }
@@ -196,18 +194,11 @@ impl StateError {
                 "check that this is the backup you mean; `--force` restores it anyway (the current state is backed up first)"
             }
         }
+        .to_owned())
     }
 }
 
-impl miette::Diagnostic for StateError {
-    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
-        Some(Box::new(self.error_code().diagnostic_code()))
-    }
-
-    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
-        Some(Box::new(self.help_text()))
-    }
-}
+crate::error::coded_diagnostic!(StateError);
 
 impl StateError {
     fn sql(op: &'static str, path: &Path) -> impl FnOnce(rusqlite::Error) -> StateError {
