@@ -202,13 +202,47 @@ impl Plan {
     }
 }
 
+/// Whether an observed instance runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Running,
+    Exited,
+    /// Gone, or its pid now belongs to another process.
+    Missing,
+    /// A Swarm service that runs fewer tasks than the state records replicas.
+    Degraded,
+}
+
+impl InstanceState {
+    /// `running`, `exited`, `missing`, `degraded`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Running => "running",
+            InstanceState::Exited => "exited",
+            InstanceState::Missing => "missing",
+            InstanceState::Degraded => "degraded",
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for InstanceState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// What a process, container or Swarm service looks like right now (refresh).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ObservedInstance {
     pub handle: Handle,
-    /// `running`, `exited`, `missing`, or `degraded` (a Swarm service that
-    /// runs fewer tasks than the state records replicas).
-    pub state: String,
+    pub state: InstanceState,
     /// The spec hash the instance carries (a container label), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_hash: Option<String>,

@@ -154,12 +154,13 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                 continue;
             };
             for inst in seen {
-                let note = inst.detail.clone().filter(|d| *d != inst.state);
-                let kind = match inst.state.as_str() {
-                    "exited" => Some(DriftKind::Exited { note }),
-                    "missing" => Some(DriftKind::Missing { note }),
-                    "degraded" => Some(DriftKind::Degraded { note }),
-                    _ => match &inst.spec_hash {
+                // What the engine says, unless it only repeats the state.
+                let note = inst.detail.clone().filter(|d| d != inst.state.as_str());
+                let kind = match inst.state {
+                    InstanceState::Exited => Some(DriftKind::Exited { note }),
+                    InstanceState::Missing => Some(DriftKind::Missing { note }),
+                    InstanceState::Degraded => Some(DriftKind::Degraded { note }),
+                    InstanceState::Running => match &inst.spec_hash {
                         Some(h) if *h != record.spec_hash => Some(DriftKind::Changed {
                             runs: h.clone(),
                             recorded: record.spec_hash.clone(),

@@ -1,6 +1,6 @@
 use deploy_code::error::Coded;
 use deploy_code::model::{BackendKind, Text};
-use deploy_code::plan::{Action, Change, Observations, ObservedInstance, Options};
+use deploy_code::plan::{Action, Change, InstanceState, Observations, ObservedInstance, Options};
 use deploy_code::render::plan::drift_detail;
 use deploy_code::state::{Handle, ServiceStatus};
 
@@ -284,7 +284,7 @@ fn drift_is_reported_and_repaired() {
         name("db"),
         vec![ObservedInstance {
             handle: handle("db"),
-            state: "exited".into(),
+            state: InstanceState::Exited,
             spec_hash: None,
             detail: None,
         }],
@@ -293,7 +293,7 @@ fn drift_is_reported_and_repaired() {
         name("web"),
         vec![ObservedInstance {
             handle: handle("web"),
-            state: "running".into(),
+            state: InstanceState::Running,
             spec_hash: Some("sha256:0123456789abcdef0123".into()),
             detail: None,
         }],
