@@ -91,11 +91,48 @@ pub struct Change {
     pub rollout: Option<Rollout>,
 }
 
+/// A capacity dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    Cpu,
+    Memory,
+    Storage,
+    Gpu,
+    GpuMemory,
+    Port,
+}
+
+impl Dimension {
+    /// `cpu`, `memory`, `storage`, `gpu`, `gpu_memory`, `port`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Cpu => "cpu",
+            Dimension::Memory => "memory",
+            Dimension::Storage => "storage",
+            Dimension::Gpu => "gpu",
+            Dimension::GpuMemory => "gpu_memory",
+            Dimension::Port => "port",
+        }
+    }
+}
+
+impl std::fmt::Display for Dimension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Dimension {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One exhausted capacity dimension.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Problem {
-    /// `cpu`, `memory`, `storage`, `gpu`, `gpu_memory`, `port`.
-    pub dimension: String,
+    pub dimension: Dimension,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// e.g. "memory: need 42 GiB, 25.6 GiB usable (32 GiB - 20% reserve)".
@@ -114,18 +151,17 @@ pub struct Problem {
 impl Problem {
     /// What an operator can change about it, naming the keys and defaults.
     pub fn remedy(&self) -> &'static str {
-        match self.dimension.as_str() {
-            "cpu" => {
+        match self.dimension {
+            Dimension::Cpu => {
                 "lower `resources.cpu_cores` of the services (default 0.1 for a local process, 0.5 for a container), or plan against a larger `--inventory`"
             }
-            "memory" => {
+            Dimension::Memory => {
                 "lower `resources.memory_mb` of the services (default 256), or plan against a larger `--inventory`"
             }
-            "storage" => "lower `resources.storage_gb` of the services (default 0)",
-            "gpu" => "lower `resources.gpu_count`, or free a GPU",
-            "gpu_memory" => "lower `resources.gpu_memory_mb`, or free GPU memory",
-            "port" => "choose another `host_port`, or stop what holds the port",
-            _ => "free capacity or lower the requests",
+            Dimension::Storage => "lower `resources.storage_gb` of the services (default 0)",
+            Dimension::Gpu => "lower `resources.gpu_count`, or free a GPU",
+            Dimension::GpuMemory => "lower `resources.gpu_memory_mb`, or free GPU memory",
+            Dimension::Port => "choose another `host_port`, or stop what holds the port",
         }
     }
 }

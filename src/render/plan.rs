@@ -298,7 +298,7 @@ pub fn doc(plan: &Plan) -> PlanDoc {
                 .problems
                 .iter()
                 .map(|p| ProblemDoc {
-                    dimension: p.dimension.clone(),
+                    dimension: p.dimension.as_str().to_owned(),
                     host: p.host.clone(),
                     message: p.message.clone(),
                     services: p.services.iter().map(|s| s.to_string()).collect(),
