@@ -198,6 +198,15 @@ impl Failure {
         Self { report, exit_code }
     }
 
+    /// A failure whose exit code follows from the error's variant.
+    pub fn coded<E>(err: E) -> Self
+    where
+        E: Coded + miette::Diagnostic + Send + Sync + 'static,
+    {
+        let exit_code = err.exit_code();
+        Self::new(miette::Report::new(err), exit_code)
+    }
+
     pub fn with_exit_code(mut self, exit_code: u8) -> Self {
         self.exit_code = exit_code;
         self
@@ -230,6 +239,10 @@ pub trait Coded: std::error::Error {
     fn error_code(&self) -> Code;
     /// What to do next, when there is something to say.
     fn help_text(&self) -> Option<String>;
+    /// The process exit code it implies.
+    fn exit_code(&self) -> u8 {
+        exit::ERROR
+    }
 }
 
 /// `impl miette::Diagnostic` for a [`Coded`] error: its code and help line.
@@ -250,6 +263,62 @@ macro_rules! coded_diagnostic {
     };
 }
 pub(crate) use coded_diagnostic;
+
+/// How a run of `apply` (or `destroy`) ends when it does not succeed; each
+/// variant implies its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The plan does not fit the capacity; nothing was changed.
+    #[error("the plan does not fit: {}", .problems.join("; "))]
+    Infeasible {
+        problems: Vec<String>,
+        /// What an operator can change, each once.
+        remedies: Vec<&'static str>,
+    },
+    /// A service failed and the run was rolled back: the previous deployment runs.
+    #[error("apply of revision {revision} failed and was rolled back: {reason}")]
+    RolledBack {
+        revision: u64,
+        /// The code of the first failure.
+        code: Code,
+        reason: String,
+    },
+    /// A service failed and the rollback did not complete (or was not made).
+    #[error("apply of revision {revision} failed and was not fully rolled back: {what}")]
+    NotRolledBack { revision: u64, what: String },
+}
+
+impl Coded for RunError {
+    fn error_code(&self) -> Code {
+        match self {
+            RunError::Infeasible { .. } => Code::E004,
+            RunError::RolledBack { code, .. } => *code,
+            RunError::NotRolledBack { .. } => Code::E009,
+        }
+    }
+
+    fn help_text(&self) -> Option<String> {
+        Some(match self {
+            RunError::Infeasible { remedies, .. } => {
+                let mut r = remedies.clone();
+                r.push("or run with `--force` to apply anyway");
+                r.join("; ")
+            }
+            RunError::RolledBack { .. } => "the previous deployment runs again; fix the failing service (see the evidence above, or `deploy-code state history`) and apply again".to_owned(),
+            RunError::NotRolledBack { .. } => "`deploy-code status` shows what runs; `deploy-code plan` shows what an apply would repair".to_owned(),
+        })
+    }
+
+    fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Infeasible { .. } => exit::INFEASIBLE,
+            RunError::RolledBack { .. } => exit::ROLLED_BACK,
+            RunError::NotRolledBack { .. } => exit::ROLLBACK_FAILED,
+        }
+    }
+}
+
+coded_diagnostic!(RunError);
 
 /// A plain error with a code, a message and a help line, for errors that point at
 /// no file (arguments, the environment).
