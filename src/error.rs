@@ -5,11 +5,13 @@
 //! this tool's own. `docs/errors.md` lists every code with an example and a fix,
 //! and a test fails when one is missing there.
 //!
-//! Modules define their own error types (thiserror for the message) whose code
-//! follows from the variant: they implement `miette::Diagnostic` with
-//! [`Code::diagnostic_code`] of the variant's [`Code`], never a code literal, and
-//! nothing reads a code back out of rendered text. Only `cli` turns a
-//! [`Failure`] into printed output and an exit code.
+//! Modules define their own error types with data variants (thiserror for the
+//! message) and implement [`Coded`]: the code, the help line and the exit code
+//! follow from the variant, never from a code literal, and nothing reads a code
+//! back out of rendered text. `coded_diagnostic!` makes such a type a miette
+//! diagnostic, the same way for every one; `render` shows it (terminal text,
+//! plain text, JSON). Only `cli` turns a [`Failure`] into printed output and an
+//! exit code.
 
 use std::fmt;
 
