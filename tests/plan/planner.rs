@@ -80,6 +80,10 @@ fn every_action_with_its_reason() {
     assert_eq!(reason("swarm_web"), "`replicas` changed (updated in place)");
     assert_eq!(reason("fresh"), "new service");
     assert!(p.change("same").unwrap().reason.is_none());
+    let saved = deploy_code::plan::saved::encode(&p);
+    let back = deploy_code::plan::saved::decode(std::str::from_utf8(&saved).unwrap(), "every.plan")
+        .unwrap();
+    assert_eq!(back, p, "a saved plan reads back the same");
     let s = &p.summary;
     assert_eq!(
         (s.create, s.update, s.replace, s.destroy, s.no_op),
@@ -345,6 +349,13 @@ fn drift_is_reported_and_repaired() {
             ("db", "foreign")
         ]
     );
+    // Reasons and drift are data in a saved plan, and read back the same.
+    let back = deploy_code::plan::saved::decode(
+        std::str::from_utf8(&deploy_code::plan::saved::encode(&p)).unwrap(),
+        "drift.plan",
+    )
+    .unwrap();
+    assert_eq!(back, p);
     let foreign = &drift_detail(&p.drift[3]);
     assert!(
         foreign.contains("another state started it (lineage other-lineage); left alone"),
