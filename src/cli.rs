@@ -683,6 +683,6 @@ fn report_failure(ctx: &Context, failure: &Failure) {
         let doc = crate::render::diagnostics_json(failure.report.as_ref());
         crate::commands::out(&format!("{doc}\n"));
     } else {
-        eprintln!("{}", crate::redact::text(&format!("{:?}", failure.report)));
+        eprintln!("{}", crate::render::diagnostic_human(&failure.report));
     }
 }

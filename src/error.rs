@@ -5,9 +5,13 @@
 //! this tool's own. `docs/errors.md` lists every code with an example and a fix,
 //! and a test fails when one is missing there.
 //!
-//! Modules define their own error types (thiserror + miette `Diagnostic`) and put
-//! `Code::X.diagnostic_code()` in their `#[diagnostic(code(...))]`. Only `cli`
-//! turns a [`Failure`] into printed output and an exit code.
+//! Modules define their own error types with data variants (thiserror for the
+//! message) and implement [`Coded`]: the code, the help line and the exit code
+//! follow from the variant, never from a code literal, and nothing reads a code
+//! back out of rendered text. `coded_diagnostic!` makes such a type a miette
+//! diagnostic, the same way for every one; `render` shows it (terminal text,
+//! plain text, JSON). Only `cli` turns a [`Failure`] into printed output and an
+//! exit code.
 
 use std::fmt;
 
@@ -137,6 +141,11 @@ impl Code {
         }
     }
 
+    /// `deploy_code::E004`, as miette shows it.
+    pub fn diagnostic_code(self) -> String {
+        format!("deploy_code::{}", self.as_str())
+    }
+
     pub fn parse(code: &str) -> Option<Code> {
         let code = code.strip_prefix("deploy_code::").unwrap_or(code);
         let code = code.split("::").next().unwrap_or(code);
@@ -191,6 +200,15 @@ impl Failure {
         Self { report, exit_code }
     }
 
+    /// A failure whose exit code follows from the error's variant.
+    pub fn coded<E>(err: E) -> Self
+    where
+        E: Coded + miette::Diagnostic + Send + Sync + 'static,
+    {
+        let exit_code = err.exit_code();
+        Self::new(miette::Report::new(err), exit_code)
+    }
+
     pub fn with_exit_code(mut self, exit_code: u8) -> Self {
         self.exit_code = exit_code;
         self
@@ -214,6 +232,95 @@ impl fmt::Debug for Failure {
         write!(f, "Failure(exit {}): {:?}", self.exit_code, self.report)
     }
 }
+
+/// An error whose code and help line follow from its variant (its message is
+/// its `Display`). [`coded_diagnostic!`] makes it a miette diagnostic, so that
+/// every such error is shown the same way.
+pub trait Coded: std::error::Error {
+    /// The code, from the variant.
+    fn error_code(&self) -> Code;
+    /// What to do next, when there is something to say.
+    fn help_text(&self) -> Option<String>;
+    /// The process exit code it implies.
+    fn exit_code(&self) -> u8 {
+        exit::ERROR
+    }
+}
+
+/// `impl miette::Diagnostic` for a [`Coded`] error: its code and help line.
+macro_rules! coded_diagnostic {
+    ($t:ty) => {
+        impl miette::Diagnostic for $t {
+            fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+                Some(Box::new(
+                    $crate::error::Coded::error_code(self).diagnostic_code(),
+                ))
+            }
+
+            fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+                $crate::error::Coded::help_text(self)
+                    .map(|h| Box::new(h) as Box<dyn std::fmt::Display + 'a>)
+            }
+        }
+    };
+}
+pub(crate) use coded_diagnostic;
+
+/// How a run of `apply` (or `destroy`) ends when it does not succeed; each
+/// variant implies its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The plan does not fit the capacity; nothing was changed.
+    #[error("the plan does not fit: {}", .problems.join("; "))]
+    Infeasible {
+        problems: Vec<String>,
+        /// What an operator can change, each once.
+        remedies: Vec<&'static str>,
+    },
+    /// A service failed and the run was rolled back: the previous deployment runs.
+    #[error("apply of revision {revision} failed and was rolled back: {reason}")]
+    RolledBack {
+        revision: u64,
+        /// The code of the first failure.
+        code: Code,
+        reason: String,
+    },
+    /// A service failed and the rollback did not complete (or was not made).
+    #[error("apply of revision {revision} failed and was not fully rolled back: {what}")]
+    NotRolledBack { revision: u64, what: String },
+}
+
+impl Coded for RunError {
+    fn error_code(&self) -> Code {
+        match self {
+            RunError::Infeasible { .. } => Code::E004,
+            RunError::RolledBack { code, .. } => *code,
+            RunError::NotRolledBack { .. } => Code::E009,
+        }
+    }
+
+    fn help_text(&self) -> Option<String> {
+        Some(match self {
+            RunError::Infeasible { remedies, .. } => {
+                let mut r = remedies.clone();
+                r.push("or run with `--force` to apply anyway");
+                r.join("; ")
+            }
+            RunError::RolledBack { .. } => "the previous deployment runs again; fix the failing service (see the evidence above, or `deploy-code state history`) and apply again".to_owned(),
+            RunError::NotRolledBack { .. } => "`deploy-code status` shows what runs; `deploy-code plan` shows what an apply would repair".to_owned(),
+        })
+    }
+
+    fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Infeasible { .. } => exit::INFEASIBLE,
+            RunError::RolledBack { .. } => exit::ROLLED_BACK,
+            RunError::NotRolledBack { .. } => exit::ROLLBACK_FAILED,
+        }
+    }
+}
+
+coded_diagnostic!(RunError);
 
 /// A plain error with a code, a message and a help line, for errors that point at
 /// no file (arguments, the environment).
@@ -240,17 +347,17 @@ impl Plain {
     }
 }
 
-impl miette::Diagnostic for Plain {
-    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        Some(Box::new(format!("deploy_code::{}", self.code)))
+impl Coded for Plain {
+    fn error_code(&self) -> Code {
+        self.code
     }
 
-    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.help
-            .as_ref()
-            .map(|h| Box::new(h) as Box<dyn fmt::Display + 'a>)
+    fn help_text(&self) -> Option<String> {
+        self.help.clone()
     }
 }
+
+coded_diagnostic!(Plain);
 
 #[cfg(test)]
 mod tests {

@@ -77,6 +77,41 @@ impl fmt::Display for ServiceName {
     }
 }
 
+/// What an apply failure is about: one service, or the run as a whole (it
+/// was interrupted before any service failed). Never a made-up service name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Subject {
+    Service(ServiceName),
+    /// The run itself; shown as `interrupted`.
+    Run,
+}
+
+impl Subject {
+    /// The service, when the failure is one service's.
+    pub fn service(&self) -> Option<&ServiceName> {
+        match self {
+            Subject::Service(n) => Some(n),
+            Subject::Run => None,
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Service(n) => n.fmt(f),
+            Subject::Run => f.write_str("interrupted"),
+        }
+    }
+}
+
+impl PartialEq<ServiceName> for Subject {
+    fn eq(&self, other: &ServiceName) -> bool {
+        self.service() == Some(other)
+    }
+}
+
 impl std::borrow::Borrow<str> for ServiceName {
     fn borrow(&self) -> &str {
         &self.0
@@ -513,7 +548,7 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
     /// The service's TCP host ports are held by a traffic switch (see
-    /// `crate::switch`) that forwards to the instances, which listen on
+    /// the `switch` module) that forwards to the instances, which listen on
     /// private ports (a process: the `PORT` it is given; a container: its
     /// `container_port` on its network). Lowered from a `BlueGreen` or
     /// `RollingUpdate` strategy; part of the spec, so that moving a service
@@ -585,58 +620,38 @@ impl ServiceSpec {
     /// old ones stop: they would share a host address (a host port, or the
     /// loopback port a process is probed at), or a name (a Swarm service's
     /// is fixed).
-    pub fn stop_first_reason(&self, after: &ServiceSpec) -> Option<String> {
+    pub fn stop_first_reason(&self, after: &ServiceSpec) -> Option<StopFirst> {
         if after.backend == BackendKind::Swarm {
-            return Some("a Swarm service's name is fixed".into());
+            return Some(StopFirst::SwarmName);
         }
         if after.behind_switch && !self.behind_switch {
             // The switch takes over the host ports the old instances hold.
             let held = self.host_addresses();
-            let taken: Vec<String> = after
+            let taken: Vec<u16> = after
                 .host_ports()
                 .map(|(p, _)| p)
                 .filter(|p| held.contains(p))
-                .map(|p| p.to_string())
                 .collect();
-            if !taken.is_empty() {
-                return Some(format!(
-                    "the old instance holds port{} {} that the traffic switch takes over",
-                    if taken.len() > 1 { "s" } else { "" },
-                    taken.join(", ")
-                ));
-            }
-            return None;
+            return (!taken.is_empty()).then_some(StopFirst::SwitchTakesPorts(taken));
         }
         if self.behind_switch && !after.behind_switch {
             let held: std::collections::BTreeSet<u16> = self.host_ports().map(|(p, _)| p).collect();
-            let shared: Vec<String> = after
+            let shared: Vec<u16> = after
                 .host_addresses()
                 .into_iter()
                 .filter(|p| held.contains(p))
-                .map(|p| p.to_string())
                 .collect();
             if !shared.is_empty() {
-                return Some(format!(
-                    "the traffic switch holds port{} {}",
-                    if shared.len() > 1 { "s" } else { "" },
-                    shared.join(", ")
-                ));
+                return Some(StopFirst::SwitchHoldsPorts(shared));
             }
         }
         let old = self.host_addresses();
-        let shared: Vec<String> = after
+        let shared: Vec<u16> = after
             .host_addresses()
             .into_iter()
             .filter(|p| old.contains(p))
-            .map(|p| p.to_string())
             .collect();
-        (!shared.is_empty()).then(|| {
-            format!(
-                "the old instance holds port{} {}",
-                if shared.len() > 1 { "s" } else { "" },
-                shared.join(", ")
-            )
-        })
+        (!shared.is_empty()).then_some(StopFirst::OldHoldsPorts(shared))
     }
 
     /// Host ports this service claims (all replicas), with their protocol.
@@ -675,51 +690,18 @@ impl Strategy {
     }
 }
 
-/// How a create (`before` is `None`) or a replace of `after` rolls out
-/// under `strategy`, and whether it costs downtime, in words for the plan.
-pub fn rollout_description(
-    strategy: Strategy,
-    before: Option<&ServiceSpec>,
-    after: &ServiceSpec,
-) -> String {
-    let ports: Vec<String> = if after.behind_switch {
-        after.host_ports().map(|(p, _)| p.to_string()).collect()
-    } else {
-        Vec::new()
-    };
-    let switch = format!(
-        "the traffic switch on port{} {}",
-        if ports.len() > 1 { "s" } else { "" },
-        ports.join(", ")
-    );
-    let Some(before) = before else {
-        return if after.behind_switch {
-            format!("starts behind {switch}")
-        } else {
-            "starts".into()
-        };
-    };
-    if let Some(why) = before.stop_first_reason(after) {
-        let then = if after.behind_switch {
-            format!(", then behind {switch}")
-        } else {
-            String::new()
-        };
-        return format!("stop-first ({why}){then}: downtime while the new instances start");
-    }
-    let replicas = after.replicas.max(1);
-    match (strategy, after.behind_switch) {
-        (Strategy::BlueGreen, true) => format!(
-            "blue-green: {replicas} new instance(s) start beside the old ones and pass their gates, then {switch} moves every new connection to them; no downtime"
-        ),
-        (Strategy::RollingUpdate, true) => format!(
-            "rolling: replica by replica ({replicas}) behind {switch}, each new one gated before an old one drains and stops; no downtime"
-        ),
-        (Strategy::RollingUpdate, false) if after.workload == Workload::Service => format!(
-            "rolling: replica by replica ({replicas}), each new one gated before an old one stops; no fixed host port"
-        ),
-        _ => "start-first: the new instances pass their gates before the old ones stop; no fixed host port to hand over".into(),
-    }
+/// Why a replace must stop the old instances before the new ones start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "why", content = "ports", rename_all = "snake_case")]
+pub enum StopFirst {
+    /// A Swarm service's name is fixed.
+    SwarmName,
+    /// The old instances hold host ports the new traffic switch takes over.
+    SwitchTakesPorts(Vec<u16>),
+    /// The old traffic switch holds host ports the new instances bind.
+    SwitchHoldsPorts(Vec<u16>),
+    /// The old instances hold host addresses the new ones bind or are probed at.
+    OldHoldsPorts(Vec<u16>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -891,8 +873,16 @@ pub enum JwtKey {
     /// RS256 or EdDSA with a public key file (PEM).
     Public {
         path: std::path::PathBuf,
-        algorithm: crate::config::schema::JwtAlgorithm,
+        algorithm: JwtAlgorithm,
     },
+}
+
+// The algorithm of a JWT public key (`security.jwt_algorithm`); no doc comment,
+// which would become a description in the JSON Schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum JwtAlgorithm {
+    RS256,
+    EdDSA,
 }
 
 /// `hooks:` resolved.

@@ -4,19 +4,15 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::error::{Code, Plain};
 use crate::plan::Plan;
-use crate::plan::saved::{decode, encode};
+use crate::plan::saved::{SavedPlanError, decode, encode};
 
 /// Writes the plan to `path` with mode 0600.
-pub fn write(path: &Path, plan: &Plan) -> Result<(), Plain> {
+pub fn write(path: &Path, plan: &Plan) -> Result<(), SavedPlanError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let err = |e: std::io::Error| {
-        Plain::new(
-            Code::E016,
-            format!("cannot write the plan to `{}`: {e}", path.display()),
-        )
-        .help("check that the directory exists and is writable")
+    let err = |error: std::io::Error| SavedPlanError::Write {
+        path: path.to_path_buf(),
+        error,
     };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -30,13 +26,10 @@ pub fn write(path: &Path, plan: &Plan) -> Result<(), Plain> {
 }
 
 /// Reads the saved plan at `path`.
-pub fn read(path: &Path) -> Result<Plan, Plain> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Plain::new(
-            Code::E016,
-            format!("cannot read the plan `{}`: {e}", path.display()),
-        )
-        .help("give the file written by `deploy-code plan --out FILE`")
+pub fn read(path: &Path) -> Result<Plan, SavedPlanError> {
+    let text = std::fs::read_to_string(path).map_err(|error| SavedPlanError::Read {
+        path: path.to_path_buf(),
+        error,
     })?;
     decode(&text, &path.display().to_string())
 }

@@ -3,7 +3,7 @@
 //! state rows.
 //!
 //! Every plaintext secret of the run is registered here when its
-//! [`crate::model::Sensitive`] value is made, with its base64 and hex forms;
+//! sensitive value (`model::Sensitive`) is made, with its base64 and hex forms;
 //! [`text`] replaces each of them with `(sensitive)`. A secret shorter than
 //! [`MIN_LEN`] bytes is not searched for (it would match everywhere); it is
 //! still never serialized, as every sensitive value is kept as a digest.

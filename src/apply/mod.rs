@@ -29,7 +29,9 @@ use tokio::sync::watch;
 
 use crate::backends::{Backend, BackendError, Registry, StartContext};
 use crate::error::Code;
-use crate::model::{DesiredState, SecretKey, Sensitive, ServiceName, ServiceSpec, Text, Workload};
+use crate::model::{
+    DesiredState, SecretKey, Sensitive, ServiceName, ServiceSpec, Subject, Text, Workload,
+};
 use crate::plan::{Action, Change, Plan};
 use crate::state::{
     GpuRef, Handle, NewDeployment, Outcome, ServiceRecord, ServiceStatus, StateError, Store,
@@ -193,7 +195,7 @@ impl FailureKind {
 /// Why a service failed, with the evidence.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FailureEvidence {
-    pub service: ServiceName,
+    pub service: Subject,
     pub action: Action,
     #[serde(flatten, default)]
     pub kind: FailureKind,
@@ -458,7 +460,7 @@ impl Exec<'_> {
 
     fn fail(&self, service: &ServiceName, action: Action, err: StepError) -> FailureEvidence {
         FailureEvidence {
-            service: service.clone(),
+            service: Subject::Service(service.clone()),
             action,
             kind: err.kind,
             reason: crate::redact::text(&err.message).into_owned(),
@@ -613,7 +615,7 @@ impl Exec<'_> {
             log_tail = b.logs(h, 20).await;
         }
         FailureEvidence {
-            service: spec.name.clone(),
+            service: Subject::Service(spec.name.clone()),
             action,
             kind: FailureKind::Gate,
             reason: gate.reason,
@@ -1263,7 +1265,7 @@ pub async fn execute(
     }
     if failures.is_empty() && cancel.level() > 0 {
         failures.push(FailureEvidence {
-            service: ServiceName::parse("interrupted").expect("valid name"),
+            service: Subject::Run,
             action: Action::NoOp,
             kind: FailureKind::Interrupted,
             reason: "the apply was interrupted".into(),
@@ -1287,7 +1289,11 @@ pub async fn execute(
         // Leave everything as it is; mark the failed services tainted.
         for f in &failures {
             if let Ok(snap) = exec.with_store(|s| s.snapshot())
-                && let Some(mut r) = snap.services.get(&f.service).cloned()
+                && let Some(mut r) = f
+                    .service
+                    .service()
+                    .and_then(|n| snap.services.get(n))
+                    .cloned()
             {
                 r.status = ServiceStatus::Tainted;
                 let _ = exec.with_store(|s| s.put_service(&r));

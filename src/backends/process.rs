@@ -767,14 +767,15 @@ pub fn observe_recorded(snapshot: &crate::state::Snapshot) -> crate::plan::Obser
             else {
                 continue;
             };
+            use crate::plan::InstanceState;
             let state = match procfs::stat(*pid) {
-                Some(s) if s.is_dead() => "exited",
-                Some(s) if s.start_time == *start_time => "running",
-                Some(_) => "missing",
-                None => "exited",
+                Some(s) if s.is_dead() => InstanceState::Exited,
+                Some(s) if s.start_time == *start_time => InstanceState::Running,
+                Some(_) => InstanceState::Missing,
+                None => InstanceState::Exited,
             };
             // A monitor that gave up says why.
-            let detail = (state != "running")
+            let detail = (state != InstanceState::Running)
                 .then(|| crate::monitor::status_of(Path::new(log_path), *pid, *start_time))
                 .flatten()
                 .map(|m| match &m.last_exit {
@@ -783,7 +784,7 @@ pub fn observe_recorded(snapshot: &crate::state::Snapshot) -> crate::plan::Obser
                 });
             seen.push(crate::plan::ObservedInstance {
                 handle: h.clone(),
-                state: state.to_owned(),
+                state,
                 spec_hash: None,
                 detail,
             });

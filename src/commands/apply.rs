@@ -9,7 +9,7 @@ use crate::backends::Registry;
 use crate::cli::*;
 use crate::commands::progress::{Mode, Progress};
 use crate::config::{self, LoadOptions, LoadedConfig};
-use crate::error::{Code, Failure, Plain, exit};
+use crate::error::{Code, Failure, Plain, RunError, exit};
 use crate::hooks::When;
 use crate::plan::{self, Plan};
 use crate::state::{Holder, Outcome, Store};
@@ -177,26 +177,15 @@ fn confirm(ctx: &Context, auto_approve: bool, what: &str) -> Result<(), Failure>
 }
 
 fn infeasible(p: &Plan) -> Failure {
-    let problems: Vec<String> = p
-        .feasibility
-        .problems
-        .iter()
-        .map(|x| x.message.clone())
-        .collect();
-    Failure::new(
-        miette::Report::new(
-            Plain::new(
-                Code::E004,
-                format!("the plan does not fit: {}", problems.join("; ")),
-            )
-            .help({
-                let mut r = p.feasibility.remedies();
-                r.push("or run with `--force` to apply anyway");
-                r.join("; ")
-            }),
-        ),
-        exit::INFEASIBLE,
-    )
+    Failure::coded(RunError::Infeasible {
+        problems: p
+            .feasibility
+            .problems
+            .iter()
+            .map(|x| x.message.clone())
+            .collect(),
+        remedies: p.feasibility.remedies(),
+    })
 }
 
 /// Runs the executor with progress output and SIGINT handling; turns the report
@@ -356,41 +345,22 @@ fn execute(
             }
             Ok(exit::OK)
         }
-        Outcome::RolledBack => Err(Failure::new(
-            miette::Report::new(
-                Plain::new(
-                    report
-                        .failures
-                        .first()
-                        .map_or(Code::E006, |f| f.kind.code()),
-                    format!(
-                        "apply of revision {} failed and was rolled back: {}",
-                        report.revision,
-                        first_reason(&report)
-                    ),
-                )
-                .help("the previous deployment runs again; fix the failing service (see the evidence above, or `deploy-code state history`) and apply again"),
-            ),
-            exit::ROLLED_BACK,
-        )),
-        _ => Err(Failure::new(
-            miette::Report::new(
-                Plain::new(
-                    Code::E009,
-                    format!(
-                        "apply of revision {} failed and was not fully rolled back: {}",
-                        report.revision,
-                        if report.left.is_empty() {
-                            first_reason(&report)
-                        } else {
-                            report.left.join("; ")
-                        }
-                    ),
-                )
-                .help("`deploy-code status` shows what runs; `deploy-code plan` shows what an apply would repair"),
-            ),
-            exit::ROLLBACK_FAILED,
-        )),
+        Outcome::RolledBack => Err(Failure::coded(RunError::RolledBack {
+            revision: report.revision,
+            code: report
+                .failures
+                .first()
+                .map_or(Code::E006, |f| f.kind.code()),
+            reason: first_reason(&report),
+        })),
+        _ => Err(Failure::coded(RunError::NotRolledBack {
+            revision: report.revision,
+            what: if report.left.is_empty() {
+                first_reason(&report)
+            } else {
+                report.left.join("; ")
+            },
+        })),
     }
 }
 
@@ -420,7 +390,7 @@ fn hook_payload(
         "outcome": report.map(|r| r.outcome),
         "elapsed_ms": report.map(|r| r.elapsed_ms),
         "failures": report.map(|r| r.failures.iter().map(|f| serde_json::json!({
-            "service": f.service,
+            "service": f.service.to_string(),
             "reason": f.reason,
             "log_tail": f.log_tail,
         })).collect::<Vec<_>>()).unwrap_or_default(),

@@ -75,7 +75,7 @@ impl LoadedConfig {
 #[derive(Debug, thiserror::Error)]
 #[error("{}", self.summary())]
 pub struct ConfigError {
-    pub problems: Vec<miette::Report>,
+    pub problems: Vec<ProblemReport>,
 }
 
 impl ConfigError {
@@ -90,38 +90,39 @@ impl ConfigError {
     pub fn codes(&self) -> Vec<String> {
         self.problems
             .iter()
-            .filter_map(|p| p.code().map(|c| c.to_string()))
-            .map(|c| {
-                c.strip_prefix("deploy_code::")
-                    .map(str::to_owned)
-                    .unwrap_or(c)
-            })
+            .map(|p| format!("{}::{}", p.kind().code(), p.kind().slug()))
             .collect()
+    }
+}
+
+impl crate::error::Coded for ConfigError {
+    /// The code of the problems when they share one (E001 for a missing
+    /// file), else E002.
+    fn error_code(&self) -> crate::error::Code {
+        let codes: BTreeSet<crate::error::Code> =
+            self.problems.iter().map(|p| p.kind().code()).collect();
+        match (codes.len(), codes.first()) {
+            (1, Some(c)) => *c,
+            _ => crate::error::Code::E002,
+        }
+    }
+
+    /// Each problem has its own.
+    fn help_text(&self) -> Option<String> {
+        None
     }
 }
 
 impl miette::Diagnostic for ConfigError {
     fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
-        // The code of the problems when they share one (E001 for a missing file).
-        let codes: BTreeSet<String> = self
-            .problems
-            .iter()
-            .filter_map(|p| p.code().map(|c| c.to_string()))
-            .filter_map(|c| crate::error::Code::parse(&c))
-            .map(|c| c.as_str().to_owned())
-            .collect();
-        let code = match codes.len() {
-            1 => codes.into_iter().next().unwrap_or_default(),
-            _ => "E002".to_owned(),
-        };
-        Some(Box::new(format!("deploy_code::{code}")))
+        Some(Box::new(
+            crate::error::Coded::error_code(self).diagnostic_code(),
+        ))
     }
 
     fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn miette::Diagnostic> + 'a>> {
         Some(Box::new(
-            self.problems
-                .iter()
-                .map(|r| r.as_ref() as &dyn miette::Diagnostic),
+            self.problems.iter().map(|r| r as &dyn miette::Diagnostic),
         ))
     }
 }
@@ -131,10 +132,10 @@ impl miette::Diagnostic for ConfigError {
 pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
     let name = opts.path.display().to_string();
     let failed = |kind: Kind, what: String, help: &str| ConfigError {
-        problems: vec![miette::Report::new(ProblemReport::new(
+        problems: vec![ProblemReport::new(
             Problem::new(kind, what).help(help).origin(Origin::None),
             None,
-        ))],
+        )],
     };
     let not_found = |what: String, help: &str| failed(Kind::NotFound, what, help);
     let unreadable = |what: String, help: &str| failed(Kind::Unreadable, what, help);
@@ -161,7 +162,7 @@ pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
     }
     if meta.len() > MAX_FILE_BYTES {
         return Err(ConfigError {
-            problems: vec![miette::Report::new(ProblemReport::new(
+            problems: vec![ProblemReport::new(
                 Problem::new(
                     Kind::TooLarge,
                     format!(
@@ -173,7 +174,7 @@ pub fn load(opts: &LoadOptions) -> Result<LoadedConfig, ConfigError> {
                 .help("generate repeated services with a template loop, or split the deployment into several configurations")
                 .origin(Origin::None),
                 None,
-            ))],
+            )],
         });
     }
     let bytes = std::fs::read(&opts.path).map_err(|e| {
@@ -468,7 +469,7 @@ fn finish(mut problems: Vec<Problem>, name: &str, source: &str, rendered: &str) 
                     Origin::Rendered => Some(rendered_src.clone()),
                 };
                 let src = if p.labels.is_empty() { None } else { src };
-                miette::Report::new(ProblemReport::new(p, src))
+                ProblemReport::new(p, src)
             })
             .collect(),
     }

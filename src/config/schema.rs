@@ -185,11 +185,7 @@ pub struct Auth {
     pub audience: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum JwtAlgorithm {
-    RS256,
-    EdDSA,
-}
+pub use crate::model::JwtAlgorithm;
 
 /// Roles and what they may call. Without `roles`: `viewer` (validate, plan,
 /// status, health, history, events), `operator` (those, apply, rollback,

@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Feasibility, Problem};
+use super::{Dimension, Feasibility, Problem};
 use crate::inventory::{Host, Inventory, PublishMode, Source};
 use crate::model::{BackendKind, Protocol, ServiceName, ServiceSpec};
 use crate::state::GpuRef;
@@ -140,7 +140,7 @@ pub fn check(
             &mut f,
             on_host,
             host_label.as_ref(),
-            "cpu",
+            Dimension::Cpu,
             &prefix("cpu"),
             host.cpu_cores,
             keep,
@@ -152,7 +152,7 @@ pub fn check(
             &mut f,
             on_host,
             host_label.as_ref(),
-            "memory",
+            Dimension::Memory,
             &prefix("memory"),
             host.memory_mb as f64,
             keep,
@@ -164,7 +164,7 @@ pub fn check(
             &mut f,
             on_host,
             host_label.as_ref(),
-            "storage",
+            Dimension::Storage,
             &prefix("storage"),
             host.storage_gb as f64,
             keep,
@@ -187,7 +187,7 @@ pub fn check(
                         None => "in use on the host".to_owned(),
                     };
                     f.problems.push(Problem {
-                        dimension: "port".into(),
+                        dimension: Dimension::Port,
                         host: host_label.clone(),
                         message: format!("port {p}: claimed by `{}`, {on}", d.name),
                         services: vec![d.name.clone()],
@@ -225,7 +225,7 @@ fn check_ports_per_replica(f: &mut Feasibility, demands: &[Demand], inventory: &
         let ports: BTreeSet<u16> = d.spec.host_ports().map(|(p, _)| p).collect();
         for p in ports {
             f.problems.push(Problem {
-                dimension: "port".into(),
+                dimension: Dimension::Port,
                 host: None,
                 message: format!(
                     "port {p}: {} replicas of `{}` need it, {places} {unit}{} can bind it",
@@ -247,7 +247,7 @@ fn check_scalar(
     f: &mut Feasibility,
     on_host: &[&Demand],
     host: Option<&String>,
-    dimension: &str,
+    dimension: Dimension,
     label: &str,
     capacity: f64,
     keep: f64,
@@ -266,7 +266,7 @@ fn check_scalar(
         .map(|d| d.name.clone())
         .collect();
     f.problems.push(Problem {
-        dimension: dimension.to_owned(),
+        dimension,
         host: host.cloned(),
         message: format!(
             "{label}: need {}, {} usable ({} - {reserve}% reserve)",
@@ -427,7 +427,7 @@ fn assign_gpus(
             .count();
         let on = host_label.map_or(String::new(), |h| format!(" on `{h}`"));
         let (dimension, tail) = if host.gpus.is_empty() {
-            ("gpu", format!("the host{on} has none"))
+            (Dimension::Gpu, format!("the host{on} has none"))
         } else if free_count >= per && mem.is_some() && qualifying < per {
             let best = (0..host.gpus.len())
                 .filter(|i| !exclusive[*i])
@@ -440,7 +440,7 @@ fn assign_gpus(
                 )
             });
             (
-                "gpu_memory",
+                Dimension::GpuMemory,
                 if qualifying == 0 {
                     format!("none free{on}{most}")
                 } else {
@@ -448,12 +448,12 @@ fn assign_gpus(
                 },
             )
         } else if qualifying == 0 {
-            ("gpu", format!("none free{on}"))
+            (Dimension::Gpu, format!("none free{on}"))
         } else {
-            ("gpu", format!("only {qualifying} free{on}"))
+            (Dimension::Gpu, format!("only {qualifying} free{on}"))
         };
         f.problems.push(Problem {
-            dimension: dimension.to_owned(),
+            dimension,
             host: host_label.cloned(),
             message: format!("{dimension}: `{}` needs {what}, {tail}", d.name),
             services: vec![d.name.clone()],

@@ -8,10 +8,12 @@
 pub mod diff;
 pub mod feasibility;
 mod planner;
+mod reason;
 pub mod refresh;
 pub mod saved;
 
 pub use planner::{PlanError, plan};
+pub use reason::{Cause, Drift, DriftKind, Reason, Rollout};
 
 use std::collections::BTreeMap;
 
@@ -67,9 +69,9 @@ pub struct Change {
     pub service: ServiceName,
     pub action: Action,
     pub backend: BackendKind,
-    /// Why: e.g. "`env.API_KEY` changed (forces replacement)", "tainted by a failed apply".
+    /// Why (as data; `render::plan::reason` puts it into words).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     /// Canonical spec fields whose change forces a replace.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forced_by: Vec<String>,
@@ -86,23 +88,51 @@ pub struct Change {
     /// How a create or replace rolls out under the deployment's strategy,
     /// and whether it costs downtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<String>,
+    pub rollout: Option<Rollout>,
 }
 
-/// Something running differs from what the state says.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Drift {
-    pub service: ServiceName,
-    /// `exited`, `missing`, `degraded`, `changed`, `orphan`, `foreign`, `adopted`.
-    pub kind: String,
-    pub detail: String,
+/// A capacity dimension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    Cpu,
+    Memory,
+    Storage,
+    Gpu,
+    GpuMemory,
+    Port,
+}
+
+impl Dimension {
+    /// `cpu`, `memory`, `storage`, `gpu`, `gpu_memory`, `port`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Cpu => "cpu",
+            Dimension::Memory => "memory",
+            Dimension::Storage => "storage",
+            Dimension::Gpu => "gpu",
+            Dimension::GpuMemory => "gpu_memory",
+            Dimension::Port => "port",
+        }
+    }
+}
+
+impl std::fmt::Display for Dimension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Dimension {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// One exhausted capacity dimension.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Problem {
-    /// `cpu`, `memory`, `storage`, `gpu`, `gpu_memory`, `port`.
-    pub dimension: String,
+    pub dimension: Dimension,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// e.g. "memory: need 42 GiB, 25.6 GiB usable (32 GiB - 20% reserve)".
@@ -121,18 +151,17 @@ pub struct Problem {
 impl Problem {
     /// What an operator can change about it, naming the keys and defaults.
     pub fn remedy(&self) -> &'static str {
-        match self.dimension.as_str() {
-            "cpu" => {
+        match self.dimension {
+            Dimension::Cpu => {
                 "lower `resources.cpu_cores` of the services (default 0.1 for a local process, 0.5 for a container), or plan against a larger `--inventory`"
             }
-            "memory" => {
+            Dimension::Memory => {
                 "lower `resources.memory_mb` of the services (default 256), or plan against a larger `--inventory`"
             }
-            "storage" => "lower `resources.storage_gb` of the services (default 0)",
-            "gpu" => "lower `resources.gpu_count`, or free a GPU",
-            "gpu_memory" => "lower `resources.gpu_memory_mb`, or free GPU memory",
-            "port" => "choose another `host_port`, or stop what holds the port",
-            _ => "free capacity or lower the requests",
+            Dimension::Storage => "lower `resources.storage_gb` of the services (default 0)",
+            Dimension::Gpu => "lower `resources.gpu_count`, or free a GPU",
+            Dimension::GpuMemory => "lower `resources.gpu_memory_mb`, or free GPU memory",
+            Dimension::Port => "choose another `host_port`, or stop what holds the port",
         }
     }
 }
@@ -209,13 +238,47 @@ impl Plan {
     }
 }
 
+/// Whether an observed instance runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Running,
+    Exited,
+    /// Gone, or its pid now belongs to another process.
+    Missing,
+    /// A Swarm service that runs fewer tasks than the state records replicas.
+    Degraded,
+}
+
+impl InstanceState {
+    /// `running`, `exited`, `missing`, `degraded`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Running => "running",
+            InstanceState::Exited => "exited",
+            InstanceState::Missing => "missing",
+            InstanceState::Degraded => "degraded",
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for InstanceState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// What a process, container or Swarm service looks like right now (refresh).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ObservedInstance {
     pub handle: Handle,
-    /// `running`, `exited`, `missing`, or `degraded` (a Swarm service that
-    /// runs fewer tasks than the state records replicas).
-    pub state: String,
+    pub state: InstanceState,
     /// The spec hash the instance carries (a container label), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_hash: Option<String>,

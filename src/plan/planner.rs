@@ -18,12 +18,70 @@ type DiGraphMap<N, E> = GraphMap<
 
 use super::feasibility::{self, Demand};
 use super::*;
-use crate::error::{Code, Plain};
-use crate::model::ServiceSpec;
+use crate::error::{Code, Coded, coded_diagnostic};
+use crate::model::{ServiceSpec, Strategy, Workload};
 use crate::state::{ServiceRecord, ServiceStatus};
 
 /// Errors of planning: only bad names in `--target`, `--exclude`, `--replace`.
-pub type PlanError = Plain;
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// Names that are no service of the configuration or the state, each with
+    /// its flag; the close names found for some; the services there are.
+    #[error("{}", unknown_message(.unknown))]
+    UnknownServices {
+        unknown: Vec<(&'static str, String)>,
+        suggestions: Vec<(String, String)>,
+        known: Vec<String>,
+    },
+}
+
+fn unknown_message(unknown: &[(&'static str, String)]) -> String {
+    match unknown {
+        [(flag, name)] => format!("unknown service `{name}` in `{flag}`"),
+        _ => format!(
+            "unknown services {}",
+            unknown
+                .iter()
+                .map(|(f, n)| format!("`{n}` (in `{f}`)"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+impl Coded for PlanError {
+    fn error_code(&self) -> Code {
+        match self {
+            PlanError::UnknownServices { .. } => Code::S001,
+        }
+    }
+
+    fn help_text(&self) -> Option<String> {
+        match self {
+            PlanError::UnknownServices {
+                suggestions, known, ..
+            } => Some(if suggestions.is_empty() {
+                format!(
+                    "the services are: {}",
+                    known
+                        .iter()
+                        .take(20)
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            } else {
+                suggestions
+                    .iter()
+                    .map(|(k, n)| format!("did you mean `{k}` instead of `{n}`?"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }),
+        }
+    }
+}
+
+coded_diagnostic!(PlanError);
 
 /// The default share of capacity kept for the system when no config says otherwise.
 pub const DEFAULT_RESERVE_PERCENT: u8 = 20;
@@ -89,42 +147,34 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
 
     // Drift from observations.
     let mut drift = Vec::new();
-    let mut drifted: BTreeMap<&ServiceName, String> = BTreeMap::new();
+    let mut drifted: BTreeMap<&ServiceName, Drift> = BTreeMap::new();
     if let Some(obs) = input.observations {
         for name in &scope {
             let (Some(record), Some(seen)) = (state.get(*name), obs.services.get(*name)) else {
                 continue;
             };
             for inst in seen {
-                let what = describe_handle(&inst.handle);
-                let entry = match inst.state.as_str() {
-                    "exited" | "missing" | "degraded" => Some(Drift {
-                        service: (*name).clone(),
-                        kind: inst.state.clone(),
-                        detail: match &inst.detail {
-                            Some(d) if *d != inst.state => {
-                                format!("{what} is {} ({d})", inst.state)
-                            }
-                            _ => format!("{what} is {}", inst.state),
-                        },
-                    }),
-                    _ => match &inst.spec_hash {
-                        Some(h) if *h != record.spec_hash => Some(Drift {
-                            service: (*name).clone(),
-                            kind: "changed".into(),
-                            detail: format!(
-                                "{what} runs spec {}, the state recorded {}",
-                                short_hash(h),
-                                short_hash(&record.spec_hash)
-                            ),
+                // What the engine says, unless it only repeats the state.
+                let note = inst.detail.clone().filter(|d| d != inst.state.as_str());
+                let kind = match inst.state {
+                    InstanceState::Exited => Some(DriftKind::Exited { note }),
+                    InstanceState::Missing => Some(DriftKind::Missing { note }),
+                    InstanceState::Degraded => Some(DriftKind::Degraded { note }),
+                    InstanceState::Running => match &inst.spec_hash {
+                        Some(h) if *h != record.spec_hash => Some(DriftKind::Changed {
+                            runs: h.clone(),
+                            recorded: record.spec_hash.clone(),
                         }),
                         _ => None,
                     },
                 };
-                if let Some(d) = entry {
-                    drifted
-                        .entry(*name)
-                        .or_insert_with(|| format!("{} ({})", d.detail, d.kind));
+                if let Some(kind) = kind {
+                    let d = Drift {
+                        service: (*name).clone(),
+                        kind,
+                        instance: inst.handle.clone(),
+                    };
+                    drifted.entry(*name).or_insert_with(|| d.clone());
                     drift.push(d);
                 }
             }
@@ -132,21 +182,17 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
         for (name, handle) in &obs.orphans {
             drift.push(Drift {
                 service: name.clone(),
-                kind: "orphan".into(),
-                detail: format!(
-                    "{} carries this project's marks but the state does not know it",
-                    describe_handle(handle)
-                ),
+                kind: DriftKind::Orphan,
+                instance: handle.clone(),
             });
         }
         for (name, handle, lineage) in &obs.foreign {
             drift.push(Drift {
                 service: name.clone(),
-                kind: "foreign".into(),
-                detail: format!(
-                    "{} carries this project's name but another state started it (lineage {lineage}); left alone",
-                    describe_handle(handle)
-                ),
+                kind: DriftKind::Foreign {
+                    lineage: lineage.clone(),
+                },
+                instance: handle.clone(),
             });
         }
     }
@@ -160,7 +206,7 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                 service: (*name).clone(),
                 action: Action::Create,
                 backend: after.backend,
-                reason: Some("new service".into()),
+                reason: Some(Cause::New.into()),
                 forced_by: Vec::new(),
                 before: None,
                 after: Some(after.clone()),
@@ -169,18 +215,18 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                 rollout: None,
             },
             (None, Some(r)) => {
-                let reason = if destroy_all {
-                    "destroy requested"
+                let cause = if destroy_all {
+                    Cause::DestroyRequested
                 } else if disabled.contains(*name) {
-                    "disabled in the configuration"
+                    Cause::Disabled
                 } else {
-                    "no longer in the configuration"
+                    Cause::Removed
                 };
                 Change {
                     service: (*name).clone(),
                     action: Action::Destroy,
                     backend: r.backend,
-                    reason: Some(reason.into()),
+                    reason: Some(cause.into()),
                     forced_by: Vec::new(),
                     before: Some(r.spec.clone()),
                     after: None,
@@ -206,7 +252,7 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
         let strategy = d.settings.deployment.strategy;
         for c in changes.values_mut() {
             if let (Action::Create | Action::Replace, Some(after)) = (c.action, &c.after) {
-                c.rollout = Some(crate::model::rollout_description(
+                c.rollout = Some(rollout(
                     strategy,
                     c.before.as_ref().filter(|_| c.action == Action::Replace),
                     after,
@@ -307,7 +353,7 @@ fn decide(
     record: &ServiceRecord,
     after: &ServiceSpec,
     forced: bool,
-    drift: Option<&String>,
+    drift: Option<&Drift>,
 ) -> Change {
     let mut change = Change {
         service: after.name.clone(),
@@ -333,63 +379,80 @@ fn decide(
         .cloned()
         .collect();
     let backend_changed = record.backend != after.backend || record.spec.backend != after.backend;
-    let (action, reason) = if backend_changed {
+    let (action, cause) = if backend_changed {
         change.forced_by = vec!["backend".into()];
         (
             Action::Replace,
-            format!(
-                "`backend` changed from `{}` to `{}` (forces replacement)",
-                record.backend, after.backend
-            ),
+            Cause::BackendChanged {
+                from: record.backend,
+                to: after.backend,
+            },
         )
     } else if !forcing.is_empty() {
-        let reason = format!("{} changed (forces replacement)", tick_list(&forcing));
-        change.forced_by = forcing;
-        (Action::Replace, reason)
+        change.forced_by = forcing.clone();
+        (Action::Replace, Cause::ForcingFields { paths: forcing })
     } else if record.status == ServiceStatus::Tainted {
-        (Action::Replace, "tainted: its last apply failed".to_owned())
+        (Action::Replace, Cause::Tainted)
     } else if record.status == ServiceStatus::Pending {
-        (
-            Action::Replace,
-            "pending: an earlier apply was interrupted while changing it".to_owned(),
-        )
+        (Action::Replace, Cause::Pending)
     } else if forced {
+        (Action::Replace, Cause::ReplaceRequested)
+    } else if let Some(d) = drift {
         (
             Action::Replace,
-            "replacement requested with `--replace`".to_owned(),
+            Cause::RepairsDrift {
+                drift: Box::new(d.clone()),
+            },
         )
-    } else if let Some(d) = drift {
-        (Action::Replace, format!("repairs drift: {d}"))
     } else if !paths.is_empty() {
-        (
-            Action::Update,
-            format!("{} changed (updated in place)", tick_list(&paths)),
-        )
+        (Action::Update, Cause::UpdatableFields { paths })
     } else {
         return change;
     };
-    // A tainted or interrupted service is replaced whatever else changed; say so.
-    let reason = match record.status {
-        ServiceStatus::Tainted if !reason.starts_with("tainted") => {
-            format!("{reason}; tainted: its last apply failed")
-        }
-        _ => reason,
-    };
+    // A tainted service is replaced whatever else changed; say so.
+    let also_tainted = record.status == ServiceStatus::Tainted && cause != Cause::Tainted;
     change.action = action;
-    change.reason = Some(reason);
+    change.reason = Some(Reason {
+        cause,
+        also_tainted,
+    });
     change
+}
+
+/// How a create (`before` is `None`) or a replace of `after` rolls out
+/// under `strategy`.
+fn rollout(strategy: Strategy, before: Option<&ServiceSpec>, after: &ServiceSpec) -> Rollout {
+    let switch_ports: Option<Vec<u16>> = after
+        .behind_switch
+        .then(|| after.host_ports().map(|(p, _)| p).collect());
+    let Some(before) = before else {
+        return Rollout::Starts { switch_ports };
+    };
+    if let Some(why) = before.stop_first_reason(after) {
+        return Rollout::StopFirst { why, switch_ports };
+    }
+    let replicas = after.replicas.max(1);
+    match (strategy, after.behind_switch) {
+        (Strategy::BlueGreen, true) => Rollout::BlueGreen {
+            replicas,
+            switch_ports: switch_ports.unwrap_or_default(),
+        },
+        (Strategy::RollingUpdate, true) => Rollout::Rolling {
+            replicas,
+            switch_ports,
+        },
+        (Strategy::RollingUpdate, false) if after.workload == Workload::Service => {
+            Rollout::Rolling {
+                replicas,
+                switch_ports,
+            }
+        }
+        _ => Rollout::StartFirst,
+    }
 }
 
 fn top_level(path: &str) -> &str {
     path.split('.').next().unwrap_or(path)
-}
-
-fn tick_list(paths: &[String]) -> String {
-    paths
-        .iter()
-        .map(|p| format!("`{p}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The paths (`image`, `env.API_KEY`, `resources.memory_mb`) whose values differ
@@ -539,26 +602,6 @@ fn layers<'a>(g: &DiGraphMap<&'a str, ()>) -> Vec<Vec<&'a str>> {
     out
 }
 
-fn describe_handle(h: &Handle) -> String {
-    match h {
-        Handle::Process { replica, pid, .. } => format!("replica {replica} (pid {pid})"),
-        Handle::Container { replica, name, .. } => {
-            format!("replica {replica} (container `{name}`)")
-        }
-        Handle::SwarmService { name, .. } => format!("swarm service `{name}`"),
-    }
-}
-
-fn short_hash(h: &str) -> String {
-    let (algo, hex) = h.split_once(':').unwrap_or(("", h));
-    let short: String = hex.chars().take(12).collect();
-    if algo.is_empty() {
-        short
-    } else {
-        format!("{algo}:{short}")
-    }
-}
-
 /// Every name in `--target`, `--exclude`, `--replace` must be a service of the
 /// configuration or the state.
 fn check_names(
@@ -573,7 +616,7 @@ fn check_names(
         known.extend(d.services.keys().map(|n| n.as_str()));
     }
     let o = &input.options;
-    let mut unknown = Vec::new();
+    let mut unknown: Vec<(&'static str, String)> = Vec::new();
     for (flag, names) in [
         ("--target", &o.targets),
         ("--exclude", &o.excludes),
@@ -581,26 +624,14 @@ fn check_names(
     ] {
         for n in names {
             if !known.contains(n.as_str()) {
-                unknown.push((flag, n.as_str()));
+                unknown.push((flag, n.clone()));
             }
         }
     }
     if unknown.is_empty() {
         return Ok(());
     }
-    let message = if unknown.len() == 1 {
-        format!("unknown service `{}` in `{}`", unknown[0].1, unknown[0].0)
-    } else {
-        format!(
-            "unknown services {}",
-            unknown
-                .iter()
-                .map(|(f, n)| format!("`{n}` (in `{f}`)"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    let mut helps = Vec::new();
+    let mut suggestions = Vec::new();
     for (_, n) in &unknown {
         let best = known
             .iter()
@@ -608,21 +639,12 @@ fn check_names(
             .filter(|(s, _)| *s >= 0.8)
             .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.cmp(a.1)));
         if let Some((_, k)) = best {
-            helps.push(format!("did you mean `{k}` instead of `{n}`?"));
+            suggestions.push((k.to_owned(), n.clone()));
         }
     }
-    let help = if helps.is_empty() {
-        format!(
-            "the services are: {}",
-            known
-                .iter()
-                .take(20)
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    } else {
-        helps.join(" ")
-    };
-    Err(Plain::new(Code::S001, message).help(help))
+    Err(PlanError::UnknownServices {
+        unknown,
+        suggestions,
+        known: known.iter().map(|k| (*k).to_owned()).collect(),
+    })
 }

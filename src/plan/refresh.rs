@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{Observations, ObservedInstance};
+use super::{InstanceState, Observations, ObservedInstance};
 use crate::backends::{Discovered, Liveness, Replicas};
 use crate::model::BackendKind;
 use crate::state::{Handle, Snapshot};
@@ -48,12 +48,11 @@ pub fn observe_discovered(
                     ObservedInstance {
                         handle: d.handle.clone(),
                         state: match d.liveness {
-                            Liveness::Running if short.is_some() => "degraded",
-                            Liveness::Running => "running",
-                            Liveness::Exited(_) => "exited",
-                            Liveness::Missing => "missing",
-                        }
-                        .into(),
+                            Liveness::Running if short.is_some() => InstanceState::Degraded,
+                            Liveness::Running => InstanceState::Running,
+                            Liveness::Exited(_) => InstanceState::Exited,
+                            Liveness::Missing => InstanceState::Missing,
+                        },
                         spec_hash: d.spec_hash.clone(),
                         detail: short.map(|r| {
                             Replicas {
@@ -66,7 +65,7 @@ pub fn observe_discovered(
                 }
                 None => ObservedInstance {
                     handle: h.clone(),
-                    state: "missing".into(),
+                    state: InstanceState::Missing,
                     spec_hash: None,
                     detail: None,
                 },

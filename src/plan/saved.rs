@@ -1,5 +1,5 @@
 //! Saved plans (`plan --out FILE`, `apply FILE`, `show FILE`): their format
-//! and their freshness. Reading and writing the files is `crate::planfile`'s.
+//! and their freshness. Reading and writing the files is the `planfile` module's.
 //!
 //! A saved plan is the plan as JSON, bound to the state's lineage and serial,
 //! the rendered configuration's hash and the tool version. Specs carry secrets
@@ -8,20 +8,84 @@
 //! written with mode 0600 all the same.
 
 use super::{Binding, FORMAT_VERSION, Plan};
-use crate::error::{Code, Plain};
+use crate::error::{Code, Coded, coded_diagnostic};
 use crate::state::Snapshot;
 
 /// A saved plan that no longer matches the state, the configuration or the tool.
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[derive(Debug, thiserror::Error)]
 #[error("the saved plan is stale: {}", .changed.join("; "))]
-#[diagnostic(
-    code("deploy_code::E013"),
-    help("run `deploy-code plan --out FILE` again and apply the new plan")
-)]
 pub struct StaleError {
     /// What changed, one entry per difference.
     pub changed: Vec<String>,
 }
+
+impl Coded for StaleError {
+    fn error_code(&self) -> Code {
+        Code::E013
+    }
+
+    fn help_text(&self) -> Option<String> {
+        Some("run `deploy-code plan --out FILE` again and apply the new plan".into())
+    }
+}
+
+coded_diagnostic!(StaleError);
+
+/// A saved plan file that cannot be written or read as one.
+#[derive(Debug, thiserror::Error)]
+pub enum SavedPlanError {
+    // The I/O error is part of the message, not a source: it is shown once.
+    #[error("cannot write the plan to `{}`: {error}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot read the plan `{}`: {error}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("`{name}` is not a saved plan: {detail}")]
+    NotAPlan { name: String, detail: String },
+    #[error(
+        "`{name}` has plan format version {}, this tool reads version {FORMAT_VERSION}",
+        found.map_or("none".to_owned(), |v| v.to_string())
+    )]
+    Version { name: String, found: Option<u64> },
+    #[error("`{name}` is not a valid saved plan: {detail}")]
+    Invalid { name: String, detail: String },
+}
+
+impl Coded for SavedPlanError {
+    fn error_code(&self) -> Code {
+        match self {
+            SavedPlanError::Version { .. } => Code::E013,
+            SavedPlanError::Write { .. }
+            | SavedPlanError::Read { .. }
+            | SavedPlanError::NotAPlan { .. }
+            | SavedPlanError::Invalid { .. } => Code::E016,
+        }
+    }
+
+    fn help_text(&self) -> Option<String> {
+        Some(
+            match self {
+                SavedPlanError::Write { .. } => "check that the directory exists and is writable",
+                SavedPlanError::Version { .. } => {
+                    "run `deploy-code plan --out FILE` again with this version of the tool"
+                }
+                SavedPlanError::Read { .. }
+                | SavedPlanError::NotAPlan { .. }
+                | SavedPlanError::Invalid { .. } => {
+                    "give the file written by `deploy-code plan --out FILE`"
+                }
+            }
+            .to_owned(),
+        )
+    }
+}
+
+coded_diagnostic!(SavedPlanError);
 
 /// The bytes of a saved plan file: the plan as JSON.
 pub fn encode(plan: &Plan) -> Vec<u8> {
@@ -32,28 +96,22 @@ pub fn encode(plan: &Plan) -> Vec<u8> {
 
 /// A saved plan from the text of its file (`name` for messages); a text that
 /// is not one, or of another format version, is an error.
-pub fn decode(text: &str, name: &str) -> Result<Plan, Plain> {
-    let head: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        Plain::new(Code::E016, format!("`{name}` is not a saved plan: {e}"))
-            .help("give the file written by `deploy-code plan --out FILE`")
-    })?;
+pub fn decode(text: &str, name: &str) -> Result<Plan, SavedPlanError> {
+    let head: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| SavedPlanError::NotAPlan {
+            name: name.to_owned(),
+            detail: e.to_string(),
+        })?;
     let version = head.get("format_version").and_then(|v| v.as_u64());
     if version != Some(u64::from(FORMAT_VERSION)) {
-        return Err(Plain::new(
-            Code::E013,
-            format!(
-                "`{name}` has plan format version {}, this tool reads version {FORMAT_VERSION}",
-                version.map_or("none".to_owned(), |v| v.to_string())
-            ),
-        )
-        .help("run `deploy-code plan --out FILE` again with this version of the tool"));
+        return Err(SavedPlanError::Version {
+            name: name.to_owned(),
+            found: version,
+        });
     }
-    serde_json::from_value(head).map_err(|e| {
-        Plain::new(
-            Code::E016,
-            format!("`{name}` is not a valid saved plan: {e}"),
-        )
-        .help("give the file written by `deploy-code plan --out FILE`")
+    serde_json::from_value(head).map_err(|e| SavedPlanError::Invalid {
+        name: name.to_owned(),
+        detail: e.to_string(),
     })
 }
 

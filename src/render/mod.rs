@@ -1,8 +1,35 @@
 //! Views: plan, state, inventory and apply events as human text, JSON (with a
-//! `format_version`) and Markdown; diagnostics as JSON for editors and CI.
+//! `format_version`) and Markdown; errors as text and as JSON, rendered only here.
 
 pub mod plan;
 pub mod state;
+
+/// An error as a person reads it on a terminal: miette's report through the
+/// handler `cli` installs (colors, width), redacted.
+pub fn diagnostic_human(report: &miette::Report) -> String {
+    crate::redact::text(&format!("{report:?}")).into_owned()
+}
+
+/// An error as plain text, without colors or links (the server's status
+/// messages), trimmed and redacted.
+pub fn diagnostic_plain(diag: &dyn miette::Diagnostic) -> String {
+    let mut text = String::new();
+    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::none());
+    if handler.render_report(&mut text, diag).is_err() {
+        text = diag.to_string();
+    }
+    crate::redact::text(text.trim()).into_owned()
+}
+
+/// A diagnostic's code as documents show it: without the `deploy_code::`
+/// prefix (`E004`, `E002::unknown_key`).
+pub fn diagnostic_code(diag: &dyn miette::Diagnostic) -> Option<String> {
+    diag.code().map(|c| c.to_string()).map(|c| {
+        c.strip_prefix("deploy_code::")
+            .map(str::to_owned)
+            .unwrap_or(c)
+    })
+}
 
 /// Diagnostics as one JSON document: `{"format_version":1,"diagnostics":[{code,
 /// severity, message, file, line, column, help}]}`. A diagnostic with related
@@ -26,11 +53,7 @@ fn collect(diag: &dyn miette::Diagnostic, out: &mut Vec<serde_json::Value>) {
         }
         return;
     }
-    let code = diag.code().map(|c| c.to_string()).map(|c| {
-        c.strip_prefix("deploy_code::")
-            .map(str::to_owned)
-            .unwrap_or(c)
-    });
+    let code = diagnostic_code(diag);
     let help = diag.help().map(|h| h.to_string());
     let (mut file, mut line, mut column) = (None, None, None);
     if let (Some(src), Some(label)) = (diag.source_code(), diag.labels().and_then(|mut l| l.next()))

@@ -13,11 +13,101 @@ use owo_colors::OwoColorize;
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use crate::model::StopFirst;
 use crate::plan::diff::{self, DiffLine};
-use crate::plan::{Action, Change, Plan};
+use crate::plan::{Action, Cause, Change, Drift, DriftKind, Plan, Reason, Rollout};
+use crate::state::Handle;
 
 /// Lines of unchanged fields shown around a change in a field diff.
 const CONTEXT: usize = 2;
+
+/// A change's reason in words: "`image` changed (forces replacement)",
+/// "tainted: its last apply failed".
+pub fn reason(r: &Reason) -> String {
+    let words = match &r.cause {
+        Cause::New => "new service".to_owned(),
+        Cause::DestroyRequested => "destroy requested".to_owned(),
+        Cause::Disabled => "disabled in the configuration".to_owned(),
+        Cause::Removed => "no longer in the configuration".to_owned(),
+        Cause::BackendChanged { from, to } => {
+            format!("`backend` changed from `{from}` to `{to}` (forces replacement)")
+        }
+        Cause::ForcingFields { paths } => {
+            format!("{} changed (forces replacement)", tick_list(paths))
+        }
+        Cause::Tainted => TAINTED.to_owned(),
+        Cause::Pending => "pending: an earlier apply was interrupted while changing it".to_owned(),
+        Cause::ReplaceRequested => "replacement requested with `--replace`".to_owned(),
+        Cause::RepairsDrift { drift } => format!(
+            "repairs drift: {} ({})",
+            drift_detail(drift),
+            drift.kind.as_str()
+        ),
+        Cause::UpdatableFields { paths } => {
+            format!("{} changed (updated in place)", tick_list(paths))
+        }
+    };
+    if r.also_tainted {
+        format!("{words}; {TAINTED}")
+    } else {
+        words
+    }
+}
+
+const TAINTED: &str = "tainted: its last apply failed";
+
+fn tick_list(paths: &[String]) -> String {
+    paths
+        .iter()
+        .map(|p| format!("`{p}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What a drift is, in words: "replica 0 (pid 4242) is exited".
+pub fn drift_detail(d: &Drift) -> String {
+    let what = describe_handle(&d.instance);
+    match &d.kind {
+        DriftKind::Exited { note } | DriftKind::Missing { note } | DriftKind::Degraded { note } => {
+            let state = d.kind.as_str();
+            match note {
+                Some(n) => format!("{what} is {state} ({n})"),
+                None => format!("{what} is {state}"),
+            }
+        }
+        DriftKind::Changed { runs, recorded } => format!(
+            "{what} runs spec {}, the state recorded {}",
+            short_hash(runs),
+            short_hash(recorded)
+        ),
+        DriftKind::Orphan => {
+            format!("{what} carries this project's marks but the state does not know it")
+        }
+        DriftKind::Foreign { lineage } => format!(
+            "{what} carries this project's name but another state started it (lineage {lineage}); left alone"
+        ),
+    }
+}
+
+fn describe_handle(h: &Handle) -> String {
+    match h {
+        Handle::Process { replica, pid, .. } => format!("replica {replica} (pid {pid})"),
+        Handle::Container { replica, name, .. } => {
+            format!("replica {replica} (container `{name}`)")
+        }
+        Handle::SwarmService { name, .. } => format!("swarm service `{name}`"),
+    }
+}
+
+fn short_hash(h: &str) -> String {
+    let (algo, hex) = h.split_once(':').unwrap_or(("", h));
+    let short: String = hex.chars().take(12).collect();
+    if algo.is_empty() {
+        short
+    } else {
+        format!("{algo}:{short}")
+    }
+}
 
 /// The `--format json` plan document.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -182,7 +272,7 @@ pub fn doc(plan: &Plan) -> PlanDoc {
                         Action::Destroy => ActionDoc::Destroy,
                     },
                     backend: c.backend.to_string(),
-                    reason: c.reason.clone(),
+                    reason: c.reason.as_ref().map(reason),
                     forced_by: c.forced_by.clone(),
                     before,
                     after,
@@ -195,8 +285,8 @@ pub fn doc(plan: &Plan) -> PlanDoc {
             .iter()
             .map(|d| DriftDoc {
                 service: d.service.to_string(),
-                kind: d.kind.clone(),
-                detail: d.detail.clone(),
+                kind: d.kind.as_str().to_owned(),
+                detail: drift_detail(d),
             })
             .collect(),
         feasibility: FeasibilityDoc {
@@ -208,7 +298,7 @@ pub fn doc(plan: &Plan) -> PlanDoc {
                 .problems
                 .iter()
                 .map(|p| ProblemDoc {
-                    dimension: p.dimension.clone(),
+                    dimension: p.dimension.as_str().to_owned(),
                     host: p.host.clone(),
                     message: p.message.clone(),
                     services: p.services.iter().map(|s| s.to_string()).collect(),
@@ -269,8 +359,87 @@ fn paint(color: bool, action: Action, s: &str) -> String {
 /// outage the plan must show before `apply`).
 fn stop_first(c: &Change) -> Option<String> {
     match (c.action, &c.before, &c.after) {
-        (Action::Replace, Some(b), Some(a)) => b.stop_first_reason(a),
+        (Action::Replace, Some(b), Some(a)) => {
+            b.stop_first_reason(a).as_ref().map(stop_first_words)
+        }
         _ => None,
+    }
+}
+
+/// Why a replace stops the old instances first, in words.
+pub fn stop_first_words(why: &StopFirst) -> String {
+    let ports = |ports: &[u16]| {
+        format!(
+            "port{} {}",
+            if ports.len() > 1 { "s" } else { "" },
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    match why {
+        StopFirst::SwarmName => "a Swarm service's name is fixed".to_owned(),
+        StopFirst::SwitchTakesPorts(p) => format!(
+            "the old instance holds {} that the traffic switch takes over",
+            ports(p)
+        ),
+        StopFirst::SwitchHoldsPorts(p) => format!("the traffic switch holds {}", ports(p)),
+        StopFirst::OldHoldsPorts(p) => format!("the old instance holds {}", ports(p)),
+    }
+}
+
+/// How a change rolls out, in words: "blue-green: 2 new instance(s) start
+/// beside the old ones …".
+pub fn rollout(r: &Rollout) -> String {
+    let switch = |ports: &[u16]| {
+        format!(
+            "the traffic switch on port{} {}",
+            if ports.len() > 1 { "s" } else { "" },
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    match r {
+        Rollout::Starts {
+            switch_ports: Some(p),
+        } => format!("starts behind {}", switch(p)),
+        Rollout::Starts { switch_ports: None } => "starts".to_owned(),
+        Rollout::StopFirst { why, switch_ports } => {
+            let then = match switch_ports {
+                Some(p) => format!(", then behind {}", switch(p)),
+                None => String::new(),
+            };
+            format!(
+                "stop-first ({}){then}: downtime while the new instances start",
+                stop_first_words(why)
+            )
+        }
+        Rollout::BlueGreen {
+            replicas,
+            switch_ports,
+        } => format!(
+            "blue-green: {replicas} new instance(s) start beside the old ones and pass their gates, then {} moves every new connection to them; no downtime",
+            switch(switch_ports)
+        ),
+        Rollout::Rolling {
+            replicas,
+            switch_ports: Some(p),
+        } => format!(
+            "rolling: replica by replica ({replicas}) behind {}, each new one gated before an old one drains and stops; no downtime",
+            switch(p)
+        ),
+        Rollout::Rolling {
+            replicas,
+            switch_ports: None,
+        } => format!(
+            "rolling: replica by replica ({replicas}), each new one gated before an old one stops; no fixed host port"
+        ),
+        Rollout::StartFirst => "start-first: the new instances pass their gates before the old ones stop; no fixed host port to hand over".to_owned(),
     }
 }
 
@@ -333,7 +502,7 @@ pub fn human(plan: &Plan, color: bool) -> String {
                 c.backend
             );
             if let Some(r) = &c.reason {
-                let _ = write!(out, ": {r}");
+                let _ = write!(out, ": {}", reason(r));
             }
             let _ = writeln!(out);
             if let Some(why) = stop_first(c) {
@@ -342,7 +511,7 @@ pub fn human(plan: &Plan, color: bool) -> String {
                     "        stop-first, {why}: the service is down while its new instance starts"
                 );
             } else if let Some(r) = c.rollout.as_ref().filter(|_| c.action == Action::Replace) {
-                let _ = writeln!(out, "        rollout: {r}");
+                let _ = writeln!(out, "        rollout: {}", rollout(r));
             }
             if !c.gpus.is_empty() {
                 let _ = writeln!(
@@ -378,7 +547,13 @@ pub fn human(plan: &Plan, color: bool) -> String {
         let _ = writeln!(out);
         let _ = writeln!(out, "{}", bold("Drift (found by refresh):"));
         for d in &plan.drift {
-            let _ = writeln!(out, "  ! {} {}: {}", d.service, d.kind, d.detail);
+            let _ = writeln!(
+                out,
+                "  ! {} {}: {}",
+                d.service,
+                d.kind.as_str(),
+                drift_detail(d)
+            );
         }
     }
     let _ = writeln!(out);
@@ -474,7 +649,7 @@ pub fn markdown(plan: &Plan) -> String {
                         c.action.symbol(),
                         c.action.as_str(),
                         c.service,
-                        md_escape(c.reason.as_deref().unwrap_or(""))
+                        md_escape(&c.reason.as_ref().map(reason).unwrap_or_default())
                     );
                 }
             }
@@ -493,8 +668,8 @@ pub fn markdown(plan: &Plan) -> String {
                 out,
                 "- `{}` {}: {}",
                 d.service,
-                d.kind,
-                md_escape(&d.detail)
+                d.kind.as_str(),
+                md_escape(&drift_detail(d))
             );
         }
     }

@@ -289,19 +289,8 @@ impl Service {
 /// The gRPC status of a failed command: its error code and the CLI's exit
 /// code ride along as metadata; the message is the rendered diagnostic.
 pub fn failure_status(f: &Failure) -> Status {
-    let code = f
-        .report
-        .code()
-        .map(|c| c.to_string())
-        .unwrap_or_default()
-        .trim_start_matches("deploy_code::")
-        .to_owned();
-    let mut text = String::new();
-    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::none());
-    if handler.render_report(&mut text, f.report.as_ref()).is_err() {
-        text = f.report.to_string();
-    }
-    let text = crate::redact::text(text.trim()).into_owned();
+    let code = crate::render::diagnostic_code(f.report.as_ref()).unwrap_or_default();
+    let text = crate::render::diagnostic_plain(f.report.as_ref());
     let grpc = match code.as_str() {
         "E011" => tonic::Code::Aborted,
         "E004" | "E013" => tonic::Code::FailedPrecondition,

@@ -147,7 +147,7 @@ pub fn run(
     inv: &Inventory,
     options: Options,
     observations: Option<&Observations>,
-) -> Result<Plan, deploy_code::error::Plain> {
+) -> Result<Plan, deploy_code::plan::PlanError> {
     plan::plan(&Input {
         desired,
         snapshot,

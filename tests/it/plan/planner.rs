@@ -1,8 +1,15 @@
+use deploy_code::error::Coded;
 use deploy_code::model::{BackendKind, Text};
-use deploy_code::plan::{Action, Observations, ObservedInstance, Options};
+use deploy_code::plan::{Action, Change, InstanceState, Observations, ObservedInstance, Options};
+use deploy_code::render::plan::drift_detail;
 use deploy_code::state::{Handle, ServiceStatus};
 
 use super::common::*;
+
+/// A change's reason in words, as the views show it.
+fn words(c: &Change) -> Option<String> {
+    c.reason.as_ref().map(deploy_code::render::plan::reason)
+}
 
 #[test]
 fn the_platform_is_created_in_dependency_phases() {
@@ -61,7 +68,7 @@ fn every_action_with_its_reason() {
     assert_eq!(action(&p, "tainted"), "replace");
     assert_eq!(action(&p, "swarm_web"), "update");
     assert_eq!(action(&p, "fresh"), "create");
-    let reason = |s: &str| p.change(s).unwrap().reason.clone().unwrap_or_default();
+    let reason = |s: &str| words(p.change(s).unwrap()).unwrap_or_default();
     assert_eq!(
         reason("image_changed"),
         "`args` changed (forces replacement)"
@@ -73,6 +80,10 @@ fn every_action_with_its_reason() {
     assert_eq!(reason("swarm_web"), "`replicas` changed (updated in place)");
     assert_eq!(reason("fresh"), "new service");
     assert!(p.change("same").unwrap().reason.is_none());
+    let saved = deploy_code::plan::saved::encode(&p);
+    let back = deploy_code::plan::saved::decode(std::str::from_utf8(&saved).unwrap(), "every.plan")
+        .unwrap();
+    assert_eq!(back, p, "a saved plan reads back the same");
     let s = &p.summary;
     assert_eq!(
         (s.create, s.update, s.replace, s.destroy, s.no_op),
@@ -100,7 +111,7 @@ fn an_interrupted_service_is_replaced() {
     let p = ok(&desired(vec![spec("db", &[])]), &snapshot(vec![r]), &big());
     assert_eq!(action(&p, "db"), "replace");
     assert_eq!(
-        p.change("db").unwrap().reason.as_deref(),
+        words(p.change("db").unwrap()).as_deref(),
         Some("pending: an earlier apply was interrupted while changing it")
     );
 }
@@ -117,7 +128,7 @@ fn a_changed_secret_forces_a_replace_by_its_path() {
     let c = p.change("api").unwrap();
     assert_eq!(c.action, Action::Replace);
     assert_eq!(
-        c.reason.as_deref(),
+        words(c).as_deref(),
         Some("`env.API_KEY` changed (forces replacement)")
     );
 }
@@ -147,7 +158,7 @@ fn a_backend_change_is_a_replace() {
     let c = p.change("web").unwrap();
     assert_eq!(c.action, Action::Replace);
     assert_eq!(
-        c.reason.as_deref(),
+        words(c).as_deref(),
         Some("`backend` changed from `process` to `docker` (forces replacement)")
     );
 }
@@ -220,7 +231,7 @@ fn target_takes_the_dependencies_exclude_and_replace_apply() {
     let p = run(Some(&d), &snapshot(state), &big(), opts, None).unwrap();
     assert_eq!(action(&p, "redis"), "replace");
     assert_eq!(
-        p.change("redis").unwrap().reason.as_deref(),
+        words(p.change("redis").unwrap()).as_deref(),
         Some("replacement requested with `--replace`")
     );
     assert_eq!(p.summary.no_op, 5);
@@ -246,10 +257,13 @@ fn unknown_names_are_s001_with_a_suggestion() {
         ..Options::default()
     };
     let err = run(Some(&d), &snapshot(vec![]), &big(), opts, None).unwrap_err();
-    assert_eq!(err.code, deploy_code::error::Code::S001);
-    assert_eq!(err.message, "unknown service `api_gatway` in `--target`");
+    assert_eq!(err.error_code(), deploy_code::error::Code::S001);
     assert_eq!(
-        err.help.as_deref(),
+        err.to_string(),
+        "unknown service `api_gatway` in `--target`"
+    );
+    assert_eq!(
+        err.help_text().as_deref(),
         Some("did you mean `api_gateway` instead of `api_gatway`?")
     );
     let opts = Options {
@@ -259,7 +273,7 @@ fn unknown_names_are_s001_with_a_suggestion() {
     };
     let err = run(Some(&d), &snapshot(vec![]), &big(), opts, None).unwrap_err();
     assert_eq!(
-        err.message,
+        err.to_string(),
         "unknown services `nope` (in `--exclude`), `redsi` (in `--replace`)"
     );
 }
@@ -274,7 +288,7 @@ fn drift_is_reported_and_repaired() {
         name("db"),
         vec![ObservedInstance {
             handle: handle("db"),
-            state: "exited".into(),
+            state: InstanceState::Exited,
             spec_hash: None,
             detail: None,
         }],
@@ -283,7 +297,7 @@ fn drift_is_reported_and_repaired() {
         name("web"),
         vec![ObservedInstance {
             handle: handle("web"),
-            state: "running".into(),
+            state: InstanceState::Running,
             spec_hash: Some("sha256:0123456789abcdef0123".into()),
             detail: None,
         }],
@@ -317,7 +331,7 @@ fn drift_is_reported_and_repaired() {
     .unwrap();
     assert_eq!(action(&p, "db"), "replace");
     assert_eq!(
-        p.change("db").unwrap().reason.as_deref(),
+        words(p.change("db").unwrap()).as_deref(),
         Some("repairs drift: replica 0 (pid 4000000) is exited (exited)")
     );
     assert_eq!(action(&p, "web"), "replace");
@@ -335,7 +349,14 @@ fn drift_is_reported_and_repaired() {
             ("db", "foreign")
         ]
     );
-    let foreign = &p.drift[3].detail;
+    // Reasons and drift are data in a saved plan, and read back the same.
+    let back = deploy_code::plan::saved::decode(
+        std::str::from_utf8(&deploy_code::plan::saved::encode(&p)).unwrap(),
+        "drift.plan",
+    )
+    .unwrap();
+    assert_eq!(back, p);
+    let foreign = &drift_detail(&p.drift[3]);
     assert!(
         foreign.contains("another state started it (lineage other-lineage); left alone"),
         "{foreign}"
