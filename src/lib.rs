@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod net;
+pub mod output;
 pub mod plan;
 pub mod planfile;
 pub mod procfs;

@@ -1,8 +1,11 @@
 //! Views: plan, state, inventory and apply events as human text, JSON (with a
 //! `format_version`) and Markdown; diagnostics as JSON for editors and CI.
 
+pub mod doctor;
 pub mod plan;
 pub mod state;
+pub mod status;
+pub mod validate;
 
 /// Diagnostics as one JSON document: `{"format_version":1,"diagnostics":[{code,
 /// severity, message, file, line, column, help}]}`. A diagnostic with related
