@@ -321,7 +321,7 @@ impl DeployCode for Service {
         req: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::Document>, Status> {
         let caller = self.admit(&req, "Validate", "validate")?;
-        let ran = self.run(false, |inv| commands::validate::run(inv)).await;
+        let ran = self.run(false, commands::validate::run).await;
         self.conclude(&caller, "Validate", &ran)?;
         Ok(Response::new(pb::Document { json: ran.output }))
     }
@@ -476,7 +476,7 @@ impl DeployCode for Service {
         req: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthReply>, Status> {
         let caller = self.admit(&req, "Health", "health")?;
-        let ran = self.run(false, |inv| commands::status::health(inv)).await;
+        let ran = self.run(false, commands::status::health).await;
         self.conclude(&caller, "Health", &ran)?;
         let healthy = serde_json::from_str::<serde_json::Value>(&ran.output)
             .ok()
