@@ -100,11 +100,6 @@ impl Output {
         self.interactive
     }
 
-    /// Human chatter is shown: not JSON, not quiet.
-    pub fn chatty(&self) -> bool {
-        self.format != Format::Json && !self.quiet
-    }
-
     /// Writes data (a document, a table, the final result) to stdout; a
     /// reader that went away (`| head`) is not an error.
     pub fn data(&self, text: &str) -> Result<(), Failure> {

@@ -677,7 +677,9 @@ pub fn destroy(inv: &Invocation, req: &DestroyRequest) -> Result<CommandOutcome,
         allow_empty: true,
         ..inv.load_options()
     };
-    let loaded = match config::load(&opts).map_err(Failure::from) {
+    let from_file = config::load(&opts).map_err(Failure::from);
+    let from_file_loaded = from_file.is_ok();
+    let loaded = match from_file {
         Ok(l) => l,
         Err(f) => {
             tracing::warn!(
@@ -727,7 +729,7 @@ pub fn destroy(inv: &Invocation, req: &DestroyRequest) -> Result<CommandOutcome,
     // The project's container networks go with the last container.
     if done == CommandOutcome::Done
         && req.targets.is_empty()
-        && let Ok(loaded) = config::load(&opts)
+        && from_file_loaded
         && let Ok(rt) = inv.runtime()
     {
         let project = &loaded.desired.settings.project;
