@@ -1,17 +1,27 @@
 //! The command line: every flag is defined once here (clap derive); help, the man
 //! page and shell completions are generated from these definitions.
 //!
-//! This is the only module that prints errors or chooses the exit code: commands
-//! return `Result<u8, Failure>` and [`run`] renders the failure.
+//! The flags are read here and nowhere else: [`run`] resolves them into one
+//! [`Invocation`] (options, output, configuration, state path, runtime) and a
+//! typed request per command. This is the only module that picks the exit
+//! code: commands return a [`CommandOutcome`] or a `Failure`, and [`run`]
+//! reports the failure through the command's output.
 
 use std::ffi::OsString;
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::commands;
+use crate::commands::apply::{
+    ApplyRequest, CleanupRequest, DestroyRequest, RestartRequest, RollbackRequest,
+};
+use crate::commands::plan::PlanRequest;
+use crate::commands::state::StateRequest;
+use crate::commands::status::{LogsRequest, StatusRequest};
+use crate::commands::{self, CommandOutcome, Globals, Invocation, Scope};
 use crate::error::{Failure, exit};
+pub use crate::output::Format;
+use crate::output::Output;
 
 /// Declare services in YAML; plan the change; apply it phase by phase, with
 /// health gates and automatic rollback.
@@ -89,18 +99,6 @@ pub struct GlobalArgs {
     /// How long to wait for the state lock held by another run, e.g. `30s`, `2m` [default: fail at once]
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub lock_timeout: Option<std::time::Duration>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Readable text (colour on a terminal)
-    Human,
-    /// A versioned JSON document (or one JSON event per line while applying)
-    Json,
-    /// Markdown, for pull-request comments
-    Markdown,
-    /// YAML (for `health` and `inventory`)
-    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,6 +251,17 @@ pub struct PlanScope {
 impl PlanScope {
     pub fn refresh(&self) -> bool {
         self.refresh && !self.no_refresh
+    }
+
+    /// What the flags ask the plan to cover.
+    fn resolve(&self) -> Scope {
+        Scope {
+            targets: self.targets.clone(),
+            excludes: self.excludes.clone(),
+            replaces: self.replaces.clone(),
+            refresh: self.refresh(),
+            inventory: self.inventory.clone(),
+        }
     }
 }
 
@@ -538,37 +547,22 @@ pub fn parse_seconds(s: &str) -> Result<u64, String> {
     Ok(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
-/// How output should look, resolved once from the flags and the environment.
-#[derive(Debug, Clone)]
-pub struct Context {
-    pub global: GlobalArgs,
-    /// Colour on stdout.
-    pub color: bool,
-    /// stdin and stdout are terminals (confirmation prompts, progress bars).
-    pub interactive: bool,
-}
-
-impl Context {
-    /// What loading the configuration takes from the global flags.
-    pub fn load_options(&self) -> crate::config::LoadOptions {
-        crate::config::LoadOptions {
-            path: self.global.config.clone(),
-            vars: self.global.vars.clone(),
-            var_files: self.global.var_files.clone(),
-            allow_empty: self.global.allow_empty,
+impl GlobalArgs {
+    /// The options every command may need, resolved.
+    fn globals(&self) -> Globals {
+        Globals {
+            config: self.config.clone(),
+            vars: self.vars.clone(),
+            var_files: self.var_files.clone(),
+            allow_empty: self.allow_empty,
+            state: self.state.clone(),
+            lock_timeout: self.lock_timeout,
         }
     }
 
-    pub fn from_global(global: GlobalArgs) -> Self {
-        let no_color_env = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        let stdout_tty = std::io::stdout().is_terminal();
-        let color = !global.no_color && !no_color_env && stdout_tty;
-        let interactive = stdout_tty && std::io::stdin().is_terminal();
-        Self {
-            global,
-            color,
-            interactive,
-        }
+    /// The output, decided once from the flags and the environment.
+    fn output(&self) -> Output {
+        Output::terminal(self.format, self.quiet, self.verbose, self.no_color)
     }
 }
 
@@ -590,63 +584,145 @@ where
             };
         }
     };
-    let ctx = Context::from_global(cli.global.clone());
-    init_tracing(&ctx);
-    install_miette_handler(&ctx);
-    match dispatch(&ctx, cli.command) {
-        Ok(code) => code,
+    let inv = Invocation::new(cli.global.globals(), cli.global.output());
+    init_tracing(&inv.out);
+    install_miette_handler(&inv.out);
+    match dispatch(&inv, cli.command) {
+        Ok(outcome) => exit_code(outcome),
         Err(failure) => {
-            report_failure(&ctx, &failure);
+            report_failure(&inv.out, &failure);
             failure.exit_code
         }
     }
 }
 
-fn dispatch(ctx: &Context, command: Command) -> Result<u8, Failure> {
+/// The exit code of a command that did not fail.
+fn exit_code(outcome: CommandOutcome) -> u8 {
+    match outcome {
+        CommandOutcome::Done => exit::OK,
+        CommandOutcome::Changes => exit::CHANGES,
+        CommandOutcome::Infeasible => exit::INFEASIBLE,
+        CommandOutcome::Problems => exit::ERROR,
+    }
+}
+
+fn dispatch(inv: &Invocation, command: Command) -> Result<CommandOutcome, Failure> {
     match command {
-        Command::Init(a) => commands::validate::init(ctx, &a),
-        Command::Validate(a) => commands::validate::run(ctx, &a),
-        Command::Plan(a) => commands::plan::run(ctx, &a),
-        Command::Apply(a) => commands::apply::run(ctx, &a),
-        Command::Destroy(a) => commands::apply::destroy(ctx, &a),
-        Command::Show(a) => commands::plan::show(ctx, &a),
-        Command::Status(a) => commands::status::status(ctx, &a),
-        Command::Health(a) => commands::status::health(ctx, &a),
-        Command::Logs(a) => commands::status::logs(ctx, &a),
-        Command::Rollback(a) => commands::apply::rollback(ctx, &a),
-        Command::Restart(a) => commands::apply::restart(ctx, &a),
-        Command::Cleanup(a) => commands::apply::cleanup(ctx, &a),
-        Command::Inventory(a) => commands::plan::inventory(ctx, &a),
-        Command::State(c) => commands::state::run(ctx, c),
-        Command::Backup(a) => {
-            commands::state::run(ctx, StateCommand::Backup(StateFileArgs { file: a.out }))
-        }
-        Command::Metrics(a) => commands::ops::metrics(ctx, &a),
-        Command::Doctor(a) => commands::ops::doctor(ctx, &a),
-        Command::Serve(a) => commands::serve::run(ctx, &a),
+        Command::Init(_) => commands::validate::init(inv),
+        Command::Validate(_) => commands::validate::run(inv),
+        Command::Plan(a) => commands::plan::run(
+            inv,
+            &PlanRequest {
+                scope: a.scope.resolve(),
+                destroy: a.destroy,
+                out: a.out,
+                detailed_exitcode: a.detailed_exitcode,
+            },
+        ),
+        Command::Apply(a) => commands::apply::run(
+            inv,
+            &ApplyRequest {
+                plan_file: a.plan_file,
+                scope: a.scope.resolve(),
+                auto_approve: a.auto_approve,
+                force: a.force,
+                no_rollback: a.no_rollback,
+            },
+        ),
+        Command::Destroy(a) => commands::apply::destroy(
+            inv,
+            &DestroyRequest {
+                targets: a.targets,
+                auto_approve: a.auto_approve,
+            },
+        ),
+        Command::Show(a) => commands::plan::show(inv, &a.plan_file),
+        Command::Status(a) => commands::status::status(
+            inv,
+            &StatusRequest {
+                detailed: a.detailed,
+                watch: a.watch,
+                interval: std::time::Duration::from_secs(a.interval),
+            },
+        ),
+        Command::Health(_) => commands::status::health(inv),
+        Command::Logs(a) => commands::status::logs(
+            inv,
+            &LogsRequest {
+                service: a.service,
+                lines: a.lines,
+                follow: a.follow,
+            },
+        ),
+        Command::Rollback(a) => commands::apply::rollback(
+            inv,
+            &RollbackRequest {
+                to: a.to,
+                auto_approve: a.auto_approve,
+            },
+        ),
+        Command::Restart(a) => commands::apply::restart(
+            inv,
+            &RestartRequest {
+                services: a.services,
+                auto_approve: a.auto_approve,
+            },
+        ),
+        Command::Cleanup(a) => commands::apply::cleanup(
+            inv,
+            &CleanupRequest {
+                dry_run: a.dry_run,
+                auto_approve: a.auto_approve,
+            },
+        ),
+        Command::Inventory(_) => commands::plan::inventory(inv),
+        Command::State(c) => commands::state::run(inv, &state_request(c)),
+        Command::Backup(a) => commands::state::run(inv, &StateRequest::Backup { file: a.out }),
+        Command::Metrics(_) => commands::ops::metrics(inv),
+        Command::Doctor(_) => commands::ops::doctor(inv),
+        Command::Serve(a) => crate::serve::run(inv, a.listen),
         Command::Completions(a) => {
             let mut cmd = Cli::command();
-            clap_complete::generate(a.shell, &mut cmd, "deploy-code", &mut std::io::stdout());
-            Ok(exit::OK)
+            let mut out = Vec::new();
+            clap_complete::generate(a.shell, &mut cmd, "deploy-code", &mut out);
+            inv.out.bytes(&out)?;
+            Ok(CommandOutcome::Done)
         }
         Command::Man(_) => {
             let man = clap_mangen::Man::new(Cli::command());
             let mut out = Vec::new();
             man.render(&mut out)
                 .map_err(|e| crate::error::Plain::new(crate::error::Code::E016, e.to_string()))?;
-            std::io::stdout()
-                .write_all(&out)
-                .map_err(|e| crate::error::Plain::new(crate::error::Code::E016, e.to_string()))?;
-            Ok(exit::OK)
+            inv.out.bytes(&out)?;
+            Ok(CommandOutcome::Done)
         }
     }
 }
 
-fn init_tracing(ctx: &Context) {
-    let level = if ctx.global.quiet {
+fn state_request(c: StateCommand) -> StateRequest {
+    match c {
+        StateCommand::List => StateRequest::List,
+        StateCommand::Show(a) => StateRequest::Show {
+            service: a.service,
+            revision: a.revision,
+        },
+        StateCommand::History(a) => StateRequest::History { limit: a.limit },
+        StateCommand::Audit(a) => StateRequest::Audit { limit: a.limit },
+        StateCommand::Rm(a) => StateRequest::Rm { service: a.service },
+        StateCommand::Backup(a) => StateRequest::Backup { file: a.file },
+        StateCommand::Restore(a) => StateRequest::Restore {
+            file: a.file,
+            force: a.force,
+        },
+        StateCommand::Unlock(a) => StateRequest::Unlock { force: a.force },
+    }
+}
+
+fn init_tracing(out: &Output) {
+    let level = if out.quiet() {
         "error"
     } else {
-        match ctx.global.verbose {
+        match out.verbose() {
             0 => "warn",
             1 => "info",
             2 => "debug",
@@ -657,15 +733,15 @@ fn init_tracing(ctx: &Context) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("deploy_code={level}")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(|| crate::redact::Writer(std::io::stderr()))
-        .with_ansi(ctx.color)
+        .with_writer(crate::output::log_writer)
+        .with_ansi(out.color())
         .without_time()
         .with_target(false)
         .try_init();
 }
 
-fn install_miette_handler(ctx: &Context) {
-    let color = ctx.color;
+fn install_miette_handler(out: &Output) {
+    let color = out.color();
     let _ = miette::set_hook(Box::new(move |_| {
         Box::new(
             miette::MietteHandlerOpts::new()
@@ -678,11 +754,11 @@ fn install_miette_handler(ctx: &Context) {
     }));
 }
 
-fn report_failure(ctx: &Context, failure: &Failure) {
-    if ctx.global.format == Format::Json {
+fn report_failure(out: &Output, failure: &Failure) {
+    if out.format() == Format::Json {
         let doc = crate::render::diagnostics_json(failure.report.as_ref());
-        crate::commands::out(&format!("{doc}\n"));
+        out.data_lossy(&format!("{doc}\n"));
     } else {
-        eprintln!("{}", crate::render::diagnostic_human(&failure.report));
+        out.error(&crate::render::diagnostic_human(&failure.report));
     }
 }

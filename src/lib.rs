@@ -4,7 +4,8 @@
 //! validated into a [`model::DesiredState`]; the [`state`] file yields a
 //! snapshot; [`inventory`] gives the capacity; [`plan`] (pure) turns those into
 //! an ordered change set; [`apply`] executes it through the [`backends`]; and
-//! [`render`] shows every step. Only [`cli`] prints and picks exit codes.
+//! [`render`] shows every step. Only [`cli`] reads flags and picks exit codes;
+//! everything a command prints goes through its [`output::Output`].
 
 pub mod apply;
 pub mod backends;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod net;
+pub mod output;
 pub mod plan;
 pub mod planfile;
 pub mod procfs;

@@ -1,55 +1,84 @@
 //! `apply` commands: apply (deploy), destroy (stop), restart, rollback, cleanup.
 
-use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::progress::{Mode, Progress};
+use super::{CommandOutcome, Format, Invocation, Scope};
 use crate::apply::{self, Cancel, Event, reconcile};
 use crate::backends::Registry;
-use crate::cli::*;
-use crate::commands::progress::{Mode, Progress};
 use crate::config::{self, LoadOptions, LoadedConfig};
-use crate::error::{Code, Failure, Plain, RunError, exit};
+use crate::error::{Code, Failure, Plain, RunError};
 use crate::hooks::When;
 use crate::plan::{self, Plan};
 use crate::state::{Holder, Outcome, Store};
 
-/// The backends a configuration and a state need: processes always, Docker and
-/// Swarm when a service of either uses them.
-pub fn registry_for(
-    loaded: Option<&LoadedConfig>,
-    snap: Option<&crate::state::Snapshot>,
-) -> Registry {
-    let mut kinds = Vec::new();
-    if let Some(l) = loaded {
-        kinds.push(l.desired.settings.default_backend);
-        kinds.extend(l.desired.services.values().map(|s| s.backend));
+/// What `apply` is asked.
+#[derive(Clone, Debug, Default)]
+pub struct ApplyRequest {
+    /// A plan saved by `plan --out`: executed exactly, or refused as stale.
+    pub plan_file: Option<PathBuf>,
+    pub scope: Scope,
+    /// No confirmation asked.
+    pub auto_approve: bool,
+    /// Apply even when the plan is infeasible.
+    pub force: bool,
+    /// Leave failed services as they are instead of rolling back.
+    pub no_rollback: bool,
+}
+
+/// What `destroy` is asked.
+#[derive(Clone, Debug, Default)]
+pub struct DestroyRequest {
+    /// Only these services (and what depends on them); none for all.
+    pub targets: Vec<String>,
+    pub auto_approve: bool,
+}
+
+/// What `rollback` is asked.
+#[derive(Clone, Debug, Default)]
+pub struct RollbackRequest {
+    /// The revision to return to; none for the last successful one before
+    /// the current.
+    pub to: Option<u64>,
+    pub auto_approve: bool,
+}
+
+/// What `restart` is asked.
+#[derive(Clone, Debug, Default)]
+pub struct RestartRequest {
+    /// Services to replace; none for all.
+    pub services: Vec<String>,
+    pub auto_approve: bool,
+}
+
+/// What `cleanup` is asked.
+#[derive(Clone, Debug, Default)]
+pub struct CleanupRequest {
+    /// Only list what would be removed.
+    pub dry_run: bool,
+    pub auto_approve: bool,
+}
+
+/// Which command runs the planned path, for its question and its hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
+    Apply,
+    Destroy,
+    Restart,
+    Rollback,
+}
+
+impl Run {
+    /// What the confirmation asks to do.
+    fn what(self) -> &'static str {
+        match self {
+            Run::Apply => "apply these changes",
+            Run::Destroy => "destroy these services",
+            Run::Restart => "restart these services",
+            Run::Rollback => "return to this revision",
+        }
     }
-    if let Some(s) = snap {
-        kinds.extend(s.services.values().map(|r| r.backend));
-    }
-    Registry::for_kinds(kinds)
-}
-
-/// The backends this build offers.
-pub fn registry() -> Registry {
-    Registry::with_all()
-}
-
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Plain::new(Code::E016, format!("cannot start the async runtime: {e}")).into())
-}
-
-pub(crate) fn load_config(ctx: &Context) -> Result<LoadedConfig, Failure> {
-    Ok(config::load(&ctx.load_options())?)
-}
-
-pub(crate) fn state_path(ctx: &Context, loaded: Option<&LoadedConfig>) -> PathBuf {
-    config::state_path(ctx.global.state.as_deref(), loaded, &ctx.global.config)
 }
 
 fn command_line() -> String {
@@ -57,103 +86,63 @@ fn command_line() -> String {
     format!("deploy-code {}", args.join(" "))
 }
 
-fn open_store(ctx: &Context, loaded: &LoadedConfig) -> Result<Store, Failure> {
-    let path = state_path(ctx, Some(loaded));
+fn open_store(inv: &Invocation, path: &std::path::Path) -> Result<Store, Failure> {
     Ok(Store::open(
-        &path,
+        path,
         &Holder::current(command_line()),
-        ctx.global.lock_timeout,
+        inv.globals.lock_timeout,
     )?)
 }
 
-fn progress_mode(ctx: &Context) -> Mode {
-    if ctx.global.format == Format::Json {
+fn progress_mode(inv: &Invocation) -> Mode {
+    if inv.format() == Format::Json {
         Mode::Json
-    } else if ctx.global.quiet {
+    } else if inv.out.quiet() {
         Mode::Quiet
-    } else if ctx.interactive {
+    } else if inv.out.interactive() {
         Mode::Bars
     } else {
         Mode::Lines
     }
 }
 
-/// Plans against the current state (after `desired.rekey`).
-fn make_plan(
-    loaded: &LoadedConfig,
-    store: &Store,
-    scope: &PlanScope,
-    options: plan::Options,
-    backends: &Registry,
-    rt: &tokio::runtime::Runtime,
-) -> Result<(Plan, LoadedConfig), Failure> {
-    let snap = store.snapshot()?;
-    if loaded.desired.services.values().any(|s| s.has_sensitive()) {
-        snap.require_key(store.path())?;
-    }
-    let mut loaded = loaded.clone();
-    if let Some(key) = &snap.secret_key {
-        loaded.desired.rekey(key);
-    }
-    let config_hash = loaded.config_hash();
-    let observations = scope.refresh().then(|| {
-        rt.block_on(super::plan::observe(
-            backends,
-            &loaded.desired.settings.project,
-            &snap,
-        ))
-    });
-    let inventory = match &scope.inventory {
-        Some(f) => crate::inventory::load_file(f)?,
-        None if loaded.desired.settings.default_backend == crate::model::BackendKind::Swarm => rt
-            .block_on(crate::backends::swarm::nodes_inventory())
-            .ok()
-            .filter(|i| !i.hosts.is_empty())
-            .unwrap_or_else(|| crate::inventory::probe(&loaded.desired.settings.data_dir)),
-        None => crate::inventory::probe(&loaded.desired.settings.data_dir),
-    };
-    let p = plan::plan(&plan::Input {
-        desired: Some(&loaded.desired),
-        snapshot: &snap,
-        observations: observations.as_ref(),
-        inventory: &inventory,
-        config_hash,
-        options,
-    })?;
-    Ok((p, loaded))
+/// The first line of a run's JSON events: what the plan does.
+#[derive(serde::Serialize)]
+struct PlanEvent<'a> {
+    event: &'static str,
+    at: String,
+    summary: &'a plan::Summary,
+    phases: &'a [Vec<crate::model::ServiceName>],
+    feasible: bool,
 }
 
-fn plan_options(scope: &PlanScope, destroy_all: bool) -> plan::Options {
-    plan::Options {
-        targets: scope.targets.clone(),
-        excludes: scope.excludes.clone(),
-        replaces: scope.replaces.clone(),
-        destroy_all,
-    }
-}
-
-fn show_plan(ctx: &Context, p: &Plan) {
-    match ctx.global.format {
+/// The plan event: a JSON line with `--format json`, else the human plan
+/// (not with `-q`).
+fn show_plan(inv: &Invocation, p: &Plan) {
+    match inv.format() {
         Format::Json => {
-            let v = serde_json::json!({
-                "event": "plan",
-                "at": apply::now_rfc3339(),
-                "summary": p.summary,
-                "phases": p.phases,
-                "feasible": p.feasibility.feasible,
-            });
-            outln!("{v}");
+            let event = PlanEvent {
+                event: "plan",
+                at: apply::now_rfc3339(),
+                summary: &p.summary,
+                phases: &p.phases,
+                feasible: p.feasibility.feasible,
+            };
+            let line = serde_json::to_string(&event).expect("an event always serializes");
+            inv.out.data_lossy(&format!("{line}\n"));
         }
-        _ if ctx.global.quiet => {}
-        _ => out!("{}", crate::render::plan::human(p, ctx.color)),
+        _ if inv.out.quiet() => {}
+        _ => inv
+            .out
+            .data_lossy(&crate::render::plan::human(p, inv.out.color())),
     }
 }
 
-fn confirm(ctx: &Context, auto_approve: bool, what: &str) -> Result<(), Failure> {
+fn confirm(inv: &Invocation, auto_approve: bool, what: &str) -> Result<(), Failure> {
     if auto_approve {
         return Ok(());
     }
-    if !ctx.interactive {
+    if !inv.out.interactive() {
         return Err(Plain::new(
             Code::E016,
             format!("refusing to {what} without confirmation: not on a terminal"),
@@ -161,10 +150,9 @@ fn confirm(ctx: &Context, auto_approve: bool, what: &str) -> Result<(), Failure>
         .help("review the plan, then run again with `--auto-approve`")
         .into());
     }
-    eprint!("Do you want to {what}? Only `yes` is accepted: ");
-    let _ = std::io::stderr().flush();
-    let mut answer = String::new();
-    let _ = std::io::stdin().lock().read_line(&mut answer);
+    let answer = inv
+        .out
+        .prompt(&format!("Do you want to {what}? Only `yes` is accepted: "));
     if answer.trim() == "yes" {
         Ok(())
     } else {
@@ -190,17 +178,16 @@ fn infeasible(p: &Plan) -> Failure {
 
 /// Runs the executor with progress output and SIGINT handling; turns the report
 /// into an exit code or a failure.
-#[allow(clippy::too_many_arguments)]
 fn execute(
-    ctx: &Context,
-    rt: &tokio::runtime::Runtime,
+    inv: &Invocation,
     p: &Plan,
     loaded: &LoadedConfig,
     store: &mut Store,
     backends: &Registry,
     no_rollback: bool,
     is_rollback: bool,
-) -> Result<u8, Failure> {
+) -> Result<CommandOutcome, Failure> {
+    let rt = inv.runtime()?;
     let hooks = &loaded.desired.settings.hooks;
     if !hooks.pre_apply.is_empty() {
         let results = rt.block_on(crate::hooks::run(
@@ -209,7 +196,7 @@ fn execute(
             &hook_payload(When::PreApply, p, loaded, None),
             loaded.base_dir(),
         ));
-        show_hooks(ctx, &results);
+        show_hooks(inv, &results);
         if let Some(bad) = results.iter().find(|r| !r.ok) {
             return Err(Plain::new(
                 Code::E016,
@@ -222,7 +209,7 @@ fn execute(
             .into());
         }
     }
-    let progress = Progress::new(progress_mode(ctx));
+    let progress = Progress::new(progress_mode(inv), &inv.out);
     let hook = |e: &Event| progress.handle(e);
     let cancel = Cancel::new();
     let opts = apply::Options {
@@ -289,34 +276,35 @@ fn execute(
             &hook_payload(when, p, loaded, Some(&report)),
             loaded.base_dir(),
         ));
-        show_hooks(ctx, &results);
+        show_hooks(inv, &results);
     }
-    if ctx.global.format != Format::Json && !report.failures.is_empty() {
-        let mut err = std::io::stderr().lock();
+    if inv.format() != Format::Json && !report.failures.is_empty() {
+        // The evidence of a failure: shown with `-q` too.
+        let mut lines = Vec::new();
         for f in &report.failures {
-            let _ = writeln!(err, "\n`{}` failed: {}", f.service, f.reason);
+            lines.push(format!("\n`{}` failed: {}", f.service, f.reason));
             if !f.probes.is_empty() {
-                let _ = writeln!(err, "  last probes:");
+                lines.push("  last probes:".to_owned());
                 for pr in &f.probes {
-                    let _ = writeln!(
-                        err,
+                    lines.push(format!(
                         "    +{} ms {} {}",
                         pr.at_ms,
                         if pr.healthy { "ok  " } else { "FAIL" },
                         pr.detail
-                    );
+                    ));
                 }
             }
             if !f.log_tail.is_empty() {
-                let _ = writeln!(err, "  last log lines:");
+                lines.push("  last log lines:".to_owned());
                 for l in &f.log_tail {
-                    let _ = writeln!(err, "    | {l}");
+                    lines.push(format!("    | {l}"));
                 }
             }
         }
         for l in &report.left {
-            let _ = writeln!(err, "left: {l}");
+            lines.push(format!("left: {l}"));
         }
+        inv.out.error(&lines.join("\n"));
     }
     if let Some(f) = report.failures.first()
         && let apply::FailureKind::Prepare { code } = f.kind
@@ -335,15 +323,15 @@ fn execute(
     match report.outcome {
         Outcome::Succeeded => {
             // The final result, with `-q` too.
-            if ctx.global.format != Format::Json {
-                outln!(
-                    "{} complete: revision {} in {} ms.",
+            if inv.format() != Format::Json {
+                inv.out.data_lossy(&format!(
+                    "{} complete: revision {} in {} ms.\n",
                     if p.destroy_all { "Destroy" } else { "Apply" },
                     report.revision,
                     report.elapsed_ms
-                );
+                ));
             }
-            Ok(exit::OK)
+            Ok(CommandOutcome::Done)
         }
         Outcome::RolledBack => Err(Failure::coded(RunError::RolledBack {
             revision: report.revision,
@@ -365,6 +353,37 @@ fn execute(
 }
 
 /// The run's summary that hooks receive (redacted by `hooks::run`).
+#[derive(serde::Serialize)]
+struct HookPayload<'a> {
+    format_version: u32,
+    event: &'static str,
+    at: String,
+    project: &'a str,
+    environment: &'a str,
+    command: String,
+    destroy: bool,
+    summary: &'a plan::Summary,
+    phases: &'a [Vec<crate::model::ServiceName>],
+    changes: Vec<HookChange<'a>>,
+    revision: Option<u64>,
+    outcome: Option<Outcome>,
+    elapsed_ms: Option<u64>,
+    failures: Vec<HookFailure<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct HookChange<'a> {
+    service: &'a crate::model::ServiceName,
+    action: plan::Action,
+}
+
+#[derive(serde::Serialize)]
+struct HookFailure<'a> {
+    service: String,
+    reason: &'a str,
+    log_tail: &'a [String],
+}
+
 fn hook_payload(
     when: When,
     p: &Plan,
@@ -372,47 +391,65 @@ fn hook_payload(
     report: Option<&apply::Report>,
 ) -> serde_json::Value {
     let settings = &loaded.desired.settings;
-    serde_json::json!({
-        "format_version": 1,
-        "event": when.as_str(),
-        "at": apply::now_rfc3339(),
-        "project": settings.project,
-        "environment": settings.environment,
-        "command": command_line(),
-        "destroy": p.destroy_all,
-        "summary": p.summary,
-        "phases": p.phases,
-        "changes": p.changes.iter()
+    let payload = HookPayload {
+        format_version: 1,
+        event: when.as_str(),
+        at: apply::now_rfc3339(),
+        project: &settings.project,
+        environment: &settings.environment,
+        command: command_line(),
+        destroy: p.destroy_all,
+        summary: &p.summary,
+        phases: &p.phases,
+        changes: p
+            .changes
+            .iter()
             .filter(|c| c.action != plan::Action::NoOp)
-            .map(|c| serde_json::json!({"service": c.service, "action": c.action}))
-            .collect::<Vec<_>>(),
-        "revision": report.map(|r| r.revision),
-        "outcome": report.map(|r| r.outcome),
-        "elapsed_ms": report.map(|r| r.elapsed_ms),
-        "failures": report.map(|r| r.failures.iter().map(|f| serde_json::json!({
-            "service": f.service.to_string(),
-            "reason": f.reason,
-            "log_tail": f.log_tail,
-        })).collect::<Vec<_>>()).unwrap_or_default(),
-    })
+            .map(|c| HookChange {
+                service: &c.service,
+                action: c.action,
+            })
+            .collect(),
+        revision: report.map(|r| r.revision),
+        outcome: report.map(|r| r.outcome),
+        elapsed_ms: report.map(|r| r.elapsed_ms),
+        failures: report
+            .map(|r| {
+                r.failures
+                    .iter()
+                    .map(|f| HookFailure {
+                        service: f.service.to_string(),
+                        reason: &f.reason,
+                        log_tail: &f.log_tail,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    serde_json::to_value(&payload).expect("a hook payload always serializes")
 }
 
 /// Says what each hook did: a JSON line with `--format json`, else a line on stderr.
-fn show_hooks(ctx: &Context, results: &[crate::hooks::Outcome]) {
+fn show_hooks(inv: &Invocation, results: &[crate::hooks::Outcome]) {
     for r in results {
-        if ctx.global.format == Format::Json {
-            outln!("{}", serde_json::to_string(r).unwrap_or_default());
-        } else if !r.ok || !ctx.global.quiet {
-            eprintln!(
-                "{}",
-                crate::redact::text(&format!(
-                    "hook {} `{}`: {}: {}",
-                    r.when.as_str(),
-                    r.hook,
-                    if r.ok { "ok" } else { "FAILED" },
-                    r.detail
-                ))
+        if inv.format() == Format::Json {
+            inv.out.data_lossy(&format!(
+                "{}\n",
+                serde_json::to_string(r).unwrap_or_default()
+            ));
+        } else {
+            let line = format!(
+                "hook {} `{}`: {}: {}",
+                r.when.as_str(),
+                r.hook,
+                if r.ok { "ok" } else { "FAILED" },
+                r.detail
             );
+            if r.ok {
+                inv.out.status(&line);
+            } else {
+                inv.out.error(&line);
+            }
         }
     }
 }
@@ -456,12 +493,12 @@ fn grace(loaded: &LoadedConfig) -> Duration {
 /// never block the run (a port they hold, say) nor are duplicated by it.
 /// Instances of another state sharing the project name are left alone.
 fn recover(
-    ctx: &Context,
-    rt: &tokio::runtime::Runtime,
+    inv: &Invocation,
     store: &mut Store,
     backends: &Registry,
     loaded: &LoadedConfig,
 ) -> Result<(), Failure> {
+    let rt = inv.runtime()?;
     let snap = store.snapshot()?;
     let project = &loaded.desired.settings.project;
     let (ours, _) = rt.block_on(reconcile::unknown_by_owner(
@@ -479,93 +516,73 @@ fn recover(
         project,
         grace(loaded),
     ))?;
-    if ctx.global.format != Format::Json && !ctx.global.quiet {
+    if inv.format() != Format::Json {
         for d in &done {
-            eprintln!("recover: `{}` {} {}", d.service, d.action, d.detail);
+            inv.out.status(&format!(
+                "recover: `{}` {} {}",
+                d.service, d.action, d.detail
+            ));
         }
     }
     Ok(())
 }
 
-/// The planned path of `apply`, `destroy` and `restart`.
+/// The planned path of `apply`, `destroy`, `restart` and `rollback`: take
+/// the lock, recover, plan against the locked state, confirm, execute.
 fn plan_and_apply(
-    ctx: &Context,
-    scope: &PlanScope,
-    options: plan::Options,
-    auto_approve: bool,
-    force: bool,
-    no_rollback: bool,
-    what: &str,
-) -> Result<u8, Failure> {
-    let loaded = load_config(ctx)?;
-    plan_and_apply_loaded(
-        ctx,
-        loaded,
-        scope,
-        options,
-        auto_approve,
-        force,
-        no_rollback,
-        what,
-        false,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn plan_and_apply_loaded(
-    ctx: &Context,
-    loaded: LoadedConfig,
-    scope: &PlanScope,
-    options: plan::Options,
-    auto_approve: bool,
-    force: bool,
-    no_rollback: bool,
-    what: &str,
-    is_rollback: bool,
-) -> Result<u8, Failure> {
-    let mut store = open_store(ctx, &loaded)?;
+    inv: &Invocation,
+    loaded: &LoadedConfig,
+    req: &ApplyRequest,
+    run: Run,
+) -> Result<CommandOutcome, Failure> {
+    let state_path = config::state_path(
+        inv.globals.state.as_deref(),
+        Some(loaded),
+        inv.config_path(),
+    );
+    let mut store = open_store(inv, &state_path)?;
     store.ensure_identity(None)?;
-    let backends = registry_for(Some(&loaded), Some(&store.snapshot()?));
-    let rt = runtime()?;
-    recover(ctx, &rt, &mut store, &backends, &loaded)?;
-    let (p, loaded) = make_plan(&loaded, &store, scope, options, &backends, &rt)?;
-    show_plan(ctx, &p);
-    if !p.feasibility.feasible && !force {
+    let backends = inv.backends(Some(loaded), Some(&store.snapshot()?));
+    recover(inv, &mut store, &backends, loaded)?;
+    let snap = store.snapshot()?;
+    let planned = super::plan::plan_against(
+        inv,
+        Some(loaded),
+        &snap,
+        store.path(),
+        &req.scope,
+        run == Run::Destroy,
+    )?;
+    let p = planned.plan;
+    let loaded = planned.loaded.expect("planned with a configuration");
+    show_plan(inv, &p);
+    if !p.feasibility.feasible && !req.force {
         return Err(infeasible(&p));
     }
     if !p.has_changes() {
-        return Ok(exit::OK);
+        return Ok(CommandOutcome::Done);
     }
-    confirm(ctx, auto_approve, what)?;
-    let no_rollback = no_rollback || !loaded.desired.settings.deployment.rollback_on_failure;
+    confirm(inv, req.auto_approve, run.what())?;
+    let no_rollback = req.no_rollback || !loaded.desired.settings.deployment.rollback_on_failure;
     execute(
-        ctx,
-        &rt,
+        inv,
         &p,
         &loaded,
         &mut store,
         &backends,
         no_rollback,
-        is_rollback,
+        run == Run::Rollback,
     )
 }
 
-pub fn run(ctx: &Context, args: &ApplyArgs) -> Result<u8, Failure> {
-    let Some(file) = &args.plan_file else {
-        return plan_and_apply(
-            ctx,
-            &args.scope,
-            plan_options(&args.scope, false),
-            args.auto_approve,
-            args.force,
-            args.no_rollback,
-            "apply these changes",
-        );
+pub fn run(inv: &Invocation, req: &ApplyRequest) -> Result<CommandOutcome, Failure> {
+    let loaded = inv.config()?;
+    let Some(file) = &req.plan_file else {
+        return plan_and_apply(inv, loaded, req, Run::Apply);
     };
     // A saved plan: executed exactly, or refused when stale.
     let saved = crate::planfile::read(file)?;
-    let loaded = load_config(ctx)?;
-    let mut store = open_store(ctx, &loaded)?;
+    let mut store = open_store(inv, inv.state_path())?;
     let snap = store.snapshot()?;
     let mut l = loaded.clone();
     let key = snap.secret_key.clone();
@@ -606,42 +623,33 @@ pub fn run(ctx: &Context, args: &ApplyArgs) -> Result<u8, Failure> {
         .help("run `deploy-code plan --out FILE` again and apply the new plan")
         .into());
     }
-    if !saved.feasibility.feasible && !args.force {
+    if !saved.feasibility.feasible && !req.force {
         return Err(infeasible(&saved));
     }
     store.ensure_identity(key.as_ref())?;
     if !saved.has_changes() {
-        return Ok(exit::OK);
+        return Ok(CommandOutcome::Done);
     }
-    let backends = registry_for(Some(&l), Some(&snap));
-    let rt = runtime()?;
-    let no_rollback = args.no_rollback || !l.desired.settings.deployment.rollback_on_failure;
-    execute(
-        ctx,
-        &rt,
-        &saved,
-        &l,
-        &mut store,
-        &backends,
-        no_rollback,
-        false,
-    )
+    let backends = inv.backends(Some(&l), Some(&snap));
+    let no_rollback = req.no_rollback || !l.desired.settings.deployment.rollback_on_failure;
+    execute(inv, &saved, &l, &mut store, &backends, no_rollback, false)
 }
 
-pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
-    let scope = PlanScope {
-        targets: args.targets.clone(),
-        refresh: true,
-        ..Default::default()
+pub fn destroy(inv: &Invocation, req: &DestroyRequest) -> Result<CommandOutcome, Failure> {
+    let scope = Scope {
+        targets: req.targets.clone(),
+        ..Scope::refreshed()
     };
     // Destroying needs only the state: a configuration that no longer loads (a
     // secret that is gone, a file deleted) must not keep anything running, and
     // one with no services is fine.
     let opts = LoadOptions {
         allow_empty: true,
-        ..ctx.load_options()
+        ..inv.load_options()
     };
-    let loaded = match config::load(&opts).map_err(Failure::from) {
+    let from_file = config::load(&opts).map_err(Failure::from);
+    let from_file_loaded = from_file.is_ok();
+    let loaded = match from_file {
         Ok(l) => l,
         Err(f) => {
             tracing::warn!(
@@ -650,9 +658,9 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
             );
             config::load_from_str(
                 "{}",
-                &ctx.global.config,
+                inv.config_path(),
                 &LoadOptions {
-                    path: ctx.global.config.clone(),
+                    path: inv.config_path().to_path_buf(),
                     allow_empty: true,
                     ..LoadOptions::default()
                 },
@@ -660,35 +668,39 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
         }
     };
     // Nothing to destroy and nowhere to record it: create nothing.
-    let state = state_path(ctx, Some(&loaded));
-    if !ctx.global.config.exists() && !state.exists() {
+    let state = config::state_path(
+        inv.globals.state.as_deref(),
+        Some(&loaded),
+        inv.config_path(),
+    );
+    if !inv.config_path().exists() && !state.exists() {
         return Err(Plain::new(
             Code::E001,
             format!(
                 "nothing to destroy: there is no configuration at `{}` and no state at `{}`",
-                ctx.global.config.display(),
+                inv.config_path().display(),
                 state.display()
             ),
         )
         .help("run it where the deployment's configuration or state is, or name them with `-c FILE` and `--state FILE`")
         .into());
     }
-    let code = plan_and_apply_loaded(
-        ctx,
-        loaded,
-        &scope,
-        plan_options(&scope, true),
-        args.auto_approve,
-        true,
-        false,
-        "destroy these services",
-        false,
+    let done = plan_and_apply(
+        inv,
+        &loaded,
+        &ApplyRequest {
+            scope,
+            auto_approve: req.auto_approve,
+            force: true,
+            ..ApplyRequest::default()
+        },
+        Run::Destroy,
     )?;
     // The project's container networks go with the last container.
-    if code == 0
-        && args.targets.is_empty()
-        && let Ok(loaded) = config::load(&opts)
-        && let Ok(rt) = runtime()
+    if done == CommandOutcome::Done
+        && req.targets.is_empty()
+        && from_file_loaded
+        && let Ok(rt) = inv.runtime()
     {
         let project = &loaded.desired.settings.project;
         let _ = rt.block_on(
@@ -701,7 +713,7 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
             tracing::warn!("{e}");
         }
     }
-    Ok(code)
+    Ok(done)
 }
 
 /// Re-applies the configuration of an earlier successful revision, as a normal
@@ -709,15 +721,15 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
 /// redacted, so its sensitive values are taken from the current configuration
 /// (the same field of the same service); a secret the current configuration no
 /// longer has makes the rollback refuse to start.
-pub fn rollback(ctx: &Context, args: &RollbackArgs) -> Result<u8, Failure> {
-    let current = load_config(ctx)?;
-    let path = state_path(ctx, Some(&current));
-    let history = crate::state::history(&path, 10_000)?;
+pub fn rollback(inv: &Invocation, req: &RollbackRequest) -> Result<CommandOutcome, Failure> {
+    let current = inv.config()?;
+    let path = inv.state_path();
+    let history = crate::state::history(path, 10_000)?;
     let succeeded: Vec<_> = history
         .iter()
         .filter(|d| d.outcome == Outcome::Succeeded)
         .collect();
-    let target = match args.to {
+    let target = match req.to {
         Some(rev) => match history.iter().find(|d| d.revision == rev) {
             Some(d) if d.outcome == Outcome::Succeeded => d,
             Some(d) => {
@@ -754,8 +766,8 @@ pub fn rollback(ctx: &Context, args: &RollbackArgs) -> Result<u8, Failure> {
             }
         },
     };
-    let opts = ctx.load_options();
-    let mut old = config::load_from_str(&target.config_snapshot, &ctx.global.config, &opts)?;
+    let opts = inv.load_options();
+    let mut old = config::load_from_str(&target.config_snapshot, inv.config_path(), &opts)?;
     // Who may call the server and who is told about runs are today's
     // settings, not the revision's (whose secrets the history redacted).
     old.desired.settings.security = current.desired.settings.security.clone();
@@ -796,42 +808,37 @@ pub fn rollback(ctx: &Context, args: &RollbackArgs) -> Result<u8, Failure> {
         .help("the state keeps only digests of secrets; provide them in the current configuration and run the rollback again")
         .into());
     }
-    if ctx.global.format != Format::Json && !ctx.global.quiet {
-        eprintln!(
+    if inv.format() != Format::Json {
+        inv.out.status(&format!(
             "Returning to the configuration of revision {}.",
             target.revision
-        );
+        ));
     }
-    let scope = PlanScope {
-        refresh: true,
-        ..Default::default()
-    };
-    let code = plan_and_apply_loaded(
-        ctx,
-        old,
-        &scope,
-        plan_options(&scope, false),
-        args.auto_approve,
-        false,
-        false,
-        "return to this revision",
-        true,
+    let done = plan_and_apply(
+        inv,
+        &old,
+        &ApplyRequest {
+            scope: Scope::refreshed(),
+            auto_approve: req.auto_approve,
+            ..ApplyRequest::default()
+        },
+        Run::Rollback,
     )?;
-    if code == 0 && ctx.global.format != Format::Json && !ctx.global.quiet {
-        eprintln!(
+    if done == CommandOutcome::Done && inv.format() != Format::Json {
+        inv.out.status(&format!(
             "warning: `{}` still holds the newer configuration: the next `plan` proposes it again. Change the file to keep revision {} (`deploy-code state show --revision {}` shows what it ran).",
-            ctx.global.config.display(),
+            inv.config_path().display(),
             target.revision,
             target.revision
-        );
+        ));
     }
-    Ok(code)
+    Ok(done)
 }
 
-pub fn restart(ctx: &Context, args: &RestartArgs) -> Result<u8, Failure> {
-    let mut replaces = args.services.clone();
+pub fn restart(inv: &Invocation, req: &RestartRequest) -> Result<CommandOutcome, Failure> {
+    let loaded = inv.config()?;
+    let mut replaces = req.services.clone();
     if replaces.is_empty() {
-        let loaded = load_config(ctx)?;
         replaces = loaded
             .desired
             .services
@@ -839,40 +846,40 @@ pub fn restart(ctx: &Context, args: &RestartArgs) -> Result<u8, Failure> {
             .map(|s| s.to_string())
             .collect();
     }
-    let scope = PlanScope {
-        replaces,
-        refresh: true,
-        ..Default::default()
-    };
     plan_and_apply(
-        ctx,
-        &scope,
-        plan_options(&scope, false),
-        args.auto_approve,
-        false,
-        false,
-        "restart these services",
+        inv,
+        loaded,
+        &ApplyRequest {
+            scope: Scope {
+                replaces,
+                ..Scope::refreshed()
+            },
+            auto_approve: req.auto_approve,
+            ..ApplyRequest::default()
+        },
+        Run::Restart,
     )
 }
 
-pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
-    let loaded = load_config(ctx)?;
-    let snap0 = crate::state::load_snapshot(&state_path(ctx, Some(&loaded)))?;
-    let backends = registry_for(Some(&loaded), Some(&snap0));
-    let rt = runtime()?;
+pub fn cleanup(inv: &Invocation, req: &CleanupRequest) -> Result<CommandOutcome, Failure> {
+    let loaded = inv.config()?;
+    let snap0 = crate::state::load_snapshot(inv.state_path())?;
+    let backends = inv.backends(Some(loaded), Some(&snap0));
+    let rt = inv.runtime()?;
     let project = loaded.desired.settings.project.clone();
+    let say = |line: String| inv.out.data_lossy(&format!("{line}\n"));
     // Only instances started by runs of this state are cleaned up; those of
     // another state sharing the project name are named and left alone.
     let left_alone = |theirs: &[(crate::backends::Discovered, String)]| {
         for (d, lineage) in theirs {
-            outln!(
+            say(format!(
                 "left alone: `{}` {} (started by another state, lineage {lineage})",
                 d.service,
                 reconcile::describe(&d.handle)
-            );
+            ));
         }
     };
-    if args.dry_run {
+    if req.dry_run {
         let (ours, theirs) = rt.block_on(reconcile::unknown_by_owner(
             &backends,
             &project,
@@ -880,19 +887,19 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
             snap0.lineage.as_deref(),
         ));
         for d in &ours {
-            outln!(
+            say(format!(
                 "would remove `{}` {}",
                 d.service,
                 reconcile::describe(&d.handle)
-            );
+            ));
         }
         left_alone(&theirs);
         if ours.is_empty() {
-            outln!("Nothing to clean up.");
+            say("Nothing to clean up.".to_owned());
         }
-        return Ok(exit::OK);
+        return Ok(CommandOutcome::Done);
     }
-    let mut store = open_store(ctx, &loaded)?;
+    let mut store = open_store(inv, inv.state_path())?;
     store.ensure_identity(None)?;
     let snap = store.snapshot()?;
     let (ours, theirs) = rt.block_on(reconcile::unknown_by_owner(
@@ -903,21 +910,25 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
     ));
     left_alone(&theirs);
     if ours.is_empty() && snap.open_intents.is_empty() {
-        outln!("Nothing to clean up.");
-        return Ok(exit::OK);
+        say("Nothing to clean up.".to_owned());
+        return Ok(CommandOutcome::Done);
     }
     for d in &ours {
-        outln!("`{}` {}", d.service, reconcile::describe(&d.handle));
+        say(format!(
+            "`{}` {}",
+            d.service,
+            reconcile::describe(&d.handle)
+        ));
     }
-    confirm(ctx, args.auto_approve, "remove these instances")?;
+    confirm(inv, req.auto_approve, "remove these instances")?;
     let done = rt.block_on(reconcile::reconcile(
         &mut store,
         &backends,
         &project,
-        grace(&loaded),
+        grace(loaded),
     ))?;
     for d in &done {
-        outln!("`{}`: {} {}", d.service, d.action, d.detail);
+        say(format!("`{}`: {} {}", d.service, d.action, d.detail));
     }
-    Ok(exit::OK)
+    Ok(CommandOutcome::Done)
 }

@@ -1,109 +1,195 @@
-//! One file per group of commands: each turns resolved arguments into calls on
-//! the engine and hands the results to `render`. They return an exit code or a
-//! `Failure`; they never call `std::process::exit`.
-
-/// Prints to stdout through [`out`]: redacted, and quiet when the reader went away.
-macro_rules! out {
-    ($($t:tt)*) => {
-        $crate::commands::out(&format!($($t)*))
-    };
-}
-
-/// [`out!`] with a newline.
-macro_rules! outln {
-    ($($t:tt)*) => {
-        $crate::commands::out(&format!("{}\n", format_args!($($t)*)))
-    };
-}
+//! One file per group of commands: each takes an [`Invocation`] (the
+//! resolved global options, the configuration loaded once, the state path,
+//! one async runtime, the backends, the [`Output`]) and a small typed
+//! request, calls the engine and hands the results to `render`. They return
+//! a [`CommandOutcome`] or a `Failure`; `cli` turns either into an exit code.
+//! Nothing here reads a flag: `cli` resolves them before.
 
 pub mod apply;
 pub mod ops;
 pub mod plan;
 pub mod progress;
-pub mod serve;
 pub mod state;
 pub mod status;
 pub mod validate;
 
-use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use crate::cli::Context;
+use crate::backends::Registry;
 use crate::config::{self, LoadOptions, LoadedConfig};
 use crate::error::{Code, Failure, Plain};
+pub use crate::output::{Format, Output};
 
-/// The configuration as far as a reader of the state needs it (its
-/// `state.path` and project, and its secrets, which output must redact), or
-/// `None` when it does not load: reading the state needs no services.
-pub(crate) fn config_for_reading(ctx: &Context) -> Option<LoadedConfig> {
-    config::load(&LoadOptions {
-        allow_empty: true,
-        ..ctx.load_options()
-    })
-    .ok()
+/// How a command that did not fail ended; `cli` maps it to the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandOutcome {
+    /// Done (exit 0).
+    Done,
+    /// A plan with changes under `--detailed-exitcode` (exit 2).
+    Changes,
+    /// A plan that does not fit (exit 3).
+    Infeasible,
+    /// A check that found problems: `health`, `doctor` (exit 1).
+    Problems,
 }
 
-/// The state file of a command that only reads it, by the one rule:
-/// `--state` (or `DEPLOY_CODE_STATE`), else the configuration's
-/// `state.path`, else `.deploy-code/state.db` beside the configuration.
-pub(crate) fn reader_state_path(ctx: &Context) -> std::path::PathBuf {
-    let loaded = config_for_reading(ctx);
-    config::state_path(
-        ctx.global.state.as_deref(),
-        loaded.as_ref(),
-        &ctx.global.config,
-    )
+/// The global options, resolved: what every command may need from the
+/// command line and the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Globals {
+    /// The configuration file.
+    pub config: PathBuf,
+    pub vars: Vec<(String, String)>,
+    pub var_files: Vec<PathBuf>,
+    pub allow_empty: bool,
+    /// `--state` (or `DEPLOY_CODE_STATE`).
+    pub state: Option<PathBuf>,
+    pub lock_timeout: Option<Duration>,
 }
 
-/// Writes `text` to stdout where a failure to write cannot change the outcome.
-pub(crate) fn out(text: &str) {
-    let _ = print(text);
+/// One run of one command: the resolved options, the configuration (loaded
+/// at most once), the state path by the one rule, one async runtime and the
+/// output. Built once, by `cli` or by the server for a call.
+pub struct Invocation {
+    pub globals: Globals,
+    pub out: Output,
+    /// The configuration as the command's options load it.
+    strict: OnceLock<LoadedConfig>,
+    /// The configuration as a reader of the state loads it (no services
+    /// needed), or `None` when it does not load.
+    lenient: OnceLock<Option<LoadedConfig>>,
+    state: OnceLock<PathBuf>,
+    runtime: OnceLock<tokio::runtime::Runtime>,
 }
 
-/// A receiver of captured output.
-type Sink = Box<dyn FnMut(&str)>;
-
-thread_local! {
-    /// Where this thread's output goes instead of stdout (see [`capture`]).
-    static SINK: std::cell::RefCell<Option<Sink>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Runs `f` with everything it would print to stdout (redacted, as always)
-/// handed to `sink` instead: the server runs the same commands as the CLI
-/// and returns or streams what they print. Only this thread is affected.
-pub(crate) fn capture<R>(sink: impl FnMut(&str) + 'static, f: impl FnOnce() -> R) -> R {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            SINK.with(|s| s.borrow_mut().take());
+impl Invocation {
+    pub fn new(globals: Globals, out: Output) -> Self {
+        Self {
+            globals,
+            out,
+            strict: OnceLock::new(),
+            lenient: OnceLock::new(),
+            state: OnceLock::new(),
+            runtime: OnceLock::new(),
         }
     }
-    SINK.with(|s| *s.borrow_mut() = Some(Box::new(sink)));
-    let _reset = Reset;
-    f()
-}
 
-/// Writes `text` to stdout; a reader that went away (`| head`) is not an error.
-pub(crate) fn print(text: &str) -> Result<(), Failure> {
-    let text = crate::redact::text(text);
-    let captured = SINK.with(|s| match s.borrow_mut().as_mut() {
-        Some(sink) => {
-            sink(&text);
-            true
-        }
-        None => false,
-    });
-    if captured {
-        return Ok(());
+    /// The configuration file's path.
+    pub fn config_path(&self) -> &Path {
+        &self.globals.config
     }
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|_| out.flush())
-        .or_else(|e| {
-            if e.kind() == std::io::ErrorKind::BrokenPipe {
-                Ok(())
-            } else {
-                Err(e)
-            }
+
+    pub fn format(&self) -> Format {
+        self.out.format()
+    }
+
+    /// What loading the configuration takes from the options.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            path: self.globals.config.clone(),
+            vars: self.globals.vars.clone(),
+            var_files: self.globals.var_files.clone(),
+            allow_empty: self.globals.allow_empty,
+        }
+    }
+
+    /// The configuration, loaded once; its problems are the command's failure.
+    pub fn config(&self) -> Result<&LoadedConfig, Failure> {
+        if let Some(l) = self.strict.get() {
+            return Ok(l);
+        }
+        let loaded = config::load(&self.load_options())?;
+        Ok(self.strict.get_or_init(|| loaded))
+    }
+
+    /// The configuration as far as a reader of the state needs it (its
+    /// `state.path` and project, and its secrets, which output must redact),
+    /// or `None` when it does not load: reading the state needs no services.
+    pub fn config_for_reading(&self) -> Option<&LoadedConfig> {
+        if let Some(l) = self.strict.get() {
+            return Some(l);
+        }
+        self.lenient
+            .get_or_init(|| {
+                config::load(&LoadOptions {
+                    allow_empty: true,
+                    ..self.load_options()
+                })
+                .ok()
+            })
+            .as_ref()
+    }
+
+    /// The state file, by the one rule: `--state` (or `DEPLOY_CODE_STATE`),
+    /// else the configuration's `state.path`, else `.deploy-code/state.db`
+    /// beside the configuration.
+    pub fn state_path(&self) -> &Path {
+        self.state.get_or_init(|| {
+            config::state_path(
+                self.globals.state.as_deref(),
+                self.config_for_reading(),
+                &self.globals.config,
+            )
         })
-        .map_err(|e| Plain::new(Code::E016, format!("cannot write the output: {e}")).into())
+    }
+
+    /// The one async runtime of this command.
+    pub fn runtime(&self) -> Result<&tokio::runtime::Runtime, Failure> {
+        if let Some(rt) = self.runtime.get() {
+            return Ok(rt);
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                Failure::from(Plain::new(
+                    Code::E016,
+                    format!("cannot start the async runtime: {e}"),
+                ))
+            })?;
+        Ok(self.runtime.get_or_init(|| rt))
+    }
+
+    /// The backends a configuration and a state need: processes always,
+    /// Docker and Swarm when a service of either uses them.
+    pub fn backends(
+        &self,
+        loaded: Option<&LoadedConfig>,
+        snap: Option<&crate::state::Snapshot>,
+    ) -> Registry {
+        let mut kinds = Vec::new();
+        if let Some(l) = loaded {
+            kinds.push(l.desired.settings.default_backend);
+            kinds.extend(l.desired.services.values().map(|s| s.backend));
+        }
+        if let Some(s) = snap {
+            kinds.extend(s.services.values().map(|r| r.backend));
+        }
+        Registry::for_kinds(kinds)
+    }
+}
+
+/// What a plan covers; shared by `plan`, `apply`, `destroy`.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub targets: Vec<String>,
+    pub excludes: Vec<String>,
+    pub replaces: Vec<String>,
+    /// Compare with what really runs.
+    pub refresh: bool,
+    /// Feasibility against this inventory file instead of a probe.
+    pub inventory: Option<PathBuf>,
+}
+
+impl Scope {
+    /// Everything, refreshed.
+    pub fn refreshed() -> Self {
+        Self {
+            refresh: true,
+            ..Self::default()
+        }
+    }
 }

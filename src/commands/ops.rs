@@ -1,85 +1,25 @@
 //! `metrics` and `doctor`: the tool explaining the state of things.
 
-use crate::cli::*;
-use crate::error::{Failure, exit};
+use super::{CommandOutcome, Format, Invocation};
+use crate::error::Failure;
+use crate::render::doctor::{Check, DoctorDoc};
 
-/// The project name and state path for commands that read the state: from the
-/// config when it loads, else the defaults (`code`, beside the config path).
-pub(crate) fn project_and_state(ctx: &Context) -> (String, std::path::PathBuf) {
-    let loaded = super::config_for_reading(ctx);
-    let project = loaded
-        .as_ref()
+pub fn metrics(inv: &Invocation) -> Result<CommandOutcome, Failure> {
+    // The project from the configuration when it loads, else the default.
+    let project = inv
+        .config_for_reading()
         .map(|l| l.desired.settings.project.clone())
         .unwrap_or_else(|| "code".to_owned());
-    let state = crate::config::state_path(
-        ctx.global.state.as_deref(),
-        loaded.as_ref(),
-        &ctx.global.config,
-    );
-    (project, state)
-}
-
-pub fn metrics(ctx: &Context, _args: &MetricsArgs) -> Result<u8, Failure> {
-    let (project, state_path) = project_and_state(ctx);
-    let snapshot = crate::state::load_snapshot(&state_path)?;
+    let state_path = inv.state_path();
+    let snapshot = crate::state::load_snapshot(state_path)?;
     let history = if snapshot.lineage.is_some() {
-        crate::state::history(&state_path, u64::MAX)?
+        crate::state::history(state_path, u64::MAX)?
     } else {
         Vec::new()
     };
-    out!(
-        "{}",
-        crate::metrics::exposition(&project, &snapshot, &history)
-    );
-    Ok(exit::OK)
-}
-
-/// The verdict of one doctor check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-enum Verdict {
-    Ok,
-    Warning,
-    Failed,
-}
-
-#[derive(Debug, serde::Serialize)]
-struct Check {
-    check: &'static str,
-    verdict: Verdict,
-    detail: String,
-    /// What to do about it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    help: Option<String>,
-}
-
-impl Check {
-    fn ok(check: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            check,
-            verdict: Verdict::Ok,
-            detail: detail.into(),
-            help: None,
-        }
-    }
-
-    fn warn(check: &'static str, detail: impl Into<String>, help: impl Into<String>) -> Self {
-        Self {
-            check,
-            verdict: Verdict::Warning,
-            detail: detail.into(),
-            help: Some(help.into()),
-        }
-    }
-
-    fn fail(check: &'static str, detail: impl Into<String>, help: impl Into<String>) -> Self {
-        Self {
-            check,
-            verdict: Verdict::Failed,
-            detail: detail.into(),
-            help: Some(help.into()),
-        }
-    }
+    inv.out
+        .data_lossy(&crate::metrics::exposition(&project, &snapshot, &history));
+    Ok(CommandOutcome::Done)
 }
 
 /// Whether `dir` (or, when missing, the nearest existing ancestor that would
@@ -112,40 +52,34 @@ fn writable(dir: &std::path::Path) -> Result<String, String> {
         .map_err(|e| format!("{}: {e}", probe_dir.display()))
 }
 
-fn run_checks(ctx: &Context) -> Vec<Check> {
+fn run_checks(inv: &Invocation) -> Vec<Check> {
     use crate::model::BackendKind;
     let mut checks = Vec::new();
-    let loaded = crate::config::load(&ctx.load_options());
-    let loaded = match loaded {
+    let loaded = match inv.config() {
         Ok(l) => {
             checks.push(Check::ok(
                 "config",
                 format!(
                     "{}: {} services",
-                    ctx.global.config.display(),
+                    inv.config_path().display(),
                     l.desired.services.len()
                 ),
             ));
             Some(l)
         }
-        Err(e) => {
-            let code = miette::Diagnostic::code(&e)
-                .map(|c| c.to_string())
-                .unwrap_or_default();
+        Err(f) => {
+            let code = f.report.code().map(|c| c.to_string()).unwrap_or_default();
             checks.push(Check::fail(
                 "config",
-                format!("{}: {e} ({code})", ctx.global.config.display()),
+                format!("{}: {} ({code})", inv.config_path().display(), f.report),
                 "run `deploy-code validate` to see every problem with its location",
             ));
             None
         }
     };
 
-    let state_path = crate::config::state_path(
-        ctx.global.state.as_deref(),
-        loaded.as_ref(),
-        &ctx.global.config,
-    );
+    let state_path =
+        crate::config::state_path(inv.globals.state.as_deref(), loaded, inv.config_path());
     if !state_path.exists() {
         checks.push(Check::ok(
             "state",
@@ -208,7 +142,7 @@ fn run_checks(ctx: &Context) -> Vec<Check> {
             .is_some_and(|l| l.desired.services.values().any(|s| s.backend == kind))
     };
     let needs_docker = uses(BackendKind::Docker) || uses(BackendKind::Swarm);
-    match runtime_info() {
+    match runtime_info(inv) {
         Ok(info) => checks.push(Check::ok("docker", info)),
         Err(e) if needs_docker => checks.push(Check::fail(
             "docker",
@@ -284,11 +218,8 @@ fn run_checks(ctx: &Context) -> Vec<Check> {
     checks
 }
 
-fn runtime_info() -> Result<String, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+fn runtime_info(inv: &Invocation) -> Result<String, String> {
+    let rt = inv.runtime().map_err(|f| f.report.to_string())?;
     rt.block_on(async {
         tokio::time::timeout(
             std::time::Duration::from_secs(5),
@@ -300,39 +231,19 @@ fn runtime_info() -> Result<String, String> {
     })
 }
 
-pub fn doctor(ctx: &Context, _args: &DoctorArgs) -> Result<u8, Failure> {
-    let checks = run_checks(ctx);
-    let failed = checks
-        .iter()
-        .filter(|c| c.verdict == Verdict::Failed)
-        .count();
-    if ctx.global.format == Format::Json {
-        let doc = serde_json::json!({
-            "format_version": 1,
-            "healthy": failed == 0,
-            "checks": checks,
-        });
-        outln!("{}", serde_json::to_string_pretty(&doc).expect("JSON"));
+pub fn doctor(inv: &Invocation) -> Result<CommandOutcome, Failure> {
+    let doc = DoctorDoc::new(run_checks(inv));
+    if inv.format() == Format::Json {
+        inv.out.data_lossy(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&doc).expect("JSON")
+        ));
     } else {
-        for c in &checks {
-            let mark = match c.verdict {
-                Verdict::Ok => "ok  ",
-                Verdict::Warning => "warn",
-                Verdict::Failed => "FAIL",
-            };
-            outln!("{mark} {:<9} {}", c.check, c.detail);
-            if let Some(h) = &c.help {
-                outln!("               help: {h}");
-            }
-        }
-        outln!(
-            "\n{}",
-            if failed == 0 {
-                "No problem found.".to_owned()
-            } else {
-                format!("{failed} check(s) failed.")
-            }
-        );
+        inv.out.data_lossy(&doc.human());
     }
-    Ok(if failed == 0 { exit::OK } else { exit::ERROR })
+    Ok(if doc.healthy {
+        CommandOutcome::Done
+    } else {
+        CommandOutcome::Problems
+    })
 }

@@ -6,10 +6,9 @@
 
 use std::path::PathBuf;
 
-use super::print;
-use crate::cli::*;
+use super::{CommandOutcome, Format, Invocation, Scope};
 use crate::config::{self, LoadedConfig};
-use crate::error::{Failure, exit};
+use crate::error::Failure;
 use crate::inventory::{self, Inventory};
 use crate::model::SecretKey;
 use crate::plan::{self, Plan};
@@ -74,40 +73,56 @@ pub(crate) async fn observe(
     obs
 }
 
-/// Loads the configuration and the state, takes the inventory (the
-/// `--inventory` file, else a probe of this host), observes running processes
-/// when refresh is on, and plans. Never writes anything.
-pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Prepared, Failure> {
-    let g = &ctx.global;
-    // A destroy plan needs no services.
-    let opts = config::LoadOptions {
-        allow_empty: destroy_all || g.allow_empty,
-        ..ctx.load_options()
-    };
-    let mut loaded = if destroy_all && !g.config.exists() {
-        None
-    } else {
-        Some(config::load(&opts)?)
-    };
-    let state_path = config::state_path(g.state.as_deref(), loaded.as_ref(), &g.config);
-    let snapshot = state::load_snapshot(&state_path)?;
-    if loaded
-        .as_ref()
-        .is_some_and(|l| l.desired.services.values().any(|s| s.has_sensitive()))
-    {
-        snapshot.require_key(&state_path)?;
+/// What `plan` is asked.
+#[derive(Clone, Debug, Default)]
+pub struct PlanRequest {
+    pub scope: Scope,
+    /// Plan to remove everything the state records.
+    pub destroy: bool,
+    /// Save the plan here.
+    pub out: Option<PathBuf>,
+    /// Report changes as [`CommandOutcome::Changes`].
+    pub detailed_exitcode: bool,
+}
+
+/// The plan of a configuration against a state, and what it was made with.
+pub(crate) struct Planned {
+    /// The configuration, its secrets digested under `secret_key`.
+    pub loaded: Option<LoadedConfig>,
+    pub plan: Plan,
+    pub config_hash: String,
+    pub secret_key: SecretKey,
+    pub inventory: Inventory,
+}
+
+/// The one way a plan is made, for `plan` and `apply` alike: re-digest the
+/// configuration's secrets under the state's key (a new one for a new
+/// state), take the inventory (the `--inventory` file, else the Swarm's
+/// nodes or a probe of this host), observe what runs when refresh is on,
+/// and plan. Writes nothing.
+pub(crate) fn plan_against(
+    inv: &Invocation,
+    loaded: Option<&LoadedConfig>,
+    snapshot: &Snapshot,
+    state_path: &std::path::Path,
+    scope: &Scope,
+    destroy_all: bool,
+) -> Result<Planned, Failure> {
+    if loaded.is_some_and(|l| l.desired.services.values().any(|s| s.has_sensitive())) {
+        snapshot.require_key(state_path)?;
     }
     let secret_key = snapshot
         .secret_key
         .clone()
         .unwrap_or_else(SecretKey::random);
+    let mut loaded = loaded.cloned();
     if let Some(l) = loaded.as_mut() {
         l.desired.rekey(&secret_key);
     }
     let config_hash = loaded
         .as_ref()
         .map_or_else(|| "none".to_owned(), LoadedConfig::config_hash);
-
+    let rt = inv.runtime()?;
     let inventory = match &scope.inventory {
         Some(path) => inventory::load_file(path)?,
         None => {
@@ -118,31 +133,31 @@ pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Pr
             let swarm = loaded.as_ref().is_some_and(|l| {
                 l.desired.settings.default_backend == crate::model::BackendKind::Swarm
             });
-            swarm
-                .then(crate::backends::swarm::cluster_inventory_blocking)
-                .flatten()
-                .unwrap_or_else(|| inventory::probe(&data_dir))
+            let cluster = swarm
+                .then(|| match rt.block_on(crate::backends::swarm::nodes_inventory()) {
+                    Ok(i) if !i.hosts.is_empty() => Some(i),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no Swarm manager answers; probing this host instead");
+                        None
+                    }
+                })
+                .flatten();
+            cluster.unwrap_or_else(|| inventory::probe(&data_dir))
         }
     };
-    let observations = scope.refresh().then(|| match loaded.as_ref() {
-        Some(l) => match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt.block_on(observe(
-                &crate::commands::apply::registry_for(Some(l), Some(&snapshot)),
-                &l.desired.settings.project,
-                &snapshot,
-            )),
-            Err(_) => crate::backends::process::observe_recorded(&snapshot),
-        },
+    let observations = scope.refresh.then(|| match loaded.as_ref() {
+        Some(l) => rt.block_on(observe(
+            &inv.backends(Some(l), Some(snapshot)),
+            &l.desired.settings.project,
+            snapshot,
+        )),
         // Without a configuration there is no project name to look for.
-        None => crate::backends::process::observe_recorded(&snapshot),
+        None => crate::backends::process::observe_recorded(snapshot),
     });
-
     let input = plan::Input {
         desired: loaded.as_ref().map(|l| &l.desired),
-        snapshot: &snapshot,
+        snapshot,
         observations: observations.as_ref(),
         inventory: &inventory,
         config_hash: config_hash.clone(),
@@ -155,21 +170,58 @@ pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Pr
     };
     let mut plan = plan::plan(&input)?;
     plan.binding.state_key_id = Some(crate::state::key::id(&secret_key));
-    Ok(Prepared {
+    Ok(Planned {
         loaded,
-        snapshot,
         plan,
-        state_path,
         config_hash,
         secret_key,
         inventory,
     })
 }
 
+/// Loads the configuration and the state (read-only, no lock) and plans
+/// ([`plan_against`]). Never writes anything.
+pub fn prepare(inv: &Invocation, scope: &Scope, destroy_all: bool) -> Result<Prepared, Failure> {
+    // A destroy plan needs no services, nor a configuration file.
+    let loaded = if destroy_all && !inv.config_path().exists() {
+        None
+    } else if destroy_all {
+        Some(config::load(&config::LoadOptions {
+            allow_empty: true,
+            ..inv.load_options()
+        })?)
+    } else {
+        Some(inv.config()?.clone())
+    };
+    let state_path = config::state_path(
+        inv.globals.state.as_deref(),
+        loaded.as_ref(),
+        inv.config_path(),
+    );
+    let snapshot = state::load_snapshot(&state_path)?;
+    let planned = plan_against(
+        inv,
+        loaded.as_ref(),
+        &snapshot,
+        &state_path,
+        scope,
+        destroy_all,
+    )?;
+    Ok(Prepared {
+        loaded: planned.loaded,
+        snapshot,
+        plan: planned.plan,
+        state_path,
+        config_hash: planned.config_hash,
+        secret_key: planned.secret_key,
+        inventory: planned.inventory,
+    })
+}
+
 /// The plan in the format asked for.
-pub fn render_plan(ctx: &Context, plan: &Plan) -> String {
-    match ctx.global.format {
-        Format::Human => render::plan::human(plan, ctx.color),
+pub fn render_plan(inv: &Invocation, plan: &Plan) -> String {
+    match inv.format() {
+        Format::Human => render::plan::human(plan, inv.out.color()),
         Format::Json => {
             let mut s = render::plan::json(plan);
             s.push('\n');
@@ -181,15 +233,15 @@ pub fn render_plan(ctx: &Context, plan: &Plan) -> String {
     }
 }
 
-/// The exit code of a plan: 3 when infeasible (always); with
-/// `--detailed-exitcode` 2 when it has changes; else 0.
-pub fn exit_code(plan: &Plan, detailed: bool) -> u8 {
+/// The outcome of a plan: infeasible (always); with `--detailed-exitcode`
+/// changes when it has some; else done.
+pub fn outcome(plan: &Plan, detailed: bool) -> CommandOutcome {
     if !plan.feasibility.feasible {
-        exit::INFEASIBLE
+        CommandOutcome::Infeasible
     } else if detailed && plan.has_changes() {
-        exit::CHANGES
+        CommandOutcome::Changes
     } else {
-        exit::OK
+        CommandOutcome::Done
     }
 }
 
@@ -199,18 +251,18 @@ fn has_secret(c: &plan::Change) -> bool {
         .is_some_and(crate::model::ServiceSpec::has_sensitive)
 }
 
-pub fn run(ctx: &Context, args: &PlanArgs) -> Result<u8, Failure> {
-    let prepared = prepare(ctx, &args.scope, args.destroy)?;
+pub fn run(inv: &Invocation, req: &PlanRequest) -> Result<CommandOutcome, Failure> {
+    let prepared = prepare(inv, &req.scope, req.destroy)?;
     let plan = &prepared.plan;
-    let mut text = render_plan(ctx, plan);
-    if let Some(out) = &args.out {
+    let mut text = render_plan(inv, plan);
+    if let Some(out) = &req.out {
         // A plan for a state that has no key yet keeps the key it made its
         // digests with beside the state, where `apply` will find it.
         if prepared.snapshot.secret_key.is_none() && plan.changes.iter().any(has_secret) {
             crate::state::key::store(&prepared.state_path, &prepared.secret_key)?;
         }
         crate::planfile::write(out, plan)?;
-        if ctx.global.format == Format::Human && !ctx.global.quiet {
+        if inv.format() == Format::Human && !inv.out.quiet() {
             text.push_str(&format!(
                 "\nSaved the plan to `{}`. Apply exactly this plan with `deploy-code apply {}`.\n",
                 out.display(),
@@ -218,42 +270,48 @@ pub fn run(ctx: &Context, args: &PlanArgs) -> Result<u8, Failure> {
             ));
         }
     }
-    print(&text)?;
-    Ok(exit_code(plan, args.detailed_exitcode))
+    inv.out.data(&text)?;
+    Ok(outcome(plan, req.detailed_exitcode))
 }
 
-pub fn show(ctx: &Context, args: &ShowArgs) -> Result<u8, Failure> {
-    let plan = crate::planfile::read(&args.plan_file)?;
-    print(&render_plan(ctx, &plan))?;
-    Ok(exit::OK)
+/// `show`: a saved plan in the format asked for.
+pub fn show(inv: &Invocation, plan_file: &std::path::Path) -> Result<CommandOutcome, Failure> {
+    let plan = crate::planfile::read(plan_file)?;
+    inv.out.data(&render_plan(inv, &plan))?;
+    Ok(CommandOutcome::Done)
 }
 
-pub fn inventory(ctx: &Context, _args: &InventoryArgs) -> Result<u8, Failure> {
-    let g = &ctx.global;
+/// One host of an inventory, or all of them.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum InventoryDoc<'a> {
+    Host(&'a inventory::Host),
+    Hosts { hosts: &'a [inventory::Host] },
+}
+
+pub fn inventory(inv: &Invocation) -> Result<CommandOutcome, Failure> {
     // The data directory decides which disk counts; without a usable
     // configuration it is the current directory's.
-    let data_dir = if g.config.exists() {
-        config::load(&ctx.load_options())
-            .map(|l| l.desired.settings.data_dir)
+    let data_dir = if inv.config_path().exists() {
+        inv.config()
+            .map(|l| l.desired.settings.data_dir.clone())
             .unwrap_or_else(|_| PathBuf::from("."))
     } else {
         PathBuf::from(".")
     };
-    let inv = inventory::probe(&data_dir);
-    let text = match g.format {
+    let host = inventory::probe(&data_dir);
+    let text = match inv.format() {
         Format::Json => {
-            let v = if inv.hosts.len() == 1 {
-                serde_json::to_value(&inv.hosts[0])
-            } else {
-                serde_json::to_value(serde_json::json!({ "hosts": inv.hosts }))
-            }
-            .expect("an inventory always serializes");
-            let mut s = serde_json::to_string_pretty(&v).expect("JSON always serializes");
+            let doc = match host.hosts.as_slice() {
+                [one] => InventoryDoc::Host(one),
+                all => InventoryDoc::Hosts { hosts: all },
+            };
+            let mut s = serde_json::to_string_pretty(&doc).expect("an inventory always serializes");
             s.push('\n');
             s
         }
-        _ => inventory::to_yaml(&inv),
+        _ => inventory::to_yaml(&host),
     };
-    print(&text)?;
-    Ok(exit::OK)
+    inv.out.data(&text)?;
+    Ok(CommandOutcome::Done)
 }

@@ -1,5 +1,6 @@
 //! Renders the events of a run: a progress bar per phase on a terminal, plain
-//! timestamped lines otherwise, one JSON object per line with `--format json`.
+//! timestamped lines otherwise, one JSON object per line with `--format json`;
+//! every line through the command's [`Output`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::apply::Event;
+use crate::output::Output;
 use crate::plan::Action;
 use crate::state::Outcome;
 
@@ -20,8 +22,9 @@ pub enum Mode {
     Quiet,
 }
 
-pub struct Progress {
+pub struct Progress<'o> {
     mode: Mode,
+    out: &'o Output,
     inner: Mutex<Inner>,
     /// Actions under way, for the lines that say a gate is still waiting.
     waiting: Mutex<BTreeMap<String, Waiting>>,
@@ -59,12 +62,18 @@ fn stamp() -> String {
     )
 }
 
-impl Progress {
-    pub fn new(mode: Mode) -> Self {
+impl<'o> Progress<'o> {
+    pub fn new(mode: Mode, out: &'o Output) -> Self {
+        let multi = if mode == Mode::Bars {
+            out.progress_bars()
+        } else {
+            MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+        };
         Self {
             mode,
+            out,
             inner: Mutex::new(Inner {
-                multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                multi,
                 bars: HashMap::new(),
                 current: 0,
             }),
@@ -101,11 +110,11 @@ impl Progress {
                 .as_deref()
                 .map(|p| format!(" (last probe: {p})"))
                 .unwrap_or_default();
-            eprintln!(
+            self.out.status(&format!(
                 "{} {service}: still waiting after {} s{last}",
                 stamp(),
                 w.began.elapsed().as_secs()
-            );
+            ));
         }
     }
 
@@ -227,11 +236,11 @@ impl Progress {
                         serde_json::Value::String(crate::apply::now_rfc3339()),
                     );
                 }
-                super::out(&format!("{v}\n"));
+                self.out.data_lossy(&format!("{v}\n"));
             }
             Mode::Lines => {
                 if let Some(l) = self.line(e) {
-                    eprintln!("{} {l}", stamp());
+                    self.out.status(&format!("{} {l}", stamp()));
                 }
             }
             Mode::Bars => self.bars(e),
@@ -267,9 +276,7 @@ impl Progress {
             Event::ActionFailed {
                 service, reason, ..
             } => {
-                let _ = inner
-                    .multi
-                    .println(format!("  {service}: failed: {reason}"));
+                self.out.status(&format!("  {service}: failed: {reason}"));
             }
             Event::PhaseFinished {
                 phase,
@@ -287,7 +294,7 @@ impl Progress {
             }
             other => {
                 if let Some(l) = self.line(other) {
-                    let _ = inner.multi.println(l);
+                    self.out.status(&l);
                 }
             }
         }

@@ -4,9 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::print;
-use crate::cli::*;
-use crate::error::{Code, Failure, Plain, exit};
+use super::{CommandOutcome, Format, Invocation};
+use crate::error::{Code, Failure, Plain};
 use crate::model::ServiceName;
 use crate::render::state::{self as view, StateDocument};
 use crate::state::{self, Holder, StateError, Store};
@@ -14,23 +13,48 @@ use crate::state::{self, Holder, StateError, Store};
 /// How many events `state show SERVICE` lists.
 const RECENT_EVENTS: u64 = 20;
 
-pub fn run(ctx: &Context, cmd: StateCommand) -> Result<u8, Failure> {
-    let path = state_path(ctx);
-    match cmd {
-        StateCommand::List => list(ctx, &path),
-        StateCommand::Show(a) => show(ctx, &path, &a),
-        StateCommand::History(a) => history(ctx, &path, a.limit),
-        StateCommand::Audit(a) => audit(ctx, &path, a.limit),
-        StateCommand::Rm(a) => rm(ctx, &path, &a.service),
-        StateCommand::Backup(a) => backup(ctx, &path, &a.file),
-        StateCommand::Restore(a) => restore(ctx, &path, &a),
-        StateCommand::Unlock(a) => unlock(ctx, &path, a.force),
-    }
+/// What a `state` command is asked.
+#[derive(Clone, Debug)]
+pub enum StateRequest {
+    List,
+    /// The state's identity, or one service, or what a revision deployed.
+    Show {
+        service: Option<String>,
+        revision: Option<u64>,
+    },
+    History {
+        limit: u64,
+    },
+    Audit {
+        limit: u64,
+    },
+    Rm {
+        service: String,
+    },
+    Backup {
+        file: PathBuf,
+    },
+    Restore {
+        file: PathBuf,
+        force: bool,
+    },
+    Unlock {
+        force: bool,
+    },
 }
 
-/// The state's path by the one rule (see [`super::reader_state_path`]).
-fn state_path(ctx: &Context) -> PathBuf {
-    super::reader_state_path(ctx)
+pub fn run(inv: &Invocation, req: &StateRequest) -> Result<CommandOutcome, Failure> {
+    let path = inv.state_path();
+    match req {
+        StateRequest::List => list(inv, path),
+        StateRequest::Show { service, revision } => show(inv, path, service.as_deref(), *revision),
+        StateRequest::History { limit } => history(inv, path, *limit),
+        StateRequest::Audit { limit } => audit(inv, path, *limit),
+        StateRequest::Rm { service } => rm(inv, path, service),
+        StateRequest::Backup { file } => backup(inv, path, file),
+        StateRequest::Restore { file, force } => restore(inv, path, file, *force),
+        StateRequest::Unlock { force } => unlock(inv, path, *force),
+    }
 }
 
 fn shown(path: &Path) -> String {
@@ -38,36 +62,45 @@ fn shown(path: &Path) -> String {
 }
 
 /// Prints a document as JSON or YAML when asked, else the human text.
-fn emit(ctx: &Context, doc: StateDocument, human: impl FnOnce() -> String) -> Result<u8, Failure> {
-    match ctx.global.format {
-        Format::Json => print(&format!("{}\n", view::to_json(&doc)))?,
-        Format::Yaml => print(
+fn emit(
+    inv: &Invocation,
+    doc: StateDocument,
+    human: impl FnOnce() -> String,
+) -> Result<CommandOutcome, Failure> {
+    match inv.format() {
+        Format::Json => inv.out.data(&format!("{}\n", view::to_json(&doc)))?,
+        Format::Yaml => inv.out.data(
             &serde_yaml::to_string(&doc)
                 .map_err(|e| Plain::new(Code::E016, format!("cannot write YAML: {e}")))?,
         )?,
-        Format::Human | Format::Markdown => print(&human())?,
+        Format::Human | Format::Markdown => inv.out.data(&human())?,
     }
-    Ok(exit::OK)
+    Ok(CommandOutcome::Done)
 }
 
-fn audit(ctx: &Context, path: &Path, limit: u64) -> Result<u8, Failure> {
+fn audit(inv: &Invocation, path: &Path, limit: u64) -> Result<CommandOutcome, Failure> {
     let events = state::audit_events(path, limit)?;
     let doc = view::audit_doc(&shown(path), &events);
-    emit(ctx, StateDocument::Audit(doc.clone()), || {
-        view::audit_human(&doc, ctx.color)
+    emit(inv, StateDocument::Audit(doc.clone()), || {
+        view::audit_human(&doc, inv.out.color())
     })
 }
 
-fn list(ctx: &Context, path: &Path) -> Result<u8, Failure> {
+fn list(inv: &Invocation, path: &Path) -> Result<CommandOutcome, Failure> {
     let snap = state::load_snapshot(path)?;
     let doc = view::list_doc(&shown(path), &snap);
-    emit(ctx, StateDocument::List(doc.clone()), || {
-        view::list_human(&doc, ctx.color)
+    emit(inv, StateDocument::List(doc.clone()), || {
+        view::list_human(&doc, inv.out.color())
     })
 }
 
-fn show(ctx: &Context, path: &Path, args: &StateShowArgs) -> Result<u8, Failure> {
-    if let Some(rev) = args.revision {
+fn show(
+    inv: &Invocation,
+    path: &Path,
+    service: Option<&str>,
+    revision: Option<u64>,
+) -> Result<CommandOutcome, Failure> {
+    if let Some(rev) = revision {
         let Some(d) = state::deployment(path, rev)? else {
             return Err(Plain::new(
                 Code::E016,
@@ -80,15 +113,15 @@ fn show(ctx: &Context, path: &Path, args: &StateShowArgs) -> Result<u8, Failure>
             .into());
         };
         let doc = view::deployment_doc(&shown(path), &d);
-        return emit(ctx, StateDocument::Deployment(doc.clone()), || {
-            view::deployment_human(&doc, ctx.color)
+        return emit(inv, StateDocument::Deployment(doc.clone()), || {
+            view::deployment_human(&doc, inv.out.color())
         });
     }
     let snap = state::load_snapshot(path)?;
-    if let Some(service) = &args.service {
-        let Some(rec) = snap.services.get(service.as_str()) else {
+    if let Some(service) = service {
+        let Some(rec) = snap.services.get(service) else {
             return Err(StateError::ServiceNotFound {
-                name: service.clone(),
+                name: service.to_owned(),
                 path: path.to_path_buf(),
             }
             .into());
@@ -99,22 +132,22 @@ fn show(ctx: &Context, path: &Path, args: &StateShowArgs) -> Result<u8, Failure>
         events.sort_by(|a, b| b.at.cmp(&a.at).then(b.id.cmp(&a.id)));
         events.truncate(usize::try_from(RECENT_EVENTS).unwrap_or(usize::MAX));
         let doc = view::service_doc(&shown(path), rec, &events);
-        return emit(ctx, StateDocument::Service(doc.clone()), || {
-            view::service_human(&doc, ctx.color)
+        return emit(inv, StateDocument::Service(doc.clone()), || {
+            view::service_human(&doc, inv.out.color())
         });
     }
     let exists = path.exists();
     let doc = view::summary_doc(&shown(path), exists, &snap);
-    emit(ctx, StateDocument::Summary(doc.clone()), || {
-        view::summary_human(&doc, ctx.color)
+    emit(inv, StateDocument::Summary(doc.clone()), || {
+        view::summary_human(&doc, inv.out.color())
     })
 }
 
-fn history(ctx: &Context, path: &Path, limit: u64) -> Result<u8, Failure> {
+fn history(inv: &Invocation, path: &Path, limit: u64) -> Result<CommandOutcome, Failure> {
     let deployments = state::history(path, limit)?;
     let doc = view::history_doc(&shown(path), &deployments);
-    emit(ctx, StateDocument::History(doc.clone()), || {
-        view::history_human(&doc, ctx.color)
+    emit(inv, StateDocument::History(doc.clone()), || {
+        view::history_human(&doc, inv.out.color())
     })
 }
 
@@ -128,7 +161,7 @@ fn require_state(path: &Path) -> Result<(), StateError> {
     }
 }
 
-fn rm(ctx: &Context, path: &Path, service: &str) -> Result<u8, Failure> {
+fn rm(inv: &Invocation, path: &Path, service: &str) -> Result<CommandOutcome, Failure> {
     require_state(path)?;
     let not_found = || StateError::ServiceNotFound {
         name: service.to_owned(),
@@ -136,7 +169,7 @@ fn rm(ctx: &Context, path: &Path, service: &str) -> Result<u8, Failure> {
     };
     let name = ServiceName::parse(service).map_err(|_| not_found())?;
     let holder = Holder::current(format!("deploy-code state rm {service}"));
-    let mut store = Store::open(path, &holder, ctx.global.lock_timeout)?;
+    let mut store = Store::open(path, &holder, inv.globals.lock_timeout)?;
     let snap = store.snapshot()?;
     if !snap.services.contains_key(&name) {
         return Err(not_found().into());
@@ -150,18 +183,18 @@ fn rm(ctx: &Context, path: &Path, service: &str) -> Result<u8, Failure> {
         "removed from the state by `state rm`; what runs was not touched",
     )?;
     drop(store);
-    if !ctx.global.quiet {
-        print(&format!(
+    if !inv.out.quiet() {
+        inv.out.data(&format!(
             "forgot `{service}`: the state no longer tracks it (what runs was not touched)\n"
         ))?;
     }
-    Ok(exit::OK)
+    Ok(CommandOutcome::Done)
 }
 
-fn backup(ctx: &Context, path: &Path, file: &Path) -> Result<u8, Failure> {
+fn backup(inv: &Invocation, path: &Path, file: &Path) -> Result<CommandOutcome, Failure> {
     let snap = state::backup(path, file)?;
-    if !ctx.global.quiet {
-        print(&format!(
+    if !inv.out.quiet() {
+        inv.out.data(&format!(
             "wrote a consistent copy of `{}` (serial {}, revision {}) to `{}`\n",
             shown(path),
             snap.serial,
@@ -169,24 +202,23 @@ fn backup(ctx: &Context, path: &Path, file: &Path) -> Result<u8, Failure> {
             shown(file)
         ))?;
     }
-    Ok(exit::OK)
+    Ok(CommandOutcome::Done)
 }
 
-fn restore(ctx: &Context, path: &Path, args: &StateRestoreArgs) -> Result<u8, Failure> {
-    let holder = Holder::current(format!("deploy-code state restore {}", shown(&args.file)));
-    let saved = state::restore(
-        path,
-        &args.file,
-        args.force,
-        &holder,
-        ctx.global.lock_timeout,
-    )?;
-    if !ctx.global.quiet {
+fn restore(
+    inv: &Invocation,
+    path: &Path,
+    file: &Path,
+    force: bool,
+) -> Result<CommandOutcome, Failure> {
+    let holder = Holder::current(format!("deploy-code state restore {}", shown(file)));
+    let saved = state::restore(path, file, force, &holder, inv.globals.lock_timeout)?;
+    if !inv.out.quiet() {
         let snap = state::load_snapshot(path)?;
         let mut msg = format!(
             "restored `{}` from `{}` (now serial {}, revision {})\n",
             shown(path),
-            shown(&args.file),
+            shown(file),
             snap.serial,
             snap.revision
         );
@@ -196,14 +228,14 @@ fn restore(ctx: &Context, path: &Path, args: &StateRestoreArgs) -> Result<u8, Fa
                 shown(&saved)
             ));
         }
-        print(&msg)?;
+        inv.out.data(&msg)?;
     }
-    Ok(exit::OK)
+    Ok(CommandOutcome::Done)
 }
 
-fn unlock(ctx: &Context, path: &Path, force: bool) -> Result<u8, Failure> {
+fn unlock(inv: &Invocation, path: &Path, force: bool) -> Result<CommandOutcome, Failure> {
     let released = state::unlock(path, force)?;
-    if !ctx.global.quiet {
+    if !inv.out.quiet() {
         let msg = match released {
             None => format!("the state `{}` is not locked\n", shown(path)),
             Some(l) => format!(
@@ -215,7 +247,7 @@ fn unlock(ctx: &Context, path: &Path, force: bool) -> Result<u8, Failure> {
                 l.acquired_at
             ),
         };
-        print(&msg)?;
+        inv.out.data(&msg)?;
     }
-    Ok(exit::OK)
+    Ok(CommandOutcome::Done)
 }

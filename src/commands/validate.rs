@@ -1,51 +1,23 @@
 //! `validate`: render, parse and check the configuration; print one line.
 //! `init`: write a starter configuration.
 
-use crate::cli::*;
-use crate::config;
+use super::{CommandOutcome, Format, Invocation};
 use crate::error::Failure;
+use crate::render::validate::ValidateDoc;
 
-pub fn run(ctx: &Context, _args: &ValidateArgs) -> Result<u8, Failure> {
-    let loaded = config::load(&ctx.load_options())?;
-    let desired = &loaded.desired;
-    let enabled = desired.services.len();
-    let disabled = desired.disabled.len();
-    let tasks = desired
-        .services
-        .values()
-        .filter(|s| s.workload == crate::model::Workload::Task)
-        .count();
-    let file = ctx.global.config.display().to_string();
-    if ctx.global.format == Format::Json {
-        let doc = serde_json::json!({
-            "format_version": 1,
-            "valid": true,
-            "file": file,
-            "services": enabled + disabled,
-            "enabled": enabled,
-            "disabled": disabled,
-            "tasks": tasks,
-        });
-        outln!(
-            "{}",
+pub fn run(inv: &Invocation) -> Result<CommandOutcome, Failure> {
+    let loaded = inv.config()?;
+    let doc = ValidateDoc::of(inv.config_path().display().to_string(), &loaded.desired);
+    let text = if inv.format() == Format::Json {
+        format!(
+            "{}\n",
             serde_json::to_string_pretty(&doc).expect("JSON always serializes")
-        );
+        )
     } else {
-        let total = enabled + disabled;
-        let noun = if total == 1 { "service" } else { "services" };
-        let extra = if disabled > 0 {
-            format!(" ({disabled} disabled)")
-        } else {
-            String::new()
-        };
-        let check = if ctx.color {
-            "\u{1b}[32m✓\u{1b}[0m"
-        } else {
-            "✓"
-        };
-        outln!("{check} {file} is valid: {total} {noun}{extra}");
-    }
-    Ok(crate::error::exit::OK)
+        doc.human(inv.out.color())
+    };
+    inv.out.data_lossy(&text);
+    Ok(CommandOutcome::Done)
 }
 
 /// The starter configuration `init` writes: one local process with a health
@@ -77,8 +49,8 @@ services:
 
 /// `deploy-code init`: writes [`STARTER`] (and the JSON Schema it names, for
 /// editors), refusing to overwrite, and says what to run next.
-pub fn init(ctx: &Context, _args: &crate::cli::InitArgs) -> Result<u8, Failure> {
-    let path = &ctx.global.config;
+pub fn init(inv: &Invocation) -> Result<CommandOutcome, Failure> {
+    let path = inv.config_path();
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -115,9 +87,9 @@ pub fn init(ctx: &Context, _args: &crate::cli::InitArgs) -> Result<u8, Failure> 
             let _ = f.write_all(crate::config::schema::json_schema_text().as_bytes());
         }
     }
-    outln!(
-        "Wrote `{}`. Next: `deploy-code validate`, then `deploy-code plan` to see what `deploy-code apply` would start.",
+    inv.out.data_lossy(&format!(
+        "Wrote `{}`. Next: `deploy-code validate`, then `deploy-code plan` to see what `deploy-code apply` would start.\n",
         path.display()
-    );
-    Ok(crate::error::exit::OK)
+    ));
+    Ok(CommandOutcome::Done)
 }

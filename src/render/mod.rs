@@ -1,8 +1,11 @@
 //! Views: plan, state, inventory and apply events as human text, JSON (with a
 //! `format_version`) and Markdown; errors as text and as JSON, rendered only here.
 
+pub mod doctor;
 pub mod plan;
 pub mod state;
+pub mod status;
+pub mod validate;
 
 /// An error as a person reads it on a terminal: miette's report through the
 /// handler `cli` installs (colors, width), redacted.

@@ -3,7 +3,7 @@
 //!
 //! Every call runs the same command function as the CLI (`commands::*`), on a
 //! thread of its own, with the command's `--format json` output captured
-//! (`commands::capture`) and returned, or, for the events of a run, streamed
+//! (`Output::captured`) and returned, or, for the events of a run, streamed
 //! to every `WatchEvents` subscriber as it is printed. The state lock is taken
 //! by the command itself, so it is held only while a mutating call runs and a
 //! second one is refused with E011, as a second CLI would be. Every call,
@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
-use crate::cli::{Context, Format, GlobalArgs};
-use crate::error::Failure;
+use crate::commands::{self, CommandOutcome, Globals, Invocation};
+use crate::error::{Code, Failure, Plain};
+use crate::output::Output;
 
 /// The generated messages, server and client of `deploy_code.v1`.
 pub mod pb {
@@ -100,15 +101,15 @@ impl Hub {
 
 /// What one call of a command printed and returned.
 struct Ran {
-    result: Result<u8, Failure>,
+    result: Result<CommandOutcome, Failure>,
     output: String,
     finished: Option<serde_json::Value>,
 }
 
-/// The service: the CLI's global arguments (configuration, state, vars),
+/// The service: the CLI's global options (configuration, state, vars),
 /// the gate and the event hub.
 pub struct Service {
-    global: GlobalArgs,
+    globals: Globals,
     state: PathBuf,
     gate: auth::Gate,
     hub: Arc<Hub>,
@@ -121,13 +122,13 @@ pub struct Service {
 impl Service {
     /// Opens the state's audit log (creating the state when it is new).
     pub fn new(
-        global: GlobalArgs,
+        globals: Globals,
         state: PathBuf,
         gate: auth::Gate,
     ) -> Result<Service, crate::state::StateError> {
         Ok(Service {
             audit_log: crate::state::AuditLog::open(&state)?,
-            global,
+            globals,
             state,
             gate,
             hub: Arc::new(Hub::new()),
@@ -135,18 +136,13 @@ impl Service {
         })
     }
 
-    fn context(&self) -> Context {
-        let mut global = self.global.clone();
-        global.format = Format::Json;
-        global.quiet = true;
-        global.no_color = true;
-        // A second run is refused at once, as a second CLI without
-        // `--lock-timeout` is.
-        global.lock_timeout = None;
-        Context {
-            global,
-            color: false,
-            interactive: false,
+    /// The options of a call's command: those of the server, except that
+    /// a second run is refused at once, as a second CLI without
+    /// `--lock-timeout` is.
+    fn globals(&self) -> Globals {
+        Globals {
+            lock_timeout: None,
+            ..self.globals.clone()
         }
     }
 
@@ -193,9 +189,9 @@ impl Service {
     /// is printed.
     async fn run<F>(&self, events: bool, f: F) -> Ran
     where
-        F: FnOnce(&Context) -> Result<u8, Failure> + Send + 'static,
+        F: FnOnce(&Invocation) -> Result<CommandOutcome, Failure> + Send + 'static,
     {
-        let ctx = self.context();
+        let globals = self.globals();
         let hub = events.then(|| self.hub.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::spawn(move || {
@@ -205,30 +201,28 @@ impl Service {
             if let Some(h) = &hub {
                 h.begin();
             }
-            let result = crate::commands::capture(
-                move |text: &str| {
-                    let mut out = o.lock().unwrap_or_else(|e| e.into_inner());
-                    out.push_str(text);
-                    let Some(h) = &h else { return };
-                    // Events come one JSON object per line, a line per print.
-                    for line in text.lines() {
-                        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                            continue;
-                        };
-                        let Some(kind) = v.get("event").and_then(|k| k.as_str()) else {
-                            continue;
-                        };
-                        if kind == "finished" {
-                            *fin.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
-                        }
-                        h.publish(pb::Event {
-                            kind: kind.to_owned(),
-                            json: line.to_owned(),
-                        });
+            let out = Output::captured(move |text: &str| {
+                let mut out = o.lock().unwrap_or_else(|e| e.into_inner());
+                out.push_str(text);
+                let Some(h) = &h else { return };
+                // Events come one JSON object per line, a line per print.
+                for line in text.lines() {
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                        continue;
+                    };
+                    let Some(kind) = v.get("event").and_then(|k| k.as_str()) else {
+                        continue;
+                    };
+                    if kind == "finished" {
+                        *fin.lock().unwrap_or_else(|e| e.into_inner()) = Some(v.clone());
                     }
-                },
-                || f(&ctx),
-            );
+                    h.publish(pb::Event {
+                        kind: kind.to_owned(),
+                        json: line.to_owned(),
+                    });
+                }
+            });
+            let result = f(&Invocation::new(globals, out));
             if let Some(h) = &hub {
                 h.end();
             }
@@ -316,11 +310,7 @@ impl DeployCode for Service {
         req: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::Document>, Status> {
         let caller = self.admit(&req, "Validate", "validate")?;
-        let ran = self
-            .run(false, |ctx| {
-                crate::commands::validate::run(ctx, &crate::cli::ValidateArgs {})
-            })
-            .await;
+        let ran = self.run(false, commands::validate::run).await;
         self.conclude(&caller, "Validate", &ran)?;
         Ok(Response::new(pb::Document { json: ran.output }))
     }
@@ -332,13 +322,13 @@ impl DeployCode for Service {
         let file = dir.path().join("served.plan");
         let out = file.clone();
         let ran = self
-            .run(false, move |ctx| {
-                crate::commands::plan::run(
-                    ctx,
-                    &crate::cli::PlanArgs {
-                        scope: crate::cli::PlanScope {
+            .run(false, move |inv| {
+                commands::plan::run(
+                    inv,
+                    &commands::plan::PlanRequest {
+                        scope: commands::Scope {
                             targets: r.targets,
-                            ..Default::default()
+                            ..commands::Scope::default()
                         },
                         destroy: r.destroy,
                         out: Some(out),
@@ -369,12 +359,12 @@ impl DeployCode for Service {
         let file = dir.path().join("served.plan");
         std::fs::write(&file, &r.plan).map_err(|e| Status::internal(e.to_string()))?;
         let ran = self
-            .run(true, move |ctx| {
-                crate::commands::apply::run(
-                    ctx,
-                    &crate::cli::ApplyArgs {
+            .run(true, move |inv| {
+                commands::apply::run(
+                    inv,
+                    &commands::apply::ApplyRequest {
                         plan_file: Some(file),
-                        scope: Default::default(),
+                        scope: commands::Scope::default(),
                         auto_approve: true,
                         force: r.force,
                         no_rollback: r.no_rollback,
@@ -393,14 +383,12 @@ impl DeployCode for Service {
         let caller = self.admit(&req, "Destroy", "destroy")?;
         let r = req.into_inner();
         let ran = self
-            .run(true, move |ctx| {
-                crate::commands::apply::destroy(
-                    ctx,
-                    &crate::cli::DestroyArgs {
+            .run(true, move |inv| {
+                commands::apply::destroy(
+                    inv,
+                    &commands::apply::DestroyRequest {
                         targets: r.targets,
                         auto_approve: true,
-                        timeout: None,
-                        all: false,
                     },
                 )
             })
@@ -416,10 +404,10 @@ impl DeployCode for Service {
         let caller = self.admit(&req, "Rollback", "rollback")?;
         let r = req.into_inner();
         let ran = self
-            .run(true, move |ctx| {
-                crate::commands::apply::rollback(
-                    ctx,
-                    &crate::cli::RollbackArgs {
+            .run(true, move |inv| {
+                commands::apply::rollback(
+                    inv,
+                    &commands::apply::RollbackRequest {
                         to: r.revision,
                         auto_approve: true,
                     },
@@ -437,10 +425,10 @@ impl DeployCode for Service {
         let caller = self.admit(&req, "Restart", "restart")?;
         let r = req.into_inner();
         let ran = self
-            .run(true, move |ctx| {
-                crate::commands::apply::restart(
-                    ctx,
-                    &crate::cli::RestartArgs {
+            .run(true, move |inv| {
+                commands::apply::restart(
+                    inv,
+                    &commands::apply::RestartRequest {
                         services: r.services,
                         auto_approve: true,
                     },
@@ -457,13 +445,13 @@ impl DeployCode for Service {
     ) -> Result<Response<pb::Document>, Status> {
         let caller = self.admit(&req, "Status", "status")?;
         let ran = self
-            .run(false, |ctx| {
-                crate::commands::status::status(
-                    ctx,
-                    &crate::cli::StatusArgs {
+            .run(false, |inv| {
+                commands::status::status(
+                    inv,
+                    &commands::status::StatusRequest {
                         detailed: false,
                         watch: false,
-                        interval: 2,
+                        interval: std::time::Duration::from_secs(2),
                     },
                 )
             })
@@ -477,11 +465,7 @@ impl DeployCode for Service {
         req: Request<pb::HealthRequest>,
     ) -> Result<Response<pb::HealthReply>, Status> {
         let caller = self.admit(&req, "Health", "health")?;
-        let ran = self
-            .run(false, |ctx| {
-                crate::commands::status::health(ctx, &crate::cli::HealthArgs {})
-            })
-            .await;
+        let ran = self.run(false, commands::status::health).await;
         self.conclude(&caller, "Health", &ran)?;
         let healthy = serde_json::from_str::<serde_json::Value>(&ran.output)
             .ok()
@@ -503,11 +487,8 @@ impl DeployCode for Service {
             n => n,
         };
         let ran = self
-            .run(false, move |ctx| {
-                crate::commands::state::run(
-                    ctx,
-                    crate::cli::StateCommand::History(crate::cli::StateHistoryArgs { limit }),
-                )
+            .run(false, move |inv| {
+                commands::state::run(inv, &commands::state::StateRequest::History { limit })
             })
             .await;
         self.conclude(&caller, "History", &ran)?;
@@ -525,11 +506,8 @@ impl DeployCode for Service {
             return Err(Status::invalid_argument("a backup needs a `path`"));
         }
         let ran = self
-            .run(false, move |ctx| {
-                crate::commands::state::run(
-                    ctx,
-                    crate::cli::StateCommand::Backup(crate::cli::StateFileArgs { file }),
-                )
+            .run(false, move |inv| {
+                commands::state::run(inv, &commands::state::StateRequest::Backup { file })
             })
             .await;
         self.conclude(&caller, "Backup", &ran)?;
@@ -543,11 +521,8 @@ impl DeployCode for Service {
         let caller = self.admit(&req, "Unlock", "state")?;
         let force = req.into_inner().force;
         let ran = self
-            .run(false, move |ctx| {
-                crate::commands::state::run(
-                    ctx,
-                    crate::cli::StateCommand::Unlock(crate::cli::StateUnlockArgs { force }),
-                )
+            .run(false, move |inv| {
+                commands::state::run(inv, &commands::state::StateRequest::Unlock { force })
             })
             .await;
         self.conclude(&caller, "Unlock", &ran)?;
@@ -668,4 +643,74 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| format!("the server stopped: {e}"))
+}
+
+/// `deploy-code serve`: serves this configuration and state until SIGINT
+/// or SIGTERM, refusing an address others can reach without authentication.
+pub fn run(inv: &Invocation, listen: SocketAddr) -> Result<CommandOutcome, Failure> {
+    let loaded = inv.config()?;
+    let security = &loaded.desired.settings.security;
+    let refuse = |msg: String, help: &str| -> Failure {
+        Plain::new(Code::E016, msg).help(help.to_owned()).into()
+    };
+    let gate =
+        auth::Gate::new(security).map_err(|m| refuse(m, "see `security.auth` in docs/serve.md"))?;
+    if !gate.authenticates() && !listen.ip().is_loopback() {
+        return Err(refuse(
+            format!(
+                "refusing to serve on {} without authentication: anyone who reaches it could deploy",
+                listen
+            ),
+            "listen on a loopback address (the default, 127.0.0.1:8401), or enable `security.auth`",
+        ));
+    }
+    let tls = match &security.tls {
+        None => None,
+        Some(t) => {
+            let read = |p: &Option<std::path::PathBuf>, what: &str| {
+                let Some(p) = p else {
+                    return Err(refuse(
+                        format!("`security.tls_enabled` is true but `{what}` is not set"),
+                        "name the server's certificate (`cert_path`) and key (`key_path`), PEM files",
+                    ));
+                };
+                std::fs::read(p).map_err(|e| {
+                    refuse(
+                        format!("cannot read `{}` (`{what}`): {e}", p.display()),
+                        "check the path (relative paths resolve against the configuration's directory)",
+                    )
+                })
+            };
+            let cert = read(&t.cert, "cert_path")?;
+            let key = read(&t.key, "key_path")?;
+            let mut cfg = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key));
+            if t.client_ca.is_some() {
+                let ca = read(&t.client_ca, "client_ca_path")?;
+                cfg = cfg.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+            }
+            Some(cfg)
+        }
+    };
+    let state = inv.state_path().to_path_buf();
+    let service = Service::new(inv.globals.clone(), state.clone(), gate)?;
+    let rt = inv.runtime()?;
+    let summary = format!(
+        "state {}, tls {}, auth {}, roles {}",
+        state.display(),
+        if security.tls.is_some() { "on" } else { "off" },
+        if security.auth.is_some() {
+            "JWT"
+        } else {
+            "off"
+        },
+        if security.rbac.is_some() { "on" } else { "off" }
+    );
+    rt.block_on(serve(service, Listen { addr: listen, tls }, |addr| {
+        inv.out.data_lossy(&format!(
+            "deploy-code serve: listening on {addr} ({summary})\n"
+        ));
+    }))
+    .map_err(|m| refuse(m, "pick another `--listen` address, or check `security`"))?;
+    Ok(CommandOutcome::Done)
 }

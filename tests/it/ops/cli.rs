@@ -97,3 +97,29 @@ fn every_duration_flag_takes_one_style() {
     }
     assert!(Cli::try_parse_from(["deploy-code", "destroy", "--timeout", "2 fortnights"]).is_err());
 }
+
+/// `status` and `health` give one document each, with `format_version`, of
+/// the same shape in JSON and in YAML.
+#[test]
+fn status_and_health_documents_are_the_same_in_json_and_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("deploy-code.yaml");
+    let doc = |cmd: &str, format: &str| -> serde_json::Value {
+        let out = cargo_bin_cmd!("deploy-code")
+            .args(["-c", config.to_str().unwrap(), cmd, "--format", format])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "`{cmd} --format {format}`: {text}");
+        match format {
+            "json" => serde_json::from_str(&text).unwrap(),
+            _ => serde_yaml::from_str(&text).unwrap(),
+        }
+    };
+    for cmd in ["status", "health"] {
+        let json = doc(cmd, "json");
+        assert_eq!(json["format_version"], 1, "{cmd}: {json}");
+        assert!(json["services"].is_array(), "{cmd}: {json}");
+        assert_eq!(json, doc(cmd, "yaml"), "{cmd}");
+    }
+}

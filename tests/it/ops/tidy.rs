@@ -113,36 +113,72 @@ fn only_procfs_reads_proc() {
 }
 
 #[test]
-fn only_the_one_writer_prints_to_stdout() {
-    only_in(
-        "nothing prints to stdout outside `commands::print`",
-        &["println!(", "print!(", "stdout()"],
-        &[
-            "src/commands/mod.rs",
-            "src/commands/progress.rs",
-            "src/cli.rs",
-        ],
-    );
-}
-
-#[test]
-fn only_cli_and_progress_write_to_stderr() {
-    only_in(
-        "messages to stderr come from `cli`, the progress view and the apply command's evidence",
-        &["eprintln!(", "eprint!(", "io::stderr()"],
-        &[
-            "src/cli.rs",
-            "src/commands/progress.rs",
-            "src/commands/apply.rs",
-        ],
-    );
-}
-
-#[test]
 fn nothing_below_main_exits_the_process() {
     only_in(
         "only `main` ends the process",
         &["process::exit("],
         &["src/main.rs"],
+    );
+}
+
+/// Fails with every line that contains one of `needles` in a file under
+/// one of `forbidden` (path prefixes).
+fn never_in(rule: &str, needles: &[&str], forbidden: &[&str]) {
+    let offenders: Vec<String> = code_lines()
+        .into_iter()
+        .filter(|(file, _, line)| {
+            forbidden.iter().any(|f| file.starts_with(f)) && needles.iter().any(|n| holds(line, n))
+        })
+        .map(|(file, n, line)| format!("{file}:{n}: {}", line.trim()))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "{rule} (see ARCHITECTURE.md, Invariants):\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn nothing_prints_outside_output() {
+    only_in(
+        "nothing prints to stdout or stderr outside `Output`",
+        &[
+            "println!(",
+            "print!(",
+            "eprintln!(",
+            "eprint!(",
+            "stdout()",
+            "stderr()",
+            "io::stdout",
+            "io::stderr",
+        ],
+        &["src/output.rs"],
+    );
+}
+
+#[test]
+fn no_module_below_commands_reads_flags() {
+    only_in(
+        "only `cli` reads flags: nothing below it names `crate::cli`",
+        &["cli::"],
+        &["src/cli.rs", "src/main.rs", "src/lib.rs"],
+    );
+}
+
+#[test]
+fn commands_do_not_import_serve() {
+    never_in(
+        "`commands` does not import `serve` (`cli -> serve -> commands`)",
+        &["serve::", "crate::serve"],
+        &["src/commands/"],
+    );
+}
+
+#[test]
+fn no_json_macro_in_commands() {
+    never_in(
+        "JSON output of commands comes from typed views in `render`, not `json!`",
+        &["json!("],
+        &["src/commands/"],
     );
 }
