@@ -15,6 +15,7 @@ pub mod error;
 pub mod failpoint;
 pub mod fsperm;
 pub mod hooks;
+pub mod instance;
 pub mod inventory;
 pub mod metrics;
 pub mod model;

@@ -194,40 +194,14 @@ pub async fn reconcile(
 }
 
 fn handle_kind_matches(kind: crate::model::BackendKind, h: &Handle) -> bool {
-    use crate::model::BackendKind::*;
-    matches!(
-        (kind, h),
-        (Process, Handle::Process { .. })
-            | (Docker, Handle::Container { .. })
-            | (Swarm, Handle::SwarmService { .. })
-    )
+    h.backend() == kind
 }
 
 pub fn describe(h: &Handle) -> String {
-    match h {
-        Handle::Process { pid, replica, .. } => format!("process {pid} (replica {replica})"),
-        Handle::Container { name, .. } => format!("container `{name}`"),
-        Handle::SwarmService { name, .. } => format!("swarm service `{name}`"),
-    }
+    h.describe()
 }
 
 /// The same instance: same pid and start time, same container or service id.
 pub fn same_instance(a: &Handle, b: &Handle) -> bool {
-    match (a, b) {
-        (
-            Handle::Process {
-                pid: p1,
-                start_time: s1,
-                ..
-            },
-            Handle::Process {
-                pid: p2,
-                start_time: s2,
-                ..
-            },
-        ) => p1 == p2 && s1 == s2,
-        (Handle::Container { id: a, .. }, Handle::Container { id: b, .. }) => a == b,
-        (Handle::SwarmService { id: a, .. }, Handle::SwarmService { id: b, .. }) => a == b,
-        _ => false,
-    }
+    a.same_instance(b)
 }

@@ -38,11 +38,12 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::{Backend, BackendError, Discovered, Liveness, ProbeOutcome, StartContext, marks};
+use crate::instance::{GpuRef, Handle};
 use crate::model::{
     BackendKind, PortSpec, Protocol, RestartPolicy, ServiceName, ServiceSpec, Text,
 };
 use crate::plan::Observations;
-use crate::state::{GpuRef, Handle, Snapshot};
+use crate::state::Snapshot;
 
 /// The last `lines` lines of a log stream (container or Swarm service, without
 /// `follow`), read for at most 5 s.

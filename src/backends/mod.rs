@@ -9,6 +9,7 @@
 
 pub mod docker;
 pub mod logwriter;
+pub mod monitor_file;
 pub mod process;
 pub mod swarm;
 
@@ -19,8 +20,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::model::{BackendKind, NetworkSettings, ServiceName, ServiceSpec};
-use crate::state::{GpuRef, Handle};
+pub use crate::instance::{Discovered, GpuRef, Handle, Liveness, Replicas};
+use crate::model::{BackendKind, NetworkSettings, ServiceSpec};
 
 /// Labels (containers, Swarm services) and environment variables (processes)
 /// that mark an instance as this tool's.
@@ -75,65 +76,12 @@ impl StartContext {
     }
 }
 
-/// Whether an instance still runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Liveness {
-    Running,
-    /// Exited with this code (`None`: killed by a signal or unknown).
-    Exited(Option<i32>),
-    /// Gone, or the pid now belongs to another process.
-    Missing,
-}
-
 /// The result of one health probe run by a backend (a command in a container).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeOutcome {
     pub healthy: bool,
     /// Short evidence: status code, exit code, the first lines of output.
     pub detail: String,
-}
-
-/// The replicas behind a handle that stands for several of them (a Swarm
-/// service and its tasks).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Replicas {
-    /// Replicas of the current spec that run.
-    pub running: u32,
-    /// Replicas the instance asks for now (what the engine holds, which
-    /// `docker service scale` may have changed behind the tool's back).
-    pub wanted: u32,
-    /// Why a replica does not run, in the engine's words (a task's scheduler
-    /// or runtime error), when it says.
-    pub detail: Option<String>,
-}
-
-impl Replicas {
-    /// Every wanted replica runs.
-    pub fn complete(&self) -> bool {
-        self.running >= self.wanted
-    }
-}
-
-impl std::fmt::Display for Replicas {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{} tasks running", self.running, self.wanted)?;
-        match &self.detail {
-            Some(d) => write!(f, ": {d}"),
-            None => Ok(()),
-        }
-    }
-}
-
-/// An instance found by its marks.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Discovered {
-    pub service: ServiceName,
-    pub handle: Handle,
-    pub spec_hash: Option<String>,
-    pub lineage: Option<String>,
-    pub liveness: Liveness,
-    /// For a handle that stands for several replicas: how many run.
-    pub replicas: Option<Replicas>,
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{Backend, BackendError, Discovered, Liveness, ProbeOutcome, StartContext, marks};
+use crate::instance::Handle;
 use crate::model::{BackendKind, ServiceName, ServiceSpec, Text};
 use crate::procfs;
-use crate::state::Handle;
 
 /// Runs services as local processes. Keeps the children it started so that their
 /// exit status is collected (no zombies) while this run lasts.
@@ -345,6 +345,17 @@ fn expose<'a>(t: &'a Text, service: &str, field: &str) -> Result<&'a str, Backen
 }
 
 pub use crate::procfs::start_time;
+
+/// The handle of a monitor's own process (`pid` started at `start_time`),
+/// through which it probes the child it runs as its instance.
+pub fn own_handle(replica: u32, pid: u32, start_time: u64) -> Handle {
+    Handle::Process {
+        replica,
+        pid,
+        start_time,
+        log_path: String::new(),
+    }
+}
 
 /// Starts the command in a session of its own (`setsid`), so that it
 /// outlives `deploy-code` and leads a process group of its own.

@@ -49,9 +49,9 @@ use super::docker::{self as dockerb, is_not_found, message};
 use super::{
     Backend, BackendError, Discovered, Liveness, ProbeOutcome, Replicas, StartContext, marks,
 };
+use crate::instance::Handle;
 use crate::inventory::{Gpu, Host, Inventory, Source};
 use crate::model::{BackendKind, Protocol, RestartPolicy, ServiceName, ServiceSpec};
-use crate::state::Handle;
 
 /// The generic resource kind that GPU nodes advertise (dockerd
 /// `--node-generic-resource NVIDIA-GPU=<uuid>` or `"node-generic-resources"`).

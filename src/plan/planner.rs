@@ -540,13 +540,7 @@ fn layers<'a>(g: &DiGraphMap<&'a str, ()>) -> Vec<Vec<&'a str>> {
 }
 
 fn describe_handle(h: &Handle) -> String {
-    match h {
-        Handle::Process { replica, pid, .. } => format!("replica {replica} (pid {pid})"),
-        Handle::Container { replica, name, .. } => {
-            format!("replica {replica} (container `{name}`)")
-        }
-        Handle::SwarmService { name, .. } => format!("swarm service `{name}`"),
-    }
+    h.describe_replica()
 }
 
 fn short_hash(h: &str) -> String {
