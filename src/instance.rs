@@ -174,6 +174,24 @@ pub struct Discovered {
     pub replicas: Option<Replicas>,
 }
 
+/// What a backend can do, as plain data: the planner receives it (one per
+/// backend kind) and never asks a backend. Each field is what the backend's
+/// trait method of the same name says (see `backends::Backend`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Top-level fields of a spec (canonical JSON keys) that change on a
+    /// running instance without a restart; any other change replaces it.
+    pub updatable_in_place: Vec<String>,
+    /// The engine has its own health verdict (Docker HEALTHCHECK).
+    pub native_health: bool,
+    /// It reports the capacity of the hosts it places on (Swarm nodes).
+    pub capacity: bool,
+    /// It makes a network of the project's that `destroy` tears down.
+    pub network_teardown: bool,
+    /// It follows an instance's output itself (else its log file is read).
+    pub log_following: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

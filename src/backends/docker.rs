@@ -1021,6 +1021,22 @@ impl Backend for DockerBackend {
         BackendKind::Docker
     }
 
+    fn has_native_health(&self) -> bool {
+        true
+    }
+
+    fn tears_down_network(&self) -> bool {
+        true
+    }
+
+    fn follows_logs(&self) -> bool {
+        true
+    }
+
+    async fn teardown_network(&self, project: &str) -> Result<bool, BackendError> {
+        self.remove_network_if_empty(project).await
+    }
+
     async fn prepare(
         &self,
         spec: &ServiceSpec,

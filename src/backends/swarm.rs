@@ -294,24 +294,6 @@ pub async fn nodes_inventory_with(docker: &Docker) -> Result<Inventory, BackendE
     })
 }
 
-/// The inventory `plan` checks feasibility against when services run on
-/// Swarm: the cluster's nodes; `None` when no Swarm manager answers (the
-/// caller then probes this host and says so).
-pub fn cluster_inventory_blocking() -> Option<Inventory> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    match rt.block_on(nodes_inventory()) {
-        Ok(inv) if !inv.hosts.is_empty() => Some(inv),
-        Ok(_) => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "no Swarm manager answers; probing this host instead");
-            None
-        }
-    }
-}
-
 /// GPUs from a node's generic resources.
 pub fn gpus_of(resources: &[GenericResourcesInner]) -> Vec<Gpu> {
     let mut gpus = Vec::new();
@@ -898,6 +880,32 @@ impl SwarmBackend {
 impl Backend for SwarmBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Swarm
+    }
+
+    fn updatable_in_place(&self) -> &'static [&'static str] {
+        &["replicas"]
+    }
+
+    fn has_native_health(&self) -> bool {
+        true
+    }
+
+    fn reports_capacity(&self) -> bool {
+        true
+    }
+
+    fn tears_down_network(&self) -> bool {
+        true
+    }
+
+    /// The cluster's nodes; `None` when it has no node to place on.
+    async fn capacity(&self) -> Result<Option<Inventory>, BackendError> {
+        let inv = nodes_inventory_with(self.api().await?).await?;
+        Ok((!inv.hosts.is_empty()).then_some(inv))
+    }
+
+    async fn teardown_network(&self, project: &str) -> Result<bool, BackendError> {
+        self.remove_network_if_empty(project).await
     }
 
     async fn start(

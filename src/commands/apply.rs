@@ -105,12 +105,11 @@ fn make_plan(
     });
     let inventory = match &scope.inventory {
         Some(f) => crate::inventory::load_file(f)?,
-        None if loaded.desired.settings.default_backend == crate::model::BackendKind::Swarm => rt
-            .block_on(crate::backends::swarm::nodes_inventory())
-            .ok()
-            .filter(|i| !i.hosts.is_empty())
+        None => backends
+            .get(loaded.desired.settings.default_backend)
+            .filter(|b| b.reports_capacity())
+            .and_then(|b| rt.block_on(b.capacity()).ok().flatten())
             .unwrap_or_else(|| crate::inventory::probe(&loaded.desired.settings.data_dir)),
-        None => crate::inventory::probe(&loaded.desired.settings.data_dir),
     };
     let p = plan::plan(&plan::Input {
         desired: Some(&loaded.desired),
@@ -119,6 +118,7 @@ fn make_plan(
         inventory: &inventory,
         config_hash,
         options,
+        capabilities: backends.capabilities(),
     })?;
     Ok((p, loaded))
 }
@@ -721,14 +721,13 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
         && let Ok(rt) = runtime()
     {
         let project = &loaded.desired.settings.project;
-        let _ = rt.block_on(
-            crate::backends::docker::DockerBackend::lazy().remove_network_if_empty(project),
-        );
-        // Without a Swarm manager there is no overlay network to remove.
-        if let Err(e @ crate::backends::BackendError::Network { .. }) = rt
-            .block_on(crate::backends::swarm::SwarmBackend::lazy().remove_network_if_empty(project))
-        {
-            tracing::warn!("{e}");
+        for b in registry().all().filter(|b| b.tears_down_network()) {
+            // Without an engine (or a Swarm manager) there is no network to remove.
+            if let Err(e @ crate::backends::BackendError::Network { .. }) =
+                rt.block_on(b.teardown_network(project))
+            {
+                tracing::warn!("{e}");
+            }
         }
     }
     Ok(code)

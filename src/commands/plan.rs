@@ -115,12 +115,12 @@ pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Pr
                 || PathBuf::from("."),
                 |l| l.desired.settings.data_dir.clone(),
             );
-            let swarm = loaded.as_ref().is_some_and(|l| {
-                l.desired.settings.default_backend == crate::model::BackendKind::Swarm
-            });
-            swarm
-                .then(crate::backends::swarm::cluster_inventory_blocking)
-                .flatten()
+            loaded
+                .as_ref()
+                .and_then(|l| {
+                    crate::commands::apply::registry_for(Some(l), None)
+                        .capacity_blocking(l.desired.settings.default_backend)
+                })
                 .unwrap_or_else(|| inventory::probe(&data_dir))
         }
     };
@@ -152,6 +152,8 @@ pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Pr
             replaces: scope.replaces.clone(),
             destroy_all,
         },
+        capabilities: crate::commands::apply::registry_for(loaded.as_ref(), Some(&snapshot))
+            .capabilities(),
     };
     let mut plan = plan::plan(&input)?;
     plan.binding.state_key_id = Some(crate::state::key::id(&secret_key));
