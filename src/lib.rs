@@ -25,6 +25,7 @@ pub mod plan;
 pub mod planfile;
 pub mod procfs;
 pub mod redact;
+pub mod refresh;
 pub mod render;
 pub mod serve;
 pub mod state;

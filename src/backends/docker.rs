@@ -42,8 +42,6 @@ use crate::instance::{GpuRef, Handle};
 use crate::model::{
     BackendKind, PortSpec, Protocol, RestartPolicy, ServiceName, ServiceSpec, Text,
 };
-use crate::plan::Observations;
-use crate::state::Snapshot;
 
 /// The last `lines` lines of a log stream (container or Swarm service, without
 /// `follow`), read for at most 5 s.
@@ -1421,33 +1419,6 @@ impl Backend for DockerBackend {
         });
         Ok(found)
     }
-}
-
-/// What runs now, for `plan --refresh`: every instance that the state records
-/// for a service of `backend`'s kind, as found by [`Backend::discover`]
-/// (`running`, `exited` or `missing`, with the spec hash it carries), and the
-/// instances marked as `project`'s that no record names (orphans, such as
-/// containers of a run that was killed).
-pub async fn observe_with(
-    backend: &dyn Backend,
-    project: &str,
-    snapshot: &Snapshot,
-) -> Result<Observations, BackendError> {
-    let discovered = backend.discover(project).await?;
-    Ok(crate::plan::refresh::observe_discovered(
-        backend.kind(),
-        &discovered,
-        snapshot,
-    ))
-}
-
-/// [`observe_with`] for the Docker backend.
-pub async fn observe(
-    backend: &DockerBackend,
-    project: &str,
-    snapshot: &Snapshot,
-) -> Result<Observations, BackendError> {
-    observe_with(backend, project, snapshot).await
 }
 
 #[cfg(test)]

@@ -759,49 +759,30 @@ pub async fn run_command_probe(argv: &[String], timeout: Duration) -> ProbeOutco
     }
 }
 
-/// What runs of the processes `snapshot` records, read from `/proc` (for
-/// `plan` without a configuration, which has no project to discover by):
-/// `running` when the pid is alive with the recorded start time, `exited`
-/// when it is gone or a zombie, `missing` when the pid now belongs to another
-/// process.
-pub fn observe_recorded(snapshot: &crate::state::Snapshot) -> crate::plan::Observations {
-    let mut obs = crate::plan::Observations::default();
-    for (name, record) in &snapshot.services {
-        let mut seen = Vec::new();
-        for h in &record.handles {
-            let Handle::Process {
-                pid,
-                start_time,
-                log_path,
-                ..
-            } = h
-            else {
-                continue;
-            };
-            let state = match procfs::stat(*pid) {
-                Some(s) if s.is_dead() => "exited",
-                Some(s) if s.start_time == *start_time => "running",
-                Some(_) => "missing",
-                None => "exited",
-            };
-            // A monitor that gave up says why.
-            let detail = (state != "running")
-                .then(|| crate::monitor::status_of(Path::new(log_path), *pid, *start_time))
-                .flatten()
-                .map(|m| match &m.last_exit {
-                    Some(e) => format!("{}, last exit: {}", m.summary(), e.describe()),
-                    None => m.summary(),
-                });
-            seen.push(crate::plan::ObservedInstance {
-                handle: h.clone(),
-                state: state.to_owned(),
-                spec_hash: None,
-                detail,
-            });
-        }
-        if !seen.is_empty() {
-            obs.services.insert(name.clone(), seen);
-        }
-    }
-    obs
+/// What `/proc` says of a recorded process instance: `running` when the pid
+/// is alive with the recorded start time, `exited` when it is gone or a
+/// zombie, `missing` when the pid now belongs to another process; with why,
+/// when its monitor gave up. `None` for a handle that is not a process.
+pub fn recorded_state(h: &Handle) -> Option<(&'static str, Option<String>)> {
+    let Handle::Process {
+        pid, start_time, ..
+    } = h
+    else {
+        return None;
+    };
+    let state = match procfs::stat(*pid) {
+        Some(s) if s.is_dead() => "exited",
+        Some(s) if s.start_time == *start_time => "running",
+        Some(_) => "missing",
+        None => "exited",
+    };
+    // A monitor that gave up says why.
+    let detail = (state != "running")
+        .then(|| super::monitor_file::status_of_handle(h))
+        .flatten()
+        .map(|m| match &m.last_exit {
+            Some(e) => format!("{}, last exit: {}", m.summary(), e.describe()),
+            None => m.summary(),
+        });
+    Some((state, detail))
 }

@@ -97,11 +97,12 @@ fn make_plan(
     }
     let config_hash = loaded.config_hash();
     let observations = scope.refresh().then(|| {
-        rt.block_on(super::plan::observe(
+        rt.block_on(crate::refresh::observe(
             backends,
             &loaded.desired.settings.project,
             &snap,
         ))
+        .observations
     });
     let inventory = match &scope.inventory {
         Some(f) => crate::inventory::load_file(f)?,
@@ -494,21 +495,13 @@ fn recover(
 ) -> Result<(), Failure> {
     let snap = store.snapshot()?;
     let project = &loaded.desired.settings.project;
-    let (ours, _) = rt.block_on(reconcile::unknown_by_owner(
-        backends,
-        project,
-        &snap.services,
-        snap.lineage.as_deref(),
-    ));
+    let ours = rt
+        .block_on(crate::refresh::observe(backends, project, &snap))
+        .ours;
     if ours.is_empty() && snap.open_intents.is_empty() {
         return Ok(());
     }
-    let done = rt.block_on(reconcile::reconcile(
-        store,
-        backends,
-        project,
-        grace(loaded),
-    ))?;
+    let done = rt.block_on(reconcile::reconcile(store, backends, ours, grace(loaded)))?;
     if ctx.global.format != Format::Json && !ctx.global.quiet {
         for d in &done {
             eprintln!("recover: `{}` {} {}", d.service, d.action, d.detail);
@@ -902,12 +895,8 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
         }
     };
     if args.dry_run {
-        let (ours, theirs) = rt.block_on(reconcile::unknown_by_owner(
-            &backends,
-            &project,
-            &snap0.services,
-            snap0.lineage.as_deref(),
-        ));
+        let crate::refresh::Refreshed { ours, theirs, .. } =
+            rt.block_on(crate::refresh::observe(&backends, &project, &snap0));
         for d in &ours {
             outln!(
                 "would remove `{}` {}",
@@ -924,12 +913,8 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
     let mut store = open_store(ctx, &loaded)?;
     store.ensure_identity(None)?;
     let snap = store.snapshot()?;
-    let (ours, theirs) = rt.block_on(reconcile::unknown_by_owner(
-        &backends,
-        &project,
-        &snap.services,
-        snap.lineage.as_deref(),
-    ));
+    let crate::refresh::Refreshed { ours, theirs, .. } =
+        rt.block_on(crate::refresh::observe(&backends, &project, &snap));
     left_alone(&theirs);
     if ours.is_empty() && snap.open_intents.is_empty() {
         outln!("Nothing to clean up.");
@@ -942,7 +927,7 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
     let done = rt.block_on(reconcile::reconcile(
         &mut store,
         &backends,
-        &project,
+        ours,
         grace(&loaded),
     ))?;
     for d in &done {
