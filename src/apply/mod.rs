@@ -323,11 +323,7 @@ struct Exec<'a> {
     drain: Duration,
 }
 
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
+pub use crate::clock::now_rfc3339;
 
 fn handles_json(h: &[Handle]) -> serde_json::Value {
     serde_json::to_value(h).unwrap_or_default()

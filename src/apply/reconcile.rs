@@ -29,8 +29,8 @@ pub struct Reconciled {
     pub detail: String,
 }
 
-/// Adopts or stops the unrecorded instances a refresh found (see
-/// `crate::refresh::Refreshed::ours`; only those this very state's runs
+/// Adopts or stops the unrecorded instances a refresh found (see the
+/// top-level `refresh`, `Refreshed::ours`; only those this very state's runs
 /// started are touched) and closes the intents an interrupted run left open.
 pub async fn reconcile(
     store: &mut Store,

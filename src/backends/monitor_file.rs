@@ -1,5 +1,5 @@
 //! The contract between the process backend and the monitor it starts
-//! (`deploy-code __monitor`, see `crate::monitor`): what the monitor is handed
+//! (`deploy-code __monitor`, run by the top-level `monitor` module): what the monitor is handed
 //! on stdin ([`Launch`]) and the status file it keeps beside the instance's
 //! log ([`MonitorStatus`]), which `status`, `metrics` and refresh read.
 

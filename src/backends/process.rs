@@ -131,7 +131,7 @@ impl ProcessBackend {
             log,
             "{INSTANCE_HEADER} `{service}` replica {replica}, revision {}, at {}",
             ctx.revision,
-            crate::apply::now_rfc3339()
+            crate::clock::now_rfc3339()
         );
         let (out, err) = self
             .output(spec, &log_path, log)
@@ -162,7 +162,7 @@ impl ProcessBackend {
             // (this run's environment and the service's, secrets included)
             // goes through its stdin with the rest of its launch.
             let mut cmd = Command::new(monitor);
-            cmd.arg(crate::monitor::ARG)
+            cmd.arg(super::monitor_file::ARG)
                 .env_clear()
                 .stdin(Stdio::piped());
             cmd
@@ -205,16 +205,16 @@ impl ProcessBackend {
             let inherited = std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
                 .filter(|(k, _)| !spec.env.contains_key(k));
-            let launch = crate::monitor::Launch {
+            let launch = super::monitor_file::Launch {
                 program: program.to_owned(),
                 args: argv.iter().map(|a| (*a).to_owned()).collect(),
                 env: inherited.chain(env).collect(),
                 cwd: cwd.clone(),
-                status_path: crate::monitor::status_path(&log_path),
+                status_path: super::monitor_file::status_path(&log_path),
                 replica,
                 revision: ctx.revision,
                 spec: spec.clone(),
-                grace_seconds: crate::monitor::GRACE_SECONDS,
+                grace_seconds: super::monitor_file::GRACE_SECONDS,
             };
             let sent = child.stdin.take().map(|mut pipe| {
                 let line = serde_json::to_string(&launch).map_err(std::io::Error::other)?;

@@ -1,7 +1,7 @@
 //! Refresh, the pure part: what the backends discovered (by their marks) is
 //! turned into [`Observations`] for the planner. The looking itself happens
 //! outside `plan` (the backends' `discover`, and
-//! `crate::refresh`, which reads the processes a state records too).
+//! the top-level `refresh`, which reads the processes a state records too).
 
 use std::collections::{BTreeSet, HashMap};
 
