@@ -8,6 +8,7 @@
 //! its instances are adopted or removed, never duplicated.
 
 pub mod docker;
+pub(crate) mod engine;
 pub mod logwriter;
 pub mod monitor_file;
 pub mod process;
