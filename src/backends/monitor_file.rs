@@ -1,7 +1,8 @@
 //! The contract between the process backend and the monitor it starts
-//! (`deploy-code __monitor`, run by the top-level `monitor` module): what the monitor is handed
-//! on stdin ([`Launch`]) and the status file it keeps beside the instance's
-//! log ([`MonitorStatus`]), which `status`, `metrics` and refresh read.
+//! (`deploy-code __monitor`, run by the top-level `monitor` module): what
+//! the monitor is handed on stdin ([`Launch`]) and the status file it keeps
+//! beside the instance's log ([`MonitorStatus`]), which `status`, `metrics`
+//! and refresh read.
 
 use std::path::{Path, PathBuf};
 
