@@ -21,7 +21,7 @@
 //! ENTRYPOINT and `args` replace its CMD; `args` alone replace only the CMD,
 //! keeping the image's ENTRYPOINT; neither keeps both image defaults.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -34,9 +34,9 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectNetworkOptions,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, InspectNetworkOptions, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 
@@ -376,101 +376,7 @@ impl DockerBackend {
         image: &str,
         progress: &(dyn Fn(String) + Send + Sync),
     ) -> Result<(), BackendError> {
-        let docker = self.api().await?;
-        match docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => {
-                return Err(BackendError::Unavailable {
-                    what: "the Docker engine".into(),
-                    message: message(&e),
-                });
-            }
-        }
-        let (name, tag) = split_image(image);
-        tracing::info!(image, "pulling image");
-        progress(format!("pulling image `{image}`"));
-        let began = std::time::Instant::now();
-        let mut last_report = began;
-        // Per layer: (bytes downloaded, bytes in all, done).
-        let mut layers: BTreeMap<String, (i64, i64, bool)> = BTreeMap::new();
-        let options = CreateImageOptionsBuilder::default()
-            .from_image(name)
-            .tag(tag)
-            .build();
-        let mut stream = docker.create_image(Some(options), None, None);
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(err) = info.error_detail.as_ref().and_then(|d| d.message.clone()) {
-                        return Err(BackendError::ImageUnavailable {
-                            image: image.into(),
-                            message: err,
-                        });
-                    }
-                    if let Some(id) = &info.id {
-                        let entry = layers.entry(id.clone()).or_default();
-                        let status = info.status.as_deref().unwrap_or("");
-                        if let Some(d) = &info.progress_detail
-                            && status == "Downloading"
-                        {
-                            entry.0 = d.current.unwrap_or(entry.0);
-                            entry.1 = d.total.unwrap_or(entry.1);
-                        }
-                        if matches!(status, "Pull complete" | "Already exists") {
-                            entry.2 = true;
-                        }
-                    }
-                    if last_report.elapsed() >= Duration::from_millis(500) && !layers.is_empty() {
-                        last_report = std::time::Instant::now();
-                        let done = layers.values().filter(|l| l.2).count();
-                        let (got, all) = layers
-                            .values()
-                            .fold((0i64, 0i64), |(g, a), l| (g + l.0, a + l.1));
-                        progress(format!(
-                            "pulling image `{image}`: {done}/{} layers, {:.1}/{:.1} MB",
-                            layers.len(),
-                            got as f64 / 1e6,
-                            all as f64 / 1e6
-                        ));
-                    }
-                    tracing::info!(
-                        image,
-                        status = info.status.as_deref().unwrap_or(""),
-                        current = info
-                            .progress_detail
-                            .as_ref()
-                            .and_then(|d| d.current)
-                            .unwrap_or(0),
-                        total = info
-                            .progress_detail
-                            .as_ref()
-                            .and_then(|d| d.total)
-                            .unwrap_or(0),
-                        "pull"
-                    );
-                }
-                Err(e) => {
-                    return Err(BackendError::ImageUnavailable {
-                        image: image.into(),
-                        message: message(&e),
-                    });
-                }
-            }
-        }
-        match docker.inspect_image(image).await {
-            Ok(_) => {
-                progress(format!(
-                    "pulled image `{image}` in {:.1} s",
-                    began.elapsed().as_secs_f64()
-                ));
-                Ok(())
-            }
-            Err(e) => Err(BackendError::ImageUnavailable {
-                image: image.into(),
-                message: message(&e),
-            }),
-        }
+        super::engine::ensure_image(self.api().await?, image, progress).await
     }
 
     async fn ensure_volumes(
@@ -705,16 +611,6 @@ enum Clash {
     Port(String),
     Other(String),
     Backend(BackendError),
-}
-
-fn split_image(image: &str) -> (&str, &str) {
-    if image.contains('@') {
-        return (image, "");
-    }
-    match image.rsplit_once(':') {
-        Some((name, tag)) if !tag.contains('/') => (name, tag),
-        _ => (image, "latest"),
-    }
 }
 
 fn container_liveness(state: Option<&bollard::models::ContainerState>) -> Liveness {
@@ -1098,6 +994,7 @@ impl Backend for DockerBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::engine::split_image;
     use crate::instance::GpuRef;
     use crate::model::{PortSpec, Protocol, Resources, Text, VolumeSpec, Workload};
     use bollard::models::MountType;

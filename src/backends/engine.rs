@@ -1,10 +1,10 @@
 //! What the Docker and Swarm backends share of the engine: the client (made
 //! on first use, [`Engine`]), engine errors, an instance's labels,
 //! environment, command line, mounts and GPU requests, host-port allocation,
-//! the network lock, log tails, and probes run in a container. `docker` and
+//! the network lock, image pulls, log tails, and probes run in a container. `docker` and
 //! `swarm` build on it; neither reaches into the other.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{DeviceRequest, HealthStatusEnum, Mount, MountType};
+use bollard::query_parameters::CreateImageOptionsBuilder;
 use futures_util::StreamExt;
 
 use super::{BackendError, ProbeOutcome, StartContext, marks};
@@ -370,5 +371,121 @@ pub(crate) async fn container_health(docker: &Docker, id: &str) -> Option<bool> 
         HealthStatusEnum::HEALTHY => Some(true),
         HealthStatusEnum::UNHEALTHY => Some(false),
         _ => None,
+    }
+}
+
+/// Makes sure `image` is present on the engine, pulling it when missing, with
+/// a line to `progress` when a pull starts, at most every half second while it
+/// runs (layers done, bytes downloaded) and when it ends.
+pub(crate) async fn ensure_image(
+    docker: &Docker,
+    image: &str,
+    progress: &(dyn Fn(String) + Send + Sync),
+) -> Result<(), BackendError> {
+    match docker.inspect_image(image).await {
+        Ok(_) => return Ok(()),
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => {
+            return Err(BackendError::Unavailable {
+                what: "the Docker engine".into(),
+                message: message(&e),
+            });
+        }
+    }
+    let (name, tag) = split_image(image);
+    tracing::info!(image, "pulling image");
+    progress(format!("pulling image `{image}`"));
+    let began = std::time::Instant::now();
+    let mut last_report = began;
+    // Per layer: (bytes downloaded, bytes in all, done).
+    let mut layers: BTreeMap<String, (i64, i64, bool)> = BTreeMap::new();
+    let options = CreateImageOptionsBuilder::default()
+        .from_image(name)
+        .tag(tag)
+        .build();
+    let mut stream = docker.create_image(Some(options), None, None);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(err) = info.error_detail.as_ref().and_then(|d| d.message.clone()) {
+                    return Err(BackendError::ImageUnavailable {
+                        image: image.into(),
+                        message: err,
+                    });
+                }
+                if let Some(id) = &info.id {
+                    let entry = layers.entry(id.clone()).or_default();
+                    let status = info.status.as_deref().unwrap_or("");
+                    if let Some(d) = &info.progress_detail
+                        && status == "Downloading"
+                    {
+                        entry.0 = d.current.unwrap_or(entry.0);
+                        entry.1 = d.total.unwrap_or(entry.1);
+                    }
+                    if matches!(status, "Pull complete" | "Already exists") {
+                        entry.2 = true;
+                    }
+                }
+                if last_report.elapsed() >= Duration::from_millis(500) && !layers.is_empty() {
+                    last_report = std::time::Instant::now();
+                    let done = layers.values().filter(|l| l.2).count();
+                    let (got, all) = layers
+                        .values()
+                        .fold((0i64, 0i64), |(g, a), l| (g + l.0, a + l.1));
+                    progress(format!(
+                        "pulling image `{image}`: {done}/{} layers, {:.1}/{:.1} MB",
+                        layers.len(),
+                        got as f64 / 1e6,
+                        all as f64 / 1e6
+                    ));
+                }
+                tracing::info!(
+                    image,
+                    status = info.status.as_deref().unwrap_or(""),
+                    current = info
+                        .progress_detail
+                        .as_ref()
+                        .and_then(|d| d.current)
+                        .unwrap_or(0),
+                    total = info
+                        .progress_detail
+                        .as_ref()
+                        .and_then(|d| d.total)
+                        .unwrap_or(0),
+                    "pull"
+                );
+            }
+            Err(e) => {
+                return Err(BackendError::ImageUnavailable {
+                    image: image.into(),
+                    message: message(&e),
+                });
+            }
+        }
+    }
+    match docker.inspect_image(image).await {
+        Ok(_) => {
+            progress(format!(
+                "pulled image `{image}` in {:.1} s",
+                began.elapsed().as_secs_f64()
+            ));
+            Ok(())
+        }
+        Err(e) => Err(BackendError::ImageUnavailable {
+            image: image.into(),
+            message: message(&e),
+        }),
+    }
+}
+
+/// `(name, tag)` of an image reference (`latest` when it names none; a
+/// digest reference is pulled whole).
+pub(crate) fn split_image(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name, tag),
+        _ => (image, "latest"),
     }
 }
