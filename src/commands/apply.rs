@@ -501,21 +501,13 @@ fn recover(
     let rt = inv.runtime()?;
     let snap = store.snapshot()?;
     let project = &loaded.desired.settings.project;
-    let (ours, _) = rt.block_on(reconcile::unknown_by_owner(
-        backends,
-        project,
-        &snap.services,
-        snap.lineage.as_deref(),
-    ));
+    let ours = rt
+        .block_on(crate::refresh::observe(backends, project, &snap))
+        .ours;
     if ours.is_empty() && snap.open_intents.is_empty() {
         return Ok(());
     }
-    let done = rt.block_on(reconcile::reconcile(
-        store,
-        backends,
-        project,
-        grace(loaded),
-    ))?;
+    let done = rt.block_on(reconcile::reconcile(store, backends, ours, grace(loaded)))?;
     if inv.format() != Format::Json {
         for d in &done {
             inv.out.status(&format!(
@@ -703,14 +695,17 @@ pub fn destroy(inv: &Invocation, req: &DestroyRequest) -> Result<CommandOutcome,
         && let Ok(rt) = inv.runtime()
     {
         let project = &loaded.desired.settings.project;
-        let _ = rt.block_on(
-            crate::backends::docker::DockerBackend::lazy().remove_network_if_empty(project),
-        );
-        // Without a Swarm manager there is no overlay network to remove.
-        if let Err(e @ crate::backends::BackendError::Network { .. }) = rt
-            .block_on(crate::backends::swarm::SwarmBackend::lazy().remove_network_if_empty(project))
+        for b in inv
+            .backends(Some(&loaded), None)
+            .all()
+            .filter(|b| b.tears_down_network())
         {
-            tracing::warn!("{e}");
+            // Without an engine (or a Swarm manager) there is no network to remove.
+            if let Err(e @ crate::backends::BackendError::Network { .. }) =
+                rt.block_on(b.teardown_network(project))
+            {
+                tracing::warn!("{e}");
+            }
         }
     }
     Ok(done)
@@ -880,12 +875,8 @@ pub fn cleanup(inv: &Invocation, req: &CleanupRequest) -> Result<CommandOutcome,
         }
     };
     if req.dry_run {
-        let (ours, theirs) = rt.block_on(reconcile::unknown_by_owner(
-            &backends,
-            &project,
-            &snap0.services,
-            snap0.lineage.as_deref(),
-        ));
+        let crate::refresh::Refreshed { ours, theirs, .. } =
+            rt.block_on(crate::refresh::observe(&backends, &project, &snap0));
         for d in &ours {
             say(format!(
                 "would remove `{}` {}",
@@ -902,12 +893,8 @@ pub fn cleanup(inv: &Invocation, req: &CleanupRequest) -> Result<CommandOutcome,
     let mut store = open_store(inv, inv.state_path())?;
     store.ensure_identity(None)?;
     let snap = store.snapshot()?;
-    let (ours, theirs) = rt.block_on(reconcile::unknown_by_owner(
-        &backends,
-        &project,
-        &snap.services,
-        snap.lineage.as_deref(),
-    ));
+    let crate::refresh::Refreshed { ours, theirs, .. } =
+        rt.block_on(crate::refresh::observe(&backends, &project, &snap));
     left_alone(&theirs);
     if ours.is_empty() && snap.open_intents.is_empty() {
         say("Nothing to clean up.".to_owned());
@@ -924,7 +911,7 @@ pub fn cleanup(inv: &Invocation, req: &CleanupRequest) -> Result<CommandOutcome,
     let done = rt.block_on(reconcile::reconcile(
         &mut store,
         &backends,
-        &project,
+        ours,
         grace(loaded),
     ))?;
     for d in &done {

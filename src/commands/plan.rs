@@ -30,49 +30,6 @@ pub struct Prepared {
     pub inventory: Inventory,
 }
 
-/// What runs, for a refreshed plan: the recorded processes (by pid and start
-/// time), containers and Swarm services (by their labels), and the instances
-/// marked with `project` that the state does not name: orphans of this state's
-/// runs, and those of another state sharing the project name.
-pub(crate) async fn observe(
-    backends: &crate::backends::Registry,
-    project: &str,
-    snapshot: &Snapshot,
-) -> plan::Observations {
-    use crate::apply::reconcile;
-    use crate::model::BackendKind;
-    let mut obs = crate::backends::process::observe_recorded(snapshot);
-    let mut found = Vec::new();
-    // One discovery per backend serves both the recorded instances and the
-    // unrecorded ones. An engine that does not answer must not hold up a plan.
-    for b in backends.all() {
-        let kind = b.kind();
-        match tokio::time::timeout(std::time::Duration::from_secs(10), b.discover(project)).await {
-            Ok(Ok(d)) => {
-                if kind != BackendKind::Process
-                    && snapshot.services.values().any(|r| r.backend == kind)
-                {
-                    let seen = plan::refresh::observe_discovered(kind, &d, snapshot);
-                    obs.services.extend(seen.services);
-                }
-                found.extend(d);
-            }
-            Ok(Err(e)) => tracing::debug!(backend = %kind, error = %e, "discovery failed"),
-            Err(_) => tracing::warn!(backend = %kind, "discovery took over 10 s; skipped"),
-        }
-    }
-    let (ours, theirs) = reconcile::by_owner(
-        reconcile::unrecorded(found, &snapshot.services),
-        snapshot.lineage.as_deref(),
-    );
-    obs.orphans = ours.into_iter().map(|d| (d.service, d.handle)).collect();
-    obs.foreign = theirs
-        .into_iter()
-        .map(|(d, lineage)| (d.service, d.handle, lineage))
-        .collect();
-    obs
-}
-
 /// What `plan` is asked.
 #[derive(Clone, Debug, Default)]
 pub struct PlanRequest {
@@ -123,6 +80,7 @@ pub(crate) fn plan_against(
         .as_ref()
         .map_or_else(|| "none".to_owned(), LoadedConfig::config_hash);
     let rt = inv.runtime()?;
+    let backends = inv.backends(loaded.as_ref(), Some(snapshot));
     let inventory = match &scope.inventory {
         Some(path) => inventory::load_file(path)?,
         None => {
@@ -130,30 +88,23 @@ pub(crate) fn plan_against(
                 || PathBuf::from("."),
                 |l| l.desired.settings.data_dir.clone(),
             );
-            let swarm = loaded.as_ref().is_some_and(|l| {
-                l.desired.settings.default_backend == crate::model::BackendKind::Swarm
-            });
-            let cluster = swarm
-                .then(|| match rt.block_on(crate::backends::swarm::nodes_inventory()) {
-                    Ok(i) if !i.hosts.is_empty() => Some(i),
-                    Ok(_) => None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no Swarm manager answers; probing this host instead");
-                        None
-                    }
-                })
-                .flatten();
-            cluster.unwrap_or_else(|| inventory::probe(&data_dir))
+            loaded
+                .as_ref()
+                .and_then(|l| backends.capacity_blocking(l.desired.settings.default_backend))
+                .unwrap_or_else(|| inventory::probe(&data_dir))
         }
     };
     let observations = scope.refresh.then(|| match loaded.as_ref() {
-        Some(l) => rt.block_on(observe(
-            &inv.backends(Some(l), Some(snapshot)),
-            &l.desired.settings.project,
-            snapshot,
-        )),
+        Some(l) => {
+            rt.block_on(crate::refresh::observe(
+                &backends,
+                &l.desired.settings.project,
+                snapshot,
+            ))
+            .observations
+        }
         // Without a configuration there is no project name to look for.
-        None => crate::backends::process::observe_recorded(snapshot),
+        None => crate::refresh::observe_recorded(snapshot),
     });
     let input = plan::Input {
         desired: loaded.as_ref().map(|l| &l.desired),
@@ -167,6 +118,7 @@ pub(crate) fn plan_against(
             replaces: scope.replaces.clone(),
             destroy_all,
         },
+        capabilities: backends.capabilities(),
     };
     let mut plan = plan::plan(&input)?;
     plan.binding.state_key_id = Some(crate::state::key::id(&secret_key));

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::instance::{Capabilities, InstanceState};
 use crate::model::{BackendKind, DesiredState, ServiceName, ServiceSpec};
 use crate::state::{GpuRef, Handle, Snapshot};
 
@@ -238,42 +239,6 @@ impl Plan {
     }
 }
 
-/// Whether an observed instance runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InstanceState {
-    Running,
-    Exited,
-    /// Gone, or its pid now belongs to another process.
-    Missing,
-    /// A Swarm service that runs fewer tasks than the state records replicas.
-    Degraded,
-}
-
-impl InstanceState {
-    /// `running`, `exited`, `missing`, `degraded`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstanceState::Running => "running",
-            InstanceState::Exited => "exited",
-            InstanceState::Missing => "missing",
-            InstanceState::Degraded => "degraded",
-        }
-    }
-}
-
-impl std::fmt::Display for InstanceState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<&str> for InstanceState {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
 /// What a process, container or Swarm service looks like right now (refresh).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ObservedInstance {
@@ -319,4 +284,7 @@ pub struct Input<'a> {
     pub inventory: &'a crate::inventory::Inventory,
     pub config_hash: String,
     pub options: Options,
+    /// What each backend can do (from `backends::Registry::capabilities`); a
+    /// kind missing here updates nothing in place.
+    pub capabilities: std::collections::BTreeMap<crate::model::BackendKind, Capabilities>,
 }

@@ -240,6 +240,10 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                 after,
                 replaces.contains(name.as_str()),
                 drifted.get(*name),
+                input
+                    .capabilities
+                    .get(&after.backend)
+                    .map_or(&[][..], |c| &c.updatable_in_place[..]),
             ),
             (None, None) => continue,
         };
@@ -354,6 +358,7 @@ fn decide(
     after: &ServiceSpec,
     forced: bool,
     drift: Option<&Drift>,
+    updatable: &[String],
 ) -> Change {
     let mut change = Change {
         service: after.name.clone(),
@@ -372,10 +377,9 @@ fn decide(
     } else {
         changed_paths(&record.spec.canonical(), &after.canonical())
     };
-    let updatable = after.backend.updatable_in_place();
     let forcing: Vec<String> = paths
         .iter()
-        .filter(|p| !updatable.contains(&top_level(p)))
+        .filter(|p| !updatable.iter().any(|u| u == top_level(p)))
         .cloned()
         .collect();
     let backend_changed = record.backend != after.backend || record.spec.backend != after.backend;
