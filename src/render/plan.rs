@@ -90,13 +90,7 @@ pub fn drift_detail(d: &Drift) -> String {
 }
 
 fn describe_handle(h: &Handle) -> String {
-    match h {
-        Handle::Process { replica, pid, .. } => format!("replica {replica} (pid {pid})"),
-        Handle::Container { replica, name, .. } => {
-            format!("replica {replica} (container `{name}`)")
-        }
-        Handle::SwarmService { name, .. } => format!("swarm service `{name}`"),
-    }
+    h.describe_replica()
 }
 
 fn short_hash(h: &str) -> String {
