@@ -89,10 +89,12 @@ fn fmt_value(v: f64) -> String {
 }
 
 /// The status files of the monitors of a service's recorded instances.
-fn monitor_statuses(r: &crate::state::ServiceRecord) -> Vec<crate::monitor::MonitorStatus> {
+fn monitor_statuses(
+    r: &crate::state::ServiceRecord,
+) -> Vec<crate::backends::monitor_file::MonitorStatus> {
     r.handles
         .iter()
-        .filter_map(crate::monitor::status_of_handle)
+        .filter_map(crate::backends::monitor_file::status_of_handle)
         .collect()
 }
 
@@ -171,7 +173,7 @@ pub fn exposition(project: &str, snapshot: &Snapshot, history: &[Deployment]) ->
         for (name, _, statuses) in &monitored {
             let open = statuses
                 .iter()
-                .any(|m| m.state == crate::monitor::MonitorState::CircuitOpen);
+                .any(|m| m.state == crate::backends::monitor_file::MonitorState::CircuitOpen);
             w.sample(
                 "deploy_code_service_circuit_open",
                 &[("service", name.as_str())],

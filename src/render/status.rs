@@ -121,7 +121,7 @@ pub struct MonitorView {
     pub state: String,
     pub restarts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_exit: Option<crate::monitor::ExitRecord>,
+    pub last_exit: Option<crate::backends::monitor_file::ExitRecord>,
     /// The back-off in force (while backing off) or that the next restart waits.
     pub backoff_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,14 +135,14 @@ pub struct MonitorView {
 }
 
 impl MonitorView {
-    pub fn of(m: &crate::monitor::MonitorStatus) -> Self {
+    pub fn of(m: &crate::backends::monitor_file::MonitorStatus) -> Self {
         MonitorView {
             state: m.state.as_str().to_owned(),
             restarts: m.restarts,
             last_exit: m.last_exit.clone(),
             backoff_ms: m.backoff_ms,
             next_start_at: m.next_start_at.clone(),
-            circuit_open: m.state == crate::monitor::MonitorState::CircuitOpen,
+            circuit_open: m.state == crate::backends::monitor_file::MonitorState::CircuitOpen,
             child_pid: m.child_pid,
             child_start_time: m.child_start_time,
         }

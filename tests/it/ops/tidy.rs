@@ -248,3 +248,79 @@ fn the_switch_imports_nothing_from_apply_or_backends() {
         offenders.join("\n")
     );
 }
+
+/// The crate's top-level modules and which of them each one names
+/// (`crate::<module>` in a line of code, unit tests left out).
+fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut graph = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for (file, _, line) in code_lines() {
+        let rel = file.trim_start_matches("src/");
+        let top = rel
+            .split('/')
+            .next()
+            .unwrap_or(rel)
+            .trim_end_matches(".rs")
+            .to_owned();
+        let edges = graph.entry(top.clone()).or_default();
+        for (i, _) in line.match_indices("crate::") {
+            let name: String = line[i + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if !name.is_empty() && name != top {
+                edges.insert(name);
+            }
+        }
+    }
+    graph
+}
+
+#[test]
+fn the_module_graph_has_no_cycle() {
+    let graph = module_graph();
+    // Depth-first search with colours: a grey module met again closes a cycle.
+    fn visit(
+        m: &str,
+        graph: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        colour: &mut std::collections::BTreeMap<String, u8>,
+        path: &mut Vec<String>,
+        cycles: &mut Vec<String>,
+    ) {
+        colour.insert(m.to_owned(), 1);
+        path.push(m.to_owned());
+        for next in graph.get(m).into_iter().flatten() {
+            match colour.get(next).copied().unwrap_or(0) {
+                0 => visit(next, graph, colour, path, cycles),
+                1 => {
+                    let from = path.iter().position(|p| p == next).unwrap_or(0);
+                    cycles.push(format!("{} -> {next}", path[from..].join(" -> ")));
+                }
+                _ => {}
+            }
+        }
+        path.pop();
+        colour.insert(m.to_owned(), 2);
+    }
+    let mut colour = std::collections::BTreeMap::new();
+    let mut cycles = Vec::new();
+    for m in graph.keys() {
+        if !colour.contains_key(m) {
+            visit(m, &graph, &mut colour, &mut Vec::new(), &mut cycles);
+        }
+    }
+    let listing: Vec<String> = graph
+        .iter()
+        .map(|(m, to)| {
+            format!(
+                "{m} -> {}",
+                to.iter().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+        .collect();
+    assert!(
+        cycles.is_empty(),
+        "the modules name each other in a circle:\n{}\n\nthe graph:\n{}",
+        cycles.join("\n"),
+        listing.join("\n")
+    );
+}
