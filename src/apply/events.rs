@@ -183,15 +183,33 @@ impl Report {
     }
 }
 
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+/// Why a run could not start or record. Its code and help line follow from
+/// the variant ([`Coded`](crate::error::Coded)).
+#[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error(transparent)]
-    #[diagnostic(transparent)]
     State(#[from] StateError),
     #[error("no backend is available for `{service}` ({backend})")]
-    #[diagnostic(
-        code("deploy_code::E014"),
-        help("check that the backend of this service is reachable with `deploy-code doctor`")
-    )]
     NoBackend { service: String, backend: String },
 }
+
+impl crate::error::Coded for ApplyError {
+    fn error_code(&self) -> crate::error::Code {
+        match self {
+            ApplyError::State(e) => e.error_code(),
+            ApplyError::NoBackend { .. } => crate::error::Code::E014,
+        }
+    }
+
+    fn help_text(&self) -> Option<String> {
+        match self {
+            ApplyError::State(e) => e.help_text(),
+            ApplyError::NoBackend { .. } => Some(
+                "check that the backend of this service is reachable with `deploy-code doctor`"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+crate::error::coded_diagnostic!(ApplyError);

@@ -85,44 +85,25 @@ pub struct ProbeOutcome {
     pub detail: String,
 }
 
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+/// What a backend could not do. Its code and help line follow from the
+/// variant ([`Coded`](crate::error::Coded)).
+#[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("`{service}` could not be started: {message}")]
-    #[diagnostic(code("deploy_code::E005"))]
     StartFailed { service: String, message: String },
     #[error("command `{command}` of `{service}` was not found")]
-    #[diagnostic(
-        code("deploy_code::E003"),
-        help("install it, give its full path, or fix `command` in the config")
-    )]
     BinaryNotFound { service: String, command: String },
     #[error("image `{image}` is not present and could not be pulled: {message}")]
-    #[diagnostic(
-        code("deploy_code::E015"),
-        help(
-            "build or load the image on this host (docker build / docker load), or make its registry reachable"
-        )
-    )]
     ImageUnavailable { image: String, message: String },
     #[error("{what} is not reachable: {message}")]
-    #[diagnostic(
-        code("deploy_code::E014"),
-        help(
-            "start the Docker engine (dockerd) or set DOCKER_HOST; `deploy-code doctor` checks it"
-        )
-    )]
     Unavailable { what: String, message: String },
     #[error("network error: {message}")]
-    #[diagnostic(code("deploy_code::E010"))]
     Network { message: String },
     #[error("volume `{volume}` could not be mounted: {message}")]
-    #[diagnostic(code("deploy_code::S005"))]
     Volume { volume: String, message: String },
     #[error("`{service}` could not be stopped: {message}")]
-    #[diagnostic(code("deploy_code::E005"))]
     StopFailed { service: String, message: String },
     #[error("the {backend} backend cannot update `{service}` in place")]
-    #[diagnostic(code("deploy_code::E005"))]
     Unsupported {
         backend: BackendKind,
         service: String,
@@ -145,6 +126,30 @@ impl BackendError {
         }
     }
 }
+
+impl crate::error::Coded for BackendError {
+    fn error_code(&self) -> crate::error::Code {
+        self.code()
+    }
+
+    fn help_text(&self) -> Option<String> {
+        let help = match self {
+            BackendError::BinaryNotFound { .. } => {
+                "install it, give its full path, or fix `command` in the config"
+            }
+            BackendError::ImageUnavailable { .. } => {
+                "build or load the image on this host (docker build / docker load), or make its registry reachable"
+            }
+            BackendError::Unavailable { .. } => {
+                "start the Docker engine (dockerd) or set DOCKER_HOST; `deploy-code doctor` checks it"
+            }
+            _ => return None,
+        };
+        Some(help.to_owned())
+    }
+}
+
+crate::error::coded_diagnostic!(BackendError);
 
 #[async_trait]
 pub trait Backend: Send + Sync {

@@ -29,18 +29,50 @@ use crate::config::yaml::{self, Key, Node, Value};
 use super::{Gpu, Host, Inventory, Source};
 
 /// A problem with an inventory file, pointing into it where it can.
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+#[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-#[diagnostic(code("deploy_code::E016"))]
 pub struct InventoryError {
     pub message: String,
-    #[source_code]
     pub src: Option<NamedSource<String>>,
-    #[label("{label}")]
     pub span: Option<SourceSpan>,
     pub label: String,
-    #[help]
     pub help: Option<String>,
+}
+
+impl crate::error::Coded for InventoryError {
+    fn error_code(&self) -> crate::error::Code {
+        crate::error::Code::E016
+    }
+
+    fn help_text(&self) -> Option<String> {
+        self.help.clone()
+    }
+}
+
+/// The code and help line from [`Coded`](crate::error::Coded), and the span in
+/// the file when there is one.
+impl miette::Diagnostic for InventoryError {
+    fn code<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        use crate::error::Coded;
+        Some(Box::new(self.error_code().diagnostic_code()))
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn std::fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn std::fmt::Display + 'a>)
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.src.as_ref().map(|s| s as &dyn miette::SourceCode)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        let span = self.span?;
+        Some(Box::new(std::iter::once(
+            miette::LabeledSpan::new_with_span(Some(self.label.clone()), span),
+        )))
+    }
 }
 
 const HELP: &str = "an inventory file declares `name`, `cpu_cores`, `memory_mb`, `storage_gb`, \

@@ -324,3 +324,12 @@ fn the_module_graph_has_no_cycle() {
         listing.join("\n")
     );
 }
+
+#[test]
+fn error_codes_follow_from_variants() {
+    only_in(
+        "an error's code follows from its variant (`error::Coded`), never from a literal in a `#[diagnostic]` attribute",
+        &["code(\"deploy_code::", "code(deploy_code::"],
+        &[],
+    );
+}
