@@ -156,6 +156,7 @@ async fn run_once(run: usize, rt_samples: &mut Vec<f64>, totals: &mut Vec<(f64, 
         inventory: &inventory,
         config_hash: "sha256:bench".into(),
         options: plan::Options::default(),
+        capabilities: deploy_code::backends::Registry::with_all().capabilities(),
     })
     .unwrap();
     assert_eq!(p.phases.len(), 10, "10 phases");

@@ -113,6 +113,7 @@ fn bench(c: &mut Criterion) {
                 inventory: &inv,
                 config_hash: "sha256:bench".into(),
                 options: Options::default(),
+                capabilities: deploy_code::backends::Registry::with_all().capabilities(),
             })
             .expect("plans");
             assert_eq!(p.summary.replace, n / 100);

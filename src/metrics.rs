@@ -92,15 +92,7 @@ fn fmt_value(v: f64) -> String {
 fn monitor_statuses(r: &crate::state::ServiceRecord) -> Vec<crate::monitor::MonitorStatus> {
     r.handles
         .iter()
-        .filter_map(|h| match h {
-            crate::state::Handle::Process {
-                pid,
-                start_time,
-                log_path,
-                ..
-            } => crate::monitor::status_of(std::path::Path::new(log_path), *pid, *start_time),
-            _ => None,
-        })
+        .filter_map(crate::monitor::status_of_handle)
         .collect()
 }
 

@@ -271,17 +271,6 @@ impl BackendKind {
             BackendKind::Swarm => "swarm",
         }
     }
-
-    /// Top-level fields of a [`ServiceSpec`] (its canonical JSON keys) that this
-    /// backend can change on a running service without a restart. A change to any
-    /// other field forces a replace.
-    pub fn updatable_in_place(self) -> &'static [&'static str] {
-        match self {
-            BackendKind::Process => &[],
-            BackendKind::Docker => &[],
-            BackendKind::Swarm => &["replicas"],
-        }
-    }
 }
 
 impl fmt::Display for BackendKind {

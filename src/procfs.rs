@@ -5,7 +5,27 @@
 //! the process is gone or the file cannot be read; nothing signals or writes.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The deploy-code binary (`/proc/self/exe`), which runs the log writers,
+/// monitors and traffic switches: this one when it is deploy-code, else a
+/// `deploy-code` beside it or one directory up (a test binary in `deps/`).
+pub fn deploy_code_program() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let is_ours = |p: &Path| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n == "deploy-code")
+            && p.is_file()
+    };
+    if is_ours(&exe) {
+        return Some(exe);
+    }
+    let dir = exe.parent()?;
+    [dir.join("deploy-code"), dir.parent()?.join("deploy-code")]
+        .into_iter()
+        .find(|p| is_ours(p))
+}
 
 /// The fields of `/proc/<pid>/stat` that deploy-code reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backends::{Discovered, Liveness, Registry};
 use crate::model::ServiceName;
-use crate::state::{Handle, ServiceRecord, ServiceStatus, StateError, Store};
+use crate::state::{Handle, ServiceStatus, StateError, Store};
 
 /// What reconciliation did to one instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,78 +29,13 @@ pub struct Reconciled {
     pub detail: String,
 }
 
-/// Instances marked as this project's that the state does not name. With
-/// `lineage`, only those a run of that state started: two states that share a
-/// project name never touch each other's instances.
-pub async fn unknown_instances(
-    backends: &Registry,
-    project: &str,
-    state: &std::collections::BTreeMap<ServiceName, ServiceRecord>,
-    lineage: Option<&str>,
-) -> Vec<Discovered> {
-    let mut found = Vec::new();
-    for b in backends.all() {
-        if let Ok(d) = b.discover(project).await {
-            found.extend(d);
-        }
-    }
-    unrecorded(found, state)
-        .into_iter()
-        .filter(|d| lineage.is_none() || d.lineage.as_deref() == lineage)
-        .collect()
-}
-
-/// The discovered instances that no record of `state` names.
-pub fn unrecorded(
-    found: Vec<Discovered>,
-    state: &std::collections::BTreeMap<ServiceName, ServiceRecord>,
-) -> Vec<Discovered> {
-    let known: Vec<&Handle> = state.values().flat_map(|r| r.handles.iter()).collect();
-    found
-        .into_iter()
-        .filter(|d| !known.iter().any(|k| same_instance(k, &d.handle)))
-        .collect()
-}
-
-/// Unrecorded instances split into those started by runs of the state with
-/// `lineage` (`None`: a state that has started nothing yet) and those of other
-/// states sharing the project name, with their lineage.
-pub fn by_owner(
-    unrecorded: Vec<Discovered>,
-    lineage: Option<&str>,
-) -> (Vec<Discovered>, Vec<(Discovered, String)>) {
-    let mut ours = Vec::new();
-    let mut theirs = Vec::new();
-    for d in unrecorded {
-        if lineage.is_some() && d.lineage.as_deref() == lineage {
-            ours.push(d);
-        } else {
-            let owner = d.lineage.clone().unwrap_or_else(|| "unknown".into());
-            theirs.push((d, owner));
-        }
-    }
-    (ours, theirs)
-}
-
-/// [`unknown_instances`] of any state, split by [`by_owner`].
-pub async fn unknown_by_owner(
-    backends: &Registry,
-    project: &str,
-    state: &std::collections::BTreeMap<ServiceName, ServiceRecord>,
-    lineage: Option<&str>,
-) -> (Vec<Discovered>, Vec<(Discovered, String)>) {
-    by_owner(
-        unknown_instances(backends, project, state, None).await,
-        lineage,
-    )
-}
-
-/// Adopts or stops every unrecorded instance of `project` and closes the
-/// intents an interrupted run left open.
+/// Adopts or stops the unrecorded instances a refresh found (see the
+/// top-level `refresh`, `Refreshed::ours`; only those this very state's runs
+/// started are touched) and closes the intents an interrupted run left open.
 pub async fn reconcile(
     store: &mut Store,
     backends: &Registry,
-    project: &str,
+    unknown: Vec<Discovered>,
     grace: Duration,
 ) -> Result<Vec<Reconciled>, StateError> {
     let mut done = Vec::new();
@@ -122,10 +57,15 @@ pub async fn reconcile(
         });
     }
     // Only instances started by runs of this very state are adopted or stopped.
-    let unknown = match snap.lineage.as_deref() {
-        Some(lineage) => unknown_instances(backends, project, &snap.services, Some(lineage)).await,
-        None => Vec::new(),
-    };
+    let unknown = unknown.into_iter().filter(|d| {
+        snap.lineage.is_some()
+            && d.lineage == snap.lineage
+            && !snap
+                .services
+                .values()
+                .flat_map(|r| r.handles.iter())
+                .any(|k| k.same_instance(&d.handle))
+    });
     let mut records = snap.services.clone();
     for d in unknown {
         let Some(backend) = backends
@@ -194,40 +134,9 @@ pub async fn reconcile(
 }
 
 fn handle_kind_matches(kind: crate::model::BackendKind, h: &Handle) -> bool {
-    use crate::model::BackendKind::*;
-    matches!(
-        (kind, h),
-        (Process, Handle::Process { .. })
-            | (Docker, Handle::Container { .. })
-            | (Swarm, Handle::SwarmService { .. })
-    )
+    h.backend() == kind
 }
 
 pub fn describe(h: &Handle) -> String {
-    match h {
-        Handle::Process { pid, replica, .. } => format!("process {pid} (replica {replica})"),
-        Handle::Container { name, .. } => format!("container `{name}`"),
-        Handle::SwarmService { name, .. } => format!("swarm service `{name}`"),
-    }
-}
-
-/// The same instance: same pid and start time, same container or service id.
-pub fn same_instance(a: &Handle, b: &Handle) -> bool {
-    match (a, b) {
-        (
-            Handle::Process {
-                pid: p1,
-                start_time: s1,
-                ..
-            },
-            Handle::Process {
-                pid: p2,
-                start_time: s2,
-                ..
-            },
-        ) => p1 == p2 && s1 == s2,
-        (Handle::Container { id: a, .. }, Handle::Container { id: b, .. }) => a == b,
-        (Handle::SwarmService { id: a, .. }, Handle::SwarmService { id: b, .. }) => a == b,
-        _ => false,
-    }
+    h.describe()
 }

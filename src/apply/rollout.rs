@@ -40,10 +40,7 @@ pub(super) struct RolloutUndo {
 }
 
 fn replica_of(h: &Handle) -> u32 {
-    match h {
-        Handle::Process { replica, .. } | Handle::Container { replica, .. } => *replica,
-        Handle::SwarmService { .. } => 0,
-    }
+    h.replica()
 }
 
 fn switch_error(e: crate::switch::SwitchError) -> StepError {

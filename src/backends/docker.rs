@@ -10,25 +10,28 @@
 //!
 //! Every container carries the labels of [`super::marks`]: project, service,
 //! spec hash, deployment revision, lineage and replica. [`DockerBackend::discover`]
-//! finds them by the project label, [`observe`] turns that into the refresh
-//! observations that `plan` reads.
+//! finds them by the project label; the top-level `refresh` turns that into
+//! the observations that `plan` reads.
+//!
+//! What it shares with `swarm` (the client, labels, environment, command
+//! line, mounts, host ports, log tails, probes in a container) is in
+//! `engine`.
 //!
 //! `command` and `args`: `command` (when given) replaces the image's
 //! ENTRYPOINT and `args` replace its CMD; `args` alone replace only the CMD,
 //! keeping the image's ENTRYPOINT; neither keeps both image defaults.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, DeviceRequest, EndpointSettings,
-    HealthStatusEnum, HostConfig, Ipam, IpamConfig, Mount, MountType, NetworkCreateRequest,
-    NetworkingConfig, PortBinding, RestartPolicy as DockerRestart, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerStateStatusEnum, EndpointSettings, HostConfig, Ipam, IpamConfig,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy as DockerRestart,
+    RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectNetworkOptions,
@@ -37,31 +40,16 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::{Backend, BackendError, Discovered, Liveness, ProbeOutcome, StartContext, marks};
-use crate::model::{
-    BackendKind, PortSpec, Protocol, RestartPolicy, ServiceName, ServiceSpec, Text,
+pub use super::engine::{
+    Engine, connect, device_requests, engine_info, free_port, labels, volume_name,
 };
-use crate::plan::Observations;
-use crate::state::{GpuRef, Handle, Snapshot};
-
-/// The last `lines` lines of a log stream (container or Swarm service, without
-/// `follow`), read for at most 5 s.
-pub(crate) async fn log_tail(
-    mut stream: impl futures_util::Stream<Item = Result<bollard::container::LogOutput, DockerError>>
-    + Unpin,
-    lines: usize,
-) -> Vec<String> {
-    let mut text = String::new();
-    let read = async {
-        while let Some(Ok(chunk)) = stream.next().await {
-            text.push_str(&chunk.to_string());
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-    let all: Vec<String> = text.lines().map(str::to_owned).collect();
-    let skip = all.len().saturating_sub(lines);
-    all.into_iter().skip(skip).collect()
-}
+use super::engine::{
+    NETWORK_LOCK, command_line, container_health, env_list, exec_probe, is_conflict, is_not_found,
+    log_tail, message, mounts, port_key, release_ports,
+};
+use super::{Backend, BackendError, Discovered, Liveness, ProbeOutcome, StartContext, marks};
+use crate::instance::Handle;
+use crate::model::{BackendKind, RestartPolicy, ServiceName, ServiceSpec};
 
 /// The container name of one replica: `<project>-<service>`, `-<replica>` for replicas after the first.
 pub fn container_name(project: &str, service: &str, replica: u32) -> String {
@@ -117,162 +105,6 @@ impl Attachment {
     }
 }
 
-/// Connects to the local engine (`DOCKER_HOST` or the default socket) and
-/// agrees on an API version both sides speak.
-pub async fn connect() -> Result<Docker, BackendError> {
-    let unavailable = |e: DockerError| BackendError::Unavailable {
-        what: "the Docker engine".into(),
-        message: e.to_string(),
-    };
-    let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
-    let docker = docker.negotiate_version().await.map_err(unavailable)?;
-    docker.ping().await.map_err(unavailable)?;
-    Ok(docker)
-}
-
-/// A one-line description of the engine: version, API version, Swarm state
-/// (for `deploy-code doctor`).
-pub async fn engine_info() -> Result<String, BackendError> {
-    let docker = connect().await?;
-    let unavailable = |e: DockerError| BackendError::Unavailable {
-        what: "the Docker engine".into(),
-        message: e.to_string(),
-    };
-    let version = docker.version().await.map_err(unavailable)?;
-    let info = docker.info().await.map_err(unavailable)?;
-    let swarm = info
-        .swarm
-        .and_then(|s| s.local_node_state)
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    Ok(format!(
-        "Docker {} (API {}, negotiated {}), swarm {}",
-        version.version.unwrap_or_default(),
-        version.api_version.unwrap_or_default(),
-        docker.client_version(),
-        if swarm.is_empty() {
-            "inactive".into()
-        } else {
-            swarm
-        }
-    ))
-}
-
-pub(crate) fn is_not_found(e: &DockerError) -> bool {
-    matches!(
-        e,
-        DockerError::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
-}
-
-fn is_conflict(e: &DockerError) -> bool {
-    matches!(
-        e,
-        DockerError::DockerResponseServerError {
-            status_code: 409,
-            ..
-        }
-    )
-}
-
-/// The short message of an engine error, without the HTTP wrapping.
-pub(crate) fn message(e: &DockerError) -> String {
-    match e {
-        DockerError::DockerResponseServerError { message, .. } => message.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// The labels that mark an instance of `spec` as this project's.
-pub fn labels(
-    spec: &ServiceSpec,
-    ctx: &StartContext,
-    replica: Option<u32>,
-) -> HashMap<String, String> {
-    let mut l: HashMap<String, String> = spec
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    l.insert(marks::PROJECT.into(), ctx.project.clone());
-    l.insert(marks::SERVICE.into(), spec.name.to_string());
-    l.insert(marks::SPEC_HASH.into(), spec.spec_hash());
-    l.insert(marks::DEPLOYMENT.into(), ctx.revision.to_string());
-    l.insert(marks::LINEAGE.into(), ctx.lineage.clone());
-    if let Some(r) = replica {
-        l.insert(marks::REPLICA.into(), r.to_string());
-    }
-    l
-}
-
-/// `KEY=value` pairs with plaintext secrets, for the engine only.
-pub(crate) fn env_list(spec: &ServiceSpec) -> Result<Vec<String>, BackendError> {
-    spec.env
-        .iter()
-        .map(|(k, v)| {
-            v.expose()
-                .map(|p| format!("{k}={p}"))
-                .ok_or_else(|| missing_secret(spec, k))
-        })
-        .collect()
-}
-
-fn missing_secret(spec: &ServiceSpec, what: &str) -> BackendError {
-    BackendError::StartFailed {
-        service: spec.name.to_string(),
-        message: format!(
-            "the value of `{what}` is sensitive and its plaintext is not available; render the config again"
-        ),
-    }
-}
-
-/// `(entrypoint, cmd)`: `None` keeps the image's own.
-pub(crate) type CommandLine = (Option<Vec<String>>, Option<Vec<String>>);
-
-/// `(entrypoint, cmd)` as the module documentation describes.
-pub(crate) fn command_line(spec: &ServiceSpec) -> Result<CommandLine, BackendError> {
-    let expose = |t: &Text, what: &str| {
-        t.expose()
-            .map(str::to_owned)
-            .ok_or_else(|| missing_secret(spec, what))
-    };
-    let args: Vec<String> = spec
-        .args
-        .iter()
-        .map(|a| expose(a, "args"))
-        .collect::<Result<_, _>>()?;
-    match &spec.command {
-        Some(c) => Ok((Some(vec![expose(c, "command")?]), Some(args))),
-        None if args.is_empty() => Ok((None, None)),
-        None => Ok((None, Some(args))),
-    }
-}
-
-/// The device request that gives a container exactly the GPUs the plan assigned
-/// (by UUID where known, else by index). `None` when it was given none.
-pub fn device_requests(gpus: &[GpuRef]) -> Option<Vec<DeviceRequest>> {
-    if gpus.is_empty() {
-        return None;
-    }
-    Some(vec![DeviceRequest {
-        driver: Some("nvidia".into()),
-        device_ids: Some(
-            gpus.iter()
-                .map(|g| g.uuid.clone().unwrap_or_else(|| g.index.to_string()))
-                .collect(),
-        ),
-        capabilities: Some(vec![vec!["gpu".into()]]),
-        ..Default::default()
-    }])
-}
-
-pub(crate) fn port_key(p: &PortSpec) -> String {
-    format!("{}/{}", p.container_port, p.protocol.as_str())
-}
-
 fn restart_policy(r: RestartPolicy) -> DockerRestart {
     let name = match r {
         RestartPolicy::No => RestartPolicyNameEnum::NO,
@@ -284,34 +116,6 @@ fn restart_policy(r: RestartPolicy) -> DockerRestart {
         name: Some(name),
         maximum_retry_count: None,
     }
-}
-
-/// Named volumes and bind mounts.
-pub(crate) fn mounts(spec: &ServiceSpec, project: &str) -> Vec<Mount> {
-    spec.volumes
-        .iter()
-        .map(|v| match &v.host_path {
-            Some(host) => Mount {
-                target: Some(v.mount_path.clone()),
-                source: Some(host.clone()),
-                typ: Some(MountType::BIND),
-                read_only: Some(v.read_only),
-                ..Default::default()
-            },
-            None => Mount {
-                target: Some(v.mount_path.clone()),
-                source: Some(volume_name(project, &v.name)),
-                typ: Some(MountType::VOLUME),
-                read_only: Some(v.read_only),
-                ..Default::default()
-            },
-        })
-        .collect()
-}
-
-/// A named volume of the project: `<project>-<name>`.
-pub fn volume_name(project: &str, name: &str) -> String {
-    format!("{project}-{name}")
 }
 
 /// The container's create body. `host_ports` gives the host port of every
@@ -390,75 +194,6 @@ pub fn container_body(
         stop_timeout: None,
         ..Default::default()
     })
-}
-
-/// Host ports handed out by this process and not yet seen bound, so that
-/// concurrent starts do not pick the same one.
-fn handed_out() -> &'static Mutex<BTreeSet<u16>> {
-    static PORTS: OnceLock<Mutex<BTreeSet<u16>>> = OnceLock::new();
-    PORTS.get_or_init(|| Mutex::new(BTreeSet::new()))
-}
-
-/// A host port from `range` that nothing on this host listens on (TCP or UDP
-/// as asked), skipping `taken`. The search starts at a random offset so that
-/// concurrent runs rarely race for the same port.
-pub fn free_port(range: (u16, u16), protocol: Protocol, taken: &BTreeSet<u16>) -> Option<u16> {
-    let (lo, hi) = (range.0.min(range.1), range.0.max(range.1));
-    let span = u32::from(hi - lo) + 1;
-    let start = rand::random::<u32>() % span;
-    let mut guard = handed_out().lock().unwrap_or_else(|e| e.into_inner());
-    for i in 0..span {
-        let port = lo + ((start + i) % span) as u16;
-        if port == 0 || taken.contains(&port) || guard.contains(&port) {
-            continue;
-        }
-        let free = match protocol {
-            Protocol::Tcp => std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(),
-            Protocol::Udp => std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok(),
-        };
-        if free {
-            guard.insert(port);
-            return Some(port);
-        }
-    }
-    None
-}
-
-fn release_ports(ports: &[u16]) {
-    let mut guard = handed_out().lock().unwrap_or_else(|e| e.into_inner());
-    for p in ports {
-        guard.remove(p);
-    }
-}
-
-/// Serializes network creation within this process.
-pub(crate) static NETWORK_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A connection to the engine that is made (and its API version agreed) on
-/// first use, so that a build can offer the Docker backends without an
-/// engine until a service needs one. A failed attempt is retried next time.
-#[derive(Clone, Debug, Default)]
-pub struct Engine {
-    cell: std::sync::Arc<tokio::sync::OnceCell<Docker>>,
-}
-
-impl Engine {
-    /// Connects on first use.
-    pub fn lazy() -> Self {
-        Self::default()
-    }
-
-    /// Connects now (see [`connect`]).
-    pub async fn connect() -> Result<Self, BackendError> {
-        let e = Self::lazy();
-        e.get().await?;
-        Ok(e)
-    }
-
-    /// The negotiated client.
-    pub async fn get(&self) -> Result<&Docker, BackendError> {
-        self.cell.get_or_try_init(connect).await
-    }
 }
 
 /// The Docker backend.
@@ -1020,6 +755,22 @@ impl Backend for DockerBackend {
         BackendKind::Docker
     }
 
+    fn has_native_health(&self) -> bool {
+        true
+    }
+
+    fn tears_down_network(&self) -> bool {
+        true
+    }
+
+    fn follows_logs(&self) -> bool {
+        true
+    }
+
+    async fn teardown_network(&self, project: &str) -> Result<bool, BackendError> {
+        self.remove_network_if_empty(project).await
+    }
+
     async fn prepare(
         &self,
         spec: &ServiceSpec,
@@ -1163,77 +914,15 @@ impl Backend for DockerBackend {
                 detail: "not a container".into(),
             };
         };
-        let run = async {
-            let exec = docker
-                .create_exec(
-                    id,
-                    CreateExecOptions {
-                        cmd: Some(argv.to_vec()),
-                        attach_stdout: Some(true),
-                        attach_stderr: Some(true),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(|e| message(&e))?;
-            let mut output = String::new();
-            if let StartExecResults::Attached {
-                output: mut out, ..
-            } = docker
-                .start_exec(&exec.id, None::<StartExecOptions>)
-                .await
-                .map_err(|e| message(&e))?
-            {
-                while let Some(chunk) = out.next().await {
-                    if let Ok(c) = chunk
-                        && output.len() < 4096
-                    {
-                        output.push_str(&c.to_string());
-                    }
-                }
-            }
-            let inspect = docker
-                .inspect_exec(&exec.id)
-                .await
-                .map_err(|e| message(&e))?;
-            Ok::<_, String>((inspect.exit_code, output))
-        };
-        match tokio::time::timeout(timeout, run).await {
-            Err(_) => ProbeOutcome {
-                healthy: false,
-                detail: format!("timed out after {}s", timeout.as_secs_f32()),
-            },
-            Ok(Err(e)) => ProbeOutcome {
-                healthy: false,
-                detail: e,
-            },
-            Ok(Ok((code, out))) => {
-                let first: Vec<&str> = out.lines().take(3).collect();
-                ProbeOutcome {
-                    healthy: code == Some(0),
-                    detail: match code {
-                        Some(c) => format!(
-                            "exit {c}{}",
-                            if first.is_empty() {
-                                String::new()
-                            } else {
-                                format!(": {}", first.join(" | "))
-                            }
-                        ),
-                        None => "no exit code".into(),
-                    },
-                }
-            }
-        }
+        exec_probe(docker, id, argv, timeout).await
     }
 
     async fn native_health(&self, handle: &Handle) -> Option<bool> {
-        let c = self.inspect(handle).await?;
-        match c.state?.health?.status? {
-            HealthStatusEnum::HEALTHY => Some(true),
-            HealthStatusEnum::UNHEALTHY => Some(false),
-            _ => None,
-        }
+        let docker = self.api().await.ok()?;
+        let Handle::Container { id, .. } = handle else {
+            return None;
+        };
+        container_health(docker, id).await
     }
 
     async fn probe_address(&self, handle: &Handle, port: u16) -> (String, u16) {
@@ -1406,37 +1095,12 @@ impl Backend for DockerBackend {
     }
 }
 
-/// What runs now, for `plan --refresh`: every instance that the state records
-/// for a service of `backend`'s kind, as found by [`Backend::discover`]
-/// (`running`, `exited` or `missing`, with the spec hash it carries), and the
-/// instances marked as `project`'s that no record names (orphans, such as
-/// containers of a run that was killed).
-pub async fn observe_with(
-    backend: &dyn Backend,
-    project: &str,
-    snapshot: &Snapshot,
-) -> Result<Observations, BackendError> {
-    let discovered = backend.discover(project).await?;
-    Ok(crate::plan::refresh::observe_discovered(
-        backend.kind(),
-        &discovered,
-        snapshot,
-    ))
-}
-
-/// [`observe_with`] for the Docker backend.
-pub async fn observe(
-    backend: &DockerBackend,
-    project: &str,
-    snapshot: &Snapshot,
-) -> Result<Observations, BackendError> {
-    observe_with(backend, project, snapshot).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Resources, VolumeSpec, Workload};
+    use crate::instance::GpuRef;
+    use crate::model::{PortSpec, Protocol, Resources, Text, VolumeSpec, Workload};
+    use bollard::models::MountType;
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 

@@ -14,29 +14,14 @@
 //! (a JSON array), never through its arguments or environment.
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The first argument that runs the writer.
 pub const ARG: &str = "__log-writer";
 
-/// The binary that runs the writer: this one when it is deploy-code, else a
-/// `deploy-code` beside it or one directory up (a test binary in `deps/`).
-pub fn program() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let is_ours = |p: &Path| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n == "deploy-code")
-            && p.is_file()
-    };
-    if is_ours(&exe) {
-        return Some(exe);
-    }
-    let dir = exe.parent()?;
-    [dir.join("deploy-code"), dir.parent()?.join("deploy-code")]
-        .into_iter()
-        .find(|p| is_ours(p))
-}
+/// The binary that runs the writer (and monitors and switches): see
+/// [`crate::procfs::deploy_code_program`].
+pub use crate::procfs::deploy_code_program as program;
 
 /// Runs the writer: the first line of standard input names the secrets, the
 /// rest is the instance's output, appended to `file` line by line, redacted.

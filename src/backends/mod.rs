@@ -8,7 +8,9 @@
 //! its instances are adopted or removed, never duplicated.
 
 pub mod docker;
+pub(crate) mod engine;
 pub mod logwriter;
+pub mod monitor_file;
 pub mod process;
 pub mod swarm;
 
@@ -19,8 +21,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::model::{BackendKind, NetworkSettings, ServiceName, ServiceSpec};
-use crate::state::{GpuRef, Handle};
+pub use crate::instance::{Capabilities, Discovered, GpuRef, Handle, Liveness, Replicas};
+use crate::model::{BackendKind, NetworkSettings, ServiceSpec};
 
 /// Labels (containers, Swarm services) and environment variables (processes)
 /// that mark an instance as this tool's.
@@ -75,65 +77,12 @@ impl StartContext {
     }
 }
 
-/// Whether an instance still runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Liveness {
-    Running,
-    /// Exited with this code (`None`: killed by a signal or unknown).
-    Exited(Option<i32>),
-    /// Gone, or the pid now belongs to another process.
-    Missing,
-}
-
 /// The result of one health probe run by a backend (a command in a container).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeOutcome {
     pub healthy: bool,
     /// Short evidence: status code, exit code, the first lines of output.
     pub detail: String,
-}
-
-/// The replicas behind a handle that stands for several of them (a Swarm
-/// service and its tasks).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Replicas {
-    /// Replicas of the current spec that run.
-    pub running: u32,
-    /// Replicas the instance asks for now (what the engine holds, which
-    /// `docker service scale` may have changed behind the tool's back).
-    pub wanted: u32,
-    /// Why a replica does not run, in the engine's words (a task's scheduler
-    /// or runtime error), when it says.
-    pub detail: Option<String>,
-}
-
-impl Replicas {
-    /// Every wanted replica runs.
-    pub fn complete(&self) -> bool {
-        self.running >= self.wanted
-    }
-}
-
-impl std::fmt::Display for Replicas {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{} tasks running", self.running, self.wanted)?;
-        match &self.detail {
-            Some(d) => write!(f, ": {d}"),
-            None => Ok(()),
-        }
-    }
-}
-
-/// An instance found by its marks.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Discovered {
-    pub service: ServiceName,
-    pub handle: Handle,
-    pub spec_hash: Option<String>,
-    pub lineage: Option<String>,
-    pub liveness: Liveness,
-    /// For a handle that stands for several replicas: how many run.
-    pub replicas: Option<Replicas>,
 }
 
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
@@ -201,6 +150,61 @@ impl BackendError {
 pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
 
+    /// Top-level fields of a [`ServiceSpec`] (its canonical JSON keys) that
+    /// [`Backend::update`] changes on a running instance without a restart. A
+    /// change to any other field replaces it. None by default.
+    fn updatable_in_place(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Whether [`Backend::native_health`] can give a verdict of the engine's.
+    fn has_native_health(&self) -> bool {
+        false
+    }
+
+    /// Whether [`Backend::capacity`] reports the hosts it places on.
+    fn reports_capacity(&self) -> bool {
+        false
+    }
+
+    /// Whether [`Backend::teardown_network`] removes a network of the project's.
+    fn tears_down_network(&self) -> bool {
+        false
+    }
+
+    /// Whether [`Backend::follow`] follows an instance's output.
+    fn follows_logs(&self) -> bool {
+        false
+    }
+
+    /// Every capability above, as the data the planner receives.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            updatable_in_place: self
+                .updatable_in_place()
+                .iter()
+                .map(|f| (*f).to_owned())
+                .collect(),
+            native_health: self.has_native_health(),
+            capacity: self.reports_capacity(),
+            network_teardown: self.tears_down_network(),
+            log_following: self.follows_logs(),
+        }
+    }
+
+    /// The capacity of the hosts this backend places on (a Swarm's nodes),
+    /// when it has its own; `None` by default (the caller probes this host).
+    async fn capacity(&self) -> Result<Option<crate::inventory::Inventory>, BackendError> {
+        Ok(None)
+    }
+
+    /// Removes the project's network once no instance uses it: `Ok(true)`
+    /// when it was removed. Nothing to do by default.
+    async fn teardown_network(&self, project: &str) -> Result<bool, BackendError> {
+        let _ = project;
+        Ok(false)
+    }
+
     /// Makes ready what `spec` needs before any instance of the run starts (for
     /// a container, its image, pulled when missing), reporting steps worth a
     /// line through `progress`. `apply` calls it for every service it will
@@ -228,7 +232,7 @@ pub trait Backend: Send + Sync {
     async fn stop(&self, handles: &[Handle], grace: Duration) -> Result<(), BackendError>;
 
     /// Changes running instances in place (only the fields that
-    /// `BackendKind::updatable_in_place` names) and returns the new handles.
+    /// [`Backend::updatable_in_place`] names) and returns the new handles.
     async fn update(
         &self,
         spec: &ServiceSpec,
@@ -375,5 +379,31 @@ impl Registry {
 
     pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
         self.backends.values()
+    }
+
+    /// The capacity the backend of `kind` reports (see [`Backend::capacity`]),
+    /// on a runtime of its own; `None` when it reports none or does not
+    /// answer (said in a warning): the caller probes this host instead.
+    pub fn capacity_blocking(&self, kind: BackendKind) -> Option<crate::inventory::Inventory> {
+        let b = self.get(kind).filter(|b| b.reports_capacity())?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        match rt.block_on(b.capacity()) {
+            Ok(inv) => inv,
+            Err(e) => {
+                tracing::warn!(error = %e, "the {kind} backend reports no capacity; probing this host instead");
+                None
+            }
+        }
+    }
+
+    /// What each registered backend can do, for the planner.
+    pub fn capabilities(&self) -> BTreeMap<BackendKind, Capabilities> {
+        self.backends
+            .iter()
+            .map(|(k, b)| (*k, b.capabilities()))
+            .collect()
     }
 }

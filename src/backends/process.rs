@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{Backend, BackendError, Discovered, Liveness, ProbeOutcome, StartContext, marks};
+use crate::instance::Handle;
 use crate::model::{BackendKind, ServiceName, ServiceSpec, Text};
 use crate::procfs;
-use crate::state::Handle;
 
 /// Runs services as local processes. Keeps the children it started so that their
 /// exit status is collected (no zombies) while this run lasts.
@@ -131,7 +131,7 @@ impl ProcessBackend {
             log,
             "{INSTANCE_HEADER} `{service}` replica {replica}, revision {}, at {}",
             ctx.revision,
-            crate::apply::now_rfc3339()
+            crate::clock::now_rfc3339()
         );
         let (out, err) = self
             .output(spec, &log_path, log)
@@ -162,7 +162,7 @@ impl ProcessBackend {
             // (this run's environment and the service's, secrets included)
             // goes through its stdin with the rest of its launch.
             let mut cmd = Command::new(monitor);
-            cmd.arg(crate::monitor::ARG)
+            cmd.arg(super::monitor_file::ARG)
                 .env_clear()
                 .stdin(Stdio::piped());
             cmd
@@ -205,16 +205,16 @@ impl ProcessBackend {
             let inherited = std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
                 .filter(|(k, _)| !spec.env.contains_key(k));
-            let launch = crate::monitor::Launch {
+            let launch = super::monitor_file::Launch {
                 program: program.to_owned(),
                 args: argv.iter().map(|a| (*a).to_owned()).collect(),
                 env: inherited.chain(env).collect(),
                 cwd: cwd.clone(),
-                status_path: crate::monitor::status_path(&log_path),
+                status_path: super::monitor_file::status_path(&log_path),
                 replica,
                 revision: ctx.revision,
                 spec: spec.clone(),
-                grace_seconds: crate::monitor::GRACE_SECONDS,
+                grace_seconds: super::monitor_file::GRACE_SECONDS,
             };
             let sent = child.stdin.take().map(|mut pipe| {
                 let line = serde_json::to_string(&launch).map_err(std::io::Error::other)?;
@@ -345,6 +345,17 @@ fn expose<'a>(t: &'a Text, service: &str, field: &str) -> Result<&'a str, Backen
 }
 
 pub use crate::procfs::start_time;
+
+/// The handle of a monitor's own process (`pid` started at `start_time`),
+/// through which it probes the child it runs as its instance.
+pub fn own_handle(replica: u32, pid: u32, start_time: u64) -> Handle {
+    Handle::Process {
+        replica,
+        pid,
+        start_time,
+        log_path: String::new(),
+    }
+}
 
 /// Starts the command in a session of its own (`setsid`), so that it
 /// outlives `deploy-code` and leads a process group of its own.
@@ -748,49 +759,30 @@ pub async fn run_command_probe(argv: &[String], timeout: Duration) -> ProbeOutco
     }
 }
 
-/// What runs of the processes `snapshot` records, read from `/proc` (for
-/// `plan` without a configuration, which has no project to discover by):
-/// `running` when the pid is alive with the recorded start time, `exited`
-/// when it is gone or a zombie, `missing` when the pid now belongs to another
-/// process.
-pub fn observe_recorded(snapshot: &crate::state::Snapshot) -> crate::plan::Observations {
-    let mut obs = crate::plan::Observations::default();
-    for (name, record) in &snapshot.services {
-        let mut seen = Vec::new();
-        for h in &record.handles {
-            let Handle::Process {
-                pid,
-                start_time,
-                log_path,
-                ..
-            } = h
-            else {
-                continue;
-            };
-            let state = match procfs::stat(*pid) {
-                Some(s) if s.is_dead() => "exited",
-                Some(s) if s.start_time == *start_time => "running",
-                Some(_) => "missing",
-                None => "exited",
-            };
-            // A monitor that gave up says why.
-            let detail = (state != "running")
-                .then(|| crate::monitor::status_of(Path::new(log_path), *pid, *start_time))
-                .flatten()
-                .map(|m| match &m.last_exit {
-                    Some(e) => format!("{}, last exit: {}", m.summary(), e.describe()),
-                    None => m.summary(),
-                });
-            seen.push(crate::plan::ObservedInstance {
-                handle: h.clone(),
-                state: state.to_owned(),
-                spec_hash: None,
-                detail,
-            });
-        }
-        if !seen.is_empty() {
-            obs.services.insert(name.clone(), seen);
-        }
-    }
-    obs
+/// What `/proc` says of a recorded process instance: `running` when the pid
+/// is alive with the recorded start time, `exited` when it is gone or a
+/// zombie, `missing` when the pid now belongs to another process; with why,
+/// when its monitor gave up. `None` for a handle that is not a process.
+pub fn recorded_state(h: &Handle) -> Option<(&'static str, Option<String>)> {
+    let Handle::Process {
+        pid, start_time, ..
+    } = h
+    else {
+        return None;
+    };
+    let state = match procfs::stat(*pid) {
+        Some(s) if s.is_dead() => "exited",
+        Some(s) if s.start_time == *start_time => "running",
+        Some(_) => "missing",
+        None => "exited",
+    };
+    // A monitor that gave up says why.
+    let detail = (state != "running")
+        .then(|| super::monitor_file::status_of_handle(h))
+        .flatten()
+        .map(|m| match &m.last_exit {
+            Some(e) => format!("{}, last exit: {}", m.summary(), e.describe()),
+            None => m.summary(),
+        });
+    Some((state, detail))
 }

@@ -45,13 +45,13 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, UpdateServiceOptionsBuilder,
 };
 
-use super::docker::{self as dockerb, is_not_found, message};
+use super::engine::{self, is_not_found, message};
 use super::{
     Backend, BackendError, Discovered, Liveness, ProbeOutcome, Replicas, StartContext, marks,
 };
+use crate::instance::Handle;
 use crate::inventory::{Gpu, Host, Inventory, Source};
 use crate::model::{BackendKind, Protocol, RestartPolicy, ServiceName, ServiceSpec};
-use crate::state::Handle;
 
 /// The generic resource kind that GPU nodes advertise (dockerd
 /// `--node-generic-resource NVIDIA-GPU=<uuid>` or `"node-generic-resources"`).
@@ -122,8 +122,8 @@ pub fn service_spec(
             service: spec.name.to_string(),
             message: "a Swarm service needs an `image`".into(),
         })?;
-    let (command, args) = dockerb::command_line(spec)?;
-    let labels = dockerb::labels(spec, ctx, None);
+    let (command, args) = engine::command_line(spec)?;
+    let labels = engine::labels(spec, ctx, None);
     let nano =
         (spec.resources.cpu_cores > 0.0).then(|| (spec.resources.cpu_cores * 1e9).round() as i64);
     let memory =
@@ -137,7 +137,7 @@ pub fn service_spec(
             named_resource_spec: None,
         }]
     });
-    let mounts = dockerb::mounts(spec, &ctx.project);
+    let mounts = engine::mounts(spec, &ctx.project);
     let ports: Vec<EndpointPortConfig> = spec
         .ports
         .iter()
@@ -176,7 +176,7 @@ pub fn service_spec(
                 labels: Some(labels),
                 command,
                 args,
-                env: Some(dockerb::env_list(spec)?),
+                env: Some(engine::env_list(spec)?),
                 dir: spec.working_dir.clone(),
                 mounts: (!mounts.is_empty()).then_some(mounts),
                 ..Default::default()
@@ -249,7 +249,7 @@ pub fn service_spec(
 /// GPUs from its `NVIDIA-GPU` generic resources (named: one GPU per UUID;
 /// discrete: that many GPUs without UUIDs).
 pub async fn nodes_inventory() -> Result<Inventory, BackendError> {
-    let docker = dockerb::connect().await?;
+    let docker = engine::connect().await?;
     nodes_inventory_with(&docker).await
 }
 
@@ -292,24 +292,6 @@ pub async fn nodes_inventory_with(docker: &Docker) -> Result<Inventory, BackendE
         hosts,
         swarm_publish: PublishMode::from_env(),
     })
-}
-
-/// The inventory `plan` checks feasibility against when services run on
-/// Swarm: the cluster's nodes; `None` when no Swarm manager answers (the
-/// caller then probes this host and says so).
-pub fn cluster_inventory_blocking() -> Option<Inventory> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
-    match rt.block_on(nodes_inventory()) {
-        Ok(inv) if !inv.hosts.is_empty() => Some(inv),
-        Ok(_) => None,
-        Err(e) => {
-            tracing::warn!(error = %e, "no Swarm manager answers; probing this host instead");
-            None
-        }
-    }
 }
 
 /// GPUs from a node's generic resources.
@@ -361,7 +343,7 @@ fn network_vanished(e: &bollard::errors::Error) -> bool {
 /// The Swarm backend (the engine must be a Swarm manager).
 #[derive(Clone, Debug)]
 pub struct SwarmBackend {
-    engine: dockerb::Engine,
+    engine: engine::Engine,
     publish: PublishMode,
     /// When this backend last removed a service (see `recently_removed`).
     removed_at: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
@@ -418,15 +400,15 @@ fn task_error(t: &Task) -> Option<String> {
 impl SwarmBackend {
     /// Connects to the local engine now.
     pub async fn connect() -> Result<Self, BackendError> {
-        Ok(Self::with_engine(dockerb::Engine::connect().await?))
+        Ok(Self::with_engine(engine::Engine::connect().await?))
     }
 
     /// A backend that connects on first use.
     pub fn lazy() -> Self {
-        Self::with_engine(dockerb::Engine::lazy())
+        Self::with_engine(engine::Engine::lazy())
     }
 
-    pub fn with_engine(engine: dockerb::Engine) -> Self {
+    pub fn with_engine(engine: engine::Engine) -> Self {
         Self {
             engine,
             publish: PublishMode::from_env(),
@@ -447,17 +429,13 @@ impl SwarmBackend {
         self.engine.get().await
     }
 
-    fn local(&self) -> dockerb::DockerBackend {
-        dockerb::DockerBackend::with_engine(self.engine.clone())
-    }
-
     async fn ensure_overlay(
         &self,
         spec: &ServiceSpec,
         ctx: &StartContext,
     ) -> Result<(), BackendError> {
         let docker = self.api().await?;
-        let _serial = dockerb::NETWORK_LOCK.lock().await;
+        let _serial = engine::NETWORK_LOCK.lock().await;
         let name = joined_network(spec, ctx);
         match docker
             .inspect_network(&name, None::<InspectNetworkOptions>)
@@ -609,7 +587,7 @@ impl SwarmBackend {
                     });
                     match again {
                         Some(x) => x,
-                        None => dockerb::free_port(ctx.network.port_range, p.protocol, &taken)
+                        None => engine::free_port(ctx.network.port_range, p.protocol, &taken)
                             .ok_or_else(|| BackendError::Network {
                                 message: format!(
                                     "no free host port left in {}-{} for `{}`",
@@ -900,6 +878,32 @@ impl Backend for SwarmBackend {
         BackendKind::Swarm
     }
 
+    fn updatable_in_place(&self) -> &'static [&'static str] {
+        &["replicas"]
+    }
+
+    fn has_native_health(&self) -> bool {
+        true
+    }
+
+    fn reports_capacity(&self) -> bool {
+        true
+    }
+
+    fn tears_down_network(&self) -> bool {
+        true
+    }
+
+    /// The cluster's nodes; `None` when it has no node to place on.
+    async fn capacity(&self) -> Result<Option<Inventory>, BackendError> {
+        let inv = nodes_inventory_with(self.api().await?).await?;
+        Ok((!inv.hosts.is_empty()).then_some(inv))
+    }
+
+    async fn teardown_network(&self, project: &str) -> Result<bool, BackendError> {
+        self.remove_network_if_empty(project).await
+    }
+
     async fn start(
         &self,
         spec: &ServiceSpec,
@@ -1066,18 +1070,22 @@ impl Backend for SwarmBackend {
         timeout: Duration,
     ) -> ProbeOutcome {
         let containers = self.running_containers(handle).await;
-        let local = self.local();
         let mut last = ProbeOutcome {
             healthy: false,
             detail: "no running task".into(),
         };
+        let docker = match self.api().await {
+            Ok(d) => d,
+            Err(e) if !containers.is_empty() => {
+                return ProbeOutcome {
+                    healthy: false,
+                    detail: e.to_string(),
+                };
+            }
+            Err(_) => return last,
+        };
         for container in containers {
-            let h = Handle::Container {
-                replica: 0,
-                id: container.clone(),
-                name: container,
-            };
-            last = local.exec_probe(&h, argv, timeout).await;
+            last = engine::exec_probe(docker, &container, argv, timeout).await;
             if !last.healthy {
                 break;
             }
@@ -1097,7 +1105,7 @@ impl Backend for SwarmBackend {
             let Handle::SwarmService { id, .. } = handle else {
                 return None;
             };
-            let local = self.local();
+            let docker = self.api().await.ok()?;
             for t in self.tasks(id).await {
                 let Some(s) = t.status else { continue };
                 if s.state != Some(TaskState::RUNNING) {
@@ -1106,12 +1114,7 @@ impl Backend for SwarmBackend {
                 let Some(cid) = s.container_status.and_then(|c| c.container_id) else {
                     continue;
                 };
-                let h = Handle::Container {
-                    replica: 0,
-                    id: cid.clone(),
-                    name: cid,
-                };
-                if local.native_health(&h).await == Some(false) {
+                if engine::container_health(docker, &cid).await == Some(false) {
                     return Some(false);
                 }
             }
@@ -1176,7 +1179,7 @@ impl Backend for SwarmBackend {
             .stderr(true)
             .tail(&lines.to_string())
             .build();
-        dockerb::log_tail(docker.service_logs(id, Some(options)), lines).await
+        engine::log_tail(docker.service_logs(id, Some(options)), lines).await
     }
 
     async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError> {

@@ -97,20 +97,20 @@ fn make_plan(
     }
     let config_hash = loaded.config_hash();
     let observations = scope.refresh().then(|| {
-        rt.block_on(super::plan::observe(
+        rt.block_on(crate::refresh::observe(
             backends,
             &loaded.desired.settings.project,
             &snap,
         ))
+        .observations
     });
     let inventory = match &scope.inventory {
         Some(f) => crate::inventory::load_file(f)?,
-        None if loaded.desired.settings.default_backend == crate::model::BackendKind::Swarm => rt
-            .block_on(crate::backends::swarm::nodes_inventory())
-            .ok()
-            .filter(|i| !i.hosts.is_empty())
+        None => backends
+            .get(loaded.desired.settings.default_backend)
+            .filter(|b| b.reports_capacity())
+            .and_then(|b| rt.block_on(b.capacity()).ok().flatten())
             .unwrap_or_else(|| crate::inventory::probe(&loaded.desired.settings.data_dir)),
-        None => crate::inventory::probe(&loaded.desired.settings.data_dir),
     };
     let p = plan::plan(&plan::Input {
         desired: Some(&loaded.desired),
@@ -119,6 +119,7 @@ fn make_plan(
         inventory: &inventory,
         config_hash,
         options,
+        capabilities: backends.capabilities(),
     })?;
     Ok((p, loaded))
 }
@@ -494,21 +495,13 @@ fn recover(
 ) -> Result<(), Failure> {
     let snap = store.snapshot()?;
     let project = &loaded.desired.settings.project;
-    let (ours, _) = rt.block_on(reconcile::unknown_by_owner(
-        backends,
-        project,
-        &snap.services,
-        snap.lineage.as_deref(),
-    ));
+    let ours = rt
+        .block_on(crate::refresh::observe(backends, project, &snap))
+        .ours;
     if ours.is_empty() && snap.open_intents.is_empty() {
         return Ok(());
     }
-    let done = rt.block_on(reconcile::reconcile(
-        store,
-        backends,
-        project,
-        grace(loaded),
-    ))?;
+    let done = rt.block_on(reconcile::reconcile(store, backends, ours, grace(loaded)))?;
     if ctx.global.format != Format::Json && !ctx.global.quiet {
         for d in &done {
             eprintln!("recover: `{}` {} {}", d.service, d.action, d.detail);
@@ -721,14 +714,13 @@ pub fn destroy(ctx: &Context, args: &DestroyArgs) -> Result<u8, Failure> {
         && let Ok(rt) = runtime()
     {
         let project = &loaded.desired.settings.project;
-        let _ = rt.block_on(
-            crate::backends::docker::DockerBackend::lazy().remove_network_if_empty(project),
-        );
-        // Without a Swarm manager there is no overlay network to remove.
-        if let Err(e @ crate::backends::BackendError::Network { .. }) = rt
-            .block_on(crate::backends::swarm::SwarmBackend::lazy().remove_network_if_empty(project))
-        {
-            tracing::warn!("{e}");
+        for b in registry().all().filter(|b| b.tears_down_network()) {
+            // Without an engine (or a Swarm manager) there is no network to remove.
+            if let Err(e @ crate::backends::BackendError::Network { .. }) =
+                rt.block_on(b.teardown_network(project))
+            {
+                tracing::warn!("{e}");
+            }
         }
     }
     Ok(code)
@@ -903,12 +895,8 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
         }
     };
     if args.dry_run {
-        let (ours, theirs) = rt.block_on(reconcile::unknown_by_owner(
-            &backends,
-            &project,
-            &snap0.services,
-            snap0.lineage.as_deref(),
-        ));
+        let crate::refresh::Refreshed { ours, theirs, .. } =
+            rt.block_on(crate::refresh::observe(&backends, &project, &snap0));
         for d in &ours {
             outln!(
                 "would remove `{}` {}",
@@ -925,12 +913,8 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
     let mut store = open_store(ctx, &loaded)?;
     store.ensure_identity(None)?;
     let snap = store.snapshot()?;
-    let (ours, theirs) = rt.block_on(reconcile::unknown_by_owner(
-        &backends,
-        &project,
-        &snap.services,
-        snap.lineage.as_deref(),
-    ));
+    let crate::refresh::Refreshed { ours, theirs, .. } =
+        rt.block_on(crate::refresh::observe(&backends, &project, &snap));
     left_alone(&theirs);
     if ours.is_empty() && snap.open_intents.is_empty() {
         outln!("Nothing to clean up.");
@@ -943,7 +927,7 @@ pub fn cleanup(ctx: &Context, args: &CleanupArgs) -> Result<u8, Failure> {
     let done = rt.block_on(reconcile::reconcile(
         &mut store,
         &backends,
-        &project,
+        ours,
         grace(&loaded),
     ))?;
     for d in &done {

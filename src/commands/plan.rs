@@ -31,49 +31,6 @@ pub struct Prepared {
     pub inventory: Inventory,
 }
 
-/// What runs, for a refreshed plan: the recorded processes (by pid and start
-/// time), containers and Swarm services (by their labels), and the instances
-/// marked with `project` that the state does not name: orphans of this state's
-/// runs, and those of another state sharing the project name.
-pub(crate) async fn observe(
-    backends: &crate::backends::Registry,
-    project: &str,
-    snapshot: &Snapshot,
-) -> plan::Observations {
-    use crate::apply::reconcile;
-    use crate::model::BackendKind;
-    let mut obs = crate::backends::process::observe_recorded(snapshot);
-    let mut found = Vec::new();
-    // One discovery per backend serves both the recorded instances and the
-    // unrecorded ones. An engine that does not answer must not hold up a plan.
-    for b in backends.all() {
-        let kind = b.kind();
-        match tokio::time::timeout(std::time::Duration::from_secs(10), b.discover(project)).await {
-            Ok(Ok(d)) => {
-                if kind != BackendKind::Process
-                    && snapshot.services.values().any(|r| r.backend == kind)
-                {
-                    let seen = plan::refresh::observe_discovered(kind, &d, snapshot);
-                    obs.services.extend(seen.services);
-                }
-                found.extend(d);
-            }
-            Ok(Err(e)) => tracing::debug!(backend = %kind, error = %e, "discovery failed"),
-            Err(_) => tracing::warn!(backend = %kind, "discovery took over 10 s; skipped"),
-        }
-    }
-    let (ours, theirs) = reconcile::by_owner(
-        reconcile::unrecorded(found, &snapshot.services),
-        snapshot.lineage.as_deref(),
-    );
-    obs.orphans = ours.into_iter().map(|d| (d.service, d.handle)).collect();
-    obs.foreign = theirs
-        .into_iter()
-        .map(|(d, lineage)| (d.service, d.handle, lineage))
-        .collect();
-    obs
-}
-
 /// Loads the configuration and the state, takes the inventory (the
 /// `--inventory` file, else a probe of this host), observes running processes
 /// when refresh is on, and plans. Never writes anything.
@@ -115,12 +72,12 @@ pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Pr
                 || PathBuf::from("."),
                 |l| l.desired.settings.data_dir.clone(),
             );
-            let swarm = loaded.as_ref().is_some_and(|l| {
-                l.desired.settings.default_backend == crate::model::BackendKind::Swarm
-            });
-            swarm
-                .then(crate::backends::swarm::cluster_inventory_blocking)
-                .flatten()
+            loaded
+                .as_ref()
+                .and_then(|l| {
+                    crate::commands::apply::registry_for(Some(l), None)
+                        .capacity_blocking(l.desired.settings.default_backend)
+                })
                 .unwrap_or_else(|| inventory::probe(&data_dir))
         }
     };
@@ -129,15 +86,18 @@ pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Pr
             .enable_all()
             .build()
         {
-            Ok(rt) => rt.block_on(observe(
-                &crate::commands::apply::registry_for(Some(l), Some(&snapshot)),
-                &l.desired.settings.project,
-                &snapshot,
-            )),
-            Err(_) => crate::backends::process::observe_recorded(&snapshot),
+            Ok(rt) => {
+                rt.block_on(crate::refresh::observe(
+                    &crate::commands::apply::registry_for(Some(l), Some(&snapshot)),
+                    &l.desired.settings.project,
+                    &snapshot,
+                ))
+                .observations
+            }
+            Err(_) => crate::refresh::observe_recorded(&snapshot),
         },
         // Without a configuration there is no project name to look for.
-        None => crate::backends::process::observe_recorded(&snapshot),
+        None => crate::refresh::observe_recorded(&snapshot),
     });
 
     let input = plan::Input {
@@ -152,6 +112,8 @@ pub fn prepare(ctx: &Context, scope: &PlanScope, destroy_all: bool) -> Result<Pr
             replaces: scope.replaces.clone(),
             destroy_all,
         },
+        capabilities: crate::commands::apply::registry_for(loaded.as_ref(), Some(&snapshot))
+            .capabilities(),
     };
     let mut plan = plan::plan(&input)?;
     plan.binding.state_key_id = Some(crate::state::key::id(&secret_key));

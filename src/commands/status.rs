@@ -180,53 +180,23 @@ fn handle_view(h: &Handle, l: &Liveness) -> InstanceView {
         Liveness::Exited(None) => "exited".to_owned(),
         Liveness::Missing => "missing".to_owned(),
     };
-    match h {
-        Handle::Process {
-            replica,
-            pid,
-            start_time,
-            log_path,
-        } => {
-            let monitor =
-                crate::monitor::status_of(std::path::Path::new(log_path), *pid, *start_time);
-            let state = match monitor.as_ref().map(|m| m.state) {
-                Some(crate::monitor::MonitorState::CircuitOpen) => "failed (circuit open)".into(),
-                Some(crate::monitor::MonitorState::BackingOff) if *l == Liveness::Running => {
-                    "backing-off".into()
-                }
-                _ => state,
-            };
-            InstanceView {
-                replica: *replica,
-                id: format!("pid {pid}"),
-                uptime_seconds: None,
-                state,
-                log_path: Some(log_path.clone()),
-                tasks: None,
-                detail: None,
-                monitor: monitor.as_ref().map(MonitorView::of),
-            }
+    let monitor = crate::monitor::status_of_handle(h);
+    let state = match monitor.as_ref().map(|m| m.state) {
+        Some(crate::monitor::MonitorState::CircuitOpen) => "failed (circuit open)".into(),
+        Some(crate::monitor::MonitorState::BackingOff) if *l == Liveness::Running => {
+            "backing-off".into()
         }
-        Handle::Container { replica, name, .. } => InstanceView {
-            replica: *replica,
-            id: format!("container {name}"),
-            state,
-            uptime_seconds: None,
-            log_path: None,
-            tasks: None,
-            detail: None,
-            monitor: None,
-        },
-        Handle::SwarmService { name, .. } => InstanceView {
-            replica: 0,
-            id: format!("service {name}"),
-            state,
-            uptime_seconds: None,
-            log_path: None,
-            tasks: None,
-            detail: None,
-            monitor: None,
-        },
+        _ => state,
+    };
+    InstanceView {
+        replica: h.replica(),
+        id: h.short_id(),
+        uptime_seconds: None,
+        state,
+        log_path: h.log_path().map(str::to_owned),
+        tasks: None,
+        detail: None,
+        monitor: monitor.as_ref().map(MonitorView::of),
     }
 }
 
@@ -636,10 +606,7 @@ pub fn logs(ctx: &Context, args: &LogsArgs) -> Result<u8, Failure> {
         let paths: Vec<String> = r
             .handles
             .iter()
-            .filter_map(|h| match h {
-                Handle::Process { log_path, .. } => Some(log_path.clone()),
-                _ => None,
-            })
+            .filter_map(|h| h.log_path().map(str::to_owned))
             .collect();
         let mut offsets: Vec<u64> = paths
             .iter()
@@ -664,8 +631,5 @@ pub fn logs(ctx: &Context, args: &LogsArgs) -> Result<u8, Failure> {
 }
 
 fn replica_of(h: &Handle) -> u32 {
-    match h {
-        Handle::Process { replica, .. } | Handle::Container { replica, .. } => *replica,
-        Handle::SwarmService { .. } => 0,
-    }
+    h.replica()
 }

@@ -292,20 +292,12 @@ impl Lowering<'_> {
             deps.dedup();
 
             if is_enabled {
-                // A process's port, and a container's on the host network, is
-                // its host port.
-                let own_port = (def.image.is_none() && def.container_image.is_none())
-                    || settings.network.is_host();
+                let backend = backend_of(def, &settings);
                 for (i, port) in def.ports.iter().flatten().enumerate() {
-                    let host = match port.host_port {
-                        Some(h) => h,
-                        None if own_port => port.container_port,
-                        None => continue,
+                    let Some(host) = host_port(port, backend, &settings) else {
+                        continue;
                     };
-                    let protocol = match port.protocol {
-                        Some(schema::ProtocolDef::Udp) => Protocol::Udp,
-                        _ => Protocol::Tcp,
-                    };
+                    let protocol = protocol(port.protocol);
                     let pspan = entry
                         .node
                         .get("ports")
@@ -962,11 +954,7 @@ impl Lowering<'_> {
                 "add `command:` to run a local process, or `image:` to run a container",
             ));
         }
-        let backend = match (&image, settings.default_backend) {
-            (None, _) => BackendKind::Process,
-            (Some(_), BackendKind::Swarm) => BackendKind::Swarm,
-            (Some(_), _) => BackendKind::Docker,
-        };
+        let backend = backend_of(def, settings);
         let workload =
             if def.oneshot == Some(true) || def.service_type == Some(schema::ServiceType::Task) {
                 Workload::Task
@@ -1008,10 +996,7 @@ impl Lowering<'_> {
             gpu_memory_mb: r.gpu_memory_mb,
         };
 
-        // A process's port, and a container's on the host network, is its
-        // host port.
         let host_net = backend == BackendKind::Docker && settings.network.is_host();
-        let own_port = backend == BackendKind::Process || host_net;
         if host_net {
             for (i, p) in def.ports.iter().flatten().enumerate() {
                 if let Some(h) = p.host_port.filter(|h| *h != p.container_port) {
@@ -1040,16 +1025,9 @@ impl Lowering<'_> {
             .flatten()
             .map(|p| PortSpec {
                 container_port: p.container_port,
-                host_port: p.host_port.or(if own_port {
-                    Some(p.container_port)
-                } else {
-                    None
-                }),
+                host_port: host_port(p, backend, settings),
                 host_ip: p.host_ip.clone(),
-                protocol: match p.protocol {
-                    Some(schema::ProtocolDef::Udp) => Protocol::Udp,
-                    _ => Protocol::Tcp,
-                },
+                protocol: protocol(p.protocol),
             })
             .collect();
 
@@ -1375,6 +1353,36 @@ fn restart_settings(
         max_restarts: s.max_restarts.unwrap_or(d.max_restarts),
         window_seconds: s.window_seconds.unwrap_or(d.window_seconds),
     })
+}
+
+/// The backend a service runs on: a local process without an image, else a
+/// container, on Swarm when that is the default backend.
+fn backend_of(def: &schema::Service, settings: &Settings) -> BackendKind {
+    match (
+        def.image.is_some() || def.container_image.is_some(),
+        settings.default_backend,
+    ) {
+        (false, _) => BackendKind::Process,
+        (true, BackendKind::Swarm) => BackendKind::Swarm,
+        (true, _) => BackendKind::Docker,
+    }
+}
+
+/// The host-port rule: a local process's port, and a Docker container's on
+/// the host network, is its host port; any other container has the host port
+/// it names, else none yet (one is allocated from `network.port_range`).
+fn host_port(port: &schema::PortDef, backend: BackendKind, settings: &Settings) -> Option<u16> {
+    let own = backend == BackendKind::Process
+        || (backend == BackendKind::Docker && settings.network.is_host());
+    port.host_port.or(own.then_some(port.container_port))
+}
+
+/// A port's protocol: TCP unless the config says UDP.
+fn protocol(p: Option<schema::ProtocolDef>) -> Protocol {
+    match p {
+        Some(schema::ProtocolDef::Udp) => Protocol::Udp,
+        _ => Protocol::Tcp,
+    }
 }
 
 fn unsupported(path: &str, value: &str, help: &str) -> Problem {

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::instance::Capabilities;
 use crate::model::{BackendKind, DesiredState, ServiceName, ServiceSpec};
 use crate::state::{GpuRef, Handle, Snapshot};
 
@@ -256,4 +257,7 @@ pub struct Input<'a> {
     pub inventory: &'a crate::inventory::Inventory,
     pub config_hash: String,
     pub options: Options,
+    /// What each backend can do (from `backends::Registry::capabilities`); a
+    /// kind missing here updates nothing in place.
+    pub capabilities: std::collections::BTreeMap<crate::model::BackendKind, Capabilities>,
 }

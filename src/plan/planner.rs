@@ -194,6 +194,10 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                 after,
                 replaces.contains(name.as_str()),
                 drifted.get(*name),
+                input
+                    .capabilities
+                    .get(&after.backend)
+                    .map_or(&[][..], |c| &c.updatable_in_place[..]),
             ),
             (None, None) => continue,
         };
@@ -308,6 +312,7 @@ fn decide(
     after: &ServiceSpec,
     forced: bool,
     drift: Option<&String>,
+    updatable: &[String],
 ) -> Change {
     let mut change = Change {
         service: after.name.clone(),
@@ -326,10 +331,9 @@ fn decide(
     } else {
         changed_paths(&record.spec.canonical(), &after.canonical())
     };
-    let updatable = after.backend.updatable_in_place();
     let forcing: Vec<String> = paths
         .iter()
-        .filter(|p| !updatable.contains(&top_level(p)))
+        .filter(|p| !updatable.iter().any(|u| u == top_level(p)))
         .cloned()
         .collect();
     let backend_changed = record.backend != after.backend || record.spec.backend != after.backend;
@@ -540,13 +544,7 @@ fn layers<'a>(g: &DiGraphMap<&'a str, ()>) -> Vec<Vec<&'a str>> {
 }
 
 fn describe_handle(h: &Handle) -> String {
-    match h {
-        Handle::Process { replica, pid, .. } => format!("replica {replica} (pid {pid})"),
-        Handle::Container { replica, name, .. } => {
-            format!("replica {replica} (container `{name}`)")
-        }
-        Handle::SwarmService { name, .. } => format!("swarm service `{name}`"),
-    }
+    h.describe_replica()
 }
 
 fn short_hash(h: &str) -> String {

@@ -1,14 +1,14 @@
 //! Refresh, the pure part: what the backends discovered (by their marks) is
 //! turned into [`Observations`] for the planner. The looking itself happens
 //! outside `plan` (the backends' `discover`, and
-//! `backends::process::observe_recorded` for the processes a state records).
+//! the top-level `refresh`, which reads the processes a state records too).
 
 use std::collections::{BTreeSet, HashMap};
 
 use super::{Observations, ObservedInstance};
-use crate::backends::{Discovered, Liveness, Replicas};
+use crate::instance::{Discovered, Handle, Liveness, Replicas};
 use crate::model::BackendKind;
-use crate::state::{Handle, Snapshot};
+use crate::state::Snapshot;
 
 /// What the instances a backend of `kind` discovered (by their marks) say
 /// about the services the snapshot records for that backend: each recorded
@@ -22,13 +22,7 @@ pub fn observe_discovered(
     discovered: &[Discovered],
     snapshot: &Snapshot,
 ) -> Observations {
-    let key = |h: &Handle| match h {
-        Handle::Container { id, .. } => format!("c:{id}"),
-        Handle::SwarmService { id, .. } => format!("s:{id}"),
-        Handle::Process {
-            pid, start_time, ..
-        } => format!("p:{pid}:{start_time}"),
-    };
+    let key = |h: &Handle| h.identity();
     let by_key: HashMap<String, &Discovered> =
         discovered.iter().map(|d| (key(&d.handle), d)).collect();
     let mut obs = Observations::default();

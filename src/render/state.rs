@@ -187,7 +187,7 @@ pub struct GpuView {
     pub model: String,
 }
 
-#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum HandleView {
     Process {
@@ -208,22 +208,12 @@ pub enum HandleView {
 }
 
 impl From<&Handle> for HandleView {
+    /// Through the handle's serialized form (the state's), which this view
+    /// spells the same way.
     fn from(h: &Handle) -> Self {
-        match h.clone() {
-            Handle::Process {
-                replica,
-                pid,
-                start_time,
-                log_path,
-            } => HandleView::Process {
-                replica,
-                pid,
-                start_time,
-                log_path,
-            },
-            Handle::Container { replica, id, name } => HandleView::Container { replica, id, name },
-            Handle::SwarmService { id, name } => HandleView::SwarmService { id, name },
-        }
+        serde_json::to_value(h)
+            .and_then(serde_json::from_value)
+            .expect("a handle serializes as its view")
     }
 }
 

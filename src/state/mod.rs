@@ -14,6 +14,8 @@ pub mod key;
 mod store;
 pub use store::*;
 
+pub use crate::instance::{GpuRef, Handle};
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -49,40 +51,6 @@ pub enum ServiceStatus {
     Tainted,
     /// A side effect is under way (or was interrupted).
     Pending,
-}
-
-/// How to find a running instance again. Processes are identified by pid plus
-/// process start time (clock ticks since boot, `/proc/<pid>/stat` field 22),
-/// never by pid alone.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Handle {
-    Process {
-        replica: u32,
-        pid: u32,
-        start_time: u64,
-        /// The file its stdout and stderr go to.
-        log_path: String,
-    },
-    Container {
-        replica: u32,
-        id: String,
-        name: String,
-    },
-    SwarmService {
-        id: String,
-        name: String,
-    },
-}
-
-/// A GPU given to a service by the plan (and honoured by apply).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GpuRef {
-    pub host: String,
-    pub index: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uuid: Option<String>,
-    pub model: String,
 }
 
 /// One deployed service as the state records it.

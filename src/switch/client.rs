@@ -147,7 +147,7 @@ impl SwitchClient {
             port: self.port,
             message,
         };
-        let program = crate::backends::logwriter::program()
+        let program = crate::procfs::deploy_code_program()
             .ok_or_else(|| start_failed("the deploy-code binary was not found".into()))?;
         if let Some(dir) = log.parent() {
             crate::fsperm::private_dir(dir).map_err(|e| start_failed(e.to_string()))?;

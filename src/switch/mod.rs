@@ -169,7 +169,7 @@ fn log_line(log: Option<&Path>, msg: &str) {
     if let Some(path) = log
         && let Ok(mut f) = crate::fsperm::private_append(path)
     {
-        let _ = writeln!(f, "{} switch: {msg}", crate::apply::now_rfc3339());
+        let _ = writeln!(f, "{} switch: {msg}", crate::clock::now_rfc3339());
     }
 }
 

@@ -259,7 +259,9 @@ async fn drift_shows_missing_exited_changed_and_orphaned_containers() {
             updated_at: String::new(),
         },
     );
-    let obs = docker::observe(&b, &project, &snapshot).await.unwrap();
+    let obs = deploy_code::refresh::observe_backend(&b, &project, &snapshot)
+        .await
+        .unwrap();
     assert!(
         obs.services[&spec.name]
             .iter()
@@ -278,7 +280,9 @@ async fn drift_shows_missing_exited_changed_and_orphaned_containers() {
         .unwrap();
     let stray = b.start(&shell("stray", "sleep 60"), &ctx).await.unwrap();
 
-    let obs = docker::observe(&b, &project, &snapshot).await.unwrap();
+    let obs = deploy_code::refresh::observe_backend(&b, &project, &snapshot)
+        .await
+        .unwrap();
     let states: Vec<_> = obs.services[&spec.name]
         .iter()
         .map(|o| o.state.as_str())

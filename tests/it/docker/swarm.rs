@@ -85,11 +85,7 @@ async fn a_swarm_service_scales_from_one_to_three_in_place() {
     assert!(exec.healthy, "{exec:?}");
 
     // Scale 1 -> 3 in place: same service id, same published port.
-    assert!(
-        BackendKind::Swarm
-            .updatable_in_place()
-            .contains(&"replicas")
-    );
+    assert!(b.updatable_in_place().contains(&"replicas"));
     let mut three = spec.clone();
     three.replicas = 3;
     let h2 = b.update(&three, &h, &ctx).await.unwrap();

@@ -146,3 +146,69 @@ fn nothing_below_main_exits_the_process() {
         &["src/main.rs"],
     );
 }
+
+/// Lines of code under `dir` (a path prefix) that name one of the crate's
+/// top-level `modules`: `crate::plan` counts, `crate::planfile` does not.
+fn naming_modules(dir: &str, modules: &[&str]) -> Vec<String> {
+    code_lines()
+        .into_iter()
+        .filter(|(file, _, line)| {
+            file.starts_with(dir)
+                && modules.iter().any(|m| {
+                    let needle = format!("crate::{m}");
+                    line.match_indices(&needle).any(|(i, _)| {
+                        !line[i + needle.len()..]
+                            .chars()
+                            .next()
+                            .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                    })
+                })
+        })
+        .map(|(file, n, line)| format!("{file}:{n}: {}", line.trim()))
+        .collect()
+}
+
+#[test]
+fn outside_the_backends_a_handle_is_opaque() {
+    only_in(
+        "outside `backends/` a handle is described, compared and stored, never opened",
+        &[
+            "Handle::Process",
+            "Handle::Container",
+            "Handle::SwarmService",
+            "Handle::{",
+            "Handle::*",
+        ],
+        &["src/backends/", "src/instance.rs"],
+    );
+}
+
+#[test]
+fn plan_imports_nothing_from_backends_or_apply() {
+    let offenders = naming_modules("src/plan/", &["backends", "apply", "refresh"]);
+    assert!(
+        offenders.is_empty(),
+        "`plan` receives observations and capabilities as data; it names no backend:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn backends_import_nothing_from_apply_or_plan() {
+    let offenders = naming_modules("src/backends/", &["apply", "plan", "monitor", "refresh"]);
+    assert!(
+        offenders.is_empty(),
+        "`backends` sits below `apply`, `plan`, `refresh` and `monitor`:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn the_switch_imports_nothing_from_apply_or_backends() {
+    let offenders = naming_modules("src/switch/", &["apply", "backends"]);
+    assert!(
+        offenders.is_empty(),
+        "the traffic switch stands below `apply` and `backends`:\n{}",
+        offenders.join("\n")
+    );
+}

@@ -155,6 +155,7 @@ pub fn run(
         inventory: inv,
         config_hash: "sha256:test".into(),
         options,
+        capabilities: deploy_code::backends::Registry::with_all().capabilities(),
     })
 }
 

@@ -1,0 +1,194 @@
+//! The contract between the process backend and the monitor it starts
+//! (`deploy-code __monitor`, run by the top-level `monitor` module): what
+//! the monitor is handed on stdin ([`Launch`]) and the status file it keeps
+//! beside the instance's log ([`MonitorStatus`]), which `status`, `metrics`
+//! and refresh read.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::instance::Handle;
+use crate::model::{RestartPolicy, ServiceSpec};
+
+/// The hidden subcommand that runs a monitor.
+pub const ARG: &str = "__monitor";
+
+/// Seconds between SIGTERM and SIGKILL when a monitor stops its child for
+/// a health-driven restart or because it was stopped itself.
+pub const GRACE_SECONDS: u64 = 10;
+
+/// How many recent restarts a status file keeps.
+pub const RECENT: usize = 20;
+
+/// What a monitor runs, as the process backend hands it over on stdin.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Launch {
+    pub program: String,
+    pub args: Vec<String>,
+    /// The child's environment besides the marks: the starting run's own and
+    /// the service's (secrets included: this never touches a file, and the
+    /// monitor's own environment holds only the marks).
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub status_path: PathBuf,
+    pub replica: u32,
+    pub revision: u64,
+    /// The canonical spec (sensitive values as digests): policy, back-off,
+    /// health check and the ports the probes resolve against.
+    pub spec: ServiceSpec,
+    /// Seconds between SIGTERM and SIGKILL when the monitor stops its child.
+    pub grace_seconds: u64,
+}
+
+/// Where the monitor of the instance logging to `log_path` keeps its status.
+pub fn status_path(log_path: &Path) -> PathBuf {
+    let mut name = log_path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".monitor.json");
+    log_path.with_file_name(name)
+}
+
+/// What a monitor is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MonitorState {
+    /// The child runs.
+    Running,
+    /// The child exited; it is started again after the back-off.
+    BackingOff,
+    /// Too many restarts within the window: nothing is restarted until the
+    /// next apply or `deploy-code restart`.
+    CircuitOpen,
+    /// The child exited and the policy does not restart it.
+    Exited,
+    /// `deploy-code` stopped the instance.
+    Stopped,
+}
+
+impl MonitorState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MonitorState::Running => "running",
+            MonitorState::BackingOff => "backing-off",
+            MonitorState::CircuitOpen => "circuit-open",
+            MonitorState::Exited => "exited",
+            MonitorState::Stopped => "stopped",
+        }
+    }
+}
+
+/// How a child ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// `exited`, `killed`, `unhealthy` (a health-driven restart) or `spawn failed: ...`.
+    pub reason: String,
+}
+
+impl ExitRecord {
+    /// "exit 3", "signal 9", "unhealthy (signal 15)".
+    pub fn describe(&self) -> String {
+        let how = match (self.code, self.signal) {
+            (Some(c), _) => format!("exit {c}"),
+            (None, Some(s)) => format!("signal {s}"),
+            (None, None) => String::new(),
+        };
+        match self.reason.as_str() {
+            "exited" | "killed" => how,
+            r if how.is_empty() => r.to_owned(),
+            r => format!("{r} ({how})"),
+        }
+    }
+}
+
+/// One restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartRecord {
+    /// When the replacement started.
+    pub at: String,
+    /// The restart's number since the monitor started (1 for the first).
+    pub restart: u32,
+    /// Why: the exit it followed.
+    pub after: String,
+    /// The pause before it, milliseconds.
+    pub delay_ms: u64,
+}
+
+/// A monitor's status file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MonitorStatus {
+    pub service: String,
+    pub replica: u32,
+    pub revision: u64,
+    pub monitor_pid: u32,
+    pub monitor_start_time: u64,
+    pub policy: RestartPolicy,
+    pub state: MonitorState,
+    /// The running child's identity (pid and start time, as in `/proc/<pid>/stat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_start_time: Option<u64>,
+    /// Restarts since the monitor started.
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<ExitRecord>,
+    /// The pause in force now (while backing off), or the one the next
+    /// restart would wait, milliseconds.
+    pub backoff_ms: u64,
+    /// When the child is started again, while backing off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_start_at: Option<String>,
+    /// Consecutive failed probes of the running child.
+    pub probe_failures: u32,
+    /// The last restarts, oldest first (at most [`RECENT`]).
+    #[serde(default)]
+    pub recent: Vec<RestartRecord>,
+    pub updated_at: String,
+}
+
+impl MonitorStatus {
+    /// The one-word state `status` shows for it.
+    pub fn summary(&self) -> String {
+        match self.state {
+            MonitorState::CircuitOpen => "failed (circuit open)".into(),
+            MonitorState::BackingOff => format!("backing off {} ms", self.backoff_ms),
+            s => s.as_str().to_owned(),
+        }
+    }
+}
+
+/// Reads a status file; `None` when there is none or it cannot be read.
+pub fn read_status(path: &Path) -> Option<MonitorStatus> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The monitor's status for an instance that logs to `log_path` and whose
+/// recorded process is `pid` started at `start_time`: only the status file
+/// written by that very monitor counts.
+pub fn status_of(log_path: &Path, pid: u32, start_time: u64) -> Option<MonitorStatus> {
+    read_status(&status_path(log_path))
+        .filter(|s| s.monitor_pid == pid && s.monitor_start_time == start_time)
+}
+
+/// The status of the monitor of a recorded instance, when it is a monitored
+/// process whose monitor wrote one.
+pub fn status_of_handle(h: &Handle) -> Option<MonitorStatus> {
+    match h {
+        Handle::Process {
+            pid,
+            start_time,
+            log_path,
+            ..
+        } => status_of(Path::new(log_path), *pid, *start_time),
+        _ => None,
+    }
+}
