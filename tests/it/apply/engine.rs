@@ -188,7 +188,7 @@ fn chain(port_a: u16, port_b: u16, port_c: u16) -> Vec<ServiceSpec> {
 }
 
 /// What must equal between two states: each service's spec hash and status.
-fn essence(path: &Path) -> BTreeMap<String, (String, ServiceStatus, usize)> {
+pub fn essence(path: &Path) -> BTreeMap<String, (String, ServiceStatus, usize)> {
     deploy_code::state::load_snapshot(path)
         .unwrap()
         .services
@@ -199,7 +199,7 @@ fn essence(path: &Path) -> BTreeMap<String, (String, ServiceStatus, usize)> {
 
 /// The processes match the state exactly: each recorded handle runs with the
 /// recorded spec hash, and nothing else of the project runs.
-async fn host_matches_state(world: &World) {
+pub async fn host_matches_state(world: &World) {
     let snap = deploy_code::state::load_snapshot(&world.state).unwrap();
     let mut expected: Vec<(String, u32, Option<String>)> = Vec::new();
     for r in snap.services.values() {

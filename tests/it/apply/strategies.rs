@@ -8,11 +8,11 @@
 //! `b` is healthy, while `a` still starts up.
 
 use deploy_code::apply::{Cancel, Event};
-use deploy_code::model::Strategy;
+use deploy_code::model::{Strategy, Text};
 use deploy_code::state::Outcome;
 
 use super::common::*;
-use super::engine::{World, run};
+use super::engine::{World, essence, host_matches_state, run};
 
 /// How long `a` waits before it listens: long enough that `b` and `c` start
 /// and pass their gates meanwhile on a loaded machine.
@@ -87,4 +87,63 @@ async fn parallel_starts_an_action_once_its_dependencies_are_ready() {
         at(&o, "ready c") < at(&o, "ready a"),
         "`c` does not wait for the unrelated `a` of phase 1: {o:?}"
     );
+}
+
+#[tokio::test]
+async fn parallel_rolls_back_the_whole_change_set() {
+    let w = World::new("parallel-rb");
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let specs = || {
+        let a = http_spec("a", pa, 0);
+        let b = http_spec("b", pb, 0);
+        let mut c = http_spec("c", pc, 0);
+        c.dependencies = vec![name("b")];
+        vec![a, b, c]
+    };
+    let parallel = |specs| {
+        let mut d = w.desired(specs);
+        d.settings.deployment.strategy = Strategy::Parallel;
+        d.settings.deployment.max_parallel = 4;
+        d
+    };
+    let v1 = parallel(specs());
+    let r = run(&w, &v1, false, &Cancel::new()).await;
+    assert_eq!(r.report.outcome, Outcome::Succeeded, "{:?}", r.report);
+    let before = essence(&w.state);
+
+    // v2 changes `a` (slow to come up) and `b`, and breaks `c`, which fails
+    // while `a` still starts.
+    let mut v2 = specs();
+    v2[0] = http_spec("a", pa, SLOW_MS);
+    v2[0].health_check = Some(http_check(pa, 1, 60));
+    v2[0].env.insert("MODE".into(), Text::plain("v2"));
+    v2[1].env.insert("MODE".into(), Text::plain("v2"));
+    let mut broken = spec("c", &["sh", "-c", "echo boom; exit 9"]);
+    broken.health_check = Some(http_check(free_port(), 1, 3));
+    broken.dependencies = vec![name("b")];
+    v2[2] = broken;
+    let r = run(&w, &parallel(v2), false, &Cancel::new()).await;
+    assert_eq!(r.report.outcome, Outcome::RolledBack, "{:?}", r.report);
+    assert_eq!(r.report.failures.len(), 1);
+    assert_eq!(r.report.failures[0].service, name("c"));
+    for s in ["a", "b", "c"] {
+        assert!(
+            r.events.iter().any(|e| matches!(e,
+                Event::RollbackStep { service, ok: true, .. } if service.as_str() == s)),
+            "`{s}` was rolled back: {:?}",
+            r.events
+        );
+    }
+    assert_eq!(
+        essence(&w.state),
+        before,
+        "the state is back to what it was"
+    );
+    host_matches_state(&w).await;
+    for p in [pa, pb, pc] {
+        let resp = deploy_code::net::get(format!("http://127.0.0.1:{p}/"))
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "the previous set serves on {p}");
+    }
 }
