@@ -656,7 +656,8 @@ impl ServiceSpec {
 pub enum Strategy {
     /// One action at a time.
     Sequential,
-    /// Every action of a phase at once (bounded by `max_parallel`).
+    /// No phase barrier: each action as soon as the actions it depends on are
+    /// healthy (bounded by `max_parallel`).
     Parallel,
     /// Phases in order, actions within a phase in parallel (the default).
     #[default]

@@ -1,6 +1,7 @@
 //! Executes a plan phase by phase: bounded concurrency within a phase, health
-//! gates between phases, an intent row before every side effect, and on failure a
-//! rollback of every action of the run in reverse order.
+//! gates between phases (under `Parallel`, between an action and the actions
+//! it depends on instead), an intent row before every side effect, and on
+//! failure a rollback of every action of the run in reverse order.
 //!
 //! Every side effect is written to the state's intent journal before it happens
 //! and closed after it, and the service record is written as soon as the result
@@ -131,9 +132,11 @@ pub fn stops_first(before: &ServiceSpec, after: &ServiceSpec) -> bool {
     before.stop_first_reason(after).is_some()
 }
 
-/// Runs `plan` against the world: phases in order, actions within a phase
-/// concurrently (at most `deployment.max_parallel`, one for `Sequential`), each
-/// gated; on failure everything this run did is undone in reverse order.
+/// Runs `plan` against the world, each action gated: phases in order, the
+/// actions of a phase concurrently (at most `deployment.max_parallel`, one for
+/// `Sequential`); under `Parallel` without phase barriers, each action as soon
+/// as the actions it depends on have passed their gates. On failure everything
+/// this run did is undone in reverse order.
 pub async fn execute(
     plan: &Plan,
     desired: &DesiredState,
@@ -254,51 +257,13 @@ pub async fn execute(
             break;
         }
     }
-    'phases: for (i, phase) in plan.phases.iter().enumerate() {
-        if !failures.is_empty() {
-            break;
-        }
-        let phase_began = Instant::now();
-        exec.emit(Event::PhaseStarted {
-            phase: i + 1,
-            services: phase.clone(),
-        });
-        let mut queue = phase
-            .iter()
-            .filter_map(|s| changes.get(s).copied())
-            .filter(|c| c.action != Action::NoOp);
-        let mut running = FuturesUnordered::new();
-        let mut launching = true;
-        loop {
-            while launching && running.len() < max_parallel && cancel.level() == 0 {
-                match queue.next() {
-                    Some(c) => running.push(exec.run_change(c)),
-                    None => break,
-                }
-            }
-            if running.is_empty() {
-                break;
-            }
-            tokio::select! {
-                Some(res) = running.next() => {
-                    if let Err(f) = res {
-                        failures.push(f);
-                        launching = false;
-                    }
-                }
-                _ = cancel.reached(1), if launching => {
-                    launching = false;
-                }
-            }
-        }
-        let ok = failures.is_empty() && cancel.level() == 0;
-        exec.emit(Event::PhaseFinished {
-            phase: i + 1,
-            ok,
-            elapsed_ms: phase_began.elapsed().as_millis() as u64,
-        });
-        if !ok {
-            break 'phases;
+    if failures.is_empty() {
+        if dep.strategy == crate::model::Strategy::Parallel {
+            exec.run_unbarriered(plan, &changes, max_parallel, &mut failures)
+                .await;
+        } else {
+            exec.run_phases(plan, &changes, max_parallel, &mut failures)
+                .await;
         }
     }
     if failures.is_empty() && cancel.level() > 0 {
@@ -390,4 +355,203 @@ pub async fn execute(
         left,
         elapsed_ms,
     })
+}
+
+impl Exec<'_> {
+    /// `Sequential`, `Hybrid` and the rollouts: phase after phase, a phase
+    /// starting once every action of the one before passed its gate; within a
+    /// phase at most `max_parallel` actions at once. Stops launching at the
+    /// first failure or interrupt.
+    async fn run_phases(
+        &self,
+        plan: &Plan,
+        changes: &BTreeMap<&ServiceName, &Change>,
+        max_parallel: usize,
+        failures: &mut Vec<FailureEvidence>,
+    ) {
+        for (i, phase) in plan.phases.iter().enumerate() {
+            let phase_began = Instant::now();
+            self.emit(Event::PhaseStarted {
+                phase: i + 1,
+                services: phase.clone(),
+            });
+            let mut queue = phase
+                .iter()
+                .filter_map(|s| changes.get(s).copied())
+                .filter(|c| c.action != Action::NoOp);
+            let mut running = FuturesUnordered::new();
+            let mut launching = true;
+            loop {
+                while launching && running.len() < max_parallel && self.cancel.level() == 0 {
+                    match queue.next() {
+                        Some(c) => running.push(self.run_change(c)),
+                        None => break,
+                    }
+                }
+                if running.is_empty() {
+                    break;
+                }
+                tokio::select! {
+                    Some(res) = running.next() => {
+                        if let Err(f) = res {
+                            failures.push(f);
+                            launching = false;
+                        }
+                    }
+                    _ = self.cancel.reached(1), if launching => {
+                        launching = false;
+                    }
+                }
+            }
+            let ok = failures.is_empty() && self.cancel.level() == 0;
+            self.emit(Event::PhaseFinished {
+                phase: i + 1,
+                ok,
+                elapsed_ms: phase_began.elapsed().as_millis() as u64,
+            });
+            if !ok {
+                return;
+            }
+        }
+    }
+
+    /// `Parallel`: no phase barrier. An action starts as soon as the actions
+    /// it waits for (see [`waits_for`]) have passed their gates, at most
+    /// `max_parallel` at once, the earliest phase first. A phase is reported
+    /// started with its first action and finished with its last. Stops
+    /// launching at the first failure or interrupt.
+    async fn run_unbarriered(
+        &self,
+        plan: &Plan,
+        changes: &BTreeMap<&ServiceName, &Change>,
+        max_parallel: usize,
+        failures: &mut Vec<FailureEvidence>,
+    ) {
+        let actions: Vec<(usize, &Change)> = plan
+            .phases
+            .iter()
+            .enumerate()
+            .flat_map(|(i, phase)| {
+                phase
+                    .iter()
+                    .filter_map(|s| changes.get(s).copied())
+                    .filter(|c| c.action != Action::NoOp)
+                    .map(move |c| (i, c))
+            })
+            .collect();
+        let waits = waits_for(&actions);
+        let mut started = vec![false; actions.len()];
+        let mut done = vec![false; actions.len()];
+        let mut left: Vec<usize> = vec![0; plan.phases.len()];
+        for (i, _) in &actions {
+            left[*i] += 1;
+        }
+        let mut began: Vec<Option<Instant>> = vec![None; plan.phases.len()];
+        let mut running = FuturesUnordered::new();
+        let mut launching = true;
+        loop {
+            if launching && self.cancel.level() == 0 {
+                for (j, (i, c)) in actions.iter().enumerate() {
+                    if running.len() >= max_parallel {
+                        break;
+                    }
+                    if started[j] || !waits[j].iter().all(|k| done[*k]) {
+                        continue;
+                    }
+                    started[j] = true;
+                    if began[*i].is_none() {
+                        began[*i] = Some(Instant::now());
+                        self.emit(Event::PhaseStarted {
+                            phase: i + 1,
+                            services: plan.phases[*i].clone(),
+                        });
+                    }
+                    let run = self.run_change(c);
+                    running.push(async move { (j, run.await) });
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some((j, res)) = running.next() => {
+                    let i = actions[j].0;
+                    match res {
+                        Ok(()) => done[j] = true,
+                        Err(f) => {
+                            failures.push(f);
+                            launching = false;
+                        }
+                    }
+                    left[i] -= 1;
+                    if left[i] == 0 {
+                        self.emit(Event::PhaseFinished {
+                            phase: i + 1,
+                            ok: failures.is_empty() && self.cancel.level() == 0,
+                            elapsed_ms: began[i].map_or(0, |b| b.elapsed().as_millis() as u64),
+                        });
+                    }
+                }
+                _ = self.cancel.reached(1), if launching => {
+                    launching = false;
+                }
+            }
+        }
+        // Phases that started but did not run all their actions.
+        for (i, b) in began.iter().enumerate() {
+            if let Some(b) = b
+                && left[i] > 0
+            {
+                self.emit(Event::PhaseFinished {
+                    phase: i + 1,
+                    ok: false,
+                    elapsed_ms: b.elapsed().as_millis() as u64,
+                });
+            }
+        }
+    }
+}
+
+/// For each of `actions` (phase index, change; in phase order), the indexes
+/// of the actions it waits for under `Parallel`: a create, replace or update
+/// waits for the actions of the dependencies its spec names and for every
+/// destroy (which frees capacity and ports first); a destroy waits for the
+/// destroys of the services whose recorded specs depend on it. Only actions
+/// of earlier phases are waited for, so the waits follow the plan's order.
+fn waits_for(actions: &[(usize, &Change)]) -> Vec<Vec<usize>> {
+    let index: BTreeMap<&ServiceName, usize> = actions
+        .iter()
+        .enumerate()
+        .map(|(j, (_, c))| (&c.service, j))
+        .collect();
+    actions
+        .iter()
+        .map(|(phase, c)| {
+            let mut waits: BTreeSet<usize> = BTreeSet::new();
+            if c.action == Action::Destroy {
+                for (k, (_, d)) in actions.iter().enumerate() {
+                    if d.action == Action::Destroy
+                        && d.before
+                            .as_ref()
+                            .is_some_and(|b| b.dependencies.contains(&c.service))
+                    {
+                        waits.insert(k);
+                    }
+                }
+            } else {
+                for (k, (_, d)) in actions.iter().enumerate() {
+                    if d.action == Action::Destroy {
+                        waits.insert(k);
+                    }
+                }
+                if let Some(after) = &c.after {
+                    waits.extend(after.dependencies.iter().filter_map(|d| index.get(d)));
+                }
+            }
+            waits
+                .into_iter()
+                .filter(|k| actions[*k].0 < *phase)
+                .collect()
+        })
+        .collect()
 }

@@ -21,6 +21,19 @@ pub fn check_document(node: &Node, out: &mut Vec<Problem>) {
     check(node, root, root, &mut path, out);
 }
 
+/// What the schema makes of the reader's problems: a key defined twice
+/// directly under `services` is a service defined twice (S002).
+pub(crate) fn classify(problems: &mut [Problem]) {
+    for p in problems.iter_mut() {
+        if let (Kind::DuplicateKey, [top, service]) = (p.kind, p.path.as_slice())
+            && top == "services"
+        {
+            p.kind = Kind::DuplicateService;
+            p.message = format!("the service `{service}` is defined twice");
+        }
+    }
+}
+
 fn resolve<'a>(schema: &'a J, root: &'a J) -> &'a J {
     let mut s = schema;
     for _ in 0..16 {

@@ -140,6 +140,9 @@ pub struct Problem {
     pub help: String,
     /// Which source the spans point into.
     pub origin: Origin,
+    /// Where in the document the problem is (mapping keys and sequence
+    /// indexes from the root), when the reporter knows it.
+    pub path: Vec<String>,
 }
 
 /// The text a problem's spans refer to.
@@ -162,7 +165,13 @@ impl Problem {
             labels: Vec::new(),
             help: String::new(),
             origin: Origin::Rendered,
+            path: Vec::new(),
         }
+    }
+
+    pub fn path(mut self, path: Vec<String>) -> Self {
+        self.path = path;
+        self
     }
 
     pub fn label(mut self, span: Range<usize>, text: impl Into<String>) -> Self {

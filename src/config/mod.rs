@@ -269,6 +269,7 @@ pub fn load_text_with(
         root.value = yaml::Value::Map(Vec::new());
     }
     problems.extend(yaml_problems);
+    check::classify(&mut problems);
     if problems
         .iter()
         .any(|p| matches!(p.kind, Kind::YamlSyntax | Kind::TooLarge | Kind::TooDeep))

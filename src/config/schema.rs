@@ -226,7 +226,7 @@ pub enum Strategy {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Deployment {
-    /// Sequential (one action at a time), Parallel (every action of a phase at once, up to `max_parallel`), Hybrid (phases in order, a phase's actions at once up to `max_parallel`; the default), RollingUpdate (a replaced service replica by replica) or BlueGreen (a replaced service's whole new set beside the old one, then one switch). Under RollingUpdate and BlueGreen, fixed TCP host ports are held by a traffic switch.
+    /// Sequential (one action at a time), Parallel (no phase barrier: each action once the actions it depends on are healthy, up to `max_parallel`), Hybrid (phases in order, a phase's actions at once up to `max_parallel`; the default), RollingUpdate (a replaced service replica by replica) or BlueGreen (a replaced service's whole new set beside the old one, then one switch). Under RollingUpdate and BlueGreen, fixed TCP host ports are held by a traffic switch.
     pub strategy: Option<Strategy>,
     /// Most actions at once, 1 to 4294967295. Default 10.
     #[schemars(range(min = 1))]

@@ -365,8 +365,7 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
 }
 
 fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut Vec<Problem>) {
-    let in_services = stack.len() == 2
-        && matches!(&stack[0], Frame::Map { pending: Some(k), .. } if k.name == "services");
+    let mut duplicate = None;
     match stack.last_mut() {
         None => *root = Some(node),
         Some(Frame::Seq { items, .. }) => items.push(node),
@@ -399,17 +398,7 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut
             }
             Some(key) => {
                 if let Some((first, _)) = seen.get(&key.name).map(|i| &entries[*i]) {
-                    let (kind, what) = if in_services {
-                        (Kind::DuplicateService, "service")
-                    } else {
-                        (Kind::DuplicateKey, "key")
-                    };
-                    problems.push(
-                        Problem::new(kind, format!("the {what} `{}` is defined twice", key.name))
-                            .label(key.span.clone(), "defined again here")
-                            .label(first.span.clone(), "first defined here")
-                            .help("remove one of the two definitions or rename one of them"),
-                    );
+                    duplicate = Some((key, first.span.clone()));
                 } else {
                     seen.insert(key.name.clone(), entries.len());
                     entries.push((key, node));
@@ -417,6 +406,34 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut
             }
         },
     }
+    if let Some((key, first)) = duplicate {
+        let mut path = path_of(&stack[..stack.len() - 1]);
+        path.push(key.name.clone());
+        problems.push(
+            Problem::new(
+                Kind::DuplicateKey,
+                format!("the key `{}` is defined twice", key.name),
+            )
+            .label(key.span, "defined again here")
+            .label(first, "first defined here")
+            .help("remove one of the two definitions or rename one of them")
+            .path(path),
+        );
+    }
+}
+
+/// The path from the root to the value the innermost of `frames` is reading:
+/// each mapping's key, each sequence's index.
+fn path_of(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| match f {
+            Frame::Seq { items, .. } => items.len().to_string(),
+            Frame::Map { pending, .. } => {
+                pending.as_ref().map_or(String::new(), |k| k.name.clone())
+            }
+        })
+        .collect()
 }
 
 fn count_nodes(n: &Node) -> usize {
@@ -768,5 +785,15 @@ mod tests {
         let (_, problems) = parse("a: 1\nb: 2\na: 3\n");
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].kind, Kind::DuplicateKey);
+        assert_eq!(problems[0].labels[0].0, 10..11);
+        assert_eq!(problems[0].labels[1].0, 0..1);
+    }
+
+    #[test]
+    fn a_duplicate_key_carries_its_path() {
+        let (_, problems) = parse("services:\n  api: {}\n  api: {}\nlist:\n  - {x: 1, x: 2}\n");
+        let paths: Vec<_> = problems.iter().map(|p| p.path.join(".")).collect();
+        assert_eq!(paths, ["services.api", "list.0.x"]);
+        assert!(problems.iter().all(|p| p.kind == Kind::DuplicateKey));
     }
 }

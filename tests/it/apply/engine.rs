@@ -7,10 +7,11 @@ use std::sync::Mutex;
 use deploy_code::apply::{self, Cancel, Event, Options};
 use deploy_code::backends::process::ProcessBackend;
 use deploy_code::backends::{Backend, Registry};
+use deploy_code::inventory::{Host, Inventory, Source};
 use deploy_code::model::{
     BackendKind, DesiredState, SecretKey, Sensitive, ServiceSpec, Settings, Text,
 };
-use deploy_code::plan::{Action, Binding, Change, Feasibility, Plan, Summary};
+use deploy_code::plan::{self, Plan};
 use deploy_code::state::{Holder, Outcome, ServiceStatus, Snapshot, Store};
 
 use super::common::*;
@@ -96,96 +97,36 @@ impl Drop for World {
     }
 }
 
-/// A minimal planner for the executor's tests: create what is new, replace what
-/// changed, destroy what is gone; phases by dependency depth.
+/// The plan `deploy-code apply` would make without a refresh: the real planner
+/// on `desired` and the state's snapshot, with the registered backends'
+/// capabilities and a host large enough for everything.
 pub fn make_plan(desired: &DesiredState, snap: &Snapshot) -> Plan {
-    let mut depth: BTreeMap<String, usize> = BTreeMap::new();
-    fn d(n: &str, desired: &DesiredState, memo: &mut BTreeMap<String, usize>) -> usize {
-        if let Some(v) = memo.get(n) {
-            return *v;
-        }
-        let s = &desired.services[n];
-        let v = s
-            .dependencies
-            .iter()
-            .map(|x| d(x.as_str(), desired, memo) + 1)
-            .max()
-            .unwrap_or(0);
-        memo.insert(n.to_owned(), v);
-        v
-    }
-    let mut changes = Vec::new();
-    let mut phases: Vec<Vec<_>> = Vec::new();
-    for (name, spec) in &desired.services {
-        let level = d(name.as_str(), desired, &mut depth);
-        let prior = snap.services.get(name);
-        let action = match prior {
-            None => Action::Create,
-            Some(r) if r.spec_hash != spec.spec_hash() || r.status != ServiceStatus::Ready => {
-                Action::Replace
-            }
-            Some(_) => Action::NoOp,
-        };
-        if action != Action::NoOp {
-            while phases.len() <= level {
-                phases.push(Vec::new());
-            }
-            phases[level].push(name.clone());
-        }
-        changes.push(Change {
-            service: name.clone(),
-            action,
-            backend: spec.backend,
-            reason: None,
-            forced_by: Vec::new(),
-            before: prior.map(|r| r.spec.clone()),
-            after: Some(spec.clone()),
-            prior_handles: prior.map(|r| r.handles.clone()).unwrap_or_default(),
+    let inventory = Inventory {
+        source: Source::File {
+            path: "inventory.yaml".into(),
+        },
+        hosts: vec![Host {
+            name: "test".into(),
+            cpu_cores: 64.0,
+            memory_mb: 256 * 1024,
+            storage_gb: 2000,
             gpus: Vec::new(),
-            rollout: None,
-        });
-    }
-    let mut gone = Vec::new();
-    for (name, r) in &snap.services {
-        if !desired.services.contains_key(name) {
-            gone.push(name.clone());
-            changes.push(Change {
-                service: name.clone(),
-                action: Action::Destroy,
-                backend: r.backend,
-                reason: None,
-                forced_by: Vec::new(),
-                before: Some(r.spec.clone()),
-                after: None,
-                prior_handles: r.handles.clone(),
-                gpus: Vec::new(),
-                rollout: None,
-            });
-        }
-    }
-    if !gone.is_empty() {
-        phases.push(gone);
-    }
-    phases.retain(|p| !p.is_empty());
-    Plan {
-        format_version: 1,
-        binding: Binding {
-            lineage: snap.lineage.clone(),
-            serial: snap.serial,
-            config_hash: "sha256:test".into(),
-            tool_version: "test".into(),
-            state_key_id: None,
-        },
-        changes,
-        phases,
-        drift: Vec::new(),
-        feasibility: Feasibility {
-            feasible: true,
-            ..Default::default()
-        },
-        summary: Summary::default(),
-        destroy_all: false,
-    }
+            ports_in_use: Vec::new(),
+        }],
+        swarm_publish: Default::default(),
+    };
+    let plan = plan::plan(&plan::Input {
+        desired: Some(desired),
+        snapshot: snap,
+        observations: None,
+        inventory: &inventory,
+        config_hash: "sha256:test".into(),
+        options: plan::Options::default(),
+        capabilities: Registry::with_process().capabilities(),
+    })
+    .unwrap();
+    assert!(plan.feasibility.feasible, "{:?}", plan.feasibility);
+    plan
 }
 
 pub struct Run {
@@ -247,7 +188,7 @@ fn chain(port_a: u16, port_b: u16, port_c: u16) -> Vec<ServiceSpec> {
 }
 
 /// What must equal between two states: each service's spec hash and status.
-fn essence(path: &Path) -> BTreeMap<String, (String, ServiceStatus, usize)> {
+pub fn essence(path: &Path) -> BTreeMap<String, (String, ServiceStatus, usize)> {
     deploy_code::state::load_snapshot(path)
         .unwrap()
         .services
@@ -258,7 +199,7 @@ fn essence(path: &Path) -> BTreeMap<String, (String, ServiceStatus, usize)> {
 
 /// The processes match the state exactly: each recorded handle runs with the
 /// recorded spec hash, and nothing else of the project runs.
-async fn host_matches_state(world: &World) {
+pub async fn host_matches_state(world: &World) {
     let snap = deploy_code::state::load_snapshot(&world.state).unwrap();
     let mut expected: Vec<(String, u32, Option<String>)> = Vec::new();
     for r in snap.services.values() {

@@ -10,4 +10,5 @@ mod monitor;
 mod process;
 mod rollout;
 mod secrets;
+mod strategies;
 mod verdict;

@@ -333,3 +333,42 @@ fn error_codes_follow_from_variants() {
         &[],
     );
 }
+
+/// Every property name the configuration's JSON Schema knows.
+fn schema_keys(schema: &serde_json::Value, out: &mut std::collections::BTreeSet<String>) {
+    match schema {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                out.extend(props.keys().cloned());
+            }
+            for v in map.values() {
+                schema_keys(v, out);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for v in items {
+                schema_keys(v, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn the_yaml_reader_names_no_schema_key() {
+    let mut keys = std::collections::BTreeSet::new();
+    schema_keys(&deploy_code::config::schema::json_schema(), &mut keys);
+    assert!(keys.contains("services") && keys.contains("health_check"));
+    let offenders: Vec<String> = code_lines()
+        .into_iter()
+        .filter(|(file, _, line)| {
+            file == "src/config/yaml.rs" && keys.iter().any(|k| line.contains(&format!("\"{k}\"")))
+        })
+        .map(|(file, n, line)| format!("{file}:{n}: {}", line.trim()))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "`config::yaml` reads any YAML; what a key means is the schema's (`config::check`):\n{}",
+        offenders.join("\n")
+    );
+}
