@@ -385,3 +385,73 @@ async fn plan_on_swarm_checks_the_cluster_nodes() {
     assert_ne!(code, 0, "{out}\n{err}");
     assert!(format!("{out}{err}").contains("GPU"), "{out}\n{err}");
 }
+
+/// `logs --follow` of a container prints the tail and then what the container
+/// prints afterwards, as it prints it (it used to print the tail and then
+/// wait forever in silence).
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_follow_streams_a_container_as_it_prints() {
+    use std::io::{BufRead, BufReader};
+    let Some(_b) = engine("logs_follow_streams_a_container_as_it_prints").await else {
+        return;
+    };
+    let d = Deployment::new("follow");
+    let _guard = Cleanup::new(&d.project);
+    std::fs::write(
+        d.config(),
+        format!(
+            "version: \"1.0.0\"\nproject: {}\ninfrastructure:\n  container_runtime: Docker\ndeployment:\n  stop_grace_seconds: 1\nservices:\n  ticker:\n    image: {IMAGE}\n    args: [\"sh\", \"-c\", \"i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done\"]\n",
+            d.project
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = d.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let tick = |line: &str| -> Option<u64> { line.trim().strip_prefix("tick ")?.parse().ok() };
+    let (code, out, err) = d.run(&["logs", "ticker"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let before = out
+        .lines()
+        .filter_map(tick)
+        .max()
+        .expect("the tail has ticks");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deploy-code"))
+        .current_dir(d.dir.path())
+        .arg("-c")
+        .arg(d.config())
+        .args(["logs", "ticker", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // Ticks printed after the plain `logs` above must arrive while it runs.
+    let mut later = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while later.len() < 3 && std::time::Instant::now() < deadline {
+        match rx.recv_timeout(std::time::Duration::from_millis(500)) {
+            Ok(line) => later.extend(tick(&line).filter(|n| *n > before)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        later.len() >= 3,
+        "`logs --follow` printed no new lines (after tick {before}): {later:?}"
+    );
+    assert!(still_running, "`logs --follow` ended by itself");
+    let (code, out, err) = d.run(&["destroy", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+}
