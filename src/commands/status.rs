@@ -306,8 +306,9 @@ pub fn logs(inv: &Invocation, req: &LogsRequest) -> Result<CommandOutcome, Failu
             inv.out.data(&format!("{line}\n"))?;
         }
     }
-    if req.follow && r.backend != crate::model::BackendKind::Process {
-        // Containers and services: the engine's own stream, replicas at once.
+    if req.follow && b.follows_logs() {
+        // A backend with a log stream of its own (the Docker engine's): all
+        // replicas at once.
         let print = |text: String| inv.out.data_lossy(&text);
         rt.block_on(futures_util::future::join_all(
             r.handles.iter().map(|h| b.follow(h, &print)),
@@ -320,6 +321,13 @@ pub fn logs(inv: &Invocation, req: &LogsRequest) -> Result<CommandOutcome, Failu
             .iter()
             .filter_map(|h| h.log_path().map(str::to_owned))
             .collect();
+        if paths.is_empty() {
+            inv.out.status(&format!(
+                "the {} backend cannot follow the output of `{}`: this is its tail",
+                r.backend, r.name
+            ));
+            return Ok(CommandOutcome::Done);
+        }
         let mut offsets: Vec<u64> = paths
             .iter()
             .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
