@@ -190,6 +190,9 @@ pub struct Capabilities {
     pub network_teardown: bool,
     /// It follows an instance's output itself (else its log file is read).
     pub log_following: bool,
+    /// It spreads replicas over nodes: a fixed host port binds once per node
+    /// (Swarm), not once for all replicas.
+    pub places_on_nodes: bool,
 }
 
 #[cfg(test)]

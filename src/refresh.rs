@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::backends::{Backend, BackendError, Registry};
 use crate::instance::{Discovered, Handle};
-use crate::model::{BackendKind, ServiceName};
+use crate::model::ServiceName;
 use crate::plan::{Observations, ObservedInstance};
 use crate::state::{ServiceRecord, Snapshot};
 
@@ -37,15 +37,15 @@ pub struct Refreshed {
 /// name: orphans of this state's runs, and those of another state sharing the
 /// project name. One discovery per backend serves all of it.
 pub async fn observe(registry: &Registry, project: &str, snapshot: &Snapshot) -> Refreshed {
-    let mut obs = observe_recorded(snapshot);
+    let mut obs = observe_recorded(registry, snapshot);
     let mut found = Vec::new();
     for b in registry.all() {
         let kind = b.kind();
         match tokio::time::timeout(DISCOVERY_TIMEOUT, b.discover(project)).await {
             Ok(Ok(d)) => {
-                if kind != BackendKind::Process
-                    && snapshot.services.values().any(|r| r.backend == kind)
-                {
+                // What a backend reads of its recorded instances directly
+                // was read above; the others are known by what it found.
+                if !b.reads_recorded() && snapshot.services.values().any(|r| r.backend == kind) {
                     let seen = crate::plan::refresh::observe_discovered(kind, &d, snapshot);
                     obs.services.extend(seen.services);
                 }
@@ -90,19 +90,18 @@ pub async fn observe_backend(
     ))
 }
 
-/// What runs of the processes `snapshot` records, read from `/proc` (also
-/// for `plan` without a configuration, which has no project to discover by):
-/// `running` when the pid is alive with the recorded start time, `exited`
-/// when it is gone or a zombie, `missing` when the pid now belongs to another
-/// process; a monitor that gave up says why.
-pub fn observe_recorded(snapshot: &Snapshot) -> Observations {
+/// What the backends that read a recorded instance directly (the process
+/// backend: a pid and its start time in `/proc`) say of the instances
+/// `snapshot` records; also for `plan` without a configuration, which has no
+/// project to discover by.
+pub fn observe_recorded(registry: &Registry, snapshot: &Snapshot) -> Observations {
     let mut obs = Observations::default();
     for (name, record) in &snapshot.services {
         let seen: Vec<ObservedInstance> = record
             .handles
             .iter()
             .filter_map(|h| {
-                let (state, detail) = crate::backends::process::recorded_state(h)?;
+                let (state, detail) = registry.get(h.backend())?.recorded_state(h)?;
                 Some(ObservedInstance {
                     handle: h.clone(),
                     state,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::{Action, Change, Exec, RollbackResult, StepError, StepResult, Undo};
 use crate::apply::FailureKind;
 use crate::error::Code;
-use crate::model::{BackendKind, ServiceSpec, Strategy};
+use crate::model::{ServiceSpec, Strategy};
 use crate::state::{GpuRef, Handle, ServiceRecord, ServiceStatus};
 use crate::switch::SwitchClient;
 
@@ -59,9 +59,11 @@ impl Exec<'_> {
             .iter()
             .filter_map(|p| {
                 let host = p.host_port?;
-                let ip = p.host_ip.clone().unwrap_or_else(|| match spec.backend {
-                    BackendKind::Process => "127.0.0.1".into(),
-                    _ => "0.0.0.0".into(),
+                let ip = p.host_ip.clone().unwrap_or_else(|| {
+                    self.backends
+                        .get(spec.backend)
+                        .map_or("0.0.0.0", |b| b.default_host_ip())
+                        .to_owned()
                 });
                 let listen = if ip.contains(':') {
                     format!("[{ip}]:{host}")

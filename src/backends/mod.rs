@@ -182,6 +182,35 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// Whether it spreads replicas over nodes (a fixed host port then binds
+    /// once per node), rather than running them all on one host.
+    fn places_on_nodes(&self) -> bool {
+        false
+    }
+
+    /// Whether [`Backend::recorded_state`] reads recorded instances directly.
+    fn reads_recorded(&self) -> bool {
+        false
+    }
+
+    /// What it reads of a recorded instance directly, without discovery (a
+    /// process by its pid and start time): its state and, when it is not
+    /// running, why. `None` when it learns of instances only by discovering
+    /// them (containers, Swarm services).
+    fn recorded_state(
+        &self,
+        handle: &Handle,
+    ) -> Option<(crate::instance::InstanceState, Option<String>)> {
+        let _ = handle;
+        None
+    }
+
+    /// The address a published port listens on when the configuration names
+    /// none (`host_ip`): the address its instances are reached at.
+    fn default_host_ip(&self) -> &'static str {
+        "0.0.0.0"
+    }
+
     /// Every capability above, as the data the planner receives.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
@@ -194,6 +223,7 @@ pub trait Backend: Send + Sync {
             capacity: self.reports_capacity(),
             network_teardown: self.tears_down_network(),
             log_following: self.follows_logs(),
+            places_on_nodes: self.places_on_nodes(),
         }
     }
 

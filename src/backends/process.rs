@@ -540,6 +540,22 @@ impl Backend for ProcessBackend {
         BackendKind::Process
     }
 
+    fn reads_recorded(&self) -> bool {
+        true
+    }
+
+    fn recorded_state(
+        &self,
+        handle: &Handle,
+    ) -> Option<(crate::instance::InstanceState, Option<String>)> {
+        recorded_state(handle)
+    }
+
+    /// A local process is reached on loopback unless `host_ip` says otherwise.
+    fn default_host_ip(&self) -> &'static str {
+        "127.0.0.1"
+    }
+
     async fn prepare(
         &self,
         spec: &ServiceSpec,

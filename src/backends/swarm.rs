@@ -890,6 +890,10 @@ impl Backend for SwarmBackend {
         true
     }
 
+    fn places_on_nodes(&self) -> bool {
+        true
+    }
+
     fn tears_down_network(&self) -> bool {
         true
     }

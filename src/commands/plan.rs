@@ -104,7 +104,7 @@ pub(crate) fn plan_against(
             .observations
         }
         // Without a configuration there is no project name to look for.
-        None => crate::refresh::observe_recorded(snapshot),
+        None => crate::refresh::observe_recorded(&backends, snapshot),
     });
     let input = plan::Input {
         desired: loaded.as_ref().map(|l| &l.desired),

@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Dimension, Feasibility, Problem};
+use super::{Capabilities, Dimension, Feasibility, Problem};
 use crate::inventory::{Host, Inventory, PublishMode, Source};
 use crate::model::{BackendKind, Protocol, ServiceName, ServiceSpec};
 use crate::state::GpuRef;
@@ -64,6 +64,7 @@ pub fn check(
     held_ports: &BTreeSet<u16>,
     inventory: &Inventory,
     reserve_percent: u8,
+    capabilities: &BTreeMap<BackendKind, Capabilities>,
 ) -> Feasibility {
     let mut f = Feasibility {
         feasible: true,
@@ -199,7 +200,7 @@ pub fn check(
             }
         }
     }
-    check_ports_per_replica(&mut f, demands, inventory);
+    check_ports_per_replica(&mut f, demands, inventory, capabilities);
     f.feasible = f.problems.is_empty();
     f
 }
@@ -208,16 +209,25 @@ pub fn check(
 /// container runs on one host, and a Swarm service that publishes in host mode
 /// runs at most one task per node with it (the routing mesh binds it once for
 /// all tasks). More replicas than places exhaust the port.
-fn check_ports_per_replica(f: &mut Feasibility, demands: &[Demand], inventory: &Inventory) {
+fn check_ports_per_replica(
+    f: &mut Feasibility,
+    demands: &[Demand],
+    inventory: &Inventory,
+    capabilities: &BTreeMap<BackendKind, Capabilities>,
+) {
     // Behind a traffic switch the switch binds the port once for all replicas.
     for d in demands
         .iter()
         .filter(|d| d.changing && d.spec.replicas > 1 && !d.spec.behind_switch)
     {
-        let (places, unit) = match d.spec.backend {
-            BackendKind::Swarm if inventory.swarm_publish == PublishMode::Ingress => continue,
-            BackendKind::Swarm => (inventory.hosts.len() as u32, "node"),
-            BackendKind::Process | BackendKind::Docker => (1, "host"),
+        let on_nodes = capabilities
+            .get(&d.spec.backend)
+            .is_some_and(|c| c.places_on_nodes);
+        let (places, unit) = match on_nodes {
+            // The routing mesh binds the port once for all tasks.
+            true if inventory.swarm_publish == PublishMode::Ingress => continue,
+            true => (inventory.hosts.len() as u32, "node"),
+            false => (1, "host"),
         };
         if d.spec.replicas <= places {
             continue;

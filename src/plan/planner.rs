@@ -303,7 +303,13 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
         .values()
         .flat_map(|r| r.spec.host_ports().map(|(p, _)| p))
         .collect();
-    let feasibility = feasibility::check(&demands, &held_ports, input.inventory, reserve);
+    let feasibility = feasibility::check(
+        &demands,
+        &held_ports,
+        input.inventory,
+        reserve,
+        &input.capabilities,
+    );
 
     // Changes in phase order, no-ops last by name.
     let mut ordered = Vec::with_capacity(changes.len());
