@@ -142,7 +142,7 @@ impl Code {
     }
 
     /// `deploy_code::E004`, as miette shows it.
-    pub fn diagnostic_code(self) -> String {
+    pub(crate) fn diagnostic_code(self) -> String {
         format!("deploy_code::{}", self.as_str())
     }
 
@@ -175,17 +175,17 @@ impl fmt::Display for Code {
 /// Process exit codes. Documented in `docs/exit-codes.md`.
 pub mod exit {
     /// Success; for `plan --detailed-exitcode`: no changes.
-    pub const OK: u8 = 0;
+    pub(crate) const OK: u8 = 0;
     /// An error before any change was made.
-    pub const ERROR: u8 = 1;
+    pub(crate) const ERROR: u8 = 1;
     /// `plan --detailed-exitcode`: the plan has changes.
-    pub const CHANGES: u8 = 2;
+    pub(crate) const CHANGES: u8 = 2;
     /// The plan is infeasible (capacity, GPUs, ports); `apply` refused it.
-    pub const INFEASIBLE: u8 = 3;
+    pub(crate) const INFEASIBLE: u8 = 3;
     /// `apply` failed and rolled back cleanly: the previous deployment runs.
-    pub const ROLLED_BACK: u8 = 4;
+    pub(crate) const ROLLED_BACK: u8 = 4;
     /// `apply` failed and the rollback did not complete: see the output and the state.
-    pub const ROLLBACK_FAILED: u8 = 5;
+    pub(crate) const ROLLBACK_FAILED: u8 = 5;
 }
 
 /// What a command returns when it fails: a rendered-later diagnostic and the exit
@@ -201,17 +201,12 @@ impl Failure {
     }
 
     /// A failure whose exit code follows from the error's variant.
-    pub fn coded<E>(err: E) -> Self
+    pub(crate) fn coded<E>(err: E) -> Self
     where
         E: Coded + miette::Diagnostic + Send + Sync + 'static,
     {
         let exit_code = err.exit_code();
         Self::new(miette::Report::new(err), exit_code)
-    }
-
-    pub fn with_exit_code(mut self, exit_code: u8) -> Self {
-        self.exit_code = exit_code;
-        self
     }
 }
 
@@ -269,7 +264,7 @@ pub(crate) use coded_diagnostic;
 /// How a run of `apply` (or `destroy`) ends when it does not succeed; each
 /// variant implies its exit code.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub(crate) enum RunError {
     /// The plan does not fit the capacity; nothing was changed.
     #[error("the plan does not fit: {}", .problems.join("; "))]
     Infeasible {
@@ -326,7 +321,7 @@ coded_diagnostic!(RunError);
 /// no file (arguments, the environment).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct Plain {
+pub(crate) struct Plain {
     pub code: Code,
     pub message: String,
     pub help: Option<String>,

@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Creates `dir` (and missing parents) as 0700; a directory that exists keeps
 /// its mode when it is private already and is made private otherwise.
-pub fn private_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
     if !dir.is_dir() {
         fs::DirBuilder::new()
             .recursive(true)
@@ -19,7 +19,7 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Opens `path` for appending, creating it as 0600.
-pub fn private_append(path: &Path) -> io::Result<File> {
+pub(crate) fn private_append(path: &Path) -> io::Result<File> {
     let f = OpenOptions::new()
         .create(true)
         .append(true)

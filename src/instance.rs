@@ -67,12 +67,12 @@ impl Handle {
     }
 
     /// The same instance: same pid and start time, same container or service id.
-    pub fn same_instance(&self, other: &Handle) -> bool {
+    pub(crate) fn same_instance(&self, other: &Handle) -> bool {
         self.identity() == other.identity()
     }
 
     /// `process 42 (replica 0)`, ``container `web-0` ``, ``swarm service `web` ``.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Handle::Process { pid, replica, .. } => format!("process {pid} (replica {replica})"),
             Handle::Container { name, .. } => format!("container `{name}`"),
@@ -82,7 +82,7 @@ impl Handle {
 
     /// The instance as one replica of its service: `replica 0 (pid 42)`,
     /// ``replica 0 (container `web-0`)``, ``swarm service `web` ``.
-    pub fn describe_replica(&self) -> String {
+    pub(crate) fn describe_replica(&self) -> String {
         match self {
             Handle::Process { replica, pid, .. } => format!("replica {replica} (pid {pid})"),
             Handle::Container { replica, name, .. } => {
@@ -93,7 +93,7 @@ impl Handle {
     }
 
     /// A short id for a table: `pid 42`, `container web-0`, `service web`.
-    pub fn short_id(&self) -> String {
+    pub(crate) fn short_id(&self) -> String {
         match self {
             Handle::Process { pid, .. } => format!("pid {pid}"),
             Handle::Container { name, .. } => format!("container {name}"),

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 pub struct ServiceName(String);
 
 impl ServiceName {
-    pub const MAX_LEN: usize = 63;
+    pub(crate) const MAX_LEN: usize = 63;
 
     /// Checks the name; the error says what is wrong in words fit for a diagnostic.
     pub fn parse(name: &str) -> Result<Self, String> {
@@ -173,7 +173,7 @@ impl Sensitive {
     }
 
     /// A value known only by its digest (read back from the state or a plan).
-    pub fn from_digest(digest: String) -> Self {
+    pub(crate) fn from_digest(digest: String) -> Self {
         Self {
             digest,
             plaintext: None,
@@ -341,12 +341,12 @@ impl Resources {
     /// `resources.cpu_cores` of a local process that declares none: a tenth
     /// of a core, so that a handful of small services fits a 2-core CI runner
     /// (a process runs without a CPU limit; this is only what `plan` counts).
-    pub const DEFAULT_PROCESS_CPU_CORES: f64 = 0.1;
+    pub(crate) const DEFAULT_PROCESS_CPU_CORES: f64 = 0.1;
     /// `resources.cpu_cores` of a container that declares none; the engine
     /// applies it as the container's limit.
-    pub const DEFAULT_CONTAINER_CPU_CORES: f64 = 0.5;
+    pub(crate) const DEFAULT_CONTAINER_CPU_CORES: f64 = 0.5;
     /// `resources.memory_mb` of a service that declares none.
-    pub const DEFAULT_MEMORY_MB: u64 = 256;
+    pub(crate) const DEFAULT_MEMORY_MB: u64 = 256;
 }
 
 #[derive(
@@ -405,7 +405,7 @@ pub enum Probe {
 
 impl Probe {
     /// The port an HTTP or TCP probe reaches on the loopback, if it does.
-    pub fn loopback_port(&self) -> Option<u16> {
+    pub(crate) fn loopback_port(&self) -> Option<u16> {
         let loopback = |h: &str| {
             matches!(h, "localhost" | "0.0.0.0" | "::1" | "[::1]") || h.starts_with("127.")
         };
@@ -584,7 +584,7 @@ impl ServiceSpec {
     /// the host: its host ports, and for a process (or a container on the
     /// host's network) the port of an HTTP or TCP health check on the
     /// loopback, which it must be listening on whether declared or not.
-    pub fn host_addresses(&self) -> std::collections::BTreeSet<u16> {
+    pub(crate) fn host_addresses(&self) -> std::collections::BTreeSet<u16> {
         if self.behind_switch {
             // The switch holds the host ports; instances listen and are
             // probed on private ports.
@@ -609,7 +609,7 @@ impl ServiceSpec {
     /// old ones stop: they would share a host address (a host port, or the
     /// loopback port a process is probed at), or a name (a Swarm service's
     /// is fixed).
-    pub fn stop_first_reason(&self, after: &ServiceSpec) -> Option<StopFirst> {
+    pub(crate) fn stop_first_reason(&self, after: &ServiceSpec) -> Option<StopFirst> {
         if after.backend == BackendKind::Swarm {
             return Some(StopFirst::SwarmName);
         }
@@ -644,7 +644,7 @@ impl ServiceSpec {
     }
 
     /// Host ports this service claims (all replicas), with their protocol.
-    pub fn host_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
+    pub(crate) fn host_ports(&self) -> impl Iterator<Item = (u16, Protocol)> + '_ {
         self.ports
             .iter()
             .filter_map(|p| p.host_port.map(|h| (h, p.protocol)))
@@ -675,7 +675,7 @@ pub enum Strategy {
 impl Strategy {
     /// Whether services with fixed TCP host ports run behind a traffic
     /// switch under this strategy.
-    pub fn uses_switch(self) -> bool {
+    pub(crate) fn uses_switch(self) -> bool {
         matches!(self, Strategy::BlueGreen | Strategy::RollingUpdate)
     }
 }
@@ -762,7 +762,7 @@ impl Default for NetworkSettings {
 
 impl NetworkSettings {
     /// Containers share the host's network stack (`mode: Host`).
-    pub fn is_host(&self) -> bool {
+    pub(crate) fn is_host(&self) -> bool {
         self.mode == "Host"
     }
 }
@@ -807,7 +807,7 @@ pub struct Settings {
 }
 
 /// The calls of `deploy-code serve`, as permissions of a role.
-pub const PERMISSIONS: [&str; 12] = [
+pub(crate) const PERMISSIONS: [&str; 12] = [
     "validate", "plan", "status", "health", "history", "events", "apply", "rollback", "restart",
     "destroy", "audit", "state",
 ];
@@ -815,7 +815,8 @@ pub const PERMISSIONS: [&str; 12] = [
 /// The default roles and their permissions: `viewer` reads, `operator` also
 /// changes the deployment through saved plans, rollbacks and restarts,
 /// `admin` may do everything.
-pub fn default_roles() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+pub(crate) fn default_roles()
+-> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
     let viewer = &PERMISSIONS[..6];
     let operator = &PERMISSIONS[..9];
     let set = |p: &[&str]| p.iter().map(|s| (*s).to_owned()).collect();

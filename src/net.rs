@@ -2,7 +2,7 @@
 //! with ring).
 
 /// A client builder with the crate's TLS provider installed.
-pub fn client_builder() -> reqwest::ClientBuilder {
+pub(crate) fn client_builder() -> reqwest::ClientBuilder {
     // One process-wide provider; one already installed serves as well.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()

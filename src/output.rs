@@ -65,7 +65,7 @@ impl Output {
 
     /// Quiet JSON output whose stdout goes to `sink` (redacted, as always):
     /// the server returns or streams what a command prints.
-    pub fn captured(sink: impl FnMut(&str) + Send + 'static) -> Self {
+    pub(crate) fn captured(sink: impl FnMut(&str) + Send + 'static) -> Self {
         Self {
             format: Format::Json,
             quiet: true,
@@ -86,7 +86,7 @@ impl Output {
         self.quiet
     }
 
-    pub fn verbose(&self) -> u8 {
+    pub(crate) fn verbose(&self) -> u8 {
         self.verbose
     }
 
@@ -96,7 +96,7 @@ impl Output {
     }
 
     /// stdin and stdout are terminals (confirmation prompts, progress bars).
-    pub fn interactive(&self) -> bool {
+    pub(crate) fn interactive(&self) -> bool {
         self.interactive
     }
 
@@ -123,7 +123,7 @@ impl Output {
     }
 
     /// [`Output::data`] where a failure to write cannot change the outcome.
-    pub fn data_lossy(&self, text: &str) {
+    pub(crate) fn data_lossy(&self, text: &str) {
         let _ = self.data(text);
     }
 
@@ -171,7 +171,7 @@ impl Output {
     }
 
     /// Asks `question` on stderr and reads one line of stdin.
-    pub fn prompt(&self, question: &str) -> String {
+    pub(crate) fn prompt(&self, question: &str) -> String {
         let _ = self.cleared(|| {
             let mut err = std::io::stderr().lock();
             write!(err, "{}", crate::redact::text(question)).and_then(|()| err.flush())
@@ -182,7 +182,7 @@ impl Output {
     }
 
     /// Progress bars drawn on stderr, cleared whenever this output prints.
-    pub fn progress_bars(&self) -> indicatif::MultiProgress {
+    pub(crate) fn progress_bars(&self) -> indicatif::MultiProgress {
         let multi =
             indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
         *self.bars.lock().unwrap_or_else(|e| e.into_inner()) = Some(multi.clone());
@@ -200,6 +200,6 @@ impl Output {
 }
 
 /// Where log lines (`tracing`) go: stderr, redacted.
-pub fn log_writer() -> crate::redact::Writer<std::io::Stderr> {
+pub(crate) fn log_writer() -> crate::redact::Writer<std::io::Stderr> {
     crate::redact::Writer(std::io::stderr())
 }

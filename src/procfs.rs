@@ -44,14 +44,14 @@ pub struct Stat {
 
 impl Stat {
     /// A zombie or a dead process: it runs no more, whatever its pid says.
-    pub fn is_dead(&self) -> bool {
+    pub(crate) fn is_dead(&self) -> bool {
         matches!(self.state, 'Z' | 'X')
     }
 }
 
 /// Parses the text of a `stat` file (the command name may hold spaces and
 /// parentheses, so fields are counted from the last `)`).
-pub fn parse_stat(text: &str) -> Option<Stat> {
+pub(crate) fn parse_stat(text: &str) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // f[0] is field 3.
@@ -65,7 +65,7 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
 }
 
 /// `/proc/<pid>/stat` of a process under `root` (normally `/proc`).
-pub fn stat_at(root: &Path, pid: u32) -> Option<Stat> {
+pub(crate) fn stat_at(root: &Path, pid: u32) -> Option<Stat> {
     parse_stat(&std::fs::read_to_string(root.join(pid.to_string()).join("stat")).ok()?)
 }
 
@@ -107,13 +107,13 @@ pub fn environ(pid: u32, prefix: &str) -> Option<HashMap<String, String>> {
 }
 
 /// Where file descriptor `fd` of a process points (`/proc/<pid>/fd/<fd>`).
-pub fn fd_target(pid: u32, fd: u32) -> Option<std::path::PathBuf> {
+pub(crate) fn fd_target(pid: u32, fd: u32) -> Option<std::path::PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()
 }
 
 /// `pid` and every live process descending from it (by parent links) or
 /// sharing the session it leads.
-pub fn tree(pid: u32) -> BTreeSet<u32> {
+pub(crate) fn tree(pid: u32) -> BTreeSet<u32> {
     let all: Vec<(u32, Stat)> = pids()
         .into_iter()
         .filter_map(|p| stat(p).map(|s| (p, s)))
@@ -140,7 +140,7 @@ pub fn tree(pid: u32) -> BTreeSet<u32> {
 
 /// The socket inodes of the TCP sockets in LISTEN state on `port` (any
 /// address), from `/proc/net/tcp` and `/proc/net/tcp6`.
-pub fn listening_inodes(port: u16) -> BTreeSet<u64> {
+pub(crate) fn listening_inodes(port: u16) -> BTreeSet<u64> {
     let mut out = BTreeSet::new();
     for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(text) = std::fs::read_to_string(f) {
@@ -184,7 +184,7 @@ pub fn listeners(table: &str) -> Vec<(u16, u64)> {
 }
 
 /// The socket inodes a process holds open (`socket:[N]` links in `fd/`).
-pub fn socket_inodes(pid: u32) -> BTreeSet<u64> {
+pub(crate) fn socket_inodes(pid: u32) -> BTreeSet<u64> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return BTreeSet::new();
     };
@@ -199,7 +199,7 @@ pub fn socket_inodes(pid: u32) -> BTreeSet<u64> {
 
 /// Whether the process tree of `pid` holds a listening socket on `port`:
 /// `None` when no listening socket on it is visible at all.
-pub fn tree_listens(pid: u32, port: u16) -> Option<bool> {
+pub(crate) fn tree_listens(pid: u32, port: u16) -> Option<bool> {
     let inodes = listening_inodes(port);
     if inodes.is_empty() {
         return None;
@@ -213,7 +213,7 @@ pub fn tree_listens(pid: u32, port: u16) -> Option<bool> {
 
 /// Seconds since the epoch at which a process that started `start_time`
 /// clock ticks after boot began.
-pub fn started_at_epoch(start_time: u64) -> Option<u64> {
+pub(crate) fn started_at_epoch(start_time: u64) -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let btime: u64 = stat
         .lines()

@@ -16,10 +16,10 @@ use std::sync::RwLock;
 use base64::Engine;
 
 /// What a secret is replaced by.
-pub const MARK: &str = "(sensitive)";
+pub(crate) const MARK: &str = "(sensitive)";
 
 /// Secrets shorter than this are not searched for in text.
-pub const MIN_LEN: usize = 4;
+pub(crate) const MIN_LEN: usize = 4;
 
 /// Every form of every secret, longest first (so that a secret containing
 /// another is replaced whole).
@@ -50,7 +50,7 @@ fn forms(secret: &str) -> Vec<String> {
 }
 
 /// Registers a plaintext secret of this run.
-pub fn register(secret: &str) {
+pub(crate) fn register(secret: &str) {
     if secret.len() < MIN_LEN {
         return;
     }
@@ -109,7 +109,7 @@ pub fn value<T: serde::Serialize + serde::de::DeserializeOwned>(v: &T) -> Option
 }
 
 /// A writer that redacts what passes through it, line by line.
-pub struct Writer<W: std::io::Write>(pub W);
+pub(crate) struct Writer<W: std::io::Write>(pub W);
 
 impl<W: std::io::Write> std::io::Write for Writer<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

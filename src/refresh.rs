@@ -20,7 +20,7 @@ const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What one refresh found.
 #[derive(Clone, Debug, Default)]
-pub struct Refreshed {
+pub(crate) struct Refreshed {
     /// For the planner: the recorded instances as found, the orphans of this
     /// state's runs and the instances of another state sharing the project.
     pub observations: Observations,
@@ -36,7 +36,7 @@ pub struct Refreshed {
 /// labels), and the instances marked with `project` that the state does not
 /// name: orphans of this state's runs, and those of another state sharing the
 /// project name. One discovery per backend serves all of it.
-pub async fn observe(registry: &Registry, project: &str, snapshot: &Snapshot) -> Refreshed {
+pub(crate) async fn observe(registry: &Registry, project: &str, snapshot: &Snapshot) -> Refreshed {
     let mut obs = observe_recorded(registry, snapshot);
     let mut found = Vec::new();
     for b in registry.all() {
@@ -94,7 +94,7 @@ pub async fn observe_backend(
 /// backend: a pid and its start time in `/proc`) say of the instances
 /// `snapshot` records; also for `plan` without a configuration, which has no
 /// project to discover by.
-pub fn observe_recorded(registry: &Registry, snapshot: &Snapshot) -> Observations {
+pub(crate) fn observe_recorded(registry: &Registry, snapshot: &Snapshot) -> Observations {
     let mut obs = Observations::default();
     for (name, record) in &snapshot.services {
         let seen: Vec<ObservedInstance> = record
@@ -118,7 +118,7 @@ pub fn observe_recorded(registry: &Registry, snapshot: &Snapshot) -> Observation
 }
 
 /// The discovered instances that no record of `state` names.
-pub fn unrecorded(
+pub(crate) fn unrecorded(
     found: Vec<Discovered>,
     state: &BTreeMap<ServiceName, ServiceRecord>,
 ) -> Vec<Discovered> {
@@ -132,7 +132,7 @@ pub fn unrecorded(
 /// Unrecorded instances split into those started by runs of the state with
 /// `lineage` (`None`: a state that has started nothing yet) and those of other
 /// states sharing the project name, with their lineage.
-pub fn by_owner(
+pub(crate) fn by_owner(
     unrecorded: Vec<Discovered>,
     lineage: Option<&str>,
 ) -> (Vec<Discovered>, Vec<(Discovered, String)>) {

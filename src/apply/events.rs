@@ -77,7 +77,7 @@ pub enum Event {
 }
 
 /// The hook the engine reports through.
-pub type Hook<'a> = &'a (dyn Fn(&Event) + Send + Sync);
+pub(crate) type Hook<'a> = &'a (dyn Fn(&Event) + Send + Sync);
 
 /// What kind of failure stopped a run. The error code and the exit code
 /// follow from it; nothing reads the reason's words to decide.

@@ -49,7 +49,7 @@ pub struct GateOutcome {
 }
 
 /// How many probe results a gate keeps.
-pub const KEEP: usize = 5;
+pub(crate) const KEEP: usize = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 /// The longest pause between probes while a service is starting.
 const FAST_CAP: Duration = Duration::from_millis(100);
@@ -60,7 +60,7 @@ const FAST_WINDOW: Duration = Duration::from_secs(10);
 const HOLD_PROBE: Duration = Duration::from_millis(250);
 /// How long an instance without a health check must keep running after its
 /// start to pass: long enough to see a service that dies at start-up.
-pub const NO_CHECK_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const NO_CHECK_WAIT: Duration = Duration::from_secs(1);
 
 fn client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
@@ -177,7 +177,7 @@ fn host_in_url(h: &str) -> String {
 /// Runs one probe of `probe` against the instance behind `handle`. HTTP and
 /// TCP probes that reach a loopback address pass only when the listening
 /// socket is the instance's own (where the backend can tell).
-pub async fn probe_once(
+pub(crate) async fn probe_once(
     backend: &dyn Backend,
     spec: &ServiceSpec,
     handle: &Handle,

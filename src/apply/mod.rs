@@ -128,7 +128,7 @@ fn handles_json(h: &[Handle]) -> serde_json::Value {
 
 /// Whether replacing `before` by `after` must stop the old instances first
 /// (see [`ServiceSpec::stop_first_reason`]).
-pub fn stops_first(before: &ServiceSpec, after: &ServiceSpec) -> bool {
+pub(crate) fn stops_first(before: &ServiceSpec, after: &ServiceSpec) -> bool {
     before.stop_first_reason(after).is_some()
 }
 

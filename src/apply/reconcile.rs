@@ -22,7 +22,7 @@ use crate::state::{Handle, ServiceStatus, StateError, Store};
 
 /// What reconciliation did to one instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Reconciled {
+pub(crate) struct Reconciled {
     pub service: ServiceName,
     /// `adopted`, `stopped`, `intent-closed`.
     pub action: String,
@@ -32,7 +32,7 @@ pub struct Reconciled {
 /// Adopts or stops the unrecorded instances a refresh found (see the
 /// top-level `refresh`, `Refreshed::ours`; only those this very state's runs
 /// started are touched) and closes the intents an interrupted run left open.
-pub async fn reconcile(
+pub(crate) async fn reconcile(
     store: &mut Store,
     backends: &Registry,
     unknown: Vec<Discovered>,
@@ -137,6 +137,6 @@ fn handle_kind_matches(kind: crate::model::BackendKind, h: &Handle) -> bool {
     h.backend() == kind
 }
 
-pub fn describe(h: &Handle) -> String {
+pub(crate) fn describe(h: &Handle) -> String {
     h.describe()
 }

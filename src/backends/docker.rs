@@ -52,7 +52,7 @@ use crate::instance::Handle;
 use crate::model::{BackendKind, RestartPolicy, ServiceName, ServiceSpec};
 
 /// The container name of one replica: `<project>-<service>`, `-<replica>` for replicas after the first.
-pub fn container_name(project: &str, service: &str, replica: u32) -> String {
+pub(crate) fn container_name(project: &str, service: &str, replica: u32) -> String {
     if replica == 0 {
         format!("{project}-{service}")
     } else {
@@ -67,7 +67,7 @@ pub fn network_name(project: &str) -> String {
 
 /// Where a container's network comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Attachment {
+pub(crate) enum Attachment {
     /// The project network, created when missing and removed when empty.
     Project(String),
     /// An existing network named in the config, joined as it is.
@@ -120,7 +120,7 @@ fn restart_policy(r: RestartPolicy) -> DockerRestart {
 
 /// The container's create body. `host_ports` gives the host port of every
 /// entry of `spec.ports` (already allocated where the config named none).
-pub fn container_body(
+pub(crate) fn container_body(
     spec: &ServiceSpec,
     ctx: &StartContext,
     replica: u32,
@@ -236,11 +236,11 @@ impl DockerBackend {
     }
 
     /// A backend that connects on first use.
-    pub fn lazy() -> Self {
+    pub(crate) fn lazy() -> Self {
         Self::with_engine(Engine::lazy())
     }
 
-    pub fn with_engine(engine: Engine) -> Self {
+    pub(crate) fn with_engine(engine: Engine) -> Self {
         Self {
             engine,
             prepared: Prepared::default(),
@@ -260,7 +260,7 @@ impl DockerBackend {
     /// network (with the configured CIDR) is created when it does not exist;
     /// an existing network named in the config must exist; the host network
     /// needs nothing. Returns the network mode containers get.
-    pub async fn ensure_network(
+    pub(crate) async fn ensure_network(
         &self,
         spec: &ServiceSpec,
         ctx: &StartContext,
@@ -364,14 +364,14 @@ impl DockerBackend {
 
     /// Makes `image` present: used as is when local, else pulled (progress is
     /// traced), else [`BackendError::ImageUnavailable`].
-    pub async fn ensure_image(&self, image: &str) -> Result<(), BackendError> {
+    pub(crate) async fn ensure_image(&self, image: &str) -> Result<(), BackendError> {
         self.ensure_image_reporting(image, &|_| {}).await
     }
 
     /// [`Self::ensure_image`], with a line to `progress` when a pull starts,
     /// at most every half second while it runs (layers done, bytes
     /// downloaded) and when it ends.
-    pub async fn ensure_image_reporting(
+    pub(crate) async fn ensure_image_reporting(
         &self,
         image: &str,
         progress: &(dyn Fn(String) + Send + Sync),

@@ -274,7 +274,7 @@ pub struct Engine {
 
 impl Engine {
     /// Connects on first use.
-    pub fn lazy() -> Self {
+    pub(crate) fn lazy() -> Self {
         Self::default()
     }
 

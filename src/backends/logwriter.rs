@@ -17,7 +17,7 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 /// The first argument that runs the writer.
-pub const ARG: &str = "__log-writer";
+pub(crate) const ARG: &str = "__log-writer";
 
 /// The binary that runs the writer (and monitors and switches): see
 /// [`crate::procfs::deploy_code_program`].

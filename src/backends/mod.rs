@@ -27,24 +27,24 @@ use crate::model::{BackendKind, NetworkSettings, ServiceSpec};
 /// Labels (containers, Swarm services) and environment variables (processes)
 /// that mark an instance as this tool's.
 pub mod marks {
-    pub const PROJECT: &str = "io.deploy-code.project";
+    pub(crate) const PROJECT: &str = "io.deploy-code.project";
     pub const SERVICE: &str = "io.deploy-code.service";
-    pub const SPEC_HASH: &str = "io.deploy-code.spec-hash";
-    pub const DEPLOYMENT: &str = "io.deploy-code.deployment";
-    pub const LINEAGE: &str = "io.deploy-code.lineage";
-    pub const REPLICA: &str = "io.deploy-code.replica";
+    pub(crate) const SPEC_HASH: &str = "io.deploy-code.spec-hash";
+    pub(crate) const DEPLOYMENT: &str = "io.deploy-code.deployment";
+    pub(crate) const LINEAGE: &str = "io.deploy-code.lineage";
+    pub(crate) const REPLICA: &str = "io.deploy-code.replica";
     /// Environment variables given to processes, same meaning.
-    pub const ENV_PROJECT: &str = "DEPLOY_CODE_PROJECT";
-    pub const ENV_SERVICE: &str = "DEPLOY_CODE_SERVICE";
-    pub const ENV_SPEC_HASH: &str = "DEPLOY_CODE_SPEC_HASH";
-    pub const ENV_DEPLOYMENT: &str = "DEPLOY_CODE_DEPLOYMENT";
-    pub const ENV_LINEAGE: &str = "DEPLOY_CODE_LINEAGE";
-    pub const ENV_REPLICA: &str = "DEPLOY_CODE_REPLICA";
+    pub(crate) const ENV_PROJECT: &str = "DEPLOY_CODE_PROJECT";
+    pub(crate) const ENV_SERVICE: &str = "DEPLOY_CODE_SERVICE";
+    pub(crate) const ENV_SPEC_HASH: &str = "DEPLOY_CODE_SPEC_HASH";
+    pub(crate) const ENV_DEPLOYMENT: &str = "DEPLOY_CODE_DEPLOYMENT";
+    pub(crate) const ENV_LINEAGE: &str = "DEPLOY_CODE_LINEAGE";
+    pub(crate) const ENV_REPLICA: &str = "DEPLOY_CODE_REPLICA";
     /// The log file of a process (its output may reach it through a pipe).
-    pub const ENV_LOG: &str = "DEPLOY_CODE_LOG_FILE";
+    pub(crate) const ENV_LOG: &str = "DEPLOY_CODE_LOG_FILE";
     /// The private ports of a process behind a traffic switch:
     /// `<container_port>=<private_port>,…`.
-    pub const ENV_PORTS: &str = "DEPLOY_CODE_PORTS";
+    pub(crate) const ENV_PORTS: &str = "DEPLOY_CODE_PORTS";
 }
 
 /// What a backend needs to know about the run that starts an instance.
@@ -380,7 +380,7 @@ impl Registry {
 
     /// The process backend plus the Docker and Swarm backends when `kinds` names
     /// them (they connect to the engine on first use).
-    pub fn for_kinds(kinds: impl IntoIterator<Item = BackendKind>) -> Self {
+    pub(crate) fn for_kinds(kinds: impl IntoIterator<Item = BackendKind>) -> Self {
         let mut r = Self::with_process();
         for k in kinds {
             if r.get(k).is_some() {
@@ -404,7 +404,7 @@ impl Registry {
         r
     }
 
-    pub fn register(&mut self, backend: Arc<dyn Backend>) {
+    pub(crate) fn register(&mut self, backend: Arc<dyn Backend>) {
         self.backends.insert(backend.kind(), backend);
     }
 
@@ -419,7 +419,10 @@ impl Registry {
     /// The capacity the backend of `kind` reports (see [`Backend::capacity`]),
     /// on a runtime of its own; `None` when it reports none or does not
     /// answer (said in a warning): the caller probes this host instead.
-    pub fn capacity_blocking(&self, kind: BackendKind) -> Option<crate::inventory::Inventory> {
+    pub(crate) fn capacity_blocking(
+        &self,
+        kind: BackendKind,
+    ) -> Option<crate::inventory::Inventory> {
         let b = self.get(kind).filter(|b| b.reports_capacity())?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -12,18 +12,18 @@ use crate::instance::Handle;
 use crate::model::{RestartPolicy, ServiceSpec};
 
 /// The hidden subcommand that runs a monitor.
-pub const ARG: &str = "__monitor";
+pub(crate) const ARG: &str = "__monitor";
 
 /// Seconds between SIGTERM and SIGKILL when a monitor stops its child for
 /// a health-driven restart or because it was stopped itself.
-pub const GRACE_SECONDS: u64 = 10;
+pub(crate) const GRACE_SECONDS: u64 = 10;
 
 /// How many recent restarts a status file keeps.
-pub const RECENT: usize = 20;
+pub(crate) const RECENT: usize = 20;
 
 /// What a monitor runs, as the process backend hands it over on stdin.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Launch {
+pub(crate) struct Launch {
     pub program: String,
     pub args: Vec<String>,
     /// The child's environment besides the marks: the starting run's own and
@@ -42,7 +42,7 @@ pub struct Launch {
 }
 
 /// Where the monitor of the instance logging to `log_path` keeps its status.
-pub fn status_path(log_path: &Path) -> PathBuf {
+pub(crate) fn status_path(log_path: &Path) -> PathBuf {
     let mut name = log_path
         .file_name()
         .map(|n| n.to_os_string())
@@ -94,7 +94,7 @@ pub struct ExitRecord {
 
 impl ExitRecord {
     /// "exit 3", "signal 9", "unhealthy (signal 15)".
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let how = match (self.code, self.signal) {
             (Some(c), _) => format!("exit {c}"),
             (None, Some(s)) => format!("signal {s}"),
@@ -174,14 +174,14 @@ pub fn read_status(path: &Path) -> Option<MonitorStatus> {
 /// The monitor's status for an instance that logs to `log_path` and whose
 /// recorded process is `pid` started at `start_time`: only the status file
 /// written by that very monitor counts.
-pub fn status_of(log_path: &Path, pid: u32, start_time: u64) -> Option<MonitorStatus> {
+pub(crate) fn status_of(log_path: &Path, pid: u32, start_time: u64) -> Option<MonitorStatus> {
     read_status(&status_path(log_path))
         .filter(|s| s.monitor_pid == pid && s.monitor_start_time == start_time)
 }
 
 /// The status of the monitor of a recorded instance, when it is a monitored
 /// process whose monitor wrote one.
-pub fn status_of_handle(h: &Handle) -> Option<MonitorStatus> {
+pub(crate) fn status_of_handle(h: &Handle) -> Option<MonitorStatus> {
     match h {
         Handle::Process {
             pid,

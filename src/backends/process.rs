@@ -243,7 +243,7 @@ impl ProcessBackend {
     }
 
     /// Liveness without blocking: our own children are reaped, others read from /proc.
-    pub fn liveness_now(&self, pid: u32, start: u64) -> Liveness {
+    pub(crate) fn liveness_now(&self, pid: u32, start: u64) -> Liveness {
         {
             let mut children = self.children.lock().expect("children lock");
             if let Some(child) = children.get_mut(&(pid, start)) {
@@ -348,7 +348,7 @@ pub use crate::procfs::start_time;
 
 /// The handle of a monitor's own process (`pid` started at `start_time`),
 /// through which it probes the child it runs as its instance.
-pub fn own_handle(replica: u32, pid: u32, start_time: u64) -> Handle {
+pub(crate) fn own_handle(replica: u32, pid: u32, start_time: u64) -> Handle {
     Handle::Process {
         replica,
         pid,
@@ -412,7 +412,7 @@ fn private_port(pid: u32, container_port: u16) -> Option<u16> {
 }
 
 /// The first words of the line that opens each instance's part of a log file.
-pub const INSTANCE_HEADER: &str = "--- deploy-code: started";
+pub(crate) const INSTANCE_HEADER: &str = "--- deploy-code: started";
 
 /// The directory a service runs in; it must exist.
 fn working_dir(spec: &ServiceSpec, base_dir: &Path) -> Result<PathBuf, BackendError> {
@@ -433,7 +433,7 @@ fn working_dir(spec: &ServiceSpec, base_dir: &Path) -> Result<PathBuf, BackendEr
 /// Where `program` would be executed from: a path (relative ones against
 /// `cwd`, as the child resolves them) or the first executable match on
 /// `path` (the `PATH` the child gets).
-pub fn resolve_program(program: &str, cwd: &Path, path: Option<&str>) -> Option<PathBuf> {
+pub(crate) fn resolve_program(program: &str, cwd: &Path, path: Option<&str>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
         p.metadata()
@@ -490,7 +490,7 @@ fn read_environ(pid: u32) -> Option<HashMap<String, String>> {
 }
 
 /// The last `lines` lines of a file (reads at most the last 256 KiB).
-pub fn tail_file(path: &Path, lines: usize) -> Vec<String> {
+pub(crate) fn tail_file(path: &Path, lines: usize) -> Vec<String> {
     let Ok(mut f) = std::fs::File::open(path) else {
         return Vec::new();
     };
@@ -524,7 +524,7 @@ async fn settle(path: &Path) {
 
 /// The last `lines` lines that the current instance wrote to a log file: those
 /// after the last instance header.
-pub fn instance_tail(path: &Path, lines: usize) -> Vec<String> {
+pub(crate) fn instance_tail(path: &Path, lines: usize) -> Vec<String> {
     let all = tail_file(path, 10_000);
     let from = all
         .iter()
@@ -719,7 +719,7 @@ fn handle_key(h: &Handle) -> (u32, u32) {
 }
 
 /// Runs an argv (no shell) with a timeout: healthy on exit 0.
-pub async fn run_command_probe(argv: &[String], timeout: Duration) -> ProbeOutcome {
+pub(crate) async fn run_command_probe(argv: &[String], timeout: Duration) -> ProbeOutcome {
     let Some((program, args)) = argv.split_first() else {
         return ProbeOutcome {
             healthy: false,
@@ -779,7 +779,9 @@ pub async fn run_command_probe(argv: &[String], timeout: Duration) -> ProbeOutco
 /// is alive with the recorded start time, `exited` when it is gone or a
 /// zombie, `missing` when the pid now belongs to another process; with why,
 /// when its monitor gave up. `None` for a handle that is not a process.
-pub fn recorded_state(h: &Handle) -> Option<(crate::instance::InstanceState, Option<String>)> {
+pub(crate) fn recorded_state(
+    h: &Handle,
+) -> Option<(crate::instance::InstanceState, Option<String>)> {
     let Handle::Process {
         pid, start_time, ..
     } = h

@@ -55,13 +55,13 @@ use crate::model::{BackendKind, Protocol, RestartPolicy, ServiceName, ServiceSpe
 
 /// The generic resource kind that GPU nodes advertise (dockerd
 /// `--node-generic-resource NVIDIA-GPU=<uuid>` or `"node-generic-resources"`).
-pub const GPU_RESOURCE: &str = "NVIDIA-GPU";
+pub(crate) const GPU_RESOURCE: &str = "NVIDIA-GPU";
 
 pub use crate::inventory::PublishMode;
 
 impl PublishMode {
     /// `DEPLOY_CODE_SWARM_PUBLISH_MODE` (`ingress` or `host`), else ingress.
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         match std::env::var("DEPLOY_CODE_SWARM_PUBLISH_MODE").as_deref() {
             Ok("host") => PublishMode::Host,
             _ => PublishMode::Ingress,
@@ -109,7 +109,7 @@ fn joined_network(spec: &ServiceSpec, ctx: &StartContext) -> String {
 
 /// The Swarm service spec for `spec`; `published` gives the host port of every
 /// entry of `spec.ports`.
-pub fn service_spec(
+pub(crate) fn service_spec(
     spec: &ServiceSpec,
     ctx: &StartContext,
     published: &[Option<u16>],
@@ -253,7 +253,7 @@ pub async fn nodes_inventory() -> Result<Inventory, BackendError> {
     nodes_inventory_with(&docker).await
 }
 
-pub async fn nodes_inventory_with(docker: &Docker) -> Result<Inventory, BackendError> {
+pub(crate) async fn nodes_inventory_with(docker: &Docker) -> Result<Inventory, BackendError> {
     let nodes = docker
         .list_nodes(None)
         .await
@@ -295,7 +295,7 @@ pub async fn nodes_inventory_with(docker: &Docker) -> Result<Inventory, BackendE
 }
 
 /// GPUs from a node's generic resources.
-pub fn gpus_of(resources: &[GenericResourcesInner]) -> Vec<Gpu> {
+pub(crate) fn gpus_of(resources: &[GenericResourcesInner]) -> Vec<Gpu> {
     let mut gpus = Vec::new();
     for r in resources {
         if let Some(named) = &r.named_resource_spec
@@ -328,7 +328,7 @@ pub fn gpus_of(resources: &[GenericResourcesInner]) -> Vec<Gpu> {
 
 /// How long removing the project network, or waiting for a removed one to be
 /// gone before it is created again, may take.
-pub const NETWORK_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const NETWORK_WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(200);
 /// How long after a removal a refused task may still get its place.
 const REMOVAL_SETTLE: Duration = Duration::from_secs(10);
@@ -404,11 +404,11 @@ impl SwarmBackend {
     }
 
     /// A backend that connects on first use.
-    pub fn lazy() -> Self {
+    pub(crate) fn lazy() -> Self {
         Self::with_engine(engine::Engine::lazy())
     }
 
-    pub fn with_engine(engine: engine::Engine) -> Self {
+    pub(crate) fn with_engine(engine: engine::Engine) -> Self {
         Self {
             engine,
             publish: PublishMode::from_env(),

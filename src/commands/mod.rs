@@ -77,7 +77,7 @@ impl Invocation {
     }
 
     /// The configuration file's path.
-    pub fn config_path(&self) -> &Path {
+    pub(crate) fn config_path(&self) -> &Path {
         &self.globals.config
     }
 
@@ -86,7 +86,7 @@ impl Invocation {
     }
 
     /// What loading the configuration takes from the options.
-    pub fn load_options(&self) -> LoadOptions {
+    pub(crate) fn load_options(&self) -> LoadOptions {
         LoadOptions {
             path: self.globals.config.clone(),
             vars: self.globals.vars.clone(),
@@ -107,7 +107,7 @@ impl Invocation {
     /// The configuration as far as a reader of the state needs it (its
     /// `state.path` and project, and its secrets, which output must redact),
     /// or `None` when it does not load: reading the state needs no services.
-    pub fn config_for_reading(&self) -> Option<&LoadedConfig> {
+    pub(crate) fn config_for_reading(&self) -> Option<&LoadedConfig> {
         if let Some(l) = self.strict.get() {
             return Some(l);
         }
@@ -186,7 +186,7 @@ pub struct Scope {
 
 impl Scope {
     /// Everything, refreshed.
-    pub fn refreshed() -> Self {
+    pub(crate) fn refreshed() -> Self {
         Self {
             refresh: true,
             ..Self::default()

@@ -171,7 +171,7 @@ pub fn prepare(inv: &Invocation, scope: &Scope, destroy_all: bool) -> Result<Pre
 }
 
 /// The plan in the format asked for.
-pub fn render_plan(inv: &Invocation, plan: &Plan) -> String {
+pub(crate) fn render_plan(inv: &Invocation, plan: &Plan) -> String {
     match inv.format() {
         Format::Human => render::plan::human(plan, inv.out.color()),
         Format::Json => {

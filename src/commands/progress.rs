@@ -15,14 +15,14 @@ use crate::state::Outcome;
 
 /// How events are shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Bars,
     Lines,
     Json,
     Quiet,
 }
 
-pub struct Progress<'o> {
+pub(crate) struct Progress<'o> {
     mode: Mode,
     out: &'o Output,
     inner: Mutex<Inner>,
@@ -43,7 +43,7 @@ struct Waiting {
 
 /// How often a line says that an action still waits (off a terminal, where
 /// no bar moves): CI logs never look hung.
-pub const STILL_WAITING: Duration = Duration::from_secs(5);
+pub(crate) const STILL_WAITING: Duration = Duration::from_secs(5);
 
 struct Inner {
     multi: MultiProgress,
@@ -301,7 +301,7 @@ impl<'o> Progress<'o> {
     }
 }
 
-pub fn outcome_word(o: Outcome) -> &'static str {
+pub(crate) fn outcome_word(o: Outcome) -> &'static str {
     match o {
         Outcome::Succeeded => "applied",
         Outcome::RolledBack => "failed and rolled back",
@@ -309,9 +309,4 @@ pub fn outcome_word(o: Outcome) -> &'static str {
         Outcome::Failed => "failed (not rolled back)",
         Outcome::InProgress => "in progress",
     }
-}
-
-/// The verb of an action for summaries.
-pub fn action_word(a: Action) -> &'static str {
-    a.as_str()
 }

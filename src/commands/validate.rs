@@ -22,7 +22,7 @@ pub fn run(inv: &Invocation) -> Result<CommandOutcome, Failure> {
 
 /// The starter configuration `init` writes: one local process with a health
 /// check, commented with the keys a newcomer changes next.
-pub const STARTER: &str = r#"# yaml-language-server: $schema=.deploy-code/deploy-code.schema.json
+pub(crate) const STARTER: &str = r#"# yaml-language-server: $schema=.deploy-code/deploy-code.schema.json
 # deploy-code: declare services, review the change with `deploy-code plan`,
 # make it so with `deploy-code apply`. Reference: docs/configuration.md.
 version: "1.0.0"

@@ -15,7 +15,7 @@ pub fn schema() -> &'static J {
 }
 
 /// Checks `node` against the whole document schema.
-pub fn check_document(node: &Node, out: &mut Vec<Problem>) {
+pub(crate) fn check_document(node: &Node, out: &mut Vec<Problem>) {
     let root = schema();
     let mut path = Vec::new();
     check(node, root, root, &mut path, out);

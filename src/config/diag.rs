@@ -125,7 +125,7 @@ impl Kind {
     }
 
     /// `deploy_code::E002::unknown_key`.
-    pub fn diagnostic_code(self) -> String {
+    pub(crate) fn diagnostic_code(self) -> String {
         format!("deploy_code::{}::{}", self.code(), self.slug())
     }
 }
@@ -184,7 +184,7 @@ impl Problem {
         self
     }
 
-    pub fn origin(mut self, origin: Origin) -> Self {
+    pub(crate) fn origin(mut self, origin: Origin) -> Self {
         self.origin = origin;
         self
     }
@@ -256,7 +256,7 @@ impl Diagnostic for ProblemReport {
 }
 
 /// The closest candidate to `word`, when one is close enough to suggest.
-pub fn did_you_mean<'a>(
+pub(crate) fn did_you_mean<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {

@@ -17,7 +17,7 @@ use crate::model::{
 };
 
 /// Whether an environment variable's name marks it as a secret.
-pub fn looks_secret(name: &str) -> bool {
+pub(crate) fn looks_secret(name: &str) -> bool {
     let n = name.to_ascii_uppercase();
     n.ends_with("_KEY")
         || n == "KEY"
@@ -29,7 +29,7 @@ pub fn looks_secret(name: &str) -> bool {
 /// Replaces `${NAME}` and `${NAME:-default}` in every string value (`$${` is a
 /// literal `${`). A secret's value (declared in `secrets:` or named like one)
 /// goes in as an opaque token, as `secret()` does.
-pub fn interpolate(
+pub(crate) fn interpolate(
     node: &mut Node,
     env: &BTreeMap<String, String>,
     declared: &BTreeSet<String>,
@@ -118,7 +118,7 @@ fn interpolate_str(
 
 /// Reports tokens of secrets in places that cannot hold a sensitive value (only
 /// `env`, `environment`, `command` and `args` of a service can).
-pub fn check_secret_places(root: &Node, out: &mut Vec<Problem>) {
+pub(crate) fn check_secret_places(root: &Node, out: &mut Vec<Problem>) {
     fn walk(node: &Node, path: &mut Vec<String>, out: &mut Vec<Problem>) {
         match &node.value {
             Value::Str(s) if s.contains("__DC_SECRET_") => {
@@ -157,7 +157,7 @@ pub fn check_secret_places(root: &Node, out: &mut Vec<Problem>) {
 }
 
 /// One service as found in the file.
-pub struct Entry<'a> {
+pub(crate) struct Entry<'a> {
     pub key: &'a Key,
     pub node: &'a Node,
     /// `None` when its definition has type errors (already reported).
@@ -180,7 +180,7 @@ fn key_span(node: &Node, key: &str) -> Option<Range<usize>> {
 }
 
 /// Everything needed to lower: the typed file (settings), the service entries.
-pub struct Lowering<'a> {
+pub(crate) struct Lowering<'a> {
     pub root: &'a Node,
     pub file: ConfigFile,
     pub services: Vec<Entry<'a>>,
@@ -1469,7 +1469,7 @@ fn cycles(
 }
 
 /// Resolves `path` against `base` without touching the file system.
-pub fn absolute(base: &Path, path: &Path) -> PathBuf {
+pub(crate) fn absolute(base: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_path_buf()
     } else {

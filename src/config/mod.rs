@@ -20,7 +20,7 @@ use diag::{Kind, Origin, Problem, ProblemReport};
 
 /// The largest configuration file accepted, bytes. Larger files are refused
 /// before they are read.
-pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The most problems reported for one file; the rest are counted.
 pub const MAX_PROBLEMS: usize = 200;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "deploy-code configuration")]
-pub struct ConfigFile {
+pub(crate) struct ConfigFile {
     /// Version of the configuration document, e.g. `"1.0.0"`. Informational.
     pub version: Option<String>,
     /// Deployment environment name (development, staging, production...). Default `default`.
@@ -41,13 +41,13 @@ pub struct ConfigFile {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct StateSection {
+pub(crate) struct StateSection {
     /// The state file, relative to the config's directory. Default `.deploy-code/state.db`.
     pub path: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum ContainerRuntime {
+pub(crate) enum ContainerRuntime {
     Docker,
     /// Treated as Docker (Podman serves the Docker API).
     Podman,
@@ -59,7 +59,7 @@ pub enum ContainerRuntime {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum Orchestrator {
+pub(crate) enum Orchestrator {
     /// Containers on the local Docker engine.
     DockerCompose,
     /// Not supported: rejected.
@@ -71,7 +71,7 @@ pub enum Orchestrator {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Infrastructure {
+pub(crate) struct Infrastructure {
     /// Docker, Podman, Containerd, Process or None. Default: Process (services with an image use Docker).
     pub container_runtime: Option<ContainerRuntime>,
     /// DockerCompose, Kubernetes, Swarm or None. Default None; Swarm runs image services as Swarm services.
@@ -84,7 +84,7 @@ pub struct Infrastructure {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum NetworkMode {
+pub(crate) enum NetworkMode {
     Bridge,
     Host,
     Overlay,
@@ -92,7 +92,7 @@ pub enum NetworkMode {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Network {
+pub(crate) struct Network {
     /// Bridge, Host or Overlay. Default Bridge.
     pub mode: Option<NetworkMode>,
     /// An existing network to join instead of the project network that
@@ -110,7 +110,7 @@ pub struct Network {
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PortRange {
+pub(crate) struct PortRange {
     #[schemars(range(min = 1))]
     pub start: u16,
     #[schemars(range(min = 1))]
@@ -119,7 +119,7 @@ pub struct PortRange {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Storage {
+pub(crate) struct Storage {
     /// Data directory, relative to the config's directory. Default `.deploy-code/data`.
     pub data_dir: Option<String>,
     /// Per-service logs of processes. Default `.deploy-code/logs`.
@@ -134,7 +134,7 @@ pub struct Storage {
 /// only; it changes nothing that is deployed.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Security {
+pub(crate) struct Security {
     /// Serve over TLS with `cert_path` and `key_path`. Default false.
     pub tls_enabled: Option<bool>,
     /// The server's certificate chain (PEM), relative to the config's directory.
@@ -153,7 +153,7 @@ pub struct Security {
 /// TLS of `deploy-code serve`; paths are relative to the config's directory.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TlsDef {
+pub(crate) struct TlsDef {
     /// The server's certificate chain (PEM).
     pub cert_path: String,
     /// The server's private key (PEM).
@@ -165,7 +165,7 @@ pub struct TlsDef {
 /// Token authentication of the server's callers.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Auth {
+pub(crate) struct Auth {
     /// Every call needs a valid bearer token. Default false.
     pub enabled: Option<bool>,
     /// `JWT` (the only method). OAuth2 and Basic are refused.
@@ -192,7 +192,7 @@ pub use crate::model::JwtAlgorithm;
 /// restart) and `admin` (everything, destroy and audit too).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Rbac {
+pub(crate) struct Rbac {
     /// A token's `role` (or `roles`) claim decides what it may call. Default false: every valid token may call everything.
     pub enabled: Option<bool>,
     /// The roles that exist: a default role by name, or a role with its permissions (call names: validate, plan, apply (or deploy), destroy, rollback, restart, status, health, history, events, audit; `*` for all).
@@ -250,7 +250,7 @@ pub struct Deployment {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Monitoring {
+pub(crate) struct Monitoring {
     /// Default false.
     pub enabled: Option<bool>,
     pub prometheus: Option<Prometheus>,
@@ -260,7 +260,7 @@ pub struct Monitoring {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Prometheus {
+pub(crate) struct Prometheus {
     pub endpoint: Option<String>,
     pub scrape_interval: Option<u64>,
     pub retention_days: Option<u64>,
@@ -272,14 +272,14 @@ pub struct Prometheus {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Grafana {
+pub(crate) struct Grafana {
     pub endpoint: Option<String>,
     pub dashboards: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Alerting {
+pub(crate) struct Alerting {
     pub enabled: Option<bool>,
     pub webhook_url: Option<String>,
     pub rules: Option<Vec<AlertRule>>,
@@ -287,7 +287,7 @@ pub struct Alerting {
 
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AlertRule {
+pub(crate) struct AlertRule {
     pub name: String,
     pub condition: String,
     pub severity: Option<String>,
@@ -612,7 +612,7 @@ pub fn reference_markdown() -> String {
 /// Programs or webhooks told about runs (apply, destroy, restart, rollback).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Hooks {
+pub(crate) struct Hooks {
     /// Before anything changes; a failing one stops the run (exit 1).
     pub pre_apply: Option<Vec<Hook>>,
     /// After a run that succeeded.
@@ -627,7 +627,7 @@ pub struct Hooks {
 /// JSON on stdin) or a webhook (`url`, the summary POSTed as JSON).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Hook {
+pub(crate) struct Hook {
     /// The program and its arguments, e.g. `["./notify.sh", "--channel", "ops"]`.
     pub command: Option<Vec<String>>,
     /// The webhook, `http://` or `https://`; may hold a secret (`{{ secret('SLACK_WEBHOOK') }}`).

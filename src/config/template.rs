@@ -22,9 +22,9 @@ use super::yaml::{self, Node, Value};
 
 /// Fuel for one rendering (about one unit per template instruction): bounds the
 /// time a runaway loop can take.
-pub const FUEL: u64 = 20_000_000;
+pub(crate) const FUEL: u64 = 20_000_000;
 /// The largest rendered text accepted, bytes.
-pub const MAX_RENDERED_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_RENDERED_BYTES: usize = 64 * 1024 * 1024;
 
 const TOKEN_PREFIX: &str = "__DC_SECRET_";
 const TOKEN_SUFFIX: &str = "__";
@@ -82,7 +82,7 @@ impl Secrets {
 
     /// Replaces every token in `s`: with the plaintext (`reveal`) or `(sensitive)`.
     /// Returns the new text and whether any token was found.
-    pub fn substitute(&self, s: &str, reveal: bool) -> (String, bool) {
+    pub(crate) fn substitute(&self, s: &str, reveal: bool) -> (String, bool) {
         if !s.contains(TOKEN_PREFIX) {
             return (s.to_owned(), false);
         }
@@ -136,7 +136,7 @@ impl Inputs {
 }
 
 /// Whether the text uses template syntax at all.
-pub fn is_template(source: &str) -> bool {
+pub(crate) fn is_template(source: &str) -> bool {
     source.contains("{{") || source.contains("{%") || source.contains("{#")
 }
 
@@ -309,7 +309,7 @@ fn warn_env_secret(name: &str) {
 
 /// A secret's plaintext: env var `NAME`, else the file named by `NAME_FILE`, else
 /// `$DEPLOY_CODE_SECRETS_DIR/NAME`. A trailing newline of a file is dropped.
-pub fn read_secret(name: &str, env: &BTreeMap<String, String>) -> Option<String> {
+pub(crate) fn read_secret(name: &str, env: &BTreeMap<String, String>) -> Option<String> {
     if let Some(v) = env.get(name) {
         return Some(v.clone());
     }

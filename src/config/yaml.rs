@@ -13,10 +13,10 @@ use saphyr_parser::{Event, Parser, ScalarStyle};
 use super::diag::{Kind, Problem};
 
 /// The deepest nesting accepted (mappings and sequences).
-pub const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 /// The most nodes a document may expand to, aliases included (100,000
 /// services of about twenty values each fit).
-pub const MAX_NODES: usize = 4_000_000;
+pub(crate) const MAX_NODES: usize = 4_000_000;
 
 /// A YAML value with the byte range it came from.
 #[derive(Clone, Debug)]
@@ -43,21 +43,6 @@ pub struct Key {
     pub span: Range<usize>,
 }
 
-impl Value {
-    /// The JSON-Schema type name of this value, for messages.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Value::Null => "null",
-            Value::Bool(_) => "boolean",
-            Value::Int(_) => "integer",
-            Value::Float(_) => "number",
-            Value::Str(_) => "string",
-            Value::Seq(_) => "array",
-            Value::Map(_) => "object",
-        }
-    }
-}
-
 impl Node {
     pub fn get(&self, key: &str) -> Option<&Node> {
         self.entry(key).map(|(_, v)| v)
@@ -79,7 +64,7 @@ impl Node {
 
     /// The JSON form without the values a problem points at (`bad` spans): what
     /// is left of a definition with errors, to check the rest of it.
-    pub fn to_json_pruned(
+    pub(crate) fn to_json_pruned(
         &self,
         bad: &std::collections::HashSet<Range<usize>>,
     ) -> serde_json::Value {
@@ -104,7 +89,7 @@ impl Node {
     }
 
     /// The plain JSON form of this node (for typed deserialization).
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         use serde_json::Value as J;
         match &self.value {
             Value::Null => J::Null,

@@ -43,7 +43,7 @@ pub use crate::backends::monitor_file::*;
 /// The restarts the monitors of a service's recorded instances made, as
 /// events (kind `restart`, id 0: they live in the monitors' status files, not
 /// in the state, which a monitor never writes while an apply may hold it).
-pub fn restart_events(r: &crate::state::ServiceRecord) -> Vec<crate::state::Event> {
+pub(crate) fn restart_events(r: &crate::state::ServiceRecord) -> Vec<crate::state::Event> {
     let mut out = Vec::new();
     for h in &r.handles {
         let replica = h.replica();

@@ -13,12 +13,12 @@ use similar::{ChangeTag, TextDiff};
 use crate::model::ServiceSpec;
 
 /// How a hidden value is shown.
-pub const SENSITIVE: &str = "(sensitive)";
+pub(crate) const SENSITIVE: &str = "(sensitive)";
 /// How a hidden value whose digest changed is shown on the new side.
-pub const SENSITIVE_CHANGED: &str = "(sensitive, changed)";
+pub(crate) const SENSITIVE_CHANGED: &str = "(sensitive, changed)";
 
 /// True for the wire form of a sensitive value: `{"sensitive": "<digest>"}`.
-pub fn is_sensitive_map(m: &Map<String, Value>) -> bool {
+pub(crate) fn is_sensitive_map(m: &Map<String, Value>) -> bool {
     m.len() == 1 && m.get("sensitive").is_some_and(Value::is_string)
 }
 
@@ -29,7 +29,7 @@ pub fn redacted(spec: &ServiceSpec) -> Value {
 
 /// Both canonical forms, redacted; a secret whose digest differs is marked
 /// `(sensitive, changed)` on the new side.
-pub fn redacted_pair(before: &ServiceSpec, after: &ServiceSpec) -> (Value, Value) {
+pub(crate) fn redacted_pair(before: &ServiceSpec, after: &ServiceSpec) -> (Value, Value) {
     let (b, a) = (before.canonical(), after.canonical());
     (redact(&b, None, false), redact(&a, Some(&b), true))
 }
@@ -71,7 +71,7 @@ fn redact(v: &Value, other: Option<&Value>, mark_changes: bool) -> Value {
 
 /// One line of a field diff.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DiffLine {
+pub(crate) struct DiffLine {
     /// `+` added, `-` removed, ` ` context, `…` skipped unchanged lines.
     pub tag: char,
     pub text: String,
@@ -222,7 +222,7 @@ fn fast_scalar_str(s: &str, out: &mut String) -> Option<()> {
 /// The line diff between two specs: changed lines with `context` lines of
 /// unchanged fields around them. A create shows every line of the new spec, a
 /// destroy every line of the old one.
-pub fn spec_diff(
+pub(crate) fn spec_diff(
     before: Option<&ServiceSpec>,
     after: Option<&ServiceSpec>,
     context: usize,

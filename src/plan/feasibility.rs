@@ -480,7 +480,7 @@ fn trim(x: f64) -> String {
 }
 
 /// `4 cores`, `6.4 cores`.
-pub fn fmt_cores(x: f64) -> String {
+pub(crate) fn fmt_cores(x: f64) -> String {
     let s = trim(x);
     if s == "1" {
         "1 core".into()
@@ -490,7 +490,7 @@ pub fn fmt_cores(x: f64) -> String {
 }
 
 /// Megabytes as `512 MiB` or `25.6 GiB`.
-pub fn fmt_mib(mb: f64) -> String {
+pub(crate) fn fmt_mib(mb: f64) -> String {
     if mb < 1024.0 {
         format!("{} MiB", trim(mb))
     } else {

@@ -24,7 +24,7 @@ use crate::model::{BackendKind, DesiredState, ServiceName, ServiceSpec};
 use crate::state::{GpuRef, Handle, Snapshot};
 
 /// The version of the plan document (`--format json` and saved plan files).
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 /// What happens to one service. The symbol is also the glyph in human output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -43,7 +43,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn symbol(self) -> &'static str {
+    pub(crate) fn symbol(self) -> &'static str {
         match self {
             Action::NoOp => " ",
             Action::Create => "+",
@@ -151,7 +151,7 @@ pub struct Problem {
 
 impl Problem {
     /// What an operator can change about it, naming the keys and defaults.
-    pub fn remedy(&self) -> &'static str {
+    pub(crate) fn remedy(&self) -> &'static str {
         match self.dimension {
             Dimension::Cpu => {
                 "lower `resources.cpu_cores` of the services (default 0.1 for a local process, 0.5 for a container), or plan against a larger `--inventory`"
@@ -169,7 +169,7 @@ impl Problem {
 
 impl Feasibility {
     /// The remedies of the problems, each once, in the order first needed.
-    pub fn remedies(&self) -> Vec<&'static str> {
+    pub(crate) fn remedies(&self) -> Vec<&'static str> {
         let mut out: Vec<&'static str> = Vec::new();
         for r in self.problems.iter().map(Problem::remedy) {
             if !out.contains(&r) {

@@ -84,7 +84,7 @@ impl Coded for PlanError {
 coded_diagnostic!(PlanError);
 
 /// The default share of capacity kept for the system when no config says otherwise.
-pub const DEFAULT_RESERVE_PERCENT: u8 = 20;
+pub(crate) const DEFAULT_RESERVE_PERCENT: u8 = 20;
 
 /// Turns desired state, state snapshot, observations and inventory into a plan.
 ///

@@ -17,7 +17,7 @@ use crate::state::Snapshot;
 /// fewer of them run than the record asks for (scaled down behind the tool's
 /// back, or tasks that cannot be placed); a discovered instance that no record
 /// names is an orphan.
-pub fn observe_discovered(
+pub(crate) fn observe_discovered(
     kind: BackendKind,
     discovered: &[Discovered],
     snapshot: &Snapshot,

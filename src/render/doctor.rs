@@ -4,14 +4,14 @@
 /// The verdict of one doctor check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Ok,
     Warning,
     Failed,
 }
 
 #[derive(Debug, serde::Serialize)]
-pub struct Check {
+pub(crate) struct Check {
     pub check: &'static str,
     pub verdict: Verdict,
     pub detail: String,
@@ -30,7 +30,11 @@ impl Check {
         }
     }
 
-    pub fn warn(check: &'static str, detail: impl Into<String>, help: impl Into<String>) -> Self {
+    pub(crate) fn warn(
+        check: &'static str,
+        detail: impl Into<String>,
+        help: impl Into<String>,
+    ) -> Self {
         Self {
             check,
             verdict: Verdict::Warning,
@@ -51,7 +55,7 @@ impl Check {
 
 /// `doctor --format json`.
 #[derive(Debug, serde::Serialize)]
-pub struct DoctorDoc {
+pub(crate) struct DoctorDoc {
     pub format_version: u32,
     /// No check failed.
     pub healthy: bool,

@@ -9,13 +9,13 @@ pub mod validate;
 
 /// An error as a person reads it on a terminal: miette's report through the
 /// handler `cli` installs (colors, width), redacted.
-pub fn diagnostic_human(report: &miette::Report) -> String {
+pub(crate) fn diagnostic_human(report: &miette::Report) -> String {
     crate::redact::text(&format!("{report:?}")).into_owned()
 }
 
 /// An error as plain text, without colors or links (the server's status
 /// messages), trimmed and redacted.
-pub fn diagnostic_plain(diag: &dyn miette::Diagnostic) -> String {
+pub(crate) fn diagnostic_plain(diag: &dyn miette::Diagnostic) -> String {
     let mut text = String::new();
     let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::none());
     if handler.render_report(&mut text, diag).is_err() {
@@ -26,7 +26,7 @@ pub fn diagnostic_plain(diag: &dyn miette::Diagnostic) -> String {
 
 /// A diagnostic's code as documents show it: without the `deploy_code::`
 /// prefix (`E004`, `E002::unknown_key`).
-pub fn diagnostic_code(diag: &dyn miette::Diagnostic) -> Option<String> {
+pub(crate) fn diagnostic_code(diag: &dyn miette::Diagnostic) -> Option<String> {
     diag.code().map(|c| c.to_string()).map(|c| {
         c.strip_prefix("deploy_code::")
             .map(str::to_owned)

@@ -325,7 +325,7 @@ pub fn json_schema() -> String {
 }
 
 /// `Plan: 3 to create, 1 to replace, 0 to update, 2 to destroy.`
-pub fn summary_line(plan: &Plan) -> String {
+pub(crate) fn summary_line(plan: &Plan) -> String {
     let s = &plan.summary;
     if !plan.has_changes() {
         return "No changes. The deployment matches the configuration.".to_owned();
@@ -361,7 +361,7 @@ fn stop_first(c: &Change) -> Option<String> {
 }
 
 /// Why a replace stops the old instances first, in words.
-pub fn stop_first_words(why: &StopFirst) -> String {
+pub(crate) fn stop_first_words(why: &StopFirst) -> String {
     let ports = |ports: &[u16]| {
         format!(
             "port{} {}",

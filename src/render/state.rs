@@ -18,12 +18,12 @@ use crate::state::{
 };
 
 /// The version of every state JSON document; raised on an incompatible change.
-pub const STATE_FORMAT_VERSION: u32 = 1;
+pub(crate) const STATE_FORMAT_VERSION: u32 = 1;
 
 /// Every JSON document a `state` command prints, told apart by `kind`.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum StateDocument {
+pub(crate) enum StateDocument {
     /// `state list`.
     List(ListDoc),
     /// `state show`.
@@ -68,7 +68,7 @@ impl StatusView {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum OutcomeView {
+pub(crate) enum OutcomeView {
     InProgress,
     Succeeded,
     Failed,
@@ -101,7 +101,7 @@ impl OutcomeView {
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct ListDoc {
+pub(crate) struct ListDoc {
     pub format_version: u32,
     /// The state file.
     pub state: String,
@@ -109,7 +109,7 @@ pub struct ListDoc {
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct ServiceRow {
+pub(crate) struct ServiceRow {
     pub name: String,
     /// `process`, `docker` or `swarm`.
     pub backend: String,
@@ -233,7 +233,7 @@ pub struct ServiceView {
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct EventView {
+pub(crate) struct EventView {
     pub id: i64,
     pub revision: u64,
     pub at: String,
@@ -258,7 +258,7 @@ impl From<&Event> for EventView {
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct ServiceDoc {
+pub(crate) struct ServiceDoc {
     pub format_version: u32,
     pub state: String,
     pub service: ServiceView,
@@ -267,7 +267,7 @@ pub struct ServiceDoc {
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct DeploymentView {
+pub(crate) struct DeploymentView {
     pub revision: u64,
     pub started_at: String,
     pub finished_at: Option<String>,
@@ -283,14 +283,14 @@ pub struct DeploymentView {
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct DeploymentDoc {
+pub(crate) struct DeploymentDoc {
     pub format_version: u32,
     pub state: String,
     pub deployment: DeploymentView,
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct DeploymentRow {
+pub(crate) struct DeploymentRow {
     pub revision: u64,
     pub started_at: String,
     pub finished_at: Option<String>,
@@ -301,7 +301,7 @@ pub struct DeploymentRow {
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct HistoryDoc {
+pub(crate) struct HistoryDoc {
     pub format_version: u32,
     pub state: String,
     /// Newest first.
@@ -310,14 +310,14 @@ pub struct HistoryDoc {
 
 /// The calls made to `deploy-code serve`, newest first.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct AuditDoc {
+pub(crate) struct AuditDoc {
     pub format_version: u32,
     pub state: String,
     pub calls: Vec<AuditRow>,
 }
 
 #[derive(Clone, Debug, Serialize, JsonSchema)]
-pub struct AuditRow {
+pub(crate) struct AuditRow {
     pub at: String,
     /// The token's `sub` claim (as claimed, for a refused token).
     pub subject: String,
@@ -329,7 +329,7 @@ pub struct AuditRow {
     pub detail: String,
 }
 
-pub fn audit_doc(state: &str, events: &[(Event, AuditRecord)]) -> AuditDoc {
+pub(crate) fn audit_doc(state: &str, events: &[(Event, AuditRecord)]) -> AuditDoc {
     AuditDoc {
         format_version: STATE_FORMAT_VERSION,
         state: state.to_owned(),
@@ -347,7 +347,7 @@ pub fn audit_doc(state: &str, events: &[(Event, AuditRecord)]) -> AuditDoc {
     }
 }
 
-pub fn audit_human(doc: &AuditDoc, color: bool) -> String {
+pub(crate) fn audit_human(doc: &AuditDoc, color: bool) -> String {
     if doc.calls.is_empty() {
         return format!(
             "no calls to `deploy-code serve` in the state `{}`\n",
@@ -388,7 +388,7 @@ pub fn state_schema() -> serde_json::Value {
 }
 
 /// Replaces every `{"sensitive": "<digest>"}` by `"(sensitive)"`.
-pub fn redact(v: serde_json::Value) -> serde_json::Value {
+pub(crate) fn redact(v: serde_json::Value) -> serde_json::Value {
     use serde_json::Value;
     match v {
         Value::Object(map) => {
@@ -402,7 +402,7 @@ pub fn redact(v: serde_json::Value) -> serde_json::Value {
     }
 }
 
-pub fn list_doc(state: &str, snap: &Snapshot) -> ListDoc {
+pub(crate) fn list_doc(state: &str, snap: &Snapshot) -> ListDoc {
     ListDoc {
         format_version: STATE_FORMAT_VERSION,
         state: state.to_owned(),
@@ -441,7 +441,7 @@ fn plan_words(summary: &serde_json::Value) -> String {
     }
 }
 
-pub fn summary_doc(state: &str, exists: bool, snap: &Snapshot) -> SummaryDoc {
+pub(crate) fn summary_doc(state: &str, exists: bool, snap: &Snapshot) -> SummaryDoc {
     let mut counts = StatusCounts::default();
     for r in snap.services.values() {
         match r.status {
@@ -475,7 +475,7 @@ pub fn summary_doc(state: &str, exists: bool, snap: &Snapshot) -> SummaryDoc {
     }
 }
 
-pub fn service_doc(state: &str, rec: &ServiceRecord, events: &[Event]) -> ServiceDoc {
+pub(crate) fn service_doc(state: &str, rec: &ServiceRecord, events: &[Event]) -> ServiceDoc {
     ServiceDoc {
         format_version: STATE_FORMAT_VERSION,
         state: state.to_owned(),
@@ -504,7 +504,7 @@ pub fn service_doc(state: &str, rec: &ServiceRecord, events: &[Event]) -> Servic
     }
 }
 
-pub fn deployment_doc(state: &str, d: &Deployment) -> DeploymentDoc {
+pub(crate) fn deployment_doc(state: &str, d: &Deployment) -> DeploymentDoc {
     DeploymentDoc {
         format_version: STATE_FORMAT_VERSION,
         state: state.to_owned(),
@@ -524,7 +524,7 @@ pub fn deployment_doc(state: &str, d: &Deployment) -> DeploymentDoc {
     }
 }
 
-pub fn history_doc(state: &str, deployments: &[Deployment]) -> HistoryDoc {
+pub(crate) fn history_doc(state: &str, deployments: &[Deployment]) -> HistoryDoc {
     HistoryDoc {
         format_version: STATE_FORMAT_VERSION,
         state: state.to_owned(),
@@ -544,7 +544,7 @@ pub fn history_doc(state: &str, deployments: &[Deployment]) -> HistoryDoc {
 }
 
 /// Pretty JSON of a document.
-pub fn to_json(doc: &StateDocument) -> String {
+pub(crate) fn to_json(doc: &StateDocument) -> String {
     serde_json::to_string_pretty(doc).expect("a state document serializes")
 }
 
@@ -633,7 +633,7 @@ fn fields(pairs: &[(&str, String)]) -> String {
     out
 }
 
-pub fn list_human(doc: &ListDoc, color: bool) -> String {
+pub(crate) fn list_human(doc: &ListDoc, color: bool) -> String {
     if doc.services.is_empty() {
         return format!("no services in the state `{}`\n", doc.state);
     }
@@ -683,7 +683,7 @@ fn lock_line(lock: &Option<LockView>) -> String {
     }
 }
 
-pub fn summary_human(doc: &SummaryDoc, _color: bool) -> String {
+pub(crate) fn summary_human(doc: &SummaryDoc, _color: bool) -> String {
     if !doc.exists {
         return format!(
             "no state at `{}` yet: `deploy-code apply` creates it\n",
@@ -727,7 +727,7 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect::<String>()
 }
 
-pub fn service_human(doc: &ServiceDoc, color: bool) -> String {
+pub(crate) fn service_human(doc: &ServiceDoc, color: bool) -> String {
     let s = &doc.service;
     let mut out = fields(&[
         ("service", s.name.clone()),
@@ -804,7 +804,7 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-pub fn deployment_human(doc: &DeploymentDoc, color: bool) -> String {
+pub(crate) fn deployment_human(doc: &DeploymentDoc, color: bool) -> String {
     let d = &doc.deployment;
     let mut out = fields(&[
         ("revision", d.revision.to_string()),
@@ -836,7 +836,7 @@ pub fn deployment_human(doc: &DeploymentDoc, color: bool) -> String {
     out
 }
 
-pub fn history_human(doc: &HistoryDoc, color: bool) -> String {
+pub(crate) fn history_human(doc: &HistoryDoc, color: bool) -> String {
     if doc.deployments.is_empty() {
         return format!("no deployments in the state `{}`\n", doc.state);
     }

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 /// `status --format json|yaml`.
 #[derive(Clone, Debug, Serialize)]
-pub struct StatusDoc {
+pub(crate) struct StatusDoc {
     pub format_version: u32,
     pub services: Vec<ServiceView>,
 }
@@ -21,7 +21,7 @@ impl StatusDoc {
 
 /// `health --format json|yaml`.
 #[derive(Clone, Debug, Serialize)]
-pub struct HealthDoc {
+pub(crate) struct HealthDoc {
     pub format_version: u32,
     /// Every service is healthy.
     pub healthy: bool,
@@ -30,7 +30,7 @@ pub struct HealthDoc {
 
 /// One service's health.
 #[derive(Clone, Debug, Serialize)]
-pub struct HealthRow {
+pub(crate) struct HealthRow {
     pub service: String,
     pub healthy: bool,
     pub detail: String,

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 /// `validate --format json`.
 #[derive(Clone, Debug, Serialize)]
-pub struct ValidateDoc {
+pub(crate) struct ValidateDoc {
     pub format_version: u32,
     pub valid: bool,
     /// The configuration file, as named.

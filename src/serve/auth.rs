@@ -13,7 +13,7 @@ use crate::model::{AuthSettings, JwtKey, SecuritySettings};
 
 /// The caller as far as the audit needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Caller {
+pub(crate) struct Caller {
     /// The token's `sub`; `anonymous` without authentication.
     pub subject: String,
     /// The role the call was allowed under (or the token's roles, joined,
@@ -23,7 +23,7 @@ pub struct Caller {
 
 /// Why a call was refused, before it ran.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// No token, a bad signature, an expired token, a wrong issuer or audience.
     Unauthenticated(String),
     /// The token is valid but none of its roles has the call's permission.
@@ -68,14 +68,14 @@ impl Gate {
         })
     }
 
-    pub fn authenticates(&self) -> bool {
+    pub(crate) fn authenticates(&self) -> bool {
         self.verifier.is_some()
     }
 
     /// Judges a call needing `permission`, given the `authorization`
     /// metadata value. On refusal the caller is returned as far as it is
     /// known, for the audit.
-    pub fn admit(
+    pub(crate) fn admit(
         &self,
         authorization: Option<&str>,
         call: &str,

@@ -35,13 +35,13 @@ pub mod pb {
 use pb::deploy_code_server::{DeployCode, DeployCodeServer};
 
 /// Metadata key of the error code a failed call carries (`E011`, ...).
-pub const CODE_KEY: &str = "deploy-code-code";
+pub(crate) const CODE_KEY: &str = "deploy-code-code";
 /// Metadata key of the exit code the CLI would have returned.
-pub const EXIT_KEY: &str = "deploy-code-exit";
+pub(crate) const EXIT_KEY: &str = "deploy-code-exit";
 
 /// The events of runs: those of the run under way, kept for late
 /// subscribers, and a broadcast of every new one.
-pub struct Hub {
+pub(crate) struct Hub {
     inner: Mutex<HubInner>,
     tx: broadcast::Sender<pb::Event>,
 }
@@ -282,7 +282,7 @@ impl Service {
 
 /// The gRPC status of a failed command: its error code and the CLI's exit
 /// code ride along as metadata; the message is the rendered diagnostic.
-pub fn failure_status(f: &Failure) -> Status {
+pub(crate) fn failure_status(f: &Failure) -> Status {
     let code = crate::render::diagnostic_code(f.report.as_ref()).unwrap_or_default();
     let text = crate::render::diagnostic_plain(f.report.as_ref());
     let grpc = match code.as_str() {

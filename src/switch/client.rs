@@ -35,7 +35,7 @@ pub struct SwitchClient {
 }
 
 /// The directory beside the state file that holds its switches' sockets.
-pub fn socket_dir(state_path: &Path) -> PathBuf {
+pub(crate) fn socket_dir(state_path: &Path) -> PathBuf {
     let mut name = state_path.file_name().unwrap_or_default().to_os_string();
     name.push(".switch");
     state_path.with_file_name(name)
@@ -208,7 +208,7 @@ impl SwitchClient {
     }
 
     /// Waits until no connection to `old` is open any more, or `drain` has passed.
-    pub async fn drained(&self, old: &[SocketAddr], drain: Duration) {
+    pub(crate) async fn drained(&self, old: &[SocketAddr], drain: Duration) {
         let deadline = Instant::now() + drain;
         loop {
             let open = match self.status().await {

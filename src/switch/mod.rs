@@ -37,14 +37,14 @@ use tokio::sync::Notify;
 pub use client::{SwitchClient, SwitchError};
 
 /// The hidden subcommand that runs a switch.
-pub const ARG: &str = "__switch";
+pub(crate) const ARG: &str = "__switch";
 
 /// Marks in a switch's environment.
 pub mod marks {
-    pub const ENV_PROJECT: &str = "DEPLOY_CODE_SWITCH_PROJECT";
-    pub const ENV_LINEAGE: &str = "DEPLOY_CODE_SWITCH_LINEAGE";
-    pub const ENV_SERVICE: &str = "DEPLOY_CODE_SWITCH_SERVICE";
-    pub const ENV_PORT: &str = "DEPLOY_CODE_SWITCH_PORT";
+    pub(crate) const ENV_PROJECT: &str = "DEPLOY_CODE_SWITCH_PROJECT";
+    pub(crate) const ENV_LINEAGE: &str = "DEPLOY_CODE_SWITCH_LINEAGE";
+    pub(crate) const ENV_SERVICE: &str = "DEPLOY_CODE_SWITCH_SERVICE";
+    pub(crate) const ENV_PORT: &str = "DEPLOY_CODE_SWITCH_PORT";
     pub const ENV_SOCKET: &str = "DEPLOY_CODE_SWITCH_SOCKET";
 }
 
@@ -85,7 +85,7 @@ pub struct Status {
 /// A reply on the control socket.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
-pub enum Reply {
+pub(crate) enum Reply {
     Ok,
     Status(Status),
     Error { message: String },

@@ -73,7 +73,7 @@ pub fn backup(path: &Path, dest: &Path) -> Result<Snapshot, StateError> {
 
 /// Checks that `file` is a readable, intact deploy-code state this build
 /// understands; returns a read-only connection to it and its snapshot.
-pub fn check_backup(file: &Path) -> Result<(Connection, Snapshot), StateError> {
+pub(crate) fn check_backup(file: &Path) -> Result<(Connection, Snapshot), StateError> {
     let Some((conn, version)) = open_read(file)? else {
         return Err(StateError::RestoreRefused {
             file: file.to_path_buf(),
@@ -155,7 +155,7 @@ pub(super) fn saved_copy_path(path: &Path) -> PathBuf {
 
 impl Store {
     /// Writes a consistent copy of this state to `dest` (see [`backup`]).
-    pub fn backup_to(&self, dest: &Path) -> Result<(), StateError> {
+    pub(crate) fn backup_to(&self, dest: &Path) -> Result<(), StateError> {
         backup_conn(&self.conn, &self.path, dest)
     }
 
@@ -163,7 +163,11 @@ impl Store {
     /// [`check_backup`]); the current content is copied to `saved_copy` before.
     /// The lock stays with this run and the serial moves past both the current
     /// one and the backup's, so that plans saved against either are stale.
-    pub fn restore_from(&mut self, file: &Path, saved_copy: &Path) -> Result<(), StateError> {
+    pub(crate) fn restore_from(
+        &mut self,
+        file: &Path,
+        saved_copy: &Path,
+    ) -> Result<(), StateError> {
         let (src, incoming) = check_backup(file)?;
         let before = self.snapshot()?;
         self.backup_to(saved_copy)?;

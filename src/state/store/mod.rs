@@ -42,14 +42,14 @@ pub use backup::*;
 use file::*;
 pub use lock::*;
 pub use read::*;
-pub use write::*;
+pub(crate) use write::*;
 
 /// `PRAGMA application_id` of every deploy-code state file ("DPLC").
 pub const APPLICATION_ID: i32 = 0x4450_4C43;
 
 /// The schema migrations, in order: `state/NNNN_*.sql`. Migration `n` brings the
 /// file to `PRAGMA user_version = n`.
-pub const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../../state/0001_init.sql"))];
+pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../../state/0001_init.sql"))];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -192,7 +192,10 @@ pub fn deployment(path: &Path, revision: u64) -> Result<Option<Deployment>, Stat
 }
 
 /// The audit events, newest first, with their records.
-pub fn audit_events(path: &Path, limit: u64) -> Result<Vec<(Event, AuditRecord)>, StateError> {
+pub(crate) fn audit_events(
+    path: &Path,
+    limit: u64,
+) -> Result<Vec<(Event, AuditRecord)>, StateError> {
     let Some((conn, _)) = open_read(path)? else {
         return Ok(Vec::new());
     };

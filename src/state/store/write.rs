@@ -4,12 +4,12 @@
 use super::*;
 
 /// The kind of the events that record calls to `deploy-code serve`.
-pub const AUDIT_KIND: &str = "audit";
+pub(crate) const AUDIT_KIND: &str = "audit";
 
 /// One call to the server, as an audit event records it (its message is this
 /// object as JSON).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AuditRecord {
+pub(crate) struct AuditRecord {
     pub subject: String,
     pub role: String,
     pub call: String,
@@ -21,7 +21,7 @@ pub struct AuditRecord {
 /// by the server. An audit event takes no lock and leaves the serial alone:
 /// it changes nothing deployed, so a plan saved before it stays fresh, and
 /// a call is recorded while a run holds the lock.
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     path: PathBuf,
     conn: std::sync::Mutex<Connection>,
 }
