@@ -188,36 +188,40 @@ pub mod exit {
     pub(crate) const ROLLBACK_FAILED: u8 = 5;
 }
 
-/// What a command returns when it fails: a rendered-later diagnostic and the exit
-/// code it implies. Any miette diagnostic converts into one with exit code 1.
+/// What a command returns when it fails: a rendered-later diagnostic, its
+/// code and the exit code it implies, both taken from the error's variant
+/// ([`Coded`]) when it is made, never read back from the rendering.
 pub struct Failure {
     pub report: miette::Report,
+    pub code: Code,
     pub exit_code: u8,
 }
 
 impl Failure {
-    pub fn new(report: miette::Report, exit_code: u8) -> Self {
-        Self { report, exit_code }
-    }
-
     /// A failure whose exit code follows from the error's variant.
     pub(crate) fn coded<E>(err: E) -> Self
     where
         E: Coded + miette::Diagnostic + Send + Sync + 'static,
     {
-        let exit_code = err.exit_code();
-        Self::new(miette::Report::new(err), exit_code)
+        Self {
+            code: err.error_code(),
+            exit_code: err.exit_code(),
+            report: miette::Report::new(err),
+        }
     }
 }
 
+/// Any coded error converts into a failure with exit code 1 (`?` in a
+/// command); [`Failure::coded`] keeps the variant's own exit code.
 impl<E> From<E> for Failure
 where
-    E: miette::Diagnostic + Send + Sync + 'static,
+    E: Coded + miette::Diagnostic + Send + Sync + 'static,
 {
     fn from(err: E) -> Self {
         Self {
-            report: miette::Report::new(err),
+            code: err.error_code(),
             exit_code: exit::ERROR,
+            report: miette::Report::new(err),
         }
     }
 }

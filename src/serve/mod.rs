@@ -283,16 +283,16 @@ impl Service {
 /// The gRPC status of a failed command: its error code and the CLI's exit
 /// code ride along as metadata; the message is the rendered diagnostic.
 pub(crate) fn failure_status(f: &Failure) -> Status {
-    let code = crate::render::diagnostic_code(f.report.as_ref()).unwrap_or_default();
+    use crate::error::Code;
     let text = crate::render::diagnostic_plain(f.report.as_ref());
-    let grpc = match code.as_str() {
-        "E011" => tonic::Code::Aborted,
-        "E004" | "E013" => tonic::Code::FailedPrecondition,
-        "E001" | "E002" => tonic::Code::InvalidArgument,
+    let grpc = match f.code {
+        Code::E011 => tonic::Code::Aborted,
+        Code::E004 | Code::E013 => tonic::Code::FailedPrecondition,
+        Code::E001 | Code::E002 => tonic::Code::InvalidArgument,
         _ => tonic::Code::Unknown,
     };
     let mut md = tonic::metadata::MetadataMap::new();
-    if let Ok(v) = code.parse() {
+    if let Ok(v) = f.code.as_str().parse() {
         md.insert(CODE_KEY, v);
     }
     if let Ok(v) = f.exit_code.to_string().parse() {
