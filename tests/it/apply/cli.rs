@@ -1,7 +1,7 @@
 //! The `deploy-code` binary end to end: saved plans, the lock, SIGKILL at any
 //! point, SIGINT, secrets in output.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -338,27 +338,9 @@ async fn a_secret_canary_never_appears_in_output_or_state() {
     );
     all.push_str(&String::from_utf8_lossy(&out.stdout));
     all.push_str(&String::from_utf8_lossy(&out.stderr));
-    for f in walk(p.dir.path()) {
-        if f.extension().is_some_and(|e| e == "log") {
-            continue; // the services' own output
-        }
-        all.push_str(&String::from_utf8_lossy(&std::fs::read(&f).unwrap()));
-    }
+    all.push_str(&crate::support::text_outside_logs(p.dir.path()));
     assert!(!all.contains(&canary), "canary leaked");
     p.kill_all().await;
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[tokio::test]

@@ -445,25 +445,7 @@ async fn a_secret_canary_never_reaches_state_events_or_our_logs() {
     );
     let mut haystack = format!("{:?}{:?}{:?}{:?}", r.events, r.report, r2.events, r2.report);
     haystack.push_str(&serde_json::to_string(&r2.events).unwrap());
-    for f in walk(w.dir.path()) {
-        if f.extension().is_some_and(|e| e == "log") {
-            continue; // the services' own output
-        }
-        haystack.push_str(&String::from_utf8_lossy(&std::fs::read(&f).unwrap()));
-    }
+    haystack.push_str(&crate::support::text_outside_logs(w.dir.path()));
     assert!(!haystack.contains(&canary), "canary leaked");
     w.kill_all().await;
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

@@ -213,3 +213,22 @@ pub fn kill_project(project: &str) {
     })
     .join();
 }
+
+/// What every file under `dir` holds, as text, except the services' own
+/// output (`*.log`): the state, plans, our own logs, where a leaked secret
+/// would show.
+pub fn text_outside_logs(dir: &std::path::Path) -> String {
+    fn walk(dir: &std::path::Path, out: &mut String) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_none_or(|e| e != "log") {
+                out.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = String::new();
+    walk(dir, &mut out);
+    out
+}
