@@ -53,11 +53,16 @@ fn holds(line: &str, needle: &str) -> bool {
 /// Fails with every line that contains one of `needles` outside `allowed`
 /// (path prefixes).
 fn only_in(rule: &str, needles: &[&str], allowed: &[&str]) {
+    no_lines_where(rule, |file, line| {
+        needles.iter().any(|n| holds(line, n)) && !allowed.iter().any(|a| file.starts_with(a))
+    });
+}
+
+/// Fails with every line of code for which `offends(file, line)` holds.
+fn no_lines_where(rule: &str, offends: impl Fn(&str, &str) -> bool) {
     let offenders: Vec<String> = code_lines()
         .into_iter()
-        .filter(|(file, _, line)| {
-            needles.iter().any(|n| holds(line, n)) && !allowed.iter().any(|a| file.starts_with(a))
-        })
+        .filter(|(file, _, line)| offends(file, line))
         .map(|(file, n, line)| format!("{file}:{n}: {}", line.trim()))
         .collect();
     assert!(
@@ -124,18 +129,9 @@ fn nothing_below_main_exits_the_process() {
 /// Fails with every line that contains one of `needles` in a file under
 /// one of `forbidden` (path prefixes).
 fn never_in(rule: &str, needles: &[&str], forbidden: &[&str]) {
-    let offenders: Vec<String> = code_lines()
-        .into_iter()
-        .filter(|(file, _, line)| {
-            forbidden.iter().any(|f| file.starts_with(f)) && needles.iter().any(|n| holds(line, n))
-        })
-        .map(|(file, n, line)| format!("{file}:{n}: {}", line.trim()))
-        .collect();
-    assert!(
-        offenders.is_empty(),
-        "{rule} (see ARCHITECTURE.md, Invariants):\n{}",
-        offenders.join("\n")
-    );
+    no_lines_where(rule, |file, line| {
+        forbidden.iter().any(|f| file.starts_with(f)) && needles.iter().any(|n| holds(line, n))
+    });
 }
 
 #[test]
