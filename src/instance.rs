@@ -1,115 +1,12 @@
-//! What an instance is, outside the backend that runs it: a [`Handle`] that is
-//! described, compared and stored, its [`Liveness`], and what discovery finds
-//! ([`Discovered`]). A leaf: it imports nothing of the crate but `model`.
-//!
-//! Only the backend that made a handle looks inside it (`backends/`); every
-//! other module goes through the methods here. The serialized form is the
-//! state's (the `handles` column): it must not change.
+//! What an instance is, outside the backend that runs it: a [`Handle`] (made
+//! in [`crate::registry`]) that is described, compared and stored, its
+//! [`Liveness`], and what discovery finds ([`Discovered`]). It imports nothing
+//! of the crate but `model` and `registry`.
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{BackendKind, ServiceName};
-
-/// How to find a running instance again. Processes are identified by pid plus
-/// process start time (clock ticks since boot, `/proc/<pid>/stat` field 22),
-/// never by pid alone.
-///
-/// Outside `backends/` a handle is opaque: use its methods, never its variants.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Handle {
-    Process {
-        replica: u32,
-        pid: u32,
-        start_time: u64,
-        /// The file its stdout and stderr go to.
-        log_path: String,
-    },
-    Container {
-        replica: u32,
-        id: String,
-        name: String,
-    },
-    SwarmService {
-        id: String,
-        name: String,
-    },
-}
-
-impl Handle {
-    /// The backend that runs the instance.
-    pub fn backend(&self) -> BackendKind {
-        match self {
-            Handle::Process { .. } => BackendKind::Process,
-            Handle::Container { .. } => BackendKind::Docker,
-            Handle::SwarmService { .. } => BackendKind::Swarm,
-        }
-    }
-
-    /// The replica index (0 for a handle that stands for every replica).
-    pub fn replica(&self) -> u32 {
-        match self {
-            Handle::Process { replica, .. } | Handle::Container { replica, .. } => *replica,
-            Handle::SwarmService { .. } => 0,
-        }
-    }
-
-    /// A key naming the instance itself, equal for two handles of the same
-    /// instance: pid and start time, container or service id.
-    pub fn identity(&self) -> String {
-        match self {
-            Handle::Container { id, .. } => format!("c:{id}"),
-            Handle::SwarmService { id, .. } => format!("s:{id}"),
-            Handle::Process {
-                pid, start_time, ..
-            } => format!("p:{pid}:{start_time}"),
-        }
-    }
-
-    /// The same instance: same pid and start time, same container or service id.
-    pub(crate) fn same_instance(&self, other: &Handle) -> bool {
-        self.identity() == other.identity()
-    }
-
-    /// `process 42 (replica 0)`, ``container `web-0` ``, ``swarm service `web` ``.
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Handle::Process { pid, replica, .. } => format!("process {pid} (replica {replica})"),
-            Handle::Container { name, .. } => format!("container `{name}`"),
-            Handle::SwarmService { name, .. } => format!("swarm service `{name}`"),
-        }
-    }
-
-    /// The instance as one replica of its service: `replica 0 (pid 42)`,
-    /// ``replica 0 (container `web-0`)``, ``swarm service `web` ``.
-    pub(crate) fn describe_replica(&self) -> String {
-        match self {
-            Handle::Process { replica, pid, .. } => format!("replica {replica} (pid {pid})"),
-            Handle::Container { replica, name, .. } => {
-                format!("replica {replica} (container `{name}`)")
-            }
-            Handle::SwarmService { name, .. } => format!("swarm service `{name}`"),
-        }
-    }
-
-    /// A short id for a table: `pid 42`, `container web-0`, `service web`.
-    pub(crate) fn short_id(&self) -> String {
-        match self {
-            Handle::Process { pid, .. } => format!("pid {pid}"),
-            Handle::Container { name, .. } => format!("container {name}"),
-            Handle::SwarmService { name, .. } => format!("service {name}"),
-        }
-    }
-
-    /// The file the instance's output goes to, when the tool writes one (a
-    /// local process).
-    pub fn log_path(&self) -> Option<&str> {
-        match self {
-            Handle::Process { log_path, .. } => Some(log_path),
-            _ => None,
-        }
-    }
-}
+use crate::model::ServiceName;
+pub use crate::registry::Handle;
 
 /// A GPU given to a service by the plan (and honoured by apply).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,55 +90,6 @@ pub struct Capabilities {
     /// It spreads replicas over nodes: a fixed host port binds once per node
     /// (Swarm), not once for all replicas.
     pub places_on_nodes: bool,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_serialized_form_is_the_states() {
-        let h = Handle::Process {
-            replica: 1,
-            pid: 42,
-            start_time: 7,
-            log_path: "/l".into(),
-        };
-        assert_eq!(
-            serde_json::to_string(&h).unwrap(),
-            r#"{"kind":"process","replica":1,"pid":42,"start_time":7,"log_path":"/l"}"#
-        );
-        let s = Handle::SwarmService {
-            id: "i".into(),
-            name: "n".into(),
-        };
-        assert_eq!(
-            serde_json::to_string(&s).unwrap(),
-            r#"{"kind":"swarm_service","id":"i","name":"n"}"#
-        );
-    }
-
-    #[test]
-    fn the_same_instance_is_the_same_pid_and_start_or_id() {
-        let p = |pid, start_time, replica| Handle::Process {
-            replica,
-            pid,
-            start_time,
-            log_path: String::new(),
-        };
-        assert!(p(1, 2, 0).same_instance(&p(1, 2, 3)));
-        assert!(!p(1, 2, 0).same_instance(&p(1, 3, 0)));
-        let c = Handle::Container {
-            replica: 0,
-            id: "1".into(),
-            name: "a".into(),
-        };
-        let s = Handle::SwarmService {
-            id: "1".into(),
-            name: "a".into(),
-        };
-        assert!(!c.same_instance(&s));
-    }
 }
 
 /// Whether an observed instance runs.

@@ -29,6 +29,7 @@ pub mod planfile;
 pub mod procfs;
 pub mod redact;
 pub mod refresh;
+pub mod registry;
 pub mod render;
 pub mod serve;
 pub mod state;

@@ -286,33 +286,7 @@ impl fmt::Display for Text {
     }
 }
 
-/// Where a service runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendKind {
-    /// A local child process, detached into its own session (the embedded default).
-    Process,
-    /// A container on the local Docker engine.
-    Docker,
-    /// A Docker Swarm service.
-    Swarm,
-}
-
-impl BackendKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackendKind::Process => "process",
-            BackendKind::Docker => "docker",
-            BackendKind::Swarm => "swarm",
-        }
-    }
-}
-
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::registry::BackendKind;
 
 /// A long-running service is healthy when its gate passes; a one-shot task
 /// (a migration, say) succeeds by exiting 0.
@@ -338,13 +312,6 @@ pub struct Resources {
 }
 
 impl Resources {
-    /// `resources.cpu_cores` of a local process that declares none: a tenth
-    /// of a core, so that a handful of small services fits a 2-core CI runner
-    /// (a process runs without a CPU limit; this is only what `plan` counts).
-    pub(crate) const DEFAULT_PROCESS_CPU_CORES: f64 = 0.1;
-    /// `resources.cpu_cores` of a container that declares none; the engine
-    /// applies it as the container's limit.
-    pub(crate) const DEFAULT_CONTAINER_CPU_CORES: f64 = 0.5;
     /// `resources.memory_mb` of a service that declares none.
     pub(crate) const DEFAULT_MEMORY_MB: u64 = 256;
 }
@@ -591,8 +558,9 @@ impl ServiceSpec {
             return std::collections::BTreeSet::new();
         }
         let mut out: std::collections::BTreeSet<u16> = self.host_ports().map(|(p, _)| p).collect();
-        let on_host =
-            self.backend == BackendKind::Process || self.network.as_deref() == Some("host");
+        let on_host = self
+            .backend
+            .binds_on_host(self.network.as_deref() == Some("host"));
         if on_host
             && let Some(p) = self
                 .health_check
@@ -610,8 +578,8 @@ impl ServiceSpec {
     /// loopback port a process is probed at), or a name (a Swarm service's
     /// is fixed).
     pub(crate) fn stop_first_reason(&self, after: &ServiceSpec) -> Option<StopFirst> {
-        if after.backend == BackendKind::Swarm {
-            return Some(StopFirst::SwarmName);
+        if after.backend.fixed_instance_name() {
+            return Some(StopFirst::FixedName);
         }
         if after.behind_switch && !self.behind_switch {
             // The switch takes over the host ports the old instances hold.
@@ -684,8 +652,9 @@ impl Strategy {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "why", content = "ports", rename_all = "snake_case")]
 pub enum StopFirst {
-    /// A Swarm service's name is fixed.
-    SwarmName,
+    /// The instance's name is fixed by its service (an orchestrator's
+    /// service, as Swarm's): the old one must go before the new one is made.
+    FixedName,
     /// The old instances hold host ports the new traffic switch takes over.
     SwitchTakesPorts(Vec<u16>),
     /// The old traffic switch holds host ports the new instances bind.

@@ -651,6 +651,14 @@ impl Backend for DockerBackend {
         BackendKind::Docker
     }
 
+    fn prerequisite(&self) -> Option<super::Prerequisite> {
+        Some(super::engine::PREREQUISITE)
+    }
+
+    async fn check_prerequisite(&self) -> Result<String, String> {
+        super::engine::check_engine().await
+    }
+
     fn has_native_health(&self) -> bool {
         true
     }

@@ -51,6 +51,21 @@ pub async fn connect() -> Result<Docker, BackendError> {
     Ok(docker)
 }
 
+/// What the Docker and Swarm backends need: an engine that answers.
+pub(crate) const PREREQUISITE: super::Prerequisite = super::Prerequisite {
+    name: "docker",
+    needed_help: "start the Docker engine (dockerd) or set DOCKER_HOST; services with an image need it",
+    optional_help: "only needed for services with an image; start dockerd to use them",
+};
+
+/// [`engine_info`] within 5 s, as `doctor` reports it.
+pub(crate) async fn check_engine() -> Result<String, String> {
+    tokio::time::timeout(std::time::Duration::from_secs(5), engine_info())
+        .await
+        .map_err(|_| "the Docker engine did not answer within 5 s".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
 /// A one-line description of the engine: version, API version, Swarm state
 /// (for `deploy-code doctor`).
 pub async fn engine_info() -> Result<String, BackendError> {

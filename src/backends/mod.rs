@@ -151,6 +151,17 @@ impl crate::error::Coded for BackendError {
 
 crate::error::coded_diagnostic!(BackendError);
 
+/// What a backend needs of the machine, as `doctor` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prerequisite {
+    /// The check's name (`docker`).
+    pub name: &'static str,
+    /// The remedy when a service of the configuration needs it.
+    pub needed_help: &'static str,
+    /// The note when no service of the configuration needs it.
+    pub optional_help: &'static str,
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
@@ -211,6 +222,27 @@ pub trait Backend: Send + Sync {
         "0.0.0.0"
     }
 
+    /// What it needs of the machine before it can run anything (an engine
+    /// that answers), as `doctor` checks it; `None` when it needs nothing.
+    /// Backends that share one prerequisite give it the same name.
+    fn prerequisite(&self) -> Option<Prerequisite> {
+        None
+    }
+
+    /// The output of a finished one-shot task whose instance is gone, when
+    /// the backend keeps it (a local process's log file): its last `lines`
+    /// lines. Empty by default.
+    fn finished_task_log(
+        &self,
+        log_dir: &std::path::Path,
+        service: &str,
+        replicas: u32,
+        lines: usize,
+    ) -> Vec<String> {
+        let _ = (log_dir, service, replicas, lines);
+        Vec::new()
+    }
+
     /// Every capability above, as the data the planner receives.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
@@ -231,6 +263,12 @@ pub trait Backend: Send + Sync {
     /// when it has its own; `None` by default (the caller probes this host).
     async fn capacity(&self) -> Result<Option<crate::inventory::Inventory>, BackendError> {
         Ok(None)
+    }
+
+    /// Checks its [`Backend::prerequisite`]: a line saying what answered, or
+    /// why nothing did.
+    async fn check_prerequisite(&self) -> Result<String, String> {
+        Ok(String::new())
     }
 
     /// Removes the project's network once no instance uses it: `Ok(true)`

@@ -540,6 +540,18 @@ impl Backend for ProcessBackend {
         BackendKind::Process
     }
 
+    fn finished_task_log(
+        &self,
+        log_dir: &Path,
+        service: &str,
+        replicas: u32,
+        lines: usize,
+    ) -> Vec<String> {
+        // A one-shot task's instance is gone once it exited: its log file
+        // (replica 0's) remains.
+        instance_tail(&Self::log_path(log_dir, service, 0, replicas.max(1)), lines)
+    }
+
     fn reads_recorded(&self) -> bool {
         true
     }

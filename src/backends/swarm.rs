@@ -878,6 +878,14 @@ impl Backend for SwarmBackend {
         BackendKind::Swarm
     }
 
+    fn prerequisite(&self) -> Option<super::Prerequisite> {
+        Some(super::engine::PREREQUISITE)
+    }
+
+    async fn check_prerequisite(&self) -> Result<String, String> {
+        super::engine::check_engine().await
+    }
+
     fn updatable_in_place(&self) -> &'static [&'static str] {
         &["replicas"]
     }

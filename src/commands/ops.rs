@@ -53,7 +53,6 @@ fn writable(dir: &std::path::Path) -> Result<String, String> {
 }
 
 fn run_checks(inv: &Invocation) -> Vec<Check> {
-    use crate::model::BackendKind;
     let mut checks = Vec::new();
     let loaded = match inv.config() {
         Ok(l) => {
@@ -136,24 +135,30 @@ fn run_checks(inv: &Invocation) -> Vec<Check> {
         }
     }
 
-    let uses = |kind: BackendKind| {
-        loaded
-            .as_ref()
-            .is_some_and(|l| l.desired.services.values().any(|s| s.backend == kind))
-    };
-    let needs_docker = uses(BackendKind::Docker) || uses(BackendKind::Swarm);
-    match runtime_info(inv) {
-        Ok(info) => checks.push(Check::ok("docker", info)),
-        Err(e) if needs_docker => checks.push(Check::fail(
-            "docker",
-            e,
-            "start the Docker engine (dockerd) or set DOCKER_HOST; services with an image need it",
-        )),
-        Err(e) => checks.push(Check::warn(
-            "docker",
-            e,
-            "only needed for services with an image; start dockerd to use them",
-        )),
+    // Each prerequisite of a backend (an engine that answers) once: a
+    // failure when a service of the configuration needs it, else a warning.
+    let registry = crate::backends::Registry::with_all();
+    let mut seen = std::collections::BTreeSet::new();
+    for b in registry.all() {
+        let Some(pre) = b.prerequisite() else {
+            continue;
+        };
+        if !seen.insert(pre.name) {
+            continue;
+        }
+        let needed = loaded.as_ref().is_some_and(|l| {
+            l.desired.services.values().any(|s| {
+                registry
+                    .get(s.backend)
+                    .and_then(|sb| sb.prerequisite())
+                    .is_some_and(|p| p.name == pre.name)
+            })
+        });
+        match check_prerequisite(inv, b.as_ref()) {
+            Ok(info) => checks.push(Check::ok(pre.name, info)),
+            Err(e) if needed => checks.push(Check::fail(pre.name, e, pre.needed_help)),
+            Err(e) => checks.push(Check::warn(pre.name, e, pre.optional_help)),
+        }
     }
 
     let gpus_needed: u32 = loaded
@@ -218,17 +223,12 @@ fn run_checks(inv: &Invocation) -> Vec<Check> {
     checks
 }
 
-fn runtime_info(inv: &Invocation) -> Result<String, String> {
+fn check_prerequisite(
+    inv: &Invocation,
+    b: &dyn crate::backends::Backend,
+) -> Result<String, String> {
     let rt = inv.runtime().map_err(|f| f.report.to_string())?;
-    rt.block_on(async {
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            crate::backends::docker::engine_info(),
-        )
-        .await
-        .map_err(|_| "the Docker engine did not answer within 5 s".to_owned())?
-        .map_err(|e| e.to_string())
-    })
+    rt.block_on(b.check_prerequisite())
 }
 
 pub fn doctor(inv: &Invocation) -> Result<CommandOutcome, Failure> {

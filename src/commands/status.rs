@@ -291,18 +291,16 @@ pub fn logs(inv: &Invocation, req: &LogsRequest) -> Result<CommandOutcome, Failu
             }
         }
     }
-    // A finished one-shot task keeps no instance: its log file remains.
+    // A finished one-shot task keeps no instance; its backend may keep its output.
     if r.handles.is_empty()
-        && r.backend == crate::model::BackendKind::Process
         && let Some(l) = inv.config_for_reading()
     {
-        let file = crate::backends::process::ProcessBackend::log_path(
+        for line in b.finished_task_log(
             &l.desired.settings.log_dir,
             r.name.as_str(),
-            0,
-            r.spec.replicas.max(1),
-        );
-        for line in crate::backends::process::instance_tail(&file, req.lines) {
+            r.spec.replicas,
+            req.lines,
+        ) {
             inv.out.data(&format!("{line}\n"))?;
         }
     }

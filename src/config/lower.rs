@@ -373,22 +373,40 @@ impl Lowering<'_> {
                 .label(at("container_runtime"), "not supported"),
             );
         }
-        if orchestrator == Some(schema::Orchestrator::Kubernetes) {
+        // The registry says which orchestrators a backend answers to.
+        let orchestrated = orchestrator.map(|o| {
+            let name = o.name();
+            (
+                name,
+                BackendKind::ORCHESTRATORS
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, kind)| *kind),
+            )
+        });
+        if let Some((name, None)) = orchestrated {
+            let known: Vec<String> = BackendKind::ORCHESTRATORS
+                .iter()
+                .filter(|(n, _)| *n != "None")
+                .map(|(n, _)| format!("`{n}`"))
+                .collect();
             out.push(
                 unsupported(
                     "infrastructure.orchestrator",
-                    "Kubernetes",
-                    "use `DockerCompose` for containers on one host or `Swarm` for Docker Swarm",
+                    name,
+                    &format!("use one of {}", known.join(", ")),
                 )
                 .label(at("orchestrator"), "not supported"),
             );
         }
-        let default_backend = match (runtime, orchestrator) {
-            (_, Some(schema::Orchestrator::Swarm)) => BackendKind::Swarm,
-            (Some(schema::ContainerRuntime::Docker | schema::ContainerRuntime::Podman), _) => {
-                BackendKind::Docker
-            }
-            _ => BackendKind::Process,
+        let containers = matches!(
+            runtime,
+            Some(schema::ContainerRuntime::Docker | schema::ContainerRuntime::Podman)
+        );
+        let default_backend = match orchestrated {
+            Some((_, Some(Some(kind)))) => kind,
+            _ if containers => BackendKind::CONTAINERS,
+            _ => BackendKind::LOCAL,
         };
         let d = f.deployment.clone().unwrap_or_default();
         let dd = DeploymentSettings::default();
@@ -985,18 +1003,14 @@ impl Lowering<'_> {
         positive("memory_mb", r.memory_mb.map(|v| v as f64), out);
         positive("gpu_memory_mb", r.gpu_memory_mb.map(|v| v as f64), out);
         let resources = Resources {
-            cpu_cores: r.cpu_cores.unwrap_or(if backend == BackendKind::Process {
-                Resources::DEFAULT_PROCESS_CPU_CORES
-            } else {
-                Resources::DEFAULT_CONTAINER_CPU_CORES
-            }),
+            cpu_cores: r.cpu_cores.unwrap_or(backend.default_cpu_cores()),
             memory_mb: r.memory_mb.unwrap_or(Resources::DEFAULT_MEMORY_MB),
             storage_gb: r.storage_gb.unwrap_or(0),
             gpu_count: r.gpu_count.unwrap_or(0),
             gpu_memory_mb: r.gpu_memory_mb,
         };
 
-        let host_net = backend == BackendKind::Docker && settings.network.is_host();
+        let host_net = backend.may_use_host_network() && settings.network.is_host();
         if host_net {
             for (i, p) in def.ports.iter().flatten().enumerate() {
                 if let Some(h) = p.host_port.filter(|h| *h != p.container_port) {
@@ -1166,10 +1180,12 @@ impl Lowering<'_> {
             restart: restart_policy,
             restart_settings,
             labels: def.labels.clone().unwrap_or_default(),
-            network: match backend {
-                BackendKind::Process => None,
-                _ if host_net => Some("host".into()),
-                BackendKind::Docker | BackendKind::Swarm => settings.network.name.clone(),
+            network: if !backend.joins_networks() {
+                None
+            } else if host_net {
+                Some("host".into())
+            } else {
+                settings.network.name.clone()
             },
             behind_switch,
         })
@@ -1205,7 +1221,7 @@ impl Lowering<'_> {
                     .help(help.to_owned()),
             );
         };
-        if backend == BackendKind::Swarm {
+        if backend.orchestrates() {
             refuse(
                 format!(
                     "`strategy: {name}` has no effect on `{sname}`, a Swarm service: Swarm rolls its services out itself"
@@ -1290,7 +1306,7 @@ fn restart_settings(
         .get("health_check")
         .and_then(|h| h.get("restart_after_failures"))
         .map(|n| n.span.clone());
-    let process = backend == BackendKind::Process;
+    let process = backend.supervised_by_monitor();
     if process && workload == Workload::Task && policy != RestartPolicy::No {
         out.push(invalid(
             format!("`restart` has no effect on `{sname}`: a one-shot task runs once"),
@@ -1358,22 +1374,17 @@ fn restart_settings(
 /// The backend a service runs on: a local process without an image, else a
 /// container, on Swarm when that is the default backend.
 fn backend_of(def: &schema::Service, settings: &Settings) -> BackendKind {
-    match (
+    BackendKind::for_service(
         def.image.is_some() || def.container_image.is_some(),
         settings.default_backend,
-    ) {
-        (false, _) => BackendKind::Process,
-        (true, BackendKind::Swarm) => BackendKind::Swarm,
-        (true, _) => BackendKind::Docker,
-    }
+    )
 }
 
 /// The host-port rule: a local process's port, and a Docker container's on
 /// the host network, is its host port; any other container has the host port
 /// it names, else none yet (one is allocated from `network.port_range`).
 fn host_port(port: &schema::PortDef, backend: BackendKind, settings: &Settings) -> Option<u16> {
-    let own = backend == BackendKind::Process
-        || (backend == BackendKind::Docker && settings.network.is_host());
+    let own = backend.binds_on_host(backend.may_use_host_network() && settings.network.is_host());
     port.host_port.or(own.then_some(port.container_port))
 }
 

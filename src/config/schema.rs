@@ -69,6 +69,18 @@ pub(crate) enum Orchestrator {
     None,
 }
 
+impl Orchestrator {
+    /// The value as written in the configuration.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Orchestrator::DockerCompose => "DockerCompose",
+            Orchestrator::Kubernetes => "Kubernetes",
+            Orchestrator::Swarm => "Swarm",
+            Orchestrator::None => "None",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Infrastructure {

@@ -374,7 +374,9 @@ pub(crate) fn stop_first_words(why: &StopFirst) -> String {
         )
     };
     match why {
-        StopFirst::SwarmName => "a Swarm service's name is fixed".to_owned(),
+        StopFirst::FixedName => {
+            "the orchestrator names the service's instance: the old one goes first".to_owned()
+        }
         StopFirst::SwitchTakesPorts(p) => format!(
             "the old instance holds {} that the traffic switch takes over",
             ports(p)

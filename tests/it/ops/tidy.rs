@@ -211,7 +211,22 @@ fn outside_the_backends_a_handle_is_opaque() {
             "Handle::{",
             "Handle::*",
         ],
-        &["src/backends/", "src/instance.rs"],
+        &["src/backends/", "src/registry.rs"],
+    );
+}
+
+#[test]
+fn only_the_registry_and_the_backends_name_a_kind() {
+    only_in(
+        "what differs between backend kinds is a fact of `registry.rs` or a method of the backend",
+        &[
+            "BackendKind::Process",
+            "BackendKind::Docker",
+            "BackendKind::Swarm",
+            "BackendKind::{",
+            "BackendKind::*",
+        ],
+        &["src/backends/", "src/registry.rs"],
     );
 }
 
