@@ -75,6 +75,7 @@ fn new_deployment() -> NewDeployment {
     NewDeployment {
         command: "deploy-code apply".into(),
         config_snapshot: "services: {}".into(),
+        config_replay: String::new(),
         config_hash: "sha256:0".into(),
         plan_summary: serde_json::json!({}),
     }

@@ -90,6 +90,8 @@ pub struct Options {
     pub command: String,
     /// The redacted rendered configuration, for the history.
     pub config_snapshot: String,
+    /// The configuration as `rollback` re-applies it (`LoadedConfig::replay_render`).
+    pub config_replay: String,
     pub config_hash: String,
     /// Directory that relative working directories resolve against.
     pub base_dir: std::path::PathBuf,
@@ -161,6 +163,7 @@ pub async fn execute(
     let revision = store.begin_deployment(&NewDeployment {
         command: opts.command.clone(),
         config_snapshot: opts.config_snapshot.clone(),
+        config_replay: opts.config_replay.clone(),
         config_hash: opts.config_hash.clone(),
         plan_summary: serde_json::to_value(&plan.summary).unwrap_or_default(),
     })?;

@@ -216,6 +216,7 @@ fn execute(
         no_rollback,
         command: command_line(),
         config_snapshot: loaded.redacted_render.clone(),
+        config_replay: loaded.replay_render.clone(),
         config_hash: loaded.config_hash(),
         base_dir: loaded.base_dir().to_path_buf(),
     };
@@ -712,10 +713,10 @@ pub fn destroy(inv: &Invocation, req: &DestroyRequest) -> Result<CommandOutcome,
 }
 
 /// Re-applies the configuration of an earlier successful revision, as a normal
-/// planned apply. The history keeps that configuration rendered with secrets
-/// redacted, so its sensitive values are taken from the current configuration
-/// (the same field of the same service); a secret the current configuration no
-/// longer has makes the rollback refuse to start.
+/// planned apply. The history keeps that configuration with each secret as the
+/// `secret('NAME')` call that made it, so its secrets are read anew by name from
+/// today's environment; a secret that is no longer set makes the rollback
+/// refuse to start (the configuration error names it).
 pub fn rollback(inv: &Invocation, req: &RollbackRequest) -> Result<CommandOutcome, Failure> {
     let current = inv.config()?;
     let path = inv.state_path();
@@ -761,48 +762,26 @@ pub fn rollback(inv: &Invocation, req: &RollbackRequest) -> Result<CommandOutcom
             }
         },
     };
-    let opts = inv.load_options();
-    let mut old = config::load_from_str(&target.config_snapshot, inv.config_path(), &opts)?;
-    // Who may call the server and who is told about runs are today's
-    // settings, not the revision's (whose secrets the history redacted).
-    old.desired.settings.security = current.desired.settings.security.clone();
-    old.desired.settings.hooks = current.desired.settings.hooks.clone();
-    let mut missing = Vec::new();
-    for (name, spec) in old.desired.services.iter_mut() {
-        let now = current.desired.services.get(name);
-        let mut fill =
-            |t: &mut crate::model::Text, field: &str, now_t: Option<&crate::model::Text>| {
-                if t.display() == "(sensitive)"
-                    || matches!(t, crate::model::Text::Plain(p) if p == "(sensitive)")
-                {
-                    match now_t {
-                        Some(n) if n.is_sensitive() => *t = n.clone(),
-                        _ => missing.push(format!("`{name}` `{field}`")),
-                    }
-                }
-            };
-        if let Some(c) = spec.command.as_mut() {
-            fill(c, "command", now.and_then(|n| n.command.as_ref()));
-        }
-        for (i, a) in spec.args.iter_mut().enumerate() {
-            fill(a, &format!("args[{i}]"), now.and_then(|n| n.args.get(i)));
-        }
-        for (k, v) in spec.env.iter_mut() {
-            fill(v, &format!("env.{k}"), now.and_then(|n| n.env.get(k)));
-        }
-    }
-    if !missing.is_empty() {
+    let Some(replay) = &target.config_replay else {
         return Err(Plain::new(
             Code::E016,
             format!(
-                "revision {} used secrets the current configuration does not have: {}",
-                target.revision,
-                missing.join(", ")
+                "revision {} withheld secrets and was recorded before the history kept their names: it cannot be re-applied with them",
+                target.revision
             ),
         )
-        .help("the state keeps only digests of secrets; provide them in the current configuration and run the rollback again")
+        .help("`deploy-code state show --revision N` shows its configuration; restore it in the file and run `apply`")
         .into());
-    }
+    };
+    // The history keeps the revision's configuration with each secret as
+    // the `secret('NAME')` call that made it: rendering it reads each one
+    // anew from today's environment, by name.
+    let opts = inv.load_options();
+    let mut old = config::load_from_str(replay, inv.config_path(), &opts)?;
+    // Who may call the server and who is told about runs are today's
+    // settings, not the revision's.
+    old.desired.settings.security = current.desired.settings.security.clone();
+    old.desired.settings.hooks = current.desired.settings.hooks.clone();
     if inv.format() != Format::Json {
         inv.out.status(&format!(
             "Returning to the configuration of revision {}.",

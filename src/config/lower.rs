@@ -699,13 +699,7 @@ impl Lowering<'_> {
                 .help("name the public key file and its algorithm (`RS256` or `EdDSA`)"),
             );
         }
-        // A configuration from the history has its secrets redacted: it
-        // names no key (a rollback keeps the server's own settings).
-        let secret = a
-            .jwt_secret
-            .as_ref()
-            .filter(|s| s.as_str() != crate::redact::MARK)
-            .map(|s| self.text(s));
+        let secret = a.jwt_secret.as_ref().map(|s| self.text(s));
         if let Some(crate::model::Text::Plain(_)) = &secret {
             out.push(
                 Problem::new(
@@ -869,8 +863,6 @@ impl Lowering<'_> {
                         }
                         HookTarget::Command(argv.clone())
                     }
-                    // Redacted in a configuration from the history.
-                    (None, Some(url)) if url == crate::redact::MARK => continue,
                     (None, Some(url)) => {
                         let t = self.text(url);
                         let shown = t.display();

@@ -49,6 +49,10 @@ pub struct LoadedConfig {
     /// The rendered YAML with every secret replaced by `(sensitive)`: safe to store
     /// in the state's history and to print.
     pub redacted_render: String,
+    /// The rendered YAML as a template that renders it again, with each secret
+    /// read anew by name (`secret('NAME')`) and the rest verbatim: what the
+    /// history keeps for `rollback` to re-apply. It holds no plaintext.
+    pub replay_render: String,
 }
 
 impl LoadedConfig {
@@ -353,6 +357,7 @@ pub fn load_text_with(
                 path: abs_path,
                 desired,
                 redacted_render,
+                replay_render: secrets.replayable(&rendered),
             })
         }
         _ => Err(finish(problems, &name, text, &rendered)),

@@ -80,6 +80,46 @@ impl Secrets {
             .is_empty()
     }
 
+    /// `s` as a template that renders it again: the text verbatim (in
+    /// `{% raw %}` blocks) and each token as the `secret('NAME')` call that
+    /// made it, so that rendering it reads each secret anew by name and
+    /// yields a sensitive value where the token stood.
+    pub(crate) fn replayable(&self, s: &str) -> String {
+        // A literal `endraw` would close the raw block: it is written as an
+        // expression instead.
+        let raw = |text: &str| text.replace("endraw", "end{% endraw %}{{ \"raw\" }}{% raw %}");
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::with_capacity(s.len() + 32);
+        out.push_str("{% raw %}");
+        let mut rest = s;
+        while let Some(at) = rest.find(TOKEN_PREFIX) {
+            out.push_str(&raw(&rest[..at]));
+            let after = &rest[at + TOKEN_PREFIX.len()..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            let named = after[..digits]
+                .parse::<usize>()
+                .ok()
+                .filter(|_| after[digits..].starts_with(TOKEN_SUFFIX))
+                .and_then(|i| inner.values.get(i));
+            match named {
+                Some((name, _)) => {
+                    let quoted = serde_json::to_string(name).expect("a string");
+                    out.push_str(&format!(
+                        "{{% endraw %}}{{{{ secret({quoted}) }}}}{{% raw %}}"
+                    ));
+                    rest = &after[digits + TOKEN_SUFFIX.len()..];
+                }
+                None => {
+                    out.push_str(TOKEN_PREFIX);
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(&raw(rest));
+        out.push_str("{% endraw %}");
+        out
+    }
+
     /// Replaces every token in `s`: with the plaintext (`reveal`) or `(sensitive)`.
     /// Returns the new text and whether any token was found.
     pub(crate) fn substitute(&self, s: &str, reveal: bool) -> (String, bool) {

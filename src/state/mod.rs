@@ -144,6 +144,10 @@ pub struct NewDeployment {
     pub command: String,
     /// The rendered config with secrets redacted.
     pub config_snapshot: String,
+    /// The rendered config as a template that renders it again, each secret
+    /// read anew by name (`LoadedConfig::replay_render`): what `rollback`
+    /// re-applies.
+    pub config_replay: String,
     pub config_hash: String,
     /// The plan's summary, as JSON.
     pub plan_summary: serde_json::Value,
@@ -166,6 +170,11 @@ pub struct Deployment {
     /// Failure evidence: the failing service, the last probe results, log lines.
     #[serde(default)]
     pub evidence: serde_json::Value,
+    /// What `rollback` re-applies (see [`NewDeployment::config_replay`]);
+    /// `None` for a revision recorded before the history kept it whose
+    /// configuration withheld secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_replay: Option<String>,
 }
 
 /// One audit event.

@@ -49,7 +49,10 @@ pub const APPLICATION_ID: i32 = 0x4450_4C43;
 
 /// The schema migrations, in order: `state/NNNN_*.sql`. Migration `n` brings the
 /// file to `PRAGMA user_version = n`.
-pub(crate) const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../../../state/0001_init.sql"))];
+pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../../../state/0001_init.sql")),
+    (2, include_str!("../../../state/0002_replay.sql")),
+];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;

@@ -139,11 +139,23 @@ pub(super) fn row_to_deployment(
             "evidence",
             &r.get::<_, String>(10).map_err(e("read"))?,
         )?,
+        config_replay: r.get(11).map_err(e("read"))?,
     })
 }
 
 pub(super) const DEPLOYMENT_COLUMNS: &str = "revision, started_at, finished_at, user, host, command, \
      config_snapshot, config_hash, plan_summary, outcome, evidence";
+
+/// [`DEPLOYMENT_COLUMNS`] and `config_replay`, which a file of schema 1
+/// (read as it is) lacks.
+fn deployment_columns(version: u32) -> String {
+    let replay = if version >= 2 {
+        "config_replay"
+    } else {
+        "NULL"
+    };
+    format!("{DEPLOYMENT_COLUMNS}, {replay}")
+}
 
 /// Reads the state without writing anything: read-only, no lock, no migration on
 /// disk (an older schema is read as it is). A missing file is an empty snapshot.
@@ -156,13 +168,14 @@ pub fn load_snapshot(path: &Path) -> Result<Snapshot, StateError> {
 
 /// The deployment history, newest first.
 pub fn history(path: &Path, limit: u64) -> Result<Vec<Deployment>, StateError> {
-    let Some((conn, _)) = open_read(path)? else {
+    let Some((conn, version)) = open_read(path)? else {
         return Ok(Vec::new());
     };
     let e = |op| StateError::sql(op, path);
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY revision DESC LIMIT ?1"
+            "SELECT {} FROM deployments ORDER BY revision DESC LIMIT ?1",
+            deployment_columns(version)
         ))
         .map_err(e("read"))?;
     let mut rows = stmt.query([to_i64(limit)]).map_err(e("read"))?;
@@ -175,13 +188,14 @@ pub fn history(path: &Path, limit: u64) -> Result<Vec<Deployment>, StateError> {
 
 /// One deployment.
 pub fn deployment(path: &Path, revision: u64) -> Result<Option<Deployment>, StateError> {
-    let Some((conn, _)) = open_read(path)? else {
+    let Some((conn, version)) = open_read(path)? else {
         return Ok(None);
     };
     let e = |op| StateError::sql(op, path);
     let mut stmt = conn
         .prepare(&format!(
-            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE revision = ?1"
+            "SELECT {} FROM deployments WHERE revision = ?1",
+            deployment_columns(version)
         ))
         .map_err(e("read"))?;
     let mut rows = stmt.query([to_i64(revision)]).map_err(e("read"))?;

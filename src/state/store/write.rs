@@ -191,6 +191,7 @@ impl Store {
         let summary = crate::redact::text(&d.plan_summary.to_string()).into_owned();
         let command = crate::redact::text(&d.command).into_owned();
         let snapshot = crate::redact::text(&d.config_snapshot).into_owned();
+        let replay = crate::redact::text(&d.config_replay).into_owned();
         self.write("record a deployment in", |tx| {
             let next: i64 = tx.query_row(
                 "SELECT coalesce(max(revision), 0) + 1 FROM deployments",
@@ -199,8 +200,8 @@ impl Store {
             )?;
             tx.execute(
                 &format!(
-                    "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}) \
-                     VALUES (?1, ?2, NULL, ?3, ?4, ?5, ?6, ?7, ?8, 'in_progress', 'null')"
+                    "INSERT INTO deployments ({DEPLOYMENT_COLUMNS}, config_replay) \
+                     VALUES (?1, ?2, NULL, ?3, ?4, ?5, ?6, ?7, ?8, 'in_progress', 'null', ?9)"
                 ),
                 params![
                     next,
@@ -210,7 +211,8 @@ impl Store {
                     command,
                     snapshot,
                     d.config_hash,
-                    summary
+                    summary,
+                    replay
                 ],
             )?;
             Ok(to_u64(next))

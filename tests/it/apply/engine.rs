@@ -158,6 +158,7 @@ pub async fn run_watched(
         no_rollback,
         command: "deploy-code apply".into(),
         config_snapshot: "redacted".into(),
+        config_replay: String::new(),
         config_hash: "sha256:test".into(),
         base_dir: world.dir.path().to_path_buf(),
     };

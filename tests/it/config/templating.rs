@@ -217,3 +217,35 @@ fn lowering_is_canonical() {
     let again = load(doc).unwrap();
     assert_eq!(api.spec_hash(), again.desired.services["api"].spec_hash());
 }
+
+/// What the history keeps for `rollback`: the rendered configuration as a
+/// template whose secrets are the `secret('NAME')` calls that made them. It
+/// holds no plaintext; rendered again it is the same configuration, with
+/// each secret read anew by name (today's value) and still sensitive, and
+/// template-like text of the first rendering stays text.
+#[test]
+fn the_replay_renders_the_same_configuration_with_todays_secrets() {
+    let doc = "services:\n  api:\n    command: x\n    args: [\"--token=Bearer {{ secret('API_TOKEN') }}\", \"{{ '{{ literal }} endraw {% raw %}' }}\"]\n    env:\n      PASSWORD: \"{{ secret('DB_PASSWORD') }}\"\n";
+    let first = load_with(
+        doc,
+        &inputs(&[("API_TOKEN", CANARY), ("DB_PASSWORD", "pw-then")]),
+    )
+    .unwrap();
+    assert!(!first.replay_render.contains(CANARY));
+    assert!(!first.replay_render.contains("pw-then"));
+    let again = load_with(
+        &first.replay_render,
+        &inputs(&[("API_TOKEN", "token-now"), ("DB_PASSWORD", "pw-now")]),
+    )
+    .unwrap();
+    assert_eq!(again.redacted_render, first.redacted_render);
+    let api = &again.desired.services["api"];
+    assert!(api.args[0].is_sensitive());
+    assert_eq!(api.args[0].expose(), Some("--token=Bearer token-now"));
+    assert_eq!(api.args[1].expose(), Some("{{ literal }} endraw {% raw %}"));
+    assert!(api.env["PASSWORD"].is_sensitive());
+    assert_eq!(api.env["PASSWORD"].expose(), Some("pw-now"));
+    // A secret that is no longer set stops the replay, naming it.
+    let err = load_with(&first.replay_render, &inputs(&[("API_TOKEN", "t")])).unwrap_err();
+    assert!(rendered(&err).contains("DB_PASSWORD"), "{}", rendered(&err));
+}

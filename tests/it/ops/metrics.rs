@@ -38,6 +38,7 @@ fn deployment(revision: u64, outcome: Outcome, timings: Option<Timings>) -> Depl
         host: "h".into(),
         command: "deploy-code apply".into(),
         config_snapshot: String::new(),
+        config_replay: None,
         config_hash: "sha256:00".into(),
         plan_summary: serde_json::json!({}),
         outcome,

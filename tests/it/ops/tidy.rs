@@ -383,3 +383,18 @@ fn the_yaml_reader_names_no_schema_key() {
         offenders.join("\n")
     );
 }
+
+#[test]
+fn no_value_is_compared_with_the_sensitive_mark() {
+    // A withheld secret is a typed value (`Text::Sensitive`, a replay's
+    // `secret('NAME')`), never recognised by the words that show it.
+    no_lines_where(
+        "compare `Text::is_sensitive`, not the text `(sensitive)`",
+        |_, line| {
+            (line.contains("==") || line.contains("!="))
+                && ["\"(sensitive)\"", "MARK", "SENSITIVE"]
+                    .iter()
+                    .any(|m| line.contains(m))
+        },
+    );
+}

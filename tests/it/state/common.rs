@@ -69,6 +69,7 @@ pub fn seed(path: &Path, names: &[&str]) -> SecretKey {
             command: "deploy-code apply --auto-approve".into(),
             config_snapshot:
                 "project: demo\nservices:\n  api:\n    env:\n      TOKEN: (sensitive)\n".into(),
+            config_replay: String::new(),
             config_hash: "sha256:abc".into(),
             plan_summary: serde_json::json!({"add": names.len(), "change": 0, "remove": 0}),
         })

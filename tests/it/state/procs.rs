@@ -69,6 +69,7 @@ fn writer(path: &Path) {
             .begin_deployment(&NewDeployment {
                 command: "test-writer".into(),
                 config_snapshot: "x".repeat(4000),
+                config_replay: String::new(),
                 config_hash: format!("sha256:{i}"),
                 plan_summary: serde_json::json!({"i": i}),
             })

@@ -26,6 +26,7 @@ fn a_new_state_records_a_deployment_and_reads_it_back() {
         .begin_deployment(&NewDeployment {
             command: "deploy-code apply".into(),
             config_snapshot: "services: {}".into(),
+            config_replay: String::new(),
             config_hash: "sha256:00".into(),
             plan_summary: serde_json::json!({"add": 1}),
         })
@@ -197,4 +198,53 @@ fn a_lock_whose_pid_now_belongs_to_another_process_is_broken() {
     let real = state::process_start_time(std::process::id()).unwrap();
     plant_lock(&path, &host, std::process::id(), Some(real as i64));
     assert!(Store::open(&path, &holder("deploy-code apply"), None).is_err());
+}
+
+/// A file of schema 1 has no `config_replay`: read as it is, every revision
+/// has none; migrated, a revision whose snapshot withheld no secret replays
+/// its snapshot verbatim, and one that withheld secrets keeps none (it cannot
+/// be re-applied with them).
+#[test]
+fn a_history_of_schema_1_gains_what_rollback_re_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let mut store = Store::open(&path, &holder("deploy-code apply"), None).unwrap();
+        store.ensure_identity(None).unwrap();
+        for snapshot in [
+            "services:\n  a:\n    command: \"{{ not a template }} endraw\"\n",
+            "services:\n  a:\n    env: {TOKEN: (sensitive)}\n",
+        ] {
+            store
+                .begin_deployment(&NewDeployment {
+                    command: "deploy-code apply".into(),
+                    config_snapshot: snapshot.into(),
+                    config_replay: "replayed".into(),
+                    config_hash: "sha256:00".into(),
+                    plan_summary: serde_json::json!({}),
+                })
+                .unwrap();
+        }
+    }
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("ALTER TABLE deployments DROP COLUMN config_replay")
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+    }
+    let old = state::history(&path, 10).unwrap();
+    assert_eq!(old.len(), 2);
+    assert!(old.iter().all(|d| d.config_replay.is_none()), "{old:?}");
+
+    drop(Store::open(&path, &holder("deploy-code apply"), None).unwrap());
+    let new = state::history(&path, 10).unwrap();
+    let by_rev = |r: u64| new.iter().find(|d| d.revision == r).unwrap();
+    assert_eq!(by_rev(2).config_replay, None, "its secrets have no names");
+    let replay = by_rev(1).config_replay.clone().expect("replayable");
+    // Rendered, the replay is the snapshot, byte for byte.
+    let env = minijinja::Environment::new();
+    assert_eq!(
+        env.render_str(&replay, ()).unwrap(),
+        by_rev(1).config_snapshot
+    );
 }
