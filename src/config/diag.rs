@@ -146,13 +146,18 @@ pub struct Problem {
 }
 
 /// The text a problem's spans refer to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
     /// The file as written (template errors, and everything when rendering
     /// changed nothing).
     Template,
     /// The rendered text.
     Rendered,
+    /// Another file the configuration reads (a `--var-file`): its name and text.
+    File {
+        name: String,
+        text: std::sync::Arc<String>,
+    },
     /// No file (a missing file, an unreadable var file).
     None,
 }

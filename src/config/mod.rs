@@ -469,10 +469,13 @@ fn finish(mut problems: Vec<Problem>, name: &str, source: &str, rendered: &str) 
         problems: problems
             .into_iter()
             .map(|p| {
-                let src = match p.origin {
+                let src = match &p.origin {
                     Origin::None => None,
                     Origin::Template => Some(template_src.clone()),
                     Origin::Rendered => Some(rendered_src.clone()),
+                    Origin::File { name, text } => Some(
+                        miette::NamedSource::new(name.clone(), text.clone()).with_language("yaml"),
+                    ),
                 };
                 let src = if p.labels.is_empty() { None } else { src };
                 ProblemReport::new(p, src)

@@ -213,13 +213,20 @@ pub fn render(
                 }
                 (None, p) if p.is_empty() => {}
                 (root, p) => {
-                    // The var file is not the configuration, whose text the
-                    // spans of a problem point into: say where, as a line.
-                    let (at, why) = match p.first() {
-                        Some(first) => (first.position(), format!(": {}", first.message)),
-                        None => (root.map_or(0, |r| r.span.start), String::new()),
+                    // The spans point into the var file itself.
+                    let (span, why) = match p.first() {
+                        Some(first) => (
+                            first.labels.first().map_or(0..0, |(s, _)| s.clone()),
+                            format!(": {}", first.message),
+                        ),
+                        None => {
+                            let start = root.map_or(0, |r| r.span.start).min(text.len());
+                            let end = text[start..].find('\n').map_or(text.len(), |n| start + n);
+                            (start..end, String::new())
+                        }
                     };
-                    let line = text[..at.min(text.len())].matches('\n').count() + 1;
+                    let at = span.start.min(text.len());
+                    let line = text[..at].matches('\n').count() + 1;
                     problems.push(
                         Problem::new(
                             Kind::VarFile,
@@ -228,7 +235,11 @@ pub fn render(
                                 file.display()
                             ),
                         )
-                        .origin(Origin::None)
+                        .label(span, "here")
+                        .origin(Origin::File {
+                            name: file.display().to_string(),
+                            text: std::sync::Arc::new(text.clone()),
+                        })
                         .help("write the variables as `name: value` lines"),
                     );
                 }

@@ -60,6 +60,17 @@ fn a_var_file_error_names_its_line() {
     i.var_files = vec![f];
     let text = rendered(&load_with(DOC, &i).unwrap_err());
     assert!(text.contains("(line 3)"), "{text}");
+    // The diagnostic shows the var file itself, at the duplicate key.
+    assert!(text.contains("dup.yaml:3:"), "{text}");
+    assert!(text.contains("3 │ replicas: 3"), "{text}");
+    assert!(!text.contains("deploy-code.yaml:"), "{text}");
+
+    let f = dir.path().join("list.yaml");
+    std::fs::write(&f, "# variables\n- replicas\n- name\n").unwrap();
+    i.var_files = vec![f];
+    let text = rendered(&load_with(DOC, &i).unwrap_err());
+    assert!(text.contains("list.yaml:2:"), "{text}");
+    assert!(text.contains("(line 2)"), "{text}");
 }
 
 #[test]
