@@ -454,19 +454,12 @@ impl Registry {
         self.backends.values()
     }
 
-    /// The capacity the backend of `kind` reports (see [`Backend::capacity`]),
-    /// on a runtime of its own; `None` when it reports none or does not
-    /// answer (said in a warning): the caller probes this host instead.
-    pub(crate) fn capacity_blocking(
-        &self,
-        kind: BackendKind,
-    ) -> Option<crate::inventory::Inventory> {
+    /// The capacity the backend of `kind` reports (see [`Backend::capacity`]);
+    /// `None` when it reports none or does not answer (said in a warning):
+    /// the caller probes this host instead.
+    pub(crate) async fn capacity(&self, kind: BackendKind) -> Option<crate::inventory::Inventory> {
         let b = self.get(kind).filter(|b| b.reports_capacity())?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
-        match rt.block_on(b.capacity()) {
+        match b.capacity().await {
             Ok(inv) => inv,
             Err(e) => {
                 tracing::warn!(error = %e, "the {kind} backend reports no capacity; probing this host instead");

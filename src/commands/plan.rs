@@ -90,7 +90,7 @@ pub(crate) fn plan_against(
             );
             loaded
                 .as_ref()
-                .and_then(|l| backends.capacity_blocking(l.desired.settings.default_backend))
+                .and_then(|l| rt.block_on(backends.capacity(l.desired.settings.default_backend)))
                 .unwrap_or_else(|| inventory::probe(&data_dir))
         }
     };

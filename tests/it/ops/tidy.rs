@@ -398,3 +398,18 @@ fn no_value_is_compared_with_the_sensitive_mark() {
         },
     );
 }
+
+#[test]
+fn one_runtime_per_invocation() {
+    // A command runs on the `Invocation`'s runtime; only the long-lived
+    // processes the tool starts (a switch, a monitor) build their own.
+    only_in(
+        "a command's async work runs on `Invocation::runtime`",
+        &[
+            "Builder::new_current_thread",
+            "Builder::new_multi_thread",
+            "Runtime::new",
+        ],
+        &["src/commands/mod.rs", "src/switch/", "src/monitor/"],
+    );
+}
