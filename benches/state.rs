@@ -12,6 +12,7 @@ use deploy_code::model::{
     BackendKind, Resources, RestartPolicy, SecretKey, Sensitive, ServiceName, ServiceSpec, Text,
     Workload,
 };
+use deploy_code::state::IntentAction;
 use deploy_code::state::{
     self, Handle, Holder, NewDeployment, ServiceRecord, ServiceStatus, Store,
 };
@@ -98,7 +99,7 @@ fn record_one_action(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 let id = store
-                    .record_intent(rev, &rec.name, "start", &detail)
+                    .record_intent(rev, &rec.name, IntentAction::Start, &detail)
                     .unwrap();
                 store.put_service(&rec).unwrap();
                 store.close_intent(id, "succeeded", &detail).unwrap();

@@ -101,8 +101,8 @@ pub(crate) async fn reconcile(
             store.event(
                 revision,
                 Some(&d.service),
-                "adopt",
-                "succeeded",
+                crate::state::EventKind::Adopt,
+                crate::state::EventOutcome::Succeeded,
                 "adopted an unrecorded instance",
             )?;
             done.push(Reconciled {
@@ -115,7 +115,7 @@ pub(crate) async fn reconcile(
         let id = store.record_intent(
             revision,
             &d.service,
-            "reconcile-stop",
+            crate::state::IntentAction::ReconcileStop,
             &serde_json::json!({ "handle": d.handle }),
         )?;
         let res = backend.stop(std::slice::from_ref(&d.handle), grace).await;

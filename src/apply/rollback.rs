@@ -64,7 +64,9 @@ impl Exec<'_> {
                     spec,
                     handles,
                 } => {
-                    let res = self.stop(&spec, &handles, "rollback-stop").await;
+                    let res = self
+                        .stop(&spec, &handles, crate::state::IntentAction::RollbackStop)
+                        .await;
                     let alive = self
                         .alive_prior
                         .lock()
@@ -158,7 +160,14 @@ impl Exec<'_> {
         {
             return self.report_step(&name, "restart-old", false, e.message);
         }
-        let handles = match self.start(&spec, &record.gpus, "rollback-start").await {
+        let handles = match self
+            .start(
+                &spec,
+                &record.gpus,
+                crate::state::IntentAction::RollbackStart,
+            )
+            .await
+        {
             Ok(h) => h,
             Err(e) => {
                 let mut r = record.clone();
@@ -223,8 +232,12 @@ impl Exec<'_> {
             s.event(
                 self.revision,
                 Some(service),
-                "rollback",
-                if ok { "succeeded" } else { "failed" },
+                crate::state::EventKind::Rollback,
+                if ok {
+                    crate::state::EventOutcome::Succeeded
+                } else {
+                    crate::state::EventOutcome::Failed
+                },
                 &format!("{step}: {detail}"),
             )
         });

@@ -95,7 +95,7 @@ impl Exec<'_> {
                 s.record_intent(
                     self.revision,
                     &spec.name,
-                    "switch-start",
+                    crate::state::IntentAction::SwitchStart,
                     &serde_json::json!({ "listen": listen }),
                 )
             })?;
@@ -193,7 +193,7 @@ impl Exec<'_> {
                 s.record_intent(
                     self.revision,
                     &spec.name,
-                    "switch-set",
+                    crate::state::IntentAction::SwitchSet,
                     &serde_json::json!({ "port": client.port, "backends": set }),
                 )
             })?;
@@ -223,7 +223,7 @@ impl Exec<'_> {
         spec: &ServiceSpec,
         gpus: &[GpuRef],
         only: Option<std::ops::Range<u32>>,
-        intent: &str,
+        intent: crate::state::IntentAction,
     ) -> Result<Vec<Handle>, StepError> {
         let backend = self.backend(spec)?;
         let mut ctx = self.ctx.clone();
@@ -276,7 +276,12 @@ impl Exec<'_> {
         let last = batches.len().saturating_sub(1);
         for (i, batch) in batches.into_iter().enumerate() {
             let handles = self
-                .start_some(after, &change.gpus, Some(batch.clone()), "start")
+                .start_some(
+                    after,
+                    &change.gpus,
+                    Some(batch.clone()),
+                    crate::state::IntentAction::Start,
+                )
                 .await
                 .map_err(fail)?;
             undo.lock()
@@ -298,7 +303,9 @@ impl Exec<'_> {
                 .await
                 .map_err(fail)?;
             if let (Some(spec), false) = (&old_spec, retiring.is_empty()) {
-                self.stop(spec, &retiring, "stop").await.map_err(fail)?;
+                self.stop(spec, &retiring, crate::state::IntentAction::Stop)
+                    .await
+                    .map_err(fail)?;
                 undo.lock()
                     .expect("rollout")
                     .stopped
@@ -348,7 +355,12 @@ impl Exec<'_> {
                         let lo = undo.stopped.iter().map(replica_of).min().unwrap_or(0);
                         let hi = undo.stopped.iter().map(replica_of).max().unwrap_or(0);
                         match self
-                            .start_some(&spec, &old.gpus, Some(lo..hi + 1), "rollback-start")
+                            .start_some(
+                                &spec,
+                                &old.gpus,
+                                Some(lo..hi + 1),
+                                crate::state::IntentAction::RollbackStart,
+                            )
                             .await
                         {
                             Ok(handles) => {
@@ -375,7 +387,11 @@ impl Exec<'_> {
             restored = live;
         }
         let stopped_new = self
-            .stop(&undo.new_spec, &undo.started, "rollback-stop")
+            .stop(
+                &undo.new_spec,
+                &undo.started,
+                crate::state::IntentAction::RollbackStop,
+            )
             .await;
         if let Err(e) = &stopped_new {
             problems.push(e.message.clone());

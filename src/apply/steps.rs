@@ -132,7 +132,7 @@ impl Exec<'_> {
         &self,
         spec: &ServiceSpec,
         gpus: &[GpuRef],
-        intent: &str,
+        intent: crate::state::IntentAction,
         act: impl std::future::Future<Output = Result<Vec<Handle>, BackendError>>,
     ) -> Result<Vec<Handle>, StepError> {
         let id = self.with_store(|s| {
@@ -173,7 +173,7 @@ impl Exec<'_> {
         &self,
         spec: &ServiceSpec,
         gpus: &[GpuRef],
-        intent: &str,
+        intent: crate::state::IntentAction,
     ) -> Result<Vec<Handle>, StepError> {
         let backend = self.backend(spec)?;
         let mut ctx = self.ctx.clone();
@@ -193,7 +193,7 @@ impl Exec<'_> {
         &self,
         spec: &ServiceSpec,
         handles: &[Handle],
-        intent: &str,
+        intent: crate::state::IntentAction,
     ) -> Result<(), StepError> {
         let backend = self.backend(spec)?;
         let id = self.with_store(|s| {
@@ -287,7 +287,7 @@ impl Exec<'_> {
         action: Action,
     ) -> StepResult {
         let handles = self
-            .start(spec, gpus, "start")
+            .start(spec, gpus, crate::state::IntentAction::Start)
             .await
             .map_err(|e| self.fail(&spec.name, action, e))?;
         self.undo.lock().expect("undo").push(Undo::Started {
@@ -319,9 +319,13 @@ impl Exec<'_> {
         let Some(record) = self.prior.get(&change.service).cloned() else {
             return Ok(None);
         };
-        self.stop(&record.spec, &record.handles, "stop")
-            .await
-            .map_err(|e| self.fail(&change.service, change.action, e))?;
+        self.stop(
+            &record.spec,
+            &record.handles,
+            crate::state::IntentAction::Stop,
+        )
+        .await
+        .map_err(|e| self.fail(&change.service, change.action, e))?;
         self.alive_prior
             .lock()
             .expect("alive")
@@ -398,18 +402,24 @@ impl Exec<'_> {
         let elapsed_ms = started.elapsed().as_millis() as u64;
         // The audit trail: every action, with its outcome.
         let (outcome, detail) = match &res {
-            Ok(()) => ("succeeded", format!("done in {elapsed_ms} ms")),
-            Err(f) => ("failed", f.reason.clone()),
+            Ok(()) => (
+                crate::state::EventOutcome::Succeeded,
+                format!("done in {elapsed_ms} ms"),
+            ),
+            Err(f) => (crate::state::EventOutcome::Failed, f.reason.clone()),
         };
-        let _ = self.with_store(|s| {
-            s.event(
-                self.revision,
-                Some(&change.service),
-                change.action.as_str(),
-                outcome,
-                &detail,
-            )
-        });
+        let kind = match change.action {
+            Action::Create => Some(crate::state::EventKind::Create),
+            Action::Update => Some(crate::state::EventKind::Update),
+            Action::Replace => Some(crate::state::EventKind::Replace),
+            Action::Destroy => Some(crate::state::EventKind::Destroy),
+            Action::NoOp => None,
+        };
+        if let Some(kind) = kind {
+            let _ = self.with_store(|s| {
+                s.event(self.revision, Some(&change.service), kind, outcome, &detail)
+            });
+        }
         match &res {
             Ok(()) => {
                 self.completed
@@ -474,7 +484,7 @@ impl Exec<'_> {
             .journalled(
                 after,
                 &change.gpus,
-                "update",
+                crate::state::IntentAction::Update,
                 backend.update(after, &record.handles, &self.ctx),
             )
             .await

@@ -178,8 +178,8 @@ fn rm(inv: &Invocation, path: &Path, service: &str) -> Result<CommandOutcome, Fa
     store.event(
         snap.revision,
         Some(&name),
-        "forget",
-        "succeeded",
+        crate::state::EventKind::Forget,
+        crate::state::EventOutcome::Succeeded,
         "removed from the state by `state rm`; what runs was not touched",
     )?;
     drop(store);

@@ -56,8 +56,8 @@ pub(crate) fn restart_events(r: &crate::state::ServiceRecord) -> Vec<crate::stat
                 revision: status.revision,
                 at: rec.at.clone(),
                 service: Some(r.name.clone()),
-                kind: "restart".into(),
-                outcome: "succeeded".into(),
+                kind: crate::state::EventKind::Restart,
+                outcome: crate::state::EventOutcome::Succeeded,
                 message: format!(
                     "replica {replica}: restart {} after {}, {} ms back-off",
                     rec.restart, rec.after, rec.delay_ms
@@ -72,8 +72,8 @@ pub(crate) fn restart_events(r: &crate::state::ServiceRecord) -> Vec<crate::stat
                 revision: status.revision,
                 at: exit.at.clone(),
                 service: Some(r.name.clone()),
-                kind: "restart".into(),
-                outcome: "failed".into(),
+                kind: crate::state::EventKind::Restart,
+                outcome: crate::state::EventOutcome::Failed,
                 message: format!(
                     "replica {replica}: circuit open after {}: more than {} restarts within {} s",
                     exit.describe(),

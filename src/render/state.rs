@@ -250,8 +250,8 @@ impl From<&Event> for EventView {
             revision: e.revision,
             at: e.at.clone(),
             service: e.service.as_ref().map(|s| s.to_string()),
-            kind: e.kind.clone(),
-            outcome: e.outcome.clone(),
+            kind: e.kind.as_str().to_owned(),
+            outcome: e.outcome.as_str().to_owned(),
             message: e.message.clone(),
         }
     }
@@ -340,7 +340,7 @@ pub(crate) fn audit_doc(state: &str, events: &[(Event, AuditRecord)]) -> AuditDo
                 subject: r.subject.clone(),
                 role: r.role.clone(),
                 call: r.call.clone(),
-                outcome: e.outcome.clone(),
+                outcome: e.outcome.as_str().to_owned(),
                 detail: crate::redact::text(&r.detail).into_owned(),
             })
             .collect(),
@@ -468,7 +468,7 @@ pub(crate) fn summary_doc(state: &str, exists: bool, snap: &Snapshot) -> Summary
                 id: i.id,
                 revision: i.revision,
                 service: i.service.to_string(),
-                action: i.action.clone(),
+                action: i.action.as_str().to_owned(),
                 started_at: i.started_at.clone(),
             })
             .collect(),

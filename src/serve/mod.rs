@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status};
 use crate::commands::{self, CommandOutcome, Globals, Invocation};
 use crate::error::{Code, Failure, Plain};
 use crate::output::Output;
+use crate::state::EventOutcome;
 
 /// The generated messages, server and client of `deploy_code.v1`.
 pub mod pb {
@@ -146,7 +147,7 @@ impl Service {
         }
     }
 
-    fn record(&self, caller: &auth::Caller, call: &str, outcome: &str, detail: &str) {
+    fn record(&self, caller: &auth::Caller, call: &str, outcome: EventOutcome, detail: &str) {
         let record = crate::state::AuditRecord {
             subject: caller.subject.clone(),
             role: caller.role.clone(),
@@ -175,9 +176,11 @@ impl Service {
             .map_err(|(caller, refusal)| {
                 let (outcome, status) = match refusal {
                     auth::Refusal::Unauthenticated(m) => {
-                        ("unauthenticated", Status::unauthenticated(m))
+                        (EventOutcome::Unauthenticated, Status::unauthenticated(m))
                     }
-                    auth::Refusal::Denied(m) => ("denied", Status::permission_denied(m)),
+                    auth::Refusal::Denied(m) => {
+                        (EventOutcome::Denied, Status::permission_denied(m))
+                    }
                 };
                 self.record(&caller, call, outcome, status.message());
                 status
@@ -249,12 +252,12 @@ impl Service {
     fn conclude(&self, caller: &auth::Caller, call: &str, ran: &Ran) -> Result<(), Status> {
         match &ran.result {
             Ok(_) => {
-                self.record(caller, call, "succeeded", "");
+                self.record(caller, call, EventOutcome::Succeeded, "");
                 Ok(())
             }
             Err(f) => {
                 let status = failure_status(f);
-                self.record(caller, call, "failed", status.message());
+                self.record(caller, call, EventOutcome::Failed, status.message());
                 Err(status)
             }
         }
@@ -502,7 +505,7 @@ impl DeployCode for Service {
         let caller = self.admit(&req, "Backup", "state")?;
         let file = std::path::PathBuf::from(req.into_inner().path);
         if file.as_os_str().is_empty() {
-            self.record(&caller, "Backup", "failed", "no path given");
+            self.record(&caller, "Backup", EventOutcome::Failed, "no path given");
             return Err(Status::invalid_argument("a backup needs a `path`"));
         }
         let ran = self
@@ -539,7 +542,7 @@ impl DeployCode for Service {
             n => n,
         };
         // Recorded first, so that the answer shows this call too.
-        self.record(&caller, "Audit", "succeeded", "");
+        self.record(&caller, "Audit", EventOutcome::Succeeded, "");
         let rows = crate::state::audit_events(&self.state, limit)
             .map_err(|e| failure_status(&Failure::from(e)))?;
         Ok(Response::new(pb::AuditReply {
@@ -550,7 +553,7 @@ impl DeployCode for Service {
                     subject: r.subject,
                     role: r.role,
                     call: r.call,
-                    outcome: e.outcome,
+                    outcome: e.outcome.as_str().to_owned(),
                     detail: r.detail,
                 })
                 .collect(),
@@ -564,7 +567,7 @@ impl DeployCode for Service {
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let caller = self.admit(&req, "WatchEvents", "events")?;
-        self.record(&caller, "WatchEvents", "succeeded", "");
+        self.record(&caller, "WatchEvents", EventOutcome::Succeeded, "");
         let (replay, rx) = self.hub.subscribe();
         let replay: VecDeque<pb::Event> = replay.into();
         let stop = self.stopping.subscribe();

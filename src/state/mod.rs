@@ -90,8 +90,7 @@ pub struct OpenIntent {
     pub id: i64,
     pub revision: u64,
     pub service: ServiceName,
-    /// `start`, `stop`, `update`, …
-    pub action: String,
+    pub action: IntentAction,
     pub detail: serde_json::Value,
     pub started_at: String,
 }
@@ -177,6 +176,124 @@ pub struct Deployment {
     pub config_replay: Option<String>,
 }
 
+/// What an intent row says is about to happen (`intents.action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IntentAction {
+    /// Start a service's instances.
+    Start,
+    /// Stop a service's instances.
+    Stop,
+    /// Change a running instance in place.
+    Update,
+    /// Start a traffic switch.
+    SwitchStart,
+    /// Point a traffic switch at a new set of instances.
+    SwitchSet,
+    /// Start the previous instances again, undoing a run.
+    RollbackStart,
+    /// Stop the instances a run started, undoing it.
+    RollbackStop,
+    /// Stop an instance a killed run left behind.
+    ReconcileStop,
+}
+
+impl IntentAction {
+    /// `start`, `stop`, `update`, `switch-start`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IntentAction::Start => "start",
+            IntentAction::Stop => "stop",
+            IntentAction::Update => "update",
+            IntentAction::SwitchStart => "switch-start",
+            IntentAction::SwitchSet => "switch-set",
+            IntentAction::RollbackStart => "rollback-start",
+            IntentAction::RollbackStop => "rollback-stop",
+            IntentAction::ReconcileStop => "reconcile-stop",
+        }
+    }
+}
+
+impl std::fmt::Display for IntentAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an event row records (`events.kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A planned action's result.
+    Create,
+    Update,
+    Replace,
+    Destroy,
+    /// A step of undoing a run.
+    Rollback,
+    /// An instance found by its marks was taken into the state.
+    Adopt,
+    /// `state rm` removed a service from the state.
+    Forget,
+    /// A monitor restarted an instance (or opened its circuit).
+    Restart,
+    /// A call to the server (`serve`).
+    Audit,
+}
+
+impl EventKind {
+    /// `create`, `rollback`, `audit`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Create => "create",
+            EventKind::Update => "update",
+            EventKind::Replace => "replace",
+            EventKind::Destroy => "destroy",
+            EventKind::Rollback => "rollback",
+            EventKind::Adopt => "adopt",
+            EventKind::Forget => "forget",
+            EventKind::Restart => "restart",
+            EventKind::Audit => "audit",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How what an event records ended (`events.outcome`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventOutcome {
+    Succeeded,
+    Failed,
+    /// A server call without valid credentials.
+    Unauthenticated,
+    /// A server call whose role lacks the permission.
+    Denied,
+}
+
+impl EventOutcome {
+    /// `succeeded`, `failed`, `unauthenticated`, `denied`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventOutcome::Succeeded => "succeeded",
+            EventOutcome::Failed => "failed",
+            EventOutcome::Unauthenticated => "unauthenticated",
+            EventOutcome::Denied => "denied",
+        }
+    }
+}
+
+impl std::fmt::Display for EventOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One audit event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -185,9 +302,7 @@ pub struct Event {
     pub at: String,
     #[serde(default)]
     pub service: Option<ServiceName>,
-    /// e.g. `start`, `health`, `stop`, `rollback`.
-    pub kind: String,
-    /// `started`, `succeeded`, `failed`.
-    pub outcome: String,
+    pub kind: EventKind,
+    pub outcome: EventOutcome,
     pub message: String,
 }

@@ -104,7 +104,7 @@ pub(super) fn read_snapshot(
                     path: path.to_path_buf(),
                     detail: format!("intent service `{service}`: {m}"),
                 })?,
-                action: r.get(3).map_err(e("read"))?,
+                action: enum_from_str(path, "intent action", r.get(3).map_err(e("read"))?)?,
                 detail: parse_json(path, "intent", &r.get::<_, String>(4).map_err(e("read"))?)?,
                 started_at: r.get(5).map_err(e("read"))?,
             });
@@ -221,7 +221,7 @@ pub(crate) fn audit_events(
         )
         .map_err(e("read"))?;
     let mut rows = stmt
-        .query(params![AUDIT_KIND, to_i64(limit)])
+        .query(params![AUDIT_KIND.as_str(), to_i64(limit)])
         .map_err(e("read"))?;
     let mut out = Vec::new();
     while let Some(r) = rows.next().map_err(e("read"))? {
@@ -233,8 +233,8 @@ pub(crate) fn audit_events(
                 revision: to_u64(r.get(1).map_err(e("read"))?),
                 at: r.get(2).map_err(e("read"))?,
                 service: None,
-                kind: r.get(3).map_err(e("read"))?,
-                outcome: r.get(4).map_err(e("read"))?,
+                kind: enum_from_str(path, "event kind", r.get(3).map_err(e("read"))?)?,
+                outcome: enum_from_str(path, "event outcome", r.get(4).map_err(e("read"))?)?,
                 message,
             },
             record,
@@ -270,8 +270,8 @@ pub fn events(
             revision: to_u64(r.get(1).map_err(e("read"))?),
             at: r.get(2).map_err(e("read"))?,
             service: svc.and_then(|s| ServiceName::parse(&s).ok()),
-            kind: r.get(4).map_err(e("read"))?,
-            outcome: r.get(5).map_err(e("read"))?,
+            kind: enum_from_str(path, "event kind", r.get(4).map_err(e("read"))?)?,
+            outcome: enum_from_str(path, "event outcome", r.get(5).map_err(e("read"))?)?,
             message: r.get(6).map_err(e("read"))?,
         });
     }
@@ -294,7 +294,9 @@ mod tests {
         {
             let mut store = Store::open(&path, &Holder::current("t"), None).unwrap();
             store.ensure_identity(Some(&key)).unwrap();
-            store.event(0, None, "note", "succeeded", "hello").unwrap();
+            store
+                .event(0, None, EventKind::Adopt, EventOutcome::Succeeded, "hello")
+                .unwrap();
         }
         let before: Vec<_> = fs::read_dir(&sub)
             .unwrap()

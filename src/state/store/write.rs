@@ -4,7 +4,7 @@
 use super::*;
 
 /// The kind of the events that record calls to `deploy-code serve`.
-pub(crate) const AUDIT_KIND: &str = "audit";
+pub(crate) const AUDIT_KIND: EventKind = EventKind::Audit;
 
 /// One call to the server, as an audit event records it (its message is this
 /// object as JSON).
@@ -36,14 +36,19 @@ impl AuditLog {
     }
 
     /// Appends an audit event (`kind` [`AUDIT_KIND`]).
-    pub fn record(&self, record: &AuditRecord, outcome: &str) -> Result<(), StateError> {
+    pub fn record(&self, record: &AuditRecord, outcome: EventOutcome) -> Result<(), StateError> {
         let message = serde_json::to_string(record).unwrap_or_default();
         let message = crate::redact::text(&message);
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         conn.execute(
             "INSERT INTO events (revision, at, service, kind, outcome, message) \
              VALUES (0, ?1, NULL, ?2, ?3, ?4)",
-            params![now_rfc3339(), AUDIT_KIND, outcome, message.as_ref()],
+            params![
+                now_rfc3339(),
+                AUDIT_KIND.as_str(),
+                outcome.as_str(),
+                message.as_ref()
+            ],
         )
         .map_err(StateError::sql("record an audit event in", &self.path))?;
         Ok(())
@@ -224,7 +229,7 @@ impl Store {
         &mut self,
         revision: u64,
         service: &ServiceName,
-        action: &str,
+        action: IntentAction,
         detail: &serde_json::Value,
     ) -> Result<i64, StateError> {
         let detail = crate::redact::text(&detail.to_string()).into_owned();
@@ -235,7 +240,7 @@ impl Store {
                 params![
                     to_i64(revision),
                     service.as_str(),
-                    action,
+                    action.as_str(),
                     detail,
                     now_rfc3339()
                 ],
@@ -307,8 +312,8 @@ impl Store {
         &mut self,
         revision: u64,
         service: Option<&ServiceName>,
-        kind: &str,
-        outcome: &str,
+        kind: EventKind,
+        outcome: EventOutcome,
         message: &str,
     ) -> Result<(), StateError> {
         let message = crate::redact::text(message);
@@ -320,8 +325,8 @@ impl Store {
                     to_i64(revision),
                     now_rfc3339(),
                     service.map(ServiceName::as_str),
-                    kind,
-                    outcome,
+                    kind.as_str(),
+                    outcome.as_str(),
                     message.as_ref()
                 ],
             )?;

@@ -6,6 +6,7 @@ use std::path::Path;
 use deploy_code::state::{self, Store};
 
 use super::common::*;
+use deploy_code::state::{EventKind, EventOutcome};
 
 fn run_ok(path: &Path, args: &[&str]) -> String {
     let mut all = vec!["--state", path.to_str().unwrap()];
@@ -76,7 +77,7 @@ fn json_output_of_every_state_command_validates_against_the_schema() {
     let doc = check(&["state", "show", "api"], "service");
     assert_eq!(doc["service"]["spec"]["env"]["API_TOKEN"], "(sensitive)");
     assert_eq!(doc["service"]["handles"][0]["pid"], 4242);
-    assert_eq!(doc["events"][0]["kind"], "start");
+    assert_eq!(doc["events"][0]["kind"], "create");
     let doc = check(&["state", "show", "--revision", "1"], "deployment");
     assert_eq!(doc["deployment"]["outcome"], "succeeded");
     assert!(
@@ -160,7 +161,7 @@ fn state_rm_forgets_one_service_and_raises_the_serial() {
     assert!(after.serial > before.serial);
     assert!(after.lock.is_none());
     let ev = state::events(&path, Some(&name("api")), 1).unwrap();
-    assert_eq!(ev[0].kind, "forget");
+    assert_eq!(ev[0].kind, deploy_code::state::EventKind::Forget);
     let err = run_err(&path, &["state", "rm", "api"]);
     assert!(err.contains("S001"), "{err}");
 }
@@ -242,7 +243,13 @@ fn a_secret_canary_never_reaches_the_state_file() {
     assert!(rec.spec.has_sensitive());
     store.put_service(&rec).unwrap();
     store
-        .event(1, Some(&name("api")), "start", "succeeded", "started")
+        .event(
+            1,
+            Some(&name("api")),
+            EventKind::Create,
+            EventOutcome::Succeeded,
+            "started",
+        )
         .unwrap();
     let bytes = all_bytes(&path);
     assert!(

@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use deploy_code::model::{BackendKind, SecretKey, Sensitive, ServiceSpec, Text};
-use deploy_code::state::{Handle, Holder, ServiceRecord, ServiceStatus};
+use deploy_code::state::{
+    EventKind, EventOutcome, Handle, Holder, IntentAction, ServiceRecord, ServiceStatus,
+};
 
 use crate::support::Spec;
 pub use crate::support::name;
@@ -76,7 +78,7 @@ pub fn seed(path: &Path, names: &[&str]) -> SecretKey {
         .unwrap();
     for n in names {
         let id = store
-            .record_intent(rev, &name(n), "start", &serde_json::json!({}))
+            .record_intent(rev, &name(n), IntentAction::Start, &serde_json::json!({}))
             .unwrap();
         store
             .put_service(&record(n, &key, Some("seed-secret"), rev))
@@ -88,8 +90,8 @@ pub fn seed(path: &Path, names: &[&str]) -> SecretKey {
             .event(
                 rev,
                 Some(&name(n)),
-                "start",
-                "succeeded",
+                EventKind::Create,
+                EventOutcome::Succeeded,
                 "healthy after 1 probe",
             )
             .unwrap();

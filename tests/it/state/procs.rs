@@ -12,6 +12,7 @@ use deploy_code::model::SecretKey;
 use deploy_code::state::{self, NewDeployment, Store};
 
 use super::common::*;
+use deploy_code::state::{EventKind, EventOutcome, IntentAction};
 
 pub const ROLE_VAR: &str = "DEPLOY_CODE_TEST_ROLE";
 const STATE_VAR: &str = "DEPLOY_CODE_TEST_STATE_FILE";
@@ -77,7 +78,12 @@ fn writer(path: &Path) {
         for s in 0..8 {
             let n = format!("svc-{s}");
             let id = store
-                .record_intent(rev, &name(&n), "start", &serde_json::json!({"i": i}))
+                .record_intent(
+                    rev,
+                    &name(&n),
+                    IntentAction::Start,
+                    &serde_json::json!({"i": i}),
+                )
                 .unwrap();
             let mut rec = record(&n, &key, Some("writer-secret"), rev);
             rec.spec.labels.insert("i".into(), i.to_string());
@@ -87,7 +93,13 @@ fn writer(path: &Path) {
                 .close_intent(id, "succeeded", &serde_json::json!({}))
                 .unwrap();
             store
-                .event(rev, Some(&name(&n)), "start", "succeeded", "ok")
+                .event(
+                    rev,
+                    Some(&name(&n)),
+                    EventKind::Create,
+                    EventOutcome::Succeeded,
+                    "ok",
+                )
                 .unwrap();
         }
         store

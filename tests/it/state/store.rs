@@ -4,6 +4,7 @@ use deploy_code::model::SecretKey;
 use deploy_code::state::{self, NewDeployment, Outcome, ServiceStatus, Store};
 
 use super::common::*;
+use deploy_code::state::{EventKind, EventOutcome, IntentAction};
 
 #[test]
 fn a_new_state_records_a_deployment_and_reads_it_back() {
@@ -34,7 +35,12 @@ fn a_new_state_records_a_deployment_and_reads_it_back() {
     assert_eq!(rev, 1);
     let api = name("api");
     let id = store
-        .record_intent(rev, &api, "start", &serde_json::json!({"replica": 0}))
+        .record_intent(
+            rev,
+            &api,
+            IntentAction::Start,
+            &serde_json::json!({"replica": 0}),
+        )
         .unwrap();
     assert_eq!(store.snapshot().unwrap().open_intents.len(), 1);
     store
@@ -44,7 +50,13 @@ fn a_new_state_records_a_deployment_and_reads_it_back() {
         .close_intent(id, "succeeded", &serde_json::json!({"pid": 4242}))
         .unwrap();
     store
-        .event(rev, Some(&api), "start", "succeeded", "started 1 replica")
+        .event(
+            rev,
+            Some(&api),
+            EventKind::Create,
+            EventOutcome::Succeeded,
+            "started 1 replica",
+        )
         .unwrap();
     store
         .finish_deployment(rev, Outcome::Succeeded, &serde_json::Value::Null)
@@ -119,7 +131,13 @@ fn a_run_whose_lock_was_forced_away_stops_writing() {
     let released = state::unlock(&path, true).unwrap().unwrap();
     assert_eq!(released.command, "deploy-code apply");
     let err = store
-        .event(0, None, "note", "succeeded", "should not be written")
+        .event(
+            0,
+            None,
+            EventKind::Adopt,
+            EventOutcome::Succeeded,
+            "should not be written",
+        )
         .unwrap_err();
     assert!(matches!(err, state::StateError::LockLost { .. }), "{err:?}");
     assert!(state::events(&path, None, 10).unwrap().is_empty());
