@@ -65,7 +65,7 @@ pub enum Event {
     },
     RollbackStep {
         service: ServiceName,
-        step: String,
+        step: UndoStep,
         ok: bool,
         detail: String,
     },
@@ -135,12 +135,52 @@ impl FailureEvidence {
     }
 }
 
+/// What one step of a rollback undoes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UndoStep {
+    /// Stop the instances the run started.
+    StopNew,
+    /// Start the instances the run stopped again.
+    RestartOld,
+    /// Put back what an in-place update changed.
+    RevertUpdate,
+    /// Stop a traffic switch the run started.
+    StopSwitch,
+    /// Point the switches back at the old set, then stop the new one.
+    RestoreOldSet,
+    /// Not undone: the rollback was aborted (a second interrupt).
+    Aborted,
+    /// Not undone: the rollback ran out of time.
+    TimedOut,
+}
+
+impl UndoStep {
+    /// `stop-new`, `restart-old`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UndoStep::StopNew => "stop-new",
+            UndoStep::RestartOld => "restart-old",
+            UndoStep::RevertUpdate => "revert-update",
+            UndoStep::StopSwitch => "stop-switch",
+            UndoStep::RestoreOldSet => "restore-old-set",
+            UndoStep::Aborted => "aborted",
+            UndoStep::TimedOut => "timed-out",
+        }
+    }
+}
+
+impl std::fmt::Display for UndoStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One step of the rollback.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RollbackResult {
     pub service: ServiceName,
-    /// `stop-new`, `restart-old`, `revert-update`.
-    pub step: String,
+    pub step: UndoStep,
     pub ok: bool,
     pub detail: String,
 }

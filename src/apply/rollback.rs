@@ -43,7 +43,7 @@ impl Exec<'_> {
             if self.cancel.level() >= 2 {
                 out.push(self.report_step(
                     &step_service(&step),
-                    "aborted",
+                    super::UndoStep::Aborted,
                     false,
                     "aborted by a second interrupt".into(),
                 ));
@@ -52,7 +52,7 @@ impl Exec<'_> {
             if Instant::now() >= deadline {
                 out.push(self.report_step(
                     &step_service(&step),
-                    "timed-out",
+                    super::UndoStep::TimedOut,
                     false,
                     "the rollback ran out of time (`deployment.rollback_timeout_seconds`)".into(),
                 ));
@@ -86,14 +86,14 @@ impl Exec<'_> {
                         (_, Err(e)) => e.to_string(),
                         _ => format!("stopped {} instance(s)", handles.len()),
                     };
-                    self.report_step(&service, "stop-new", ok, detail)
+                    self.report_step(&service, super::UndoStep::StopNew, ok, detail)
                 }
                 Undo::Stopped { record } => self.restart_old(*record, deadline).await,
                 Undo::SwitchUp { service, client } => {
                     let res = client.stop(&self.ctx.project, &self.ctx.lineage).await;
                     self.report_step(
                         &service,
-                        "stop-switch",
+                        super::UndoStep::StopSwitch,
                         res.is_ok(),
                         match res {
                             Ok(()) => format!("port {} released", client.port),
@@ -126,11 +126,19 @@ impl Exec<'_> {
                             let mut rec = record.clone();
                             rec.handles = handles;
                             let _ = self.with_store(|s| s.put_service(&rec));
-                            self.report_step(&record.name, "revert-update", true, "reverted".into())
+                            self.report_step(
+                                &record.name,
+                                super::UndoStep::RevertUpdate,
+                                true,
+                                "reverted".into(),
+                            )
                         }
-                        Err(e) => {
-                            self.report_step(&record.name, "revert-update", false, e.to_string())
-                        }
+                        Err(e) => self.report_step(
+                            &record.name,
+                            super::UndoStep::RevertUpdate,
+                            false,
+                            e.to_string(),
+                        ),
                     }
                 }
             };
@@ -152,13 +160,13 @@ impl Exec<'_> {
                 r.handles.clear();
                 r.status = ServiceStatus::Tainted;
                 let _ = self.with_store(|s| s.put_service(&r));
-                return self.report_step(&name, "restart-old", false, e.message);
+                return self.report_step(&name, super::UndoStep::RestartOld, false, e.message);
             }
         };
         if spec.behind_switch
             && let Err(e) = self.ensure_switches(&spec, false).await
         {
-            return self.report_step(&name, "restart-old", false, e.message);
+            return self.report_step(&name, super::UndoStep::RestartOld, false, e.message);
         }
         let handles = match self
             .start(
@@ -174,7 +182,7 @@ impl Exec<'_> {
                 r.handles.clear();
                 r.status = ServiceStatus::Tainted;
                 let _ = self.with_store(|s| s.put_service(&r));
-                return self.report_step(&name, "restart-old", false, e.message);
+                return self.report_step(&name, super::UndoStep::RestartOld, false, e.message);
             }
         };
         let mut g = self.gate(&spec, &handles, 2, deadline).await;
@@ -201,14 +209,14 @@ impl Exec<'_> {
                 .insert(name.clone(), r);
             self.report_step(
                 &name,
-                "restart-old",
+                super::UndoStep::RestartOld,
                 true,
                 "running and healthy again".into(),
             )
         } else {
             self.report_step(
                 &name,
-                "restart-old",
+                super::UndoStep::RestartOld,
                 false,
                 format!("restarted but not healthy: {}", g.reason),
             )
@@ -218,13 +226,13 @@ impl Exec<'_> {
     pub(super) fn report_step(
         &self,
         service: &ServiceName,
-        step: &str,
+        step: super::UndoStep,
         ok: bool,
         detail: String,
     ) -> RollbackResult {
         self.emit(Event::RollbackStep {
             service: service.clone(),
-            step: step.to_owned(),
+            step,
             ok,
             detail: detail.clone(),
         });
@@ -243,7 +251,7 @@ impl Exec<'_> {
         });
         RollbackResult {
             service: service.clone(),
-            step: step.to_owned(),
+            step,
             ok,
             detail,
         }

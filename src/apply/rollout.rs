@@ -429,7 +429,12 @@ impl Exec<'_> {
         } else {
             problems.join("; ")
         };
-        self.report_step(&name, "restore-old-set", problems.is_empty(), detail)
+        self.report_step(
+            &name,
+            super::UndoStep::RestoreOldSet,
+            problems.is_empty(),
+            detail,
+        )
     }
 }
 
