@@ -304,6 +304,8 @@ pub struct Store {
     locked: bool,
     /// The `synchronous` setting the connection has now.
     durability: Durability,
+    /// The group commit of intents (see [`Store::record_intent_deferred`]).
+    wal: std::sync::Arc<WalSync>,
 }
 
 impl std::fmt::Debug for Store {
