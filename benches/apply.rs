@@ -11,6 +11,11 @@
 //!
 //! Run: `cargo bench --bench apply` (needs `busybox` on PATH).
 //! `APPLY_BENCH_RUNS` sets the number of runs of (1) (default 5).
+//!
+//! Under load: `APPLY_BENCH_LOAD=2 nice -n 5 cargo bench --bench apply` starts,
+//! for the runs of (1) only, that many CPU-bound busy loops plus one writer
+//! that writes and `fsync`s 64 MiB at a time in the bench's temporary
+//! directory (the disk the state is on), and stops them after the runs.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -243,10 +248,54 @@ async fn detection(samples: &mut Vec<f64>) {
     b.stop(&handles, Duration::from_secs(2)).await.unwrap();
 }
 
+/// Busy loops and an `fsync`ing writer that run until `stop` is set; see the
+/// top of this file.
+fn start_load(
+    loops: usize,
+    dir: &std::path::Path,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    let mut threads = Vec::new();
+    for _ in 0..loops {
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut x = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for i in 0..100_000u64 {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+                }
+            }
+        }));
+    }
+    let stop = stop.clone();
+    let path = dir.join("load.bin");
+    threads.push(std::thread::spawn(move || {
+        let chunk = vec![0x5au8; 1 << 20];
+        while !stop.load(Ordering::Relaxed) {
+            let mut f = std::fs::File::create(&path).unwrap();
+            for _ in 0..64 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                f.write_all(&chunk).unwrap();
+            }
+            f.sync_all().unwrap();
+        }
+        let _ = std::fs::remove_file(&path);
+    }));
+    threads
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    let load: usize = std::env::var("APPLY_BENCH_LOAD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let runs: usize = std::env::var("APPLY_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -255,8 +304,20 @@ fn main() {
     rt.block_on(async {
         let mut per_phase = Vec::new();
         let mut totals = Vec::new();
+        let load_dir = tempfile::tempdir().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load_threads = if load > 0 {
+            println!("load: {load} busy loops and a writer fsyncing 64 MiB at a time");
+            start_load(load, load_dir.path(), &stop)
+        } else {
+            Vec::new()
+        };
         for run in 0..runs {
             run_once(run, &mut per_phase, &mut totals).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in load_threads {
+            t.join().unwrap();
         }
         for (i, (t, b)) in totals.iter().enumerate() {
             println!(

@@ -135,24 +135,27 @@ impl Exec<'_> {
         intent: crate::state::IntentAction,
         act: impl std::future::Future<Output = Result<Vec<Handle>, BackendError>>,
     ) -> Result<Vec<Handle>, StepError> {
-        let id = self.with_store(|s| {
-            s.record_intent(
+        // The intent is durable before the side effect; the intents of
+        // actions started meanwhile share its sync.
+        let (id, durable) = self.with_store(|s| {
+            s.record_intent_deferred(
                 self.revision,
                 &spec.name,
                 intent,
                 &serde_json::json!({ "spec_hash": spec.spec_hash() }),
             )
         })?;
+        durable.wait()?;
         crate::failpoint::hit("after-intent");
         match act.await {
             Ok(handles) => {
                 crate::failpoint::hit("after-start");
                 let rec = self.record(spec, handles.clone(), ServiceStatus::Pending, gpus);
+                // The record and the closed intent in one commit.
                 self.with_store(|s| {
-                    s.put_service(&rec)?;
-                    s.close_intent(
+                    s.record_started(
+                        &rec,
                         id,
-                        "succeeded",
                         &serde_json::json!({ "handles": handles_json(&handles) }),
                     )
                 })?;
@@ -196,14 +199,15 @@ impl Exec<'_> {
         intent: crate::state::IntentAction,
     ) -> Result<(), StepError> {
         let backend = self.backend(spec)?;
-        let id = self.with_store(|s| {
-            s.record_intent(
+        let (id, durable) = self.with_store(|s| {
+            s.record_intent_deferred(
                 self.revision,
                 &spec.name,
                 intent,
                 &serde_json::json!({ "handles": handles_json(handles) }),
             )
         })?;
+        durable.wait()?;
         let res = backend.stop(handles, self.grace).await;
         crate::failpoint::hit("after-stop");
         let (outcome, detail) = match &res {

@@ -134,31 +134,23 @@ pub(crate) fn plan_against(
 /// Loads the configuration and the state (read-only, no lock) and plans
 /// ([`plan_against`]). Never writes anything.
 pub fn prepare(inv: &Invocation, scope: &Scope, destroy_all: bool) -> Result<Prepared, Failure> {
-    // A destroy plan needs no services, nor a configuration file.
-    let loaded = if destroy_all && !inv.config_path().exists() {
+    // A destroy plan needs no services, nor a configuration file. The
+    // configuration is borrowed: `plan_against` makes the one copy it rekeys.
+    let destroy_config;
+    let loaded: Option<&LoadedConfig> = if destroy_all && !inv.config_path().exists() {
         None
     } else if destroy_all {
-        Some(config::load(&config::LoadOptions {
+        destroy_config = config::load(&config::LoadOptions {
             allow_empty: true,
             ..inv.load_options()
-        })?)
+        })?;
+        Some(&destroy_config)
     } else {
-        Some(inv.config()?.clone())
+        Some(inv.config()?)
     };
-    let state_path = config::state_path(
-        inv.globals.state.as_deref(),
-        loaded.as_ref(),
-        inv.config_path(),
-    );
+    let state_path = config::state_path(inv.globals.state.as_deref(), loaded, inv.config_path());
     let snapshot = state::load_snapshot(&state_path)?;
-    let planned = plan_against(
-        inv,
-        loaded.as_ref(),
-        &snapshot,
-        &state_path,
-        scope,
-        destroy_all,
-    )?;
+    let planned = plan_against(inv, loaded, &snapshot, &state_path, scope, destroy_all)?;
     Ok(Prepared {
         loaded: planned.loaded,
         snapshot,

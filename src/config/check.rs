@@ -197,6 +197,15 @@ fn check(node: &Node, schema: &J, root: &J, path: &mut Vec<String>, out: &mut Ve
         let mut best: Option<Vec<Problem>> = None;
         for b in branches {
             let b = resolve(b, root);
+            // A plain branch of other types would only report the wrong type,
+            // and could not be the best match: skip it without building that
+            // problem (an `env` value tries four branches).
+            if b.get("anyOf").is_none() && b.get("oneOf").is_none() && b != &J::Bool(true) {
+                let ts = types_of(b);
+                if !ts.is_empty() && !ts.iter().any(|t| type_matches(t, &node.value)) {
+                    continue;
+                }
+            }
             let mut tmp = Vec::new();
             check(node, b, root, path, &mut tmp);
             if tmp.is_empty() {

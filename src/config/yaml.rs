@@ -12,6 +12,10 @@ use saphyr_parser::{Event, Parser, ScalarStyle};
 
 use super::diag::{Kind, Problem};
 
+/// Mappings of at most this many keys find a duplicate by scanning their
+/// entries; larger ones keep an index.
+const SCAN_KEYS: usize = 16;
+
 /// The deepest nesting accepted (mappings and sequences).
 pub(crate) const MAX_DEPTH: usize = 64;
 /// The most nodes a document may expand to, aliases included (100,000
@@ -162,8 +166,10 @@ enum Frame {
         start: usize,
         anchor: usize,
         entries: Vec<(Key, Node)>,
-        /// The index in `entries` of each key seen, so that a duplicate is
-        /// found in constant time (a config has thousands of services).
+        /// The index in `entries` of each key seen, once the mapping has more
+        /// than [`SCAN_KEYS`] of them, so that a duplicate is found in constant
+        /// time (a config has thousands of services); a smaller mapping is
+        /// scanned.
         seen: std::collections::HashMap<String, usize>,
         pending: Option<Key>,
     },
@@ -382,10 +388,25 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut
                 });
             }
             Some(key) => {
-                if let Some((first, _)) = seen.get(&key.name).map(|i| &entries[*i]) {
+                let first = if entries.len() <= SCAN_KEYS {
+                    entries.iter().position(|(k, _)| k.name == key.name)
+                } else {
+                    if seen.is_empty() {
+                        seen.extend(
+                            entries
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (k, _))| (k.name.clone(), i)),
+                        );
+                    }
+                    seen.get(&key.name).copied()
+                };
+                if let Some((first, _)) = first.map(|i| &entries[i]) {
                     duplicate = Some((key, first.span.clone()));
                 } else {
-                    seen.insert(key.name.clone(), entries.len());
+                    if !seen.is_empty() {
+                        seen.insert(key.name.clone(), entries.len());
+                    }
                     entries.push((key, node));
                 }
             }

@@ -120,13 +120,37 @@ fn fast_yaml(v: &Value) -> Option<String> {
     if m.is_empty() {
         return None;
     }
-    fast_map(m, 0, &mut out)?;
+    fast_map(m, 0, false, &mut out)?;
     Some(out)
 }
 
-fn fast_map(m: &Map<String, Value>, indent: usize, out: &mut String) -> Option<()> {
-    for (i, (k, x)) in m.iter().enumerate() {
-        if i > 0 {
+/// [`yaml_lines`] of a spec's canonical form that holds no sensitive value
+/// (so that redacting changes nothing), pruned while it is written instead
+/// of through copies; `None` where the direct emitter declines.
+fn fast_yaml_pruned(v: &Value) -> Option<String> {
+    let Value::Object(m) = v else {
+        return None;
+    };
+    let mut out = String::with_capacity(256);
+    fast_map(m, 0, true, &mut out)?;
+    (!out.is_empty()).then_some(out)
+}
+
+/// `prune`: leave out the entries whose value is an empty list or map.
+fn fast_map(m: &Map<String, Value>, indent: usize, prune: bool, out: &mut String) -> Option<()> {
+    let mut written = 0;
+    for (k, x) in m {
+        if prune
+            && match x {
+                Value::Object(o) => o.is_empty(),
+                Value::Array(a) => a.is_empty(),
+                _ => false,
+            }
+        {
+            continue;
+        }
+        written += 1;
+        if written > 1 {
             out.extend(std::iter::repeat_n(' ', indent));
         }
         fast_scalar_str(k, out)?;
@@ -137,7 +161,7 @@ fn fast_map(m: &Map<String, Value>, indent: usize, out: &mut String) -> Option<(
             Value::Object(o) => {
                 out.push('\n');
                 out.extend(std::iter::repeat_n(' ', indent + 2));
-                fast_map(o, indent + 2, out)?;
+                fast_map(o, indent + 2, false, out)?;
             }
             Value::Array(a) => {
                 out.push('\n');
@@ -158,7 +182,7 @@ fn fast_seq(a: &[Value], indent: usize, out: &mut String) -> Option<()> {
         out.extend(std::iter::repeat_n(' ', indent));
         out.push_str("- ");
         match x {
-            Value::Object(o) if !o.is_empty() => fast_map(o, indent + 2, out)?,
+            Value::Object(o) if !o.is_empty() => fast_map(o, indent + 2, false, out)?,
             Value::Object(_) | Value::Array(_) => return None,
             scalar => {
                 fast_scalar(scalar, out)?;
@@ -219,6 +243,27 @@ fn fast_scalar_str(s: &str, out: &mut String) -> Option<()> {
     Some(())
 }
 
+/// The lines of one spec, as [`yaml_lines`] of [`redacted`] writes them; a
+/// spec without secrets is written from its canonical form directly (plans
+/// of thousands of services show every created spec).
+fn one_side_lines(spec: &ServiceSpec) -> String {
+    let canonical = spec.canonical();
+    if !contains_sensitive(&canonical)
+        && let Some(s) = fast_yaml_pruned(&canonical)
+    {
+        return s;
+    }
+    yaml_lines(&redact(&canonical, None, false))
+}
+
+fn contains_sensitive(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => is_sensitive_map(m) || m.values().any(contains_sensitive),
+        Value::Array(a) => a.iter().any(contains_sensitive),
+        _ => false,
+    }
+}
+
 /// The line diff between two specs: changed lines with `context` lines of
 /// unchanged fields around them. A create shows every line of the new spec, a
 /// destroy every line of the old one.
@@ -240,8 +285,8 @@ pub(crate) fn spec_diff(
             let (b, a) = redacted_pair(b, a);
             (yaml_lines(&b), yaml_lines(&a))
         }
-        (None, Some(a)) => return one_side('+', yaml_lines(&redacted(a))),
-        (Some(b), None) => return one_side('-', yaml_lines(&redacted(b))),
+        (None, Some(a)) => return one_side('+', one_side_lines(a)),
+        (Some(b), None) => return one_side('-', one_side_lines(b)),
         (None, None) => return Vec::new(),
     };
     let diff = TextDiff::from_lines(&old, &new);
@@ -367,5 +412,22 @@ mod tests {
             }
         }
         assert!(fast >= 20, "the fast path took only {fast} documents");
+    }
+
+    /// Pruning while writing gives the bytes of pruning first.
+    #[test]
+    fn the_pruning_emitter_matches_prune_then_emit() {
+        let docs = [
+            json!({ "name": "a", "env": {}, "args": [], "ports": [{ "container_port": 80 }] }),
+            json!({ "env": {}, "args": [], "name": "a", "labels": { "x": {} } }),
+            json!({ "env": {}, "args": [] }),
+            json!({ "name": "a", "nested": { "empty": [], "none": {} } }),
+        ];
+        for d in &docs {
+            assert_eq!(fast_yaml_pruned(d), fast_yaml(&prune(d)), "for {d}");
+        }
+        let secret = json!({ "env": { "K": { "sensitive": "hmac-sha256:00" } } });
+        assert!(contains_sensitive(&secret));
+        assert!(!contains_sensitive(&docs[0]));
     }
 }

@@ -9,12 +9,31 @@ use std::collections::{BTreeMap, BTreeSet};
 use petgraph::Directed;
 use petgraph::graphmap::GraphMap;
 
-type DiGraphMap<N, E> = GraphMap<
-    N,
-    E,
-    Directed,
-    std::hash::BuildHasherDefault<std::collections::hash_map::DefaultHasher>,
->;
+type DiGraphMap<N, E> = GraphMap<N, E, Directed, std::hash::BuildHasherDefault<Fnv>>;
+
+/// FNV-1a: the graphs hash short service names, for which SipHash's setup
+/// dominated. The graph's order is its insertion order, whatever the hash.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
 
 use super::feasibility::{self, Demand};
 use super::*;

@@ -11,7 +11,10 @@
 //! process being killed at once (they are in the WAL), and the next durable
 //! commit syncs them with it, since the WAL is written in order. A power loss
 //! can lose only a suffix of such records, never one without the intent
-//! before it, and the intent journal tells the next run what to reconcile. Reads ([`load_snapshot`], [`history`], …) open the file
+//! before it, and the intent journal tells the next run what to reconcile.
+//! `apply`'s intents are group-committed ([`Store::record_intent_deferred`]):
+//! committed into the WAL, then made durable by one `fsync` of the WAL file
+//! shared by every action waiting, before any of their side effects. Reads ([`load_snapshot`], [`history`], …) open the file
 //! read-only and never write, lock or migrate.
 //!
 //! Here: the errors, the schema constants, the [`Store`] itself and the
@@ -307,6 +310,8 @@ pub struct Store {
     locked: bool,
     /// The `synchronous` setting the connection has now.
     durability: Durability,
+    /// The group commit of intents (see [`Store::record_intent_deferred`]).
+    wal: std::sync::Arc<WalSync>,
 }
 
 impl std::fmt::Debug for Store {

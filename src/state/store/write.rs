@@ -72,6 +72,7 @@ impl Store {
             start_time: process_start_time(holder.pid),
             locked: false,
             durability: Durability::Synced,
+            wal: std::sync::Arc::new(WalSync::new(path)),
         };
         store.acquire(lock_timeout)?;
         Ok(store)
@@ -125,6 +126,7 @@ impl Store {
         )
         .map_err(e(op))?;
         tx.commit().map_err(e(op))?;
+        self.wal.committed();
         Ok(out)
     }
 
@@ -249,6 +251,61 @@ impl Store {
         })
     }
 
+    /// Writes an intent row like [`Store::record_intent`], but returns as soon
+    /// as it is in the WAL, with the [`Durable`] to wait on before the side
+    /// effect: the waiters of intents written meanwhile share one `fsync` of
+    /// the WAL (a group commit), and the store is free for other writes while
+    /// it runs. Waiting gives the guarantee of a synced commit.
+    pub(crate) fn record_intent_deferred(
+        &mut self,
+        revision: u64,
+        service: &ServiceName,
+        action: IntentAction,
+        detail: &serde_json::Value,
+    ) -> Result<(i64, Durable), StateError> {
+        let detail = crate::redact::text(&detail.to_string()).into_owned();
+        let id = self.write_as(Durability::Ordered, "record an intent in", |tx| {
+            tx.execute(
+                "INSERT INTO intents (revision, service, action, detail, started_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    to_i64(revision),
+                    service.as_str(),
+                    action.as_str(),
+                    detail,
+                    now_rfc3339()
+                ],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })?;
+        Ok((
+            id,
+            Durable {
+                wal: self.wal.clone(),
+                upto: self.wal.written(),
+            },
+        ))
+    }
+
+    /// The outcome of a started side effect in one commit: the service's
+    /// record and its intent closed (see [`Store::close_intent`]).
+    pub(crate) fn record_started(
+        &mut self,
+        record: &ServiceRecord,
+        intent: i64,
+        detail: &serde_json::Value,
+    ) -> Result<(), StateError> {
+        let detail = crate::redact::text(&detail.to_string()).into_owned();
+        self.write_as(Durability::Ordered, "record a service in", |tx| {
+            put_records(tx, std::slice::from_ref(record))?;
+            tx.execute(
+                "UPDATE intents SET closed_at = ?2, outcome = 'succeeded', result = ?3 WHERE id = ?1",
+                params![intent, now_rfc3339(), detail],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Closes an intent after its side effect, with `succeeded` / `failed` and details.
     pub fn close_intent(
         &mut self,
@@ -274,30 +331,7 @@ impl Store {
     /// Inserts or replaces several service records in one transaction (one commit).
     pub fn put_services(&mut self, records: &[ServiceRecord]) -> Result<(), StateError> {
         self.write_as(Durability::Ordered, "record a service in", |tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO services (name, spec, spec_hash, backend, handles, status, \
-                 gpus, revision, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
-            for record in records {
-                let spec =
-                    serde_json::to_string(&record.spec.canonical()).expect("JSON serializes");
-                let handles = serde_json::to_string(&record.handles).expect("JSON serializes");
-                let gpus = serde_json::to_string(&record.gpus).expect("JSON serializes");
-                stmt.execute(params![
-                    record.name.as_str(),
-                    spec,
-                    record.spec_hash,
-                    record.backend.as_str(),
-                    handles,
-                    enum_to_str(&record.status),
-                    gpus,
-                    to_i64(record.revision),
-                    record.created_at,
-                    record.updated_at
-                ])?;
-            }
-            crate::failpoint::hit("in-commit");
-            Ok(())
+            put_records(tx, records)
         })
     }
 
@@ -353,5 +387,104 @@ impl Store {
             )?;
             Ok(())
         })
+    }
+}
+
+/// Inserts or replaces service records inside a write.
+fn put_records(tx: &rusqlite::Transaction<'_>, records: &[ServiceRecord]) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR REPLACE INTO services (name, spec, spec_hash, backend, handles, status, \
+         gpus, revision, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for record in records {
+        let spec = serde_json::to_string(&record.spec.canonical()).expect("JSON serializes");
+        let handles = serde_json::to_string(&record.handles).expect("JSON serializes");
+        let gpus = serde_json::to_string(&record.gpus).expect("JSON serializes");
+        stmt.execute(params![
+            record.name.as_str(),
+            spec,
+            record.spec_hash,
+            record.backend.as_str(),
+            handles,
+            enum_to_str(&record.status),
+            gpus,
+            to_i64(record.revision),
+            record.created_at,
+            record.updated_at
+        ])?;
+    }
+    crate::failpoint::hit("in-commit");
+    Ok(())
+}
+
+/// The group commit of a store's WAL: commits are counted as they return,
+/// and one `fsync` of the WAL file makes every commit counted before it
+/// durable, for every writer waiting on it.
+pub(crate) struct WalSync {
+    /// The state file; its WAL is beside it (`<state>-wal`).
+    state: PathBuf,
+    /// Commits returned so far.
+    written: std::sync::atomic::AtomicU64,
+    /// Commits known durable; held while syncing, so that waiters queue
+    /// behind one `fsync` and find their commit covered.
+    synced: std::sync::Mutex<u64>,
+}
+
+impl WalSync {
+    fn new(state: &Path) -> Self {
+        Self {
+            state: state.to_path_buf(),
+            written: std::sync::atomic::AtomicU64::new(0),
+            synced: std::sync::Mutex::new(0),
+        }
+    }
+
+    fn committed(&self) {
+        self.written
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn sync_upto(&self, upto: u64) -> Result<(), StateError> {
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= upto {
+            return Ok(());
+        }
+        let target = self.written();
+        let mut wal = self.state.clone().into_os_string();
+        wal.push("-wal");
+        let io = |source| StateError::Io {
+            op: "sync the journal of",
+            path: self.state.clone(),
+            source,
+        };
+        match fs::File::open(&wal) {
+            Ok(f) => f.sync_data().map_err(io)?,
+            // No WAL: what it held was checkpointed into the file itself.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::File::open(&self.state)
+                .and_then(|f| f.sync_data())
+                .map_err(io)?,
+            Err(e) => return Err(io(e)),
+        }
+        *synced = target;
+        Ok(())
+    }
+}
+
+/// What makes an intent written by [`Store::record_intent_deferred`] durable.
+#[must_use = "an intent must be durable before its side effect"]
+pub(crate) struct Durable {
+    wal: std::sync::Arc<WalSync>,
+    upto: u64,
+}
+
+impl Durable {
+    /// Returns once the intent is on disk (one `fsync` of the WAL, shared
+    /// with the intents written meanwhile).
+    pub(crate) fn wait(self) -> Result<(), StateError> {
+        self.wal.sync_upto(self.upto)
     }
 }
