@@ -156,10 +156,12 @@ fn apply(dir: &Path) -> (i32, Instant, Vec<(Instant, serde_json::Value)>) {
     let mut events = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let Ok(line) = line else { break };
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-            && v["event"] == "canary"
-        {
-            events.push((Instant::now(), v));
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if v["event"] == "canary" {
+                events.push((Instant::now(), v));
+            } else if v["event"] == "action_failed" || v["event"] == "rollback_step" {
+                eprintln!("{line}");
+            }
         }
     }
     let code = child.wait().map(|s| s.code().unwrap_or(-1)).unwrap_or(-1);
@@ -221,7 +223,10 @@ fn main() {
             .filter(|(_, e)| e["verdict"] == "started")
             .map(|(t, _)| *t)
             .collect();
-        windows.push((new.clone(), failing, code, started.clone(), ended));
+        // The last step ends with its last judgement: then the switches
+        // move every connection to the new set.
+        let last = events.last().map_or(ended, |(t, _)| *t);
+        windows.push((new.clone(), failing, code, started.clone(), last));
         if failing {
             let fail = events
                 .iter()
@@ -244,12 +249,12 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     looping.join().unwrap();
     let samples = samples.lock().unwrap().clone();
-    for (new, failing, _, started, ended) in &windows {
+    for (new, failing, _, started, last) in &windows {
         if *failing {
             continue;
         }
         for (i, from) in started.iter().enumerate() {
-            let to = started.get(i + 1).copied().unwrap_or(*ended);
+            let to = started.get(i + 1).copied().unwrap_or(*last);
             let in_step: Vec<&Sample> = samples
                 .iter()
                 .filter(|s| s.at >= *from && s.at < to && s.status == 200)

@@ -7,7 +7,7 @@
 
 use super::{CommandOutcome, Invocation};
 use crate::error::Failure;
-pub use crate::switch::Decision;
+pub(crate) use crate::switch::Decision;
 use crate::switch::SwitchClient;
 
 /// Why a decision could not be given. Its code and help follow from the
@@ -80,7 +80,7 @@ async fn in_progress(inv: &Invocation, service: Option<&str>) -> Vec<SwitchClien
 
 /// Gives `decision` to the canary of `service` (or the only one in
 /// progress).
-pub fn decide(
+pub(crate) fn decide(
     inv: &Invocation,
     service: Option<&str>,
     decision: Decision,

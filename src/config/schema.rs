@@ -245,7 +245,7 @@ pub struct Deployment {
     pub rollback_timeout_seconds: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL (a container's stop timeout). Default 10.
     pub stop_grace_seconds: Option<u64>,
-    /// Seconds a traffic switch lets the connections of instances it no longer sends new ones to finish before they stop (RollingUpdate and BlueGreen only). Default 5.
+    /// Seconds a traffic switch lets the connections of instances it no longer sends new ones to finish before they stop (RollingUpdate, BlueGreen and Canary only). Default 5.
     pub drain_seconds: Option<u64>,
     /// The steps of a Canary rollout and how each is judged (Canary only).
     pub canary: Option<Canary>,

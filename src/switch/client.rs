@@ -81,7 +81,7 @@ impl SwitchClient {
     /// What the switch says about itself.
     pub async fn status(&self) -> Result<Status, SwitchError> {
         match self.request(&Request::Status).await? {
-            Reply::Status(s) => Ok(s),
+            Reply::Status(s) => Ok(*s),
             Reply::Error { message } => Err(SwitchError::Refused(message)),
             Reply::Ok => Err(SwitchError::Refused("no status in the reply".into())),
         }
@@ -102,7 +102,7 @@ impl SwitchClient {
 
     /// Sends `weight` percent of new connections to `canary`, the rest to
     /// `stable`; `http` says whether responses are counted as HTTP.
-    pub async fn set_canary(
+    pub(crate) async fn set_canary(
         &self,
         stable: &[SocketAddr],
         canary: &[SocketAddr],
@@ -120,7 +120,7 @@ impl SwitchClient {
     }
 
     /// Gives the decision on the canary in progress (refused when none is).
-    pub async fn decide(&self, decision: Decision) -> Result<(), SwitchError> {
+    pub(crate) async fn decide(&self, decision: Decision) -> Result<(), SwitchError> {
         self.ok(&Request::Decide { decision }).await
     }
 

@@ -144,7 +144,7 @@ pub struct Status {
 
 impl Status {
     /// The counters summed over `backends`.
-    pub fn sum(&self, backends: &[SocketAddr]) -> Counters {
+    pub(crate) fn sum(&self, backends: &[SocketAddr]) -> Counters {
         let mut c = Counters::default();
         for b in backends {
             if let Some(x) = self.counters.get(b) {
@@ -160,7 +160,7 @@ impl Status {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub(crate) enum Reply {
     Ok,
-    Status(Status),
+    Status(Box<Status>),
     Error { message: String },
 }
 
@@ -492,7 +492,7 @@ async fn control_conn(shared: Arc<Shared>, stream: UnixStream) {
                 },
                 false,
             ),
-            Ok(Request::Status) => (Reply::Status(shared.status()), false),
+            Ok(Request::Status) => (Reply::Status(Box::new(shared.status())), false),
             Ok(Request::Stop) => (Reply::Ok, true),
             Ok(Request::Decide { decision }) => {
                 if shared.canary.lock().expect("canary").is_empty() {

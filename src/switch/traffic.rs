@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// The upper bounds (milliseconds) of the latency histogram's buckets; one
 /// more bucket holds everything slower.
-pub const LATENCY_BOUNDS_MS: [u64; 14] = [
+pub(crate) const LATENCY_BOUNDS_MS: [u64; 14] = [
     1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
 ];
 
@@ -88,7 +88,7 @@ impl Counters {
     }
 
     /// Adds `other` to these counters.
-    pub fn add(&mut self, other: &Counters) {
+    pub(crate) fn add(&mut self, other: &Counters) {
         self.connections += other.connections;
         self.failed_connects += other.failed_connects;
         self.http_2xx += other.http_2xx;
@@ -105,7 +105,7 @@ impl Counters {
 
     /// What was counted since `base` (an earlier reading of the same
     /// counters).
-    pub fn since(&self, base: &Counters) -> Counters {
+    pub(crate) fn since(&self, base: &Counters) -> Counters {
         Counters {
             connections: self.connections.saturating_sub(base.connections),
             failed_connects: self.failed_connects.saturating_sub(base.failed_connects),
@@ -123,14 +123,14 @@ impl Counters {
     }
 
     /// HTTP responses counted.
-    pub fn responses(&self) -> u64 {
+    pub(crate) fn responses(&self) -> u64 {
         self.http_2xx + self.http_3xx + self.http_4xx + self.http_5xx
     }
 
     /// The upper bound (ms) of the histogram bucket that holds quantile `q`
     /// of the timed responses (`u64::MAX` for the open bucket); `None`
     /// without any.
-    pub fn latency_quantile_ms(&self, q: f64) -> Option<u64> {
+    pub(crate) fn latency_quantile_ms(&self, q: f64) -> Option<u64> {
         let total: u64 = self.latency_ms.iter().sum();
         if total == 0 {
             return None;

@@ -230,13 +230,13 @@ fn finish(child: Child) -> (i32, String) {
 fn decided(site: &Site, decision: &str) -> (u16, i32, String, u64) {
     let port = free_port();
     let paused = "{steps: [{weight: 30}], analysis: {interval_seconds: 1}}";
-    site.write(&config(&site, port, paused, "v1", 0));
+    site.write(&config(site, port, paused, "v1", 0));
     site.apply_ok();
     let (code, out) = site.run(&[decision]);
     assert_eq!(code, 1, "no canary is in progress yet: {out}");
     assert!(out.contains("no canary is in progress"), "{out}");
 
-    site.write(&config(&site, port, paused, "v2", 0));
+    site.write(&config(site, port, paused, "v2", 0));
     let requests = Loop::start(port);
     let child = apply_in_background(site);
     let mut said = String::new();
