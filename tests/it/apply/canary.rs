@@ -331,3 +331,79 @@ fn validate_refuses_canary_settings_without_effect_or_out_of_order() {
     let (code, out) = site.run(&["validate"]);
     assert_eq!(code, 0, "{out}");
 }
+
+/// A Prometheus stand-in: `/api/v1/query` answers one sample of `value`
+/// and records the queries it was asked.
+const PROMETHEUS: &str = r#"import json, sys, urllib.parse, http.server as h
+port, value, log = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+class H(h.BaseHTTPRequestHandler):
+    def do_GET(self):
+        u = urllib.parse.urlparse(self.path)
+        q = urllib.parse.parse_qs(u.query).get('query', [''])[0]
+        with open(log, 'a') as f:
+            f.write(u.path + ' ' + q + '\n')
+        body = json.dumps({'status': 'success', 'data': {'resultType': 'vector', 'result': [{'metric': {}, 'value': [0, value]}]}}).encode()
+        self.send_response(200)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+h.ThreadingHTTPServer(('127.0.0.1', port), H).serve_forever()
+"#;
+
+/// Kills the child it holds when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_prometheus_query_above_its_limit_aborts_the_canary() {
+    let site = Site::new("canary-prometheus");
+    let _cleanup = Cleanup(&site);
+    let (port, prom) = (free_port(), free_port());
+    let script = site.dir.path().join("prometheus.py");
+    let log = site.dir.path().join("queries.log");
+    std::fs::write(&script, PROMETHEUS).unwrap();
+    let _prometheus = Killed(
+        std::process::Command::new(python())
+            .arg(&script)
+            .arg(prom.to_string())
+            .arg("0.5")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let canary = format!(
+        "{{steps: [{{weight: 20, pause_seconds: 3}}], analysis: {{interval_seconds: 1, prometheus: {{url: 'http://127.0.0.1:{prom}', query: 'rate(errors[1m])', max: 0.05}}}}}}"
+    );
+    site.write(&config(&site, port, &canary, "v1", 0));
+    site.apply_ok();
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", prom)).is_ok()
+    }));
+    // The new version answers well; the query says otherwise.
+    site.write(&config(&site, port, &canary, "v2", 0));
+    let requests = Loop::start(port);
+    let (code, out) = site.run(&["apply", "--auto-approve", "--format", "json"]);
+    let (_, failed, seen) = requests.finish();
+    assert_eq!(code, 4, "{out}");
+    assert_eq!(failed, 0, "{seen:?}");
+    assert!(
+        out.contains("the Prometheus query `rate(errors[1m])` gave 0.5, above 0.05"),
+        "{out}"
+    );
+    for _ in 0..10 {
+        assert_eq!(serves(port).as_deref(), Some("v1"));
+    }
+    let asked = std::fs::read_to_string(&log).unwrap();
+    assert!(asked.contains("/api/v1/query rate(errors[1m])"), "{asked}");
+}
