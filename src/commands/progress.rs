@@ -212,7 +212,8 @@ impl<'o> Progress<'o> {
                 detail,
                 ..
             } => {
-                format!("{service}: canary step {step}/{steps} ({weight} %) {verdict:?}: {detail}")
+                let verdict = format!("{verdict:?}").to_lowercase();
+                format!("{service}: canary step {step}/{steps} ({weight} %) {verdict}: {detail}")
             }
             Event::RollbackStarted { steps } => format!("rolling back {steps} step(s)"),
             Event::RollbackStep {
