@@ -175,6 +175,18 @@ pub enum Command {
     )]
     Cleanup(CleanupArgs),
 
+    /// Finish the canary in progress: skip its remaining pauses; the new set takes every connection
+    #[command(
+        after_help = "Examples:\n  deploy-code promote\n  deploy-code promote web\n\nActs on the `apply` run of a `strategy: Canary` rollout that waits at one of its steps (another process); exit 1 when no canary is in progress."
+    )]
+    Promote(CanaryArgs),
+
+    /// Fail the canary in progress: every connection back to the old set, the change set rolls back
+    #[command(
+        after_help = "Examples:\n  deploy-code abort\n  deploy-code abort web\n\nThe `apply` run that holds the canary then exits 4 (rolled back); exit 1 here when no canary is in progress."
+    )]
+    Abort(CanaryArgs),
+
     /// Print this host's capacity (CPU, memory, disk, GPUs, ports) as an inventory file
     #[command(
         after_help = "Examples:\n  deploy-code inventory > host.yaml\n  deploy-code plan --inventory host.yaml"
@@ -394,6 +406,12 @@ pub struct CleanupArgs {
     /// Do not ask for confirmation (required when not on a terminal)
     #[arg(long, short = 'y')]
     pub auto_approve: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CanaryArgs {
+    /// The service whose canary to decide (needed only when more than one is in progress)
+    pub service: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -675,6 +693,14 @@ fn dispatch(inv: &Invocation, command: Command) -> Result<CommandOutcome, Failur
                 auto_approve: a.auto_approve,
             },
         ),
+        Command::Promote(a) => commands::canary::decide(
+            inv,
+            a.service.as_deref(),
+            commands::canary::Decision::Promote,
+        ),
+        Command::Abort(a) => {
+            commands::canary::decide(inv, a.service.as_deref(), commands::canary::Decision::Abort)
+        }
         Command::Inventory(_) => commands::plan::inventory(inv),
         Command::State(c) => commands::state::run(inv, &state_request(c)),
         Command::Backup(a) => commands::state::run(inv, &StateRequest::Backup { file: a.out }),

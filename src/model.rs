@@ -638,13 +638,100 @@ pub enum Strategy {
     /// the old one and passes its gates, then the traffic switch moves every
     /// new connection to it at once and the old set drains and stops.
     BlueGreen,
+    /// Phases as Hybrid; a replaced service's complete new set starts beside
+    /// the old one and passes its gates, then the traffic switch sends it a
+    /// growing share of new connections, step by step ([`CanarySettings`]),
+    /// each step judged from the switch's counters; a failing step rolls the
+    /// change set back.
+    Canary,
 }
 
 impl Strategy {
     /// Whether services with fixed TCP host ports run behind a traffic
     /// switch under this strategy.
     pub(crate) fn uses_switch(self) -> bool {
-        matches!(self, Strategy::BlueGreen | Strategy::RollingUpdate)
+        matches!(
+            self,
+            Strategy::BlueGreen | Strategy::RollingUpdate | Strategy::Canary
+        )
+    }
+}
+
+/// How a `Canary` rollout goes: its steps and how each is judged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CanarySettings {
+    /// The canary's share at each step (increasing, 1 to 99); after the last
+    /// step the new set takes every connection.
+    pub steps: Vec<CanaryStep>,
+    pub analysis: CanaryAnalysis,
+}
+
+/// One step of a canary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryStep {
+    /// Percent of new connections sent to the new set.
+    pub weight: u8,
+    /// How long the step lasts; `None`: until `deploy-code promote` or
+    /// `abort`.
+    pub pause_seconds: Option<u64>,
+}
+
+/// How each canary step is judged, from the switch's counters of the new
+/// set (since the step began) and an optional Prometheus query.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CanaryAnalysis {
+    /// Seconds between two judgements.
+    pub interval_seconds: u64,
+    /// Most share of HTTP 5xx responses (failed connects for plain TCP).
+    pub max_error_rate: Option<f64>,
+    /// Most share of connections the new set failed or refused.
+    pub max_failed_connections: Option<f64>,
+    pub max_latency_ms: Option<LatencyLimit>,
+    pub prometheus: Option<PrometheusCheck>,
+}
+
+/// A latency quantile's limit (time to the response head).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatencyLimit {
+    pub quantile: f64,
+    pub value: u64,
+}
+
+/// A Prometheus instant query whose first sample must not exceed `max`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrometheusCheck {
+    pub url: String,
+    pub query: String,
+    pub max: f64,
+}
+
+impl Default for CanarySettings {
+    fn default() -> Self {
+        Self {
+            steps: vec![
+                CanaryStep {
+                    weight: 10,
+                    pause_seconds: Some(30),
+                },
+                CanaryStep {
+                    weight: 50,
+                    pause_seconds: Some(30),
+                },
+            ],
+            analysis: CanaryAnalysis::default(),
+        }
+    }
+}
+
+impl Default for CanaryAnalysis {
+    fn default() -> Self {
+        Self {
+            interval_seconds: 10,
+            max_error_rate: Some(0.01),
+            max_failed_connections: Some(0.01),
+            max_latency_ms: None,
+            prometheus: None,
+        }
     }
 }
 
@@ -680,6 +767,9 @@ pub struct DeploymentSettings {
     /// sends new ones to finish before those instances stop.
     #[serde(default = "default_drain")]
     pub drain_seconds: u64,
+    /// The steps and analysis of a `Canary` rollout.
+    #[serde(default)]
+    pub canary: CanarySettings,
 }
 
 fn default_drain() -> u64 {
@@ -697,6 +787,7 @@ impl Default for DeploymentSettings {
             rollback_timeout_seconds: 300,
             stop_grace_seconds: 10,
             drain_seconds: default_drain(),
+            canary: CanarySettings::default(),
         }
     }
 }

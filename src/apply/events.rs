@@ -60,6 +60,20 @@ pub enum Event {
         ok: bool,
         elapsed_ms: u64,
     },
+    /// A step of a canary rollout: its start, each judgement of it, or how
+    /// it ended; `counters` are the switches' counts of the new set since
+    /// the step began.
+    Canary {
+        service: ServiceName,
+        /// 1-based, of `steps`.
+        step: usize,
+        steps: usize,
+        /// The new set's share of new connections, percent.
+        weight: u8,
+        verdict: CanaryVerdict,
+        detail: String,
+        counters: crate::switch::Counters,
+    },
     RollbackStarted {
         steps: usize,
     },
@@ -74,6 +88,22 @@ pub enum Event {
         outcome: Outcome,
         elapsed_ms: u64,
     },
+}
+
+/// Where a canary step stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryVerdict {
+    /// The switches send the step's share to the new set.
+    Started,
+    /// A judgement passed.
+    Pass,
+    /// A judgement failed: every connection goes back to the old set.
+    Fail,
+    /// `deploy-code promote`: the remaining pauses are skipped.
+    Promoted,
+    /// `deploy-code abort`: the step fails.
+    Aborted,
 }
 
 /// The hook the engine reports through.

@@ -15,6 +15,7 @@
 //!
 //! The engine prints nothing: it reports through an [`Event`] hook.
 
+mod canary;
 mod events;
 pub mod health;
 pub mod reconcile;
@@ -120,6 +121,8 @@ struct Exec<'a> {
     strategy: crate::model::Strategy,
     /// How long a switch lets old connections finish.
     drain: Duration,
+    /// The steps and analysis of a `Canary` rollout.
+    canary: crate::model::CanarySettings,
 }
 
 pub use crate::clock::now_rfc3339;
@@ -195,6 +198,7 @@ pub async fn execute(
         state_path,
         strategy: dep.strategy,
         drain: rollout::drain_of(dep.drain_seconds),
+        canary: dep.canary.clone(),
         store: Mutex::new(store),
         backends,
         ctx,

@@ -43,7 +43,7 @@ fn replica_of(h: &Handle) -> u32 {
     h.replica()
 }
 
-fn switch_error(e: crate::switch::SwitchError) -> StepError {
+pub(super) fn switch_error(e: crate::switch::SwitchError) -> StepError {
     StepError::new(FailureKind::Backend { code: Code::E010 }, e.to_string())
 }
 
@@ -132,7 +132,7 @@ impl Exec<'_> {
 
     /// The addresses of `handles` for `container_port`, where a switch
     /// forwards to them.
-    async fn addresses(
+    pub(super) async fn addresses(
         &self,
         spec: &ServiceSpec,
         handles: &[Handle],
@@ -169,7 +169,7 @@ impl Exec<'_> {
     /// `others` (instances of `other_spec` still serving), then waits until
     /// the connections of `retiring` (instances of `other_spec`) have
     /// drained.
-    async fn point(
+    pub(super) async fn point(
         &self,
         spec: &ServiceSpec,
         live: &[Handle],
@@ -218,7 +218,7 @@ impl Exec<'_> {
     }
 
     /// Starts the replicas `only` of `spec` under an intent.
-    async fn start_some(
+    pub(super) async fn start_some(
         &self,
         spec: &ServiceSpec,
         gpus: &[GpuRef],

@@ -462,6 +462,9 @@ impl Exec<'_> {
             } else {
                 self.prior.get(&change.service).cloned()
             };
+            if self.strategy == crate::model::Strategy::Canary {
+                return self.canary(change, after, old).await;
+            }
             return self.rollout(change, after, old).await;
         }
         // Stop-first when old and new would hold or be probed at the same

@@ -6,6 +6,7 @@
 //! Nothing here reads a flag: `cli` resolves them before.
 
 pub mod apply;
+pub mod canary;
 pub mod ops;
 pub mod plan;
 pub mod progress;

@@ -203,6 +203,18 @@ impl<'o> Progress<'o> {
                 "phase {phase}: {} in {elapsed_ms} ms",
                 self.phase_word(*phase, *ok)
             ),
+            Event::Canary {
+                service,
+                step,
+                steps,
+                weight,
+                verdict,
+                detail,
+                ..
+            } => {
+                let verdict = format!("{verdict:?}").to_lowercase();
+                format!("{service}: canary step {step}/{steps} ({weight} %) {verdict}: {detail}")
+            }
             Event::RollbackStarted { steps } => format!("rolling back {steps} step(s)"),
             Event::RollbackStep {
                 service,

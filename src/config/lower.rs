@@ -10,10 +10,11 @@ use super::schema::{self, ConfigFile, Service};
 use super::template::Secrets;
 use super::yaml::{Key, Node, Value};
 use crate::model::{
-    AuthSettings, BackendKind, DeploymentSettings, DesiredState, HealthCheck, HookSpec, HookTarget,
-    HooksSettings, JwtKey, MonitoringSettings, NetworkSettings, PortSpec, Probe, Protocol,
-    Resources, RestartPolicy, SecretKey, SecuritySettings, Sensitive, ServiceName, ServiceSpec,
-    Settings, Strategy, Text, TlsSettings, VolumeSpec, Workload,
+    AuthSettings, BackendKind, CanaryAnalysis, CanarySettings, CanaryStep, DeploymentSettings,
+    DesiredState, HealthCheck, HookSpec, HookTarget, HooksSettings, JwtKey, LatencyLimit,
+    MonitoringSettings, NetworkSettings, PortSpec, Probe, PrometheusCheck, Protocol, Resources,
+    RestartPolicy, SecretKey, SecuritySettings, Sensitive, ServiceName, ServiceSpec, Settings,
+    Strategy, Text, TlsSettings, VolumeSpec, Workload,
 };
 
 /// Whether an environment variable's name marks it as a secret.
@@ -412,7 +413,11 @@ impl Lowering<'_> {
         let dd = DeploymentSettings::default();
         let uses_switch = matches!(
             d.strategy,
-            Some(schema::Strategy::RollingUpdate | schema::Strategy::BlueGreen)
+            Some(
+                schema::Strategy::RollingUpdate
+                    | schema::Strategy::BlueGreen
+                    | schema::Strategy::Canary
+            )
         );
         if d.drain_seconds.is_some() && !uses_switch {
             out.push(
@@ -424,15 +429,17 @@ impl Lowering<'_> {
                     span_of(self.root, &["deployment", "drain_seconds"]).unwrap_or(0..0),
                     "would have no effect",
                 )
-                .help("only `strategy: BlueGreen` and `strategy: RollingUpdate` put services behind a traffic switch that drains; remove the key or change the strategy"),
+                .help("only `strategy: BlueGreen`, `RollingUpdate` and `Canary` put services behind a traffic switch that drains; remove the key or change the strategy"),
             );
         }
+        let canary = self.canary(&d, out);
         let deployment = DeploymentSettings {
             strategy: match d.strategy {
                 Some(schema::Strategy::Sequential) => Strategy::Sequential,
                 Some(schema::Strategy::Parallel) => Strategy::Parallel,
                 Some(schema::Strategy::RollingUpdate) => Strategy::RollingUpdate,
                 Some(schema::Strategy::BlueGreen) => Strategy::BlueGreen,
+                Some(schema::Strategy::Canary) => Strategy::Canary,
                 Some(schema::Strategy::Hybrid) | None => Strategy::Hybrid,
             },
             max_parallel: d.max_parallel.unwrap_or(dd.max_parallel),
@@ -444,6 +451,7 @@ impl Lowering<'_> {
                 .unwrap_or(dd.rollback_timeout_seconds),
             stop_grace_seconds: d.stop_grace_seconds.unwrap_or(dd.stop_grace_seconds),
             drain_seconds: d.drain_seconds.unwrap_or(dd.drain_seconds),
+            canary,
         };
         let n = infra.network.clone().unwrap_or_default();
         let nd = NetworkSettings::default();
@@ -1181,6 +1189,122 @@ impl Lowering<'_> {
             },
             behind_switch,
         })
+    }
+
+    /// The `deployment.canary` settings: refused under another strategy;
+    /// steps increasing (the schema bounds each weight to 1..=99).
+    fn canary(&self, d: &schema::Deployment, out: &mut Vec<Problem>) -> CanarySettings {
+        let dc = CanarySettings::default();
+        let Some(c) = &d.canary else {
+            return dc;
+        };
+        let at = |path: &[&str]| {
+            let mut full = vec!["deployment", "canary"];
+            full.extend_from_slice(path);
+            span_of(self.root, &full).unwrap_or(0..0)
+        };
+        if d.strategy != Some(schema::Strategy::Canary) {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`deployment.canary` has no effect: the strategy is not `Canary`",
+                )
+                .label(at(&[]), "would have no effect")
+                .help("set `deployment.strategy: Canary`, or remove `deployment.canary`"),
+            );
+        }
+        let steps_node = self
+            .root
+            .get("deployment")
+            .and_then(|n| n.get("canary"))
+            .and_then(|n| n.get("steps"));
+        let step_span = |i: usize| match steps_node.map(|n| &n.value) {
+            Some(Value::Seq(items)) => items
+                .get(i)
+                .map(|n| n.get("weight").unwrap_or(n).span.clone())
+                .unwrap_or(0..0),
+            _ => steps_node.map(|n| n.span.clone()).unwrap_or(0..0),
+        };
+        let steps: Vec<CanaryStep> = match &c.steps {
+            None => dc.steps.clone(),
+            Some(steps) => steps
+                .iter()
+                .map(|s| CanaryStep {
+                    weight: s.weight,
+                    pause_seconds: s.pause_seconds,
+                })
+                .collect(),
+        };
+        if c.steps.as_ref().is_some_and(Vec::is_empty) {
+            out.push(
+                Problem::new(Kind::InvalidValue, "`deployment.canary.steps` is empty")
+                    .label(step_span(0), "no step")
+                    .help("give at least one step (`{weight: 10, pause_seconds: 30}`), or use `strategy: BlueGreen` to move every connection at once"),
+            );
+        }
+        for (i, w) in steps.windows(2).enumerate() {
+            if w[1].weight <= w[0].weight {
+                out.push(
+                    Problem::new(
+                        Kind::InvalidValue,
+                        format!(
+                            "canary step {} has weight {} after {}: the weights must increase",
+                            i + 2,
+                            w[1].weight,
+                            w[0].weight
+                        ),
+                    )
+                    .label(step_span(i + 1), "not above the step before")
+                    .help("list the steps by increasing weight, each from 1 to 99; after the last one the new set takes every connection"),
+                );
+            }
+        }
+        let a = c.analysis.clone().unwrap_or_default();
+        let da = dc.analysis;
+        if let Some(l) = &a.max_latency_ms
+            && l.quantile <= 0.0
+        {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`max_latency_ms.quantile` must be above 0",
+                )
+                .label(
+                    at(&["analysis", "max_latency_ms", "quantile"]),
+                    "not above 0",
+                )
+                .help("give a quantile such as 0.99 (the 99th percentile)"),
+            );
+        }
+        if let Some(p) = &a.prometheus
+            && !(p.url.starts_with("http://") || p.url.starts_with("https://"))
+        {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    format!("`{}` is not an http(s) URL", p.url),
+                )
+                .label(at(&["analysis", "prometheus", "url"]), "not an http(s) URL")
+                .help("give the Prometheus server's base URL, such as `http://127.0.0.1:9090`"),
+            );
+        }
+        CanarySettings {
+            steps,
+            analysis: CanaryAnalysis {
+                interval_seconds: a.interval_seconds.unwrap_or(da.interval_seconds),
+                max_error_rate: a.max_error_rate.or(da.max_error_rate),
+                max_failed_connections: a.max_failed_connections.or(da.max_failed_connections),
+                max_latency_ms: a.max_latency_ms.map(|l| LatencyLimit {
+                    quantile: l.quantile,
+                    value: l.value,
+                }),
+                prometheus: a.prometheus.map(|p| PrometheusCheck {
+                    url: p.url,
+                    query: p.query,
+                    max: p.max,
+                }),
+            },
+        }
     }
 
     /// Whether a service runs behind a traffic switch: under `BlueGreen` or

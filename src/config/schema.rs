@@ -233,12 +233,13 @@ pub enum Strategy {
     Hybrid,
     RollingUpdate,
     BlueGreen,
+    Canary,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Deployment {
-    /// Sequential (one action at a time), Parallel (no phase barrier: each action once the actions it depends on are healthy, up to `max_parallel`), Hybrid (phases in order, a phase's actions at once up to `max_parallel`; the default), RollingUpdate (a replaced service replica by replica) or BlueGreen (a replaced service's whole new set beside the old one, then one switch). Under RollingUpdate and BlueGreen, fixed TCP host ports are held by a traffic switch.
+    /// Sequential (one action at a time), Parallel (no phase barrier: each action once the actions it depends on are healthy, up to `max_parallel`), Hybrid (phases in order, a phase's actions at once up to `max_parallel`; the default), RollingUpdate (a replaced service replica by replica), BlueGreen (a replaced service's whole new set beside the old one, then one switch) or Canary (the whole new set beside the old one, then a growing share of connections, step by step, each step judged; see `canary`). Under RollingUpdate, BlueGreen and Canary, fixed TCP host ports are held by a traffic switch.
     pub strategy: Option<Strategy>,
     /// Most actions at once, 1 to 4294967295. Default 10.
     #[schemars(range(min = 1))]
@@ -256,8 +257,69 @@ pub struct Deployment {
     pub rollback_timeout_seconds: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL (a container's stop timeout). Default 10.
     pub stop_grace_seconds: Option<u64>,
-    /// Seconds a traffic switch lets the connections of instances it no longer sends new ones to finish before they stop (RollingUpdate and BlueGreen only). Default 5.
+    /// Seconds a traffic switch lets the connections of instances it no longer sends new ones to finish before they stop (RollingUpdate, BlueGreen and Canary only). Default 5.
     pub drain_seconds: Option<u64>,
+    /// The steps of a Canary rollout and how each is judged (Canary only).
+    pub canary: Option<Canary>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// The new set's share of new connections at each step, increasing, each 1 to 99; after the last step it takes every connection. Default: 10 % for 30 s, then 50 % for 30 s.
+    pub steps: Option<Vec<CanaryStep>>,
+    /// How each step is judged, every `interval_seconds`, from the traffic switch's counters of the new set (since the step began) and an optional Prometheus query. A failing judgement sends every connection back to the old set and rolls the change set back.
+    pub analysis: Option<CanaryAnalysis>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryStep {
+    /// Percent of new connections sent to the new set, 1 to 99.
+    #[schemars(range(min = 1, max = 99))]
+    pub weight: u8,
+    /// How long the step lasts, seconds. Omitted: until `deploy-code promote` or `deploy-code abort` (analysis keeps judging meanwhile).
+    pub pause_seconds: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryAnalysis {
+    /// Seconds between two judgements of a step. Default 10.
+    #[schemars(range(min = 1))]
+    pub interval_seconds: Option<u64>,
+    /// Most share (0 to 1) of the new set's HTTP responses that are 5xx (of its connections that failed, when the port does not speak HTTP). Default 0.01.
+    #[schemars(range(min = 0, max = 1))]
+    pub max_error_rate: Option<f64>,
+    /// Most share (0 to 1) of connections to the new set that failed or were refused. Default 0.01.
+    #[schemars(range(min = 0, max = 1))]
+    pub max_failed_connections: Option<f64>,
+    /// Most latency (time to the response head) of the new set at a quantile; HTTP only.
+    pub max_latency_ms: Option<LatencyLimit>,
+    /// A Prometheus instant query whose first sample must not exceed `max`.
+    pub prometheus: Option<PrometheusCheck>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyLimit {
+    /// The quantile, above 0 and at most 1 (0.99: the 99th percentile).
+    #[schemars(range(min = 0, max = 1))]
+    pub quantile: f64,
+    /// Milliseconds.
+    #[schemars(range(min = 1))]
+    pub value: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusCheck {
+    /// The Prometheus server (`http://127.0.0.1:9090`); the query goes to `<url>/api/v1/query`.
+    pub url: String,
+    /// A PromQL expression; the value of its first sample is compared with `max`.
+    pub query: String,
+    /// Most value the query may return.
+    pub max: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]

@@ -281,6 +281,9 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                     after,
                 ));
             }
+            if let Some(Rollout::Canary { weights, .. }) = &mut c.rollout {
+                weights.extend(d.settings.deployment.canary.steps.iter().map(|s| s.weight));
+            }
         }
     }
 
@@ -465,6 +468,11 @@ fn rollout(strategy: Strategy, before: Option<&ServiceSpec>, after: &ServiceSpec
         (Strategy::BlueGreen, true) => Rollout::BlueGreen {
             replicas,
             switch_ports: switch_ports.unwrap_or_default(),
+        },
+        (Strategy::Canary, true) => Rollout::Canary {
+            replicas,
+            switch_ports: switch_ports.unwrap_or_default(),
+            weights: Vec::new(),
         },
         (Strategy::RollingUpdate, true) => Rollout::Rolling {
             replicas,

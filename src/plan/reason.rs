@@ -116,6 +116,14 @@ pub enum Rollout {
         replicas: u32,
         switch_ports: Vec<u16>,
     },
+    /// The new set starts beside the old one, then the switch on these ports
+    /// sends it these shares (percent) of new connections, step by step,
+    /// each judged, then every one.
+    Canary {
+        replicas: u32,
+        switch_ports: Vec<u16>,
+        weights: Vec<u8>,
+    },
     /// Replica by replica (behind the traffic switch on these ports when it
     /// runs behind one).
     Rolling {

@@ -422,6 +422,19 @@ pub fn rollout(r: &Rollout) -> String {
             "blue-green: {replicas} new instance(s) start beside the old ones and pass their gates, then {} moves every new connection to them; no downtime",
             switch(switch_ports)
         ),
+        Rollout::Canary {
+            replicas,
+            switch_ports,
+            weights,
+        } => format!(
+            "canary: {replicas} new instance(s) start beside the old ones and pass their gates, then {} sends them {} of new connections, each step judged, then every one; no downtime",
+            switch(switch_ports),
+            weights
+                .iter()
+                .map(|w| format!("{w} %"))
+                .collect::<Vec<_>>()
+                .join(", then ")
+        ),
         Rollout::Rolling {
             replicas,
             switch_ports: Some(p),

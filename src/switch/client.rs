@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::{ARG, Reply, Request, Status, marks};
+use super::{ARG, Decision, Reply, Request, Status, marks};
 
 /// How long a control request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,7 +81,7 @@ impl SwitchClient {
     /// What the switch says about itself.
     pub async fn status(&self) -> Result<Status, SwitchError> {
         match self.request(&Request::Status).await? {
-            Reply::Status(s) => Ok(s),
+            Reply::Status(s) => Ok(*s),
             Reply::Error { message } => Err(SwitchError::Refused(message)),
             Reply::Ok => Err(SwitchError::Refused("no status in the reply".into())),
         }
@@ -93,8 +93,39 @@ impl SwitchClient {
         let req = Request::Set {
             backends: backends.to_vec(),
             drain_ms: drain.as_millis() as u64,
+            canary: Vec::new(),
+            weight: 0,
+            http: None,
         };
-        match self.request(&req).await? {
+        self.ok(&req).await
+    }
+
+    /// Sends `weight` percent of new connections to `canary`, the rest to
+    /// `stable`; `http` says whether responses are counted as HTTP.
+    pub(crate) async fn set_canary(
+        &self,
+        stable: &[SocketAddr],
+        canary: &[SocketAddr],
+        weight: u8,
+        http: bool,
+    ) -> Result<(), SwitchError> {
+        let req = Request::Set {
+            backends: stable.to_vec(),
+            drain_ms: 0,
+            canary: canary.to_vec(),
+            weight,
+            http: Some(http),
+        };
+        self.ok(&req).await
+    }
+
+    /// Gives the decision on the canary in progress (refused when none is).
+    pub(crate) async fn decide(&self, decision: Decision) -> Result<(), SwitchError> {
+        self.ok(&Request::Decide { decision }).await
+    }
+
+    async fn ok(&self, req: &Request) -> Result<(), SwitchError> {
+        match self.request(req).await? {
             Reply::Ok => Ok(()),
             Reply::Error { message } => Err(SwitchError::Refused(message)),
             Reply::Status(_) => Err(SwitchError::Refused("unexpected status reply".into())),

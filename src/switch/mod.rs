@@ -13,7 +13,17 @@
 //!   connections go to these backends from now on (round robin; a backend
 //!   that refuses a connection is skipped for the next one); connections to
 //!   backends no longer in the set may finish for `drain_ms`, then are cut;
-//! - `{"op":"status"}`: the port, the live set and the counters;
+//!   A `set` may carry a second group, the canary:
+//!   `{"op":"set","backends":[…],"canary":["127.0.0.1:41300"],"weight":10,"http":true}`:
+//!   `weight` percent of new connections go to the canary group, the rest to
+//!   `backends` (the stable group), by smooth weighted round robin (exact over
+//!   every 100 connections); `http` says the port speaks HTTP/1.x, so that
+//!   the switch counts each response by class and times it (to its head);
+//! - `{"op":"status"}`: the port, the groups, the weight and the counters
+//!   (per backend and per group);
+//! - `{"op":"decide","decision":"promote"}` (or `"abort"`): the decision on
+//!   the canary in progress, which the `apply` run that set it polls
+//!   (`deploy-code promote` / `abort`); refused when no canary is set;
 //! - `{"op":"stop"}`: the switch closes its port and exits.
 //!
 //! An instance behind a switch listens on a private port: a process is given
@@ -21,20 +31,23 @@
 //! keeps its `container_port` and is reached at its address on its network.
 
 pub mod client;
+pub(crate) mod traffic;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Notify;
 
 pub use client::{SwitchClient, SwitchError};
+pub use traffic::Counters;
+use traffic::{Group, ResponseScanner, Weighted};
 
 /// The hidden subcommand that runs a switch.
 pub(crate) const ARG: &str = "__switch";
@@ -59,9 +72,38 @@ pub enum Request {
         backends: Vec<SocketAddr>,
         #[serde(default)]
         drain_ms: u64,
+        /// The canary group (empty: none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        canary: Vec<SocketAddr>,
+        /// The canary group's share of new connections, percent.
+        #[serde(default)]
+        weight: u8,
+        /// Whether the port speaks HTTP (`None`: as before).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        http: Option<bool>,
     },
     Status,
+    Decide {
+        decision: Decision,
+    },
     Stop,
+}
+
+/// The decision on a canary in progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Skip the remaining pauses: the new set takes every connection.
+    Promote,
+    /// Fail the step: the change set rolls back.
+    Abort,
+}
+
+/// The counters of the two groups.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Groups {
+    pub stable: Counters,
+    pub canary: Counters,
 }
 
 /// What a switch says about itself.
@@ -80,6 +122,37 @@ pub struct Status {
     pub failed: u64,
     /// Connections forwarded, by backend.
     pub forwarded: HashMap<SocketAddr, u64>,
+    /// The canary group (empty: none).
+    #[serde(default)]
+    pub canary: Vec<SocketAddr>,
+    /// The canary group's share of new connections, percent.
+    #[serde(default)]
+    pub weight: u8,
+    /// Whether responses are counted as HTTP.
+    #[serde(default)]
+    pub http: bool,
+    /// The decision given on the canary in progress, not yet acted on.
+    #[serde(default)]
+    pub decision: Option<Decision>,
+    /// What was counted, by backend, since the switch started.
+    #[serde(default)]
+    pub counters: HashMap<SocketAddr, Counters>,
+    /// The same, summed over the current groups' backends.
+    #[serde(default)]
+    pub groups: Groups,
+}
+
+impl Status {
+    /// The counters summed over `backends`.
+    pub(crate) fn sum(&self, backends: &[SocketAddr]) -> Counters {
+        let mut c = Counters::default();
+        for b in backends {
+            if let Some(x) = self.counters.get(b) {
+                c.add(x);
+            }
+        }
+        c
+    }
 }
 
 /// A reply on the control socket.
@@ -87,7 +160,7 @@ pub struct Status {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub(crate) enum Reply {
     Ok,
-    Status(Status),
+    Status(Box<Status>),
     Error { message: String },
 }
 
@@ -99,7 +172,14 @@ struct Conn {
 struct Shared {
     listen: String,
     backends: Mutex<Vec<SocketAddr>>,
+    canary: Mutex<Vec<SocketAddr>>,
+    weight: AtomicU8,
+    weighted: Mutex<Weighted>,
+    http: AtomicBool,
+    decision: Mutex<Option<Decision>>,
+    counters: Mutex<HashMap<SocketAddr, Counters>>,
     next: AtomicUsize,
+    next_canary: AtomicUsize,
     ids: AtomicU64,
     conns: Mutex<HashMap<u64, Conn>>,
     accepted: AtomicU64,
@@ -114,7 +194,7 @@ impl Shared {
         for c in self.conns.lock().expect("conns").values() {
             *active.entry(c.backend).or_default() += 1;
         }
-        Status {
+        let mut s = Status {
             pid: std::process::id(),
             listen: self.listen.clone(),
             backends: self.backends.lock().expect("backends").clone(),
@@ -122,17 +202,57 @@ impl Shared {
             accepted: self.accepted.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             forwarded: self.forwarded.lock().expect("forwarded").clone(),
+            canary: self.canary.lock().expect("canary").clone(),
+            weight: self.weight.load(Ordering::Relaxed),
+            http: self.http.load(Ordering::Relaxed),
+            decision: *self.decision.lock().expect("decision"),
+            counters: self.counters.lock().expect("counters").clone(),
+            groups: Groups::default(),
+        };
+        s.groups = Groups {
+            stable: s.sum(&s.backends),
+            canary: s.sum(&s.canary),
+        };
+        s
+    }
+
+    /// The backends to try for the next connection, the chosen one first:
+    /// the chosen group's (round robin within it), then the other's.
+    fn order(&self) -> Vec<SocketAddr> {
+        let stable = self.backends.lock().expect("backends").clone();
+        let canary = self.canary.lock().expect("canary").clone();
+        let rotate = |set: &[SocketAddr], next: &AtomicUsize| -> Vec<SocketAddr> {
+            if set.is_empty() {
+                return Vec::new();
+            }
+            let first = next.fetch_add(1, Ordering::Relaxed) % set.len();
+            set[first..].iter().chain(&set[..first]).copied().collect()
+        };
+        if canary.is_empty() {
+            return rotate(&stable, &self.next);
+        }
+        let group = self
+            .weighted
+            .lock()
+            .expect("weighted")
+            .pick(self.weight.load(Ordering::Relaxed));
+        let (s, c) = (
+            rotate(&stable, &self.next),
+            rotate(&canary, &self.next_canary),
+        );
+        match group {
+            Group::Stable => s.into_iter().chain(c).collect(),
+            Group::Canary => c.into_iter().chain(s).collect(),
         }
     }
 
-    /// The backends to try for the next connection, the chosen one first.
-    fn order(&self) -> Vec<SocketAddr> {
-        let set = self.backends.lock().expect("backends").clone();
-        if set.is_empty() {
-            return set;
-        }
-        let first = self.next.fetch_add(1, Ordering::Relaxed) % set.len();
-        set[first..].iter().chain(&set[..first]).copied().collect()
+    fn count(&self, backend: SocketAddr, f: impl FnOnce(&mut Counters)) {
+        f(self
+            .counters
+            .lock()
+            .expect("counters")
+            .entry(backend)
+            .or_default());
     }
 }
 
@@ -224,7 +344,14 @@ async fn serve(args: &Args) -> Result<(), String> {
     let shared = Arc::new(Shared {
         listen: args.listen.clone(),
         backends: Mutex::new(Vec::new()),
+        canary: Mutex::new(Vec::new()),
+        weight: AtomicU8::new(0),
+        weighted: Mutex::new(Weighted::default()),
+        http: AtomicBool::new(false),
+        decision: Mutex::new(None),
+        counters: Mutex::new(HashMap::new()),
         next: AtomicUsize::new(0),
+        next_canary: AtomicUsize::new(0),
         ids: AtomicU64::new(0),
         conns: Mutex::new(HashMap::new()),
         accepted: AtomicU64::new(0),
@@ -268,6 +395,7 @@ async fn forward(shared: Arc<Shared>, mut inbound: TcpStream) {
             chosen = Some((addr, s));
             break;
         }
+        shared.count(addr, |c| c.failed_connects += 1);
     }
     let Some((addr, mut outbound)) = chosen else {
         shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -280,10 +408,15 @@ async fn forward(shared: Arc<Shared>, mut inbound: TcpStream) {
         .expect("forwarded")
         .entry(addr)
         .or_default() += 1;
+    shared.count(addr, |c| c.connections += 1);
     let id = shared.ids.fetch_add(1, Ordering::Relaxed);
-    let task = tokio::spawn(async move {
-        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-    });
+    let task = if shared.http.load(Ordering::Relaxed) {
+        tokio::spawn(forward_http(shared.clone(), addr, inbound, outbound))
+    } else {
+        tokio::spawn(async move {
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        })
+    };
     shared.conns.lock().expect("conns").insert(
         id,
         Conn {
@@ -293,6 +426,59 @@ async fn forward(shared: Arc<Shared>, mut inbound: TcpStream) {
     );
     let _ = task.await;
     shared.conns.lock().expect("conns").remove(&id);
+}
+
+/// Forwards an HTTP connection byte for byte, counting each response head
+/// on the way back (its class, and the time since the request's first byte).
+async fn forward_http(
+    shared: Arc<Shared>,
+    backend: SocketAddr,
+    inbound: TcpStream,
+    outbound: TcpStream,
+) {
+    let (client_read, client_write) = inbound.into_split();
+    let (backend_read, backend_write) = outbound.into_split();
+    let asked: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let asked_up = asked.clone();
+    let up = pump(client_read, backend_write, move |_| {
+        let mut a = asked_up.lock().expect("asked");
+        if a.is_none() {
+            *a = Some(Instant::now());
+        }
+    });
+    let mut scanner = ResponseScanner::default();
+    let down = pump(backend_read, client_write, move |bytes| {
+        scanner.feed(bytes, |code| {
+            let latency = asked
+                .lock()
+                .expect("asked")
+                .take()
+                .map(|t| t.elapsed().as_millis() as u64);
+            shared.count(backend, |c| c.response(code, latency));
+        });
+    });
+    tokio::join!(up, down);
+}
+
+/// Copies `from` to `to` until either ends, showing each piece to `seen`
+/// first; then shuts `to` down (as `copy_bidirectional` does).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut seen: impl FnMut(&[u8]),
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        seen(&buf[..n]);
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 async fn control_conn(shared: Arc<Shared>, stream: UnixStream) {
@@ -306,14 +492,46 @@ async fn control_conn(shared: Arc<Shared>, stream: UnixStream) {
                 },
                 false,
             ),
-            Ok(Request::Status) => (Reply::Status(shared.status()), false),
+            Ok(Request::Status) => (Reply::Status(Box::new(shared.status())), false),
             Ok(Request::Stop) => (Reply::Ok, true),
-            Ok(Request::Set { backends, drain_ms }) => {
-                *shared.backends.lock().expect("backends") = backends.clone();
+            Ok(Request::Decide { decision }) => {
+                if shared.canary.lock().expect("canary").is_empty() {
+                    (
+                        Reply::Error {
+                            message: "no canary is in progress on this switch".into(),
+                        },
+                        false,
+                    )
+                } else {
+                    *shared.decision.lock().expect("decision") = Some(decision);
+                    (Reply::Ok, false)
+                }
+            }
+            Ok(Request::Set {
+                backends,
+                drain_ms,
+                canary,
+                weight,
+                http,
+            }) => {
+                {
+                    // One lock order for a consistent view: backends, then canary.
+                    let mut b = shared.backends.lock().expect("backends");
+                    let mut c = shared.canary.lock().expect("canary");
+                    *b = backends.clone();
+                    *c = canary;
+                    shared.weight.store(weight.min(100), Ordering::Relaxed);
+                    *shared.weighted.lock().expect("weighted") = Weighted::default();
+                    *shared.decision.lock().expect("decision") = None;
+                }
+                if let Some(h) = http {
+                    shared.http.store(h, Ordering::Relaxed);
+                }
                 let s = shared.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(drain_ms)).await;
-                    let live = s.backends.lock().expect("backends").clone();
+                    let mut live = s.backends.lock().expect("backends").clone();
+                    live.extend(s.canary.lock().expect("canary").iter().copied());
                     let conns = s.conns.lock().expect("conns");
                     for c in conns.values().filter(|c| !live.contains(&c.backend)) {
                         c.abort.abort();

@@ -1,5 +1,6 @@
 //! Integration tests of `apply`: real processes, real HTTP endpoints on 127.0.0.1.
 
+mod canary;
 mod cli;
 mod common;
 mod edges;
