@@ -175,7 +175,7 @@ impl Exec<'_> {
             .push(Undo::Rollout(undo.clone()));
         let n = after.replicas.max(1);
         let handles = self
-            .start_some(after, &change.gpus, Some(0..n), "start")
+            .start_some(after, &change.gpus, Some(0..n), crate::state::IntentAction::Start)
             .await
             .map_err(fail)?;
         undo.lock()
@@ -222,7 +222,7 @@ impl Exec<'_> {
         self.point(after, &handles, Some(&old.spec), &[], &old.handles)
             .await
             .map_err(fail)?;
-        self.stop(&old.spec, &old.handles, "stop")
+        self.stop(&old.spec, &old.handles, crate::state::IntentAction::Stop)
             .await
             .map_err(fail)?;
         undo.lock()
@@ -256,10 +256,12 @@ impl Exec<'_> {
                 s.event(
                     self.revision,
                     Some(service),
-                    "canary",
+                    crate::state::EventKind::Canary,
                     match verdict {
-                        CanaryVerdict::Fail | CanaryVerdict::Aborted => "failed",
-                        _ => "succeeded",
+                        CanaryVerdict::Fail | CanaryVerdict::Aborted => {
+                            crate::state::EventOutcome::Failed
+                        }
+                        _ => crate::state::EventOutcome::Succeeded,
                     },
                     &format!("step {n}/{total} at {} %: {detail}", step.weight),
                 )
@@ -280,7 +282,7 @@ impl Exec<'_> {
                 s.record_intent(
                     self.revision,
                     service,
-                    "switch-set",
+                    crate::state::IntentAction::SwitchSet,
                     &serde_json::json!({
                         "port": g.client.port,
                         "backends": g.stable,

@@ -239,6 +239,8 @@ pub enum EventKind {
     Restart,
     /// A call to the server (`serve`).
     Audit,
+    /// A canary step's verdict.
+    Canary,
 }
 
 impl EventKind {
@@ -254,6 +256,7 @@ impl EventKind {
             EventKind::Forget => "forget",
             EventKind::Restart => "restart",
             EventKind::Audit => "audit",
+            EventKind::Canary => "canary",
         }
     }
 }
