@@ -1065,6 +1065,7 @@ mod tests {
             labels: BTreeMap::new(),
             network: None,
             behind_switch: false,
+            swarm_update: None,
         }
     }
 

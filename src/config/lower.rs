@@ -409,6 +409,7 @@ impl Lowering<'_> {
                 .help("only `strategy: BlueGreen` and `strategy: RollingUpdate` put services behind a traffic switch that drains; remove the key or change the strategy"),
             );
         }
+        let rolling = self.rolling(&d, out);
         let deployment = DeploymentSettings {
             strategy: match d.strategy {
                 Some(schema::Strategy::Sequential) => Strategy::Sequential,
@@ -426,6 +427,7 @@ impl Lowering<'_> {
                 .unwrap_or(dd.rollback_timeout_seconds),
             stop_grace_seconds: d.stop_grace_seconds.unwrap_or(dd.stop_grace_seconds),
             drain_seconds: d.drain_seconds.unwrap_or(dd.drain_seconds),
+            rolling,
         };
         let n = infra.network.clone().unwrap_or_default();
         let nd = NetworkSettings::default();
@@ -1135,6 +1137,9 @@ impl Lowering<'_> {
         let behind_switch = self.behind_switch(
             entry, sname, backend, workload, host_net, &ports, settings, out,
         );
+        let swarm_update = (backend == BackendKind::Swarm)
+            .then(|| self.swarm_update(entry, sname, health_check.as_ref(), &ports, settings, out))
+            .flatten();
         if out.len() > start {
             return None;
         }
@@ -1172,7 +1177,95 @@ impl Lowering<'_> {
                 BackendKind::Docker | BackendKind::Swarm => settings.network.name.clone(),
             },
             behind_switch,
+            swarm_update,
         })
+    }
+
+    /// A Swarm service's update policy from the strategy (`None` when it is
+    /// `Hybrid`'s); `rolling.max_unavailable` is refused where Swarm would
+    /// ignore it (with `max_surge` above 0, Swarm starts first and stops
+    /// nothing early).
+    fn swarm_update(
+        &self,
+        entry: &Entry<'_>,
+        sname: &str,
+        health_check: Option<&HealthCheck>,
+        ports: &[PortSpec],
+        settings: &Settings,
+        out: &mut Vec<Problem>,
+    ) -> Option<crate::model::SwarmUpdate> {
+        let dep = &settings.deployment;
+        let fixed = ports.iter().any(|p| p.host_port.is_some());
+        if dep.strategy == Strategy::RollingUpdate
+            && dep.rolling.max_surge > 0
+            && dep.rolling.max_unavailable > 0
+        {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    format!(
+                        "`rolling.max_unavailable` has no effect on `{sname}`, a Swarm service, while `max_surge` is above 0: Swarm then starts each new task first and stops no old one early"
+                    ),
+                )
+                .label(
+                    span_of(self.root, &["deployment", "rolling", "max_unavailable"])
+                        .unwrap_or(0..0),
+                    "ignored by Swarm",
+                )
+                .label(entry.key.span.clone(), "this service")
+                .help("on Swarm write either `max_surge` (tasks started first, that many at once) or `max_surge: 0` with `max_unavailable` (tasks stopped first)"),
+            );
+        }
+        let min_healthy = health_check.map_or(0, |h| h.min_healthy_seconds);
+        let update =
+            crate::model::SwarmUpdate::for_strategy(dep.strategy, dep.rolling, min_healthy, fixed);
+        (update != crate::model::SwarmUpdate::hybrid(fixed)).then_some(update)
+    }
+
+    /// `deployment.rolling`, refused under another strategy than
+    /// `RollingUpdate` and when it would replace nothing at a time.
+    fn rolling(
+        &self,
+        d: &schema::Deployment,
+        out: &mut Vec<Problem>,
+    ) -> crate::model::RollingSettings {
+        let dr = crate::model::RollingSettings::default();
+        let Some(r) = &d.rolling else {
+            return dr;
+        };
+        let at = |key: &[&str]| {
+            let mut path = vec!["deployment", "rolling"];
+            path.extend_from_slice(key);
+            span_of(self.root, &path)
+                .or_else(|| span_of(self.root, &["deployment", "rolling"]))
+                .unwrap_or(0..0)
+        };
+        if d.strategy != Some(schema::Strategy::RollingUpdate) {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`deployment.rolling` has no effect without `strategy: RollingUpdate`",
+                )
+                .label(at(&[]), "would have no effect")
+                .help("`max_surge` and `max_unavailable` size the steps of a rolling update; remove the key or write `strategy: RollingUpdate`"),
+            );
+        }
+        let rolling = crate::model::RollingSettings {
+            max_surge: r.max_surge.unwrap_or(dr.max_surge),
+            max_unavailable: r.max_unavailable.unwrap_or(dr.max_unavailable),
+        };
+        if rolling.max_surge == 0 && rolling.max_unavailable == 0 {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`deployment.rolling` with `max_surge: 0` and `max_unavailable: 0` can replace no replica",
+                )
+                .label(at(&["max_surge"]), "no extra replica")
+                .label(at(&["max_unavailable"]), "and none stopped first")
+                .help("allow at least one extra replica (`max_surge: 1`, the default) or one stopped first (`max_unavailable: 1`)"),
+            );
+        }
+        rolling
     }
 
     /// Whether a service runs behind a traffic switch: under `BlueGreen` or
@@ -1206,13 +1299,9 @@ impl Lowering<'_> {
             );
         };
         if backend == BackendKind::Swarm {
-            refuse(
-                format!(
-                    "`strategy: {name}` has no effect on `{sname}`, a Swarm service: Swarm rolls its services out itself"
-                ),
-                "run the service on the `process` or `docker` backend, or use `Hybrid`, `Sequential` or `Parallel`",
-                out,
-            );
+            // Swarm rolls its services out itself, by the update policy the
+            // strategy gives it (`swarm_update`); its routing mesh holds the
+            // published ports.
             return false;
         }
         let fixed: Vec<&PortSpec> = ports.iter().filter(|p| p.host_port.is_some()).collect();

@@ -246,6 +246,17 @@ pub struct Deployment {
     pub stop_grace_seconds: Option<u64>,
     /// Seconds a traffic switch lets the connections of instances it no longer sends new ones to finish before they stop (RollingUpdate and BlueGreen only). Default 5.
     pub drain_seconds: Option<u64>,
+    /// RollingUpdate only: how many replicas are replaced at once.
+    pub rolling: Option<Rolling>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rolling {
+    /// New replicas that may run beyond `replicas` during a rolling update, each gated before an old one stops (Kubernetes' `maxSurge`; on Swarm: tasks updated at once, start-first). Default 1.
+    pub max_surge: Option<u32>,
+    /// Old replicas that may stop before their successors pass their gate (Kubernetes' `maxUnavailable`; on Swarm, with `max_surge: 0`: tasks updated at once, stop-first). Default 0; not both 0.
+    pub max_unavailable: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
