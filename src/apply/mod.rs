@@ -118,6 +118,8 @@ struct Exec<'a> {
     strategy: crate::model::Strategy,
     /// How long a switch lets old connections finish.
     drain: Duration,
+    /// `RollingUpdate`: replicas replaced at once.
+    rolling: crate::model::RollingSettings,
 }
 
 pub use crate::clock::now_rfc3339;
@@ -192,6 +194,7 @@ pub async fn execute(
         state_path,
         strategy: dep.strategy,
         drain: rollout::drain_of(dep.drain_seconds),
+        rolling: dep.rolling,
         store: Mutex::new(store),
         backends,
         ctx,

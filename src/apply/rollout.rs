@@ -6,9 +6,12 @@
 //! new set at once; the old set's connections drain (at most
 //! `deployment.drain_seconds`) and it stops.
 //!
-//! `RollingUpdate`: replica by replica: the new replica starts and passes its
-//! gate (held `min_healthy_seconds`), joins the switch's set in place of the
-//! old replica of the same index, which drains and stops; then the next.
+//! `RollingUpdate`: in steps of `max_surge + max_unavailable` replicas
+//! (`deployment.rolling`; one by default): up to `max_unavailable` old
+//! replicas of the step leave the switch, drain and stop first; the step's
+//! new replicas start and pass their gate (held `min_healthy_seconds`), join
+//! the switch's set in place of the old replicas of the same indexes, which
+//! drain and stop; then the next step.
 //!
 //! Undo: a rollout records what it started and what it stopped as it goes;
 //! the rollback restarts the old replicas it stopped, points the switches
@@ -263,18 +266,45 @@ impl Exec<'_> {
             .expect("undo")
             .push(Undo::Rollout(undo.clone()));
         let n = after.replicas.max(1);
-        let batches: Vec<std::ops::Range<u32>> =
-            if self.strategy == Strategy::RollingUpdate && old.is_some() {
-                (0..n).map(|i| i..i + 1).collect()
-            } else {
-                std::iter::once(0..n).collect()
-            };
+        let rolling = self.strategy == Strategy::RollingUpdate && old.is_some();
+        let (batches, unavailable): (Vec<std::ops::Range<u32>>, usize) = if rolling {
+            (
+                batches(n, self.rolling.max_surge, self.rolling.max_unavailable),
+                self.rolling.max_unavailable as usize,
+            )
+        } else {
+            (std::iter::once(0..n).collect(), 0)
+        };
         let old_spec = old.as_ref().map(|r| r.spec.clone());
         let mut old_live: Vec<Handle> = old.as_ref().map(|r| r.handles.clone()).unwrap_or_default();
         old_live.sort_by_key(replica_of);
         let mut new_live: Vec<Handle> = Vec::new();
         let last = batches.len().saturating_sub(1);
         for (i, batch) in batches.into_iter().enumerate() {
+            // Up to `max_unavailable` old replicas of this batch's indexes
+            // leave the switches, drain and stop before their successors
+            // start.
+            if let (Some(spec), true) = (&old_spec, unavailable > 0) {
+                let (early, staying): (Vec<Handle>, Vec<Handle>) = {
+                    let mut taken = 0;
+                    old_live.iter().cloned().partition(|h| {
+                        let take = taken < unavailable && batch.contains(&replica_of(h));
+                        taken += usize::from(take);
+                        take
+                    })
+                };
+                if !early.is_empty() {
+                    self.point(after, &new_live, Some(spec), &staying, &early)
+                        .await
+                        .map_err(fail)?;
+                    self.stop(spec, &early, "stop").await.map_err(fail)?;
+                    undo.lock()
+                        .expect("rollout")
+                        .stopped
+                        .extend(early.iter().cloned());
+                    old_live = staying;
+                }
+            }
             let handles = self
                 .start_some(after, &change.gpus, Some(batch.clone()), "start")
                 .await
@@ -417,6 +447,19 @@ impl Exec<'_> {
     }
 }
 
+/// The replica indexes a rolling update of `n` replicas starts at a time:
+/// `max_surge + max_unavailable` each (at least one), so that with the
+/// `max_unavailable` old replicas stopped first and the rest after their
+/// successors passed their gates, between `n - max_unavailable` and
+/// `n + max_surge` instances run throughout.
+pub(crate) fn batches(n: u32, max_surge: u32, max_unavailable: u32) -> Vec<std::ops::Range<u32>> {
+    let step = max_surge.saturating_add(max_unavailable).max(1);
+    (0..n)
+        .step_by(step as usize)
+        .map(|i| i..i.saturating_add(step).min(n))
+        .collect()
+}
+
 /// How long the switches let old connections finish.
 pub(super) fn drain_of(seconds: u64) -> Duration {
     Duration::from_secs(seconds)
@@ -437,5 +480,19 @@ pub(super) fn is_rollout(strategy: Strategy, change: &Change, after: &ServiceSpe
                         .is_some_and(|b| super::stops_first(b, after)))
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batches;
+
+    #[test]
+    fn steps_of_surge_plus_unavailable() {
+        assert_eq!(batches(3, 1, 0), vec![0..1, 1..2, 2..3]);
+        assert_eq!(batches(4, 2, 0), vec![0..2, 2..4]);
+        assert_eq!(batches(5, 2, 1), vec![0..3, 3..5]);
+        assert_eq!(batches(2, 0, 1), vec![0..1, 1..2]);
+        assert_eq!(batches(1, 5, 5), vec![0..1]);
     }
 }

@@ -296,6 +296,131 @@ fn rolling_and_blue_green_replace_in_different_orders() {
     assert_eq!(orders[1].1, "start,stop", "{orders:?}");
 }
 
+/// `RollingUpdate` of 4 replicas with `deployment.rolling` as written:
+/// (max_surge, max_unavailable). The started and stopped instances of the
+/// run (its events, in order) keep the live count within
+/// [replicas - max_unavailable, replicas + max_surge]; the settings give
+/// different orders; the port answers throughout when nothing may stop
+/// early, and the new version serves afterwards.
+#[test]
+fn max_surge_and_max_unavailable_bound_the_live_instances() {
+    const N: i64 = 4;
+    let mut orders = Vec::new();
+    for (surge, unavailable) in [(1, 0), (2, 0), (0, 1), (1, 1)] {
+        let site = Site::new("rollout-surge");
+        let _cleanup = Cleanup(&site);
+        let port = super::common::free_port();
+        let header = site.header().replace(
+            "deployment:\n",
+            &format!(
+                "deployment:\n  strategy: RollingUpdate\n  drain_seconds: 1\n  rolling: {{max_surge: {surge}, max_unavailable: {unavailable}}}\n"
+            ),
+        );
+        let config = format!(
+            r#"{header}  web:
+    replicas: {N}
+    command: python3
+    args: ["-c", "import os, functools, http.server as h; h.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), functools.partial(h.SimpleHTTPRequestHandler, directory=os.environ['SITE'])).serve_forever()"]
+    env: {{SITE: "{{{{ env('SITE') }}}}"}}
+    ports: [{{container_port: 8080, host_port: {port}}}]
+    health_check: {{endpoint: /, interval_seconds: 1}}
+"#
+        );
+        site.write(&config);
+        let (code, out) = apply_with_site(&site, &site_dir(&site, "v1"));
+        assert_eq!(code, 0, "{out}");
+        let requests = Loop::start(port);
+        assert!(wait_until(Duration::from_secs(5), || serves(port).is_some()));
+        let (code, out) = site.run_with(
+            &["apply", "--auto-approve", "--format", "json"],
+            &[("SITE", site_dir(&site, "v2").to_str().unwrap())],
+        );
+        let (ok, failed, seen) = requests.finish();
+        assert_eq!(code, 0, "{out}");
+        assert!(ok > 0, "the loop ran");
+        if unavailable == 0 {
+            assert_eq!(failed, 0, "({surge}, 0): failed requests: {seen:?}");
+        }
+        assert_eq!(serves(port).as_deref(), Some("v2"), "{out}");
+        let (mut live, mut low, mut high) = (N, N, N);
+        let mut order = Vec::new();
+        for v in out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            let n = v["handles"].as_array().map_or(0, Vec::len) as i64;
+            match v["event"].as_str() {
+                Some("instance_started") => {
+                    live += n;
+                    order.push(format!("+{n}"));
+                }
+                Some("instance_stopped") => {
+                    live -= n;
+                    order.push(format!("-{n}"));
+                }
+                _ => continue,
+            }
+            low = low.min(live);
+            high = high.max(live);
+        }
+        assert_eq!(live, N, "({surge}, {unavailable}): {order:?}");
+        assert!(
+            low >= N - unavailable && high <= N + surge,
+            "({surge}, {unavailable}): live between {low} and {high}: {order:?}"
+        );
+        // Each setting uses all the room it is given.
+        assert_eq!(
+            (low, high),
+            (N - unavailable, N + surge),
+            "({surge}, {unavailable}): {order:?}"
+        );
+        assert_eq!(site.recorded().len(), N as usize, "{out}");
+        orders.push(order.join(","));
+    }
+    assert_eq!(orders[0], "+1,-1,+1,-1,+1,-1,+1,-1", "{orders:?}");
+    assert_eq!(orders[1], "+2,-2,+2,-2", "{orders:?}");
+    assert_eq!(orders[2], "-1,+1,-1,+1,-1,+1,-1,+1", "{orders:?}");
+    assert_eq!(orders[3], "-1,+2,-1,-1,+2,-1", "{orders:?}");
+}
+
+/// `validate` refuses `rolling` under another strategy, and settings that
+/// replace nothing at a time.
+#[test]
+fn rolling_settings_that_cannot_work_are_refused() {
+    let site = Site::new("rollout-refuse");
+    let service = "  web:\n    command: python3\n    args: [\"-m\", \"http.server\"]\n    ports: [{container_port: 8080, host_port: 18399}]\n";
+    for (deployment, says) in [
+        (
+            "  strategy: BlueGreen\n  rolling: {max_surge: 2}\n",
+            "has no effect without `strategy: RollingUpdate`",
+        ),
+        (
+            "  rolling: {max_surge: 2}\n",
+            "has no effect without `strategy: RollingUpdate`",
+        ),
+        (
+            "  strategy: RollingUpdate\n  rolling: {max_surge: 0, max_unavailable: 0}\n",
+            "can replace no replica",
+        ),
+    ] {
+        let header = site
+            .header()
+            .replace("deployment:\n", &format!("deployment:\n{deployment}"));
+        site.write(&format!("{header}{service}"));
+        let (code, out) = site.run(&["validate"]);
+        assert_ne!(code, 0, "{deployment}: {out}");
+        assert!(out.contains(says), "{deployment}: {out}");
+        assert!(out.contains("E002"), "{deployment}: {out}");
+    }
+    let header = site.header().replace(
+        "deployment:\n",
+        "deployment:\n  strategy: RollingUpdate\n  rolling: {max_surge: 0, max_unavailable: 2}\n",
+    );
+    site.write(&format!("{header}{service}"));
+    let (code, out) = site.run(&["validate"]);
+    assert_eq!(code, 0, "{out}");
+}
+
 /// The whole change set rolls back: a service whose blue-green rollout
 /// completed (its old set stopped) gets its old set back, serving through
 /// the same switch, when a later phase fails; the port never stops
