@@ -818,6 +818,18 @@ pub struct DeploymentSettings {
     /// `RollingUpdate`: replicas replaced at once.
     #[serde(default)]
     pub rolling: RollingSettings,
+    /// `BlueGreen`: how long the old set is kept after the flip.
+    #[serde(default)]
+    pub blue_green: BlueGreenSettings,
+}
+
+/// `deployment.blue_green`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlueGreenSettings {
+    /// Seconds the old set keeps running, out of the switches' sets, after
+    /// the switches moved to the new one: `rollback` in that window flips
+    /// back to it without a restart. 0 stops it once drained.
+    pub keep_seconds: u64,
 }
 
 fn default_drain() -> u64 {
@@ -836,6 +848,7 @@ impl Default for DeploymentSettings {
             stop_grace_seconds: 10,
             drain_seconds: default_drain(),
             rolling: RollingSettings::default(),
+            blue_green: BlueGreenSettings::default(),
         }
     }
 }

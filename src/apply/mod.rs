@@ -19,7 +19,7 @@ mod events;
 pub mod health;
 pub mod reconcile;
 mod rollback;
-mod rollout;
+pub(crate) mod rollout;
 mod secrets;
 mod steps;
 
@@ -120,6 +120,8 @@ struct Exec<'a> {
     drain: Duration,
     /// `RollingUpdate`: replicas replaced at once.
     rolling: crate::model::RollingSettings,
+    /// `BlueGreen`: how long an old set is kept after the flip.
+    keep: Duration,
 }
 
 pub use crate::clock::now_rfc3339;
@@ -195,6 +197,7 @@ pub async fn execute(
         strategy: dep.strategy,
         drain: rollout::drain_of(dep.drain_seconds),
         rolling: dep.rolling,
+        keep: Duration::from_secs(dep.blue_green.keep_seconds),
         store: Mutex::new(store),
         backends,
         ctx,

@@ -347,6 +347,23 @@ impl Lowering<'_> {
             );
         }
 
+        if settings.deployment.blue_green.keep_seconds > 0
+            && !specs.is_empty()
+            && !specs.values().any(|s| s.behind_switch)
+        {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`blue_green.keep_seconds` has no effect: no service runs behind a traffic switch",
+                )
+                .label(
+                    span_of(self.root, &["deployment", "blue_green", "keep_seconds"])
+                        .unwrap_or(0..0),
+                    "would have no effect",
+                )
+                .help("only a long-running process or container (not a Swarm service) with a fixed TCP `host_port` runs behind a switch that can flip back to a kept set; remove the key"),
+            );
+        }
         if out.len() > start {
             return None;
         }
@@ -428,6 +445,7 @@ impl Lowering<'_> {
             stop_grace_seconds: d.stop_grace_seconds.unwrap_or(dd.stop_grace_seconds),
             drain_seconds: d.drain_seconds.unwrap_or(dd.drain_seconds),
             rolling,
+            blue_green: self.blue_green(&d, out),
         };
         let n = infra.network.clone().unwrap_or_default();
         let nd = NetworkSettings::default();
@@ -1266,6 +1284,34 @@ impl Lowering<'_> {
             );
         }
         rolling
+    }
+
+    /// `deployment.blue_green`, refused under another strategy than
+    /// `BlueGreen`.
+    fn blue_green(
+        &self,
+        d: &schema::Deployment,
+        out: &mut Vec<Problem>,
+    ) -> crate::model::BlueGreenSettings {
+        let Some(b) = &d.blue_green else {
+            return crate::model::BlueGreenSettings::default();
+        };
+        if d.strategy != Some(schema::Strategy::BlueGreen) {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`deployment.blue_green` has no effect without `strategy: BlueGreen`",
+                )
+                .label(
+                    span_of(self.root, &["deployment", "blue_green"]).unwrap_or(0..0),
+                    "would have no effect",
+                )
+                .help("`keep_seconds` keeps the old set of a blue-green rollout for a flip back; remove the key or write `strategy: BlueGreen`"),
+            );
+        }
+        crate::model::BlueGreenSettings {
+            keep_seconds: b.keep_seconds.unwrap_or(0),
+        }
     }
 
     /// Whether a service runs behind a traffic switch: under `BlueGreen` or

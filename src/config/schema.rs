@@ -248,6 +248,15 @@ pub struct Deployment {
     pub drain_seconds: Option<u64>,
     /// RollingUpdate only: how many replicas are replaced at once.
     pub rolling: Option<Rolling>,
+    /// BlueGreen only: how long the old set is kept after the flip.
+    pub blue_green: Option<BlueGreen>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlueGreen {
+    /// Seconds the old set of a service behind a traffic switch keeps running, out of the switch's set, after the switch moved to the new set; `deploy-code rollback` in that window flips the switch back to it at once, without a restart. `apply` waits the window out, then stops the old set. Default 0: the old set stops once drained.
+    pub keep_seconds: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
