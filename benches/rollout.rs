@@ -4,10 +4,12 @@
 //!
 //! `cargo bench --bench rollout` (loopback only; it stops by itself).
 //! `DEPLOY_CODE_BENCH_UPDATES` (default 20) sets the number of updates,
-//! `DEPLOY_CODE_BENCH_RATE` (default 500) the requests per second.
+//! `DEPLOY_CODE_BENCH_RATE` (default 500) the requests per second,
+//! `DEPLOY_CODE_BENCH_ONLY` measures only the rows whose label contains it.
 //! `Hybrid` is the comparison point: the replace stops the old instance
 //! first because it holds the port. Containers are measured when a Docker
-//! engine answers.
+//! engine answers; `docker-compose up -d` recreating the same container is
+//! the outside comparison point, when `docker-compose` is installed.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -75,7 +77,52 @@ fn quantile(sorted: &[u64], q: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-fn config(project: &str, strategy: &str, port: u16, docker: bool) -> String {
+/// One measured setting: the strategy, what `deployment` adds to it, and
+/// the service's replicas.
+#[derive(Clone, Copy)]
+struct Setting {
+    strategy: &'static str,
+    label: &'static str,
+    deployment: &'static str,
+    replicas: u32,
+}
+
+const SETTINGS: &[Setting] = &[
+    Setting {
+        strategy: "BlueGreen",
+        label: "BlueGreen",
+        deployment: "",
+        replicas: 1,
+    },
+    Setting {
+        strategy: "RollingUpdate",
+        label: "RollingUpdate",
+        deployment: "",
+        replicas: 1,
+    },
+    Setting {
+        strategy: "RollingUpdate",
+        label: "RollingUpdate, 3 replicas, max_surge 1",
+        deployment: "",
+        replicas: 3,
+    },
+    Setting {
+        strategy: "RollingUpdate",
+        label: "RollingUpdate, 3 replicas, max_surge 2",
+        deployment: ", rolling: {max_surge: 2}",
+        replicas: 3,
+    },
+    Setting {
+        strategy: "Hybrid",
+        label: "Hybrid (stop-first)",
+        deployment: "",
+        replicas: 1,
+    },
+];
+
+fn config(project: &str, setting: Setting, port: u16, docker: bool) -> String {
+    let strategy = format!("{}{}", setting.strategy, setting.deployment);
+    let replicas = setting.replicas;
     let service = if docker {
         format!(
             "    image: {IMAGE}\n    args: [\"sh\", \"-c\", \"mkdir -p /tmp/w && echo {{{{ env('SITE') }}}} > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w\"]\n"
@@ -95,7 +142,7 @@ fn config(project: &str, strategy: &str, port: u16, docker: bool) -> String {
         )
     };
     format!(
-        "version: \"1.0.0\"\nproject: {project}\n{runtime}deployment: {{strategy: {strategy}, stop_grace_seconds: 2}}\nservices:\n  web:\n{service}    env: {{SITE: \"{{{{ env('SITE') }}}}\"}}\n{port_line}    health_check: {{endpoint: /}}\n"
+        "version: \"1.0.0\"\nproject: {project}\n{runtime}deployment: {{strategy: {strategy}, stop_grace_seconds: 2}}\nservices:\n  web:\n    replicas: {replicas}\n{service}    env: {{SITE: \"{{{{ env('SITE') }}}}\"}}\n{port_line}    health_check: {{endpoint: /}}\n"
     )
 }
 
@@ -112,7 +159,7 @@ fn deploy_code(dir: &Path, site: &str, args: &[&str]) -> bool {
 
 struct Row {
     backend: &'static str,
-    strategy: &'static str,
+    strategy: String,
     requests: u64,
     failed: u64,
     p50: f64,
@@ -121,14 +168,16 @@ struct Row {
     steady_p99: f64,
 }
 
-fn case(backend: &'static str, strategy: &'static str, updates: u64, rate: u64) -> Option<Row> {
+fn case(backend: &'static str, setting: Setting, updates: u64, rate: u64) -> Option<Row> {
     let dir = tempfile::tempdir().ok()?;
     let port = free_port();
     let project = format!(
-        "bench-rollout-{}-{}",
+        "bench-rollout-{}-{}-{}",
         std::process::id(),
-        strategy.to_lowercase()
+        setting.strategy.to_lowercase(),
+        setting.replicas
     );
+    let strategy = setting.label;
     let docker = backend == "docker";
     let site = |n: u64| {
         let d = dir.path().join(format!("v{n}"));
@@ -142,25 +191,15 @@ fn case(backend: &'static str, strategy: &'static str, updates: u64, rate: u64) 
     };
     std::fs::write(
         dir.path().join("deploy-code.yaml"),
-        config(&project, strategy, port, docker),
+        config(&project, setting, port, docker),
     )
     .ok()?;
     if !deploy_code(dir.path(), &site(0), &["apply", "--auto-approve"]) {
         eprintln!("{backend} {strategy}: the first apply failed");
         return None;
     }
-    let measure = |run: &dyn Fn()| {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let t = std::thread::spawn(move || request_loop(port, rate, flag));
-        run();
-        stop.store(true, Ordering::Relaxed);
-        let (mut lat, failed) = t.join().unwrap();
-        lat.sort_unstable();
-        (lat, failed)
-    };
-    let (steady, _) = measure(&|| std::thread::sleep(Duration::from_secs(3)));
-    let (lat, failed) = measure(&|| {
+    let (steady, _) = measure(port, rate, &|| std::thread::sleep(Duration::from_secs(3)));
+    let (lat, failed) = measure(port, rate, &|| {
         for n in 1..=updates {
             deploy_code(dir.path(), &site(n), &["apply", "--auto-approve"]);
         }
@@ -168,7 +207,7 @@ fn case(backend: &'static str, strategy: &'static str, updates: u64, rate: u64) 
     deploy_code(dir.path(), &site(updates), &["destroy", "--auto-approve"]);
     Some(Row {
         backend,
-        strategy,
+        strategy: strategy.to_owned(),
         requests: lat.len() as u64 + failed,
         failed,
         p50: quantile(&lat, 0.5),
@@ -176,6 +215,103 @@ fn case(backend: &'static str, strategy: &'static str, updates: u64, rate: u64) 
         steady_p50: quantile(&steady, 0.5),
         steady_p99: quantile(&steady, 0.99),
     })
+}
+
+/// Runs the request loop against `port` while `run` runs: the sorted
+/// latencies of the answered requests (µs) and the failed ones.
+fn measure(port: u16, rate: u64, run: &dyn Fn()) -> (Vec<u64>, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let t = std::thread::spawn(move || request_loop(port, rate, flag));
+    run();
+    stop.store(true, Ordering::Relaxed);
+    let (mut lat, failed) = t.join().unwrap();
+    lat.sort_unstable();
+    (lat, failed)
+}
+
+/// `docker-compose` (the Debian package, Compose v1) when it is installed.
+fn compose_ready() -> bool {
+    Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The comparison point: the same busybox `httpd` container as a Compose
+/// service on the same host port, recreated by `docker-compose up -d` with a
+/// changed `SITE` (Compose stops the old container, then starts the new one),
+/// each update followed by waiting until the new version answers (30 s at
+/// most), as a deploy script would.
+fn compose_case(updates: u64, rate: u64) -> Option<Row> {
+    let dir = tempfile::tempdir().ok()?;
+    let port = free_port();
+    let project = format!("benchcompose{}", std::process::id());
+    std::fs::write(
+        dir.path().join("docker-compose.yml"),
+        format!(
+            "version: \"2.4\"\nservices:\n  web:\n    image: {IMAGE}\n    command: [\"sh\", \"-c\", \"mkdir -p /tmp/w && echo $$SITE > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w\"]\n    environment:\n      SITE: \"${{SITE}}\"\n    ports: [\"{port}:8080\"]\n    stop_grace_period: 2s\n"
+        ),
+    )
+    .ok()?;
+    let compose = |site: &str, args: &[&str]| {
+        Command::new("docker-compose")
+            .current_dir(dir.path())
+            .args(["-p", &project])
+            .args(args)
+            .env("SITE", site)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let serves = |site: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if body(port).is_some_and(|b| b == site) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    if !(compose("v0", &["up", "-d"]) && serves("v0")) {
+        eprintln!("docker-compose: the first `up -d` failed");
+        compose("v0", &["down", "-t", "2"]);
+        return None;
+    }
+    let (steady, _) = measure(port, rate, &|| std::thread::sleep(Duration::from_secs(3)));
+    let (lat, failed) = measure(port, rate, &|| {
+        for n in 1..=updates {
+            let site = format!("v{n}");
+            compose(&site, &["up", "-d"]);
+            serves(&site);
+        }
+    });
+    compose(&format!("v{updates}"), &["down", "-t", "2"]);
+    Some(Row {
+        backend: "docker",
+        strategy: "docker-compose up -d (recreate)".to_owned(),
+        requests: lat.len() as u64 + failed,
+        failed,
+        p50: quantile(&lat, 0.5),
+        p99: quantile(&lat, 0.99),
+        steady_p50: quantile(&steady, 0.5),
+        steady_p99: quantile(&steady, 0.99),
+    })
+}
+
+/// The body of `GET /` on `port`, trimmed, when it answers 200.
+fn body(port: u16) -> Option<String> {
+    let addr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    s.write_all(b"GET / HTTP/1.0\r\nHost: b\r\n\r\n").ok()?;
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    if text.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_owned())
 }
 
 fn docker_ready() -> bool {
@@ -206,26 +342,32 @@ fn main() {
     println!(
         "{updates} consecutive updates, {rate} requests/s on the loopback\n\n| backend | strategy | requests | failed | p50 ms | p99 ms | steady p50 ms | steady p99 ms |\n|---|---|---|---|---|---|---|---|"
     );
+    let only: Option<String> = std::env::var("DEPLOY_CODE_BENCH_ONLY").ok();
+    let wanted = |label: &str| only.as_deref().is_none_or(|o| label.contains(o));
+    let show = |r: &Row| {
+        println!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.backend, r.strategy, r.requests, r.failed, r.p50, r.p99, r.steady_p50, r.steady_p99
+        );
+    };
+    let docker = backends.contains(&"docker");
     for backend in backends {
-        for strategy in ["BlueGreen", "RollingUpdate", "Hybrid"] {
-            if let Some(r) = case(backend, strategy, updates, rate) {
-                println!(
-                    "| {} | {}{} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
-                    r.backend,
-                    r.strategy,
-                    if r.strategy == "Hybrid" {
-                        " (stop-first)"
-                    } else {
-                        ""
-                    },
-                    r.requests,
-                    r.failed,
-                    r.p50,
-                    r.p99,
-                    r.steady_p50,
-                    r.steady_p99
-                );
+        for setting in SETTINGS.iter().filter(|s| wanted(s.label)) {
+            if let Some(r) = case(backend, *setting, updates, rate) {
+                show(&r);
             }
         }
+    }
+    if !docker || !wanted("docker-compose") {
+        return;
+    }
+    if compose_ready() {
+        if let Some(r) = compose_case(updates, rate) {
+            show(&r);
+        }
+    } else {
+        eprintln!(
+            "the docker-compose comparison skipped: `docker-compose` is not installed (apt-get install docker-compose)"
+        );
     }
 }

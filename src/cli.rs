@@ -159,7 +159,7 @@ pub enum Command {
 
     /// Re-apply the configuration of an earlier successful revision
     #[command(
-        after_help = "Examples:\n  deploy-code rollback\n  deploy-code rollback --to 3 --auto-approve"
+        after_help = "Examples:\n  deploy-code rollback\n  deploy-code rollback --to 3 --auto-approve\n\nWithin the window of a BlueGreen rollout's kept old set (deployment.blue_green.keep_seconds), the traffic switch flips back to the kept instances at once, without a restart."
     )]
     Rollback(RollbackArgs),
 

@@ -511,6 +511,111 @@ pub struct ServiceSpec {
     /// behind a switch or out from behind one replaces it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub behind_switch: bool,
+    /// For a Swarm service: how Swarm rolls its tasks over on an update
+    /// (its `UpdateConfig`), derived from `deployment.strategy`. `None`
+    /// (left out of the canonical form, so that specs recorded before it
+    /// existed keep their hashes) is the `Hybrid` policy,
+    /// [`SwarmUpdate::hybrid`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm_update: Option<SwarmUpdate>,
+}
+
+/// In what order Swarm replaces a task: the new one first, or the old one
+/// stopped first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    StartFirst,
+    StopFirst,
+}
+
+/// A Swarm service's update policy (`UpdateConfig`); on failure Swarm
+/// always rolls the service back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmUpdate {
+    /// Tasks replaced at once; 0 is all at once.
+    pub parallelism: u32,
+    pub order: UpdateOrder,
+    /// How long Swarm watches each new task after it runs (and is healthy)
+    /// before it counts the task updated; a task failing in that time rolls
+    /// the service back.
+    pub monitor_seconds: u64,
+}
+
+impl SwarmUpdate {
+    /// How long a new task is watched when the health gate asks for no
+    /// `min_healthy_seconds`.
+    pub const DEFAULT_MONITOR_SECONDS: u64 = 5;
+
+    /// The update policy of a Swarm service under `strategy`: `rolling` is
+    /// `deployment.rolling`, `min_healthy_seconds` the health gate's hold,
+    /// `fixed_host_port` whether the service publishes a fixed host port
+    /// (one listener promised: `Sequential`, `Parallel` and `Hybrid`
+    /// replace stop-first there, as on one host).
+    pub fn for_strategy(
+        strategy: Strategy,
+        rolling: RollingSettings,
+        min_healthy_seconds: u64,
+        fixed_host_port: bool,
+    ) -> Self {
+        let monitor_seconds = if min_healthy_seconds > 0 {
+            min_healthy_seconds
+        } else {
+            Self::DEFAULT_MONITOR_SECONDS
+        };
+        let by_port = if fixed_host_port {
+            UpdateOrder::StopFirst
+        } else {
+            UpdateOrder::StartFirst
+        };
+        let (parallelism, order) = match strategy {
+            Strategy::Sequential | Strategy::Hybrid => (1, by_port),
+            Strategy::Parallel => (0, by_port),
+            // Canary is refused on Swarm by `validate`; as BlueGreen here.
+            Strategy::BlueGreen | Strategy::Canary => (0, UpdateOrder::StartFirst),
+            Strategy::RollingUpdate if rolling.max_surge > 0 => {
+                (rolling.max_surge, UpdateOrder::StartFirst)
+            }
+            Strategy::RollingUpdate => (rolling.max_unavailable.max(1), UpdateOrder::StopFirst),
+        };
+        Self {
+            parallelism,
+            order,
+            monitor_seconds,
+        }
+    }
+
+    /// The policy of `Hybrid`, the default strategy (and of every Swarm
+    /// service recorded before the policy followed the strategy).
+    pub fn hybrid(fixed_host_port: bool) -> Self {
+        Self::for_strategy(
+            Strategy::Hybrid,
+            RollingSettings::default(),
+            0,
+            fixed_host_port,
+        )
+    }
+}
+
+/// `deployment.rolling`: how many replicas a `RollingUpdate` replaces at
+/// once (as Kubernetes' `maxSurge` and `maxUnavailable`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollingSettings {
+    /// New replicas that may run beyond `replicas` while old ones still
+    /// serve.
+    pub max_surge: u32,
+    /// Old replicas that may stop before their successors passed their
+    /// gate.
+    pub max_unavailable: u32,
+}
+
+impl Default for RollingSettings {
+    fn default() -> Self {
+        Self {
+            max_surge: 1,
+            max_unavailable: 0,
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -770,6 +875,21 @@ pub struct DeploymentSettings {
     /// The steps and analysis of a `Canary` rollout.
     #[serde(default)]
     pub canary: CanarySettings,
+    /// `RollingUpdate`: replicas replaced at once.
+    #[serde(default)]
+    pub rolling: RollingSettings,
+    /// `BlueGreen`: how long the old set is kept after the flip.
+    #[serde(default)]
+    pub blue_green: BlueGreenSettings,
+}
+
+/// `deployment.blue_green`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlueGreenSettings {
+    /// Seconds the old set keeps running, out of the switches' sets, after
+    /// the switches moved to the new one: `rollback` in that window flips
+    /// back to it without a restart. 0 stops it once drained.
+    pub keep_seconds: u64,
 }
 
 fn default_drain() -> u64 {
@@ -788,6 +908,8 @@ impl Default for DeploymentSettings {
             stop_grace_seconds: 10,
             drain_seconds: default_drain(),
             canary: CanarySettings::default(),
+            rolling: RollingSettings::default(),
+            blue_green: BlueGreenSettings::default(),
         }
     }
 }

@@ -20,7 +20,7 @@ mod events;
 pub mod health;
 pub mod reconcile;
 mod rollback;
-mod rollout;
+pub(crate) mod rollout;
 mod secrets;
 mod steps;
 
@@ -123,6 +123,10 @@ struct Exec<'a> {
     drain: Duration,
     /// The steps and analysis of a `Canary` rollout.
     canary: crate::model::CanarySettings,
+    /// `RollingUpdate`: replicas replaced at once.
+    rolling: crate::model::RollingSettings,
+    /// `BlueGreen`: how long an old set is kept after the flip.
+    keep: Duration,
 }
 
 pub use crate::clock::now_rfc3339;
@@ -199,6 +203,8 @@ pub async fn execute(
         strategy: dep.strategy,
         drain: rollout::drain_of(dep.drain_seconds),
         canary: dep.canary.clone(),
+        rolling: dep.rolling,
+        keep: Duration::from_secs(dep.blue_green.keep_seconds),
         store: Mutex::new(store),
         backends,
         ctx,

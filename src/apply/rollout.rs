@@ -6,9 +6,12 @@
 //! new set at once; the old set's connections drain (at most
 //! `deployment.drain_seconds`) and it stops.
 //!
-//! `RollingUpdate`: replica by replica: the new replica starts and passes its
-//! gate (held `min_healthy_seconds`), joins the switch's set in place of the
-//! old replica of the same index, which drains and stops; then the next.
+//! `RollingUpdate`: in steps of `max_surge + max_unavailable` replicas
+//! (`deployment.rolling`; one by default): up to `max_unavailable` old
+//! replicas of the step leave the switch, drain and stop first; the step's
+//! new replicas start and pass their gate (held `min_healthy_seconds`), join
+//! the switch's set in place of the old replicas of the same indexes, which
+//! drain and stop; then the next step.
 //!
 //! Undo: a rollout records what it started and what it stopped as it goes;
 //! the rollback restarts the old replicas it stopped, points the switches
@@ -23,7 +26,10 @@ use super::{Action, Change, Exec, RollbackResult, StepError, StepResult, Undo};
 use crate::apply::FailureKind;
 use crate::error::Code;
 use crate::model::{ServiceSpec, Strategy};
-use crate::state::{GpuRef, Handle, ServiceRecord, ServiceStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::backends::Registry;
+use crate::state::{GpuRef, Handle, ServiceRecord, ServiceStatus, Snapshot, StateError, Store};
 use crate::switch::SwitchClient;
 
 /// What a rollout has done so far, for its undo.
@@ -263,18 +269,52 @@ impl Exec<'_> {
             .expect("undo")
             .push(Undo::Rollout(undo.clone()));
         let n = after.replicas.max(1);
-        let batches: Vec<std::ops::Range<u32>> =
-            if self.strategy == Strategy::RollingUpdate && old.is_some() {
-                (0..n).map(|i| i..i + 1).collect()
-            } else {
-                std::iter::once(0..n).collect()
-            };
+        let rolling = self.strategy == Strategy::RollingUpdate && old.is_some();
+        let (batches, unavailable): (Vec<std::ops::Range<u32>>, usize) = if rolling {
+            (
+                batches(n, self.rolling.max_surge, self.rolling.max_unavailable),
+                self.rolling.max_unavailable as usize,
+            )
+        } else {
+            (std::iter::once(0..n).collect(), 0)
+        };
         let old_spec = old.as_ref().map(|r| r.spec.clone());
         let mut old_live: Vec<Handle> = old.as_ref().map(|r| r.handles.clone()).unwrap_or_default();
         old_live.sort_by_key(replica_of);
         let mut new_live: Vec<Handle> = Vec::new();
+        // BlueGreen with `keep_seconds`: the old set leaves the switches but
+        // keeps running, for a flip back (see `Kept`).
+        let keeps = self.strategy == Strategy::BlueGreen
+            && !self.keep.is_zero()
+            && after.behind_switch
+            && old_spec.as_ref().is_some_and(|o| o.behind_switch);
+        let mut kept: Vec<Handle> = Vec::new();
         let last = batches.len().saturating_sub(1);
         for (i, batch) in batches.into_iter().enumerate() {
+            // Up to `max_unavailable` old replicas of this batch's indexes
+            // leave the switches, drain and stop before their successors
+            // start.
+            if let (Some(spec), true) = (&old_spec, unavailable > 0) {
+                let (early, staying): (Vec<Handle>, Vec<Handle>) = {
+                    let mut taken = 0;
+                    old_live.iter().cloned().partition(|h| {
+                        let take = taken < unavailable && batch.contains(&replica_of(h));
+                        taken += usize::from(take);
+                        take
+                    })
+                };
+                if !early.is_empty() {
+                    self.point(after, &new_live, Some(spec), &staying, &early)
+                        .await
+                        .map_err(fail)?;
+                    self.stop(spec, &early, crate::state::IntentAction::Stop).await.map_err(fail)?;
+                    undo.lock()
+                        .expect("rollout")
+                        .stopped
+                        .extend(early.iter().cloned());
+                    old_live = staying;
+                }
+            }
             let handles = self
                 .start_some(
                     after,
@@ -302,7 +342,9 @@ impl Exec<'_> {
             self.point(after, &new_live, old_spec.as_ref(), &staying, &retiring)
                 .await
                 .map_err(fail)?;
-            if let (Some(spec), false) = (&old_spec, retiring.is_empty()) {
+            if keeps {
+                kept.extend(retiring);
+            } else if let (Some(spec), false) = (&old_spec, retiring.is_empty()) {
                 self.stop(spec, &retiring, crate::state::IntentAction::Stop)
                     .await
                     .map_err(fail)?;
@@ -322,7 +364,19 @@ impl Exec<'_> {
             .remove(&change.service);
         let rec = self.record(after, new_live, ServiceStatus::Ready, &change.gpus);
         self.with_store(|s| s.put_service(&rec))
-            .map_err(|e| fail(e.into()))
+            .map_err(|e| fail(e.into()))?;
+        if let (Some(old), false) = (&old, kept.is_empty()) {
+            let mut record = old.clone();
+            record.handles = kept;
+            let k = Kept {
+                record,
+                until: unix_now() + self.keep.as_secs(),
+                revision: self.revision,
+            };
+            self.with_store(|s| k.write(s, crate::state::EventOutcome::Kept))
+                .map_err(|e| fail(e.into()))?;
+        }
+        Ok(())
     }
 
     /// Undoes a rollout: the old replicas it stopped start again and pass
@@ -438,6 +492,243 @@ impl Exec<'_> {
     }
 }
 
+/// The event kind under which the state records a kept old set: its
+/// message is the [`Kept`] as JSON, its outcome `kept`, then `released`
+/// (stopped at the end of its window) or `flipped-back` (by `rollback`).
+pub(crate) const KEPT: crate::state::EventKind = crate::state::EventKind::KeptOldSet;
+
+/// An old set that a `BlueGreen` rollout with `blue_green.keep_seconds`
+/// keeps running after the flip, out of the switches' sets. No service
+/// record names its instances: `rollback` in the window flips back to it,
+/// `apply` stops it when the window closes, and whatever recovers the state
+/// first (`apply`, `destroy`, `cleanup`) stops it as an unrecorded instance
+/// if the waiting `apply` was killed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Kept {
+    /// The old record, with the kept instances as its handles.
+    pub record: ServiceRecord,
+    /// Unix seconds when the window closes.
+    pub until: u64,
+    /// The revision that flipped away from it.
+    pub revision: u64,
+}
+
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Kept {
+    fn write(&self, store: &mut Store, outcome: crate::state::EventOutcome) -> Result<(), StateError> {
+        let message = serde_json::to_string(self).unwrap_or_default();
+        store.event(
+            self.revision,
+            Some(&self.record.name),
+            KEPT,
+            outcome,
+            &message,
+        )
+    }
+
+    /// Seconds left in the window.
+    pub fn left(&self) -> u64 {
+        self.until.saturating_sub(unix_now())
+    }
+}
+
+/// The kept sets of the state at `path` (`snap` its snapshot): per service,
+/// the newest kept-set event when it says `kept` and no record names its
+/// instances (a run undone after it kept them took them back).
+pub(crate) fn kept_sets(path: &std::path::Path, snap: &Snapshot) -> Vec<Kept> {
+    let Ok(events) = crate::state::events(path, None, 1000) else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for e in events.into_iter().filter(|e| e.kind == KEPT) {
+        let Some(service) = e.service.clone() else {
+            continue;
+        };
+        if !seen.insert(service) || e.outcome != crate::state::EventOutcome::Kept {
+            continue;
+        }
+        let Ok(k) = serde_json::from_str::<Kept>(&e.message) else {
+            continue;
+        };
+        let recorded = snap
+            .services
+            .values()
+            .flat_map(|r| r.handles.iter())
+            .any(|h| k.record.handles.iter().any(|k| k.same_instance(h)));
+        if !recorded {
+            out.push(k);
+        }
+    }
+    out
+}
+
+/// Stops a kept set whose window closed (journalled), and records it
+/// released.
+pub(crate) async fn release(
+    store: &mut Store,
+    backends: &Registry,
+    kept: &Kept,
+    grace: Duration,
+) -> Result<(), String> {
+    let name = &kept.record.name;
+    let backend = backends
+        .get(kept.record.backend)
+        .ok_or_else(|| format!("no `{}` backend", kept.record.backend))?;
+    let id = store
+        .record_intent(
+            kept.revision,
+            name,
+            crate::state::IntentAction::StopKept,
+            &serde_json::json!({ "handles": kept.record.handles }),
+        )
+        .map_err(|e| e.to_string())?;
+    let res = backend.stop(&kept.record.handles, grace).await;
+    let outcome = if res.is_ok() { "succeeded" } else { "failed" };
+    store
+        .close_intent(id, outcome, &serde_json::json!({}))
+        .map_err(|e| e.to_string())?;
+    res.map_err(|e| e.to_string())?;
+    kept.write(store, crate::state::EventOutcome::Released).map_err(|e| e.to_string())
+}
+
+/// Flips the switches of each kept set's service back to it (its instances
+/// still run: no restart), stops the service's current instances and
+/// records the kept set as the service again, as revision `revision`
+/// (opened by the caller). Every kept set is checked to run before any
+/// switch moves.
+pub(crate) async fn flip_back(
+    store: &mut Store,
+    backends: &Registry,
+    kept: &[Kept],
+    revision: u64,
+    drain: Duration,
+    grace: Duration,
+) -> Result<Vec<String>, String> {
+    let snap = store.snapshot().map_err(|e| e.to_string())?;
+    for k in kept {
+        let backend = backends
+            .get(k.record.backend)
+            .ok_or_else(|| format!("no `{}` backend", k.record.backend))?;
+        for h in &k.record.handles {
+            if backend.liveness(h).await != crate::instance::Liveness::Running {
+                return Err(format!(
+                    "replica {} of the kept set of `{}` no longer runs",
+                    h.replica(),
+                    k.record.name
+                ));
+            }
+        }
+    }
+    let state_path = store.path().to_path_buf();
+    let mut done = Vec::new();
+    for k in kept {
+        let spec = &k.record.spec;
+        let name = &k.record.name;
+        let backend = backends
+            .get(k.record.backend)
+            .ok_or_else(|| format!("no `{}` backend", k.record.backend))?;
+        let current = snap.services.get(name).cloned();
+        for p in spec.ports.iter().filter(|_| spec.behind_switch) {
+            let Some(host) = p.host_port else { continue };
+            let client = SwitchClient::new(&state_path, name.as_str(), host);
+            let mut set = Vec::new();
+            for h in &k.record.handles {
+                let addr = backend
+                    .own_address(h, p.container_port)
+                    .await
+                    .and_then(|(ip, port)| {
+                        let ip = ip.trim_matches(|c| c == '[' || c == ']');
+                        ip.parse::<std::net::IpAddr>()
+                            .ok()
+                            .map(|ip| SocketAddr::new(ip, port))
+                    })
+                    .ok_or_else(|| format!("no address of replica {} of `{name}`", h.replica()))?;
+                set.push(addr);
+            }
+            let id = store
+                .record_intent(
+                    revision,
+                    name,
+                    crate::state::IntentAction::SwitchSet,
+                    &serde_json::json!({ "port": host, "backends": set, "flip_back": true }),
+                )
+                .map_err(|e| e.to_string())?;
+            let res = client.set(&set, drain).await;
+            let outcome = if res.is_ok() { "succeeded" } else { "failed" };
+            store
+                .close_intent(id, outcome, &serde_json::json!({}))
+                .map_err(|e| e.to_string())?;
+            res.map_err(|e| e.to_string())?;
+        }
+        let mut stopped = 0;
+        if let Some(cur) = current.filter(|c| !c.handles.is_empty())
+            && let Some(b) = backends.get(cur.backend)
+        {
+            // Connections already open to the new set may finish.
+            for p in cur.spec.ports.iter().filter(|_| cur.spec.behind_switch) {
+                let Some(host) = p.host_port else { continue };
+                let client = SwitchClient::new(&state_path, name.as_str(), host);
+                let mut gone = Vec::new();
+                for h in &cur.handles {
+                    if let Some((ip, port)) = b.own_address(h, p.container_port).await
+                        && let Ok(ip) = ip
+                            .trim_matches(|c| c == '[' || c == ']')
+                            .parse::<std::net::IpAddr>()
+                    {
+                        gone.push(SocketAddr::new(ip, port));
+                    }
+                }
+                client.drained(&gone, drain).await;
+            }
+            let id = store
+                .record_intent(
+                    revision,
+                    name,
+                    crate::state::IntentAction::RollbackStop,
+                    &serde_json::json!({ "handles": cur.handles }),
+                )
+                .map_err(|e| e.to_string())?;
+            let res = b.stop(&cur.handles, grace).await;
+            let outcome = if res.is_ok() { "succeeded" } else { "failed" };
+            store
+                .close_intent(id, outcome, &serde_json::json!({}))
+                .map_err(|e| e.to_string())?;
+            res.map_err(|e| e.to_string())?;
+            stopped = cur.handles.len();
+        }
+        let mut record = k.record.clone();
+        record.revision = revision;
+        record.status = ServiceStatus::Ready;
+        record.updated_at = super::now_rfc3339();
+        store.put_service(&record).map_err(|e| e.to_string())?;
+        k.write(store, crate::state::EventOutcome::FlippedBack).map_err(|e| e.to_string())?;
+        done.push(format!(
+            "`{name}`: the switch serves the kept set again ({} instance(s), no restart); stopped {stopped} new instance(s)",
+            k.record.handles.len()
+        ));
+    }
+    Ok(done)
+}
+
+/// The replica indexes a rolling update of `n` replicas starts at a time:
+/// `max_surge + max_unavailable` each (at least one), so that with the
+/// `max_unavailable` old replicas stopped first and the rest after their
+/// successors passed their gates, between `n - max_unavailable` and
+/// `n + max_surge` instances run throughout.
+pub(crate) fn batches(n: u32, max_surge: u32, max_unavailable: u32) -> Vec<std::ops::Range<u32>> {
+    let step = max_surge.saturating_add(max_unavailable).max(1);
+    (0..n)
+        .step_by(step as usize)
+        .map(|i| i..i.saturating_add(step).min(n))
+        .collect()
+}
+
 /// How long the switches let old connections finish.
 pub(super) fn drain_of(seconds: u64) -> Duration {
     Duration::from_secs(seconds)
@@ -458,5 +749,19 @@ pub(super) fn is_rollout(strategy: Strategy, change: &Change, after: &ServiceSpe
                         .is_some_and(|b| super::stops_first(b, after)))
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batches;
+
+    #[test]
+    fn steps_of_surge_plus_unavailable() {
+        assert_eq!(batches(3, 1, 0), vec![0..1, 1..2, 2..3]);
+        assert_eq!(batches(4, 2, 0), vec![0..2, 2..4]);
+        assert_eq!(batches(5, 2, 1), vec![0..3, 3..5]);
+        assert_eq!(batches(2, 0, 1), vec![0..1, 1..2]);
+        assert_eq!(batches(1, 5, 5), vec![0..1]);
     }
 }

@@ -1073,6 +1073,7 @@ mod tests {
             labels: BTreeMap::new(),
             network: None,
             behind_switch: false,
+            swarm_update: None,
         }
     }
 

@@ -51,7 +51,9 @@ use super::{
 };
 use crate::instance::Handle;
 use crate::inventory::{Gpu, Host, Inventory, Source};
-use crate::model::{BackendKind, Protocol, RestartPolicy, ServiceName, ServiceSpec};
+use crate::model::{
+    BackendKind, Protocol, RestartPolicy, ServiceName, ServiceSpec, SwarmUpdate, UpdateOrder,
+};
 
 /// The generic resource kind that GPU nodes advertise (dockerd
 /// `--node-generic-resource NVIDIA-GPU=<uuid>` or `"node-generic-resources"`).
@@ -156,10 +158,11 @@ pub(crate) fn service_spec(
             name: None,
         })
         .collect();
-    // Start-first would need the same host port twice where a task publishes
-    // in host mode; through the routing mesh it is fine, except that a fixed
-    // host port is the operator's promise of one listener, so keep stop-first there.
-    let order_start_first = spec.ports.iter().all(|p| p.host_port.is_none());
+    let update = update_policy(spec, mode);
+    let order_start_first = update.order == UpdateOrder::StartFirst;
+    let monitor = i64::try_from(update.monitor_seconds)
+        .unwrap_or(i64::MAX / 1_000_000_000)
+        .saturating_mul(1_000_000_000);
     let restart = match spec.restart {
         RestartPolicy::No => TaskSpecRestartPolicyConditionEnum::NONE,
         RestartPolicy::OnFailure => TaskSpecRestartPolicyConditionEnum::ON_FAILURE,
@@ -214,10 +217,10 @@ pub(crate) fn service_spec(
             ..Default::default()
         }),
         update_config: Some(ServiceSpecUpdateConfig {
-            parallelism: Some(1),
+            parallelism: Some(i64::from(update.parallelism)),
             delay: Some(0),
             failure_action: Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
-            monitor: Some(5_000_000_000),
+            monitor: Some(monitor),
             max_failure_ratio: Some(0.0),
             order: Some(if order_start_first {
                 ServiceSpecUpdateConfigOrderEnum::START_FIRST
@@ -226,10 +229,10 @@ pub(crate) fn service_spec(
             }),
         }),
         rollback_config: Some(ServiceSpecRollbackConfig {
-            parallelism: Some(1),
+            parallelism: Some(i64::from(update.parallelism)),
             delay: Some(0),
             failure_action: Some(ServiceSpecRollbackConfigFailureActionEnum::PAUSE),
-            monitor: Some(5_000_000_000),
+            monitor: Some(monitor),
             max_failure_ratio: Some(0.0),
             order: Some(if order_start_first {
                 ServiceSpecRollbackConfigOrderEnum::START_FIRST
@@ -243,6 +246,21 @@ pub(crate) fn service_spec(
         }),
         ..Default::default()
     })
+}
+
+/// The update policy Swarm is given for `spec`: the one its strategy gave
+/// it (`spec.swarm_update`, else `Hybrid`'s), except that a task publishing
+/// a fixed host port in host mode holds that port on its node, so that a
+/// new task cannot start beside it: stop-first there.
+pub(crate) fn update_policy(spec: &ServiceSpec, mode: PublishMode) -> SwarmUpdate {
+    let fixed = spec.ports.iter().any(|p| p.host_port.is_some());
+    let mut update = spec
+        .swarm_update
+        .unwrap_or_else(|| SwarmUpdate::hybrid(fixed));
+    if fixed && mode == PublishMode::Host {
+        update.order = UpdateOrder::StopFirst;
+    }
+    update
 }
 
 /// The cluster's nodes as hosts: CPUs and memory from each node's description,
@@ -887,7 +905,19 @@ impl Backend for SwarmBackend {
     }
 
     fn updatable_in_place(&self) -> &'static [&'static str] {
-        &["replicas"]
+        // Swarm rolls these out itself, by the service's update policy
+        // (`swarm_update`, from the strategy), and rolls back on failure.
+        &[
+            "replicas",
+            "image",
+            "command",
+            "args",
+            "working_dir",
+            "env",
+            "labels",
+            "health_check",
+            "swarm_update",
+        ]
     }
 
     fn has_native_health(&self) -> bool {
@@ -1267,6 +1297,7 @@ mod tests {
             labels: BTreeMap::new(),
             network: None,
             behind_switch: false,
+            swarm_update: None,
         }
     }
 
@@ -1333,6 +1364,129 @@ mod tests {
         assert_eq!(
             s.update_config.unwrap().order,
             Some(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST)
+        );
+    }
+
+    /// The table of `docs/strategies.md`: what each strategy gives Swarm.
+    #[test]
+    fn the_update_policy_follows_the_strategy() {
+        use crate::model::{RollingSettings, Strategy};
+        let r = RollingSettings::default();
+        let table = [
+            (
+                Strategy::Sequential,
+                r,
+                0,
+                false,
+                (1, UpdateOrder::StartFirst, 5),
+            ),
+            (
+                Strategy::Sequential,
+                r,
+                0,
+                true,
+                (1, UpdateOrder::StopFirst, 5),
+            ),
+            (
+                Strategy::Hybrid,
+                r,
+                0,
+                false,
+                (1, UpdateOrder::StartFirst, 5),
+            ),
+            (Strategy::Hybrid, r, 3, true, (1, UpdateOrder::StopFirst, 3)),
+            (
+                Strategy::Parallel,
+                r,
+                0,
+                false,
+                (0, UpdateOrder::StartFirst, 5),
+            ),
+            (
+                Strategy::Parallel,
+                r,
+                0,
+                true,
+                (0, UpdateOrder::StopFirst, 5),
+            ),
+            (
+                Strategy::BlueGreen,
+                r,
+                0,
+                true,
+                (0, UpdateOrder::StartFirst, 5),
+            ),
+            (
+                Strategy::RollingUpdate,
+                r,
+                2,
+                true,
+                (1, UpdateOrder::StartFirst, 2),
+            ),
+            (
+                Strategy::RollingUpdate,
+                RollingSettings {
+                    max_surge: 3,
+                    max_unavailable: 0,
+                },
+                0,
+                false,
+                (3, UpdateOrder::StartFirst, 5),
+            ),
+            (
+                Strategy::RollingUpdate,
+                RollingSettings {
+                    max_surge: 0,
+                    max_unavailable: 2,
+                },
+                0,
+                false,
+                (2, UpdateOrder::StopFirst, 5),
+            ),
+        ];
+        for (strategy, rolling, min_healthy, fixed, (parallelism, order, monitor)) in table {
+            let u = SwarmUpdate::for_strategy(strategy, rolling, min_healthy, fixed);
+            assert_eq!(
+                (u.parallelism, u.order, u.monitor_seconds),
+                (parallelism, order, monitor),
+                "{strategy:?} {rolling:?} min_healthy {min_healthy} fixed port {fixed}"
+            );
+        }
+        assert_eq!(SwarmUpdate::hybrid(true).order, UpdateOrder::StopFirst);
+    }
+
+    #[test]
+    fn the_service_spec_takes_the_policy_and_host_mode_forces_stop_first() {
+        let mut sp = spec();
+        sp.swarm_update = Some(SwarmUpdate {
+            parallelism: 0,
+            order: UpdateOrder::StartFirst,
+            monitor_seconds: 7,
+        });
+        let s = service_spec(&sp, &ctx(), &[Some(31001)], PublishMode::Ingress).unwrap();
+        let u = s.update_config.unwrap();
+        assert_eq!(
+            (u.parallelism, u.order, u.monitor, u.failure_action),
+            (
+                Some(0),
+                Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST),
+                Some(7_000_000_000),
+                Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK)
+            )
+        );
+        // Through the routing mesh a fixed port allows start-first; a task
+        // publishing it on its node does not.
+        sp.ports[0].host_port = Some(8000);
+        let mesh = service_spec(&sp, &ctx(), &[Some(8000)], PublishMode::Ingress).unwrap();
+        assert_eq!(
+            mesh.update_config.unwrap().order,
+            Some(ServiceSpecUpdateConfigOrderEnum::START_FIRST)
+        );
+        let host = service_spec(&sp, &ctx(), &[Some(8000)], PublishMode::Host).unwrap();
+        let u = host.update_config.unwrap();
+        assert_eq!(
+            (u.parallelism, u.order),
+            (Some(0), Some(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST))
         );
     }
 

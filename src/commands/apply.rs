@@ -569,6 +569,120 @@ fn plan_and_apply(
 }
 
 pub fn run(inv: &Invocation, req: &ApplyRequest) -> Result<CommandOutcome, Failure> {
+    let done = run_once(inv, req)?;
+    keep_window(inv)?;
+    Ok(done)
+}
+
+/// After an `apply` whose `BlueGreen` rollouts kept old sets
+/// (`blue_green.keep_seconds`): waits their window out without the state
+/// lock, so that `rollback` can flip back meanwhile, saying so every 5 s,
+/// then stops each kept set that was not flipped back to. An interrupt ends
+/// the window at once. Were this process killed, the next `apply`,
+/// `destroy` or `cleanup` would stop the kept sets (no record names them).
+fn keep_window(inv: &Invocation) -> Result<(), Failure> {
+    let loaded = inv.config()?;
+    let state_path = config::state_path(
+        inv.globals.state.as_deref(),
+        Some(loaded),
+        inv.config_path(),
+    );
+    if !state_path.exists() {
+        return Ok(());
+    }
+    let kept_now = || {
+        crate::state::load_snapshot(&state_path)
+            .map(|snap| apply::rollout::kept_sets(&state_path, &snap))
+            .unwrap_or_default()
+    };
+    let kept = kept_now();
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let rt = inv.runtime()?;
+    let until = kept.iter().map(|k| k.until).max().unwrap_or(0);
+    let names: Vec<String> = kept
+        .iter()
+        .map(|k| format!("`{}`", k.record.name))
+        .collect();
+    let interrupted = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return false;
+        };
+        loop {
+            let left = until.saturating_sub(apply::rollout::unix_now());
+            if left == 0 || kept_now().is_empty() {
+                return false;
+            }
+            inv.out.status(&format!(
+                "keeping the old set of {} out of traffic for {left} s more: `deploy-code rollback` flips back to it without a restart",
+                names.join(", ")
+            ));
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(left.min(5))) => {}
+                Some(()) = int.recv() => return true,
+                Some(()) = term.recv() => return true,
+            }
+        }
+    });
+    if interrupted {
+        inv.out
+            .status("interrupted: the kept old set stops now instead of at the end of its window");
+    }
+    stop_kept(inv, loaded, &state_path)
+}
+
+/// Stops every kept old set of the state at `state_path` now.
+fn stop_kept(
+    inv: &Invocation,
+    loaded: &LoadedConfig,
+    state_path: &std::path::Path,
+) -> Result<(), Failure> {
+    if !state_path.exists() {
+        return Ok(());
+    }
+    let snap = crate::state::load_snapshot(state_path)?;
+    if apply::rollout::kept_sets(state_path, &snap).is_empty() {
+        return Ok(());
+    }
+    let rt = inv.runtime()?;
+    // A `rollback` may hold the lock right then: wait for it.
+    let mut store = Store::open(
+        state_path,
+        &Holder::current(command_line()),
+        Some(inv.globals.lock_timeout.unwrap_or(Duration::from_secs(60))),
+    )?;
+    let snap = store.snapshot()?;
+    let backends = inv.backends(Some(loaded), Some(&snap));
+    for k in apply::rollout::kept_sets(state_path, &snap) {
+        let res = rt.block_on(apply::rollout::release(
+            &mut store,
+            &backends,
+            &k,
+            grace(loaded),
+        ));
+        if let Err(e) = res {
+            return Err(Plain::new(
+                Code::E010,
+                format!("the kept old set of `{}` did not stop: {e}", k.record.name),
+            )
+            .help("`deploy-code cleanup` stops instances that no record names")
+            .into());
+        }
+        inv.out.status(&format!(
+            "stopped the kept old set of `{}` ({} instance(s))",
+            k.record.name,
+            k.record.handles.len()
+        ));
+    }
+    Ok(())
+}
+
+fn run_once(inv: &Invocation, req: &ApplyRequest) -> Result<CommandOutcome, Failure> {
     let loaded = inv.config()?;
     let Some(file) = &req.plan_file else {
         return plan_and_apply(inv, loaded, req, Run::Apply);
@@ -689,6 +803,11 @@ pub fn destroy(inv: &Invocation, req: &DestroyRequest) -> Result<CommandOutcome,
         },
         Run::Destroy,
     )?;
+    // Old sets kept by a blue-green rollout's window go too (no record
+    // names them, so the plan does not).
+    if done == CommandOutcome::Done {
+        stop_kept(inv, &loaded, &state)?;
+    }
     // The project's container networks go with the last container.
     if done == CommandOutcome::Done
         && req.targets.is_empty()
@@ -788,6 +907,7 @@ pub fn rollback(inv: &Invocation, req: &RollbackRequest) -> Result<CommandOutcom
             target.revision
         ));
     }
+    flip_back(inv, &old, target)?;
     let done = plan_and_apply(
         inv,
         &old,
@@ -807,6 +927,93 @@ pub fn rollback(inv: &Invocation, req: &RollbackRequest) -> Result<CommandOutcom
         ));
     }
     Ok(done)
+}
+
+/// Within the window of a `BlueGreen` rollout's kept old set
+/// (`blue_green.keep_seconds`), and when the revision returned to runs
+/// exactly that set's spec: the switches point back at the kept instances
+/// (still running: no restart) and the new ones stop, recorded as a
+/// revision of its own. Anything else the revision differs in is left to
+/// the planned rollback that follows.
+fn flip_back(
+    inv: &Invocation,
+    old: &LoadedConfig,
+    target: &crate::state::Deployment,
+) -> Result<(), Failure> {
+    let state_path = config::state_path(inv.globals.state.as_deref(), Some(old), inv.config_path());
+    if !state_path.exists() {
+        return Ok(());
+    }
+    let snap = crate::state::load_snapshot(&state_path)?;
+    let mut desired = old.desired.clone();
+    if let Some(k) = &snap.secret_key {
+        desired.rekey(k);
+    }
+    let matching = |snap: &crate::state::Snapshot| -> Vec<apply::rollout::Kept> {
+        apply::rollout::kept_sets(&state_path, snap)
+            .into_iter()
+            .filter(|k| {
+                k.left() > 0
+                    && desired
+                        .services
+                        .get(&k.record.name)
+                        .is_some_and(|s| s.spec_hash() == k.record.spec_hash)
+                    && snap
+                        .services
+                        .get(&k.record.name)
+                        .is_some_and(|r| r.revision == k.revision)
+            })
+            .collect()
+    };
+    if matching(&snap).is_empty() {
+        return Ok(());
+    }
+    let mut store = open_store(inv, &state_path)?;
+    let snap = store.snapshot()?;
+    let kept = matching(&snap);
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let rt = inv.runtime()?;
+    let backends = inv.backends(Some(old), Some(&snap));
+    let revision = store.begin_deployment(&crate::state::NewDeployment {
+        command: command_line(),
+        config_snapshot: target.config_snapshot.clone(),
+        config_replay: target.config_replay.clone().unwrap_or_default(),
+        config_hash: old.config_hash(),
+        plan_summary: serde_json::Value::Null,
+    })?;
+    let dep = &old.desired.settings.deployment;
+    let res = rt.block_on(apply::rollout::flip_back(
+        &mut store,
+        &backends,
+        &kept,
+        revision,
+        Duration::from_secs(dep.drain_seconds),
+        grace(old),
+    ));
+    let outcome = if res.is_ok() {
+        Outcome::Succeeded
+    } else {
+        Outcome::Failed
+    };
+    store.finish_deployment(revision, outcome, &serde_json::Value::Null)?;
+    match res {
+        Ok(done) => {
+            if inv.format() != Format::Json {
+                for line in done {
+                    inv.out.status(&format!("flipped back: {line}"));
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(Plain::new(
+            Code::E010,
+            format!("the flip back to the kept old set failed: {e}"),
+        )
+        .help("run `deploy-code rollback` again: without a kept set it restarts the old revision's instances")
+        .into()),
+    }
 }
 
 pub fn restart(inv: &Invocation, req: &RestartRequest) -> Result<CommandOutcome, Failure> {

@@ -348,6 +348,23 @@ impl Lowering<'_> {
             );
         }
 
+        if settings.deployment.blue_green.keep_seconds > 0
+            && !specs.is_empty()
+            && !specs.values().any(|s| s.behind_switch)
+        {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`blue_green.keep_seconds` has no effect: no service runs behind a traffic switch",
+                )
+                .label(
+                    span_of(self.root, &["deployment", "blue_green", "keep_seconds"])
+                        .unwrap_or(0..0),
+                    "would have no effect",
+                )
+                .help("only a long-running process or container (not a Swarm service) with a fixed TCP `host_port` runs behind a switch that can flip back to a kept set; remove the key"),
+            );
+        }
         if out.len() > start {
             return None;
         }
@@ -410,6 +427,7 @@ impl Lowering<'_> {
             _ => BackendKind::LOCAL,
         };
         let d = f.deployment.clone().unwrap_or_default();
+        let rolling = self.rolling(&d, out);
         let dd = DeploymentSettings::default();
         let uses_switch = matches!(
             d.strategy,
@@ -452,6 +470,8 @@ impl Lowering<'_> {
             stop_grace_seconds: d.stop_grace_seconds.unwrap_or(dd.stop_grace_seconds),
             drain_seconds: d.drain_seconds.unwrap_or(dd.drain_seconds),
             canary,
+            rolling,
+            blue_green: self.blue_green(&d, out),
         };
         let n = infra.network.clone().unwrap_or_default();
         let nd = NetworkSettings::default();
@@ -1149,6 +1169,9 @@ impl Lowering<'_> {
         let behind_switch = self.behind_switch(
             entry, sname, backend, workload, host_net, &ports, settings, out,
         );
+        let swarm_update = backend.orchestrates()
+            .then(|| self.swarm_update(entry, sname, health_check.as_ref(), &ports, settings, out))
+            .flatten();
         if out.len() > start {
             return None;
         }
@@ -1188,7 +1211,123 @@ impl Lowering<'_> {
                 settings.network.name.clone()
             },
             behind_switch,
+            swarm_update,
         })
+    }
+
+    /// A Swarm service's update policy from the strategy (`None` when it is
+    /// `Hybrid`'s); `rolling.max_unavailable` is refused where Swarm would
+    /// ignore it (with `max_surge` above 0, Swarm starts first and stops
+    /// nothing early).
+    fn swarm_update(
+        &self,
+        entry: &Entry<'_>,
+        sname: &str,
+        health_check: Option<&HealthCheck>,
+        ports: &[PortSpec],
+        settings: &Settings,
+        out: &mut Vec<Problem>,
+    ) -> Option<crate::model::SwarmUpdate> {
+        let dep = &settings.deployment;
+        let fixed = ports.iter().any(|p| p.host_port.is_some());
+        if dep.strategy == Strategy::RollingUpdate
+            && dep.rolling.max_surge > 0
+            && dep.rolling.max_unavailable > 0
+        {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    format!(
+                        "`rolling.max_unavailable` has no effect on `{sname}`, a Swarm service, while `max_surge` is above 0: Swarm then starts each new task first and stops no old one early"
+                    ),
+                )
+                .label(
+                    span_of(self.root, &["deployment", "rolling", "max_unavailable"])
+                        .unwrap_or(0..0),
+                    "ignored by Swarm",
+                )
+                .label(entry.key.span.clone(), "this service")
+                .help("on Swarm write either `max_surge` (tasks started first, that many at once) or `max_surge: 0` with `max_unavailable` (tasks stopped first)"),
+            );
+        }
+        let min_healthy = health_check.map_or(0, |h| h.min_healthy_seconds);
+        let update =
+            crate::model::SwarmUpdate::for_strategy(dep.strategy, dep.rolling, min_healthy, fixed);
+        (update != crate::model::SwarmUpdate::hybrid(fixed)).then_some(update)
+    }
+
+    /// `deployment.rolling`, refused under another strategy than
+    /// `RollingUpdate` and when it would replace nothing at a time.
+    fn rolling(
+        &self,
+        d: &schema::Deployment,
+        out: &mut Vec<Problem>,
+    ) -> crate::model::RollingSettings {
+        let dr = crate::model::RollingSettings::default();
+        let Some(r) = &d.rolling else {
+            return dr;
+        };
+        let at = |key: &[&str]| {
+            let mut path = vec!["deployment", "rolling"];
+            path.extend_from_slice(key);
+            span_of(self.root, &path)
+                .or_else(|| span_of(self.root, &["deployment", "rolling"]))
+                .unwrap_or(0..0)
+        };
+        if d.strategy != Some(schema::Strategy::RollingUpdate) {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`deployment.rolling` has no effect without `strategy: RollingUpdate`",
+                )
+                .label(at(&[]), "would have no effect")
+                .help("`max_surge` and `max_unavailable` size the steps of a rolling update; remove the key or write `strategy: RollingUpdate`"),
+            );
+        }
+        let rolling = crate::model::RollingSettings {
+            max_surge: r.max_surge.unwrap_or(dr.max_surge),
+            max_unavailable: r.max_unavailable.unwrap_or(dr.max_unavailable),
+        };
+        if rolling.max_surge == 0 && rolling.max_unavailable == 0 {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`deployment.rolling` with `max_surge: 0` and `max_unavailable: 0` can replace no replica",
+                )
+                .label(at(&["max_surge"]), "no extra replica")
+                .label(at(&["max_unavailable"]), "and none stopped first")
+                .help("allow at least one extra replica (`max_surge: 1`, the default) or one stopped first (`max_unavailable: 1`)"),
+            );
+        }
+        rolling
+    }
+
+    /// `deployment.blue_green`, refused under another strategy than
+    /// `BlueGreen`.
+    fn blue_green(
+        &self,
+        d: &schema::Deployment,
+        out: &mut Vec<Problem>,
+    ) -> crate::model::BlueGreenSettings {
+        let Some(b) = &d.blue_green else {
+            return crate::model::BlueGreenSettings::default();
+        };
+        if d.strategy != Some(schema::Strategy::BlueGreen) {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`deployment.blue_green` has no effect without `strategy: BlueGreen`",
+                )
+                .label(
+                    span_of(self.root, &["deployment", "blue_green"]).unwrap_or(0..0),
+                    "would have no effect",
+                )
+                .help("`keep_seconds` keeps the old set of a blue-green rollout for a flip back; remove the key or write `strategy: BlueGreen`"),
+            );
+        }
+        crate::model::BlueGreenSettings {
+            keep_seconds: b.keep_seconds.unwrap_or(0),
+        }
     }
 
     /// The `deployment.canary` settings: refused under another strategy;
@@ -1338,13 +1477,18 @@ impl Lowering<'_> {
             );
         };
         if backend.orchestrates() {
-            refuse(
-                format!(
-                    "`strategy: {name}` has no effect on `{sname}`, a Swarm service: Swarm rolls its services out itself"
-                ),
-                "run the service on the `process` or `docker` backend, or use `Hybrid`, `Sequential` or `Parallel`",
-                out,
-            );
+            // Swarm rolls its services out itself, by the update policy the
+            // strategy gives it (`swarm_update`); its routing mesh holds the
+            // published ports. It has no way to weight connections.
+            if strategy == Strategy::Canary {
+                refuse(
+                    format!(
+                        "`strategy: Canary` has no effect on `{sname}`, a Swarm service: Swarm cannot send a share of connections to new tasks"
+                    ),
+                    "use `RollingUpdate` or `BlueGreen` for a Swarm service (its update policy follows them), or run it on the `docker` backend",
+                    out,
+                );
+            }
             return false;
         }
         let fixed: Vec<&PortSpec> = ports.iter().filter(|p| p.host_port.is_some()).collect();

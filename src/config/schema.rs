@@ -261,6 +261,26 @@ pub struct Deployment {
     pub drain_seconds: Option<u64>,
     /// The steps of a Canary rollout and how each is judged (Canary only).
     pub canary: Option<Canary>,
+    /// RollingUpdate only: how many replicas are replaced at once.
+    pub rolling: Option<Rolling>,
+    /// BlueGreen only: how long the old set is kept after the flip.
+    pub blue_green: Option<BlueGreen>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BlueGreen {
+    /// Seconds the old set of a service behind a traffic switch keeps running, out of the switch's set, after the switch moved to the new set; `deploy-code rollback` in that window flips the switch back to it at once, without a restart. `apply` waits the window out, then stops the old set. Default 0: the old set stops once drained.
+    pub keep_seconds: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rolling {
+    /// New replicas that may run beyond `replicas` during a rolling update, each gated before an old one stops (Kubernetes' `maxSurge`; on Swarm: tasks updated at once, start-first). Default 1.
+    pub max_surge: Option<u32>,
+    /// Old replicas that may stop before their successors pass their gate (Kubernetes' `maxUnavailable`; on Swarm, with `max_surge: 0`: tasks updated at once, stop-first). Default 0; not both 0.
+    pub max_unavailable: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]

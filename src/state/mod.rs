@@ -196,6 +196,8 @@ pub enum IntentAction {
     RollbackStop,
     /// Stop an instance a killed run left behind.
     ReconcileStop,
+    /// Stop an old set kept after a blue-green flip, its window closed.
+    StopKept,
 }
 
 impl IntentAction {
@@ -210,6 +212,7 @@ impl IntentAction {
             IntentAction::RollbackStart => "rollback-start",
             IntentAction::RollbackStop => "rollback-stop",
             IntentAction::ReconcileStop => "reconcile-stop",
+            IntentAction::StopKept => "stop-kept",
         }
     }
 }
@@ -241,6 +244,9 @@ pub enum EventKind {
     Audit,
     /// A canary step's verdict.
     Canary,
+    /// An old set kept after a blue-green flip (`blue_green.keep_seconds`).
+    #[serde(rename = "kept-old-set")]
+    KeptOldSet,
 }
 
 impl EventKind {
@@ -257,6 +263,7 @@ impl EventKind {
             EventKind::Restart => "restart",
             EventKind::Audit => "audit",
             EventKind::Canary => "canary",
+            EventKind::KeptOldSet => "kept-old-set",
         }
     }
 }
@@ -269,7 +276,7 @@ impl std::fmt::Display for EventKind {
 
 /// How what an event records ended (`events.outcome`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum EventOutcome {
     Succeeded,
     Failed,
@@ -277,6 +284,12 @@ pub enum EventOutcome {
     Unauthenticated,
     /// A server call whose role lacks the permission.
     Denied,
+    /// An old set is kept running after a flip.
+    Kept,
+    /// A kept old set was stopped at the end of its window.
+    Released,
+    /// `rollback` flipped back to a kept old set.
+    FlippedBack,
 }
 
 impl EventOutcome {
@@ -287,6 +300,9 @@ impl EventOutcome {
             EventOutcome::Failed => "failed",
             EventOutcome::Unauthenticated => "unauthenticated",
             EventOutcome::Denied => "denied",
+            EventOutcome::Kept => "kept",
+            EventOutcome::Released => "released",
+            EventOutcome::FlippedBack => "flipped-back",
         }
     }
 }

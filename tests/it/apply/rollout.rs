@@ -296,6 +296,331 @@ fn rolling_and_blue_green_replace_in_different_orders() {
     assert_eq!(orders[1].1, "start,stop", "{orders:?}");
 }
 
+/// `RollingUpdate` of 4 replicas with `deployment.rolling` as written:
+/// (max_surge, max_unavailable). The started and stopped instances of the
+/// run (its events, in order) keep the live count within
+/// [replicas - max_unavailable, replicas + max_surge]; the settings give
+/// different orders; the port answers throughout when nothing may stop
+/// early, and the new version serves afterwards.
+#[test]
+fn max_surge_and_max_unavailable_bound_the_live_instances() {
+    const N: i64 = 4;
+    let mut orders = Vec::new();
+    for (surge, unavailable) in [(1, 0), (2, 0), (0, 1), (1, 1)] {
+        let site = Site::new("rollout-surge");
+        let _cleanup = Cleanup(&site);
+        let port = super::common::free_port();
+        let header = site.header().replace(
+            "deployment:\n",
+            &format!(
+                "deployment:\n  strategy: RollingUpdate\n  drain_seconds: 1\n  rolling: {{max_surge: {surge}, max_unavailable: {unavailable}}}\n"
+            ),
+        );
+        let config = format!(
+            r#"{header}  web:
+    replicas: {N}
+    command: python3
+    args: ["-c", "import os, functools, http.server as h; h.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), functools.partial(h.SimpleHTTPRequestHandler, directory=os.environ['SITE'])).serve_forever()"]
+    env: {{SITE: "{{{{ env('SITE') }}}}"}}
+    ports: [{{container_port: 8080, host_port: {port}}}]
+    health_check: {{endpoint: /, interval_seconds: 1}}
+"#
+        );
+        site.write(&config);
+        let (code, out) = apply_with_site(&site, &site_dir(&site, "v1"));
+        assert_eq!(code, 0, "{out}");
+        let requests = Loop::start(port);
+        assert!(wait_until(Duration::from_secs(5), || serves(port).is_some()));
+        let (code, out) = site.run_with(
+            &["apply", "--auto-approve", "--format", "json"],
+            &[("SITE", site_dir(&site, "v2").to_str().unwrap())],
+        );
+        let (ok, failed, seen) = requests.finish();
+        assert_eq!(code, 0, "{out}");
+        assert!(ok > 0, "the loop ran");
+        if unavailable == 0 {
+            assert_eq!(failed, 0, "({surge}, 0): failed requests: {seen:?}");
+        }
+        assert_eq!(serves(port).as_deref(), Some("v2"), "{out}");
+        let (mut live, mut low, mut high) = (N, N, N);
+        let mut order = Vec::new();
+        for v in out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            let n = v["handles"].as_array().map_or(0, Vec::len) as i64;
+            match v["event"].as_str() {
+                Some("instance_started") => {
+                    live += n;
+                    order.push(format!("+{n}"));
+                }
+                Some("instance_stopped") => {
+                    live -= n;
+                    order.push(format!("-{n}"));
+                }
+                _ => continue,
+            }
+            low = low.min(live);
+            high = high.max(live);
+        }
+        assert_eq!(live, N, "({surge}, {unavailable}): {order:?}");
+        assert!(
+            low >= N - unavailable && high <= N + surge,
+            "({surge}, {unavailable}): live between {low} and {high}: {order:?}"
+        );
+        // Each setting uses all the room it is given.
+        assert_eq!(
+            (low, high),
+            (N - unavailable, N + surge),
+            "({surge}, {unavailable}): {order:?}"
+        );
+        assert_eq!(site.recorded().len(), N as usize, "{out}");
+        orders.push(order.join(","));
+    }
+    assert_eq!(orders[0], "+1,-1,+1,-1,+1,-1,+1,-1", "{orders:?}");
+    assert_eq!(orders[1], "+2,-2,+2,-2", "{orders:?}");
+    assert_eq!(orders[2], "-1,+1,-1,+1,-1,+1,-1,+1", "{orders:?}");
+    assert_eq!(orders[3], "-1,+2,-1,-1,+2,-1", "{orders:?}");
+}
+
+/// `validate` refuses `rolling` under another strategy, and settings that
+/// replace nothing at a time.
+#[test]
+fn rolling_settings_that_cannot_work_are_refused() {
+    let site = Site::new("rollout-refuse");
+    let service = "  web:\n    command: python3\n    args: [\"-m\", \"http.server\"]\n    ports: [{container_port: 8080, host_port: 18399}]\n";
+    for (deployment, says) in [
+        (
+            "  strategy: BlueGreen\n  rolling: {max_surge: 2}\n",
+            "has no effect without `strategy: RollingUpdate`",
+        ),
+        (
+            "  rolling: {max_surge: 2}\n",
+            "has no effect without `strategy: RollingUpdate`",
+        ),
+        (
+            "  strategy: RollingUpdate\n  rolling: {max_surge: 0, max_unavailable: 0}\n",
+            "can replace no replica",
+        ),
+    ] {
+        let header = site
+            .header()
+            .replace("deployment:\n", &format!("deployment:\n{deployment}"));
+        site.write(&format!("{header}{service}"));
+        let (code, out) = site.run(&["validate"]);
+        assert_ne!(code, 0, "{deployment}: {out}");
+        assert!(out.contains(says), "{deployment}: {out}");
+        assert!(out.contains("E002"), "{deployment}: {out}");
+    }
+    let header = site.header().replace(
+        "deployment:\n",
+        "deployment:\n  strategy: RollingUpdate\n  rolling: {max_surge: 0, max_unavailable: 2}\n",
+    );
+    site.write(&format!("{header}{service}"));
+    let (code, out) = site.run(&["validate"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// `validate` refuses `blue_green` under another strategy, and a
+/// `keep_seconds` that no service could use (none behind a switch, as a
+/// Swarm service never is).
+#[test]
+fn blue_green_settings_without_effect_are_refused() {
+    let site = Site::new("keep-refuse");
+    let switched = "  web:\n    command: python3\n    args: [\"-m\", \"http.server\"]\n    ports: [{container_port: 8080, host_port: 18398}]\n";
+    let portless = "  worker:\n    command: python3\n    args: [\"-m\", \"http.server\"]\n";
+    for (deployment, services, says) in [
+        (
+            "  strategy: RollingUpdate\n  blue_green: {keep_seconds: 30}\n",
+            switched,
+            "has no effect without `strategy: BlueGreen`",
+        ),
+        (
+            "  strategy: BlueGreen\n  blue_green: {keep_seconds: 30}\n",
+            portless,
+            "no service runs behind a traffic switch",
+        ),
+    ] {
+        let header = site
+            .header()
+            .replace("deployment:\n", &format!("deployment:\n{deployment}"));
+        site.write(&format!("{header}{services}"));
+        let (code, out) = site.run(&["validate"]);
+        assert_ne!(code, 0, "{deployment}: {out}");
+        assert!(out.contains(says), "{deployment}: {out}");
+        assert!(out.contains("E002"), "{deployment}: {out}");
+    }
+    let header = site.header().replace(
+        "deployment:\n",
+        "deployment:\n  strategy: BlueGreen\n  blue_green: {keep_seconds: 30}\n",
+    );
+    site.write(&format!("{header}{switched}{portless}"));
+    let (code, out) = site.run(&["validate"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// A BlueGreen site of 2 replicas with `blue_green.keep_seconds: {keep}`.
+fn keeping_site(test: &str, keep: u64) -> (Site, u16) {
+    let site = Site::new(test);
+    let port = super::common::free_port();
+    let header = site.header().replace(
+        "deployment:\n",
+        &format!(
+            "deployment:\n  strategy: BlueGreen\n  drain_seconds: 1\n  blue_green: {{keep_seconds: {keep}}}\n"
+        ),
+    );
+    site.write(&format!(
+        r#"{header}  web:
+    replicas: 2
+    command: python3
+    args: ["-c", "import os, functools, http.server as h; h.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), functools.partial(h.SimpleHTTPRequestHandler, directory=os.environ['SITE'])).serve_forever()"]
+    env: {{SITE: "{{{{ env('SITE') }}}}"}}
+    ports: [{{container_port: 8080, host_port: {port}}}]
+    health_check: {{endpoint: /, interval_seconds: 1}}
+"#
+    ));
+    (site, port)
+}
+
+/// `apply` of `dir` in the background (it waits out the keep window),
+/// its output going to `log`.
+fn apply_in_background(site: &Site, dir: &Path, log: &Path) -> std::process::Child {
+    let out = std::fs::File::create(log).unwrap();
+    site.cmd()
+        .args(["apply", "--auto-approve"])
+        .env("SITE", dir)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap()
+}
+
+fn pids(recorded: &[(String, u32, Option<String>)]) -> Vec<u32> {
+    recorded.iter().map(|(_, pid, _)| *pid).collect()
+}
+
+/// After a blue-green flip with `keep_seconds`, the old set still runs
+/// behind no traffic; `rollback` in the window points the switch back at it
+/// (the same processes: no restart) with zero failed requests in a request
+/// loop, the old version is served as soon as it returns, and the new set
+/// is stopped; the waiting `apply` then ends without stopping anything.
+#[test]
+fn rollback_in_the_keep_window_flips_back_without_a_restart() {
+    let (site, port) = keeping_site("keep-flip", 60);
+    let _cleanup = Cleanup(&site);
+    let (code, out) = apply_with_site(&site, &site_dir(&site, "v1"));
+    assert_eq!(code, 0, "{out}");
+    let v1 = pids(&site.recorded());
+    let log = site.dir.path().join("apply-v2.log");
+    let mut apply = apply_in_background(&site, &site_dir(&site, "v2"), &log);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            serves(port).as_deref() == Some("v2") && pids(&site.recorded()) != v1
+        }),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let v2 = pids(&site.recorded());
+    for pid in &v1 {
+        assert!(super::common::alive(*pid), "the kept old pid {pid} runs");
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            serves(port).as_deref(),
+            Some("v2"),
+            "no traffic to the kept set"
+        );
+    }
+    assert!(
+        apply.try_wait().unwrap().is_none(),
+        "apply waits out the window"
+    );
+
+    let requests = Loop::start(port);
+    assert!(wait_until(Duration::from_secs(5), || serves(port).is_some()));
+    let v2_dir = site_dir(&site, "v2");
+    let (code, out) = site.run_with(
+        &["rollback", "--auto-approve"],
+        &[("SITE", v2_dir.to_str().unwrap())],
+    );
+    assert_eq!(serves(port).as_deref(), Some("v1"), "at once: {out}");
+    let (ok, failed, seen) = requests.finish();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("flipped back"), "{out}");
+    assert_eq!(failed, 0, "failed requests during the flip back: {seen:?}");
+    assert!(ok > 0);
+    assert_eq!(pids(&site.recorded()), v1, "the kept processes serve again");
+    for pid in &v2 {
+        assert!(
+            wait_until(Duration::from_secs(10), || !super::common::alive(*pid)),
+            "the new pid {pid} is stopped"
+        );
+    }
+    let (_, history) = site.run(&["state", "history"]);
+    assert!(history.contains("rollback"), "{history}");
+
+    let status = apply.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{said}");
+    assert!(said.contains("keeping the old set of `web`"), "{said}");
+    for pid in &v1 {
+        assert!(super::common::alive(*pid), "{pid} still serves: {said}");
+    }
+    assert_eq!(serves(port).as_deref(), Some("v1"));
+}
+
+/// Without a rollback the kept old set stops when its window closes (the
+/// waiting `apply` stops it, then exits); a `destroy` in the window stops the
+/// kept set too.
+#[test]
+fn a_kept_old_set_stops_when_its_window_closes_or_on_destroy() {
+    let (site, port) = keeping_site("keep-close", 4);
+    let _cleanup = Cleanup(&site);
+    let (code, out) = apply_with_site(&site, &site_dir(&site, "v1"));
+    assert_eq!(code, 0, "{out}");
+    let v1 = pids(&site.recorded());
+    let log = site.dir.path().join("apply-v2.log");
+    let mut apply = apply_in_background(&site, &site_dir(&site, "v2"), &log);
+    assert!(wait_until(Duration::from_secs(60), || {
+        pids(&site.recorded()) != v1 && serves(port).as_deref() == Some("v2")
+    }));
+    for pid in &v1 {
+        assert!(super::common::alive(*pid), "kept: {pid}");
+    }
+    let status = apply.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{said}");
+    assert!(said.contains("stopped the kept old set of `web`"), "{said}");
+    for pid in &v1 {
+        assert!(
+            !super::common::alive(*pid),
+            "{pid} stopped after the window: {said}"
+        );
+    }
+    assert_eq!(serves(port).as_deref(), Some("v2"));
+
+    // A destroy within the next window stops the kept set with the rest.
+    let v2 = pids(&site.recorded());
+    let log = site.dir.path().join("apply-v3.log");
+    let mut apply = apply_in_background(&site, &site_dir(&site, "v3"), &log);
+    assert!(wait_until(Duration::from_secs(60), || {
+        pids(&site.recorded()) != v2 && serves(port).as_deref() == Some("v3")
+    }));
+    let v3 = pids(&site.recorded());
+    let (code, out) = site.run(&["destroy", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    for pid in v2.iter().chain(&v3) {
+        assert!(
+            !super::common::alive(*pid),
+            "{pid} stopped by destroy (kept {v2:?}, new {v3:?}): {out}"
+        );
+    }
+    assert!(switches(&site).is_empty(), "{out}");
+    let status = apply.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{said}");
+}
+
 /// The whole change set rolls back: a service whose blue-green rollout
 /// completed (its old set stopped) gets its old set back, serving through
 /// the same switch, when a later phase fails; the port never stops

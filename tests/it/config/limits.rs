@@ -328,10 +328,9 @@ fn settings_without_effect_are_refused() {
         let text = format!(
             "infrastructure: {{orchestrator: Swarm}}\ndeployment:\n  strategy: {strategy}\nservices:\n  api:\n    image: x:1\n"
         );
-        let (code, message, help) = problem_at(&text, strategy);
-        assert!(code.starts_with("E002"), "{code}");
-        assert!(message.contains("a Swarm service"), "{message}");
-        assert!(help.contains("`process` or `docker`"), "{help}");
+        // Swarm rolls its services out itself, by the update policy the
+        // strategy gives it (docs/strategies.md).
+        assert!(load(&text).is_ok(), "{strategy} on Swarm is accepted");
         let text = format!(
             "deployment:\n  strategy: {strategy}\n{SERVICE}    ports: [{{container_port: 5353, host_port: 5353, protocol: udp}}]\n"
         );

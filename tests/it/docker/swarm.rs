@@ -204,15 +204,35 @@ impl SwarmCli {
     /// `web`: busybox httpd with `replicas` replicas behind a command check,
     /// its port 8080 published on `host_port` (else on a port the engine picks).
     fn write(&self, replicas: u32, host_port: Option<u16>) {
+        self.write_with(replicas, host_port, "", "");
+    }
+
+    /// As `write`, with `deployment` lines (indented by two) and
+    /// `health_check` lines (indented by six) added.
+    fn write_with(&self, replicas: u32, host_port: Option<u16>, deployment: &str, health: &str) {
         let host = host_port.map_or_else(String::new, |p| format!(", host_port: {p}"));
         std::fs::write(
             self.dir.path().join("deploy-code.yaml"),
             format!(
-                "version: \"1.0.0\"\nproject: {}\nenvironment: test\ninfrastructure:\n  orchestrator: Swarm\ndeployment:\n  timeout_seconds: 60\n  stop_grace_seconds: 1\nservices:\n  web:\n    image: {IMAGE}\n    args: [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n    replicas: {replicas}\n    resources: {{cpu_cores: 0.05, memory_mb: 16}}\n    ports: [{{container_port: 8080{host}}}]\n    health_check:\n      command: [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:8080/health\"]\n      interval_seconds: 1\n",
+                "version: \"1.0.0\"\nproject: {}\nenvironment: test\ninfrastructure:\n  orchestrator: Swarm\ndeployment:\n  timeout_seconds: 60\n  stop_grace_seconds: 1\n{deployment}services:\n  web:\n    image: {IMAGE}\n    args: [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n    replicas: {replicas}\n    resources: {{cpu_cores: 0.05, memory_mb: 16}}\n    ports: [{{container_port: 8080{host}}}]\n    health_check:\n      command: [\"/bin/busybox\", \"wget\", \"-q\", \"-O\", \"/dev/null\", \"http://127.0.0.1:8080/health\"]\n      interval_seconds: 1\n{health}",
                 self.project
             ),
         )
         .unwrap();
+    }
+
+    /// The engine's `UpdateConfig` of the project's `web`, as
+    /// `docker service inspect` shows it.
+    fn update_config(&self) -> serde_json::Value {
+        let service = swarm::service_name(&self.project, "web");
+        let out = self.docker(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{json .Spec.UpdateConfig}}",
+            &service,
+        ]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
     }
 
     fn run(&self, args: &[&str]) -> (i32, String) {
@@ -359,4 +379,72 @@ async fn three_apply_destroy_rounds_in_a_row_leave_nothing_behind() {
         assert!(d.services().is_empty(), "round {round}: {}", d.services());
         assert!(!d.network_listed(), "round {round}: the network is left");
     }
+}
+
+/// The strategy sets the Swarm service's update policy on the engine: a
+/// BlueGreen service updates all its tasks at once, start-first; changing to
+/// RollingUpdate with `max_surge: 2` and a 2 s hold updates the service in
+/// place to two tasks at a time, start-first, watched 2 s each; with
+/// `max_surge: 0` it stops first, `max_unavailable` at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_strategy_sets_the_swarm_update_config_on_the_engine() {
+    let test = "the_strategy_sets_the_swarm_update_config_on_the_engine";
+    if swarm_engine(test).await.is_none() {
+        return;
+    }
+    let d = SwarmCli::new("swupdcfg");
+    let _guard = Cleanup::new(&d.project);
+    let id = |d: &SwarmCli| {
+        d.docker(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{.ID}}",
+            &swarm::service_name(&d.project, "web"),
+        ])
+    };
+
+    d.write_with(2, None, "  strategy: BlueGreen\n", "");
+    let (code, out) = d.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    let u = d.update_config();
+    assert_eq!(u["Parallelism"], 0, "{u}");
+    assert_eq!(u["Order"], "start-first", "{u}");
+    assert_eq!(u["FailureAction"], "rollback", "{u}");
+    assert_eq!(u["Monitor"], 5_000_000_000_i64, "{u}");
+    let first = id(&d);
+
+    d.write_with(
+        2,
+        None,
+        "  strategy: RollingUpdate\n  rolling: {max_surge: 2}\n",
+        "      min_healthy_seconds: 2\n",
+    );
+    let (code, out) = d.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("update"), "updated in place: {out}");
+    let u = d.update_config();
+    assert_eq!(u["Parallelism"], 2, "{u}");
+    assert_eq!(u["Order"], "start-first", "{u}");
+    assert_eq!(u["Monitor"], 2_000_000_000_i64, "{u}");
+    assert_eq!(id(&d), first, "the same Swarm service, updated in place");
+
+    d.write_with(
+        2,
+        None,
+        "  strategy: RollingUpdate\n  rolling: {max_surge: 0, max_unavailable: 1}\n",
+        "",
+    );
+    let (code, out) = d.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    let u = d.update_config();
+    assert_eq!(u["Parallelism"], 1, "{u}");
+    assert_eq!(u["Order"], "stop-first", "{u}");
+    // Every replica answers after the stop-first update.
+    let (_, out) = d.run(&["status"]);
+    assert!(out.contains("2/2 service"), "{out}");
+
+    let (code, out) = d.run(&["destroy", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(d.services().is_empty(), "{}", d.services());
 }

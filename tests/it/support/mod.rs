@@ -146,6 +146,7 @@ impl Spec {
             labels: BTreeMap::new(),
             network: None,
             behind_switch: false,
+            swarm_update: None,
         })
     }
 
