@@ -470,7 +470,12 @@ fn publish_metrics(rt: &tokio::runtime::Runtime, loaded: &LoadedConfig, store: &
     };
     let history = crate::state::history(store.path(), u64::MAX).unwrap_or_default();
     let project = &loaded.desired.settings.project;
-    let text = crate::metrics::exposition(project, &snapshot, &history);
+    let text = crate::metrics::exposition_in(
+        project,
+        &snapshot,
+        &history,
+        Some(&loaded.desired.settings.log_dir),
+    );
     for warning in rt.block_on(crate::metrics::publish(monitoring, project, &text)) {
         tracing::warn!("{warning}");
     }

@@ -17,8 +17,13 @@ pub fn metrics(inv: &Invocation) -> Result<CommandOutcome, Failure> {
     } else {
         Vec::new()
     };
-    inv.out
-        .data_lossy(&crate::metrics::exposition(&project, &snapshot, &history));
+    let log_dir = super::status::log_dir(inv);
+    inv.out.data_lossy(&crate::metrics::exposition_in(
+        &project,
+        &snapshot,
+        &history,
+        log_dir.as_deref(),
+    ));
     Ok(CommandOutcome::Done)
 }
 

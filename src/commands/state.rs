@@ -127,7 +127,10 @@ fn show(
             .into());
         };
         let mut events = state::events(path, Some(&rec.name), RECENT_EVENTS)?;
-        events.extend(crate::monitor::restart_events(rec));
+        events.extend(crate::monitor::restart_events(
+            rec,
+            super::status::log_dir(inv).as_deref(),
+        ));
         // Newest first; RFC 3339 UTC times order as text.
         events.sort_by(|a, b| b.at.cmp(&a.at).then(b.id.cmp(&a.id)));
         events.truncate(usize::try_from(RECENT_EVENTS).unwrap_or(usize::MAX));

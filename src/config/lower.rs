@@ -1291,6 +1291,11 @@ fn restart_settings(
         .and_then(|h| h.get("restart_after_failures"))
         .map(|n| n.span.clone());
     let process = backend == BackendKind::Process;
+    // A container with health-driven restarts runs under a monitor of its
+    // own, which applies the back-off and the circuit breaker as for a
+    // process; Swarm reschedules its tasks itself.
+    let monitored_container =
+        backend == BackendKind::Docker && raf.is_some() && policy != RestartPolicy::No;
     if process && workload == Workload::Task && policy != RestartPolicy::No {
         out.push(invalid(
             format!("`restart` has no effect on `{sname}`: a one-shot task runs once"),
@@ -1300,11 +1305,11 @@ fn restart_settings(
         return None;
     }
     if let Some(k) = tuned {
-        if !process {
+        if !process && !monitored_container {
             out.push(invalid(
                 format!("`restart.{k}` has no effect on `{sname}`: a container's engine applies only the restart policy"),
                 tuned_span(k),
-                "keep `restart: <policy>` for a container; back-off and circuit breaker apply to local processes",
+                "keep `restart: <policy>` for a container; back-off and circuit breaker apply to local processes and to Docker containers with `health_check.restart_after_failures` (never on Swarm)",
             ));
         } else if policy == RestartPolicy::No {
             out.push(invalid(
@@ -1315,11 +1320,11 @@ fn restart_settings(
         }
     }
     if raf.is_some() {
-        if !process {
+        if backend == BackendKind::Swarm {
             out.push(invalid(
-                format!("`health_check.restart_after_failures` has no effect on `{sname}`: health-driven restarts apply to local processes"),
+                format!("`health_check.restart_after_failures` has no effect on `{sname}`: Swarm reschedules its tasks itself"),
                 raf_span.clone(),
-                "remove `restart_after_failures`; run the service as a local process (`command:`) for health-driven restarts",
+                "remove `restart_after_failures`; on Swarm the engine replaces a task that fails its image's HEALTHCHECK; run the service as a Docker container or a local process for health-driven restarts",
             ));
         } else if policy == RestartPolicy::No {
             out.push(invalid(
@@ -1340,7 +1345,7 @@ fn restart_settings(
             "write 2 to double each pause, or 1 for a constant pause",
         ));
     }
-    if !process || policy == RestartPolicy::No {
+    if !(process || monitored_container) || policy == RestartPolicy::No {
         return None;
     }
     let d = crate::model::RestartSettings::default();

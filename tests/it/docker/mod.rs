@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod containers;
+mod health_restart;
 mod rollout;
 mod swarm;
 mod verdict;
