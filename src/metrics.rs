@@ -102,16 +102,18 @@ fn monitor_statuses(
 
 /// The exposition for one project: `history` is every deployment, newest first.
 pub fn exposition(project: &str, snapshot: &Snapshot, history: &[Deployment]) -> String {
-    exposition_in(project, snapshot, history, None)
+    exposition_in(project, snapshot, history, None, &Default::default())
 }
 
 /// [`exposition`], with the monitors of containers read from `log_dir`
-/// (the settings' `storage.log_dir`).
+/// (the settings' `storage.log_dir`) and `recorded`, the restarts the
+/// state's events hold per service.
 pub(crate) fn exposition_in(
     project: &str,
     snapshot: &Snapshot,
     history: &[Deployment],
     log_dir: Option<&std::path::Path>,
+    recorded: &std::collections::BTreeMap<String, u64>,
 ) -> String {
     let mut w = Writer {
         out: String::new(),
@@ -176,6 +178,18 @@ pub(crate) fn exposition_in(
                 "deploy_code_service_restarts_total",
                 &[("service", name.as_str())],
                 n as f64,
+            );
+        }
+        w.family(
+            "deploy_code_service_restarts_recorded_total",
+            "counter",
+            "Restarts of a service by its monitors recorded in the state's events (every replica and monitor, across applies).",
+        );
+        for (name, _, _) in &monitored {
+            w.sample(
+                "deploy_code_service_restarts_recorded_total",
+                &[("service", name.as_str())],
+                recorded.get(name.as_str()).copied().unwrap_or(0) as f64,
             );
         }
         w.family(

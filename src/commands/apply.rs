@@ -87,11 +87,16 @@ fn command_line() -> String {
 }
 
 fn open_store(inv: &Invocation, path: &std::path::Path) -> Result<Store, Failure> {
-    Ok(Store::open(
+    let store = Store::open(
         path,
         &Holder::current(command_line()),
         inv.globals.lock_timeout,
-    )?)
+    )?;
+    // The monitors' restarts so far become events before anything is replaced.
+    if let Ok(snap) = store.snapshot() {
+        super::status::import_restarts(inv, &snap);
+    }
+    Ok(store)
 }
 
 fn progress_mode(inv: &Invocation) -> Mode {
@@ -475,6 +480,7 @@ fn publish_metrics(rt: &tokio::runtime::Runtime, loaded: &LoadedConfig, store: &
         &snapshot,
         &history,
         Some(&loaded.desired.settings.log_dir),
+        &crate::state::restarts::counts(store.path()).unwrap_or_default(),
     );
     for warning in rt.block_on(crate::metrics::publish(monitoring, project, &text)) {
         tracing::warn!("{warning}");

@@ -229,10 +229,33 @@ pub(crate) fn log_dir(inv: &Invocation) -> Option<std::path::PathBuf> {
         .map(|l| l.desired.settings.log_dir.clone())
 }
 
+/// Imports into the state's events the restarts that the monitors of its
+/// services keep in their status files (each once, see
+/// `crate::state::restarts`). False, after a warning, when the state could
+/// not take them (a read-only copy): the caller then shows the status files'
+/// own.
+pub(crate) fn import_restarts(inv: &Invocation, snap: &Snapshot) -> bool {
+    let log_dir = log_dir(inv);
+    let rows: Vec<_> = snap
+        .services
+        .values()
+        .filter(|r| r.spec.restart_settings.is_some())
+        .flat_map(|r| crate::monitor::restart_rows(r, log_dir.as_deref()))
+        .collect();
+    match crate::state::restarts::import(inv.state_path(), &rows) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!("the monitors' restarts were not recorded in the state: {e}");
+            false
+        }
+    }
+}
+
 pub fn status(inv: &Invocation, req: &StatusRequest) -> Result<CommandOutcome, Failure> {
     let rt = inv.runtime()?;
     loop {
         let snap = snapshot(inv)?;
+        import_restarts(inv, &snap);
         let backends = inv.backends(None, Some(&snap));
         let v = rt.block_on(views(
             &backends,

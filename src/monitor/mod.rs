@@ -42,54 +42,67 @@ pub use crate::backends::monitor_file::*;
 
 mod container;
 
-/// The restarts the monitors of a service's recorded instances made, as
-/// events (kind `restart`, id 0: they live in the monitors' status files, not
-/// in the state, which a monitor never writes while an apply may hold it).
-pub(crate) fn restart_events(
+/// The restarts the monitors of a service's recorded instances made (and
+/// an opened circuit), as events of kind `restart` keyed for their import
+/// into the state (`crate::state::restarts`): they live in the monitors'
+/// status files, since a monitor never writes the state while an apply may
+/// hold it. A container's monitor keeps its file in `log_dir`.
+pub(crate) fn restart_rows(
     r: &crate::state::ServiceRecord,
     log_dir: Option<&Path>,
-) -> Vec<crate::state::Event> {
+) -> Vec<crate::state::restarts::RestartRow> {
+    use crate::state::restarts::RestartRow;
     let mut out = Vec::new();
     for h in &r.handles {
         let replica = h.replica();
         let Some(status) = status_in(h, log_dir) else {
             continue;
         };
+        let instance = format!(
+            "{}@{}:{}",
+            h.identity(),
+            status.monitor_pid,
+            status.monitor_start_time
+        );
+        let event = |at: &str, outcome: &str, message: String| crate::state::Event {
+            id: 0,
+            revision: status.revision,
+            at: at.to_owned(),
+            service: Some(r.name.clone()),
+            kind: "restart".into(),
+            outcome: outcome.into(),
+            message,
+        };
         for rec in &status.recent {
-            out.push(crate::state::Event {
-                id: 0,
-                revision: status.revision,
-                at: rec.at.clone(),
-                service: Some(r.name.clone()),
-                kind: "restart".into(),
-                outcome: "succeeded".into(),
-                message: format!(
-                    "replica {replica}: restart {} after {}, {} ms back-off",
-                    rec.restart, rec.after, rec.delay_ms
+            out.push(RestartRow {
+                instance: instance.clone(),
+                restart: rec.restart,
+                event: event(
+                    &rec.at,
+                    "succeeded",
+                    format!(
+                        "replica {replica}: restart {} after {}, {} ms back-off",
+                        rec.restart, rec.after, rec.delay_ms
+                    ),
                 ),
             });
         }
         if status.state == MonitorState::CircuitOpen
             && let Some(exit) = &status.last_exit
         {
-            out.push(crate::state::Event {
-                id: 0,
-                revision: status.revision,
-                at: exit.at.clone(),
-                service: Some(r.name.clone()),
-                kind: "restart".into(),
-                outcome: "failed".into(),
-                message: format!(
-                    "replica {replica}: circuit open after {}: more than {} restarts within {} s",
-                    exit.describe(),
-                    r.spec
-                        .restart_settings
-                        .as_ref()
-                        .map_or(0, |s| s.max_restarts),
-                    r.spec
-                        .restart_settings
-                        .as_ref()
-                        .map_or(0, |s| s.window_seconds)
+            let settings = r.spec.restart_settings.as_ref();
+            out.push(RestartRow {
+                instance,
+                restart: 0,
+                event: event(
+                    &exit.at,
+                    "failed",
+                    format!(
+                        "replica {replica}: circuit open after {}: more than {} restarts within {} s",
+                        exit.describe(),
+                        settings.map_or(0, |s| s.max_restarts),
+                        settings.map_or(0, |s| s.window_seconds)
+                    ),
                 ),
             });
         }

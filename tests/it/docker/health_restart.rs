@@ -164,6 +164,27 @@ pub(super) fn config(project: &str, port: u16, restart: &str) -> String {
     )
 }
 
+/// The `restart` events of `web` in the state, newest first: id, outcome,
+/// message.
+pub(super) fn restart_events(site: &Site) -> Vec<(i64, String, String)> {
+    let (code, json) = site.run(&["state", "show", "web", "--format", "json"]);
+    assert_eq!(code, 0, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "restart")
+        .map(|e| {
+            (
+                e["id"].as_i64().unwrap(),
+                e["outcome"].as_str().unwrap().to_owned(),
+                e["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 pub(super) fn break_health(id: &str) {
     let out = Command::new("docker")
         .args(["exec", id, "/bin/busybox", "rm", "-f", "/www/health"])
@@ -264,6 +285,25 @@ async fn a_container_failing_its_probes_is_restarted_until_the_circuit_opens() {
         "{metrics}"
     );
 
+    // The restarts and the open circuit are events of the state.
+    let events = restart_events(&site);
+    assert_eq!(
+        events.iter().map(|e| e.1.as_str()).collect::<Vec<_>>(),
+        ["failed", "succeeded", "succeeded"],
+        "{events:?}"
+    );
+    assert!(
+        events[0]
+            .2
+            .contains("circuit open after unhealthy (exit 143)"),
+        "{events:?}"
+    );
+    assert!(
+        events[1].2.contains("restart 2 after unhealthy (exit 143)"),
+        "{events:?}"
+    );
+    assert!(events.iter().all(|e| e.0 > 0), "{events:?}");
+
     // The next apply replaces the exited container, with a new monitor.
     let (code, out) = site.run(&["apply", "--auto-approve"]);
     assert_eq!(code, 0, "{out}");
@@ -280,6 +320,8 @@ async fn a_container_failing_its_probes_is_restarted_until_the_circuit_opens() {
             == 1),
         "one monitor, of the new container"
     );
+
+    assert_eq!(restart_events(&site), events, "recorded once, kept");
 
     let (code, out) = site.run(&["destroy", "--auto-approve"]);
     assert_eq!(code, 0, "{out}");
