@@ -7,4 +7,5 @@ mod containers;
 mod health_restart;
 mod rollout;
 mod swarm;
+mod swarm_nodes;
 mod verdict;
