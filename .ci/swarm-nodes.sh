@@ -7,7 +7,9 @@
 #
 #   .ci/swarm-nodes.sh up      # prints the export line for the tests
 #   .ci/swarm-nodes.sh down    # stops both engines, removes namespaces, bridge and data
-#   .ci/swarm-nodes.sh stop N  # stops node N's engine only (a node lost)
+#   .ci/swarm-nodes.sh stop N  # stops node N's engine (its tasks stop with it)
+#   .ci/swarm-nodes.sh kill N  # a crash: SIGKILL to everything in node N's namespace
+#   .ci/swarm-nodes.sh start N # starts node N's engine again (it rejoins)
 set -euo pipefail
 
 BRIDGE=dcswarm0
@@ -35,6 +37,16 @@ stop_engine() {
   kill "$pid" 2>/dev/null || true
   for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
   kill -9 "$pid" 2>/dev/null || true
+}
+
+# A node crash: SIGKILL to every process in the node's namespace (its
+# engine, containerd, shims and tasks), so that the manager learns of it only
+# from missed heartbeats.
+crash() {
+  local n=$1
+  ip netns pids "$(ns "$n")" | xargs -r kill -9
+  for _ in $(seq 1 50); do [ -z "$(ip netns pids "$(ns "$n")")" ] && break; sleep 0.1; done
+  rm -f "$(pidfile "$n")"
 }
 
 start_engine() {
@@ -142,6 +154,7 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   stop) stop_engine "${2:?node number}" ;;
+  kill) crash "${2:?node number}" ;;
   start) start_engine "${2:?node number}" ;;
-  *) echo "usage: $0 up|down|stop N|start N" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|stop N|kill N|start N" >&2; exit 2 ;;
 esac

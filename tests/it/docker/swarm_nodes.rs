@@ -127,16 +127,17 @@ impl Cluster {
         LOADED.get_or_init(|| {
             for n in ["1", "2"] {
                 let socket = self.socket.replace("node1", &format!("node{n}"));
-                let save = Command::new("docker")
+                let mut save = Command::new("docker")
                     .args(["save", IMAGE])
                     .stdout(Stdio::piped())
                     .spawn()
                     .unwrap();
                 let out = Command::new("docker")
                     .args(["-H", &format!("unix://{socket}"), "load", "-q"])
-                    .stdin(save.stdout.unwrap())
+                    .stdin(save.stdout.take().unwrap())
                     .output()
                     .unwrap();
+                let _ = save.wait();
                 assert!(
                     out.status.success(),
                     "loading {IMAGE} on node{n}: {}",
