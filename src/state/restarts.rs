@@ -101,3 +101,56 @@ pub(crate) fn counts(path: &Path) -> Result<BTreeMap<String, u64>, StateError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ServiceName;
+    use crate::state::{Holder, Store};
+
+    fn row(instance: &str, restart: u32, outcome: &str) -> RestartRow {
+        RestartRow {
+            instance: instance.into(),
+            restart,
+            event: Event {
+                id: 0,
+                revision: 1,
+                at: format!("2026-01-01T00:00:0{restart}.000Z"),
+                service: ServiceName::parse("web").ok(),
+                kind: "restart".into(),
+                outcome: outcome.into(),
+                message: format!("replica 0: restart {restart}"),
+            },
+        }
+    }
+
+    #[test]
+    fn each_restart_is_imported_once_and_the_serial_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        assert_eq!(
+            import(&path, &[row("p:1:2@1:2", 1, "succeeded")]).unwrap(),
+            0
+        );
+        assert!(!path.exists(), "no state is made for restarts");
+        drop(Store::open(&path, &Holder::current("t"), None).unwrap());
+        let serial = crate::state::load_snapshot(&path).unwrap().serial;
+        let first = [
+            row("p:1:2@1:2", 1, "succeeded"),
+            row("p:1:2@1:2", 2, "succeeded"),
+        ];
+        assert_eq!(import(&path, &first).unwrap(), 2);
+        assert_eq!(import(&path, &first).unwrap(), 0, "imported once");
+        // A new monitor of the same instance counts from 1 again.
+        let more = [
+            row("p:1:2@1:2", 2, "succeeded"),
+            row("p:1:2@7:8", 1, "succeeded"),
+            row("p:1:2@7:8", 0, "failed"),
+        ];
+        assert_eq!(import(&path, &more).unwrap(), 2);
+        let events = crate::state::events(&path, None, 10).unwrap();
+        assert_eq!(events.iter().filter(|e| e.kind == "restart").count(), 4);
+        assert_eq!(counts(&path).unwrap().get("web"), Some(&3));
+        assert_eq!(crate::state::load_snapshot(&path).unwrap().serial, serial);
+    }
+}
