@@ -88,18 +88,33 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
-/// The status files of the monitors of a service's recorded instances.
+/// The status files of the monitors of a service's recorded instances
+/// (a container's monitor keeps its file in `log_dir`).
 fn monitor_statuses(
     r: &crate::state::ServiceRecord,
+    log_dir: Option<&std::path::Path>,
 ) -> Vec<crate::backends::monitor_file::MonitorStatus> {
     r.handles
         .iter()
-        .filter_map(crate::backends::monitor_file::status_of_handle)
+        .filter_map(|h| crate::backends::monitor_file::status_in(h, log_dir))
         .collect()
 }
 
 /// The exposition for one project: `history` is every deployment, newest first.
 pub fn exposition(project: &str, snapshot: &Snapshot, history: &[Deployment]) -> String {
+    exposition_in(project, snapshot, history, None, &Default::default())
+}
+
+/// [`exposition`], with the monitors of containers read from `log_dir`
+/// (the settings' `storage.log_dir`) and `recorded`, the restarts the
+/// state's events hold per service.
+pub(crate) fn exposition_in(
+    project: &str,
+    snapshot: &Snapshot,
+    history: &[Deployment],
+    log_dir: Option<&std::path::Path>,
+    recorded: &std::collections::BTreeMap<String, u64>,
+) -> String {
     let mut w = Writer {
         out: String::new(),
         project: project.to_owned(),
@@ -149,13 +164,13 @@ pub fn exposition(project: &str, snapshot: &Snapshot, history: &[Deployment]) ->
         .services
         .iter()
         .filter(|(_, r)| r.spec.restart_settings.is_some())
-        .map(|(name, r)| (name, r, monitor_statuses(r)))
+        .map(|(name, r)| (name, r, monitor_statuses(r, log_dir)))
         .collect();
     if !monitored.is_empty() {
         w.family(
             "deploy_code_service_restarts_total",
             "counter",
-            "Restarts of a process service by its monitors since the running monitors started (every replica).",
+            "Restarts of a process or container service by its monitors since the running monitors started (every replica).",
         );
         for (name, _, statuses) in &monitored {
             let n: u64 = statuses.iter().map(|m| u64::from(m.restarts)).sum();
@@ -163,6 +178,18 @@ pub fn exposition(project: &str, snapshot: &Snapshot, history: &[Deployment]) ->
                 "deploy_code_service_restarts_total",
                 &[("service", name.as_str())],
                 n as f64,
+            );
+        }
+        w.family(
+            "deploy_code_service_restarts_recorded_total",
+            "counter",
+            "Restarts of a service by its monitors recorded in the state's events (every replica and monitor, across applies).",
+        );
+        for (name, _, _) in &monitored {
+            w.sample(
+                "deploy_code_service_restarts_recorded_total",
+                &[("service", name.as_str())],
+                recorded.get(name.as_str()).copied().unwrap_or(0) as f64,
             );
         }
         w.family(

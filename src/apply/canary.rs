@@ -175,7 +175,12 @@ impl Exec<'_> {
             .push(Undo::Rollout(undo.clone()));
         let n = after.replicas.max(1);
         let handles = self
-            .start_some(after, &change.gpus, Some(0..n), crate::state::IntentAction::Start)
+            .start_some(
+                after,
+                &change.gpus,
+                Some(0..n),
+                crate::state::IntentAction::Start,
+            )
             .await
             .map_err(fail)?;
         undo.lock()

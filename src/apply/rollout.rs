@@ -307,7 +307,9 @@ impl Exec<'_> {
                     self.point(after, &new_live, Some(spec), &staying, &early)
                         .await
                         .map_err(fail)?;
-                    self.stop(spec, &early, crate::state::IntentAction::Stop).await.map_err(fail)?;
+                    self.stop(spec, &early, crate::state::IntentAction::Stop)
+                        .await
+                        .map_err(fail)?;
                     undo.lock()
                         .expect("rollout")
                         .stopped
@@ -520,7 +522,11 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 impl Kept {
-    fn write(&self, store: &mut Store, outcome: crate::state::EventOutcome) -> Result<(), StateError> {
+    fn write(
+        &self,
+        store: &mut Store,
+        outcome: crate::state::EventOutcome,
+    ) -> Result<(), StateError> {
         let message = serde_json::to_string(self).unwrap_or_default();
         store.event(
             self.revision,
@@ -594,7 +600,8 @@ pub(crate) async fn release(
         .close_intent(id, outcome, &serde_json::json!({}))
         .map_err(|e| e.to_string())?;
     res.map_err(|e| e.to_string())?;
-    kept.write(store, crate::state::EventOutcome::Released).map_err(|e| e.to_string())
+    kept.write(store, crate::state::EventOutcome::Released)
+        .map_err(|e| e.to_string())
 }
 
 /// Flips the switches of each kept set's service back to it (its instances
@@ -707,7 +714,8 @@ pub(crate) async fn flip_back(
         record.status = ServiceStatus::Ready;
         record.updated_at = super::now_rfc3339();
         store.put_service(&record).map_err(|e| e.to_string())?;
-        k.write(store, crate::state::EventOutcome::FlippedBack).map_err(|e| e.to_string())?;
+        k.write(store, crate::state::EventOutcome::FlippedBack)
+            .map_err(|e| e.to_string())?;
         done.push(format!(
             "`{name}`: the switch serves the kept set again ({} instance(s), no restart); stopped {stopped} new instance(s)",
             k.record.handles.len()

@@ -118,6 +118,100 @@ fn restart_policy(r: RestartPolicy) -> DockerRestart {
     }
 }
 
+/// Whether a container runs under a monitor of its own (`deploy-code
+/// __monitor`): it restarts after `health_check.restart_after_failures`
+/// failed probes, with a back-off and a circuit breaker (lowered into
+/// `restart_settings` only then).
+pub(crate) fn monitored(spec: &ServiceSpec) -> bool {
+    spec.restart_settings.is_some()
+        && spec.restart != RestartPolicy::No
+        && spec
+            .health_check
+            .as_ref()
+            .is_some_and(|h| h.restart_after_failures.is_some())
+}
+
+/// The handle of container `id` (named `name`) as replica `replica`: what a
+/// container's monitor probes and restarts.
+pub(crate) fn container_handle(replica: u32, id: &str, name: &str) -> Handle {
+    Handle::Container {
+        replica,
+        id: id.to_owned(),
+        name: name.to_owned(),
+    }
+}
+
+/// The live monitors (pids) that watch container `id`, found by their mark.
+fn monitors_of(id: &str) -> Vec<u32> {
+    let me = std::process::id();
+    crate::procfs::pids()
+        .into_iter()
+        .filter(|p| *p != me)
+        .filter(|p| {
+            crate::procfs::environ(*p, super::monitor_file::ENV_CONTAINER).is_some_and(|env| {
+                env.get(super::monitor_file::ENV_CONTAINER)
+                    .map(String::as_str)
+                    == Some(id)
+            })
+        })
+        .filter(|p| crate::procfs::stat(*p).is_some_and(|s| !s.is_dead()))
+        .collect()
+}
+
+/// Stops the monitors of container `id` (SIGTERM, SIGKILL after `grace`), so
+/// that none restarts the container while it is stopped, or outlives it.
+async fn stop_monitors(id: &str, grace: Duration) {
+    let pids: Vec<(u32, u64)> = monitors_of(id)
+        .into_iter()
+        .filter_map(|p| Some((p, crate::procfs::start_time(p)?)))
+        .collect();
+    if pids.is_empty() {
+        return;
+    }
+    let alive = |(p, t): &(u32, u64)| {
+        crate::procfs::stat(*p).is_some_and(|s| s.start_time == *t && !s.is_dead())
+    };
+    let signal = |sig: i32| {
+        for (p, t) in &pids {
+            if alive(&(*p, *t))
+                && let Ok(p) = i32::try_from(*p)
+            {
+                // SAFETY: plain syscall on a monitor found by its mark just now.
+                unsafe {
+                    libc::kill(p, sig);
+                }
+            }
+        }
+    };
+    signal(libc::SIGTERM);
+    let deadline = std::time::Instant::now() + grace + Duration::from_secs(2);
+    let mut wait = Duration::from_millis(5);
+    while std::time::Instant::now() < deadline {
+        if !pids.iter().any(alive) {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(100));
+    }
+    signal(libc::SIGKILL);
+    for _ in 0..100 {
+        if !pids.iter().any(alive) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How a watched container's run ended, as its monitor sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ContainerEnd {
+    /// It stopped with this exit code (and was killed by the engine for
+    /// memory when `oom`).
+    Exited { code: Option<i64>, oom: bool },
+    /// It is gone (removed) or the engine does not know it.
+    Gone,
+}
+
 /// The container's create body. `host_ports` gives the host port of every
 /// entry of `spec.ports` (already allocated where the config named none).
 pub(crate) fn container_body(
@@ -159,7 +253,13 @@ pub(crate) fn container_body(
             .then(|| spec.resources.memory_mb as i64 * 1024 * 1024),
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         mounts: (!mounts.is_empty()).then_some(mounts),
-        restart_policy: Some(restart_policy(spec.restart)),
+        // A monitored container is restarted by its monitor alone (with the
+        // back-off and the circuit breaker), never by the engine as well.
+        restart_policy: Some(restart_policy(if monitored(spec) {
+            RestartPolicy::No
+        } else {
+            spec.restart
+        })),
         device_requests: device_requests(&ctx.gpus),
         network_mode: Some(attachment.mode().to_owned()),
         dns: (!host_net && !ctx.network.dns_servers.is_empty())
@@ -577,6 +677,189 @@ impl DockerBackend {
         Ok(None)
     }
 
+    /// Starts the monitor of a container that restarts on failed probes: a
+    /// `deploy-code __monitor` in a session of its own, marked with the
+    /// container's id, its own lines in `<log_dir>/<container>.<id12>.monitor.log`.
+    /// A container that already has a live monitor keeps it.
+    fn ensure_monitor(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+        handle: &Handle,
+    ) -> Result<(), BackendError> {
+        use std::io::Write;
+        use std::os::unix::process::CommandExt;
+        let Handle::Container { replica, id, name } = handle else {
+            return Ok(());
+        };
+        if !monitored(spec) || !monitors_of(id).is_empty() {
+            return Ok(());
+        }
+        let failed = |message: String| BackendError::StartFailed {
+            service: spec.name.to_string(),
+            message,
+        };
+        let program = super::logwriter::program().ok_or_else(|| {
+            failed("the `deploy-code` binary that monitors the container was not found".into())
+        })?;
+        crate::fsperm::private_dir(&ctx.log_dir).map_err(|e| {
+            failed(format!(
+                "log directory `{}` cannot be created: {e}",
+                ctx.log_dir.display()
+            ))
+        })?;
+        let log_path = super::monitor_file::container_log_path(&ctx.log_dir, name, id);
+        let log = crate::fsperm::private_append(&log_path)
+            .map_err(|e| failed(format!("log file `{}`: {e}", log_path.display())))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| failed(format!("log file `{}`: {e}", log_path.display())))?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.arg(super::monitor_file::ARG)
+            .env_clear()
+            .stdin(std::process::Stdio::piped())
+            .stdout(log)
+            .stderr(err)
+            .current_dir(&ctx.log_dir);
+        // The engine it talks to is this run's.
+        for (k, v) in std::env::vars_os() {
+            if k.to_str().is_some_and(|k| k.starts_with("DOCKER_")) {
+                cmd.env(k, v);
+            }
+        }
+        // Marks of its own, not an instance's: the process backend's
+        // discovery must not take it for a process of the project.
+        cmd.env(super::monitor_file::ENV_CONTAINER, id)
+            .env(super::monitor_file::ENV_CONTAINER_PROJECT, &ctx.project);
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| failed(format!("its monitor could not be started: {e}")))?;
+        let launch = super::monitor_file::Launch {
+            program: String::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: ctx.log_dir.clone(),
+            status_path: super::monitor_file::status_path(&log_path),
+            replica: *replica,
+            revision: ctx.revision,
+            spec: spec.clone(),
+            grace_seconds: super::monitor_file::GRACE_SECONDS,
+            container: Some(super::monitor_file::ContainerTarget {
+                id: id.clone(),
+                name: name.clone(),
+            }),
+        };
+        let sent = child.stdin.take().map(|mut pipe| {
+            let line = serde_json::to_string(&launch).map_err(std::io::Error::other)?;
+            writeln!(pipe, "{line}")
+        });
+        if !matches!(sent, Some(Ok(()))) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed(
+                "its monitor could not be given its container".into(),
+            ));
+        }
+        // Reap it whenever it ends, so that a long-lived caller (`serve`)
+        // keeps no zombie.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        Ok(())
+    }
+
+    /// Stops container `id` for a restart (the engine's stop: SIGTERM,
+    /// SIGKILL after `grace`) and keeps it; returns how it ended.
+    pub(crate) async fn stop_for_restart(&self, id: &str, grace: Duration) -> ContainerEnd {
+        let Ok(docker) = self.api().await else {
+            return ContainerEnd::Exited {
+                code: None,
+                oom: false,
+            };
+        };
+        let t = grace.as_secs().min(i32::MAX as u64) as i32;
+        match docker
+            .stop_container(
+                id,
+                Some(StopContainerOptionsBuilder::default().t(t).build()),
+            )
+            .await
+        {
+            Err(e) if is_not_found(&e) => return ContainerEnd::Gone,
+            _ => {}
+        }
+        self.ended(id).await.unwrap_or(ContainerEnd::Exited {
+            code: None,
+            oom: false,
+        })
+    }
+
+    /// Starts the stopped container `id` again.
+    pub(crate) async fn start_again(&self, id: &str) -> Result<(), String> {
+        let docker = self.api().await.map_err(|e| e.to_string())?;
+        match docker.start_container(id, None).await {
+            Ok(()) => Ok(()),
+            // 304: it runs already.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(message(&e)),
+        }
+    }
+
+    /// How container `id` ended, once it has: `None` while it runs.
+    async fn ended(&self, id: &str) -> Option<ContainerEnd> {
+        let docker = self.api().await.ok()?;
+        match docker.inspect_container(id, None).await {
+            Ok(c) => {
+                let state = c.state?;
+                if state.running == Some(true) || state.restarting == Some(true) {
+                    return None;
+                }
+                Some(ContainerEnd::Exited {
+                    code: state.exit_code,
+                    oom: state.oom_killed == Some(true),
+                })
+            }
+            Err(e) if is_not_found(&e) => Some(ContainerEnd::Gone),
+            Err(_) => None,
+        }
+    }
+
+    /// Waits until container `id` stops (the engine's wait, not a poll) and
+    /// says how it ended.
+    pub(crate) async fn wait_end(&self, id: &str) -> ContainerEnd {
+        loop {
+            if let Ok(docker) = self.api().await {
+                let options = bollard::query_parameters::WaitContainerOptionsBuilder::default()
+                    .condition("not-running")
+                    .build();
+                let mut stream = docker.wait_container(id, Some(options));
+                while let Some(r) = stream.next().await {
+                    if let Err(e) = r
+                        && is_not_found(&e)
+                    {
+                        return ContainerEnd::Gone;
+                    }
+                }
+            }
+            if let Some(end) = self.ended(id).await {
+                return end;
+            }
+            // The engine did not answer, or the wait ended early: look again.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     async fn inspect(&self, handle: &Handle) -> Option<bollard::models::ContainerInspectResponse> {
         let docker = self.api().await.ok()?;
         let Handle::Container { id, .. } = handle else {
@@ -732,6 +1015,14 @@ impl Backend for DockerBackend {
                     Err(_) => {}
                 }
             }
+            if first_error.is_none() {
+                for h in &handles {
+                    if let Err(e) = self.ensure_monitor(spec, ctx, h) {
+                        first_error = Some(e);
+                        break;
+                    }
+                }
+            }
             let Some(e) = first_error else {
                 return Ok(handles);
             };
@@ -754,6 +1045,8 @@ impl Backend for DockerBackend {
             let Handle::Container { id, name, .. } = h else {
                 return Ok(());
             };
+            // Its monitor first, so that nothing restarts it meanwhile.
+            stop_monitors(id, Duration::from_secs(super::monitor_file::GRACE_SECONDS)).await;
             let t = grace.as_secs().min(i32::MAX as u64) as i32;
             match docker
                 .stop_container(id, Some(StopContainerOptionsBuilder::default().t(t).build()))

@@ -39,6 +39,34 @@ pub(crate) struct Launch {
     pub spec: ServiceSpec,
     /// Seconds between SIGTERM and SIGKILL when the monitor stops its child.
     pub grace_seconds: u64,
+    /// The container the monitor watches through the engine instead of
+    /// running a child (a Docker container with health-driven restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerTarget>,
+}
+
+/// The container a monitor watches.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ContainerTarget {
+    pub id: String,
+    pub name: String,
+}
+
+/// The environment mark that names the container a monitor watches: how the
+/// Docker backend finds the monitor again to stop it before the container.
+pub(crate) const ENV_CONTAINER: &str = "DEPLOY_CODE_MONITORED_CONTAINER";
+
+/// The project of the container a monitor watches (a mark of its own: the
+/// monitor is no process instance of the project).
+pub(crate) const ENV_CONTAINER_PROJECT: &str = "DEPLOY_CODE_MONITORED_PROJECT";
+
+/// The log a container's monitor writes its own lines to (the container's
+/// output stays with the engine): `<log_dir>/<container>.<id12>.monitor.log`
+/// (the id, since a replacement takes the old container's name); its status
+/// file is beside it ([`status_path`]).
+pub(crate) fn container_log_path(log_dir: &Path, container: &str, id: &str) -> PathBuf {
+    let short: String = id.chars().take(12).collect();
+    log_dir.join(format!("{container}.{short}.monitor.log"))
 }
 
 /// Where the monitor of the instance logging to `log_path` keeps its status.
@@ -131,6 +159,9 @@ pub struct MonitorStatus {
     pub monitor_start_time: u64,
     pub policy: RestartPolicy,
     pub state: MonitorState,
+    /// The container the monitor watches, when it watches one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
     /// The running child's identity (pid and start time, as in `/proc/<pid>/stat`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child_pid: Option<u32>,
@@ -182,6 +213,14 @@ pub(crate) fn status_of(log_path: &Path, pid: u32, start_time: u64) -> Option<Mo
 /// The status of the monitor of a recorded instance, when it is a monitored
 /// process whose monitor wrote one.
 pub(crate) fn status_of_handle(h: &Handle) -> Option<MonitorStatus> {
+    status_in(h, None)
+}
+
+/// The status of the monitor of a recorded instance: a monitored process's
+/// (beside its log), or a monitored container's (in `log_dir`, the
+/// settings' `storage.log_dir`, when known): only the file written for that
+/// very container counts.
+pub(crate) fn status_in(h: &Handle, log_dir: Option<&Path>) -> Option<MonitorStatus> {
     match h {
         Handle::Process {
             pid,
@@ -189,6 +228,10 @@ pub(crate) fn status_of_handle(h: &Handle) -> Option<MonitorStatus> {
             log_path,
             ..
         } => status_of(Path::new(log_path), *pid, *start_time),
-        _ => None,
+        Handle::Container { id, name, .. } => {
+            let path = status_path(&container_log_path(log_dir?, name, id));
+            read_status(&path).filter(|s| s.container_id.as_deref() == Some(id.as_str()))
+        }
+        Handle::SwarmService { .. } => None,
     }
 }

@@ -215,6 +215,7 @@ impl ProcessBackend {
                 revision: ctx.revision,
                 spec: spec.clone(),
                 grace_seconds: super::monitor_file::GRACE_SECONDS,
+                container: None,
             };
             let sent = child.stdin.take().map(|mut pipe| {
                 let line = serde_json::to_string(&launch).map_err(std::io::Error::other)?;

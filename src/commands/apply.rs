@@ -87,11 +87,16 @@ fn command_line() -> String {
 }
 
 fn open_store(inv: &Invocation, path: &std::path::Path) -> Result<Store, Failure> {
-    Ok(Store::open(
+    let store = Store::open(
         path,
         &Holder::current(command_line()),
         inv.globals.lock_timeout,
-    )?)
+    )?;
+    // The monitors' restarts so far become events before anything is replaced.
+    if let Ok(snap) = store.snapshot() {
+        super::status::import_restarts(inv, &snap);
+    }
+    Ok(store)
 }
 
 fn progress_mode(inv: &Invocation) -> Mode {
@@ -471,7 +476,13 @@ fn publish_metrics(rt: &tokio::runtime::Runtime, loaded: &LoadedConfig, store: &
     };
     let history = crate::state::history(store.path(), u64::MAX).unwrap_or_default();
     let project = &loaded.desired.settings.project;
-    let text = crate::metrics::exposition(project, &snapshot, &history);
+    let text = crate::metrics::exposition_in(
+        project,
+        &snapshot,
+        &history,
+        Some(&loaded.desired.settings.log_dir),
+        &crate::state::restarts::counts(store.path()).unwrap_or_default(),
+    );
     for warning in rt.block_on(crate::metrics::publish(monitoring, project, &text)) {
         tracing::warn!("{warning}");
     }

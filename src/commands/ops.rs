@@ -17,8 +17,16 @@ pub fn metrics(inv: &Invocation) -> Result<CommandOutcome, Failure> {
     } else {
         Vec::new()
     };
-    inv.out
-        .data_lossy(&crate::metrics::exposition(&project, &snapshot, &history));
+    let log_dir = super::status::log_dir(inv);
+    super::status::import_restarts(inv, &snapshot);
+    let recorded = crate::state::restarts::counts(state_path).unwrap_or_default();
+    inv.out.data_lossy(&crate::metrics::exposition_in(
+        &project,
+        &snapshot,
+        &history,
+        log_dir.as_deref(),
+        &recorded,
+    ));
     Ok(CommandOutcome::Done)
 }
 

@@ -126,8 +126,18 @@ fn show(
             }
             .into());
         };
+        // The monitors' restarts become events of the state (each once);
+        // a state that cannot take them shows them from the status files.
+        let imported = super::status::import_restarts(inv, &snap);
         let mut events = state::events(path, Some(&rec.name), RECENT_EVENTS)?;
-        events.extend(crate::monitor::restart_events(rec));
+        if !imported {
+            let log_dir = super::status::log_dir(inv);
+            events.extend(
+                crate::monitor::restart_rows(rec, log_dir.as_deref())
+                    .into_iter()
+                    .map(|r| r.event),
+            );
+        }
         // Newest first; RFC 3339 UTC times order as text.
         events.sort_by(|a, b| b.at.cmp(&a.at).then(b.id.cmp(&a.id)));
         events.truncate(usize::try_from(RECENT_EVENTS).unwrap_or(usize::MAX));

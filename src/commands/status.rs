@@ -67,14 +67,14 @@ async fn switches_of(state_path: &std::path::Path, r: &ServiceRecord) -> Vec<Swi
     out
 }
 
-fn handle_view(h: &Handle, l: &Liveness) -> InstanceView {
+fn handle_view(h: &Handle, l: &Liveness, log_dir: Option<&std::path::Path>) -> InstanceView {
     let state = match l {
         Liveness::Running => "running".to_owned(),
         Liveness::Exited(Some(c)) => format!("exited ({c})"),
         Liveness::Exited(None) => "exited".to_owned(),
         Liveness::Missing => "missing".to_owned(),
     };
-    let monitor = crate::monitor::status_of_handle(h);
+    let monitor = crate::monitor::status_in(h, log_dir);
     let state = match monitor.as_ref().map(|m| m.state) {
         Some(crate::monitor::MonitorState::CircuitOpen) => "failed (circuit open)".into(),
         Some(crate::monitor::MonitorState::BackingOff) if *l == Liveness::Running => {
@@ -117,6 +117,7 @@ async fn views(
     snap: &Snapshot,
     probe: bool,
     state_path: &std::path::Path,
+    log_dir: Option<&std::path::Path>,
 ) -> Vec<ServiceView> {
     let mut out = Vec::new();
     let now = std::time::SystemTime::now()
@@ -130,10 +131,11 @@ async fn views(
             ports = published(b.as_ref(), r).await;
             for h in &r.handles {
                 let l = b.liveness(h).await;
-                let mut view = handle_view(h, &l);
+                let mut view = handle_view(h, &l, log_dir);
                 view.uptime_seconds = b.started_at(h).await.map(|t| now.saturating_sub(t));
-                // A monitored process is up since its child's last start.
-                if let Some(m) = &view.monitor {
+                // A monitored process is up since its child's last start (a
+                // monitored container since its own, as the engine says).
+                if let Some(m) = view.monitor.as_ref().filter(|_| !r.backend.runs_images()) {
                     view.uptime_seconds = match (l == Liveness::Running, m.child_start_time) {
                         (true, Some(t)) => {
                             crate::procfs::started_at_epoch(t).map(|t| now.saturating_sub(t))
@@ -216,12 +218,48 @@ async fn published(b: &dyn crate::backends::Backend, r: &ServiceRecord) -> Vec<S
     out
 }
 
+/// Where the monitors of containers keep their status files: the
+/// configuration's `storage.log_dir`, when the configuration loads.
+pub(crate) fn log_dir(inv: &Invocation) -> Option<std::path::PathBuf> {
+    inv.config_for_reading()
+        .map(|l| l.desired.settings.log_dir.clone())
+}
+
+/// Imports into the state's events the restarts that the monitors of its
+/// services keep in their status files (each once, see
+/// `crate::state::restarts`). False, after a warning, when the state could
+/// not take them (a read-only copy): the caller then shows the status files'
+/// own.
+pub(crate) fn import_restarts(inv: &Invocation, snap: &Snapshot) -> bool {
+    let log_dir = log_dir(inv);
+    let rows: Vec<_> = snap
+        .services
+        .values()
+        .filter(|r| r.spec.restart_settings.is_some())
+        .flat_map(|r| crate::monitor::restart_rows(r, log_dir.as_deref()))
+        .collect();
+    match crate::state::restarts::import(inv.state_path(), &rows) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!("the monitors' restarts were not recorded in the state: {e}");
+            false
+        }
+    }
+}
+
 pub fn status(inv: &Invocation, req: &StatusRequest) -> Result<CommandOutcome, Failure> {
     let rt = inv.runtime()?;
     loop {
         let snap = snapshot(inv)?;
+        import_restarts(inv, &snap);
         let backends = inv.backends(None, Some(&snap));
-        let v = rt.block_on(views(&backends, &snap, true, inv.state_path()));
+        let v = rt.block_on(views(
+            &backends,
+            &snap,
+            true,
+            inv.state_path(),
+            log_dir(inv).as_deref(),
+        ));
         let text = match inv.format() {
             Format::Json => {
                 serde_json::to_string_pretty(&StatusDoc::new(v)).unwrap_or_default() + "\n"
@@ -243,7 +281,13 @@ pub fn health(inv: &Invocation) -> Result<CommandOutcome, Failure> {
     let rt = inv.runtime()?;
     let snap = snapshot(inv)?;
     let backends = inv.backends(None, Some(&snap));
-    let v = rt.block_on(views(&backends, &snap, true, inv.state_path()));
+    let v = rt.block_on(views(
+        &backends,
+        &snap,
+        true,
+        inv.state_path(),
+        log_dir(inv).as_deref(),
+    ));
     let doc = HealthDoc::of(&v);
     match inv.format() {
         Format::Json => inv.out.data(&format!(

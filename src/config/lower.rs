@@ -1169,7 +1169,8 @@ impl Lowering<'_> {
         let behind_switch = self.behind_switch(
             entry, sname, backend, workload, host_net, &ports, settings, out,
         );
-        let swarm_update = backend.orchestrates()
+        let swarm_update = backend
+            .orchestrates()
             .then(|| self.swarm_update(entry, sname, health_check.as_ref(), &ports, settings, out))
             .flatten();
         if out.len() > start {
@@ -1567,6 +1568,13 @@ fn restart_settings(
         .and_then(|h| h.get("restart_after_failures"))
         .map(|n| n.span.clone());
     let process = backend.supervised_by_monitor();
+    // A container with health-driven restarts runs under a monitor of its
+    // own, which applies the back-off and the circuit breaker as for a
+    // process; Swarm reschedules its tasks itself.
+    let monitored_container = backend.runs_images()
+        && !backend.orchestrates()
+        && raf.is_some()
+        && policy != RestartPolicy::No;
     if process && workload == Workload::Task && policy != RestartPolicy::No {
         out.push(invalid(
             format!("`restart` has no effect on `{sname}`: a one-shot task runs once"),
@@ -1576,11 +1584,11 @@ fn restart_settings(
         return None;
     }
     if let Some(k) = tuned {
-        if !process {
+        if !process && !monitored_container {
             out.push(invalid(
                 format!("`restart.{k}` has no effect on `{sname}`: a container's engine applies only the restart policy"),
                 tuned_span(k),
-                "keep `restart: <policy>` for a container; back-off and circuit breaker apply to local processes",
+                "keep `restart: <policy>` for a container; back-off and circuit breaker apply to local processes and to Docker containers with `health_check.restart_after_failures` (never on Swarm)",
             ));
         } else if policy == RestartPolicy::No {
             out.push(invalid(
@@ -1591,11 +1599,11 @@ fn restart_settings(
         }
     }
     if raf.is_some() {
-        if !process {
+        if backend.orchestrates() {
             out.push(invalid(
-                format!("`health_check.restart_after_failures` has no effect on `{sname}`: health-driven restarts apply to local processes"),
+                format!("`health_check.restart_after_failures` has no effect on `{sname}`: Swarm reschedules its tasks itself"),
                 raf_span.clone(),
-                "remove `restart_after_failures`; run the service as a local process (`command:`) for health-driven restarts",
+                "remove `restart_after_failures`; on Swarm the engine replaces a task that fails its image's HEALTHCHECK; run the service as a Docker container or a local process for health-driven restarts",
             ));
         } else if policy == RestartPolicy::No {
             out.push(invalid(
@@ -1616,7 +1624,7 @@ fn restart_settings(
             "write 2 to double each pause, or 1 for a constant pause",
         ));
     }
-    if !process || policy == RestartPolicy::No {
+    if !(process || monitored_container) || policy == RestartPolicy::No {
         return None;
     }
     let d = crate::model::RestartSettings::default();

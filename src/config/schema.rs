@@ -427,7 +427,9 @@ impl RestartDef {
 }
 
 /// A restart policy with its back-off and circuit breaker. For a local
-/// process, its monitor applies them; a container's engine takes the policy only.
+/// process, its monitor applies them, and for a Docker container with
+/// `health_check.restart_after_failures`; any other container's engine takes
+/// the policy only.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestartSettingsDef {
@@ -494,7 +496,7 @@ pub struct Service {
     pub health_check: Option<HealthCheckDef>,
     pub ports: Option<Vec<PortDef>>,
     pub volumes: Option<Vec<VolumeDef>>,
-    /// no, on-failure, always or unless-stopped (default no), or a map with `policy` and the back-off and circuit breaker of a local process (`initial_delay_ms`, `max_delay_seconds`, `multiplier`, `reset_after_seconds`, `max_restarts`, `window_seconds`). A local process is restarted by its monitor; a container by its engine.
+    /// no, on-failure, always or unless-stopped (default no), or a map with `policy` and the back-off and circuit breaker of a monitored instance (`initial_delay_ms`, `max_delay_seconds`, `multiplier`, `reset_after_seconds`, `max_restarts`, `window_seconds`). A local process is restarted by its monitor; a Docker container with `health_check.restart_after_failures` by a monitor too; any other container by its engine.
     pub restart: Option<RestartDef>,
     pub labels: Option<BTreeMap<String, String>>,
 }
@@ -542,7 +544,7 @@ pub struct HealthCheckDef {
     /// passing probe before its gate passes. Default 0 (liveness is checked
     /// after every passing probe all the same).
     pub min_healthy_seconds: Option<u64>,
-    /// For a local process with a restart policy other than `no`: consecutive failed probes of the running instance after which its monitor restarts it, at least 1. Default: never.
+    /// For a local process or a Docker container with a restart policy other than `no` (not on Swarm, which reschedules its tasks itself): consecutive failed probes of the running instance after which its monitor restarts it, at least 1. Default: never.
     #[schemars(range(min = 1))]
     pub restart_after_failures: Option<u32>,
 }

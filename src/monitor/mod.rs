@@ -40,51 +40,70 @@ use crate::model::{RestartPolicy, RestartSettings};
 
 pub use crate::backends::monitor_file::*;
 
-/// The restarts the monitors of a service's recorded instances made, as
-/// events (kind `restart`, id 0: they live in the monitors' status files, not
-/// in the state, which a monitor never writes while an apply may hold it).
-pub(crate) fn restart_events(r: &crate::state::ServiceRecord) -> Vec<crate::state::Event> {
+mod container;
+
+/// The restarts the monitors of a service's recorded instances made (and
+/// an opened circuit), as events of kind `restart` keyed for their import
+/// into the state (`crate::state::restarts`): they live in the monitors'
+/// status files, since a monitor never writes the state while an apply may
+/// hold it. A container's monitor keeps its file in `log_dir`.
+pub(crate) fn restart_rows(
+    r: &crate::state::ServiceRecord,
+    log_dir: Option<&Path>,
+) -> Vec<crate::state::restarts::RestartRow> {
+    use crate::state::restarts::RestartRow;
     let mut out = Vec::new();
     for h in &r.handles {
         let replica = h.replica();
-        let Some(status) = status_of_handle(h) else {
+        let Some(status) = status_in(h, log_dir) else {
             continue;
         };
-        for rec in &status.recent {
-            out.push(crate::state::Event {
+        let instance = format!(
+            "{}@{}:{}",
+            h.identity(),
+            status.monitor_pid,
+            status.monitor_start_time
+        );
+        let event =
+            |at: &str, outcome: crate::state::EventOutcome, message: String| crate::state::Event {
                 id: 0,
                 revision: status.revision,
-                at: rec.at.clone(),
+                at: at.to_owned(),
                 service: Some(r.name.clone()),
                 kind: crate::state::EventKind::Restart,
-                outcome: crate::state::EventOutcome::Succeeded,
-                message: format!(
-                    "replica {replica}: restart {} after {}, {} ms back-off",
-                    rec.restart, rec.after, rec.delay_ms
+                outcome,
+                message,
+            };
+        for rec in &status.recent {
+            out.push(RestartRow {
+                instance: instance.clone(),
+                restart: rec.restart,
+                event: event(
+                    &rec.at,
+                    crate::state::EventOutcome::Succeeded,
+                    format!(
+                        "replica {replica}: restart {} after {}, {} ms back-off",
+                        rec.restart, rec.after, rec.delay_ms
+                    ),
                 ),
             });
         }
         if status.state == MonitorState::CircuitOpen
             && let Some(exit) = &status.last_exit
         {
-            out.push(crate::state::Event {
-                id: 0,
-                revision: status.revision,
-                at: exit.at.clone(),
-                service: Some(r.name.clone()),
-                kind: crate::state::EventKind::Restart,
-                outcome: crate::state::EventOutcome::Failed,
-                message: format!(
-                    "replica {replica}: circuit open after {}: more than {} restarts within {} s",
-                    exit.describe(),
-                    r.spec
-                        .restart_settings
-                        .as_ref()
-                        .map_or(0, |s| s.max_restarts),
-                    r.spec
-                        .restart_settings
-                        .as_ref()
-                        .map_or(0, |s| s.window_seconds)
+            let settings = r.spec.restart_settings.as_ref();
+            out.push(RestartRow {
+                instance,
+                restart: 0,
+                event: event(
+                    &exit.at,
+                    crate::state::EventOutcome::Failed,
+                    format!(
+                        "replica {replica}: circuit open after {}: more than {} restarts within {} s",
+                        exit.describe(),
+                        settings.map_or(0, |s| s.max_restarts),
+                        settings.map_or(0, |s| s.window_seconds)
+                    ),
                 ),
             });
         }
@@ -172,7 +191,12 @@ pub fn run() -> u8 {
             return 2;
         }
     };
-    let end = rt.block_on(supervise(launch));
+    let end = rt.block_on(async move {
+        match launch.container.clone() {
+            Some(target) => container::watch(launch, target).await,
+            None => supervise(launch).await,
+        }
+    });
     drop(rt);
     match end {
         End::Code(c) => u8::try_from(c & 0xff).unwrap_or(1),
@@ -353,6 +377,7 @@ async fn supervise(launch: Launch) -> End {
         monitor_start_time: crate::procfs::start_time(me).unwrap_or(0),
         policy,
         state: MonitorState::Running,
+        container_id: None,
         child_pid: None,
         child_start_time: None,
         restarts: 0,
@@ -398,6 +423,34 @@ async fn supervise(launch: Launch) -> End {
             }
             RunEnd::Exited(exit) => exit,
         };
+        let (delay, after) = match after_exit(&mut m, exit) {
+            Next::End(end) => return end,
+            Next::Restart { delay, after } => (delay, after),
+        };
+        tokio::select! {
+            biased;
+            _ = term.recv() => return stopped(&mut m),
+            _ = int.recv() => return stopped(&mut m),
+            () = tokio::time::sleep(delay) => {}
+        }
+        count_restart(&mut m, &after, delay);
+        m.header(m.status.restarts, &after);
+    }
+}
+
+/// What follows an exit.
+enum Next {
+    /// The monitor ends (the policy does not restart, or the circuit opened).
+    End(End),
+    /// The instance is started again after `delay`.
+    Restart { delay: Duration, after: String },
+}
+
+/// Records an exit and decides on it: the policy, the window and the
+/// circuit, the back-off (saved in the status while it runs).
+fn after_exit(m: &mut Monitor, exit: ExitRecord) -> Next {
+    let policy = m.launch.spec.restart;
+    {
         let after = exit.describe();
         note(&format!(
             "--- deploy-code: `{}` replica {} ended: {after}",
@@ -407,7 +460,7 @@ async fn supervise(launch: Launch) -> End {
         if !restarts(policy, &exit) {
             m.status.state = MonitorState::Exited;
             m.save();
-            return end_of(Some(&exit));
+            return Next::End(end_of(Some(&exit)));
         }
         let now = Instant::now();
         let window = Duration::from_secs(m.settings.window_seconds);
@@ -429,34 +482,33 @@ async fn supervise(launch: Launch) -> End {
             m.status.state = MonitorState::CircuitOpen;
             m.status.next_start_at = None;
             m.save();
-            return end_of(Some(&exit));
+            return Next::End(end_of(Some(&exit)));
         }
         let delay = backoff(&m.settings, m.streak);
         m.status.state = MonitorState::BackingOff;
         m.status.backoff_ms = delay.as_millis() as u64;
         m.status.next_start_at = Some(stamp(delay));
         m.save();
-        tokio::select! {
-            biased;
-            _ = term.recv() => return stopped(&mut m),
-            _ = int.recv() => return stopped(&mut m),
-            () = tokio::time::sleep(delay) => {}
-        }
-        m.window.push_back(Instant::now());
-        m.streak = m.streak.saturating_add(1);
-        m.status.restarts += 1;
-        m.status.next_start_at = None;
-        let record = RestartRecord {
-            at: stamp(Duration::ZERO),
-            restart: m.status.restarts,
-            after: after.clone(),
-            delay_ms: delay.as_millis() as u64,
-        };
-        m.status.recent.push(record);
-        let extra = m.status.recent.len().saturating_sub(RECENT);
-        m.status.recent.drain(..extra);
-        m.header(m.status.restarts, &after);
+        Next::Restart { delay, after }
     }
+}
+
+/// Counts a restart (after its back-off): the window, the streak, the
+/// restart count and its record.
+fn count_restart(m: &mut Monitor, after: &str, delay: Duration) {
+    m.window.push_back(Instant::now());
+    m.streak = m.streak.saturating_add(1);
+    m.status.restarts += 1;
+    m.status.next_start_at = None;
+    let record = RestartRecord {
+        at: stamp(Duration::ZERO),
+        restart: m.status.restarts,
+        after: after.to_owned(),
+        delay_ms: delay.as_millis() as u64,
+    };
+    m.status.recent.push(record);
+    let extra = m.status.recent.len().saturating_sub(RECENT);
+    m.status.recent.drain(..extra);
 }
 
 fn stopped(m: &mut Monitor) -> End {

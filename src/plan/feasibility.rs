@@ -379,7 +379,11 @@ fn assign_gpus(
                 let ok = !exclusive[i]
                     && match mem {
                         Some(m) => avail[i] >= m,
-                        None => avail[i] == usable[i] && usable[i] > 0,
+                        // A device of unknown memory (a Swarm node's
+                        // generic resource) is free while nobody holds it.
+                        None => {
+                            avail[i] == usable[i] && (usable[i] > 0 || host.gpus[i].memory_mb == 0)
+                        }
                     };
                 if ok {
                     chosen.push(i);

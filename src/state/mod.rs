@@ -11,6 +11,7 @@
 //! read-only, takes no lock and migrates nothing on disk.
 
 pub mod key;
+pub(crate) mod restarts;
 mod store;
 pub use store::*;
 

@@ -55,7 +55,21 @@ pub const APPLICATION_ID: i32 = 0x4450_4C43;
 pub(crate) const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../../../state/0001_init.sql")),
     (2, include_str!("../../../state/0002_replay.sql")),
+    (3, include_str!("../../../state/0003_restart_events.sql")),
 ];
+
+/// A connection to the state (created and migrated when needed) for rows
+/// written without the lock that leave the serial alone: imported restarts
+/// (`super::restarts`).
+pub(crate) fn open_for_events(path: &Path) -> Result<rusqlite::Connection, StateError> {
+    Store::open_unlocked(path)
+}
+
+/// A read-only connection to the state, `None` when there is no state (see
+/// `read::load_snapshot`): for `super::restarts`.
+pub(crate) fn open_for_reading(path: &Path) -> Result<Option<rusqlite::Connection>, StateError> {
+    Ok(open_read(path)?.map(|(conn, _)| conn))
+}
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
@@ -207,7 +221,7 @@ impl crate::error::Coded for StateError {
 crate::error::coded_diagnostic!(StateError);
 
 impl StateError {
-    fn sql(op: &'static str, path: &Path) -> impl FnOnce(rusqlite::Error) -> StateError {
+    pub(crate) fn sql(op: &'static str, path: &Path) -> impl FnOnce(rusqlite::Error) -> StateError {
         let path = path.to_path_buf();
         move |source| match &source {
             rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::NotADatabase => {

@@ -335,3 +335,108 @@ fn on_failure_leaves_a_clean_exit_alone() {
     );
     site.teardown();
 }
+
+/// The `restart` events of `web` in the state (`state show web`), newest
+/// first: id, outcome, message.
+fn restart_events(site: &Site) -> Vec<(i64, String, String)> {
+    let (code, json) = site.run(&["state", "show", "web", "--format", "json"]);
+    assert_eq!(code, 0, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "restart")
+        .map(|e| {
+            (
+                e["id"].as_i64().unwrap(),
+                e["outcome"].as_str().unwrap().to_owned(),
+                e["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Restarts become events of the state: `status`, `state show`, `metrics`
+/// and `apply` import them from the monitors' status files, each once, and
+/// they stay after the instance is replaced by a new monitor.
+#[test]
+fn restarts_are_recorded_as_state_events_once() {
+    let site = Site::new("mon-events");
+    let port = free_port();
+    let config = |max: u32| {
+        web(
+            &site,
+            port,
+            &format!("    restart: {{policy: always, initial_delay_ms: 0, max_restarts: {max}}}\n"),
+            "",
+        )
+    };
+    site.write(&config(10));
+    site.apply_ok();
+    let mut child = wait_status(&site, "start", |s| s.child_pid.is_some())
+        .child_pid
+        .unwrap();
+    for n in 1..=2u32 {
+        kill(child, libc::SIGKILL);
+        child = wait_status(&site, "restart", |s| {
+            s.restarts == n && s.child_pid.is_some_and(|p| p != child)
+        })
+        .child_pid
+        .unwrap();
+    }
+    let (code, out) = site.run(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    let events = restart_events(&site);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|(id, outcome, _)| *id > 0 && outcome == "succeeded")
+    );
+    assert_ne!(events[0].0, events[1].0);
+    assert!(
+        events[0].2.contains("restart 2 after signal 9"),
+        "{events:?}"
+    );
+    assert!(
+        events[1].2.contains("restart 1 after signal 9"),
+        "{events:?}"
+    );
+    // Asked again: nothing is imported twice.
+    site.run(&["status"]);
+    let (_, metrics) = site.run(&["metrics"]);
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("deploy_code_service_restarts_recorded_total{") && l.ends_with("} 2")
+        ),
+        "{metrics}"
+    );
+    assert_eq!(restart_events(&site), events);
+
+    // A change replaces the instance: a new monitor counts from 1 again,
+    // and the old restarts stay recorded.
+    site.write(&config(11));
+    site.apply_ok();
+    let monitor = wait_status(&site, "a new monitor", |s| {
+        s.child_pid.is_some() && s.restarts == 0
+    });
+    kill(monitor.child_pid.unwrap(), libc::SIGKILL);
+    wait_status(&site, "restart", |s| {
+        s.restarts == 1 && s.monitor_pid == monitor.monitor_pid
+    });
+    let (code, out) = site.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    let after = restart_events(&site);
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after[0].2.contains("restart 1 after signal 9"), "{after:?}");
+    assert_eq!(&after[1..], &events[..]);
+    let (_, metrics) = site.run(&["metrics"]);
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("deploy_code_service_restarts_recorded_total{") && l.ends_with("} 3")
+        ),
+        "{metrics}"
+    );
+    site.teardown();
+}

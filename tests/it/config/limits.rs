@@ -373,9 +373,19 @@ fn settings_without_effect_are_refused() {
         message.contains("`health_check.restart_after_failures` has no effect on `api`"),
         "{message}"
     );
-    let text = "services:\n  api:\n    image: x:1\n    restart: always\n    health_check: {tcp: 80, restart_after_failures: 17}\n";
-    let (_, message, _) = problem_at(text, "17");
-    assert!(message.contains("apply to local processes"), "{message}");
+    // Swarm reschedules its tasks itself; a Docker container runs under a
+    // monitor that acts on the failed probes.
+    let text = "infrastructure:\n  orchestrator: Swarm\nservices:\n  api:\n    image: x:1\n    restart: always\n    health_check: {tcp: 80, restart_after_failures: 17}\n";
+    let (_, message, help) = problem_at(text, "17");
+    assert!(
+        message.contains("reschedules its tasks itself"),
+        "{message}"
+    );
+    assert!(help.contains("Docker container"), "{help}");
+    let text = "services:\n  api:\n    image: x:1\n    restart: {policy: always, max_restarts: 2}\n    health_check: {tcp: 80, restart_after_failures: 17}\n";
+    let loaded = load(text).expect("a monitored container");
+    let spec = loaded.desired.services.values().next().unwrap();
+    assert_eq!(spec.restart_settings.as_ref().unwrap().max_restarts, 2);
     // A one-shot task runs once.
     let text = format!("{SERVICE}    oneshot: true\n    restart: always\n");
     let (_, message, _) = problem_at(&text, "always");

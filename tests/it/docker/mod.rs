@@ -4,6 +4,8 @@
 mod cli;
 mod common;
 mod containers;
+mod health_restart;
 mod rollout;
 mod swarm;
+mod swarm_nodes;
 mod verdict;

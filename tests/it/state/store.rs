@@ -246,8 +246,10 @@ fn a_history_of_schema_1_gains_what_rollback_re_applies() {
     }
     {
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch("ALTER TABLE deployments DROP COLUMN config_replay")
-            .unwrap();
+        conn.execute_batch(
+            "ALTER TABLE deployments DROP COLUMN config_replay; DROP TABLE restart_imports",
+        )
+        .unwrap();
         conn.pragma_update(None, "user_version", 1).unwrap();
     }
     let old = state::history(&path, 10).unwrap();
