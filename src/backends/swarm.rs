@@ -907,6 +907,12 @@ impl Backend for SwarmBackend {
     fn updatable_in_place(&self) -> &'static [&'static str] {
         // Swarm rolls these out itself, by the service's update policy
         // (`swarm_update`, from the strategy), and rolls back on failure.
+        // A task publishing in host mode holds its port on its node until it
+        // is gone, which a rolling task update runs into: there a change to
+        // the task's container replaces the service instead.
+        if self.publish == PublishMode::Host {
+            return &["replicas", "health_check", "swarm_update"];
+        }
         &[
             "replicas",
             "image",
