@@ -236,18 +236,7 @@ impl Store {
     ) -> Result<i64, StateError> {
         let detail = crate::redact::text(&detail.to_string()).into_owned();
         self.write("record an intent in", |tx| {
-            tx.execute(
-                "INSERT INTO intents (revision, service, action, detail, started_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    to_i64(revision),
-                    service.as_str(),
-                    action.as_str(),
-                    detail,
-                    now_rfc3339()
-                ],
-            )?;
-            Ok(tx.last_insert_rowid())
+            insert_intent(tx, revision, service, action, &detail)
         })
     }
 
@@ -265,18 +254,7 @@ impl Store {
     ) -> Result<(i64, Durable), StateError> {
         let detail = crate::redact::text(&detail.to_string()).into_owned();
         let id = self.write_as(Durability::Ordered, "record an intent in", |tx| {
-            tx.execute(
-                "INSERT INTO intents (revision, service, action, detail, started_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    to_i64(revision),
-                    service.as_str(),
-                    action.as_str(),
-                    detail,
-                    now_rfc3339()
-                ],
-            )?;
-            Ok(tx.last_insert_rowid())
+            insert_intent(tx, revision, service, action, &detail)
         })?;
         Ok((
             id,
@@ -487,4 +465,26 @@ impl Durable {
     pub(crate) fn wait(self) -> Result<(), StateError> {
         self.wal.sync_upto(self.upto)
     }
+}
+
+/// One intent row (its detail already redacted); returns its id.
+fn insert_intent(
+    tx: &rusqlite::Transaction<'_>,
+    revision: u64,
+    service: &ServiceName,
+    action: IntentAction,
+    detail: &str,
+) -> rusqlite::Result<i64> {
+    tx.execute(
+        "INSERT INTO intents (revision, service, action, detail, started_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            to_i64(revision),
+            service.as_str(),
+            action.as_str(),
+            detail,
+            now_rfc3339()
+        ],
+    )?;
+    Ok(tx.last_insert_rowid())
 }
