@@ -527,13 +527,21 @@ async fn control_conn(shared: Arc<Shared>, stream: UnixStream) {
                 if let Some(h) = http {
                     shared.http.store(h, Ordering::Relaxed);
                 }
+                // This request's drain covers only the backends it removes:
+                // one that it keeps and a later request removes drains by
+                // that request's clock, however late this timer fires.
+                let mut kept = backends;
+                kept.extend(shared.canary.lock().expect("canary").iter().copied());
                 let s = shared.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(drain_ms)).await;
                     let mut live = s.backends.lock().expect("backends").clone();
                     live.extend(s.canary.lock().expect("canary").iter().copied());
                     let conns = s.conns.lock().expect("conns");
-                    for c in conns.values().filter(|c| !live.contains(&c.backend)) {
+                    for c in conns
+                        .values()
+                        .filter(|c| !live.contains(&c.backend) && !kept.contains(&c.backend))
+                    {
                         c.abort.abort();
                     }
                 });

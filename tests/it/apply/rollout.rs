@@ -721,40 +721,62 @@ fn connect(port: u16) -> (std::net::TcpStream, std::io::BufReader<std::net::TcpS
     (s, r)
 }
 
+/// A switch started for a test, killed by its pid when dropped.
+struct TestSwitch {
+    client: deploy_code::switch::SwitchClient,
+    rt: tokio::runtime::Runtime,
+    project: String,
+    pid: u32,
+}
+
+impl TestSwitch {
+    fn start(dir: &std::path::Path, port: u16, project: String) -> TestSwitch {
+        let client = deploy_code::switch::SwitchClient::new(&dir.join("state.db"), "web", port);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = rt
+            .block_on(client.ensure(
+                &format!("127.0.0.1:{port}"),
+                &project,
+                "lineage-1",
+                &dir.join("switch.log"),
+            ))
+            .unwrap();
+        assert!(started);
+        let pid = rt.block_on(client.status()).unwrap().pid;
+        TestSwitch {
+            client,
+            rt,
+            project,
+            pid,
+        }
+    }
+
+    fn set(&self, backends: &[std::net::SocketAddr], drain: Duration) {
+        self.rt.block_on(self.client.set(backends, drain)).unwrap();
+    }
+}
+
+impl Drop for TestSwitch {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGKILL);
+        }
+    }
+}
+
 /// The switch on its own: it forwards to its live set, keeps a connection
 /// to an instance it no longer sends new ones to for the drain time and
 /// then cuts it, counts what it forwarded, and frees its port when stopped.
 #[test]
 fn the_switch_forwards_drains_and_stops() {
-    use deploy_code::switch::SwitchClient;
     let dir = tempfile::tempdir().unwrap();
     let port = super::common::free_port();
     let (blue, green) = (echo_server("blue"), echo_server("green"));
-    let client = SwitchClient::new(&dir.path().join("state.db"), "web", port);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let project = format!("switch-{}", std::process::id());
-    let started = rt
-        .block_on(client.ensure(
-            &format!("127.0.0.1:{port}"),
-            &project,
-            "lineage-1",
-            &dir.path().join("switch.log"),
-        ))
-        .unwrap();
-    assert!(started);
-    let pid = rt.block_on(client.status()).unwrap().pid;
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            unsafe {
-                libc::kill(self.0 as i32, libc::SIGKILL);
-            }
-        }
-    }
-    let _kill = Kill(pid);
+    let switch = TestSwitch::start(dir.path(), port, format!("switch-{}", std::process::id()));
+    let (client, rt, project, pid) = (&switch.client, &switch.rt, &switch.project, switch.pid);
     // The control socket is private.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&client.socket)
@@ -763,17 +785,15 @@ fn the_switch_forwards_drains_and_stops() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     // Found again by its marks.
-    let found = deploy_code::switch::client::find(&project, "lineage-1");
+    let found = deploy_code::switch::client::find(project, "lineage-1");
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].pid, pid);
-    assert!(deploy_code::switch::client::find(&project, "another").is_empty());
+    assert!(deploy_code::switch::client::find(project, "another").is_empty());
 
-    rt.block_on(client.set(&[blue], Duration::from_millis(0)))
-        .unwrap();
+    switch.set(&[blue], Duration::from_millis(0));
     let mut old = connect(port);
     assert_eq!(say(&mut old, "1").as_deref(), Some("blue:1"));
-    rt.block_on(client.set(&[green], Duration::from_secs(3)))
-        .unwrap();
+    switch.set(&[green], Duration::from_secs(5));
     // New connections go to green; the open one still reaches blue.
     let mut new = connect(port);
     assert_eq!(say(&mut new, "2").as_deref(), Some("green:2"));
@@ -790,15 +810,33 @@ fn the_switch_forwards_drains_and_stops() {
     assert_eq!(say(&mut old, "4"), None);
     assert_eq!(say(&mut new, "5").as_deref(), Some("green:5"));
     // No backend: a connection is accepted and closed, and counted failed.
-    rt.block_on(client.set(&[], Duration::from_millis(0)))
-        .unwrap();
+    switch.set(&[], Duration::from_millis(0));
     assert_eq!(say(&mut connect(port), "6"), None);
     assert_eq!(rt.block_on(client.status()).unwrap().failed, 1);
     // Stopped: the port and the socket are gone.
-    rt.block_on(client.stop(&project, "lineage-1")).unwrap();
+    rt.block_on(client.stop(project, "lineage-1")).unwrap();
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     assert!(!client.socket.exists());
     assert!(rt.block_on(client.status()).is_err());
+}
+
+/// A drain belongs to the request that removed the backend: an earlier
+/// request's timer that fires later does not cut a connection that a newer
+/// request is still draining.
+#[test]
+fn an_earlier_drain_does_not_cut_a_later_one_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = super::common::free_port();
+    let (blue, green) = (echo_server("blue"), echo_server("green"));
+    let switch = TestSwitch::start(dir.path(), port, format!("switch-drain-{}", std::process::id()));
+    switch.set(&[blue], Duration::from_millis(0));
+    let mut old = connect(port);
+    assert_eq!(say(&mut old, "1").as_deref(), Some("blue:1"));
+    // Keeps blue (its timer fires in 300 ms), then removes it with 20 s.
+    switch.set(&[blue, green], Duration::from_millis(300));
+    switch.set(&[green], Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(say(&mut old, "2").as_deref(), Some("blue:2"));
 }
 
 /// Moving a service that holds its port itself behind a switch stops it
