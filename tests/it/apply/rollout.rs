@@ -145,7 +145,7 @@ fn contract_case(test: &str, strategy: &str, replicas: Option<u32>) {
         // The plan says how the service rolls out, and that it costs no downtime.
         let (_, plan) = site.run_with(&["plan"], &[("SITE", dir.to_str().unwrap())]);
         let how = if replicas.is_some() {
-            "rolling: replica by replica (3)"
+            "rolling update, 3 replicas, at most 1 extra and 0 unavailable at a time"
         } else {
             "blue-green"
         };
@@ -828,7 +828,11 @@ fn an_earlier_drain_does_not_cut_a_later_one_short() {
     let dir = tempfile::tempdir().unwrap();
     let port = super::common::free_port();
     let (blue, green) = (echo_server("blue"), echo_server("green"));
-    let switch = TestSwitch::start(dir.path(), port, format!("switch-drain-{}", std::process::id()));
+    let switch = TestSwitch::start(
+        dir.path(),
+        port,
+        format!("switch-drain-{}", std::process::id()),
+    );
     switch.set(&[blue], Duration::from_millis(0));
     let mut old = connect(port);
     assert_eq!(say(&mut old, "1").as_deref(), Some("blue:1"));
