@@ -141,9 +141,9 @@ pub enum Command {
     )]
     Show(ShowArgs),
 
-    /// Live status of each deployed service: pid or container, health, uptime
+    /// Live status of each deployed service: pid or container, health, uptime, traffic switches
     #[command(
-        after_help = "Examples:\n  deploy-code status\n  deploy-code status --detailed\n  deploy-code status --watch"
+        after_help = "Examples:\n  deploy-code status\n  deploy-code status --detailed\n  deploy-code status --watch\n\nA service behind traffic switches has a line per switch (port, pid, live set, counters); during a canary, also the canary group, the weight in force, whether the step waits for `deploy-code promote` or `deploy-code abort`, and the canary group's counters."
     )]
     Status(StatusArgs),
 

@@ -23,7 +23,7 @@ use super::rollout::{RolloutUndo, switch_error};
 use super::{CanaryVerdict, Change, Event, Exec, FailureKind, StepError, StepResult, Undo};
 use crate::model::{CanaryAnalysis, CanaryStep, Probe, ServiceName, ServiceSpec};
 use crate::state::{ServiceRecord, ServiceStatus};
-use crate::switch::{Counters, Decision, SwitchClient};
+use crate::switch::{CanaryStep as CanaryStepAt, Counters, Decision, SwitchClient};
 
 /// How often a step looks for a decision given over a switch's socket.
 const POLL: Duration = Duration::from_millis(100);
@@ -217,7 +217,10 @@ impl Exec<'_> {
                     // Every new connection to the old set at once; the
                     // rollback then stops the new set.
                     for g in &groups {
-                        let _ = g.client.set_canary(&g.stable, &g.canary, 0, http).await;
+                        let _ = g
+                            .client
+                            .set_canary(&g.stable, &g.canary, 0, http, None)
+                            .await;
                     }
                     return Err(fail(e));
                 }
@@ -296,9 +299,14 @@ impl Exec<'_> {
                     }),
                 )
             })?;
+            let at = CanaryStepAt {
+                n: u32::try_from(n).unwrap_or(u32::MAX),
+                of: u32::try_from(total).unwrap_or(u32::MAX),
+                awaiting_decision: step.pause_seconds.is_none(),
+            };
             let res = g
                 .client
-                .set_canary(&g.stable, &g.canary, step.weight, http)
+                .set_canary(&g.stable, &g.canary, step.weight, http, Some(at))
                 .await;
             let outcome = if res.is_ok() { "succeeded" } else { "failed" };
             self.with_store(|s| s.close_intent(id, outcome, &serde_json::json!({})))?;

@@ -8,7 +8,8 @@ use crate::apply::health::probe_once;
 use crate::backends::{Liveness, Registry};
 use crate::error::{Code, Failure, Plain};
 use crate::render::status::{
-    HealthDoc, HealthView, InstanceView, MonitorView, ServiceView, StatusDoc, SwitchView, TasksView,
+    CanaryCounters, CanaryView, HealthDoc, HealthView, InstanceView, MonitorView, ServiceView,
+    StatusDoc, SwitchView, TasksView,
 };
 use crate::state::{Handle, ServiceRecord, Snapshot};
 
@@ -52,6 +53,7 @@ async fn switches_of(state_path: &std::path::Path, r: &ServiceRecord) -> Vec<Swi
                 active: s.active.values().sum(),
                 forwarded: s.forwarded.values().sum(),
                 failed: s.failed,
+                canary: canary_view(&s),
             },
             Err(e) => SwitchView {
                 port,
@@ -61,10 +63,43 @@ async fn switches_of(state_path: &std::path::Path, r: &ServiceRecord) -> Vec<Swi
                 active: 0,
                 forwarded: 0,
                 failed: 0,
+                canary: None,
             },
         });
     }
     out
+}
+
+/// The canary in progress on a switch, when it holds a canary group.
+fn canary_view(s: &crate::switch::Status) -> Option<CanaryView> {
+    if s.canary.is_empty() {
+        return None;
+    }
+    let c = &s.groups.canary;
+    Some(CanaryView {
+        instances: s.canary.iter().map(ToString::to_string).collect(),
+        weight: s.weight,
+        step: s.step.map(|x| x.n),
+        steps: s.step.map(|x| x.of),
+        awaiting_decision: s.step.is_some_and(|x| x.awaiting_decision),
+        decision: s.decision.map(|d| {
+            match d {
+                crate::switch::Decision::Promote => "promote",
+                crate::switch::Decision::Abort => "abort",
+            }
+            .to_owned()
+        }),
+        counters: CanaryCounters {
+            connections: c.connections,
+            failed_connects: c.failed_connects,
+            http: s.http,
+            http_2xx: c.http_2xx,
+            http_3xx: c.http_3xx,
+            http_4xx: c.http_4xx,
+            http_5xx: c.http_5xx,
+            latency_p99_ms: c.latency_quantile_ms(0.99).filter(|ms| *ms != u64::MAX),
+        },
+    })
 }
 
 fn handle_view(h: &Handle, l: &Liveness, log_dir: Option<&std::path::Path>) -> InstanceView {

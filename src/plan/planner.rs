@@ -281,8 +281,23 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                     after,
                 ));
             }
-            if let Some(Rollout::Canary { weights, .. }) = &mut c.rollout {
-                weights.extend(d.settings.deployment.canary.steps.iter().map(|s| s.weight));
+            let dep = &d.settings.deployment;
+            match &mut c.rollout {
+                Some(Rollout::Canary { weights, .. }) => {
+                    weights.extend(dep.canary.steps.iter().map(|s| s.weight));
+                }
+                Some(Rollout::Rolling {
+                    max_surge,
+                    max_unavailable,
+                    ..
+                }) => {
+                    *max_surge = dep.rolling.max_surge;
+                    *max_unavailable = dep.rolling.max_unavailable;
+                }
+                Some(Rollout::BlueGreen { keep_seconds, .. }) => {
+                    *keep_seconds = dep.blue_green.keep_seconds;
+                }
+                _ => {}
             }
         }
     }
@@ -468,6 +483,7 @@ fn rollout(strategy: Strategy, before: Option<&ServiceSpec>, after: &ServiceSpec
         (Strategy::BlueGreen, true) => Rollout::BlueGreen {
             replicas,
             switch_ports: switch_ports.unwrap_or_default(),
+            keep_seconds: 0,
         },
         (Strategy::Canary, true) => Rollout::Canary {
             replicas,
@@ -477,11 +493,15 @@ fn rollout(strategy: Strategy, before: Option<&ServiceSpec>, after: &ServiceSpec
         (Strategy::RollingUpdate, true) => Rollout::Rolling {
             replicas,
             switch_ports,
+            max_surge: 1,
+            max_unavailable: 0,
         },
         (Strategy::RollingUpdate, false) if after.workload == Workload::Service => {
             Rollout::Rolling {
                 replicas,
                 switch_ports,
+                max_surge: 1,
+                max_unavailable: 0,
             }
         }
         _ => Rollout::StartFirst,

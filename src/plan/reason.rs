@@ -115,6 +115,11 @@ pub enum Rollout {
     BlueGreen {
         replicas: u32,
         switch_ports: Vec<u16>,
+        /// Seconds the old set keeps running after the flip, for a flip
+        /// back (`deployment.blue_green.keep_seconds`; 0: stopped once
+        /// drained).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        keep_seconds: u64,
     },
     /// The new set starts beside the old one, then the switch on these ports
     /// sends it these shares (percent) of new connections, step by step,
@@ -125,11 +130,25 @@ pub enum Rollout {
         weights: Vec<u8>,
     },
     /// Replica by replica (behind the traffic switch on these ports when it
-    /// runs behind one).
+    /// runs behind one), at most `max_surge` new replicas beyond `replicas`
+    /// and `max_unavailable` old ones stopped early at a time
+    /// (`deployment.rolling`).
     Rolling {
         replicas: u32,
         switch_ports: Option<Vec<u16>>,
+        #[serde(default = "one")]
+        max_surge: u32,
+        #[serde(default)]
+        max_unavailable: u32,
     },
     /// The new instances pass their gates before the old ones stop.
     StartFirst,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn one() -> u32 {
+    1
 }

@@ -167,6 +167,10 @@ pub struct ChangeDoc {
     pub after: Option<serde_json::Value>,
     /// GPUs assigned to the new spec.
     pub gpus: Vec<GpuDoc>,
+    /// How a replace rolls out under the deployment's strategy, in words
+    /// (null for any other action).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -271,6 +275,7 @@ pub fn doc(plan: &Plan) -> PlanDoc {
                     before,
                     after,
                     gpus: c.gpus.iter().map(gpu_doc).collect(),
+                    rollout: replace_rollout(c),
                 }
             })
             .collect(),
@@ -418,9 +423,15 @@ pub fn rollout(r: &Rollout) -> String {
         Rollout::BlueGreen {
             replicas,
             switch_ports,
+            keep_seconds,
         } => format!(
-            "blue-green: {replicas} new instance(s) start beside the old ones and pass their gates, then {} moves every new connection to them; no downtime",
-            switch(switch_ports)
+            "blue-green: {replicas} new instance(s) start beside the old ones and pass their gates, then {} moves every new connection to them; no downtime{}",
+            switch(switch_ports),
+            if *keep_seconds > 0 {
+                format!("; old set kept {keep_seconds} s for rollback")
+            } else {
+                String::new()
+            }
         ),
         Rollout::Canary {
             replicas,
@@ -437,19 +448,52 @@ pub fn rollout(r: &Rollout) -> String {
         ),
         Rollout::Rolling {
             replicas,
-            switch_ports: Some(p),
-        } => format!(
-            "rolling: replica by replica ({replicas}) behind {}, each new one gated before an old one drains and stops; no downtime",
-            switch(p)
-        ),
-        Rollout::Rolling {
-            replicas,
-            switch_ports: None,
-        } => format!(
-            "rolling: replica by replica ({replicas}), each new one gated before an old one stops; no fixed host port"
-        ),
+            switch_ports,
+            max_surge,
+            max_unavailable,
+        } => {
+            let head = format!(
+                "rolling update, {replicas} replica{}, at most {max_surge} extra and {max_unavailable} unavailable at a time",
+                if *replicas == 1 { "" } else { "s" }
+            );
+            let order = |stops: &str, stop: &str| {
+                if *max_unavailable == 0 {
+                    format!("each new one gated before an old one {stops}")
+                } else {
+                    format!(
+                        "up to {max_unavailable} old one(s) {stop} before their successors start, the others once theirs pass their gates"
+                    )
+                }
+            };
+            match switch_ports {
+                Some(p) => format!(
+                    "{head}, behind {}: {}; {}",
+                    switch(p),
+                    order("drains and stops", "drain and stop"),
+                    if *max_unavailable == 0 {
+                        "no downtime".to_owned()
+                    } else if max_unavailable < replicas {
+                        format!(
+                            "at least {} of {replicas} serving throughout",
+                            replicas - max_unavailable
+                        )
+                    } else {
+                        "downtime while the new instances start".to_owned()
+                    }
+                ),
+                None => format!("{head}: {}; no fixed host port", order("stops", "stop")),
+            }
+        }
         Rollout::StartFirst => "start-first: the new instances pass their gates before the old ones stop; no fixed host port to hand over".to_owned(),
     }
+}
+
+/// How a replace rolls out, in words; `None` for any other action.
+fn replace_rollout(c: &Change) -> Option<String> {
+    c.rollout
+        .as_ref()
+        .filter(|_| c.action == Action::Replace)
+        .map(rollout)
 }
 
 /// "1 service unchanged.", "3 services unchanged."
@@ -661,6 +705,19 @@ pub fn markdown(plan: &Plan) -> String {
                         md_escape(&c.reason.as_ref().map(reason).unwrap_or_default())
                     );
                 }
+            }
+        }
+        let rollouts: Vec<(&Change, String)> = plan
+            .changes
+            .iter()
+            .filter_map(|c| replace_rollout(c).map(|r| (c, r)))
+            .collect();
+        if !rollouts.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "Rollouts:");
+            let _ = writeln!(out);
+            for (c, words) in rollouts {
+                let _ = writeln!(out, "- `{}`: {}", c.service, md_escape(&words));
             }
         }
         if plan.summary.no_op > 0 {

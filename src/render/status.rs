@@ -211,6 +211,89 @@ pub struct SwitchView {
     /// Connections forwarded, and those no instance took, since it started.
     pub forwarded: u64,
     pub failed: u64,
+    /// The canary in progress on this switch, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryView>,
+}
+
+/// A canary in progress on a switch: the new set's group, its share and
+/// what the switch counted for it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CanaryView {
+    /// The canary group: the new set's addresses.
+    pub instances: Vec<String>,
+    /// The share of new connections it gets now, percent.
+    pub weight: u8,
+    /// The step the weight belongs to, and the number of steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+    /// The step waits for `deploy-code promote` or `deploy-code abort`.
+    pub awaiting_decision: bool,
+    /// A decision given and not yet acted on: `promote` or `abort`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// What the switch counted for the canary group since it was set.
+    pub counters: CanaryCounters,
+}
+
+/// The canary group's counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct CanaryCounters {
+    pub connections: u64,
+    pub failed_connects: u64,
+    /// HTTP responses by class (when the port speaks HTTP).
+    pub http: bool,
+    pub http_2xx: u64,
+    pub http_3xx: u64,
+    pub http_4xx: u64,
+    pub http_5xx: u64,
+    /// The upper bound (ms) of the latency bucket holding the 99th
+    /// percentile of the timed responses; absent when none was timed or it
+    /// lies beyond the last bound (30 s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_p99_ms: Option<u64>,
+}
+
+impl CanaryView {
+    /// `canary 10% → 127.0.0.1:41234, step 1/2, paused: …`, then the counters.
+    pub fn lines(&self) -> Vec<String> {
+        let mut head = format!(
+            "canary {}% \u{2192} {}",
+            self.weight,
+            if self.instances.is_empty() {
+                "-".to_owned()
+            } else {
+                self.instances.join(", ")
+            }
+        );
+        if let (Some(n), Some(of)) = (self.step, self.steps) {
+            head.push_str(&format!(", step {n}/{of}"));
+        }
+        match self.decision.as_deref() {
+            Some(d) => head.push_str(&format!(", `{d}` given")),
+            None if self.awaiting_decision => {
+                head.push_str(", paused: awaiting `deploy-code promote` or `deploy-code abort`")
+            }
+            None => {}
+        }
+        let c = &self.counters;
+        let mut counts = format!(
+            "canary counters: {} connection(s), {} failed connect(s)",
+            c.connections, c.failed_connects
+        );
+        if c.http {
+            counts.push_str(&format!(
+                ", responses 2xx {} 3xx {} 4xx {} 5xx {}",
+                c.http_2xx, c.http_3xx, c.http_4xx, c.http_5xx
+            ));
+            if let Some(ms) = c.latency_p99_ms {
+                counts.push_str(&format!(", p99 <= {ms} ms"));
+            }
+        }
+        vec![head, counts]
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -303,6 +386,9 @@ pub fn human(views: &[ServiceView], detailed: bool) -> String {
                 ),
                 None => format!("    switch :{} {}", sw.port, sw.state),
             });
+            if let Some(c) = &sw.canary {
+                lines.extend(c.lines().into_iter().map(|l| format!("      {l}")));
+            }
         }
         if detailed {
             lines.push(format!("    spec {}  revision {}", v.spec_hash, v.revision));

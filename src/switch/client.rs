@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::{ARG, Decision, Reply, Request, Status, marks};
+use super::{ARG, CanaryStep, Decision, Reply, Request, Status, marks};
 
 /// How long a control request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,18 +96,21 @@ impl SwitchClient {
             canary: Vec::new(),
             weight: 0,
             http: None,
+            step: None,
         };
         self.ok(&req).await
     }
 
     /// Sends `weight` percent of new connections to `canary`, the rest to
-    /// `stable`; `http` says whether responses are counted as HTTP.
+    /// `stable`; `http` says whether responses are counted as HTTP, `step`
+    /// which canary step the weight belongs to.
     pub(crate) async fn set_canary(
         &self,
         stable: &[SocketAddr],
         canary: &[SocketAddr],
         weight: u8,
         http: bool,
+        step: Option<CanaryStep>,
     ) -> Result<(), SwitchError> {
         let req = Request::Set {
             backends: stable.to_vec(),
@@ -115,6 +118,7 @@ impl SwitchClient {
             canary: canary.to_vec(),
             weight,
             http: Some(http),
+            step,
         };
         self.ok(&req).await
     }

@@ -19,6 +19,9 @@
 //!   `backends` (the stable group), by smooth weighted round robin (exact over
 //!   every 100 connections); `http` says the port speaks HTTP/1.x, so that
 //!   the switch counts each response by class and times it (to its head);
+//!   `"step":{"n":1,"of":2,"awaiting_decision":true}` says which step of
+//!   the canary the weight belongs to and whether it waits for `promote` or
+//!   `abort` (shown by `deploy-code status`);
 //! - `{"op":"status"}`: the port, the groups, the weight and the counters
 //!   (per backend and per group);
 //! - `{"op":"decide","decision":"promote"}` (or `"abort"`): the decision on
@@ -81,6 +84,9 @@ pub enum Request {
         /// Whether the port speaks HTTP (`None`: as before).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         http: Option<bool>,
+        /// The canary step this weight belongs to (`None`: no canary step).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<CanaryStep>,
     },
     Status,
     Decide {
@@ -97,6 +103,18 @@ pub enum Decision {
     Promote,
     /// Fail the step: the change set rolls back.
     Abort,
+}
+
+/// Which step of a canary a switch's weight belongs to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryStep {
+    /// The step, from 1.
+    pub n: u32,
+    /// The number of steps.
+    pub of: u32,
+    /// The step has no `pause_seconds`: it waits for `deploy-code promote`
+    /// or `deploy-code abort`.
+    pub awaiting_decision: bool,
 }
 
 /// The counters of the two groups.
@@ -134,6 +152,9 @@ pub struct Status {
     /// The decision given on the canary in progress, not yet acted on.
     #[serde(default)]
     pub decision: Option<Decision>,
+    /// The canary step the weight belongs to.
+    #[serde(default)]
+    pub step: Option<CanaryStep>,
     /// What was counted, by backend, since the switch started.
     #[serde(default)]
     pub counters: HashMap<SocketAddr, Counters>,
@@ -177,6 +198,7 @@ struct Shared {
     weighted: Mutex<Weighted>,
     http: AtomicBool,
     decision: Mutex<Option<Decision>>,
+    step: Mutex<Option<CanaryStep>>,
     counters: Mutex<HashMap<SocketAddr, Counters>>,
     next: AtomicUsize,
     next_canary: AtomicUsize,
@@ -206,6 +228,7 @@ impl Shared {
             weight: self.weight.load(Ordering::Relaxed),
             http: self.http.load(Ordering::Relaxed),
             decision: *self.decision.lock().expect("decision"),
+            step: *self.step.lock().expect("step"),
             counters: self.counters.lock().expect("counters").clone(),
             groups: Groups::default(),
         };
@@ -349,6 +372,7 @@ async fn serve(args: &Args) -> Result<(), String> {
         weighted: Mutex::new(Weighted::default()),
         http: AtomicBool::new(false),
         decision: Mutex::new(None),
+        step: Mutex::new(None),
         counters: Mutex::new(HashMap::new()),
         next: AtomicUsize::new(0),
         next_canary: AtomicUsize::new(0),
@@ -513,6 +537,7 @@ async fn control_conn(shared: Arc<Shared>, stream: UnixStream) {
                 canary,
                 weight,
                 http,
+                step,
             }) => {
                 {
                     // One lock order for a consistent view: backends, then canary.
@@ -523,6 +548,7 @@ async fn control_conn(shared: Arc<Shared>, stream: UnixStream) {
                     shared.weight.store(weight.min(100), Ordering::Relaxed);
                     *shared.weighted.lock().expect("weighted") = Weighted::default();
                     *shared.decision.lock().expect("decision") = None;
+                    *shared.step.lock().expect("step") = step;
                 }
                 if let Some(h) = http {
                     shared.http.store(h, Ordering::Relaxed);

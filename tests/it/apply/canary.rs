@@ -226,19 +226,21 @@ fn finish(child: Child) -> (i32, String) {
     )
 }
 
-/// A canary paused at a step without `pause_seconds` until `decision`.
-fn decided(site: &Site, decision: &str) -> (u16, i32, String, u64) {
+/// A canary paused at a step without `pause_seconds` until `decision`,
+/// given once `paused` (called with the port while the step waits) returns.
+fn decided(site: &Site, decision: &str, paused: impl FnOnce(u16)) -> (u16, i32, String, u64) {
     let port = free_port();
-    let paused = "{steps: [{weight: 30}], analysis: {interval_seconds: 1}}";
-    site.write(&config(site, port, paused, "v1", 0));
+    let steps = "{steps: [{weight: 30}], analysis: {interval_seconds: 1}}";
+    site.write(&config(site, port, steps, "v1", 0));
     site.apply_ok();
     let (code, out) = site.run(&[decision]);
     assert_eq!(code, 1, "no canary is in progress yet: {out}");
     assert!(out.contains("no canary is in progress"), "{out}");
 
-    site.write(&config(site, port, paused, "v2", 0));
+    site.write(&config(site, port, steps, "v2", 0));
     let requests = Loop::start(port);
     let child = apply_in_background(site);
+    paused(port);
     let mut said = String::new();
     assert!(
         wait_until(Duration::from_secs(60), || {
@@ -253,11 +255,74 @@ fn decided(site: &Site, decision: &str) -> (u16, i32, String, u64) {
     (port, code, out, failed)
 }
 
+/// `status --format json` and the human `status` while the canary waits
+/// for a decision: the weight, the new set's address, the step, the wait,
+/// and the new set's counters from the switch.
+fn status_shows_the_paused_canary(site: &Site, port: u16) {
+    let mut doc = serde_json::Value::Null;
+    // The new set gates first; then the switch counts the loop's requests
+    // to it (30 % of them).
+    let counted = wait_until(Duration::from_secs(90), || {
+        let (code, out) = site.run(&["status", "--format", "json"]);
+        doc = serde_json::from_str(&out).unwrap_or_default();
+        let canary = &doc["services"][0]["switches"][0]["canary"];
+        code == 0 && canary["counters"]["http_2xx"].as_u64().unwrap_or(0) >= 5
+    });
+    assert!(counted, "the switch counted the canary's answers: {doc:#}");
+    let switch = &doc["services"][0]["switches"][0];
+    assert_eq!(switch["port"], port, "{doc:#}");
+    let canary = &switch["canary"];
+    assert_eq!(canary["weight"], 30, "{doc:#}");
+    assert_eq!(canary["step"], 1, "{doc:#}");
+    assert_eq!(canary["steps"], 1, "{doc:#}");
+    assert_eq!(canary["awaiting_decision"], true, "{doc:#}");
+    let instances: Vec<String> = canary["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(instances.len(), 1, "one new instance: {doc:#}");
+    let live: Vec<&str> = switch["live"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        !live.contains(&instances[0].as_str()),
+        "the canary is not in the stable set: {doc:#}"
+    );
+    // The instance really is the new version, reached at that address.
+    let addr: std::net::SocketAddr = instances[0].parse().unwrap();
+    assert_eq!(serves(addr.port()).as_deref(), Some("v2"), "{doc:#}");
+    let counters = &canary["counters"];
+    assert_eq!(counters["http"], true, "{doc:#}");
+    assert!(counters["connections"].as_u64().unwrap() >= 5, "{doc:#}");
+    assert_eq!(counters["http_5xx"], 0, "{doc:#}");
+    assert!(counters["latency_p99_ms"].as_u64().is_some(), "{doc:#}");
+
+    let (code, human) = site.run(&["status"]);
+    assert_eq!(code, 0, "{human}");
+    assert!(
+        human.contains(&format!("canary 30% \u{2192} {}", instances[0])),
+        "{human}"
+    );
+    assert!(
+        human.contains("step 1/1, paused: awaiting `deploy-code promote` or `deploy-code abort`"),
+        "{human}"
+    );
+    assert!(human.contains("canary counters: "), "{human}");
+    assert!(human.contains("responses 2xx "), "{human}");
+}
+
 #[test]
 fn promote_finishes_a_paused_canary() {
     let site = Site::new("canary-promote");
     let _cleanup = Cleanup(&site);
-    let (port, code, out, failed) = decided(&site, "promote");
+    let (port, code, out, failed) = decided(&site, "promote", |port| {
+        status_shows_the_paused_canary(&site, port)
+    });
     assert_eq!(code, 0, "{out}");
     assert_eq!(failed, 0, "{out}");
     for _ in 0..10 {
@@ -275,7 +340,7 @@ fn promote_finishes_a_paused_canary() {
 fn abort_rolls_a_paused_canary_back() {
     let site = Site::new("canary-abort");
     let _cleanup = Cleanup(&site);
-    let (port, code, out, failed) = decided(&site, "abort");
+    let (port, code, out, failed) = decided(&site, "abort", |_| ());
     assert_eq!(code, 4, "{out}");
     assert_eq!(failed, 0, "{out}");
     for _ in 0..10 {

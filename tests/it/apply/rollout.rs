@@ -145,7 +145,7 @@ fn contract_case(test: &str, strategy: &str, replicas: Option<u32>) {
         // The plan says how the service rolls out, and that it costs no downtime.
         let (_, plan) = site.run_with(&["plan"], &[("SITE", dir.to_str().unwrap())]);
         let how = if replicas.is_some() {
-            "rolling: replica by replica (3)"
+            "rolling update, 3 replicas, at most 1 extra and 0 unavailable at a time"
         } else {
             "blue-green"
         };
