@@ -667,7 +667,7 @@ fn a_failed_update_is_rolled_back_on_both_nodes() {
     assert!(!v1_hash.is_empty());
 
     let failing = format!(
-        "{SMALL}    health_check:\n      command: [sh, -c, \"exit 1\"]\n      interval_seconds: 1\n      timeout_seconds: 5\n      retries: 2\n      start_period_seconds: 15\n"
+        "{SMALL}    health_check:\n      command: [/bin/busybox, \"false\"]\n      interval_seconds: 1\n      timeout_seconds: 5\n      retries: 2\n      start_period_seconds: 15\n"
     );
     p.write_with(STOP_FIRST, 2, "v2", &failing);
     let began = std::time::Instant::now();
