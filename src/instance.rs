@@ -40,18 +40,24 @@ pub struct Replicas {
     /// Why a replica does not run, in the engine's words (a task's scheduler
     /// or runtime error), when it says.
     pub detail: Option<String>,
+    /// Replicas of an older spec that still run and are still wanted (an
+    /// update that has not replaced them yet).
+    pub stale: u32,
 }
 
 impl Replicas {
-    /// Every wanted replica runs.
+    /// Every wanted replica runs the current spec, and no older one is left.
     pub fn complete(&self) -> bool {
-        self.running >= self.wanted
+        self.running >= self.wanted && self.stale == 0
     }
 }
 
 impl std::fmt::Display for Replicas {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{} tasks running", self.running, self.wanted)?;
+        if self.stale > 0 {
+            write!(f, " ({} of an older spec still running)", self.stale)?;
+        }
         match &self.detail {
             Some(d) => write!(f, ": {d}"),
             None => Ok(()),

@@ -5,7 +5,9 @@
 //! - An instance the state does not name, running the spec the state records for
 //!   its service while the recorded instances are gone, is **adopted**: the
 //!   record takes its handle (status `pending`, so the next plan replaces it
-//!   through a health gate unless it is proven ready).
+//!   through a health gate unless it is proven ready), and what watches it
+//!   (a container's health-driven restart monitor) is started again if it
+//!   died with the run that was killed (`Backend::supervise`).
 //! - Any other unrecorded instance is **stopped** (it was started by an
 //!   interrupted run or is an old instance of a replace that never finished).
 //! - Intents left open by the interrupted run are closed as `abandoned`.
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backends::{Discovered, Liveness, Registry};
+use crate::backends::{Discovered, Liveness, Registry, StartContext};
 use crate::model::ServiceName;
 use crate::state::{Handle, ServiceStatus, StateError, Store};
 
@@ -24,7 +26,8 @@ use crate::state::{Handle, ServiceStatus, StateError, Store};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Reconciled {
     pub service: ServiceName,
-    /// `adopted`, `stopped`, `intent-closed`.
+    /// `adopted`, `stopped`, `intent-closed`, `unwatched` (an adopted
+    /// instance whose monitor could not be started).
     pub action: String,
     pub detail: String,
 }
@@ -32,11 +35,14 @@ pub(crate) struct Reconciled {
 /// Adopts or stops the unrecorded instances a refresh found (see the
 /// top-level `refresh`, `Refreshed::ours`; only those this very state's runs
 /// started are touched) and closes the intents an interrupted run left open.
+/// `ctx` is where an adopted instance's monitor is started from (the
+/// project, its log directory).
 pub(crate) async fn reconcile(
     store: &mut Store,
     backends: &Registry,
     unknown: Vec<Discovered>,
     grace: Duration,
+    ctx: &StartContext,
 ) -> Result<Vec<Reconciled>, StateError> {
     let mut done = Vec::new();
     let snap = store.snapshot()?;
@@ -110,6 +116,28 @@ pub(crate) async fn reconcile(
                 action: "adopted".into(),
                 detail: describe(&d.handle),
             });
+            let ctx = StartContext {
+                revision,
+                ..ctx.clone()
+            };
+            if let Err(e) = backend
+                .supervise(&r.spec, &ctx, std::slice::from_ref(&d.handle))
+                .await
+            {
+                let detail = e.to_string();
+                store.event(
+                    revision,
+                    Some(&d.service),
+                    crate::state::EventKind::Adopt,
+                    crate::state::EventOutcome::Failed,
+                    &format!("the adopted instance's monitor could not be started: {detail}"),
+                )?;
+                done.push(Reconciled {
+                    service: d.service.clone(),
+                    action: "unwatched".into(),
+                    detail,
+                });
+            }
             continue;
         }
         let id = store.record_intent(

@@ -1039,6 +1039,20 @@ impl Backend for DockerBackend {
         unreachable!("the loop returns")
     }
 
+    /// An adopted container that restarts on failed probes gets its monitor
+    /// again when none watches it (one that survived keeps watching).
+    async fn supervise(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+        handles: &[Handle],
+    ) -> Result<(), BackendError> {
+        for h in handles {
+            self.ensure_monitor(spec, ctx, h)?;
+        }
+        Ok(())
+    }
+
     async fn stop(&self, handles: &[Handle], grace: Duration) -> Result<(), BackendError> {
         let docker = self.api().await?;
         let results = futures_util::future::join_all(handles.iter().map(|h| async move {

@@ -199,6 +199,20 @@ pub trait Backend: Send + Sync {
         false
     }
 
+    /// Makes sure what watches a running instance of `spec` runs beside it
+    /// (a container's health-driven restart monitor), when the instance was
+    /// not started by this run but adopted from one that was killed: the
+    /// monitor may have died with it. Nothing by default.
+    async fn supervise(
+        &self,
+        spec: &ServiceSpec,
+        ctx: &StartContext,
+        handles: &[Handle],
+    ) -> Result<(), BackendError> {
+        let _ = (spec, ctx, handles);
+        Ok(())
+    }
+
     /// Whether [`Backend::recorded_state`] reads recorded instances directly.
     fn reads_recorded(&self) -> bool {
         false

@@ -387,6 +387,9 @@ pub struct TaskCounts {
     /// Why the newest task of the current spec that does not run stopped or
     /// waits, in the engine's words.
     pub detail: Option<String>,
+    /// Tasks of an older spec that run and are still wanted: the update has
+    /// not replaced them (yet).
+    pub stale: u32,
 }
 
 impl TaskCounts {
@@ -689,6 +692,7 @@ impl SwarmBackend {
         };
         let mut tasks = self.tasks(id).await;
         tasks.sort_by_key(|t| t.version.as_ref().and_then(|v| v.index).unwrap_or(0));
+        let lost = self.nodes_not_ready().await;
         for t in &tasks {
             if counts.update_failed.is_some()
                 && let Some(code) = t
@@ -706,11 +710,15 @@ impl SwarmBackend {
                 .and_then(|s| s.container_spec.as_ref())
                 .and_then(|c| c.labels.as_ref())
                 .and_then(|l| l.get(marks::SPEC_HASH));
-            if task_hash != hash.as_ref() {
-                continue;
-            }
             let state = t.status.as_ref().and_then(|s| s.state);
             let wanted = t.desired_state == Some(TaskState::RUNNING);
+            let on_lost_node = t.node_id.as_ref().and_then(|n| lost.get(n));
+            if task_hash != hash.as_ref() {
+                if state == Some(TaskState::RUNNING) && wanted && on_lost_node.is_none() {
+                    counts.stale += 1;
+                }
+                continue;
+            }
             if state != Some(TaskState::RUNNING)
                 && let Some(e) = task_error(t)
             {
@@ -718,6 +726,16 @@ impl SwarmBackend {
                     counts.refused = Some(e.clone());
                 }
                 counts.detail = Some(e);
+            }
+            // The manager keeps the last state a lost node reported: a task
+            // there counts as running only once the node answers again.
+            let node_lost = on_lost_node.filter(|_| state == Some(TaskState::RUNNING) && wanted);
+            if let Some(node) = node_lost {
+                counts.detail = Some(match t.slot {
+                    Some(slot) => format!("task {slot} is on node {node}, which is not ready"),
+                    None => format!("a task is on node {node}, which is not ready"),
+                });
+                continue;
             }
             match state {
                 Some(TaskState::RUNNING) if wanted => counts.running += 1,
@@ -745,6 +763,35 @@ impl SwarmBackend {
             counts.refused = None;
         }
         Some(counts)
+    }
+
+    /// The nodes the manager does not see ready (down, unknown,
+    /// disconnected): id -> host name. Empty when the nodes cannot be listed.
+    async fn nodes_not_ready(&self) -> HashMap<String, String> {
+        use bollard::models::NodeState;
+        let Ok(docker) = self.api().await else {
+            return HashMap::new();
+        };
+        docker
+            .list_nodes(None)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| {
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.state)
+                    .is_some_and(|s| s != NodeState::READY)
+            })
+            .filter_map(|n| {
+                let name = n
+                    .description
+                    .as_ref()
+                    .and_then(|d| d.hostname.clone())
+                    .unwrap_or_else(|| n.id.clone().unwrap_or_default());
+                Some((n.id?, name))
+            })
+            .collect()
     }
 
     /// Whether this backend removed a service a moment ago: the managers free
@@ -1106,6 +1153,7 @@ impl Backend for SwarmBackend {
             running: c.running,
             wanted: c.replicas,
             detail,
+            stale: c.stale,
         })
     }
 
@@ -1142,7 +1190,8 @@ impl Backend for SwarmBackend {
     }
 
     /// `Some(true)` when every replica of the current spec runs (and those
-    /// with a HEALTHCHECK are healthy), `Some(false)` when tasks of the
+    /// with a HEALTHCHECK are healthy) and no task of an older spec is left
+    /// running, `Some(false)` when tasks of the
     /// current spec fail, `None` while converging.
     async fn native_health(&self, handle: &Handle) -> Option<bool> {
         let c = self.task_counts(handle).await?;
@@ -1150,6 +1199,9 @@ impl Backend for SwarmBackend {
             return Some(false);
         }
         if c.running >= c.replicas {
+            if c.stale > 0 {
+                return None;
+            }
             let Handle::SwarmService { id, .. } = handle else {
                 return None;
             };

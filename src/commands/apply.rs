@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::progress::{Mode, Progress};
 use super::{CommandOutcome, Format, Invocation, Scope};
 use crate::apply::{self, Cancel, Event, reconcile};
-use crate::backends::Registry;
+use crate::backends::{Registry, StartContext};
 use crate::config::{self, LoadOptions, LoadedConfig};
 use crate::error::{Code, Failure, Plain, RunError};
 use crate::hooks::When;
@@ -499,6 +499,23 @@ fn grace(loaded: &LoadedConfig) -> Duration {
     Duration::from_secs(loaded.desired.settings.deployment.stop_grace_seconds)
 }
 
+/// What reconciliation starts an adopted instance's monitor with: this
+/// configuration's project, directories and network, this state's lineage.
+fn adoption_ctx(loaded: &LoadedConfig, snap: &crate::state::Snapshot) -> StartContext {
+    let settings = &loaded.desired.settings;
+    StartContext {
+        project: settings.project.clone(),
+        lineage: snap.lineage.clone().unwrap_or_default(),
+        revision: snap.revision,
+        log_dir: settings.log_dir.clone(),
+        data_dir: settings.data_dir.clone(),
+        base_dir: loaded.base_dir().to_path_buf(),
+        network: settings.network.clone(),
+        gpus: Vec::new(),
+        only_replicas: None,
+    }
+}
+
 /// Recovery, before anything is judged: the instances that an interrupted run
 /// of this state left behind (unrecorded, marked with this state's lineage)
 /// are adopted or stopped, and its open intents closed, so that leftovers
@@ -519,7 +536,14 @@ fn recover(
     if ours.is_empty() && snap.open_intents.is_empty() {
         return Ok(());
     }
-    let done = rt.block_on(reconcile::reconcile(store, backends, ours, grace(loaded)))?;
+    let ctx = adoption_ctx(loaded, &snap);
+    let done = rt.block_on(reconcile::reconcile(
+        store,
+        backends,
+        ours,
+        grace(loaded),
+        &ctx,
+    ))?;
     if inv.format() != Format::Json {
         for d in &done {
             inv.out.status(&format!(
@@ -1105,11 +1129,13 @@ pub fn cleanup(inv: &Invocation, req: &CleanupRequest) -> Result<CommandOutcome,
         ));
     }
     confirm(inv, req.auto_approve, "remove these instances")?;
+    let ctx = adoption_ctx(loaded, &snap);
     let done = rt.block_on(reconcile::reconcile(
         &mut store,
         &backends,
         ours,
         grace(loaded),
+        &ctx,
     ))?;
     for d in &done {
         say(format!("`{}`: {} {}", d.service, d.action, d.detail));

@@ -334,3 +334,124 @@ async fn a_container_failing_its_probes_is_restarted_until_the_circuit_opens() {
         "destroy removes the container"
     );
 }
+
+/// A run killed after it started a monitored container, its monitor killed
+/// with it (a kill of the run's whole control group, as a cancelled CI job
+/// or `systemctl kill` does; the monitor runs in a session of its own, so a
+/// kill of `deploy-code` alone leaves it running): the next run's
+/// reconciliation adopts the container and starts its monitor again, which
+/// restarts it when its health fails; the next `apply` replaces the
+/// adopted (pending) container and leaves one monitor, the new container's.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_adopted_container_gets_its_monitor_again() {
+    let test = "an_adopted_container_gets_its_monitor_again";
+    let Some(_engine) = engine(test).await else {
+        return;
+    };
+    let site = Site::new("hadopt");
+    let _stop = Stop(site.project.clone());
+    let port = free_port();
+    std::fs::write(
+        site.config(),
+        config(
+            &site.project,
+            port,
+            "    restart:\n      policy: on-failure\n      initial_delay_ms: 200\n      max_restarts: 5\n      window_seconds: 600\n",
+        ),
+    )
+    .unwrap();
+    let (code, out) = site.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    let first = site.containers();
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // A replace (stop-first: a fixed host port) killed once the new
+    // container runs, before the state records it.
+    let out = Command::new(env!("CARGO_BIN_EXE_deploy-code"))
+        .current_dir(site.dir.path())
+        .arg("-c")
+        .arg(site.config())
+        .args(["apply", "--auto-approve", "--replace", "web"])
+        .env("DEPLOY_CODE_FAILPOINT", "after-start")
+        .env_remove("DEPLOY_CODE_STATE")
+        .env_remove("DEPLOY_CODE_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGKILL),
+        "killed at the failpoint: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Vec<String> = site
+        .containers()
+        .into_iter()
+        .filter(|c| !first.contains(c))
+        .collect();
+    assert_eq!(left.len(), 1, "the new container: {left:?}");
+    let adopted = left[0].clone();
+    let lost = monitors(&site.project);
+    assert_eq!(lost.len(), 1, "the new container's monitor: {lost:?}");
+    for pid in &lost {
+        // SAFETY: the monitor of this test's container.
+        unsafe {
+            libc::kill(*pid as i32, libc::SIGKILL);
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || monitors(&site.project)
+            .is_empty()),
+        "the monitor is gone"
+    );
+
+    // The next run's reconciliation (here `cleanup`) adopts the container
+    // and watches it again.
+    let (code, out) = site.run(&["cleanup", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("adopted"), "{out}");
+    assert!(
+        site.containers().contains(&adopted),
+        "the adopted container runs on"
+    );
+    let file = site.status_file("web", &adopted);
+    let watched = wait_status(&file, "the adopted container's monitor runs", |s| {
+        s.state == MonitorState::Running && !lost.contains(&s.monitor_pid)
+    });
+    assert_eq!(watched.container_id.as_deref(), Some(adopted.as_str()));
+    assert_eq!(monitors(&site.project), vec![watched.monitor_pid]);
+    assert!(
+        wait_until(Duration::from_secs(30), || body(port).as_deref()
+            == Some("version=v1")),
+        "the adopted container serves"
+    );
+    break_health(&adopted);
+    let s = wait_status(&file, "a health-driven restart", |s| {
+        s.restarts == 1 && s.state == MonitorState::Running
+    });
+    assert_eq!(s.last_exit.unwrap().reason, "unhealthy");
+    assert_eq!(s.monitor_pid, watched.monitor_pid);
+    assert!(
+        wait_until(Duration::from_secs(30), || body(port).as_deref()
+            == Some("version=v1")),
+        "it serves again after the restart"
+    );
+
+    // The adopted container is pending: the next apply replaces it, its
+    // monitor stopped with it, and the new container has one of its own.
+    let (code, out) = site.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    let now = site.containers();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0], adopted, "replaced");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let m = monitors(&site.project);
+            m.len() == 1 && m[0] != watched.monitor_pid
+        }),
+        "one monitor, of the new container: {:?}",
+        monitors(&site.project)
+    );
+    let (code, out) = site.run(&["destroy", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(monitors(&site.project).is_empty(), "{out}");
+}
