@@ -263,6 +263,8 @@ pub struct Project<'a> {
     /// `DEPLOY_CODE_SWARM_PUBLISH_MODE` of its runs: `host` (as CI) unless
     /// a test says otherwise.
     pub publish: &'static str,
+    /// `deployment.timeout_seconds`.
+    pub timeout_seconds: u32,
 }
 
 impl<'a> Project<'a> {
@@ -272,6 +274,7 @@ impl<'a> Project<'a> {
             name: super::common::project(test),
             cluster,
             publish: "host",
+            timeout_seconds: 120,
         }
     }
 
@@ -284,8 +287,8 @@ impl<'a> Project<'a> {
     /// lines, indented by two).
     pub fn write_with(&self, deployment: &str, replicas: u32, version: &str, extra: &str) {
         let text = format!(
-            "version: \"1.0.0\"\nproject: {}\nenvironment: test\ninfrastructure:\n  orchestrator: Swarm\ndeployment:\n  timeout_seconds: 120\n  stop_grace_seconds: 1\n{deployment}services:\n  web:\n    image: {IMAGE}\n    args: [sh, -c, \"echo version={version} > /www/index.html; exec httpd -f -p 8080 -h /www\"]\n    replicas: {replicas}\n{extra}",
-            self.name
+            "version: \"1.0.0\"\nproject: {}\nenvironment: test\ninfrastructure:\n  orchestrator: Swarm\ndeployment:\n  timeout_seconds: {}\n  stop_grace_seconds: 1\n{deployment}services:\n  web:\n    image: {IMAGE}\n    args: [sh, -c, \"echo version={version} > /www/index.html; exec httpd -f -p 8080 -h /www\"]\n    replicas: {replicas}\n{extra}",
+            self.name, self.timeout_seconds
         );
         std::fs::write(self.dir.path().join("deploy-code.yaml"), text).unwrap();
     }
@@ -736,6 +739,9 @@ fn a_node_lost_during_a_rolling_update_gets_a_true_verdict() {
     let Some(c) = cluster(test) else { return };
     let mut p = Project::new(&c, "nodes-midloss");
     p.publish = "ingress";
+    // Swarm's own update does not finish once a node is gone: the gate
+    // waits out the deployment's timeout, then rolls back.
+    p.timeout_seconds = 40;
     let service = p.service();
     p.write_with(ROLLING, 4, "v1", SMALL);
     let (code, out) = p.run(&["apply", "--auto-approve"]);
