@@ -828,7 +828,11 @@ fn an_earlier_drain_does_not_cut_a_later_one_short() {
     let dir = tempfile::tempdir().unwrap();
     let port = super::common::free_port();
     let (blue, green) = (echo_server("blue"), echo_server("green"));
-    let switch = TestSwitch::start(dir.path(), port, format!("switch-drain-{}", std::process::id()));
+    let switch = TestSwitch::start(
+        dir.path(),
+        port,
+        format!("switch-drain-{}", std::process::id()),
+    );
     switch.set(&[blue], Duration::from_millis(0));
     let mut old = connect(port);
     assert_eq!(say(&mut old, "1").as_deref(), Some("blue:1"));
