@@ -58,8 +58,8 @@ fn service(name: &str, port: u16, delay_ms: u64, deps: Vec<ServiceName>, www: &s
             probe: Probe::Http {
                 url: format!("http://127.0.0.1:{port}/"),
             },
-            interval_seconds: 1,
-            timeout_seconds: 1,
+            interval_seconds: Seconds::whole(1),
+            timeout_seconds: Seconds::whole(1),
             retries: 5,
             start_period_seconds: 0,
             min_healthy_seconds: 0,
@@ -109,7 +109,73 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[i]
 }
 
-async fn run_once(run: usize, rt_samples: &mut Vec<f64>, totals: &mut Vec<(f64, f64)>) {
+/// Where a phase's time goes, per phase, in ms: the last action's launch
+/// (phase start to its `action_started`), the slowest start (`action_started`
+/// to `instance_started`: the intent, its sync and the spawn), the largest
+/// readiness excess (`instance_started` to `action_succeeded`, less the
+/// service's own delay) and the tail (the last pass to `phase_finished`).
+#[derive(Clone, Copy, Default)]
+struct Parts {
+    launch: f64,
+    start: f64,
+    gate_excess: f64,
+    tail: f64,
+}
+
+/// When an action started, its instance started and its gate passed.
+type Marks = (Option<Instant>, Option<Instant>, Option<Instant>);
+
+#[derive(Default)]
+struct Seen {
+    phase_began: Option<Instant>,
+    last_pass: Option<Instant>,
+    /// Per service: action started, instance started, action succeeded.
+    actions: BTreeMap<String, Marks>,
+    parts: Vec<Parts>,
+    /// With `APPLY_BENCH_PROBES`: each service's probes (ms since its phase
+    /// began), printed for the slowest gate of each phase.
+    probes: BTreeMap<String, Vec<String>>,
+}
+
+impl Seen {
+    fn close_phase(&mut self, now: Instant, delays: &BTreeMap<String, f64>) {
+        let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1000.0;
+        let began = self.phase_began.unwrap_or(now);
+        let mut parts = Parts::default();
+        let mut worst = (f64::MIN, String::new());
+        for (name, (a, i, s)) in std::mem::take(&mut self.actions) {
+            let (Some(a), Some(i), Some(s)) = (a, i, s) else {
+                continue;
+            };
+            parts.launch = parts.launch.max(ms(began, a));
+            parts.start = parts.start.max(ms(a, i));
+            let excess = ms(i, s) - delays.get(&name).copied().unwrap_or(0.0);
+            if excess > worst.0 {
+                worst = (excess, name.clone());
+            }
+            parts.gate_excess = parts.gate_excess.max(excess);
+        }
+        let probes = std::mem::take(&mut self.probes);
+        if let Some(p) = probes.get(&worst.1) {
+            println!(
+                "  slowest gate {} (own delay {} ms, excess {:.0} ms): {}",
+                worst.1,
+                delays.get(&worst.1).copied().unwrap_or(0.0),
+                worst.0,
+                p.join("; ")
+            );
+        }
+        parts.tail = ms(self.last_pass.unwrap_or(now), now);
+        self.parts.push(parts);
+    }
+}
+
+async fn run_once(
+    run: usize,
+    rt_samples: &mut Vec<f64>,
+    totals: &mut Vec<(f64, f64)>,
+    breakdown: &mut Vec<Vec<Parts>>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let www = dir.path().join("www");
     std::fs::create_dir_all(&www).unwrap();
@@ -122,12 +188,14 @@ async fn run_once(run: usize, rt_samples: &mut Vec<f64>, totals: &mut Vec<(f64, 
     let mut ports = listeners.iter().map(|l| l.local_addr().unwrap().port());
     let mut services = BTreeMap::new();
     let mut phase_max = Vec::new();
+    let mut delays: BTreeMap<String, f64> = BTreeMap::new();
     for p in 0..10u64 {
         let mut max = 0;
         for i in 0..20u64 {
             // Delays of 10..=200 ms, different in every phase.
             let delay = 10 + ((p * 37 + i * 53) % 20) * 10;
             max = max.max(delay);
+            delays.insert(format!("s{p}-{i}"), delay as f64);
             let deps = if p == 0 {
                 Vec::new()
             } else {
@@ -167,9 +235,38 @@ async fn run_once(run: usize, rt_samples: &mut Vec<f64>, totals: &mut Vec<(f64, 
     .unwrap();
     assert_eq!(p.phases.len(), 10, "10 phases");
     let phase_times = Mutex::new(Vec::new());
+    // When each event of each action was seen, for the breakdown.
+    let seen = Mutex::new(Seen::default());
     let hook = |e: &Event| {
-        if let Event::PhaseFinished { elapsed_ms, .. } = e {
-            phase_times.lock().unwrap().push(*elapsed_ms as f64);
+        let now = Instant::now();
+        let mut seen = seen.lock().unwrap();
+        match e {
+            Event::PhaseStarted { .. } => seen.phase_began = Some(now),
+            Event::ActionStarted { service, .. } => {
+                seen.actions.entry(service.to_string()).or_default().0 = Some(now);
+            }
+            Event::InstanceStarted { service, .. } => {
+                seen.actions.entry(service.to_string()).or_default().1 = Some(now);
+            }
+            Event::Probe {
+                service, detail, ..
+            } if std::env::var_os("APPLY_BENCH_PROBES").is_some() => {
+                let began = seen.phase_began.unwrap_or(now);
+                let at = now.saturating_duration_since(began).as_millis();
+                seen.probes
+                    .entry(service.to_string())
+                    .or_default()
+                    .push(format!("{at} ms: {detail}"));
+            }
+            Event::ActionSucceeded { service, .. } => {
+                seen.actions.entry(service.to_string()).or_default().2 = Some(now);
+                seen.last_pass = Some(now);
+            }
+            Event::PhaseFinished { elapsed_ms, .. } => {
+                phase_times.lock().unwrap().push(*elapsed_ms as f64);
+                seen.close_phase(now, &delays);
+            }
+            _ => {}
         }
     };
     let opts = Options {
@@ -201,6 +298,7 @@ async fn run_once(run: usize, rt_samples: &mut Vec<f64>, totals: &mut Vec<(f64, 
         rt_samples.push(pt - max);
     }
     totals.push((total, baseline));
+    breakdown.push(seen.into_inner().unwrap().parts);
     // Clean up by the handles this run started.
     let b = ProcessBackend::new();
     let snap = store.snapshot().unwrap();
@@ -305,6 +403,7 @@ fn main() {
     rt.block_on(async {
         let mut per_phase = Vec::new();
         let mut totals = Vec::new();
+        let mut breakdown = Vec::new();
         let load_dir = tempfile::tempdir().unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let load_threads = if load > 0 {
@@ -314,7 +413,11 @@ fn main() {
             Vec::new()
         };
         for run in 0..runs {
-            run_once(run, &mut per_phase, &mut totals).await;
+            run_once(run, &mut per_phase, &mut totals, &mut breakdown).await;
+            // The machine's load as the run ended (1, 5 and 15 minutes).
+            let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+            let load: Vec<&str> = load.split_whitespace().take(3).collect();
+            println!("run {run}: load average {}", load.join(" "));
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         for t in load_threads {
@@ -333,6 +436,19 @@ fn main() {
             "per-phase overhead over {} phases: median {med:.1} ms, p95 {p95:.1} ms (goal < 250 ms)",
             runs * 10
         );
+        let parts: Vec<Parts> = breakdown.into_iter().flatten().collect();
+        let part = |f: fn(&Parts) -> f64| {
+            let mut v: Vec<f64> = parts.iter().map(f).collect();
+            (pct(&mut v.clone(), 0.5), pct(&mut v, 0.95))
+        };
+        for (name, (m, p)) in [
+            ("last launch (phase start -> action started)", part(|p| p.launch)),
+            ("slowest start (intent, its sync, spawn)", part(|p| p.start)),
+            ("largest readiness excess (started -> gate passed, less own delay)", part(|p| p.gate_excess)),
+            ("tail (last gate passed -> phase finished)", part(|p| p.tail)),
+        ] {
+            println!("  per phase, {name}: median {m:.1} ms, p95 {p:.1} ms");
+        }
         let mut det = Vec::new();
         for _ in 0..20 {
             detection(&mut det).await;

@@ -392,11 +392,99 @@ impl Probe {
     }
 }
 
+/// A duration in seconds, to the millisecond, as a health check's
+/// `interval_seconds` and `timeout_seconds` are written (`1`, `0.25`). A whole
+/// number serializes as an integer, as these fields were written before they
+/// took fractions, so that recorded specs keep their hashes; a fraction
+/// serializes as a number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seconds {
+    millis: u64,
+}
+
+impl Seconds {
+    /// `s` whole seconds.
+    pub const fn whole(s: u64) -> Self {
+        Self {
+            millis: s.saturating_mul(1000),
+        }
+    }
+
+    pub const fn from_millis(millis: u64) -> Self {
+        Self { millis }
+    }
+
+    /// `s` seconds rounded to the millisecond; `None` when negative or not finite.
+    pub fn from_secs_f64(s: f64) -> Option<Self> {
+        (s.is_finite() && s >= 0.0).then(|| Self {
+            // `as` saturates at u64::MAX.
+            millis: (s * 1000.0).round() as u64,
+        })
+    }
+
+    pub const fn millis(self) -> u64 {
+        self.millis
+    }
+
+    /// As a duration, at least `floor`.
+    pub fn at_least(self, floor: std::time::Duration) -> std::time::Duration {
+        std::time::Duration::from_millis(self.millis).max(floor)
+    }
+}
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.millis.is_multiple_of(1000) {
+            write!(f, "{}", self.millis / 1000)
+        } else {
+            let text = format!("{}.{:03}", self.millis / 1000, self.millis % 1000);
+            f.write_str(text.trim_end_matches('0'))
+        }
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.millis.is_multiple_of(1000) {
+            s.serialize_u64(self.millis / 1000)
+        } else {
+            s.serialize_f64(self.millis as f64 / 1000.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of seconds, at least 0")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Seconds, E> {
+                Ok(Seconds::whole(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Seconds, E> {
+                u64::try_from(v)
+                    .map(Seconds::whole)
+                    .map_err(|_| E::custom("a number of seconds must be at least 0"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Seconds, E> {
+                Seconds::from_secs_f64(v)
+                    .ok_or_else(|| E::custom("a number of seconds must be at least 0"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
     pub probe: Probe,
-    pub interval_seconds: u64,
-    pub timeout_seconds: u64,
+    /// Between probes (fractions allowed: `0.1`).
+    pub interval_seconds: Seconds,
+    /// How long one probe may take (fractions allowed).
+    pub timeout_seconds: Seconds,
     /// Consecutive failures, after the start period, that fail the gate.
     pub retries: u32,
     pub start_period_seconds: u64,
@@ -415,6 +503,21 @@ pub struct HealthCheck {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+impl HealthCheck {
+    /// The pause between probes; at least [`HealthCheck::FLOOR`].
+    pub fn interval(&self) -> std::time::Duration {
+        self.interval_seconds.at_least(Self::FLOOR)
+    }
+
+    /// How long one probe may take; at least [`HealthCheck::FLOOR`].
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout_seconds.at_least(Self::FLOOR)
+    }
+
+    /// The shortest interval and timeout (`validate` refuses shorter ones).
+    pub const FLOOR: std::time::Duration = std::time::Duration::from_millis(10);
 }
 
 /// How a process's monitor restarts it: exponential back-off that resets
@@ -1112,6 +1215,24 @@ impl DesiredState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_keep_whole_numbers_as_integers() {
+        let json = |s: Seconds| serde_json::to_string(&s).unwrap();
+        assert_eq!(json(Seconds::whole(5)), "5");
+        assert_eq!(json(Seconds::from_millis(250)), "0.25");
+        assert_eq!(json(Seconds::from_millis(1500)), "1.5");
+        let back = |t: &str| serde_json::from_str::<Seconds>(t).unwrap();
+        assert_eq!(back("5"), Seconds::whole(5));
+        assert_eq!(back("0.1"), Seconds::from_millis(100));
+        assert!(serde_json::from_str::<Seconds>("-1").is_err());
+        assert_eq!(Seconds::from_millis(100).to_string(), "0.1");
+        assert_eq!(Seconds::from_millis(2000).to_string(), "2");
+        assert_eq!(
+            Seconds::from_millis(3).at_least(HealthCheck::FLOOR),
+            HealthCheck::FLOOR
+        );
+    }
 
     #[test]
     fn service_names_are_checked() {

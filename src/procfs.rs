@@ -141,6 +141,9 @@ pub(crate) fn tree(pid: u32) -> BTreeSet<u32> {
 /// The socket inodes of the TCP sockets in LISTEN state on `port` (any
 /// address), from `/proc/net/tcp` and `/proc/net/tcp6`.
 pub(crate) fn listening_inodes(port: u16) -> BTreeSet<u64> {
+    if let Some(found) = diag::listening_inodes(port) {
+        return found;
+    }
     let mut out = BTreeSet::new();
     for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
         if let Ok(text) = std::fs::read_to_string(f) {
@@ -204,11 +207,143 @@ pub(crate) fn tree_listens(pid: u32, port: u16) -> Option<bool> {
     if inodes.is_empty() {
         return None;
     }
-    Some(
-        tree(pid)
-            .into_iter()
-            .any(|p| !socket_inodes(p).is_disjoint(&inodes)),
-    )
+    let holds = |p: u32| !socket_inodes(p).is_disjoint(&inodes);
+    // The process and its descendants first (their `children` lists), which
+    // is where a listener of the instance usually is; the whole tree (a scan
+    // of every process) only when they do not hold it.
+    if descendants(pid).into_iter().any(holds) {
+        return Some(true);
+    }
+    Some(tree(pid).into_iter().any(holds))
+}
+
+/// `pid` and its descendants, from the kernel's `children` lists of their
+/// threads (no scan of every process).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() && out.len() < 4096 {
+        let p = out[i];
+        i += 1;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let path = t.path().join("children");
+            for c in std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The kernel's socket-diagnostics interface (netlink `NETLINK_SOCK_DIAG`),
+/// asked for listening TCP sockets only: it walks the listening sockets
+/// alone, where a read of `/proc/net/tcp` walks every connection
+/// (`TIME_WAIT` ones included: tens of thousands on a host that probes a
+/// lot, hundreds of milliseconds of kernel time per read).
+mod diag {
+    use std::collections::BTreeSet;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const TCP_LISTEN: u8 = 10;
+    const HEADER: usize = 16;
+    /// `struct inet_diag_req_v2`.
+    const REQUEST: usize = 56;
+    /// `struct inet_diag_msg` up to and including `idiag_inode`.
+    const MESSAGE: usize = 72;
+
+    /// The inodes of the IPv4 and IPv6 TCP sockets listening on `port`;
+    /// `None` when the interface cannot be used (the caller reads
+    /// `/proc/net/tcp` instead).
+    pub(super) fn listening_inodes(port: u16) -> Option<BTreeSet<u64>> {
+        // SAFETY: a plain socket call; the descriptor is owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut out = BTreeSet::new();
+        for (seq, family) in [(1u32, libc::AF_INET), (2, libc::AF_INET6)] {
+            dump(&fd, seq, family as u8, port, &mut out)?;
+        }
+        Some(out)
+    }
+
+    fn dump(fd: &OwnedFd, seq: u32, family: u8, port: u16, out: &mut BTreeSet<u64>) -> Option<()> {
+        let mut req = [0u8; HEADER + REQUEST];
+        req[0..4].copy_from_slice(&((HEADER + REQUEST) as u32).to_ne_bytes());
+        req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+        req[6..8].copy_from_slice(&flags.to_ne_bytes());
+        req[8..12].copy_from_slice(&seq.to_ne_bytes());
+        req[HEADER] = family;
+        req[HEADER + 1] = libc::IPPROTO_TCP as u8;
+        req[HEADER + 4..HEADER + 8].copy_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        // SAFETY: sends `req`, a buffer of its stated length, on our socket
+        // (to the kernel: a zeroed sockaddr_nl is pid 0).
+        let sent = unsafe {
+            let mut to: libc::sockaddr_nl = std::mem::zeroed();
+            to.nl_family = libc::AF_NETLINK as u16;
+            libc::sendto(
+                fd.as_raw_fd(),
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                std::ptr::addr_of!(to).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if sent != req.len() as isize {
+            return None;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            // SAFETY: receives into `buf`, within its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n = usize::try_from(n).ok().filter(|n| *n > 0)?;
+            let mut off = 0;
+            while off + HEADER <= n {
+                let len = u32::from_ne_bytes(buf[off..off + 4].try_into().ok()?) as usize;
+                let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().ok()?);
+                let msg_seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().ok()?);
+                if len < HEADER || off + len > n {
+                    return None;
+                }
+                if msg_seq == seq {
+                    match kind as i32 {
+                        libc::NLMSG_DONE => return Some(()),
+                        libc::NLMSG_ERROR => return None,
+                        _ if len >= HEADER + MESSAGE => {
+                            let m = &buf[off + HEADER..off + len];
+                            let sport = u16::from_be_bytes([m[4], m[5]]);
+                            let inode = u32::from_ne_bytes(m[68..72].try_into().ok()?);
+                            if m[1] == TCP_LISTEN && sport == port {
+                                out.insert(u64::from(inode));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
 }
 
 /// Seconds since the epoch at which a process that started `start_time`
@@ -251,6 +386,38 @@ mod tests {
     fn listen_rows_give_port_and_inode() {
         let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0\n   1: 0100007F:1F91 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 12346 1 0000000000000000 100 0 0 10 0\n";
         assert_eq!(listeners(table), vec![(8080, 12345)]);
+    }
+
+    #[test]
+    fn sock_diag_finds_a_listener_as_proc_net_tcp_does() {
+        use std::os::unix::fs::MetadataExt;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let inode = std::fs::metadata(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&l)
+        ))
+        .unwrap()
+        .ino();
+        let found = diag::listening_inodes(port).expect("sock_diag answers");
+        assert_eq!(found, BTreeSet::from([inode]));
+        let in_table: BTreeSet<u64> = ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .flat_map(|t| listeners(&t))
+            .filter(|(p, _)| *p == port)
+            .map(|(_, i)| i)
+            .collect();
+        assert_eq!(found, in_table);
+        drop(l);
+        assert!(diag::listening_inodes(port).unwrap().is_empty());
+        let me = std::process::id();
+        let l6 = std::net::TcpListener::bind("[::1]:0");
+        if let Ok(l6) = l6 {
+            let port6 = l6.local_addr().unwrap().port();
+            assert_eq!(diag::listening_inodes(port6).unwrap().len(), 1);
+            assert_eq!(tree_listens(me, port6), Some(true));
+        }
     }
 
     #[test]

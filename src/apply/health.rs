@@ -1,9 +1,9 @@
 //! Health gates: HTTP (2xx), TCP connect and command (exit 0) probes.
 //!
 //! The first probe runs at once; while the service is not ready the probes back
-//! off from 20 ms, doubling up to 100 ms during the first 10 s (or the start
+//! off from 10 ms, doubling up to 50 ms during the first 10 s (or the start
 //! period, when longer) and up to `interval_seconds` after, so that a service
-//! that becomes ready is seen within about 100 ms. Failures during `start_period_seconds` do
+//! that becomes ready is seen within about 50 ms. Failures during `start_period_seconds` do
 //! not count; after it, a failure counts at most once per interval, and
 //! `retries` counted failures fail the gate. A process that exits during its gate
 //! fails it at once. A one-shot task passes by exiting 0.
@@ -50,9 +50,9 @@ pub struct GateOutcome {
 
 /// How many probe results a gate keeps.
 pub(crate) const KEEP: usize = 5;
-const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 /// The longest pause between probes while a service is starting.
-const FAST_CAP: Duration = Duration::from_millis(100);
+const FAST_CAP: Duration = Duration::from_millis(50);
 /// How long a gate probes fast before it falls back to `interval_seconds`.
 const FAST_WINDOW: Duration = Duration::from_secs(10);
 /// How often a passing instance is checked again while it must stay healthy
@@ -411,8 +411,8 @@ pub async fn gate(
             }
         }
     };
-    let interval = Duration::from_secs(check.interval_seconds.max(1));
-    let timeout = Duration::from_secs(check.timeout_seconds.max(1));
+    let interval = check.interval();
+    let timeout = check.timeout();
     let start_period = Duration::from_secs(check.start_period_seconds);
     let min_healthy = Duration::from_secs(check.min_healthy_seconds);
     let retries = check.retries.max(1);

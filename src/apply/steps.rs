@@ -145,7 +145,7 @@ impl Exec<'_> {
                 &serde_json::json!({ "spec_hash": spec.spec_hash() }),
             )
         })?;
-        durable.wait()?;
+        durable_off_thread(durable).await?;
         crate::failpoint::hit("after-intent");
         match act.await {
             Ok(handles) => {
@@ -207,7 +207,7 @@ impl Exec<'_> {
                 &serde_json::json!({ "handles": handles_json(handles) }),
             )
         })?;
-        durable.wait()?;
+        durable_off_thread(durable).await?;
         let res = backend.stop(handles, self.grace).await;
         crate::failpoint::hit("after-stop");
         let (outcome, detail) = match &res {
@@ -507,6 +507,22 @@ impl Exec<'_> {
         let rec = self.record(after, handles, ServiceStatus::Ready, &change.gpus);
         self.with_store(|s| s.put_service(&rec))
             .map_err(|e| self.fail(&change.service, change.action, e.into()))
+    }
+}
+
+/// Waits for an intent to be durable on a blocking thread, so that the
+/// actions launched meanwhile write their intents while the `fsync` runs and
+/// share the next one (a group commit), and so that their gates keep probing.
+async fn durable_off_thread(durable: crate::state::Durable) -> Result<(), StepError> {
+    // One turn first: the actions launched together write their intents
+    // before the first `fsync` begins, and that one covers them all.
+    tokio::task::yield_now().await;
+    match tokio::task::spawn_blocking(move || durable.wait()).await {
+        Ok(r) => r.map_err(StepError::from),
+        Err(e) => Err(StepError::new(
+            FailureKind::State,
+            format!("the journal's sync did not complete: {e}"),
+        )),
     }
 }
 

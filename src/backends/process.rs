@@ -17,7 +17,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -29,11 +29,13 @@ use crate::procfs;
 
 /// Runs services as local processes. Keeps the children it started so that their
 /// exit status is collected (no zombies) while this run lasts.
-#[derive(Default)]
+/// A clone shares the children and log writers of the backend it came from
+/// (a start runs on a blocking thread with one).
+#[derive(Default, Clone)]
 pub struct ProcessBackend {
-    children: Mutex<HashMap<(u32, u64), Child>>,
+    children: Arc<Mutex<HashMap<(u32, u64), Child>>>,
     /// Log writers started by this run, reaped when they exit.
-    writers: Mutex<Vec<Child>>,
+    writers: Arc<Mutex<Vec<Child>>>,
 }
 
 impl ProcessBackend {
@@ -585,7 +587,19 @@ impl Backend for ProcessBackend {
     ) -> Result<Vec<Handle>, BackendError> {
         let mut handles = Vec::new();
         for replica in ctx.replicas(spec) {
-            match self.spawn_one(spec, ctx, replica) {
+            // A fork and exec (and a monitor's launch) block: they run on a
+            // blocking thread, so that the instances of other actions start
+            // meanwhile and their gates keep probing.
+            let (me, spec_, ctx_) = (self.clone(), spec.clone(), ctx.clone());
+            let spawned =
+                tokio::task::spawn_blocking(move || me.spawn_one(&spec_, &ctx_, replica)).await;
+            let spawned = spawned.unwrap_or_else(|e| {
+                Err(BackendError::StartFailed {
+                    service: spec.name.to_string(),
+                    message: format!("the start did not complete: {e}"),
+                })
+            });
+            match spawned {
                 Ok(h) => handles.push(h),
                 Err(e) => {
                     // Leave nothing half-started behind.

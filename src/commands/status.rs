@@ -133,14 +133,7 @@ async fn health_of(backends: &Registry, r: &ServiceRecord) -> Option<HealthView>
     let check = r.spec.health_check.as_ref()?;
     let b = backends.get(r.backend)?;
     let h = r.handles.first()?;
-    let out = probe_once(
-        b.as_ref(),
-        &r.spec,
-        h,
-        &check.probe,
-        Duration::from_secs(check.timeout_seconds.max(1)),
-    )
-    .await;
+    let out = probe_once(b.as_ref(), &r.spec, h, &check.probe, check.timeout()).await;
     Some(HealthView {
         healthy: out.healthy,
         detail: out.detail,

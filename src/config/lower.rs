@@ -13,8 +13,8 @@ use crate::model::{
     AuthSettings, BackendKind, CanaryAnalysis, CanarySettings, CanaryStep, DeploymentSettings,
     DesiredState, HealthCheck, HookSpec, HookTarget, HooksSettings, JwtKey, LatencyLimit,
     MonitoringSettings, NetworkSettings, PortSpec, Probe, PrometheusCheck, Protocol, Resources,
-    RestartPolicy, SecretKey, SecuritySettings, Sensitive, ServiceName, ServiceSpec, Settings,
-    Strategy, Text, TlsSettings, VolumeSpec, Workload,
+    RestartPolicy, Seconds, SecretKey, SecuritySettings, Sensitive, ServiceName, ServiceSpec,
+    Settings, Strategy, Text, TlsSettings, VolumeSpec, Workload,
 };
 
 /// Whether an environment variable's name marks it as a secret.
@@ -1137,12 +1137,40 @@ impl Lowering<'_> {
                     port: h.tcp.unwrap_or(0),
                 }
             };
+            for (key, v) in [
+                ("interval_seconds", h.interval_seconds),
+                ("timeout_seconds", h.timeout_seconds),
+            ] {
+                if let Some(v) = v
+                    && ((v * 1000.0).round() - v * 1000.0).abs() > 1e-6
+                {
+                    let span = node
+                        .get("health_check")
+                        .and_then(|n| n.get(key))
+                        .map_or_else(|| entry.key.span.clone(), |n| n.span.clone());
+                    out.push(
+                        Problem::new(
+                            Kind::InvalidValue,
+                            format!(
+                                "`health_check.{key}` of `{sname}` is {v}: it is counted in milliseconds"
+                            ),
+                        )
+                        .label(span, "finer than a millisecond")
+                        .help("give at most three decimals, e.g. `0.25`".to_owned()),
+                    );
+                    return None;
+                }
+            }
             Some(HealthCheck {
                 probe,
                 interval_seconds: h
                     .interval_seconds
-                    .unwrap_or(settings.deployment.health_check_interval),
-                timeout_seconds: h.timeout_seconds.unwrap_or(5),
+                    .and_then(Seconds::from_secs_f64)
+                    .unwrap_or(Seconds::whole(settings.deployment.health_check_interval)),
+                timeout_seconds: h
+                    .timeout_seconds
+                    .and_then(Seconds::from_secs_f64)
+                    .unwrap_or(Seconds::whole(5)),
                 retries: h.retries.unwrap_or(3),
                 start_period_seconds: h.start_period_seconds.unwrap_or(0),
                 min_healthy_seconds: h.min_healthy_seconds.unwrap_or(0),

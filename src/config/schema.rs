@@ -530,12 +530,12 @@ pub struct HealthCheckDef {
     pub tcp: Option<u16>,
     /// The host for `tcp`. Default 127.0.0.1.
     pub host: Option<String>,
-    /// Seconds between probes, 1 to 18446744073709551615. Default `deployment.health_check_interval`.
-    #[schemars(range(min = 1))]
-    pub interval_seconds: Option<u64>,
-    /// Seconds one probe may take, 1 to 18446744073709551615. Default 5.
-    #[schemars(range(min = 1))]
-    pub timeout_seconds: Option<u64>,
+    /// Seconds between probes, 0.01 to 31536000 (a year); fractions to the millisecond (`0.1`). Default `deployment.health_check_interval`.
+    #[schemars(range(min = 0.01, max = 31536000))]
+    pub interval_seconds: Option<f64>,
+    /// Seconds one probe may take, 0.01 to 31536000 (a year); fractions to the millisecond (`0.2`). Default 5.
+    #[schemars(range(min = 0.01, max = 31536000))]
+    pub timeout_seconds: Option<f64>,
     /// Consecutive failures that fail the gate. Default 3.
     pub retries: Option<u32>,
     /// Seconds after start during which failures do not count. Default 0.

@@ -580,13 +580,13 @@ async fn run_child(
             }
             () = tokio::time::sleep_until(probe_at.into()) => {
                 let Some(h) = check.as_ref() else { continue };
-                next_probe = Some(Instant::now() + Duration::from_secs(h.interval_seconds.max(1)));
+                next_probe = Some(Instant::now() + h.interval());
                 let out = crate::apply::health::probe_once(
                     &backend,
                     &m.launch.spec,
                     &handle,
                     &h.probe,
-                    Duration::from_secs(h.timeout_seconds.max(1)),
+                    h.timeout(),
                 )
                 .await;
                 if out.healthy {

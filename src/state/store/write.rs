@@ -224,6 +224,12 @@ impl Store {
             )?;
             Ok(to_u64(next))
         })
+        .inspect(|_| {
+            // No checkpoint while the deployment runs: a checkpoint syncs the
+            // WAL and the file inside whichever commit crosses the threshold,
+            // and would hold up the run's steps; `finish_deployment` runs it.
+            let _ = self.conn.pragma_update(None, "wal_autocheckpoint", 0);
+        })
     }
 
     /// Writes an intent row before a side effect; returns its id.
@@ -364,7 +370,15 @@ impl Store {
                 ],
             )?;
             Ok(())
-        })
+        })?;
+        // The checkpoint held back while the deployment ran (SQLite's default
+        // threshold again afterwards). Everything is durable already: a
+        // checkpoint that does not complete leaves the WAL for the next one.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        let _ = self.conn.pragma_update(None, "wal_autocheckpoint", 1000);
+        Ok(())
     }
 }
 

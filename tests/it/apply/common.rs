@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use deploy_code::backends::StartContext;
-use deploy_code::model::{HealthCheck, NetworkSettings, Probe, ServiceSpec};
+use deploy_code::model::{HealthCheck, NetworkSettings, Probe, Seconds, ServiceSpec};
 use deploy_code::state::Handle;
 
 use crate::support::Spec;
@@ -35,8 +35,8 @@ pub fn http_check(port: u16, interval: u64, retries: u32) -> HealthCheck {
         probe: Probe::Http {
             url: format!("http://127.0.0.1:{port}/"),
         },
-        interval_seconds: interval,
-        timeout_seconds: 1,
+        interval_seconds: Seconds::whole(interval),
+        timeout_seconds: Seconds::whole(1),
         retries,
         start_period_seconds: 0,
         min_healthy_seconds: 0,

@@ -4,7 +4,7 @@ use deploy_code::apply::Cancel;
 use deploy_code::apply::health::gate;
 use deploy_code::backends::Backend;
 use deploy_code::backends::process::ProcessBackend;
-use deploy_code::model::{HealthCheck, Probe, Workload};
+use deploy_code::model::{HealthCheck, Probe, Seconds, Workload};
 
 use super::common::*;
 
@@ -126,8 +126,8 @@ async fn tcp_and_command_probes() {
             host: "127.0.0.1".into(),
             port,
         },
-        interval_seconds: 1,
-        timeout_seconds: 1,
+        interval_seconds: Seconds::whole(1),
+        timeout_seconds: Seconds::whole(1),
         retries: 3,
         start_period_seconds: 0,
         min_healthy_seconds: 0,

@@ -241,6 +241,47 @@ fn failing_health_checks_restart_the_instance() {
     site.teardown();
 }
 
+/// A hung instance (SIGSTOP: it still accepts connections, it answers
+/// nothing) is seen by probes a tenth of a second apart and restarted: the
+/// stopped child ends on its SIGTERM (it is continued), and a new one serves.
+#[test]
+fn a_hung_instance_is_restarted_after_sub_second_probes() {
+    let site = Site::new("mon-hang");
+    let port = free_port();
+    std::fs::write(site.dir.path().join("index.html"), "ok\n").unwrap();
+    site.write(&format!(
+        "{}  web:\n    command: /bin/busybox\n    args: [httpd, -f, -p, \"127.0.0.1:{port}\", -h, \"{}\"]\n    ports: [{{container_port: {port}}}]\n    restart: {{policy: always, initial_delay_ms: 0, max_restarts: 10}}\n    health_check: {{endpoint: /, interval_seconds: 0.1, timeout_seconds: 0.5, retries: 3, start_period_seconds: 1, restart_after_failures: 2}}\n",
+        site.header(),
+        site.dir.path().display()
+    ));
+    site.apply_ok();
+    let first = wait_status(&site, "start", |s| s.child_pid.is_some());
+    let hung = first.child_pid.unwrap();
+    kill(hung, libc::SIGSTOP);
+    let s = wait_status(&site, "health-driven restart", |s| {
+        s.restarts >= 1 && s.child_pid.is_some_and(|p| p != hung)
+    });
+    let exit = s.last_exit.clone().unwrap();
+    assert_eq!(exit.reason, "unhealthy", "{s:#?}");
+    assert_eq!(exit.signal, Some(libc::SIGTERM), "{s:#?}");
+    assert_eq!(s.recent[0].delay_ms, 0, "{s:#?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(hung)),
+        "the hung child is gone"
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut c| {
+            use std::io::{Read, Write};
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 12];
+            c.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok()
+                && c.read_exact(&mut buf).is_ok()
+                && &buf[9..12] == b"200"
+        })
+    }));
+    site.teardown();
+}
+
 /// Killing the monitor stops the service: nothing is left behind.
 #[test]
 fn killing_the_monitor_stops_the_service() {

@@ -603,8 +603,14 @@ fn a_kept_old_set_stops_when_its_window_closes_or_on_destroy() {
     let v2 = pids(&site.recorded());
     let log = site.dir.path().join("apply-v3.log");
     let mut apply = apply_in_background(&site, &site_dir(&site, "v3"), &log);
+    // The apply holds the state's lock until its run is recorded; it waits
+    // out the window without it, once it says so.
     assert!(wait_until(Duration::from_secs(60), || {
-        pids(&site.recorded()) != v2 && serves(port).as_deref() == Some("v3")
+        pids(&site.recorded()) != v2
+            && serves(port).as_deref() == Some("v3")
+            && std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("keeping the old set of `web`")
     }));
     let v3 = pids(&site.recorded());
     let (code, out) = site.run(&["destroy", "--auto-approve"]);

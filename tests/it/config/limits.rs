@@ -71,20 +71,26 @@ fn integers_beyond_their_type_are_refused_at_the_value() {
             "70000",
             "`services.api.ports.0.host_port` must be at most 65535, found 70000",
         ),
-        // u64, written larger than any 64-bit integer
+        // seconds with fractions: at most a year
         (
             format!(
                 "{SERVICE}    health_check:\n      tcp: 80\n      interval_seconds: 99999999999999999999\n"
             ),
             "99999999999999999999",
-            "`services.api.health_check.interval_seconds` must be at most 18446744073709551615, found an integer beyond 64 bits",
+            "`services.api.health_check.interval_seconds` must be at most 31536000",
         ),
         (
             format!(
                 "{SERVICE}    health_check:\n      tcp: 80\n      timeout_seconds: 99999999999999999999\n"
             ),
             "99999999999999999999",
-            "`services.api.health_check.timeout_seconds` must be at most 18446744073709551615",
+            "`services.api.health_check.timeout_seconds` must be at most 31536000",
+        ),
+        // and at least 10 ms
+        (
+            format!("{SERVICE}    health_check:\n      tcp: 80\n      interval_seconds: 0.005\n"),
+            "0.005",
+            "`services.api.health_check.interval_seconds` must be at least 0.01, found 0.005",
         ),
         (
             format!("{SERVICE}    resources:\n      memory_mb: 99999999999999999999\n"),
@@ -110,7 +116,7 @@ fn integers_beyond_their_type_are_refused_at_the_value() {
         (
             format!("{SERVICE}    health_check:\n      tcp: 80\n      timeout_seconds: -1\n"),
             "-1",
-            "`services.api.health_check.timeout_seconds` must be at least 1, found -1",
+            "`services.api.health_check.timeout_seconds` must be at least 0.01, found -1",
         ),
         (
             format!("{SERVICE}    resources:\n      gpu_count: -1\n"),
@@ -141,6 +147,47 @@ fn the_largest_values_of_each_type_load() {
     assert_eq!(api.ports[0].host_port, Some(65535));
     assert_eq!(api.resources.gpu_count, u32::MAX);
     assert_eq!(api.resources.memory_mb, i64::MAX as u64);
+}
+
+#[test]
+fn health_check_seconds_take_fractions_to_the_millisecond() {
+    let text = format!(
+        "{SERVICE}    health_check:\n      tcp: 80\n      interval_seconds: 0.1\n      timeout_seconds: 0.25\n"
+    );
+    let loaded = load(&text).expect("valid");
+    let check = loaded
+        .desired
+        .services
+        .values()
+        .next()
+        .unwrap()
+        .health_check
+        .clone();
+    let check = check.expect("a health check");
+    assert_eq!(check.interval(), std::time::Duration::from_millis(100));
+    assert_eq!(check.timeout(), std::time::Duration::from_millis(250));
+    // Whole seconds stay integers in the spec (and so in its hash).
+    let whole = load(&format!(
+        "{SERVICE}    health_check:\n      tcp: 80\n      interval_seconds: 2\n"
+    ))
+    .expect("valid");
+    let spec = whole.desired.services.values().next().unwrap();
+    let json = serde_json::to_value(spec.health_check.as_ref().unwrap()).unwrap();
+    assert_eq!(json["interval_seconds"], serde_json::json!(2));
+    assert_eq!(json["timeout_seconds"], serde_json::json!(5));
+    let json = serde_json::to_value(&check).unwrap();
+    assert_eq!(json["interval_seconds"], serde_json::json!(0.1));
+
+    // A finer fraction would have no effect: refused at the value.
+    let text =
+        format!("{SERVICE}    health_check:\n      tcp: 80\n      timeout_seconds: 0.1255\n");
+    let (code, message, help) = problem_at(&text, "0.1255");
+    assert_eq!(code, "E002::invalid_value");
+    assert_eq!(
+        message,
+        "`health_check.timeout_seconds` of `api` is 0.1255: it is counted in milliseconds"
+    );
+    assert!(help.contains("three decimals"), "{help}");
 }
 
 #[test]
