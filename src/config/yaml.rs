@@ -68,6 +68,7 @@ impl Node {
 
     /// The JSON form without the values a problem points at (`bad` spans): what
     /// is left of a definition with errors, to check the rest of it.
+    #[cfg(test)]
     pub(crate) fn to_json_pruned(
         &self,
         bad: &std::collections::HashSet<Range<usize>>,
