@@ -368,8 +368,8 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut
             ..
         }) => match pending.take() {
             None => {
-                let name = match &node.value {
-                    Value::Str(s) => s.clone(),
+                let name = match node.value {
+                    Value::Str(s) => s,
                     Value::Null => "null".to_owned(),
                     Value::Bool(b) => b.to_string(),
                     Value::Int(i) => i.to_string(),
