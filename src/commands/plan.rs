@@ -17,7 +17,8 @@ use crate::state::{self, Snapshot};
 
 /// Everything the read side produced, for `plan`, `apply` and `destroy`.
 pub struct Prepared {
-    /// `None` only for a destroy without a configuration file.
+    /// `None` for a destroy without a configuration file, and for `plan`'s
+    /// own read of a configuration without secrets (see `prepare_with`).
     pub loaded: Option<LoadedConfig>,
     pub snapshot: Snapshot,
     pub plan: Plan,
@@ -44,7 +45,8 @@ pub struct PlanRequest {
 
 /// The plan of a configuration against a state, and what it was made with.
 pub(crate) struct Planned {
-    /// The configuration, its secrets digested under `secret_key`.
+    /// The configuration, its secrets digested under `secret_key` (`None`
+    /// where `plan_with` was not asked to keep it).
     pub loaded: Option<LoadedConfig>,
     pub plan: Plan,
     pub config_hash: String,
@@ -65,36 +67,62 @@ pub(crate) fn plan_against(
     scope: &Scope,
     destroy_all: bool,
 ) -> Result<Planned, Failure> {
-    if loaded.is_some_and(|l| l.desired.services.values().any(|s| s.has_sensitive())) {
+    plan_with(inv, loaded, snapshot, state_path, scope, destroy_all, true)
+}
+
+/// [`plan_against`]; without `keep_config`, [`Planned::loaded`] is `None`
+/// unless the configuration has secrets to re-digest, and a configuration
+/// without secrets is planned as it is, not copied (the copy of thousands of
+/// services would only be dropped by `plan`).
+fn plan_with(
+    inv: &Invocation,
+    borrowed: Option<&LoadedConfig>,
+    snapshot: &Snapshot,
+    state_path: &std::path::Path,
+    scope: &Scope,
+    destroy_all: bool,
+    keep_config: bool,
+) -> Result<Planned, Failure> {
+    let sensitive =
+        borrowed.is_some_and(|l| l.desired.services.values().any(|s| s.has_sensitive()));
+    if sensitive {
         snapshot.require_key(state_path)?;
     }
     let secret_key = snapshot
         .secret_key
         .clone()
         .unwrap_or_else(SecretKey::random);
-    let mut loaded = loaded.cloned();
-    if let Some(l) = loaded.as_mut() {
+    // Re-digesting changes only sensitive values: without any, the copy
+    // would be the configuration itself.
+    let mut kept = if sensitive || keep_config {
+        borrowed.cloned()
+    } else {
+        None
+    };
+    if let Some(l) = kept.as_mut() {
         l.desired.rekey(&secret_key);
     }
-    let config_hash = loaded
-        .as_ref()
-        .map_or_else(|| "none".to_owned(), LoadedConfig::config_hash);
+    let loaded = if kept.is_some() {
+        kept.as_ref()
+    } else {
+        borrowed
+    };
+    let config_hash = loaded.map_or_else(|| "none".to_owned(), LoadedConfig::config_hash);
     let rt = inv.runtime()?;
-    let backends = inv.backends(loaded.as_ref(), Some(snapshot));
+    let backends = inv.backends(loaded, Some(snapshot));
     let inventory = match &scope.inventory {
         Some(path) => inventory::load_file(path)?,
         None => {
-            let data_dir = loaded.as_ref().map_or_else(
+            let data_dir = loaded.map_or_else(
                 || PathBuf::from("."),
                 |l| l.desired.settings.data_dir.clone(),
             );
             loaded
-                .as_ref()
                 .and_then(|l| rt.block_on(backends.capacity(l.desired.settings.default_backend)))
                 .unwrap_or_else(|| inventory::probe(&data_dir))
         }
     };
-    let observations = scope.refresh.then(|| match loaded.as_ref() {
+    let observations = scope.refresh.then(|| match loaded {
         Some(l) => {
             rt.block_on(crate::refresh::observe(
                 &backends,
@@ -107,7 +135,7 @@ pub(crate) fn plan_against(
         None => crate::refresh::observe_recorded(&backends, snapshot),
     });
     let input = plan::Input {
-        desired: loaded.as_ref().map(|l| &l.desired),
+        desired: loaded.map(|l| &l.desired),
         snapshot,
         observations: observations.as_ref(),
         inventory: &inventory,
@@ -123,7 +151,7 @@ pub(crate) fn plan_against(
     let mut plan = plan::plan(&input)?;
     plan.binding.state_key_id = Some(crate::state::key::id(&secret_key));
     Ok(Planned {
-        loaded,
+        loaded: kept,
         plan,
         config_hash,
         secret_key,
@@ -134,6 +162,17 @@ pub(crate) fn plan_against(
 /// Loads the configuration and the state (read-only, no lock) and plans
 /// ([`plan_against`]). Never writes anything.
 pub fn prepare(inv: &Invocation, scope: &Scope, destroy_all: bool) -> Result<Prepared, Failure> {
+    prepare_with(inv, scope, destroy_all, true)
+}
+
+/// [`prepare`]; without `keep_config`, [`Prepared::loaded`] is `None` unless
+/// the configuration has secrets (see `plan_with`).
+fn prepare_with(
+    inv: &Invocation,
+    scope: &Scope,
+    destroy_all: bool,
+    keep_config: bool,
+) -> Result<Prepared, Failure> {
     // A destroy plan needs no services, nor a configuration file. The
     // configuration is borrowed: `plan_against` makes the one copy it rekeys.
     let destroy_config;
@@ -150,7 +189,15 @@ pub fn prepare(inv: &Invocation, scope: &Scope, destroy_all: bool) -> Result<Pre
     };
     let state_path = config::state_path(inv.globals.state.as_deref(), loaded, inv.config_path());
     let snapshot = state::load_snapshot(&state_path)?;
-    let planned = plan_against(inv, loaded, &snapshot, &state_path, scope, destroy_all)?;
+    let planned = plan_with(
+        inv,
+        loaded,
+        &snapshot,
+        &state_path,
+        scope,
+        destroy_all,
+        keep_config,
+    )?;
     Ok(Prepared {
         loaded: planned.loaded,
         snapshot,
@@ -196,7 +243,8 @@ fn has_secret(c: &plan::Change) -> bool {
 }
 
 pub fn run(inv: &Invocation, req: &PlanRequest) -> Result<CommandOutcome, Failure> {
-    let prepared = prepare(inv, &req.scope, req.destroy)?;
+    // `plan` prints and saves the plan; it needs no copy of the configuration.
+    let prepared = prepare_with(inv, &req.scope, req.destroy, false)?;
     let plan = &prepared.plan;
     let mut text = render_plan(inv, plan);
     if let Some(out) = &req.out {

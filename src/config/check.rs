@@ -17,8 +17,136 @@ pub fn schema() -> &'static J {
 /// Checks `node` against the whole document schema.
 pub(crate) fn check_document(node: &Node, out: &mut Vec<Problem>) {
     let root = schema();
+    let walk = Walk::new(root);
     let mut path = Vec::new();
-    check(node, root, root, &mut path, out);
+    walk.check(node, root, &mut path, out);
+}
+
+/// What the walk reads of one schema (after its `$ref`s): read from the
+/// JSON Schema once per document instead of once per value checked (a
+/// configuration has thousands of values of the same few schemas).
+struct Facts<'a> {
+    /// The schema, its `$ref`s followed.
+    schema: &'a J,
+    /// `true`: anything goes.
+    anything: bool,
+    /// `anyOf`, else `oneOf`.
+    alternatives: Option<&'a [J]>,
+    /// Whether it has an `anyOf` or a `oneOf` key at all.
+    has_alternatives: bool,
+    types: Vec<&'a str>,
+    /// [`accepted_types`]: with those of the alternatives.
+    accepted: Vec<&'a str>,
+    /// [`choices`]: the string constants, with those of the alternatives.
+    choices: Vec<&'a str>,
+    format_range: Option<(i128, i128)>,
+    minimum: Option<f64>,
+    maximum: Option<f64>,
+    properties: Option<&'a serde_json::Map<String, J>>,
+    additional: Option<&'a J>,
+    required: Vec<&'a str>,
+    items: Option<&'a J>,
+}
+
+impl<'a> Facts<'a> {
+    fn of(schema: &'a J, root: &'a J) -> Self {
+        let schema = resolve(schema, root);
+        let mut accepted = Vec::new();
+        accepted_types(schema, root, &mut accepted);
+        let mut allowed = Vec::new();
+        choices(schema, root, &mut allowed);
+        Facts {
+            schema,
+            anything: schema == &J::Bool(true),
+            alternatives: schema
+                .get("anyOf")
+                .or_else(|| schema.get("oneOf"))
+                .and_then(J::as_array)
+                .map(Vec::as_slice),
+            has_alternatives: schema.get("anyOf").is_some() || schema.get("oneOf").is_some(),
+            types: types_of(schema),
+            accepted,
+            choices: allowed,
+            format_range: schema
+                .get("format")
+                .and_then(J::as_str)
+                .and_then(format_range),
+            minimum: schema.get("minimum").and_then(J::as_f64),
+            maximum: schema.get("maximum").and_then(J::as_f64),
+            properties: schema.get("properties").and_then(J::as_object),
+            additional: schema.get("additionalProperties"),
+            required: match schema.get("required") {
+                Some(J::Array(required)) => required.iter().filter_map(J::as_str).collect(),
+                _ => Vec::new(),
+            },
+            items: schema.get("items"),
+        }
+    }
+}
+
+/// The facts of every schema reachable from the root, by address.
+struct Walk<'a> {
+    root: &'a J,
+    facts: std::collections::HashMap<*const J, Facts<'a>>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(root: &'a J) -> Self {
+        let mut walk = Walk {
+            root,
+            facts: std::collections::HashMap::new(),
+        };
+        walk.learn(root);
+        walk
+    }
+
+    fn learn(&mut self, schema: &'a J) {
+        let key: *const J = schema;
+        if self.facts.contains_key(&key) {
+            return;
+        }
+        let facts = Facts::of(schema, self.root);
+        let resolved = facts.schema;
+        let mut next: Vec<&'a J> = vec![resolved];
+        next.extend(facts.alternatives.into_iter().flatten());
+        next.extend(facts.properties.into_iter().flat_map(|p| p.values()));
+        next.extend(facts.additional);
+        next.extend(facts.items);
+        self.facts.insert(key, facts);
+        for s in next {
+            self.learn(s);
+        }
+    }
+
+    /// The facts of `schema`: learned, or read now for one the walk from the
+    /// root did not reach.
+    fn facts(&self, schema: &'a J) -> std::borrow::Cow<'_, Facts<'a>> {
+        match self.facts.get(&(schema as *const J)) {
+            Some(f) => std::borrow::Cow::Borrowed(f),
+            None => std::borrow::Cow::Owned(Facts::of(schema, self.root)),
+        }
+    }
+}
+
+impl Clone for Facts<'_> {
+    fn clone(&self) -> Self {
+        Facts {
+            schema: self.schema,
+            anything: self.anything,
+            alternatives: self.alternatives,
+            has_alternatives: self.has_alternatives,
+            types: self.types.clone(),
+            accepted: self.accepted.clone(),
+            choices: self.choices.clone(),
+            format_range: self.format_range,
+            minimum: self.minimum,
+            maximum: self.maximum,
+            properties: self.properties,
+            additional: self.additional,
+            required: self.required.clone(),
+            items: self.items,
+        }
+    }
 }
 
 /// What the schema makes of the reader's problems: a key defined twice
@@ -184,208 +312,189 @@ fn where_(path: &[String]) -> String {
     }
 }
 
-fn check(node: &Node, schema: &J, root: &J, path: &mut Vec<String>, out: &mut Vec<Problem>) {
-    let schema = resolve(schema, root);
-    if schema == &J::Bool(true) {
-        return;
-    }
-    let alternatives = schema
-        .get("anyOf")
-        .or_else(|| schema.get("oneOf"))
-        .and_then(J::as_array);
-    if let Some(branches) = alternatives {
-        let mut best: Option<Vec<Problem>> = None;
-        for b in branches {
-            let b = resolve(b, root);
-            // A plain branch of other types would only report the wrong type,
-            // and could not be the best match: skip it without building that
-            // problem (an `env` value tries four branches).
-            if b.get("anyOf").is_none() && b.get("oneOf").is_none() && b != &J::Bool(true) {
-                let ts = types_of(b);
-                if !ts.is_empty() && !ts.iter().any(|t| type_matches(t, &node.value)) {
-                    continue;
-                }
-            }
-            let mut tmp = Vec::new();
-            check(node, b, root, path, &mut tmp);
-            if tmp.is_empty() {
-                return;
-            }
-            let mut ts = Vec::new();
-            accepted_types(b, root, &mut ts);
-            if ts.iter().any(|t| type_matches(t, &node.value))
-                && best.as_ref().is_none_or(|p| tmp.len() < p.len())
-            {
-                best = Some(tmp);
-            }
-        }
-        let mut allowed = Vec::new();
-        choices(schema, root, &mut allowed);
-        if let (Value::Str(s), false) = (&node.value, allowed.is_empty()) {
-            out.push(invalid_choice(node, s, &allowed, path));
+impl<'a> Walk<'a> {
+    fn check(&self, node: &Node, schema: &'a J, path: &mut Vec<String>, out: &mut Vec<Problem>) {
+        let facts = self.facts(schema);
+        if facts.anything {
             return;
         }
-        match best {
-            Some(p) => out.extend(p),
-            None => {
-                let mut ts = Vec::new();
-                accepted_types(schema, root, &mut ts);
-                out.push(wrong_type(node, &ts, path));
+        if let Some(branches) = facts.alternatives {
+            let mut best: Option<Vec<Problem>> = None;
+            for b in branches {
+                let bf = self.facts(b);
+                // A plain branch of other types would only report the wrong type,
+                // and could not be the best match: skip it without building that
+                // problem (an `env` value tries four branches).
+                if !bf.has_alternatives && !bf.anything {
+                    let ts = &bf.types;
+                    if !ts.is_empty() && !ts.iter().any(|t| type_matches(t, &node.value)) {
+                        continue;
+                    }
+                }
+                let mut tmp = Vec::new();
+                self.check(node, bf.schema, path, &mut tmp);
+                if tmp.is_empty() {
+                    return;
+                }
+                if bf.accepted.iter().any(|t| type_matches(t, &node.value))
+                    && best.as_ref().is_none_or(|p| tmp.len() < p.len())
+                {
+                    best = Some(tmp);
+                }
+            }
+            let allowed = &facts.choices;
+            if let (Value::Str(s), false) = (&node.value, allowed.is_empty()) {
+                out.push(invalid_choice(node, s, allowed, path));
+                return;
+            }
+            match best {
+                Some(p) => out.extend(p),
+                None => out.push(wrong_type(node, &facts.accepted, path)),
+            }
+            return;
+        }
+        let types = &facts.types;
+        if !types.is_empty() && !types.iter().any(|t| type_matches(t, &node.value)) {
+            out.push(wrong_type(node, types, path));
+            return;
+        }
+        if let Value::Str(s) = &node.value {
+            let allowed = &facts.choices;
+            if !allowed.is_empty() && !allowed.contains(&s.as_str()) {
+                out.push(invalid_choice(node, s, allowed, path));
             }
         }
-        return;
-    }
-    let types = types_of(schema);
-    if !types.is_empty() && !types.iter().any(|t| type_matches(t, &node.value)) {
-        out.push(wrong_type(node, &types, path));
-        return;
-    }
-    if let Value::Str(s) = &node.value {
-        let mut allowed = Vec::new();
-        choices(schema, root, &mut allowed);
-        if !allowed.is_empty() && !allowed.contains(&s.as_str()) {
-            out.push(invalid_choice(node, s, &allowed, path));
-        }
-    }
-    let (number, shown) = match node.value {
-        Value::Int(i) => (Some(i as f64), i.to_string()),
-        Value::Float(f) if is_big_integer(f) => (Some(f), "an integer beyond 64 bits".to_owned()),
-        Value::Float(f) => (Some(f), fmt_num(f)),
-        _ => (None, String::new()),
-    };
-    let in_resources = path.iter().any(|p| p == "resources");
-    if number.is_some_and(|n| !n.is_finite()) {
-        let (message, help) = if in_resources {
-            (
-                "must be a finite number above 0",
-                "give a positive amount such as 0.5, or leave the key out for the default",
-            )
-        } else {
-            (
-                "must be a finite number",
-                "write a finite number, or quote the value to use it as text",
-            )
+        let (number, shown) = match node.value {
+            Value::Int(i) => (Some(i as f64), i.to_string()),
+            Value::Float(f) if is_big_integer(f) => {
+                (Some(f), "an integer beyond 64 bits".to_owned())
+            }
+            Value::Float(f) => (Some(f), fmt_num(f)),
+            _ => (None, String::new()),
         };
-        out.push(
-            Problem::new(
-                Kind::InvalidValue,
-                format!("{} {message}, found {shown}", where_(path)),
-            )
-            .label(node.span.clone(), "not a finite number")
-            .help(help),
-        );
-    } else if let Some(n) = number {
-        let range = schema
-            .get("format")
-            .and_then(J::as_str)
-            .and_then(format_range);
-        let min = tighter(
-            schema.get("minimum").and_then(J::as_f64),
-            range.map(|r| r.0),
-            true,
-        );
-        let max = tighter(
-            schema.get("maximum").and_then(J::as_f64),
-            range.map(|r| r.1),
-            false,
-        );
-        if let Some((_, min)) = min.filter(|(m, _)| n < *m) {
-            let kind = if in_resources {
-                Kind::NonPositiveResource
-            } else {
-                Kind::InvalidValue
-            };
-            let help = if in_resources {
-                "resources are positive amounts: give a value above 0, or leave the key out for the default".to_owned()
-            } else if path.last().is_some_and(|k| k == "replicas") {
-                format!(
-                    "run at least {min} replica; to stop a service, remove it or set `enabled: false`"
+        let in_resources = path.iter().any(|p| p == "resources");
+        if number.is_some_and(|n| !n.is_finite()) {
+            let (message, help) = if in_resources {
+                (
+                    "must be a finite number above 0",
+                    "give a positive amount such as 0.5, or leave the key out for the default",
                 )
             } else {
-                format!("use a value of at least {min}")
+                (
+                    "must be a finite number",
+                    "write a finite number, or quote the value to use it as text",
+                )
             };
-            let message = if in_resources {
-                format!("{} must be positive, found {}", where_(path), shown)
-            } else {
-                format!("{} must be at least {min}, found {}", where_(path), shown)
-            };
-            out.push(
-                Problem::new(kind, message)
-                    .label(node.span.clone(), "too small")
-                    .help(help),
-            );
-        } else if let Some((_, max)) = max.filter(|(m, _)| n > *m) {
             out.push(
                 Problem::new(
                     Kind::InvalidValue,
-                    format!("{} must be at most {max}, found {}", where_(path), shown),
+                    format!("{} {message}, found {shown}", where_(path)),
                 )
-                .label(node.span.clone(), "too large")
-                .help(format!("use a value of at most {max}")),
+                .label(node.span.clone(), "not a finite number")
+                .help(help),
             );
-        }
-    }
-    match &node.value {
-        Value::Map(entries) => {
-            let props = schema.get("properties").and_then(J::as_object);
-            let additional = schema.get("additionalProperties");
-            for (key, value) in entries {
-                let sub = props.and_then(|p| p.get(&key.name));
-                path.push(key.name.clone());
-                match (sub, additional) {
-                    (Some(s), _) => check(value, s, root, path, out),
-                    (None, Some(J::Bool(false))) => {
-                        path.pop();
-                        let names: Vec<&str> = props
-                            .map(|p| p.keys().map(String::as_str).collect())
-                            .unwrap_or_default();
-                        let help = match did_you_mean(&key.name, names.iter().copied()) {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None => format!(
-                                "remove it; the keys allowed here are: {}",
-                                names.join(", ")
-                            ),
-                        };
-                        out.push(
-                            Problem::new(
-                                Kind::UnknownKey,
-                                format!("unknown key `{}` in {}", key.name, where_(path)),
-                            )
-                            .label(key.span.clone(), "not a known key")
-                            .help(help),
-                        );
-                        continue;
-                    }
-                    (None, Some(s)) => check(value, s, root, path, out),
-                    (None, None) => {}
-                }
-                path.pop();
-            }
-            if let Some(J::Array(required)) = schema.get("required") {
-                for r in required.iter().filter_map(J::as_str) {
-                    if !entries.iter().any(|(k, _)| k.name == r) {
-                        out.push(
-                            Problem::new(
-                                Kind::MissingKey,
-                                format!("{} needs the key `{r}`", where_(path)),
-                            )
-                            .label(first_line(node), format!("`{r}` is missing here"))
-                            .help(format!("add `{r}: ...` to this mapping")),
-                        );
-                    }
-                }
+        } else if let Some(n) = number {
+            let range = facts.format_range;
+            let min = tighter(facts.minimum, range.map(|r| r.0), true);
+            let max = tighter(facts.maximum, range.map(|r| r.1), false);
+            if let Some((_, min)) = min.filter(|(m, _)| n < *m) {
+                let kind = if in_resources {
+                    Kind::NonPositiveResource
+                } else {
+                    Kind::InvalidValue
+                };
+                let help = if in_resources {
+                    "resources are positive amounts: give a value above 0, or leave the key out for the default".to_owned()
+                } else if path.last().is_some_and(|k| k == "replicas") {
+                    format!(
+                        "run at least {min} replica; to stop a service, remove it or set `enabled: false`"
+                    )
+                } else {
+                    format!("use a value of at least {min}")
+                };
+                let message = if in_resources {
+                    format!("{} must be positive, found {}", where_(path), shown)
+                } else {
+                    format!("{} must be at least {min}, found {}", where_(path), shown)
+                };
+                out.push(
+                    Problem::new(kind, message)
+                        .label(node.span.clone(), "too small")
+                        .help(help),
+                );
+            } else if let Some((_, max)) = max.filter(|(m, _)| n > *m) {
+                out.push(
+                    Problem::new(
+                        Kind::InvalidValue,
+                        format!("{} must be at most {max}, found {}", where_(path), shown),
+                    )
+                    .label(node.span.clone(), "too large")
+                    .help(format!("use a value of at most {max}")),
+                );
             }
         }
-        Value::Seq(items) => {
-            if let Some(item_schema) = schema.get("items") {
-                for (i, item) in items.iter().enumerate() {
-                    path.push(i.to_string());
-                    check(item, item_schema, root, path, out);
+        match &node.value {
+            Value::Map(entries) => {
+                let props = facts.properties;
+                let additional = facts.additional;
+                for (key, value) in entries {
+                    let sub = props.and_then(|p| p.get(&key.name));
+                    path.push(key.name.clone());
+                    match (sub, additional) {
+                        (Some(s), _) => self.check(value, s, path, out),
+                        (None, Some(J::Bool(false))) => {
+                            path.pop();
+                            let names: Vec<&str> = props
+                                .map(|p| p.keys().map(String::as_str).collect())
+                                .unwrap_or_default();
+                            let help = match did_you_mean(&key.name, names.iter().copied()) {
+                                Some(s) => format!("did you mean `{s}`?"),
+                                None => format!(
+                                    "remove it; the keys allowed here are: {}",
+                                    names.join(", ")
+                                ),
+                            };
+                            out.push(
+                                Problem::new(
+                                    Kind::UnknownKey,
+                                    format!("unknown key `{}` in {}", key.name, where_(path)),
+                                )
+                                .label(key.span.clone(), "not a known key")
+                                .help(help),
+                            );
+                            continue;
+                        }
+                        (None, Some(s)) => self.check(value, s, path, out),
+                        (None, None) => {}
+                    }
                     path.pop();
                 }
+                {
+                    for &r in &facts.required {
+                        if !entries.iter().any(|(k, _)| k.name == r) {
+                            out.push(
+                                Problem::new(
+                                    Kind::MissingKey,
+                                    format!("{} needs the key `{r}`", where_(path)),
+                                )
+                                .label(first_line(node), format!("`{r}` is missing here"))
+                                .help(format!("add `{r}: ...` to this mapping")),
+                            );
+                        }
+                    }
+                }
             }
+            Value::Seq(items) => {
+                if let Some(item_schema) = facts.items {
+                    for (i, item) in items.iter().enumerate() {
+                        path.push(i.to_string());
+                        self.check(item, item_schema, path, out);
+                        path.pop();
+                    }
+                }
+            }
+            _ => {}
         }
-        _ => {}
     }
 }
 

@@ -192,7 +192,7 @@ pub(crate) struct Lowering<'a> {
 
 impl Lowering<'_> {
     /// Cross-value checks and lowering; problems are appended to `out`.
-    pub fn lower(self, out: &mut Vec<Problem>) -> Option<DesiredState> {
+    pub fn lower(mut self, out: &mut Vec<Problem>) -> Option<DesiredState> {
         let start = out.len();
         let settings = self.settings(out);
         let enabled: HashMap<&str, bool> = self
@@ -204,13 +204,15 @@ impl Lowering<'_> {
             })
             .collect();
         let names: Vec<&str> = self.services.iter().map(|e| e.key.name.as_str()).collect();
+        // Each service's typed definition is dropped once it is lowered.
+        let services = std::mem::take(&mut self.services);
 
         let mut specs = BTreeMap::new();
         let mut disabled = Vec::new();
-        let mut port_claims: HashMap<(u16, Protocol), (String, Range<usize>)> = HashMap::new();
-        let mut graph: BTreeMap<String, Vec<(String, Range<usize>)>> = BTreeMap::new();
+        let mut port_claims: HashMap<(u16, Protocol), (&str, Range<usize>)> = HashMap::new();
+        let mut graph: BTreeMap<&str, Vec<(String, Range<usize>)>> = BTreeMap::new();
 
-        for entry in &self.services {
+        for mut entry in services {
             let name = match ServiceName::parse(&entry.key.name) {
                 Ok(n) => Some(n),
                 Err(why) => {
@@ -228,7 +230,10 @@ impl Lowering<'_> {
                     None
                 }
             };
-            let Some(def) = &entry.def else { continue };
+            let Some(def) = entry.def.take() else {
+                continue;
+            };
+            let def = &def;
             let is_enabled = def.enabled.unwrap_or(true);
 
             // dependencies
@@ -279,7 +284,7 @@ impl Lowering<'_> {
                     Some(_) => {
                         if is_enabled {
                             graph
-                                .entry(entry.key.name.clone())
+                                .entry(entry.key.name.as_str())
                                 .or_default()
                                 .push((dep.clone(), dspan));
                         }
@@ -323,11 +328,11 @@ impl Lowering<'_> {
                             .help("give one of them another `host_port`, or leave `host_port` out on a container to get one from `network.port_range`"),
                         );
                     } else {
-                        port_claims.insert((host, protocol), (entry.key.name.clone(), pspan));
+                        port_claims.insert((host, protocol), (entry.key.name.as_str(), pspan));
                     }
                 }
             }
-            let spec = self.service(entry, def, name.clone(), deps, &settings, out);
+            let spec = self.service(&entry, def, name.clone(), deps, &settings, out);
             if let (Some(spec), Some(name)) = (spec, name) {
                 if is_enabled {
                     specs.insert(name, spec);
@@ -1719,9 +1724,7 @@ fn suggest_name(name: &str) -> String {
 
 /// Every elementary cycle found by a depth-first search (each reported once),
 /// with the span of the dependency that closes it.
-fn cycles(
-    graph: &BTreeMap<String, Vec<(String, Range<usize>)>>,
-) -> Vec<(Vec<String>, Range<usize>)> {
+fn cycles(graph: &BTreeMap<&str, Vec<(String, Range<usize>)>>) -> Vec<(Vec<String>, Range<usize>)> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
@@ -1731,13 +1734,13 @@ fn cycles(
     let mut marks: HashMap<&str, Mark> = HashMap::new();
     let mut found = Vec::new();
     let mut seen: BTreeSet<Vec<String>> = BTreeSet::new();
-    for start in graph.keys() {
-        if marks.get(start.as_str()).copied().unwrap_or(Mark::New) != Mark::New {
+    for &start in graph.keys() {
+        if marks.get(start).copied().unwrap_or(Mark::New) != Mark::New {
             continue;
         }
         // iterative DFS: (node, next edge index)
-        let mut stack: Vec<(&str, usize)> = vec![(start.as_str(), 0)];
-        marks.insert(start.as_str(), Mark::Active);
+        let mut stack: Vec<(&str, usize)> = vec![(start, 0)];
+        marks.insert(start, Mark::Active);
         while let Some(&mut (node, ref mut idx)) = stack.last_mut() {
             let edges = graph.get(node).map(Vec::as_slice).unwrap_or(&[]);
             if *idx >= edges.len() {

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod check;
+mod de;
 pub mod diag;
 pub mod lower;
 pub mod schema;
@@ -374,13 +375,7 @@ fn typed<T: serde::de::DeserializeOwned>(
     path: &mut Vec<String>,
     out: &mut Vec<Problem>,
 ) -> Option<T> {
-    let read = |skip: &HashSet<Range<usize>>| {
-        serde_json::from_value::<T>(if skip.is_empty() {
-            node.to_json()
-        } else {
-            node.to_json_pruned(skip)
-        })
-    };
+    let read = |skip: &HashSet<Range<usize>>| de::from_node::<T>(node, skip);
     let error = match read(skip) {
         Ok(v) => return Some(v),
         Err(_) if reported => return None,

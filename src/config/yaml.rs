@@ -68,6 +68,7 @@ impl Node {
 
     /// The JSON form without the values a problem points at (`bad` spans): what
     /// is left of a definition with errors, to check the rest of it.
+    #[cfg(test)]
     pub(crate) fn to_json_pruned(
         &self,
         bad: &std::collections::HashSet<Range<usize>>,
@@ -367,8 +368,8 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut
             ..
         }) => match pending.take() {
             None => {
-                let name = match &node.value {
-                    Value::Str(s) => s.clone(),
+                let name = match node.value {
+                    Value::Str(s) => s,
                     Value::Null => "null".to_owned(),
                     Value::Bool(b) => b.to_string(),
                     Value::Int(i) => i.to_string(),

@@ -246,7 +246,7 @@ fn fast_scalar_str(s: &str, out: &mut String) -> Option<()> {
 /// The lines of one spec, as [`yaml_lines`] of [`redacted`] writes them; a
 /// spec without secrets is written from its canonical form directly (plans
 /// of thousands of services show every created spec).
-fn one_side_lines(spec: &ServiceSpec) -> String {
+pub(crate) fn spec_text(spec: &ServiceSpec) -> String {
     let canonical = spec.canonical();
     if !contains_sensitive(&canonical)
         && let Some(s) = fast_yaml_pruned(&canonical)
@@ -285,8 +285,8 @@ pub(crate) fn spec_diff(
             let (b, a) = redacted_pair(b, a);
             (yaml_lines(&b), yaml_lines(&a))
         }
-        (None, Some(a)) => return one_side('+', one_side_lines(a)),
-        (Some(b), None) => return one_side('-', one_side_lines(b)),
+        (None, Some(a)) => return one_side('+', spec_text(a)),
+        (Some(b), None) => return one_side('-', spec_text(b)),
         (None, None) => return Vec::new(),
     };
     let diff = TextDiff::from_lines(&old, &new);

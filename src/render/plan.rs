@@ -513,7 +513,9 @@ fn diff_lines(c: &Change) -> Vec<DiffLine> {
 /// The human view: summary first, then phase by phase each service with its
 /// glyph, reason and field diff, then drift, then feasibility.
 pub fn human(plan: &Plan, color: bool) -> String {
-    let mut out = String::new();
+    // About the size of a created spec's lines per change: one buffer, not
+    // a doubling copy every few hundred services.
+    let mut out = String::with_capacity(1024 + plan.changes.len() * 600);
     let bold = |s: &str| {
         if color {
             s.bold().to_string()
@@ -576,6 +578,18 @@ pub fn human(plan: &Plan, color: bool) -> String {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
+            }
+            if let (Action::Create, None, Some(spec), false) =
+                (c.action, &c.before, &c.after, color)
+            {
+                // A created spec is all added lines: written as they come
+                // (plans of thousands of services show every one).
+                for l in diff::spec_text(spec).lines() {
+                    out.push_str("      + ");
+                    out.push_str(l);
+                    out.push('\n');
+                }
+                continue;
             }
             for l in diff_lines(c) {
                 let line = if l.tag == '…' {
