@@ -5,8 +5,12 @@
 //! `cargo bench --bench rollout` (loopback only; it stops by itself).
 //! `DEPLOY_CODE_BENCH_UPDATES` (default 20) sets the number of updates,
 //! `DEPLOY_CODE_BENCH_RATE` (default 500) the requests per second,
-//! `DEPLOY_CODE_BENCH_ONLY` measures only the rows whose label contains it.
-//! `Hybrid` is the comparison point: the replace stops the old instance
+//! `DEPLOY_CODE_BENCH_ONLY` measures only the rows whose label contains it,
+//! `DEPLOY_CODE_BENCH_MIN_REQUESTS` (default 10,000) the fewest requests a
+//! row counts: when the updates end sooner, the loop goes on at the same
+//! rate against the updated service until it has sent that many.
+//! `Canary` goes through two short steps (20 % then 60 % of new
+//! connections, 1 s each, judged every second). `Hybrid` is the comparison point: the replace stops the old instance
 //! first because it holds the port. Containers are measured when a Docker
 //! engine answers; `docker-compose up -d` recreating the same container is
 //! the outside comparison point, when `docker-compose` is installed.
@@ -49,12 +53,13 @@ fn get(port: u16) -> bool {
     text.split_whitespace().nth(1) == Some("200")
 }
 
-/// Requests at a fixed rate until stopped: (latencies of answered ones in µs, failed).
-fn request_loop(port: u16, rate: u64, stop: Arc<AtomicBool>) -> (Vec<u64>, u64) {
+/// Requests at a fixed rate until stopped and at least `min` were sent:
+/// (latencies of answered ones in µs, failed).
+fn request_loop(port: u16, rate: u64, min: u64, stop: Arc<AtomicBool>) -> (Vec<u64>, u64) {
     let period = Duration::from_micros(1_000_000 / rate.max(1));
     let mut next = Instant::now();
     let (mut lat, mut failed) = (Vec::new(), 0);
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) || (lat.len() as u64 + failed) < min {
         let began = Instant::now();
         if get(port) {
             lat.push(began.elapsed().as_micros() as u64);
@@ -87,6 +92,10 @@ struct Setting {
     replicas: u32,
 }
 
+/// Two short steps, judged every second from the switch's counters of the
+/// new set: any 5xx share or failed connect above 1 % aborts the update.
+const CANARY: &str = ", canary: {steps: [{weight: 20, pause_seconds: 1}, {weight: 60, pause_seconds: 1}], analysis: {interval_seconds: 1, max_error_rate: 0.01, max_failed_connections: 0.01}}";
+
 const SETTINGS: &[Setting] = &[
     Setting {
         strategy: "BlueGreen",
@@ -111,6 +120,12 @@ const SETTINGS: &[Setting] = &[
         label: "RollingUpdate, 3 replicas, max_surge 2",
         deployment: ", rolling: {max_surge: 2}",
         replicas: 3,
+    },
+    Setting {
+        strategy: "Canary",
+        label: "Canary, 20 % then 60 %",
+        deployment: CANARY,
+        replicas: 1,
     },
     Setting {
         strategy: "Hybrid",
@@ -168,7 +183,7 @@ struct Row {
     steady_p99: f64,
 }
 
-fn case(backend: &'static str, setting: Setting, updates: u64, rate: u64) -> Option<Row> {
+fn case(backend: &'static str, setting: Setting, updates: u64, rate: u64, min: u64) -> Option<Row> {
     let dir = tempfile::tempdir().ok()?;
     let port = free_port();
     let project = format!(
@@ -198,12 +213,27 @@ fn case(backend: &'static str, setting: Setting, updates: u64, rate: u64) -> Opt
         eprintln!("{backend} {strategy}: the first apply failed");
         return None;
     }
-    let (steady, _) = measure(port, rate, &|| std::thread::sleep(Duration::from_secs(3)));
-    let (lat, failed) = measure(port, rate, &|| {
-        for n in 1..=updates {
-            deploy_code(dir.path(), &site(n), &["apply", "--auto-approve"]);
-        }
+    let (steady, _) = measure(port, rate, 0, &|| {
+        std::thread::sleep(Duration::from_secs(3))
     });
+    let took = std::cell::Cell::new(Duration::ZERO);
+    let refused = std::cell::Cell::new(0);
+    let (lat, failed) = measure(port, rate, min, &|| {
+        let began = Instant::now();
+        for n in 1..=updates {
+            if !deploy_code(dir.path(), &site(n), &["apply", "--auto-approve"]) {
+                refused.set(refused.get() + 1);
+            }
+        }
+        took.set(began.elapsed());
+    });
+    let serves = body(port);
+    eprintln!(
+        "{backend} {strategy}: {updates} updates in {:.1} s, {} failed; serving {}",
+        took.get().as_secs_f64(),
+        refused.get(),
+        serves.as_deref().unwrap_or("nothing")
+    );
     deploy_code(dir.path(), &site(updates), &["destroy", "--auto-approve"]);
     Some(Row {
         backend,
@@ -217,12 +247,13 @@ fn case(backend: &'static str, setting: Setting, updates: u64, rate: u64) -> Opt
     })
 }
 
-/// Runs the request loop against `port` while `run` runs: the sorted
-/// latencies of the answered requests (µs) and the failed ones.
-fn measure(port: u16, rate: u64, run: &dyn Fn()) -> (Vec<u64>, u64) {
+/// Runs the request loop against `port` while `run` runs, and on until it
+/// has sent `min` requests: the sorted latencies of the answered requests
+/// (µs) and the failed ones.
+fn measure(port: u16, rate: u64, min: u64, run: &dyn Fn()) -> (Vec<u64>, u64) {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let t = std::thread::spawn(move || request_loop(port, rate, flag));
+    let t = std::thread::spawn(move || request_loop(port, rate, min, flag));
     run();
     stop.store(true, Ordering::Relaxed);
     let (mut lat, failed) = t.join().unwrap();
@@ -243,7 +274,7 @@ fn compose_ready() -> bool {
 /// changed `SITE` (Compose stops the old container, then starts the new one),
 /// each update followed by waiting until the new version answers (30 s at
 /// most), as a deploy script would.
-fn compose_case(updates: u64, rate: u64) -> Option<Row> {
+fn compose_case(updates: u64, rate: u64, min: u64) -> Option<Row> {
     let dir = tempfile::tempdir().ok()?;
     let port = free_port();
     let project = format!("benchcompose{}", std::process::id());
@@ -278,8 +309,10 @@ fn compose_case(updates: u64, rate: u64) -> Option<Row> {
         compose("v0", &["down", "-t", "2"]);
         return None;
     }
-    let (steady, _) = measure(port, rate, &|| std::thread::sleep(Duration::from_secs(3)));
-    let (lat, failed) = measure(port, rate, &|| {
+    let (steady, _) = measure(port, rate, 0, &|| {
+        std::thread::sleep(Duration::from_secs(3))
+    });
+    let (lat, failed) = measure(port, rate, min, &|| {
         for n in 1..=updates {
             let site = format!("v{n}");
             compose(&site, &["up", "-d"]);
@@ -333,6 +366,7 @@ fn main() {
     }
     let updates = env_or("DEPLOY_CODE_BENCH_UPDATES", 20);
     let rate = env_or("DEPLOY_CODE_BENCH_RATE", 500);
+    let min = env_or("DEPLOY_CODE_BENCH_MIN_REQUESTS", 10_000);
     let mut backends = vec!["process"];
     if docker_ready() {
         backends.push("docker");
@@ -340,7 +374,7 @@ fn main() {
         eprintln!("containers skipped: no Docker engine or no /bin/busybox");
     }
     println!(
-        "{updates} consecutive updates, {rate} requests/s on the loopback\n\n| backend | strategy | requests | failed | p50 ms | p99 ms | steady p50 ms | steady p99 ms |\n|---|---|---|---|---|---|---|---|"
+        "{updates} consecutive updates, {rate} requests/s on the loopback, at least {min} requests a row\n\n| backend | strategy | requests | failed | p50 ms | p99 ms | steady p50 ms | steady p99 ms |\n|---|---|---|---|---|---|---|---|"
     );
     let only: Option<String> = std::env::var("DEPLOY_CODE_BENCH_ONLY").ok();
     let wanted = |label: &str| only.as_deref().is_none_or(|o| label.contains(o));
@@ -353,7 +387,7 @@ fn main() {
     let docker = backends.contains(&"docker");
     for backend in backends {
         for setting in SETTINGS.iter().filter(|s| wanted(s.label)) {
-            if let Some(r) = case(backend, *setting, updates, rate) {
+            if let Some(r) = case(backend, *setting, updates, rate, min) {
                 show(&r);
             }
         }
@@ -362,7 +396,7 @@ fn main() {
         return;
     }
     if compose_ready() {
-        if let Some(r) = compose_case(updates, rate) {
+        if let Some(r) = compose_case(updates, rate, min) {
             show(&r);
         }
     } else {

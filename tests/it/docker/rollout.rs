@@ -1,5 +1,6 @@
 //! Containers behind a traffic switch: busybox `httpd` on container port
-//! 8080, the fixed host port 18302, updated under a request loop.
+//! 8080, the fixed host port 18302 (a free one for `Canary`), updated under
+//! a request loop.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -31,7 +32,7 @@ fn serves(port: u16) -> Option<String> {
     get(port).filter(|(s, _)| *s == 200).map(|(_, b)| b)
 }
 
-fn config(project: &str, strategy: &str, replicas: u32) -> String {
+fn config(project: &str, strategy: &str, replicas: u32, port: u16) -> String {
     format!(
         r#"version: "1.0.0"
 project: {project}
@@ -42,7 +43,7 @@ services:
     image: {IMAGE}
     replicas: {replicas}
     args: ["sh", "-c", "mkdir -p /tmp/w && echo {{{{ env('SITE') }}}} > /tmp/w/index.html && exec httpd -f -p 8080 -h /tmp/w"]
-    ports: [{{container_port: 8080, host_port: {PORT}}}]
+    ports: [{{container_port: 8080, host_port: {port}}}]
     health_check: {{endpoint: /}}
 "#
     )
@@ -103,28 +104,32 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-fn case(test: &str, strategy: &str, replicas: u32) {
+/// Two updates of `web` under a request loop against `port`: each one
+/// succeeds with no failed request and ends serving its version; `check`
+/// looks at each update's output.
+fn case(test: &str, strategy: &str, replicas: u32, port: u16, check: &dyn Fn(&str)) {
     let dir = tempfile::tempdir().unwrap();
-    let project = format!("{}-{}", project(test), strategy.to_lowercase());
+    let kind = strategy.split(',').next().unwrap_or(strategy);
+    let project = format!("{}-{}", project(test), kind.to_lowercase());
     let _cleanup = Cleanup {
         dir: dir.path(),
         project: project.clone(),
     };
     std::fs::write(
         dir.path().join("deploy-code.yaml"),
-        config(&project, strategy, replicas),
+        config(&project, strategy, replicas, port),
     )
     .unwrap();
     let (code, out) = run(dir.path(), "v1", &["apply", "--auto-approve"]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(serves(PORT).as_deref(), Some("v1"), "{out}");
+    assert_eq!(serves(port).as_deref(), Some("v1"), "{out}");
     for version in ["v2", "v3"] {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let requests = std::thread::spawn(move || {
             let (mut ok, mut failed, mut seen) = (0u64, 0u64, Vec::new());
             while !flag.load(Ordering::Relaxed) {
-                match get(PORT) {
+                match get(port) {
                     Some((200, _)) => ok += 1,
                     other => {
                         failed += 1;
@@ -141,13 +146,14 @@ fn case(test: &str, strategy: &str, replicas: u32) {
         stop.store(true, Ordering::Relaxed);
         let (ok, failed, seen) = requests.join().unwrap();
         assert_eq!(code, 0, "{out}");
-        assert_eq!(failed, 0, "{strategy}: failed requests: {seen:?}");
-        assert!(ok >= 10, "{strategy}: the loop ran ({ok} answered)");
-        assert_eq!(serves(PORT).as_deref(), Some(version), "{out}");
+        assert_eq!(failed, 0, "{kind}: failed requests: {seen:?}");
+        assert!(ok >= 10, "{kind}: the loop ran ({ok} answered)");
+        assert_eq!(serves(port).as_deref(), Some(version), "{out}");
+        check(&out);
     }
     let (code, out) = run(dir.path(), "v3", &["destroy", "--auto-approve"]);
     assert_eq!(code, 0, "{out}");
-    assert!(get(PORT).is_none(), "the port is free after destroy");
+    assert!(get(port).is_none(), "the port is free after destroy");
 }
 
 /// Both strategies on the one fixed port, one after the other.
@@ -157,8 +163,44 @@ async fn containers_keep_the_fixed_port_answering_under_blue_green_and_rolling_u
         return;
     };
     tokio::task::spawn_blocking(|| {
-        case("sw", "BlueGreen", 1);
-        case("sw", "RollingUpdate", 3);
+        case("sw", "BlueGreen", 1, PORT, &|_| {});
+        case("sw", "RollingUpdate", 3, PORT, &|_| {});
+    })
+    .await
+    .unwrap();
+}
+
+/// `Canary` for a container: the switch sends each step's share of new
+/// connections to the new container's address on its network; both steps
+/// pass with requests counted for the new set, and the update ends serving
+/// the new version alone, with no failed request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_canary_passes_its_steps_and_serves_the_new_version() {
+    let Some(_b) = engine("a_container_canary_passes_its_steps").await else {
+        return;
+    };
+    tokio::task::spawn_blocking(|| {
+        let canary = "Canary, canary: {steps: [{weight: 30, pause_seconds: 2}, {weight: 70, pause_seconds: 2}], analysis: {interval_seconds: 1, max_error_rate: 0.01, max_failed_connections: 0.01}}";
+        case("cn", canary, 1, free_port(), &|out| {
+            for step in ["step 1/2 (30 %) pass", "step 2/2 (70 %) pass"] {
+                let line = out
+                    .lines()
+                    .find(|l| l.contains(step))
+                    .unwrap_or_else(|| panic!("no `{step}` in:\n{out}"));
+                let counted: u64 = line
+                    .split("pass: ")
+                    .nth(1)
+                    .and_then(|w| w.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("no connection count in `{line}`"));
+                assert!(counted > 0, "the new container got no connection: {line}");
+                assert!(line.contains(" 0 5xx"), "{line}");
+            }
+            assert!(
+                out.contains("web: 1 instance(s) stopped"),
+                "the old container stopped: {out}"
+            );
+        });
     })
     .await
     .unwrap();
