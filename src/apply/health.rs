@@ -93,15 +93,19 @@ fn is_loopback(host: &str) -> bool {
 /// - anything else is used as written.
 ///
 /// A path endpoint was lowered to a loopback URL naming the first port.
+///
+/// `None` when the port is behind a traffic switch and the instance's own
+/// address is not known (yet): the switch's port would reach another
+/// instance, so that probe fails rather than go there.
 pub async fn target(
     backend: &dyn Backend,
     spec: &ServiceSpec,
     handle: &Handle,
     host: &str,
     port: u16,
-) -> (String, u16) {
+) -> Option<(String, u16)> {
     if !is_loopback(host) {
-        return (host.to_owned(), port);
+        return Some((host.to_owned(), port));
     }
     // Behind a traffic switch a host port is the switch's: the instance is
     // probed at its own (private) address for that port.
@@ -111,17 +115,26 @@ pub async fn target(
             .iter()
             .find(|p| p.host_port == Some(port))
             .or_else(|| spec.ports.iter().find(|p| p.container_port == port))
-        && let Some(addr) = backend.own_address(handle, p.container_port).await
     {
-        return addr;
+        return backend.own_address(handle, p.container_port).await;
     }
     if spec.ports.iter().any(|p| p.host_port == Some(port)) {
-        return ("127.0.0.1".to_owned(), port);
+        return Some(("127.0.0.1".to_owned(), port));
     }
     if spec.ports.iter().any(|p| p.container_port == port) {
-        return backend.probe_address(handle, port).await;
+        return Some(backend.probe_address(handle, port).await);
     }
-    (host.trim_matches(|c| c == '[' || c == ']').to_owned(), port)
+    Some((host.trim_matches(|c| c == '[' || c == ']').to_owned(), port))
+}
+
+/// The outcome of a probe whose instance's own address is not known yet.
+fn own_address_unknown(port: u16) -> ProbeOutcome {
+    ProbeOutcome {
+        healthy: false,
+        detail: format!(
+            "the instance's own address for port {port} is not known yet (its port {port} is the traffic switch's)"
+        ),
+    }
 }
 
 /// The container port that a loopback `host:port` names by the port rule:
@@ -188,7 +201,9 @@ pub(crate) async fn probe_once(
         Probe::Http { url } => {
             let (url, reached) = match split_url(url) {
                 Some(u) => {
-                    let (h, p) = target(backend, spec, handle, u.host, u.port).await;
+                    let Some((h, p)) = target(backend, spec, handle, u.host, u.port).await else {
+                        return own_address_unknown(u.port);
+                    };
                     (
                         format!("{}://{}:{p}{}", u.scheme, host_in_url(&h), u.path),
                         Some((h, p)),
@@ -207,7 +222,10 @@ pub(crate) async fn probe_once(
             };
             let (h, p) = match own {
                 Some(addr) => addr,
-                None => target(backend, spec, handle, host, *port).await,
+                None => match target(backend, spec, handle, host, *port).await {
+                    Some(addr) => addr,
+                    None => return own_address_unknown(*port),
+                },
             };
             let addr = format!("{}:{p}", host_in_url(&h));
             let out =
@@ -508,7 +526,8 @@ pub async fn gate(
 }
 
 /// The address an HTTP or TCP probe of an instance reaches (`None` for a
-/// command probe, which runs per instance).
+/// command probe, which runs per instance, and for an instance whose own
+/// address is not known yet).
 async fn probe_key(
     backend: &dyn Backend,
     spec: &ServiceSpec,
@@ -518,9 +537,9 @@ async fn probe_key(
     match probe {
         Probe::Http { url } => {
             let u = split_url(url)?;
-            Some(target(backend, spec, handle, u.host, u.port).await)
+            target(backend, spec, handle, u.host, u.port).await
         }
-        Probe::Tcp { host, port } => Some(target(backend, spec, handle, host, *port).await),
+        Probe::Tcp { host, port } => target(backend, spec, handle, host, *port).await,
         Probe::Command { .. } => None,
     }
 }

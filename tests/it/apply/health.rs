@@ -192,3 +192,66 @@ async fn an_interrupt_stops_a_gate() {
     assert!(t.elapsed() < Duration::from_secs(1));
     b.stop(&handles, Duration::from_secs(2)).await.unwrap();
 }
+
+/// Behind a traffic switch a service's host port is the switch's: a probe of
+/// an instance whose own (private) port cannot be read yet fails, and never
+/// goes to the switch's port, where another instance would answer.
+#[tokio::test]
+async fn an_instance_behind_a_switch_is_never_probed_through_the_switch() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // What stands on the public port: it answers 200 and counts requests.
+    let public = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = public.local_addr().unwrap().port();
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    std::thread::spawn(move || {
+        for mut conn in public.incoming().flatten() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        }
+    });
+    // An instance whose environment names no private port (started here,
+    // not by the backend).
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let handle = deploy_code::state::Handle::Process {
+        replica: 0,
+        pid,
+        start_time: deploy_code::procfs::start_time(pid).unwrap(),
+        log_path: String::new(),
+    };
+    let mut s = deploy_code::model::ServiceSpec {
+        behind_switch: true,
+        ..crate::support::Spec::process("switched", &["sleep", "30"])
+            .port(deploy_code::model::PortSpec {
+                container_port: 8080,
+                host_port: Some(port),
+                host_ip: None,
+                protocol: deploy_code::model::Protocol::Tcp,
+            })
+            .build()
+    };
+    s.health_check = Some(http_check(port, 1, 2));
+    let b = ProcessBackend::new();
+    let out = gate(&b, &s, &[handle], &Cancel::new(), 1, None, &noop).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!out.healthy, "{out:?}");
+    assert!(
+        out.probes
+            .iter()
+            .all(|p| p.detail.contains("not known yet")),
+        "{out:?}"
+    );
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        0,
+        "the switch's port was probed"
+    );
+}
