@@ -7,6 +7,15 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+/// An environment variable for the log writers, monitors and traffic
+/// switches that deploy-code starts: it keeps their allocator (mimalloc,
+/// which reserves its arenas before `main` runs) from asking for
+/// transparent huge pages, so a long-lived monitor holds about 1 MB of
+/// anonymous memory instead of three 2 MiB pages. mimalloc applies it with
+/// `prctl(PR_SET_THP_DISABLE)`, which a child inherits: a monitor clears it
+/// again for the service it starts.
+pub const SMALL_HEAP_ENV: (&str, &str) = ("MIMALLOC_ALLOW_THP", "0");
+
 /// The deploy-code binary (`/proc/self/exe`), which runs the log writers,
 /// monitors and traffic switches: this one when it is deploy-code, else a
 /// `deploy-code` beside it or one directory up (a test binary in `deps/`).

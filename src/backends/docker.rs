@@ -717,6 +717,10 @@ impl DockerBackend {
         let mut cmd = std::process::Command::new(program);
         cmd.arg(super::monitor_file::ARG)
             .env_clear()
+            .env(
+                crate::procfs::SMALL_HEAP_ENV.0,
+                crate::procfs::SMALL_HEAP_ENV.1,
+            )
             .stdin(std::process::Stdio::piped())
             .stdout(log)
             .stderr(err)

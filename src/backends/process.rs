@@ -77,6 +77,7 @@ impl ProcessBackend {
         drop(log);
         let mut cmd = Command::new(program);
         cmd.arg(super::logwriter::ARG)
+            .env(procfs::SMALL_HEAP_ENV.0, procfs::SMALL_HEAP_ENV.1)
             .arg(log_path)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -166,6 +167,7 @@ impl ProcessBackend {
             let mut cmd = Command::new(monitor);
             cmd.arg(super::monitor_file::ARG)
                 .env_clear()
+                .env(procfs::SMALL_HEAP_ENV.0, procfs::SMALL_HEAP_ENV.1)
                 .stdin(Stdio::piped());
             cmd
         } else {

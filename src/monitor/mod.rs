@@ -259,7 +259,9 @@ impl Monitor {
         cmd.args(&self.launch.args)
             .current_dir(&self.launch.cwd)
             .stdin(std::process::Stdio::null())
-            .kill_on_drop(false);
+            .kill_on_drop(false)
+            // The monitor's own allocator setting is not the service's.
+            .env_remove(crate::procfs::SMALL_HEAP_ENV.0);
         for (k, v) in &self.launch.env {
             cmd.env(k, v);
         }
@@ -271,6 +273,10 @@ impl Monitor {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // Transparent huge pages as the host has them, not as the
+                // monitor's allocator chose for itself (see
+                // `procfs::SMALL_HEAP_ENV`).
+                libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0);
                 // The monitor died between fork and prctl.
                 if libc::getppid() as u32 != parent {
                     libc::_exit(1);

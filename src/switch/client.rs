@@ -190,6 +190,10 @@ impl SwitchClient {
         let log_len = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
         let mut cmd = Command::new(program);
         cmd.arg(ARG)
+            .env(
+                crate::procfs::SMALL_HEAP_ENV.0,
+                crate::procfs::SMALL_HEAP_ENV.1,
+            )
             .arg("--socket")
             .arg(&self.socket)
             .arg("--listen")

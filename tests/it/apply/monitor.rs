@@ -302,6 +302,43 @@ fn killing_the_monitor_stops_the_service() {
     site.teardown();
 }
 
+/// The monitor keeps its own allocator off transparent huge pages; the
+/// service it starts keeps the host's setting and never sees the variable
+/// that asked for it.
+#[test]
+fn the_monitors_allocator_setting_is_not_the_services() {
+    let site = Site::new("mon-thp");
+    let port = free_port();
+    site.write(&web(&site, port, "    restart: always\n", ""));
+    site.apply_ok();
+    let s = wait_status(&site, "start", |s| s.child_pid.is_some());
+    let child = s.child_pid.unwrap();
+    let thp = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:").map(|v| v.trim().to_owned()))
+    };
+    let (var, _) = deploy_code::procfs::SMALL_HEAP_ENV;
+    let environ = |pid: u32| std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let names = |pid: u32| {
+        environ(pid)
+            .split(|b| *b == 0)
+            .any(|kv| kv.starts_with(format!("{var}=").as_bytes()))
+    };
+    assert!(names(s.monitor_pid), "the monitor is started with {var}");
+    assert!(!names(child), "the service's environment holds {var}");
+    // Kernels without the field (before 6.x) say nothing either way.
+    if let (Some(monitor), Some(service)) = (thp(s.monitor_pid), thp(child)) {
+        assert_eq!(monitor, "0", "the monitor's allocator asked for no THP");
+        assert_eq!(
+            service, "1",
+            "the service inherited the monitor's THP setting"
+        );
+    }
+    site.teardown();
+}
+
 /// A monitored service given a secret: the monitor passes it to every
 /// restart of its child, its own arguments, environment and status file
 /// never hold it, and what the child prints of it is redacted in the log.
