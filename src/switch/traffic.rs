@@ -151,6 +151,10 @@ impl Counters {
 /// reads; a longer one stops the counting of that connection.
 const MAX_HEAD: usize = 16 * 1024;
 
+/// The most header fields of a response head the scanner reads; a head
+/// with more stops the counting of that connection.
+const MAX_HEADERS: usize = 64;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scan {
     /// Reading a response head.
@@ -252,20 +256,17 @@ impl ResponseScanner {
                     self.line.extend_from_slice(&rest[..=nl]);
                     rest = &rest[nl + 1..];
                     let line = std::mem::take(&mut self.line);
-                    let text = String::from_utf8_lossy(&line);
-                    let text = text.trim_end_matches(['\r', '\n']);
                     self.state = if self.state == Scan::Trailers {
-                        if text.is_empty() {
+                        if line == b"\r\n" || line == b"\n" {
                             Scan::Head
                         } else {
                             Scan::Trailers
                         }
                     } else {
-                        let size = text.split(';').next().unwrap_or("").trim();
-                        match u64::from_str_radix(size, 16) {
-                            Ok(0) => Scan::Trailers,
-                            Ok(n) => Scan::ChunkData(n),
-                            Err(_) => Scan::Done,
+                        match httparse::parse_chunk_size(&line) {
+                            Ok(httparse::Status::Complete((_, 0))) => Scan::Trailers,
+                            Ok(httparse::Status::Complete((_, n))) => Scan::ChunkData(n),
+                            _ => Scan::Done,
                         }
                     };
                 }
@@ -280,19 +281,12 @@ impl ResponseScanner {
 
     /// Reads a complete head: reports its status, says how its body is framed.
     fn head(&self, head: &[u8], status: &mut impl FnMut(u16)) -> Scan {
-        let text = String::from_utf8_lossy(head);
-        let mut lines = text.split("\r\n");
-        let first = lines.next().unwrap_or("");
-        let mut parts = first.split(' ');
-        let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        if !matches!(response.parse(head), Ok(httparse::Status::Complete(_))) {
             return Scan::Done;
-        };
-        let Some(code) = version
-            .starts_with("HTTP/1.")
-            .then(|| code.parse::<u16>().ok())
-            .flatten()
-            .filter(|c| (100..600).contains(c))
-        else {
+        }
+        let Some(code) = response.code.filter(|c| (100..600).contains(c)) else {
             return Scan::Done;
         };
         if code == 101 {
@@ -307,18 +301,15 @@ impl ResponseScanner {
             return Scan::Head;
         }
         let mut length = None;
-        for line in lines {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let (name, value) = (name.trim(), value.trim());
-            if name.eq_ignore_ascii_case("transfer-encoding")
+        for header in response.headers.iter() {
+            let value = String::from_utf8_lossy(header.value);
+            if header.name.eq_ignore_ascii_case("transfer-encoding")
                 && value.to_ascii_lowercase().contains("chunked")
             {
                 return Scan::ChunkSize;
             }
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse::<u64>().ok();
+            if header.name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<u64>().ok();
             }
         }
         match length {
