@@ -17,8 +17,10 @@
 //!   generic resource `NVIDIA-GPU` that nodes advertise (see [`nodes_inventory`]).
 //! - Health: a service is live when as many tasks of its current spec run as it
 //!   has replicas (see [`Backend::replicas`]), and down at once when one of
-//!   them fails or the scheduler refuses to place it; command probes run in
-//!   every running task, HTTP and TCP probes go through the published port.
+//!   them fails or the scheduler refuses to place it; a command check is the
+//!   tasks' container health check, run by the engine of each task's node
+//!   (see [`container_health_check`]), HTTP and TCP probes go through the
+//!   published port.
 //! - Network: `destroy` waits until the engine no longer lists the removed
 //!   overlay network; `start` waits for one that is being removed and creates
 //!   it again (see [`NETWORK_WAIT`]).
