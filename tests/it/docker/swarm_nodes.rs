@@ -855,8 +855,13 @@ fn a_command_check_passes_on_both_nodes() {
         "{SMALL}    health_check:\n      command: [/bin/busybox, \"true\"]\n      interval_seconds: 1\n      timeout_seconds: 5\n      retries: 2\n"
     );
     p.write(2, "v1", &check);
+    let began = std::time::Instant::now();
     let (code, out) = p.run(&["apply", "--auto-approve"]);
     assert_eq!(code, 0, "{out}");
+    eprintln!(
+        "command check passing on both nodes: apply {:.1?}",
+        began.elapsed()
+    );
     assert_eq!(
         running_version(&c.tasks(&service), "v1"),
         (both_nodes(), 2),
@@ -916,8 +921,13 @@ fn a_command_check_failing_on_node2_only_fails_the_gate() {
     let p = Project::new(&c, "nodes-cmd-bad");
     let service = p.service();
     p.write(2, "v1", &node_check("deploy-code-node1"));
+    let began = std::time::Instant::now();
     let ((code, out), seen) = watching(&c, &service, || p.run(&["apply", "--auto-approve"]));
     assert_eq!(code, 4, "failed and rolled back: {out}");
+    eprintln!(
+        "command check failing on node2 only: apply exit 4 after {:.1?}",
+        began.elapsed()
+    );
     assert!(out.contains("unhealthy container"), "{out}");
     assert!(
         seen.iter()
