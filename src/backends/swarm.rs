@@ -17,8 +17,10 @@
 //!   generic resource `NVIDIA-GPU` that nodes advertise (see [`nodes_inventory`]).
 //! - Health: a service is live when as many tasks of its current spec run as it
 //!   has replicas (see [`Backend::replicas`]), and down at once when one of
-//!   them fails or the scheduler refuses to place it; command probes run in
-//!   every running task, HTTP and TCP probes go through the published port.
+//!   them fails or the scheduler refuses to place it; a command check is the
+//!   tasks' container health check, run by the engine of each task's node
+//!   (see [`container_health_check`]), HTTP and TCP probes go through the
+//!   published port.
 //! - Network: `destroy` waits until the engine no longer lists the removed
 //!   overlay network; `start` waits for one that is being removed and creates
 //!   it again (see [`NETWORK_WAIT`]).
@@ -30,8 +32,8 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{
     EndpointPortConfig, EndpointPortConfigProtocolEnum, EndpointPortConfigPublishModeEnum,
-    EndpointSpec, GenericResourcesInner, GenericResourcesInnerDiscreteResourceSpec, Limit,
-    NetworkAttachmentConfig, NetworkCreateRequest, ResourceObject, Service,
+    EndpointSpec, GenericResourcesInner, GenericResourcesInnerDiscreteResourceSpec, HealthConfig,
+    Limit, NetworkAttachmentConfig, NetworkCreateRequest, ResourceObject, Service,
     ServiceSpec as SwarmSpec, ServiceSpecMode, ServiceSpecModeReplicated,
     ServiceSpecRollbackConfig, ServiceSpecRollbackConfigFailureActionEnum,
     ServiceSpecRollbackConfigOrderEnum, ServiceSpecUpdateConfig,
@@ -52,7 +54,7 @@ use super::{
 use crate::instance::Handle;
 use crate::inventory::{Gpu, Host, Inventory, Source};
 use crate::model::{
-    BackendKind, Protocol, RestartPolicy, ServiceName, ServiceSpec, SwarmUpdate, UpdateOrder,
+    BackendKind, Probe, Protocol, RestartPolicy, ServiceName, ServiceSpec, SwarmUpdate, UpdateOrder,
 };
 
 /// The generic resource kind that GPU nodes advertise (dockerd
@@ -170,18 +172,27 @@ pub(crate) fn service_spec(
             TaskSpecRestartPolicyConditionEnum::ANY
         }
     };
+    let health_check = container_health_check(spec);
+    let mut task_labels = labels.clone();
+    if let Some(test) = health_check.as_ref().and_then(|h| h.test.as_ref()) {
+        task_labels.insert(
+            HEALTH_TEST_LABEL.to_owned(),
+            serde_json::to_string(test).unwrap_or_default(),
+        );
+    }
     Ok(SwarmSpec {
         name: Some(service_name(&ctx.project, spec.name.as_str())),
-        labels: Some(labels.clone()),
+        labels: Some(labels),
         task_template: Some(TaskSpec {
             container_spec: Some(TaskSpecContainerSpec {
                 image: Some(image),
-                labels: Some(labels),
+                labels: Some(task_labels),
                 command,
                 args,
                 env: Some(engine::env_list(spec)?),
                 dir: spec.working_dir.clone(),
                 mounts: (!mounts.is_empty()).then_some(mounts),
+                health_check,
                 ..Default::default()
             }),
             resources: Some(TaskSpecResources {
@@ -246,6 +257,41 @@ pub(crate) fn service_spec(
         }),
         ..Default::default()
     })
+}
+
+/// The label of a task's container that holds the test (as JSON) of the
+/// container health check Swarm was given (see [`container_health_check`]):
+/// the engine takes the check but reads it back under another name than
+/// bollard's model, so the gate knows from this label that Swarm runs it.
+const HEALTH_TEST_LABEL: &str = "io.deploy-code.health-test";
+
+/// The container health check Swarm is given for a `command` check: its
+/// argv (`CMD`, without a shell), interval, timeout, retries and start
+/// period. The engine of the node a task runs on runs it in the task's
+/// container, and Swarm reports the task running only once its container is
+/// healthy, and fails it (`unhealthy container`) when it turns unhealthy.
+/// HTTP and TCP checks are probed from here, through the published port.
+pub(crate) fn container_health_check(spec: &ServiceSpec) -> Option<HealthConfig> {
+    let check = spec.health_check.as_ref()?;
+    let Probe::Command { argv } = &check.probe else {
+        return None;
+    };
+    let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+    Some(HealthConfig {
+        test: Some(health_test(argv)),
+        interval: Some(nanos(check.interval())),
+        timeout: Some(nanos(check.timeout())),
+        retries: Some(i64::from(check.retries.max(1))),
+        start_period: Some(nanos(Duration::from_secs(check.start_period_seconds))),
+        start_interval: None,
+    })
+}
+
+/// A container health check's test for `argv`: `["CMD", argv…]`.
+fn health_test(argv: &[String]) -> Vec<String> {
+    std::iter::once("CMD".to_owned())
+        .chain(argv.iter().cloned())
+        .collect()
 }
 
 /// The update policy Swarm is given for `spec`: the one its strategy gave
@@ -905,6 +951,98 @@ impl SwarmBackend {
         }
     }
 
+    /// Swarm's verdict of a command check that service `id` carries as its
+    /// container health check with the test `argv`; `None` when it carries
+    /// another or none.
+    async fn reported_health(&self, id: &str, argv: &[String]) -> Option<ProbeOutcome> {
+        let spec = self.inspect_service(id).await.ok()??.spec?;
+        let given = spec
+            .task_template
+            .as_ref()?
+            .container_spec
+            .as_ref()?
+            .labels
+            .as_ref()?
+            .get(HEALTH_TEST_LABEL)?;
+        if *given != serde_json::to_string(&health_test(argv)).ok()? {
+            return None;
+        }
+        let hash = spec.labels.and_then(|mut l| l.remove(marks::SPEC_HASH));
+        let lost = self.nodes_not_ready().await;
+        let names = self.node_names().await;
+        let mut tasks = self.tasks(id).await;
+        tasks.sort_by_key(|t| t.version.as_ref().and_then(|v| v.index).unwrap_or(0));
+        let mut passed = Vec::new();
+        let mut waiting = None;
+        for t in &tasks {
+            let task_hash = t
+                .spec
+                .as_ref()
+                .and_then(|s| s.container_spec.as_ref())
+                .and_then(|c| c.labels.as_ref())
+                .and_then(|l| l.get(marks::SPEC_HASH));
+            if hash.is_some() && task_hash != hash.as_ref() {
+                continue;
+            }
+            let state = t.status.as_ref().and_then(|s| s.state);
+            let node = t.node_id.clone().unwrap_or_default();
+            let name = names.get(&node).cloned().unwrap_or_else(|| node.clone());
+            let wanted = t.desired_state == Some(TaskState::RUNNING);
+            if state == Some(TaskState::RUNNING) && wanted && !lost.contains_key(&node) {
+                passed.push(name);
+                continue;
+            }
+            if let Some(e) = task_error(t) {
+                waiting = Some(format!("{e} (on {name})"));
+            } else if wanted && let Some(state) = state.filter(|s| *s < TaskState::RUNNING) {
+                let task = t
+                    .slot
+                    .map_or_else(|| "a task".to_owned(), |s| format!("task {s}"));
+                waiting = Some(format!(
+                    "{task} is {state} on {name}: its health check has not passed yet"
+                ));
+            }
+        }
+        if passed.is_empty() {
+            return Some(ProbeOutcome {
+                healthy: false,
+                detail: waiting.unwrap_or_else(|| "no task of the current spec runs".into()),
+            });
+        }
+        passed.sort();
+        let mut detail = format!(
+            "Swarm reports the check passed on its node for {} task(s): {}",
+            passed.len(),
+            passed.join(", ")
+        );
+        if let Some(w) = waiting {
+            detail.push_str("; ");
+            detail.push_str(&w);
+        }
+        Some(ProbeOutcome {
+            healthy: true,
+            detail,
+        })
+    }
+
+    /// Every node of the cluster: id -> host name. Empty when the nodes
+    /// cannot be listed.
+    async fn node_names(&self) -> HashMap<String, String> {
+        let Ok(docker) = self.api().await else {
+            return HashMap::new();
+        };
+        docker
+            .list_nodes(None)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| {
+                let name = n.description.as_ref().and_then(|d| d.hostname.clone())?;
+                Some((n.id?, name))
+            })
+            .collect()
+    }
+
     /// The containers of the running tasks of the service's current spec
     /// (every running task when the spec carries no hash), for exec probes.
     async fn running_containers(&self, handle: &Handle) -> Vec<String> {
@@ -1157,14 +1295,26 @@ impl Backend for SwarmBackend {
         })
     }
 
-    /// Runs the command in every running task of the current spec; healthy
-    /// when it passes in all of them.
+    /// A command check the service carries as its tasks' container health
+    /// check (see [`container_health_check`]) is judged from what Swarm
+    /// reports, whichever node a task runs on: healthy when tasks of the
+    /// current spec run (Swarm reports a task running only once its check
+    /// passed on its node) on nodes that answer; a task whose check fails is
+    /// failed by Swarm, which the gate reads as the service being down.
+    /// Otherwise (a service created without it) the command runs in every
+    /// running task of the current spec through the manager's engine;
+    /// healthy when it passes in all of them.
     async fn exec_probe(
         &self,
         handle: &Handle,
         argv: &[String],
         timeout: Duration,
     ) -> ProbeOutcome {
+        if let Handle::SwarmService { id, .. } = handle
+            && let Some(out) = self.reported_health(id, argv).await
+        {
+            return out;
+        }
         let containers = self.running_containers(handle).await;
         let mut last = ProbeOutcome {
             healthy: false,
@@ -1318,7 +1468,7 @@ impl Backend for SwarmBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{PortSpec, Resources, Text, Workload};
+    use crate::model::{HealthCheck, PortSpec, Resources, Seconds, Text, Workload};
     use crate::state::GpuRef;
     use bollard::models::GenericResourcesInnerNamedResourceSpec;
     use std::collections::BTreeMap;
@@ -1412,6 +1562,52 @@ mod tests {
         let c = task.container_spec.unwrap();
         assert_eq!(c.args, Some(vec!["serve".to_owned()]));
         assert_eq!(c.labels.unwrap()[marks::SPEC_HASH], spec().spec_hash());
+        assert_eq!(c.health_check, None, "no check, no container health check");
+    }
+
+    #[test]
+    fn a_command_check_is_the_tasks_container_health_check_and_an_http_check_is_not() {
+        let mut s = spec();
+        s.health_check = Some(HealthCheck {
+            probe: Probe::Command {
+                argv: vec!["/bin/busybox".into(), "true".into()],
+            },
+            interval_seconds: Seconds::from_millis(1500),
+            timeout_seconds: Seconds::whole(4),
+            retries: 3,
+            start_period_seconds: 7,
+            min_healthy_seconds: 0,
+            restart_after_failures: None,
+        });
+        let made = service_spec(&s, &ctx(), &[Some(31001)], PublishMode::Host).unwrap();
+        let c = made.task_template.unwrap().container_spec.unwrap();
+        let hc = c.health_check.clone().unwrap();
+        assert_eq!(
+            hc.test,
+            Some(vec!["CMD".into(), "/bin/busybox".into(), "true".into()])
+        );
+        assert_eq!(hc.interval, Some(1_500_000_000));
+        assert_eq!(hc.timeout, Some(4_000_000_000));
+        assert_eq!(hc.retries, Some(3));
+        assert_eq!(hc.start_period, Some(7_000_000_000));
+        assert_eq!(
+            c.labels.unwrap()[HEALTH_TEST_LABEL],
+            r#"["CMD","/bin/busybox","true"]"#
+        );
+
+        s.health_check.as_mut().unwrap().probe = Probe::Http {
+            url: "http://127.0.0.1:8000/health".into(),
+        };
+        let made = service_spec(&s, &ctx(), &[Some(31001)], PublishMode::Host).unwrap();
+        assert_eq!(
+            made.task_template
+                .unwrap()
+                .container_spec
+                .unwrap()
+                .health_check,
+            None,
+            "an HTTP check is probed through the published port"
+        );
     }
 
     #[test]

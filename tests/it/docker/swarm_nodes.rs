@@ -633,10 +633,12 @@ fn a_rolling_update_goes_task_by_task_across_both_nodes() {
     assert_eq!(code, 0, "nothing to change: {out}");
 }
 
-/// An update whose gate fails (the new spec's health check never passes;
-/// its failures count only after a start period in which Swarm has run the
-/// new spec on both nodes) is rolled back: `apply` exits 4, the service's
-/// spec is the previous one again, and its tasks run it on both nodes.
+/// An update whose gate fails (the new spec's command check never passes:
+/// Swarm runs it as the new tasks' container health check, and fails the
+/// first new task once its start period is over and its retries are spent,
+/// which stops the update on the first node it reached) is rolled back:
+/// `apply` exits 4, the service's spec is the previous one again, and its
+/// tasks run it on both nodes.
 /// Stop-first (`max_surge: 0`): each old task stops before its successor is
 /// placed, so that Swarm's spread puts the successor on the node it left
 /// (start-first, it may put both tasks on one node).
@@ -670,7 +672,7 @@ fn a_failed_update_is_rolled_back_on_both_nodes() {
     assert!(!v1_hash.is_empty());
 
     let failing = format!(
-        "{SMALL}    health_check:\n      command: [/bin/busybox, \"false\"]\n      interval_seconds: 1\n      timeout_seconds: 5\n      retries: 2\n      start_period_seconds: 15\n"
+        "{SMALL}    health_check:\n      command: [/bin/busybox, \"false\"]\n      interval_seconds: 1\n      timeout_seconds: 5\n      retries: 2\n      start_period_seconds: 5\n"
     );
     p.write_with(STOP_FIRST, 2, "v2", &failing);
     let began = std::time::Instant::now();
@@ -678,13 +680,16 @@ fn a_failed_update_is_rolled_back_on_both_nodes() {
     assert_eq!(code, 4, "failed and rolled back: {out}");
     eprintln!("failed update rolled back: apply {:.1?}", began.elapsed());
 
-    let reached: BTreeSet<String> = c
+    let v2: Vec<TaskView> = c
         .tasks(&service)
         .into_iter()
         .filter(|t| t.version("v2"))
-        .map(|t| t.node)
         .collect();
-    assert_eq!(reached, both_nodes(), "the update reached both nodes");
+    assert!(!v2.is_empty(), "the update reached a node");
+    assert!(
+        v2.iter().all(|t| !t.runs()),
+        "no task of the new spec runs: {v2:#?}"
+    );
     assert!(
         wait_until(Duration::from_secs(90), || {
             let tasks = c.tasks(&service);
@@ -824,4 +829,151 @@ fn a_node_lost_during_a_rolling_update_gets_a_true_verdict() {
         "{:#?}",
         c.tasks(&service)
     );
+}
+
+/// `health_check.command` of a service whose two tasks run one per node:
+/// `ON_NODE` is the node's host name (a Swarm template in the task's
+/// environment), and the check passes only where it names `node`.
+fn node_check(node: &str) -> String {
+    format!(
+        "{SMALL}    env:\n      ON_NODE: \"{{% raw %}}{{{{.Node.Hostname}}}}{{% endraw %}}\"\n    health_check:\n      command: [/bin/busybox, sh, -c, \"env | grep -qx ON_NODE={node}\"]\n      interval_seconds: 1\n      timeout_seconds: 5\n      retries: 2\n"
+    )
+}
+
+/// A command check runs on the node of each task (Swarm's container health
+/// check, run by that node's engine): a service of two tasks, one per node,
+/// whose check passes on both passes its gate; Swarm reports each task
+/// running, the check is in the service's spec, and `status` shows the
+/// service healthy from both nodes.
+#[test]
+fn a_command_check_passes_on_both_nodes() {
+    let test = "a_command_check_passes_on_both_nodes";
+    let Some(c) = cluster(test) else { return };
+    let p = Project::new(&c, "nodes-cmd-ok");
+    let service = p.service();
+    let check = format!(
+        "{SMALL}    health_check:\n      command: [/bin/busybox, \"true\"]\n      interval_seconds: 1\n      timeout_seconds: 5\n      retries: 2\n"
+    );
+    p.write(2, "v1", &check);
+    let began = std::time::Instant::now();
+    let (code, out) = p.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    eprintln!(
+        "command check passing on both nodes: apply {:.1?}",
+        began.elapsed()
+    );
+    assert_eq!(
+        running_version(&c.tasks(&service), "v1"),
+        (both_nodes(), 2),
+        "one healthy task per node when the gate passed: {:#?}",
+        c.tasks(&service)
+    );
+    assert_eq!(
+        c.inspect(
+            &service,
+            "{{json .Spec.TaskTemplate.ContainerSpec.Healthcheck.Test}} {{.Spec.TaskTemplate.ContainerSpec.Healthcheck.Retries}}"
+        ),
+        "[\"CMD\",\"/bin/busybox\",\"true\"] 2"
+    );
+    let (code, out) = p.run(&["status", "--format", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let health = &v["services"][0]["health"];
+    assert_eq!(health["healthy"], true, "{out}");
+    let detail = health["detail"].as_str().unwrap_or_default();
+    for node in both_nodes() {
+        assert!(detail.contains(&node), "{out}");
+    }
+    let (code, out) = p.run(&["health"]);
+    assert_eq!(code, 0, "{out}");
+
+    // A change to a check that passes on node1 only: the task on node2
+    // never turns healthy, Swarm fails it, the change is rolled back and the
+    // previous service is healthy on both nodes again.
+    p.write(2, "v1", &node_check("deploy-code-node1"));
+    let (code, out) = p.run(&["apply", "--auto-approve"]);
+    assert_eq!(
+        code, 4,
+        "the change fails its gate and is rolled back: {out}"
+    );
+    assert!(out.contains("unhealthy container"), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            let (code, out) = p.run(&["status", "--format", "json"]);
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            code == 0
+                && v["services"][0]["health"]["healthy"] == true
+                && v["services"][0]["instances"][0]["tasks"]["running"] == 2
+        }),
+        "healthy again: {}",
+        p.run(&["status", "--format", "json"]).1
+    );
+}
+
+/// A check that passes on node1's task and fails on node2's fails the gate,
+/// however long node1's passes: Swarm fails node2's task (`unhealthy
+/// container`), `apply` exits 4 and rolls the new service back (it is
+/// removed).
+#[test]
+fn a_command_check_failing_on_node2_only_fails_the_gate() {
+    let test = "a_command_check_failing_on_node2_only_fails_the_gate";
+    let Some(c) = cluster(test) else { return };
+    let p = Project::new(&c, "nodes-cmd-bad");
+    let service = p.service();
+    p.write(2, "v1", &node_check("deploy-code-node1"));
+    let began = std::time::Instant::now();
+    let ((code, out), seen) = watching(&c, &service, || p.run(&["apply", "--auto-approve"]));
+    assert_eq!(code, 4, "failed and rolled back: {out}");
+    eprintln!(
+        "command check failing on node2 only: apply exit 4 after {:.1?}",
+        began.elapsed()
+    );
+    assert!(out.contains("unhealthy container"), "{out}");
+    assert!(
+        seen.iter()
+            .flatten()
+            .any(|t| t.node == "deploy-code-node1" && t.runs()),
+        "node1's task passed its check and ran: {:#?}",
+        seen.last()
+    );
+    assert!(
+        seen.iter()
+            .flatten()
+            .any(|t| t.node == "deploy-code-node2" && t.state == "failed"),
+        "node2's task failed its check: {:#?}",
+        seen.last()
+    );
+    assert!(
+        seen.iter()
+            .flatten()
+            .all(|t| !(t.node == "deploy-code-node2" && t.runs())),
+        "node2's task never ran: {:#?}",
+        seen.last()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || c
+            .docker(&[
+                "service",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("name={service}")
+            ])
+            .trim()
+            .is_empty()),
+        "the new service was removed"
+    );
+    let (code, out) = p.run(&["status", "--format", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["services"].as_array().is_none_or(|s| s.is_empty()),
+        "nothing recorded: {out}"
+    );
+
+    // The same check passing on node2 only fails the gate as well.
+    p.write(2, "v1", &node_check("deploy-code-node2"));
+    let (code, out) = p.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 4, "failed and rolled back: {out}");
+    assert!(out.contains("unhealthy container"), "{out}");
 }
