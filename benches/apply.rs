@@ -328,6 +328,7 @@ async fn detection(samples: &mut Vec<f64>) {
         network: NetworkSettings::default(),
         gpus: Vec::new(),
         only_replicas: None,
+        stop_grace: std::time::Duration::from_secs(10),
     };
     let handles = b.start(&s, &ctx).await.unwrap();
     let poller = std::thread::spawn(move || {

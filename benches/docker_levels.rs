@@ -212,6 +212,7 @@ fn backend(rt: &tokio::runtime::Runtime, b: &DockerBackend, run: usize) -> Durat
         },
         gpus: vec![],
         only_replicas: None,
+        stop_grace: std::time::Duration::from_secs(10),
     };
     let start = Instant::now();
     rt.block_on(async {

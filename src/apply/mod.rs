@@ -191,6 +191,7 @@ pub async fn execute(
         network: settings.network.clone(),
         gpus: Vec::new(),
         only_replicas: None,
+        stop_grace: std::time::Duration::from_secs(dep.stop_grace_seconds),
     };
     let max_parallel = if dep.strategy == crate::model::Strategy::Sequential {
         1

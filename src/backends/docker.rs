@@ -1331,6 +1331,7 @@ mod tests {
             network: Default::default(),
             gpus,
             only_replicas: None,
+            stop_grace: std::time::Duration::from_secs(10),
         }
     }
 

@@ -64,6 +64,10 @@ pub struct StartContext {
     /// The replicas to start, when not all of them (a rolling update starts
     /// one at a time).
     pub only_replicas: Option<std::ops::Range<u32>>,
+    /// `deployment.stop_grace_seconds`: what an orchestrator that stops
+    /// instances itself (a Swarm task's stop grace period) waits between
+    /// SIGTERM and SIGKILL.
+    pub stop_grace: std::time::Duration,
 }
 
 impl StartContext {

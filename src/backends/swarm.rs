@@ -193,6 +193,9 @@ pub(crate) fn service_spec(
                 dir: spec.working_dir.clone(),
                 mounts: (!mounts.is_empty()).then_some(mounts),
                 health_check,
+                stop_grace_period: Some(
+                    i64::try_from(ctx.stop_grace.as_nanos()).unwrap_or(i64::MAX),
+                ),
                 ..Default::default()
             }),
             resources: Some(TaskSpecResources {
@@ -1525,15 +1528,30 @@ mod tests {
                 model: "H100".into(),
             }],
             only_replicas: None,
+            stop_grace: std::time::Duration::from_secs(10),
         }
     }
 
     #[test]
     fn the_service_spec_carries_replicas_resources_gpus_and_update_policy() {
-        let s = service_spec(&spec(), &ctx(), &[Some(31001)], PublishMode::Ingress).unwrap();
+        let s = service_spec(
+            &spec(),
+            &StartContext {
+                stop_grace: std::time::Duration::from_secs(3),
+                ..ctx()
+            },
+            &[Some(31001)],
+            PublishMode::Ingress,
+        )
+        .unwrap();
         assert_eq!(s.name.as_deref(), Some("lab_infer"));
         assert_eq!(s.mode.unwrap().replicated.unwrap().replicas, Some(3));
         let task = s.task_template.unwrap();
+        // Swarm stops a task as `deployment.stop_grace_seconds` says.
+        assert_eq!(
+            task.container_spec.as_ref().unwrap().stop_grace_period,
+            Some(3_000_000_000)
+        );
         let res = task.resources.unwrap();
         assert_eq!(res.limits.unwrap().nano_cpus, Some(2_000_000_000));
         let reservation = res.reservations.unwrap();

@@ -513,6 +513,7 @@ fn adoption_ctx(loaded: &LoadedConfig, snap: &crate::state::Snapshot) -> StartCo
         network: settings.network.clone(),
         gpus: Vec::new(),
         only_replicas: None,
+        stop_grace: std::time::Duration::from_secs(settings.deployment.stop_grace_seconds),
     }
 }
 

@@ -55,6 +55,7 @@ pub fn ctx(dir: &Path, project: &str) -> StartContext {
         network: NetworkSettings::default(),
         gpus: Vec::new(),
         only_replicas: None,
+        stop_grace: std::time::Duration::from_secs(10),
     }
 }
 

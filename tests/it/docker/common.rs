@@ -71,6 +71,7 @@ pub fn ctx(project: &str) -> StartContext {
         },
         gpus: vec![],
         only_replicas: None,
+        stop_grace: std::time::Duration::from_secs(10),
     }
 }
 
