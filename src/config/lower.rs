@@ -1636,7 +1636,7 @@ fn restart_settings(
             out.push(invalid(
                 format!("`health_check.restart_after_failures` has no effect on `{sname}`: Swarm reschedules its tasks itself"),
                 raf_span.clone(),
-                "remove `restart_after_failures`; on Swarm the engine replaces a task that fails its image's HEALTHCHECK; run the service as a Docker container or a local process for health-driven restarts",
+                "remove `restart_after_failures`; on Swarm the engine replaces a task that fails its `health_check.command` or its image's HEALTHCHECK; run the service as a Docker container or a local process for health-driven restarts",
             ));
         } else if policy == RestartPolicy::No {
             out.push(invalid(
