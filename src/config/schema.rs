@@ -255,7 +255,7 @@ pub struct Deployment {
     /// Budget for a rollback, seconds. Default 300.
     #[schemars(range(min = 1))]
     pub rollback_timeout_seconds: Option<u64>,
-    /// Seconds between SIGTERM and SIGKILL (a container's stop timeout). Default 10.
+    /// Seconds between SIGTERM and SIGKILL (a container's stop timeout; a Swarm task's stop grace period, which Swarm also uses when an update or a failed health check replaces the task). Default 10.
     pub stop_grace_seconds: Option<u64>,
     /// Seconds a traffic switch lets the connections of instances it no longer sends new ones to finish before they stop (RollingUpdate, BlueGreen and Canary only). Default 5.
     pub drain_seconds: Option<u64>,
