@@ -1,6 +1,7 @@
 //! Validation of the parsed YAML against the JSON Schema generated from
 //! [`super::schema`], with spans: every mismatch is one [`Problem`].
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
 use serde_json::Value as J;
@@ -87,14 +88,38 @@ impl<'a> Facts<'a> {
 /// The facts of every schema reachable from the root, by address.
 struct Walk<'a> {
     root: &'a J,
-    facts: std::collections::HashMap<*const J, Facts<'a>>,
+    facts: std::collections::HashMap<*const J, Facts<'a>, BuildHasherDefault<AddrHasher>>,
+}
+
+/// Hashes the schema addresses the facts are kept by with one multiply (the
+/// walk looks up the facts of every value it checks; SipHash made those
+/// lookups cost more than the checks). The high bits are folded into the
+/// low ones, which an aligned address leaves zero.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        let x = (self.0 ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 29);
+    }
 }
 
 impl<'a> Walk<'a> {
     fn new(root: &'a J) -> Self {
         let mut walk = Walk {
             root,
-            facts: std::collections::HashMap::new(),
+            facts: std::collections::HashMap::default(),
         };
         walk.learn(root);
         walk
