@@ -67,10 +67,36 @@ pub(crate) fn plan_against(
     scope: &Scope,
     destroy_all: bool,
 ) -> Result<Planned, Failure> {
-    plan_with(inv, loaded, snapshot, state_path, scope, destroy_all, true)
+    plan_with(
+        inv,
+        loaded,
+        snapshot,
+        state_path,
+        scope,
+        destroy_all,
+        Keep::ALL,
+    )
 }
 
-/// [`plan_against`]; without `keep_config`, [`Planned::loaded`] is `None`
+/// What a caller of [`plan_with`] keeps of the read side.
+#[derive(Clone, Copy)]
+struct Keep {
+    /// Return the configuration (see [`Planned::loaded`]).
+    config: bool,
+    /// Compute the configuration hash. Without it the plan's binding holds an
+    /// empty hash: for a plan that is only shown in a view that does not
+    /// print its binding (human, Markdown), never saved nor applied.
+    hash: bool,
+}
+
+impl Keep {
+    const ALL: Keep = Keep {
+        config: true,
+        hash: true,
+    };
+}
+
+/// [`plan_against`]; without `keep.config`, [`Planned::loaded`] is `None`
 /// unless the configuration has secrets to re-digest, and a configuration
 /// without secrets is planned as it is, not copied (the copy of thousands of
 /// services would only be dropped by `plan`).
@@ -81,7 +107,7 @@ fn plan_with(
     state_path: &std::path::Path,
     scope: &Scope,
     destroy_all: bool,
-    keep_config: bool,
+    keep: Keep,
 ) -> Result<Planned, Failure> {
     let sensitive =
         borrowed.is_some_and(|l| l.desired.services.values().any(|s| s.has_sensitive()));
@@ -94,7 +120,7 @@ fn plan_with(
         .unwrap_or_else(SecretKey::random);
     // Re-digesting changes only sensitive values: without any, the copy
     // would be the configuration itself.
-    let mut kept = if sensitive || keep_config {
+    let mut kept = if sensitive || keep.config {
         borrowed.cloned()
     } else {
         None
@@ -107,7 +133,11 @@ fn plan_with(
     } else {
         borrowed
     };
-    let config_hash = loaded.map_or_else(|| "none".to_owned(), LoadedConfig::config_hash);
+    let config_hash = match loaded {
+        None => "none".to_owned(),
+        Some(l) if keep.hash => l.config_hash(),
+        Some(_) => String::new(),
+    };
     let rt = inv.runtime()?;
     let backends = inv.backends(loaded, Some(snapshot));
     let inventory = match &scope.inventory {
@@ -162,16 +192,17 @@ fn plan_with(
 /// Loads the configuration and the state (read-only, no lock) and plans
 /// ([`plan_against`]). Never writes anything.
 pub fn prepare(inv: &Invocation, scope: &Scope, destroy_all: bool) -> Result<Prepared, Failure> {
-    prepare_with(inv, scope, destroy_all, true)
+    prepare_with(inv, scope, destroy_all, Keep::ALL)
 }
 
-/// [`prepare`]; without `keep_config`, [`Prepared::loaded`] is `None` unless
-/// the configuration has secrets (see `plan_with`).
+/// [`prepare`]; without `keep.config`, [`Prepared::loaded`] is `None` unless
+/// the configuration has secrets (see `plan_with`); without `keep.hash`,
+/// [`Prepared::config_hash`] and the plan's binding hold an empty hash.
 fn prepare_with(
     inv: &Invocation,
     scope: &Scope,
     destroy_all: bool,
-    keep_config: bool,
+    keep: Keep,
 ) -> Result<Prepared, Failure> {
     // A destroy plan needs no services, nor a configuration file. The
     // configuration is borrowed: `plan_against` makes the one copy it rekeys.
@@ -196,7 +227,7 @@ fn prepare_with(
         &state_path,
         scope,
         destroy_all,
-        keep_config,
+        keep,
     )?;
     Ok(Prepared {
         loaded: planned.loaded,
@@ -243,8 +274,14 @@ fn has_secret(c: &plan::Change) -> bool {
 }
 
 pub fn run(inv: &Invocation, req: &PlanRequest) -> Result<CommandOutcome, Failure> {
-    // `plan` prints and saves the plan; it needs no copy of the configuration.
-    let prepared = prepare_with(inv, &req.scope, req.destroy, false)?;
+    // `plan` prints and saves the plan; it needs no copy of the configuration,
+    // and the configuration hash only where the plan's binding is saved or
+    // printed (the human and Markdown views do not print it).
+    let keep = Keep {
+        config: false,
+        hash: req.out.is_some() || !matches!(inv.format(), Format::Human | Format::Markdown),
+    };
+    let prepared = prepare_with(inv, &req.scope, req.destroy, keep)?;
     let plan = &prepared.plan;
     let mut text = render_plan(inv, plan);
     if let Some(out) = &req.out {

@@ -1,6 +1,7 @@
 //! Validation of the parsed YAML against the JSON Schema generated from
 //! [`super::schema`], with spans: every mismatch is one [`Problem`].
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
 use serde_json::Value as J;
@@ -87,14 +88,38 @@ impl<'a> Facts<'a> {
 /// The facts of every schema reachable from the root, by address.
 struct Walk<'a> {
     root: &'a J,
-    facts: std::collections::HashMap<*const J, Facts<'a>>,
+    facts: std::collections::HashMap<*const J, Facts<'a>, BuildHasherDefault<AddrHasher>>,
+}
+
+/// Hashes the schema addresses the facts are kept by with one multiply (the
+/// walk looks up the facts of every value it checks; SipHash made those
+/// lookups cost more than the checks). The high bits are folded into the
+/// low ones, which an aligned address leaves zero.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        let x = (self.0 ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 29);
+    }
 }
 
 impl<'a> Walk<'a> {
     fn new(root: &'a J) -> Self {
         let mut walk = Walk {
             root,
-            facts: std::collections::HashMap::new(),
+            facts: std::collections::HashMap::default(),
         };
         walk.learn(root);
         walk
@@ -216,13 +241,38 @@ fn format_range(format: &str) -> Option<(i128, i128)> {
     })
 }
 
-/// The tighter of a bound the schema states and the bound of the value's type,
-/// as a number and as text for messages.
-fn tighter(stated: Option<f64>, typed: Option<i128>, min: bool) -> Option<(f64, String)> {
-    let typed = typed.map(|t| (t as f64, t.to_string()));
-    let stated = stated.map(|s| (s, fmt_num(s)));
-    match (stated, typed) {
-        (Some(s), Some(t)) => Some(if (s.0 >= t.0) == min { s } else { t }),
+/// A bound on a number: the schema's, or the value's type's.
+#[derive(Clone, Copy)]
+enum Bound {
+    Stated(f64),
+    Typed(i128),
+}
+
+impl Bound {
+    fn value(self) -> f64 {
+        match self {
+            Bound::Stated(s) => s,
+            Bound::Typed(t) => t as f64,
+        }
+    }
+
+    /// As messages show it; written only for a value out of bounds.
+    fn text(self) -> String {
+        match self {
+            Bound::Stated(s) => fmt_num(s),
+            Bound::Typed(t) => t.to_string(),
+        }
+    }
+}
+
+/// The tighter of a bound the schema states and the bound of the value's type.
+fn tighter(stated: Option<f64>, typed: Option<i128>, min: bool) -> Option<Bound> {
+    match (stated.map(Bound::Stated), typed.map(Bound::Typed)) {
+        (Some(s), Some(t)) => Some(if (s.value() >= t.value()) == min {
+            s
+        } else {
+            t
+        }),
         (s, t) => s.or(t),
     }
 }
@@ -364,13 +414,17 @@ impl<'a> Walk<'a> {
                 out.push(invalid_choice(node, s, allowed, path));
             }
         }
-        let (number, shown) = match node.value {
-            Value::Int(i) => (Some(i as f64), i.to_string()),
-            Value::Float(f) if is_big_integer(f) => {
-                (Some(f), "an integer beyond 64 bits".to_owned())
-            }
-            Value::Float(f) => (Some(f), fmt_num(f)),
-            _ => (None, String::new()),
+        let number = match node.value {
+            Value::Int(i) => Some(i as f64),
+            Value::Float(f) => Some(f),
+            _ => None,
+        };
+        // The value as messages show it; written only for a problem.
+        let shown = || match node.value {
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) if is_big_integer(f) => "an integer beyond 64 bits".to_owned(),
+            Value::Float(f) => fmt_num(f),
+            _ => String::new(),
         };
         let in_resources = path.iter().any(|p| p == "resources");
         if number.is_some_and(|n| !n.is_finite()) {
@@ -388,7 +442,7 @@ impl<'a> Walk<'a> {
             out.push(
                 Problem::new(
                     Kind::InvalidValue,
-                    format!("{} {message}, found {shown}", where_(path)),
+                    format!("{} {message}, found {}", where_(path), shown()),
                 )
                 .label(node.span.clone(), "not a finite number")
                 .help(help),
@@ -397,7 +451,7 @@ impl<'a> Walk<'a> {
             let range = facts.format_range;
             let min = tighter(facts.minimum, range.map(|r| r.0), true);
             let max = tighter(facts.maximum, range.map(|r| r.1), false);
-            if let Some((_, min)) = min.filter(|(m, _)| n < *m) {
+            if let Some(min) = min.filter(|m| n < m.value()).map(Bound::text) {
                 let kind = if in_resources {
                     Kind::NonPositiveResource
                 } else {
@@ -413,20 +467,20 @@ impl<'a> Walk<'a> {
                     format!("use a value of at least {min}")
                 };
                 let message = if in_resources {
-                    format!("{} must be positive, found {}", where_(path), shown)
+                    format!("{} must be positive, found {}", where_(path), shown())
                 } else {
-                    format!("{} must be at least {min}, found {}", where_(path), shown)
+                    format!("{} must be at least {min}, found {}", where_(path), shown())
                 };
                 out.push(
                     Problem::new(kind, message)
                         .label(node.span.clone(), "too small")
                         .help(help),
                 );
-            } else if let Some((_, max)) = max.filter(|(m, _)| n > *m) {
+            } else if let Some(max) = max.filter(|m| n > m.value()).map(Bound::text) {
                 out.push(
                     Problem::new(
                         Kind::InvalidValue,
-                        format!("{} must be at most {max}, found {}", where_(path), shown),
+                        format!("{} must be at most {max}, found {}", where_(path), shown()),
                     )
                     .label(node.span.clone(), "too large")
                     .help(format!("use a value of at most {max}")),

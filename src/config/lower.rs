@@ -120,18 +120,39 @@ fn interpolate_str(
 /// Reports tokens of secrets in places that cannot hold a sensitive value (only
 /// `env`, `environment`, `command` and `args` of a service can).
 pub(crate) fn check_secret_places(root: &Node, out: &mut Vec<Problem>) {
-    fn walk(node: &Node, path: &mut Vec<String>, out: &mut Vec<Problem>) {
+    /// A step of the path to a value: a key, or an index in a sequence. The
+    /// path borrows its keys; it is written out only for a problem.
+    #[derive(Clone, Copy)]
+    enum Step<'a> {
+        Key(&'a str),
+        Index(usize),
+    }
+    fn is(step: Option<&Step<'_>>, names: &[&str]) -> bool {
+        matches!(step, Some(Step::Key(k)) if names.contains(k))
+    }
+    fn walk<'a>(node: &'a Node, path: &mut Vec<Step<'a>>, out: &mut Vec<Problem>) {
         match &node.value {
             Value::Str(s) if s.contains("__DC_SECRET_") => {
                 let in_service = path.len() >= 3
-                    && path[0] == "services"
-                    && matches!(path[2].as_str(), "env" | "environment" | "command" | "args");
-                let jwt_secret = *path == ["security", "auth", "jwt_secret"];
-                let webhook = path.len() == 4 && path[0] == "hooks" && path[3] == "url";
+                    && is(path.first(), &["services"])
+                    && is(path.get(2), &["env", "environment", "command", "args"]);
+                let jwt_secret = path.len() == 3
+                    && is(path.first(), &["security"])
+                    && is(path.get(1), &["auth"])
+                    && is(path.get(2), &["jwt_secret"]);
+                let webhook =
+                    path.len() == 4 && is(path.first(), &["hooks"]) && is(path.get(3), &["url"]);
                 let allowed = in_service || jwt_secret || webhook;
                 if !allowed {
+                    let at: Vec<String> = path
+                        .iter()
+                        .map(|s| match s {
+                            Step::Key(k) => (*k).to_owned(),
+                            Step::Index(i) => i.to_string(),
+                        })
+                        .collect();
                     out.push(
-                        Problem::new(Kind::SecretNotAllowed, format!("a secret cannot be used in `{}`", path.join(".")))
+                        Problem::new(Kind::SecretNotAllowed, format!("a secret cannot be used in `{}`", at.join(".")))
                             .label(node.span.clone(), "this value holds a secret")
                             .help("secrets may appear only in a service's `env`, `command` and `args`, `security.auth.jwt_secret` and a hook's `url`, where they stay redacted"),
                     );
@@ -139,14 +160,14 @@ pub(crate) fn check_secret_places(root: &Node, out: &mut Vec<Problem>) {
             }
             Value::Seq(items) => {
                 for (i, n) in items.iter().enumerate() {
-                    path.push(i.to_string());
+                    path.push(Step::Index(i));
                     walk(n, path, out);
                     path.pop();
                 }
             }
             Value::Map(entries) => {
                 for (k, n) in entries {
-                    path.push(k.name.clone());
+                    path.push(Step::Key(&k.name));
                     walk(n, path, out);
                     path.pop();
                 }

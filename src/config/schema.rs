@@ -454,13 +454,84 @@ pub struct RestartSettingsDef {
 }
 
 /// An environment value: a string, a number or a boolean (written as text).
-#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum EnvValue {
     Bool(bool),
     Int(i64),
     Float(f64),
     Str(String),
+}
+
+/// Reads a value as the untagged derive would (the first of `Bool`, `Int`,
+/// `Float`, `Str` that accepts it, the same message when none does) from the
+/// value's own type, without buffering it and building the error of every
+/// variant tried before the one that fits.
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        fn none<T, E: serde::de::Error>() -> Result<T, E> {
+            Err(E::custom(
+                "data did not match any variant of untagged enum EnvValue",
+            ))
+        }
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, a number or a boolean")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<EnvValue, E> {
+                Ok(EnvValue::Bool(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<EnvValue, E> {
+                // `i64` refuses what it cannot hold; `f64` takes any integer.
+                Ok(i64::try_from(v).map_or(EnvValue::Float(v as f64), EnvValue::Int))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Float(v))
+            }
+            fn visit_char<E: serde::de::Error>(self, v: char) -> Result<EnvValue, E> {
+                Ok(EnvValue::Str(v.to_string()))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EnvValue, E> {
+                Ok(EnvValue::Str(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<EnvValue, E> {
+                Ok(EnvValue::Str(v))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<EnvValue, E> {
+                std::str::from_utf8(v).map_or_else(|_| none(), |s| self.visit_str(s))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<EnvValue, E> {
+                none()
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<EnvValue, E> {
+                none()
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, _: D) -> Result<EnvValue, D::Error> {
+                none()
+            }
+            fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+                self,
+                _: D,
+            ) -> Result<EnvValue, D::Error> {
+                none()
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<EnvValue, A::Error> {
+                none()
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<EnvValue, A::Error> {
+                none()
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(self, _: A) -> Result<EnvValue, A::Error> {
+                none()
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One service.

@@ -213,7 +213,7 @@ fn fast_scalar(v: &Value, out: &mut String) -> Option<()> {
 /// or `--` first, then letters, digits and `_ . / -`), or one it quotes
 /// because it would read back as an integer, a boolean or null; `None` for
 /// anything else.
-fn fast_scalar_str(s: &str, out: &mut String) -> Option<()> {
+pub(super) fn fast_scalar_str(s: &str, out: &mut String) -> Option<()> {
     let b = s.as_bytes();
     let word = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'/' | b'-');
     // What `serde_yaml` would read back as a number, a boolean or null, it quotes.
@@ -244,9 +244,13 @@ fn fast_scalar_str(s: &str, out: &mut String) -> Option<()> {
 }
 
 /// The lines of one spec, as [`yaml_lines`] of [`redacted`] writes them; a
-/// spec without secrets is written from its canonical form directly (plans
-/// of thousands of services show every created spec).
+/// spec without secrets is written from the spec directly (plans of
+/// thousands of services show every created spec), else from its canonical
+/// form.
 pub(crate) fn spec_text(spec: &ServiceSpec) -> String {
+    if let Some(s) = super::spec_lines::lines(spec) {
+        return s;
+    }
     let canonical = spec.canonical();
     if !contains_sensitive(&canonical)
         && let Some(s) = fast_yaml_pruned(&canonical)
@@ -404,7 +408,16 @@ mod tests {
         );
         docs.push(spec_like);
         let mut fast = 0;
+        let mut streamed = 0;
         for d in &docs {
+            // Written from the value as it serializes, the same bytes or a
+            // decline; it declines only where the canonical emitter does.
+            let direct = super::super::spec_lines::lines(d);
+            assert_eq!(direct.is_some(), fast_yaml_pruned(d).is_some(), "for {d}");
+            if let Some(l) = direct {
+                streamed += 1;
+                assert_eq!(Some(l), fast_yaml_pruned(d), "for {d}");
+            }
             let slow = serde_yaml::to_string(d).unwrap();
             if let Some(f) = fast_yaml(d) {
                 fast += 1;
@@ -412,6 +425,10 @@ mod tests {
             }
         }
         assert!(fast >= 20, "the fast path took only {fast} documents");
+        assert!(
+            streamed >= 20,
+            "the direct path took only {streamed} documents"
+        );
     }
 
     /// Pruning while writing gives the bytes of pruning first.
@@ -425,9 +442,15 @@ mod tests {
         ];
         for d in &docs {
             assert_eq!(fast_yaml_pruned(d), fast_yaml(&prune(d)), "for {d}");
+            assert_eq!(
+                super::super::spec_lines::lines(d),
+                fast_yaml_pruned(d),
+                "for {d}"
+            );
         }
         let secret = json!({ "env": { "K": { "sensitive": "hmac-sha256:00" } } });
         assert!(contains_sensitive(&secret));
+        assert_eq!(super::super::spec_lines::lines(&secret), None);
         assert!(!contains_sensitive(&docs[0]));
     }
 }

@@ -11,6 +11,7 @@ mod planner;
 mod reason;
 pub mod refresh;
 pub mod saved;
+mod spec_lines;
 
 pub use planner::{PlanError, plan};
 pub use reason::{Cause, Drift, DriftKind, Reason, Rollout};

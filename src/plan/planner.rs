@@ -216,8 +216,10 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
         }
     }
 
-    // One change per service in scope.
-    let mut changes: BTreeMap<&ServiceName, Change> = BTreeMap::new();
+    // One change per service in scope, boxed: the map moves its values as
+    // it grows and as changes are taken out in phase order, and a change
+    // (two specs) is large.
+    let mut changes: BTreeMap<&ServiceName, Box<Change>> = BTreeMap::new();
     for name in &scope {
         let record = state.get(*name);
         let change = match (desired.get(*name), record) {
@@ -266,7 +268,7 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
             ),
             (None, None) => continue,
         };
-        changes.insert(*name, change);
+        changes.insert(*name, Box::new(change));
     }
 
     let phases = phases(&changes, state);
@@ -360,11 +362,11 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
                         .cloned()
                         .unwrap_or_default();
                 }
-                ordered.push(c);
+                ordered.push(*c);
             }
         }
     }
-    ordered.extend(changes.into_values());
+    ordered.extend(changes.into_values().map(|c| *c));
 
     let mut summary = Summary::default();
     for c in &ordered {
@@ -561,7 +563,7 @@ fn closure<'a>(
 /// Destroy phases (dependents first), then create/replace/update phases
 /// (dependencies first). Each phase is sorted by name.
 fn phases(
-    changes: &BTreeMap<&ServiceName, Change>,
+    changes: &BTreeMap<&ServiceName, Box<Change>>,
     state: &BTreeMap<ServiceName, ServiceRecord>,
 ) -> Vec<Vec<ServiceName>> {
     let mut destroy: DiGraphMap<&str, ()> = DiGraphMap::default();

@@ -72,3 +72,78 @@ fn every_error_code_is_documented() {
         assert!(doc.contains(&slug), "docs/errors.md lacks `{slug}`");
     }
 }
+
+/// An environment value reads as serde's untagged derive reads it: the same
+/// variant for every kind of value, the same message for what none accepts.
+#[test]
+fn an_env_value_reads_as_the_untagged_derive_reads_it() {
+    use deploy_code::config::schema::EnvValue;
+
+    // The same name, for the same message.
+    mod derived {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(untagged)]
+        pub enum EnvValue {
+            Bool(bool),
+            Int(i64),
+            Float(f64),
+            Str(String),
+        }
+    }
+    use derived::EnvValue as Derived;
+
+    fn same(a: &EnvValue, b: &Derived) -> bool {
+        match (a, b) {
+            (EnvValue::Bool(x), Derived::Bool(y)) => x == y,
+            (EnvValue::Int(x), Derived::Int(y)) => x == y,
+            (EnvValue::Float(x), Derived::Float(y)) => x.to_bits() == y.to_bits(),
+            (EnvValue::Str(x), Derived::Str(y)) => x == y,
+            _ => false,
+        }
+    }
+
+    let values = [
+        "true",
+        "false",
+        "0",
+        "-1",
+        "9223372036854775807",
+        "9223372036854775808",
+        "18446744073709551615",
+        "-9223372036854775808",
+        "1.5",
+        "-0.0",
+        "1e300",
+        "\"prod\"",
+        "\"true\"",
+        "\"1\"",
+        "\"\"",
+        "null",
+        "[]",
+        "[1]",
+        "{}",
+        "{\"a\": 1}",
+    ];
+    for text in values {
+        let ours = serde_json::from_str::<EnvValue>(text);
+        let derived = serde_json::from_str::<Derived>(text);
+        match (&ours, &derived) {
+            (Ok(a), Ok(b)) => assert!(same(a, b), "{text}: {a:?} against {b:?}"),
+            // Where the text is read decides the position in the message.
+            (Err(a), Err(b)) => assert_eq!(
+                a.to_string().split(" at line").next(),
+                b.to_string().split(" at line").next(),
+                "{text}"
+            ),
+            _ => panic!("{text}: {ours:?} against {derived:?}"),
+        }
+        let value: serde_json::Value = serde_json::from_str(text).unwrap();
+        let ours = serde_json::from_value::<EnvValue>(value.clone());
+        let derived = serde_json::from_value::<Derived>(value);
+        match (&ours, &derived) {
+            (Ok(a), Ok(b)) => assert!(same(a, b), "{text}: {a:?} against {b:?}"),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{text}"),
+            _ => panic!("{text}: {ours:?} against {derived:?}"),
+        }
+    }
+}
