@@ -814,9 +814,10 @@ impl SwarmBackend {
         Some(counts)
     }
 
-    /// The nodes the manager does not see ready (down, unknown,
-    /// disconnected): id -> host name. Empty when the nodes cannot be listed.
-    async fn nodes_not_ready(&self) -> HashMap<String, String> {
+    /// Every node of the cluster: id -> its host name (its id where it has
+    /// none) and whether the manager sees it ready (a node whose state is
+    /// not reported counts as ready). Empty when the nodes cannot be listed.
+    async fn nodes(&self) -> HashMap<String, (String, bool)> {
         use bollard::models::NodeState;
         let Ok(docker) = self.api().await else {
             return HashMap::new();
@@ -826,20 +827,31 @@ impl SwarmBackend {
             .await
             .unwrap_or_default()
             .into_iter()
-            .filter(|n| {
-                n.status
-                    .as_ref()
-                    .and_then(|s| s.state)
-                    .is_some_and(|s| s != NodeState::READY)
-            })
             .filter_map(|n| {
+                let id = n.id?;
                 let name = n
                     .description
                     .as_ref()
                     .and_then(|d| d.hostname.clone())
-                    .unwrap_or_else(|| n.id.clone().unwrap_or_default());
-                Some((n.id?, name))
+                    .unwrap_or_else(|| id.clone());
+                let ready = n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.state)
+                    .is_none_or(|s| s == NodeState::READY);
+                Some((id, (name, ready)))
             })
+            .collect()
+    }
+
+    /// The nodes the manager does not see ready (down, unknown,
+    /// disconnected): id -> host name. Empty when the nodes cannot be listed.
+    async fn nodes_not_ready(&self) -> HashMap<String, String> {
+        self.nodes()
+            .await
+            .into_iter()
+            .filter(|(_, (_, ready))| !ready)
+            .map(|(id, (name, _))| (id, name))
             .collect()
     }
 
@@ -971,8 +983,7 @@ impl SwarmBackend {
             return None;
         }
         let hash = spec.labels.and_then(|mut l| l.remove(marks::SPEC_HASH));
-        let lost = self.nodes_not_ready().await;
-        let names = self.node_names().await;
+        let nodes = self.nodes().await;
         let mut tasks = self.tasks(id).await;
         tasks.sort_by_key(|t| t.version.as_ref().and_then(|v| v.index).unwrap_or(0));
         let mut passed = Vec::new();
@@ -989,9 +1000,9 @@ impl SwarmBackend {
             }
             let state = t.status.as_ref().and_then(|s| s.state);
             let node = t.node_id.clone().unwrap_or_default();
-            let name = names.get(&node).cloned().unwrap_or_else(|| node.clone());
+            let (name, ready) = nodes.get(&node).cloned().unwrap_or((node.clone(), true));
             let wanted = t.desired_state == Some(TaskState::RUNNING);
-            if state == Some(TaskState::RUNNING) && wanted && !lost.contains_key(&node) {
+            if state == Some(TaskState::RUNNING) && wanted && ready {
                 passed.push(name);
                 continue;
             }
@@ -1026,24 +1037,6 @@ impl SwarmBackend {
             healthy: true,
             detail,
         })
-    }
-
-    /// Every node of the cluster: id -> host name. Empty when the nodes
-    /// cannot be listed.
-    async fn node_names(&self) -> HashMap<String, String> {
-        let Ok(docker) = self.api().await else {
-            return HashMap::new();
-        };
-        docker
-            .list_nodes(None)
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|n| {
-                let name = n.description.as_ref().and_then(|d| d.hostname.clone())?;
-                Some((n.id?, name))
-            })
-            .collect()
     }
 
     /// The containers of the running tasks of the service's current spec

@@ -263,8 +263,6 @@ pub struct Project<'a> {
     /// `DEPLOY_CODE_SWARM_PUBLISH_MODE` of its runs: `host` (as CI) unless
     /// a test says otherwise.
     pub publish: &'static str,
-    /// `deployment.timeout_seconds`.
-    pub timeout_seconds: u32,
 }
 
 impl<'a> Project<'a> {
@@ -274,7 +272,6 @@ impl<'a> Project<'a> {
             name: super::common::project(test),
             cluster,
             publish: "host",
-            timeout_seconds: 120,
         }
     }
 
@@ -287,8 +284,8 @@ impl<'a> Project<'a> {
     /// lines, indented by two).
     pub fn write_with(&self, deployment: &str, replicas: u32, version: &str, extra: &str) {
         let text = format!(
-            "version: \"1.0.0\"\nproject: {}\nenvironment: test\ninfrastructure:\n  orchestrator: Swarm\ndeployment:\n  timeout_seconds: {}\n  stop_grace_seconds: 1\n{deployment}services:\n  web:\n    image: {IMAGE}\n    args: [sh, -c, \"echo version={version} > /www/index.html; exec httpd -f -p 8080 -h /www\"]\n    replicas: {replicas}\n{extra}",
-            self.name, self.timeout_seconds
+            "version: \"1.0.0\"\nproject: {}\nenvironment: test\ninfrastructure:\n  orchestrator: Swarm\ndeployment:\n  timeout_seconds: 120\n  stop_grace_seconds: 1\n{deployment}services:\n  web:\n    image: {IMAGE}\n    args: [sh, -c, \"echo version={version} > /www/index.html; exec httpd -f -p 8080 -h /www\"]\n    replicas: {replicas}\n{extra}",
+            self.name
         );
         std::fs::write(self.dir.path().join("deploy-code.yaml"), text).unwrap();
     }
@@ -518,6 +515,26 @@ fn watching<T: Send>(
     })
 }
 
+/// Applies `web` v1 with `replicas` under `deployment` and waits until its
+/// tasks run v1 spread over both nodes.
+fn deploy_v1_over_both_nodes(c: &Cluster, p: &Project, deployment: &str, replicas: u32) {
+    let service = p.service();
+    p.write_with(deployment, replicas, "v1", SMALL);
+    let (code, out) = p.run(&["apply", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        wait_until(Duration::from_secs(60), || running_version(
+            &c.tasks(&service),
+            "v1"
+        ) == (
+            both_nodes(),
+            replicas as usize
+        )),
+        "{replicas} v1 tasks over both nodes: {:#?}",
+        c.tasks(&service)
+    );
+}
+
 /// The nodes the running tasks of `version` run on, and how many run.
 fn running_version(tasks: &[TaskView], version: &str) -> (BTreeSet<String>, usize) {
     let v: Vec<&TaskView> = tasks
@@ -549,17 +566,7 @@ fn a_rolling_update_goes_task_by_task_across_both_nodes() {
     let mut p = Project::new(&c, "nodes-roll");
     p.publish = "ingress";
     let service = p.service();
-    p.write_with(ROLLING, 4, "v1", SMALL);
-    let (code, out) = p.run(&["apply", "--auto-approve"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        wait_until(Duration::from_secs(60), || running_version(
-            &c.tasks(&service),
-            "v1"
-        ) == (both_nodes(), 4)),
-        "four v1 tasks over both nodes: {:#?}",
-        c.tasks(&service)
-    );
+    deploy_v1_over_both_nodes(&c, &p, ROLLING, 4);
     assert_eq!(
         c.inspect(
             &service,
@@ -649,17 +656,7 @@ fn a_failed_update_is_rolled_back_on_both_nodes() {
     let mut p = Project::new(&c, "nodes-back");
     p.publish = "ingress";
     let service = p.service();
-    p.write_with(STOP_FIRST, 2, "v1", SMALL);
-    let (code, out) = p.run(&["apply", "--auto-approve"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        wait_until(Duration::from_secs(60), || running_version(
-            &c.tasks(&service),
-            "v1"
-        ) == (both_nodes(), 2)),
-        "one v1 task per node: {:#?}",
-        c.tasks(&service)
-    );
+    deploy_v1_over_both_nodes(&c, &p, STOP_FIRST, 2);
     let hash = "{{index .Spec.Labels \"io.deploy-code.spec-hash\"}}";
     let v1_hash = c.inspect(&service, hash);
     assert_eq!(
@@ -744,21 +741,8 @@ fn a_node_lost_during_a_rolling_update_gets_a_true_verdict() {
     let Some(c) = cluster(test) else { return };
     let mut p = Project::new(&c, "nodes-midloss");
     p.publish = "ingress";
-    // Swarm's own update does not finish once a node is gone: the gate
-    // waits out the deployment's timeout, then rolls back.
-    p.timeout_seconds = 40;
     let service = p.service();
-    p.write_with(ROLLING, 4, "v1", SMALL);
-    let (code, out) = p.run(&["apply", "--auto-approve"]);
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        wait_until(Duration::from_secs(60), || running_version(
-            &c.tasks(&service),
-            "v1"
-        ) == (both_nodes(), 4)),
-        "four v1 tasks over both nodes: {:#?}",
-        c.tasks(&service)
-    );
+    deploy_v1_over_both_nodes(&c, &p, ROLLING, 4);
 
     p.write_with(ROLLING, 4, "v2", SMALL);
     let restart = Restart(&c);
