@@ -12,12 +12,11 @@
 //! stops when told to (`SIGTERM`, leaving the container alone: the backend
 //! stops it next) and ends on its own when the container is gone.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::{
-    ContainerTarget, End, ExitRecord, Launch, Monitor, MonitorState, MonitorStatus, Next,
-    after_exit, backoff, count_restart, note, stamp, stopped,
+    ContainerTarget, End, ExitRecord, Launch, Monitor, MonitorState, Next, after_exit, backoff,
+    count_restart, note, stamp, stopped,
 };
 use crate::backends::docker::{ContainerEnd, DockerBackend, container_handle};
 
@@ -48,34 +47,7 @@ fn exit_of(end: &ContainerEnd, reason: &str) -> Option<ExitRecord> {
 
 pub(super) async fn watch(launch: Launch, target: ContainerTarget) -> End {
     use tokio::signal::unix::{SignalKind, signal};
-    let me = std::process::id();
-    let settings = launch.spec.restart_settings.clone().unwrap_or_default();
-    let status = MonitorStatus {
-        service: launch.spec.name.to_string(),
-        replica: launch.replica,
-        revision: launch.revision,
-        monitor_pid: me,
-        monitor_start_time: crate::procfs::start_time(me).unwrap_or(0),
-        policy: launch.spec.restart,
-        state: MonitorState::Running,
-        container_id: Some(target.id.clone()),
-        child_pid: None,
-        child_start_time: None,
-        restarts: 0,
-        last_exit: None,
-        backoff_ms: backoff(&settings, 0).as_millis() as u64,
-        next_start_at: None,
-        probe_failures: 0,
-        recent: Vec::new(),
-        updated_at: String::new(),
-    };
-    let mut m = Monitor {
-        launch,
-        settings,
-        status,
-        window: VecDeque::new(),
-        streak: 0,
-    };
+    let mut m = Monitor::new(launch, Some(target.id.clone()));
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

@@ -244,6 +244,41 @@ struct Monitor {
 }
 
 impl Monitor {
+    /// The monitor of `launch` before its first start (a container's: before
+    /// its first watch): running, no restart yet, the first back-off in force.
+    fn new(launch: Launch, container_id: Option<String>) -> Monitor {
+        let me = std::process::id();
+        let settings = launch.spec.restart_settings.clone().unwrap_or_default();
+        let status = MonitorStatus {
+            service: launch.spec.name.to_string(),
+            replica: launch.replica,
+            revision: launch.revision,
+            monitor_pid: me,
+            monitor_start_time: crate::procfs::start_time(me).unwrap_or(0),
+            policy: launch.spec.restart,
+            state: MonitorState::Running,
+            container_id,
+            child_pid: None,
+            child_start_time: None,
+            restarts: 0,
+            last_exit: None,
+            backoff_ms: backoff(&settings, 0).as_millis() as u64,
+            next_start_at: None,
+            probe_failures: 0,
+            recent: Vec::new(),
+            updated_at: String::new(),
+        };
+        Monitor {
+            launch,
+            settings,
+            status,
+            window: VecDeque::new(),
+            streak: 0,
+        }
+    }
+}
+
+impl Monitor {
     fn save(&mut self) {
         self.status.updated_at = stamp(Duration::ZERO);
         if let Err(e) = write_status(&self.launch.status_path, &self.status) {
@@ -372,35 +407,7 @@ enum RunEnd {
 
 async fn supervise(launch: Launch) -> End {
     use tokio::signal::unix::{SignalKind, signal};
-    let me = std::process::id();
-    let settings = launch.spec.restart_settings.clone().unwrap_or_default();
-    let policy = launch.spec.restart;
-    let status = MonitorStatus {
-        service: launch.spec.name.to_string(),
-        replica: launch.replica,
-        revision: launch.revision,
-        monitor_pid: me,
-        monitor_start_time: crate::procfs::start_time(me).unwrap_or(0),
-        policy,
-        state: MonitorState::Running,
-        container_id: None,
-        child_pid: None,
-        child_start_time: None,
-        restarts: 0,
-        last_exit: None,
-        backoff_ms: backoff(&settings, 0).as_millis() as u64,
-        next_start_at: None,
-        probe_failures: 0,
-        recent: Vec::new(),
-        updated_at: String::new(),
-    };
-    let mut m = Monitor {
-        launch,
-        settings,
-        status,
-        window: VecDeque::new(),
-        streak: 0,
-    };
+    let mut m = Monitor::new(launch, None);
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
