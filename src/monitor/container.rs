@@ -167,19 +167,12 @@ async fn run(
                     h.timeout(),
                 )
                 .await;
+                let failures = m.record_probe(out.healthy, &mut healthy_since);
                 if out.healthy {
-                    healthy_since.get_or_insert_with(Instant::now);
-                    if m.status.probe_failures != 0 {
-                        m.status.probe_failures = 0;
-                        m.save();
-                    }
                     continue;
                 }
-                healthy_since = None;
-                m.status.probe_failures += 1;
-                m.save();
                 if let Some(n) = after_failures
-                    && m.status.probe_failures >= n
+                    && failures >= n
                 {
                     note(&format!(
                         "--- deploy-code: `{}` replica {}: {n} failed probes in a row (last: {}); restarting container `{}`",

@@ -279,6 +279,24 @@ impl Monitor {
 }
 
 impl Monitor {
+    /// Counts a probe's outcome: a pass starts (or keeps) the healthy
+    /// window and clears the failures, a failure ends the window. Returns
+    /// the failures in a row.
+    fn record_probe(&mut self, healthy: bool, healthy_since: &mut Option<Instant>) -> u32 {
+        if healthy {
+            healthy_since.get_or_insert_with(Instant::now);
+            if self.status.probe_failures != 0 {
+                self.status.probe_failures = 0;
+                self.save();
+            }
+        } else {
+            *healthy_since = None;
+            self.status.probe_failures += 1;
+            self.save();
+        }
+        self.status.probe_failures
+    }
+
     fn save(&mut self) {
         self.status.updated_at = stamp(Duration::ZERO);
         if let Err(e) = write_status(&self.launch.status_path, &self.status) {
@@ -602,19 +620,12 @@ async fn run_child(
                     h.timeout(),
                 )
                 .await;
+                let failures = m.record_probe(out.healthy, &mut healthy_since);
                 if out.healthy {
-                    healthy_since.get_or_insert_with(Instant::now);
-                    if m.status.probe_failures != 0 {
-                        m.status.probe_failures = 0;
-                        m.save();
-                    }
                     continue;
                 }
-                healthy_since = None;
-                m.status.probe_failures += 1;
-                m.save();
                 if let Some((_, n)) = probe_after
-                    && m.status.probe_failures >= n
+                    && failures >= n
                 {
                     note(&format!(
                         "--- deploy-code: `{}` replica {}: {n} failed probes in a row (last: {}); restarting it",
