@@ -292,9 +292,98 @@ pub fn load_text_with(
     };
     lower::interpolate(&mut root, &inputs.env, &declared, &secrets, &mut problems);
     lower::check_secret_places(&root, &mut problems);
-    let before = problems.len();
-    check::check_document(&root, &mut problems);
-    let schema_problems: HashSet<Range<usize>> = problems[before..]
+    let beside = rendered.len() >= CHECK_BESIDE_READ_BYTES;
+    let (schema_found, read) = check_and_read(&root, allow_empty, &rendered, beside);
+    problems.extend(schema_found);
+    let Read {
+        file,
+        services,
+        problems: read_problems,
+    } = read;
+    problems.extend(read_problems);
+    let lowering = lower::Lowering {
+        root: &root,
+        file,
+        services,
+        base_dir,
+        secrets: &secrets,
+        key: crate::model::SecretKey::random(),
+    };
+    let desired = lowering.lower(&mut problems);
+    match desired {
+        Some(desired) if problems.is_empty() => {
+            let (redacted_render, _) = secrets.substitute(&rendered, false);
+            Ok(LoadedConfig {
+                path: abs_path,
+                desired,
+                redacted_render,
+                replay_render: secrets.replayable(&rendered),
+            })
+        }
+        _ => Err(finish(problems, &name, text, &rendered)),
+    }
+}
+
+/// The typed definitions of a document: its settings and each service.
+struct Read<'a> {
+    file: schema::ConfigFile,
+    services: Vec<lower::Entry<'a>>,
+    /// What reading them found, besides what the schema check reported.
+    problems: Vec<Problem>,
+}
+
+/// Documents at least this large are checked against the schema on a second
+/// thread while this one reads their typed definitions.
+const CHECK_BESIDE_READ_BYTES: usize = 64 * 1024;
+
+/// The schema check of `root` (its problems), and its typed definitions,
+/// read around what the check reported.
+///
+/// Reading depends on the check only where the check reported something.
+/// With `beside` both run at once, reading as if the check found nothing, and
+/// where it did find something the definitions are read again around its
+/// problems. The result is the same either way.
+fn check_and_read<'a>(
+    root: &'a yaml::Node,
+    allow_empty: bool,
+    rendered: &str,
+    beside: bool,
+) -> (Vec<Problem>, Read<'a>) {
+    let check = || {
+        let mut found = Vec::new();
+        check::check_document(root, &mut found);
+        found
+    };
+    let (found, read) = if beside {
+        std::thread::scope(|scope| {
+            let checking = scope.spawn(check);
+            let read = read_typed(root, &[], allow_empty, rendered);
+            let found = match checking.join() {
+                Ok(found) => found,
+                Err(panic) => std::panic::resume_unwind(panic),
+            };
+            (found, Some(read))
+        })
+    } else {
+        (check(), None)
+    };
+    let read = match read {
+        Some(read) if found.is_empty() => read,
+        _ => read_typed(root, &found, allow_empty, rendered),
+    };
+    (found, read)
+}
+
+/// The typed definitions of `root`, less the values the schema check's
+/// problems (`schema_found`) point at.
+fn read_typed<'a>(
+    root: &'a yaml::Node,
+    schema_found: &[Problem],
+    allow_empty: bool,
+    rendered: &str,
+) -> Read<'a> {
+    let mut problems = Vec::new();
+    let schema_problems: HashSet<Range<usize>> = schema_found
         .iter()
         .filter_map(|p| p.labels.first().map(|(s, _)| s.clone()))
         .collect();
@@ -309,7 +398,7 @@ pub fn load_text_with(
         .iter()
         .any(|at| !services_node.is_some_and(|n| n.span.contains(at)));
     let file: schema::ConfigFile = typed(
-        &root,
+        root,
         &skip,
         settings_reported,
         &mut Vec::new(),
@@ -338,30 +427,14 @@ pub fn load_text_with(
         None | Some(yaml::Value::Null | yaml::Value::Map(_))
             if !allow_empty && matches!(root.value, yaml::Value::Map(_)) =>
         {
-            problems.push(no_services(services_node, &rendered));
+            problems.push(no_services(services_node, rendered));
         }
         _ => {}
     }
-    let lowering = lower::Lowering {
-        root: &root,
+    Read {
         file,
         services,
-        base_dir,
-        secrets: &secrets,
-        key: crate::model::SecretKey::random(),
-    };
-    let desired = lowering.lower(&mut problems);
-    match desired {
-        Some(desired) if problems.is_empty() => {
-            let (redacted_render, _) = secrets.substitute(&rendered, false);
-            Ok(LoadedConfig {
-                path: abs_path,
-                desired,
-                redacted_render,
-                replay_render: secrets.replayable(&rendered),
-            })
-        }
-        _ => Err(finish(problems, &name, text, &rendered)),
+        problems,
     }
 }
 
@@ -533,5 +606,42 @@ mod tests {
         let read: Option<Vec<schema::PortDef>> =
             typed(ports, &HashSet::new(), true, &mut Vec::new(), &mut out);
         assert!(read.is_none() && out.is_empty());
+    }
+
+    /// Checking beside reading (as a large document is) finds exactly what
+    /// checking first finds, on valid and broken documents alike.
+    #[test]
+    fn checking_beside_reading_finds_what_checking_first_finds() {
+        let docs = [
+            "version: \"1.0.0\"\nproject: p\nservices:\n  a: {command: x, ports: [{container_port: 80}]}\n",
+            "version: \"1.0.0\"\nproject: p\nservices:\n  a: {command: x, replicas: many}\n  b: {command: y}\n",
+            "version: \"1.0.0\"\nproject: p\nservices:\n  a: {command: x, ports: [{container_port: 70000}]}\n",
+            "version: \"1.0.0\"\nproject: p\nservices:\n  a: {comand: x}\n  b: {command: y, health_check: {path: 3}}\n",
+            "version: 2\nproject: [p]\nservices:\n  a: {command: x}\n",
+            "version: \"1.0.0\"\nproject: p\nservices: {}\n",
+            "version: \"1.0.0\"\nproject: p\n",
+        ];
+        let summary = |found: &[Problem], read: &Read| {
+            let all: Vec<String> = found
+                .iter()
+                .chain(&read.problems)
+                .map(|p| format!("{:?} {} {:?}", p.kind, p.message, p.labels))
+                .collect();
+            let services: Vec<(String, bool, bool)> = read
+                .services
+                .iter()
+                .map(|e| (e.key.name.clone(), e.def.is_some(), e.dirty))
+                .collect();
+            (all, services, format!("{:?}", read.file))
+        };
+        for doc in docs {
+            let (root, problems) = yaml::parse(doc);
+            assert!(problems.is_empty(), "{doc}: {problems:?}");
+            let root = root.unwrap();
+            let (found, read) = check_and_read(&root, false, doc, false);
+            let first = summary(&found, &read);
+            let (found, read) = check_and_read(&root, false, doc, true);
+            assert_eq!(summary(&found, &read), first, "{doc}");
+        }
     }
 }
