@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod fsperm;
+pub mod heap;
 pub mod hooks;
 pub mod instance;
 pub mod inventory;
@@ -42,6 +43,12 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    if [backends::logwriter::ARG, monitor::ARG, switch::ARG]
+        .iter()
+        .any(|helper| args.get(1).is_some_and(|a| a == helper))
+    {
+        heap::for_long_lived();
+    }
     if args.get(1).is_some_and(|a| a == backends::logwriter::ARG) {
         let file = args.get(2).cloned().unwrap_or_default();
         return backends::logwriter::run(std::path::Path::new(&file));

@@ -651,6 +651,7 @@ pub async fn serve(
 /// `deploy-code serve`: serves this configuration and state until SIGINT
 /// or SIGTERM, refusing an address others can reach without authentication.
 pub fn run(inv: &Invocation, listen: SocketAddr) -> Result<CommandOutcome, Failure> {
+    crate::heap::for_long_lived();
     let loaded = inv.config()?;
     let security = &loaded.desired.settings.security;
     let refuse = |msg: String, help: &str| -> Failure {
