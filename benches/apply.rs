@@ -208,7 +208,7 @@ async fn run_once(
                 deps,
                 www.to_str().unwrap(),
             );
-            services.insert(s.name.clone(), s);
+            services.insert(s.name.clone(), std::sync::Arc::new(s));
         }
         phase_max.push(max as f64);
     }

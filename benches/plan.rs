@@ -11,7 +11,7 @@ use std::path::Path;
 use criterion::{Criterion, criterion_group, criterion_main};
 use deploy_code::config::{self, template::Inputs};
 use deploy_code::inventory::{Host, Inventory, Source};
-use deploy_code::model::{DesiredState, Text};
+use deploy_code::model::{DesiredState, ServiceSpec, Text};
 use deploy_code::plan::{self, Input, Options};
 use deploy_code::state::{Handle, ServiceRecord, ServiceStatus, Snapshot};
 
@@ -49,7 +49,7 @@ fn load(text: &str) -> DesiredState {
 fn state_of(desired: &DesiredState) -> Snapshot {
     let mut services = BTreeMap::new();
     for (i, (name, spec)) in desired.services.iter().enumerate() {
-        let mut spec = spec.clone();
+        let mut spec = ServiceSpec::clone(spec);
         if i % 100 == 0 {
             spec.args.push(Text::plain("--old"));
         }

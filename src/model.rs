@@ -1199,8 +1199,9 @@ pub enum HookTarget {
 #[derive(Clone, Debug)]
 pub struct DesiredState {
     pub settings: Settings,
-    /// Enabled services only. Disabled ones are listed in `disabled`.
-    pub services: BTreeMap<ServiceName, ServiceSpec>,
+    /// Enabled services only. Disabled ones are listed in `disabled`. Shared
+    /// with the plan's changes, which carry the same specs.
+    pub services: BTreeMap<ServiceName, std::sync::Arc<ServiceSpec>>,
     pub disabled: Vec<ServiceName>,
 }
 
@@ -1208,7 +1209,9 @@ impl DesiredState {
     /// Recomputes every secret digest under the state's key, so that specs compare
     /// equal to what the state recorded.
     pub fn rekey(&mut self, key: &SecretKey) {
-        self.services.values_mut().for_each(|s| s.rekey(key));
+        self.services
+            .values_mut()
+            .for_each(|s| std::sync::Arc::make_mut(s).rekey(key));
     }
 }
 

@@ -239,7 +239,7 @@ pub async fn execute(
     for c in &plan.changes {
         let Some(spec) = c
             .after
-            .as_ref()
+            .as_deref()
             .filter(|_| matches!(c.action, Action::Create | Action::Replace | Action::Update))
         else {
             continue;

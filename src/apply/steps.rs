@@ -350,7 +350,7 @@ impl Exec<'_> {
             return Ok(());
         };
         // The switches go with the service, or when it leaves them.
-        let after = change.after.as_ref().filter(|_| !remove);
+        let after = change.after.as_deref().filter(|_| !remove);
         if record.spec.behind_switch {
             self.stop_switches(&record.spec, after.filter(|a| a.behind_switch))
                 .await;
@@ -381,7 +381,7 @@ impl Exec<'_> {
             Some(after) if after.has_sensitive() => match self.with_plaintext(after) {
                 Ok(spec) => {
                     resolved = Change {
-                        after: Some(spec),
+                        after: Some(std::sync::Arc::new(spec)),
                         ..change.clone()
                     };
                     &resolved
@@ -498,7 +498,7 @@ impl Exec<'_> {
             .map_err(|e| self.fail(&change.service, change.action, e))?;
         self.undo.lock().expect("undo").push(Undo::Updated {
             record: Box::new(record),
-            spec: Box::new(after.clone()),
+            spec: Box::new(ServiceSpec::clone(after)),
         });
         let g = self.gate(after, &handles, 1, self.deadline).await;
         if !g.healthy {

@@ -269,7 +269,7 @@ pub fn outcome(plan: &Plan, detailed: bool) -> CommandOutcome {
 
 fn has_secret(c: &plan::Change) -> bool {
     c.after
-        .as_ref()
+        .as_deref()
         .is_some_and(crate::model::ServiceSpec::has_sensitive)
 }
 

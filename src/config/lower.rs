@@ -356,7 +356,7 @@ impl Lowering<'_> {
             let spec = self.service(&entry, def, name.clone(), deps, &settings, out);
             if let (Some(spec), Some(name)) = (spec, name) {
                 if is_enabled {
-                    specs.insert(name, spec);
+                    specs.insert(name, std::sync::Arc::new(spec));
                 } else {
                     disabled.push(name);
                 }

@@ -79,8 +79,9 @@ pub struct Change {
     pub forced_by: Vec<String>,
     /// The recorded spec (from the state); `None` for a create.
     pub before: Option<ServiceSpec>,
-    /// The desired spec; `None` for a destroy.
-    pub after: Option<ServiceSpec>,
+    /// The desired spec (shared with the configuration); `None` for a
+    /// destroy.
+    pub after: Option<std::sync::Arc<ServiceSpec>>,
     /// The instances the state records (what a replace or destroy stops).
     #[serde(default)]
     pub prior_handles: Vec<Handle>,

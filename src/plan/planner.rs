@@ -5,6 +5,7 @@
 //! gives the same plan byte for byte.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use petgraph::Directed;
 use petgraph::graphmap::GraphMap;
@@ -115,7 +116,7 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
     let empty = BTreeMap::new();
     let opts = &input.options;
     let destroy_all = opts.destroy_all;
-    let (desired, disabled): (&BTreeMap<ServiceName, ServiceSpec>, &[ServiceName]) =
+    let (desired, disabled): (&BTreeMap<ServiceName, Arc<ServiceSpec>>, &[ServiceName]) =
         match input.desired {
             Some(d) if !destroy_all => (&d.services, &d.disabled),
             Some(d) => (&empty, &d.disabled),
@@ -324,7 +325,7 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
         let spec = match c.action {
             Action::Destroy => continue,
             Action::NoOp => c.before.as_ref(),
-            _ => c.after.as_ref(),
+            _ => c.after.as_deref(),
         };
         if let Some(spec) = spec {
             demands.push(Demand {
@@ -400,7 +401,7 @@ pub fn plan(input: &Input) -> Result<Plan, PlanError> {
 /// The action for a service that is both desired and recorded.
 fn decide(
     record: &ServiceRecord,
-    after: &ServiceSpec,
+    after: &Arc<ServiceSpec>,
     forced: bool,
     drift: Option<&Drift>,
     updatable: &[String],
@@ -417,7 +418,7 @@ fn decide(
         gpus: Vec::new(),
         rollout: None,
     };
-    let paths = if record.spec == *after {
+    let paths = if record.spec == **after {
         Vec::new()
     } else {
         changed_paths(&record.spec.canonical(), &after.canonical())
@@ -665,7 +666,7 @@ fn layers<'a>(g: &DiGraphMap<&'a str, ()>) -> Vec<Vec<&'a str>> {
 /// configuration or the state.
 fn check_names(
     input: &Input,
-    desired: &BTreeMap<ServiceName, ServiceSpec>,
+    desired: &BTreeMap<ServiceName, Arc<ServiceSpec>>,
     disabled: &[ServiceName],
 ) -> Result<(), PlanError> {
     let mut known: BTreeSet<&str> = input.snapshot.services.keys().map(|n| n.as_str()).collect();

@@ -257,7 +257,7 @@ pub fn doc(plan: &Plan) -> PlanDoc {
                     }
                     (b, a) => (
                         b.as_ref().map(diff::redacted),
-                        a.as_ref().map(diff::redacted),
+                        a.as_deref().map(diff::redacted),
                     ),
                 };
                 ChangeDoc {
@@ -504,7 +504,7 @@ fn unchanged(n: usize) -> String {
 fn diff_lines(c: &Change) -> Vec<DiffLine> {
     match c.action {
         Action::Create | Action::Update | Action::Replace => {
-            diff::spec_diff(c.before.as_ref(), c.after.as_ref(), CONTEXT)
+            diff::spec_diff(c.before.as_ref(), c.after.as_deref(), CONTEXT)
         }
         Action::Destroy | Action::NoOp => Vec::new(),
     }

@@ -63,7 +63,10 @@ impl World {
         settings.deployment.rollback_timeout_seconds = 30;
         DesiredState {
             settings,
-            services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            services: services
+                .into_iter()
+                .map(|s| (s.name.clone(), std::sync::Arc::new(s)))
+                .collect(),
             disabled: Vec::new(),
         }
     }

@@ -70,7 +70,7 @@ impl Case {
             store
                 .put_service(&ServiceRecord {
                     name: spec.name.clone(),
-                    spec: spec.clone(),
+                    spec: deploy_code::model::ServiceSpec::clone(spec),
                     spec_hash: spec.spec_hash(),
                     backend: spec.backend,
                     handles: vec![handle(spec.name.as_str())],

@@ -70,7 +70,10 @@ pub fn settings() -> Settings {
 pub fn desired(specs: Vec<ServiceSpec>) -> DesiredState {
     DesiredState {
         settings: settings(),
-        services: specs.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        services: specs
+            .into_iter()
+            .map(|s| (s.name.clone(), std::sync::Arc::new(s)))
+            .collect(),
         disabled: Vec::new(),
     }
 }

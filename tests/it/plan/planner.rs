@@ -1,5 +1,5 @@
 use deploy_code::error::Coded;
-use deploy_code::model::{BackendKind, Text};
+use deploy_code::model::{BackendKind, ServiceSpec, Text};
 use deploy_code::plan::{Action, Change, InstanceState, Observations, ObservedInstance, Options};
 use deploy_code::render::plan::drift_detail;
 use deploy_code::state::{Handle, ServiceStatus};
@@ -401,7 +401,7 @@ fn moving_a_container_to_another_network_replaces_it() {
     let project = load(&text("    port_range: {start: 30000, end: 30010}\n"));
     let web = &project.services[&name("web")];
     assert_eq!(web.network, None, "the project network is the default");
-    let state = snapshot(vec![record(web.clone())]);
+    let state = snapshot(vec![record(ServiceSpec::clone(web))]);
     assert_eq!(action(&ok(&project, &state, &big()), "web"), "no-op");
 
     let edge = load(&text("    name: edge\n"));
