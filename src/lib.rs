@@ -43,12 +43,6 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-    if [backends::logwriter::ARG, monitor::ARG, switch::ARG]
-        .iter()
-        .any(|helper| args.get(1).is_some_and(|a| a == helper))
-    {
-        heap::for_long_lived();
-    }
     if args.get(1).is_some_and(|a| a == backends::logwriter::ARG) {
         let file = args.get(2).cloned().unwrap_or_default();
         return backends::logwriter::run(std::path::Path::new(&file));

@@ -26,6 +26,7 @@ pub use crate::procfs::deploy_code_program as program;
 /// Runs the writer: the first line of standard input names the secrets, the
 /// rest is the instance's output, appended to `file` line by line, redacted.
 pub fn run(file: &Path) -> u8 {
+    crate::heap::for_long_lived();
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut first = Vec::new();

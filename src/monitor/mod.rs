@@ -170,6 +170,7 @@ pub fn restarts(policy: RestartPolicy, exit: &ExitRecord) -> bool {
 /// Runs a monitor (the `__monitor` subcommand): reads its [`Launch`] from
 /// stdin and returns only when it gives up or is stopped.
 pub fn run() -> u8 {
+    crate::heap::for_long_lived();
     let mut line = String::new();
     if std::io::stdin().lock().read_line(&mut line).is_err() {
         return 2;

@@ -318,6 +318,7 @@ fn log_line(log: Option<&Path>, msg: &str) {
 
 /// Runs a switch until it is told to stop (or gets SIGTERM); the exit code.
 pub fn run(args: &[std::ffi::OsString]) -> u8 {
+    crate::heap::for_long_lived();
     let Some(args) = parse(args) else {
         return 2;
     };

@@ -776,10 +776,13 @@ fn a_node_lost_during_a_rolling_update_gets_a_true_verdict() {
         4 => ("v1", "v2"),
         _ => panic!("the verdict is a success or a rollback: exit {code}: {out}"),
     };
+    // While node2 is lost, Swarm may run one task more than the replicas:
+    // a slot whose task on the lost node it cannot see stop gets a second
+    // task on node1. What serves is still one version, on node1 alone.
     assert!(
         wait_until(Duration::from_secs(120), || {
             let tasks = c.tasks(&service);
-            running_version(&tasks, version).1 == 4
+            running_version(&tasks, version).1 >= 4
                 && !tasks.iter().any(|t| t.runs() && t.version(other))
                 && tasks
                     .iter()
@@ -794,7 +797,10 @@ fn a_node_lost_during_a_rolling_update_gets_a_true_verdict() {
     let v: serde_json::Value = serde_json::from_str(&status).unwrap();
     let i = &v["services"][0]["instances"][0];
     assert_eq!(i["state"], "running", "{status}");
-    assert_eq!(i["tasks"]["running"], 4, "{status}");
+    assert!(
+        i["tasks"]["running"].as_u64().is_some_and(|n| n >= 4),
+        "{status}"
+    );
     let (code_p, plan) = p.run(&["plan", "--refresh", "--detailed-exitcode"]);
     assert_eq!(
         code_p,
