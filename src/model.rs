@@ -1209,8 +1209,10 @@ impl DesiredState {
     /// Recomputes every secret digest under the state's key, so that specs compare
     /// equal to what the state recorded.
     pub fn rekey(&mut self, key: &SecretKey) {
+        // Only a spec with a sensitive value changes: the others stay shared.
         self.services
             .values_mut()
+            .filter(|s| s.has_sensitive())
             .for_each(|s| std::sync::Arc::make_mut(s).rekey(key));
     }
 }
