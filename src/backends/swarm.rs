@@ -753,12 +753,7 @@ impl SwarmBackend {
             {
                 counts.last_exit = Some(code as i32);
             }
-            let task_hash = t
-                .spec
-                .as_ref()
-                .and_then(|s| s.container_spec.as_ref())
-                .and_then(|c| c.labels.as_ref())
-                .and_then(|l| l.get(marks::SPEC_HASH));
+            let task_hash = task_spec_hash(t);
             let state = t.status.as_ref().and_then(|s| s.state);
             let wanted = t.desired_state == Some(TaskState::RUNNING);
             let on_lost_node = t.node_id.as_ref().and_then(|n| lost.get(n));
@@ -989,12 +984,7 @@ impl SwarmBackend {
         let mut passed = Vec::new();
         let mut waiting = None;
         for t in &tasks {
-            let task_hash = t
-                .spec
-                .as_ref()
-                .and_then(|s| s.container_spec.as_ref())
-                .and_then(|c| c.labels.as_ref())
-                .and_then(|l| l.get(marks::SPEC_HASH));
+            let task_hash = task_spec_hash(t);
             if hash.is_some() && task_hash != hash.as_ref() {
                 continue;
             }
@@ -1052,15 +1042,7 @@ impl SwarmBackend {
         self.tasks(id)
             .await
             .into_iter()
-            .filter(|t| {
-                hash.is_none()
-                    || t.spec
-                        .as_ref()
-                        .and_then(|s| s.container_spec.as_ref())
-                        .and_then(|c| c.labels.as_ref())
-                        .and_then(|l| l.get(marks::SPEC_HASH))
-                        == hash.as_ref()
-            })
+            .filter(|t| hash.is_none() || task_spec_hash(t) == hash.as_ref())
             .filter_map(|t| {
                 let s = t.status?;
                 (s.state == Some(TaskState::RUNNING))
@@ -1461,6 +1443,15 @@ impl Backend for SwarmBackend {
     }
 }
 
+/// The spec hash a task was created with (its container's label), which
+/// tells a task of the current spec from one of an older.
+fn task_spec_hash(t: &Task) -> Option<&String> {
+    t.spec
+        .as_ref()
+        .and_then(|s| s.container_spec.as_ref())
+        .and_then(|c| c.labels.as_ref())
+        .and_then(|l| l.get(marks::SPEC_HASH))
+}
 #[cfg(test)]
 mod tests {
     use super::*;
