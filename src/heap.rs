@@ -18,10 +18,11 @@
 /// How long a command keeps freed memory before returning it.
 pub const COMMAND_PURGE_DELAY_MS: i64 = 3;
 
-// The option numbers of the mimalloc 3 built by libmimalloc-sys 0.1.49
-// (pinned in Cargo.lock): `mi_option_arena_eager_commit` and
+// The option numbers of the mimalloc 2.3 that libmimalloc-sys 0.1.49
+// (pinned in Cargo.lock) builds with its `v2` feature (mimalloc 3 numbers
+// these two the same): `mi_option_arena_eager_commit` and
 // `mi_option_purge_delay` (in milliseconds; for arenas multiplied by
-// `mi_option_arena_purge_mult`, 1 by default).
+// `mi_option_arena_purge_mult`).
 const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
