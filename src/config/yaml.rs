@@ -157,23 +157,33 @@ impl Offsets {
     }
 }
 
+/// A collection being read. Its items or entries so far are the tail of
+/// [`Open`]'s lists, from `from` on: each finished collection then takes one
+/// allocation of exactly its size, instead of growing its own list.
 enum Frame {
     Seq {
         start: usize,
         anchor: usize,
-        items: Vec<Node>,
+        from: usize,
     },
     Map {
         start: usize,
         anchor: usize,
-        entries: Vec<(Key, Node)>,
-        /// The index in `entries` of each key seen, once the mapping has more
-        /// than [`SCAN_KEYS`] of them, so that a duplicate is found in constant
-        /// time (a config has thousands of services); a smaller mapping is
-        /// scanned.
+        from: usize,
+        /// The index (from `from`) of each key seen, once the mapping has
+        /// more than [`SCAN_KEYS`] of them, so that a duplicate is found in
+        /// constant time (a config has thousands of services); a smaller
+        /// mapping is scanned.
         seen: std::collections::HashMap<String, usize>,
         pending: Option<Key>,
     },
+}
+
+/// The items and entries of the collections being read, innermost last.
+#[derive(Default)]
+struct Open {
+    items: Vec<Node>,
+    entries: Vec<(Key, Node)>,
 }
 
 /// Parses one YAML document. Returns the root (`None` for an empty document or a
@@ -182,6 +192,7 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
     let offsets = Offsets::new(text);
     let mut problems = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
+    let mut open = Open::default();
     let mut anchors: HashMap<usize, Node> = HashMap::new();
     let mut root: Option<Node> = None;
     let mut nodes = 0usize;
@@ -279,13 +290,13 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
                     stack.push(Frame::Seq {
                         start: span_b.start,
                         anchor,
-                        items: Vec::new(),
+                        from: open.items.len(),
                     });
                 } else {
                     stack.push(Frame::Map {
                         start: span_b.start,
                         anchor,
-                        entries: Vec::new(),
+                        from: open.entries.len(),
                         seen: std::collections::HashMap::new(),
                         pending: None,
                     });
@@ -298,8 +309,9 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
                     Some(Frame::Seq {
                         start,
                         anchor,
-                        items,
+                        from,
                     }) => {
+                        let items: Vec<Node> = open.items.drain(from..).collect();
                         let end = if span_b.end > span_b.start {
                             span_b.end
                         } else {
@@ -317,9 +329,10 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
                     Some(Frame::Map {
                         start,
                         anchor,
-                        entries,
+                        from,
                         ..
                     }) => {
+                        let entries: Vec<(Key, Node)> = open.entries.drain(from..).collect();
                         let end = if span_b.end > span_b.start {
                             span_b.end
                         } else {
@@ -350,19 +363,25 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
             return (None, problems);
         }
         if let Some(node) = node {
-            push(&mut stack, &mut root, node, &mut problems);
+            push(&mut stack, &mut open, &mut root, node, &mut problems);
         }
     }
     (root, problems)
 }
 
-fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut Vec<Problem>) {
+fn push(
+    stack: &mut [Frame],
+    open: &mut Open,
+    root: &mut Option<Node>,
+    node: Node,
+    problems: &mut Vec<Problem>,
+) {
     let mut duplicate = None;
     match stack.last_mut() {
         None => *root = Some(node),
-        Some(Frame::Seq { items, .. }) => items.push(node),
+        Some(Frame::Seq { .. }) => open.items.push(node),
         Some(Frame::Map {
-            entries,
+            from,
             seen,
             pending,
             ..
@@ -389,6 +408,7 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut
                 });
             }
             Some(key) => {
+                let entries = &open.entries[*from..];
                 let first = if entries.len() <= SCAN_KEYS {
                     entries.iter().position(|(k, _)| k.name == key.name)
                 } else {
@@ -408,13 +428,13 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut
                     if !seen.is_empty() {
                         seen.insert(key.name.clone(), entries.len());
                     }
-                    entries.push((key, node));
+                    open.entries.push((key, node));
                 }
             }
         },
     }
     if let Some((key, first)) = duplicate {
-        let mut path = path_of(&stack[..stack.len() - 1]);
+        let mut path = path_of(&stack[..stack.len() - 1], open);
         path.push(key.name.clone());
         problems.push(
             Problem::new(
@@ -431,11 +451,22 @@ fn push(stack: &mut [Frame], root: &mut Option<Node>, node: Node, problems: &mut
 
 /// The path from the root to the value the innermost of `frames` is reading:
 /// each mapping's key, each sequence's index.
-fn path_of(frames: &[Frame]) -> Vec<String> {
+fn path_of(frames: &[Frame], open: &Open) -> Vec<String> {
     frames
         .iter()
-        .map(|f| match f {
-            Frame::Seq { items, .. } => items.len().to_string(),
+        .enumerate()
+        .map(|(i, f)| match f {
+            // Its items end where the next sequence inside it begins.
+            Frame::Seq { from, .. } => {
+                let end = frames[i + 1..]
+                    .iter()
+                    .find_map(|f| match f {
+                        Frame::Seq { from, .. } => Some(*from),
+                        Frame::Map { .. } => None,
+                    })
+                    .unwrap_or(open.items.len());
+                (end - from).to_string()
+            }
             Frame::Map { pending, .. } => {
                 pending.as_ref().map_or(String::new(), |k| k.name.clone())
             }
