@@ -281,6 +281,8 @@ pub fn run(inv: &Invocation, req: &PlanRequest) -> Result<CommandOutcome, Failur
         config: false,
         hash: req.out.is_some() || !matches!(inv.format(), Format::Human | Format::Markdown),
     };
+    // Refresh and the inventory await the backends one call at a time.
+    inv.runtime_on_this_thread()?;
     let prepared = prepare_with(inv, &req.scope, req.destroy, keep)?;
     let plan = &prepared.plan;
     let mut text = render_plan(inv, plan);
