@@ -659,9 +659,11 @@ impl Backend for ProcessBackend {
             .into_iter()
             .filter_map(|pid| {
                 let env = read_environ(pid)?;
-                let stat = procfs::stat(pid)?;
-                (env.get(marks::ENV_PROJECT).map(String::as_str) == Some(project))
-                    .then_some((pid, (env, stat)))
+                // Only the project's own processes are worth a second read.
+                if env.get(marks::ENV_PROJECT).map(String::as_str) != Some(project) {
+                    return None;
+                }
+                Some((pid, (env, procfs::stat(pid)?)))
             })
             .collect();
         for (&pid, (env, stat)) in &marked {
