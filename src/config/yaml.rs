@@ -188,7 +188,31 @@ struct Open {
 
 /// Parses one YAML document. Returns the root (`None` for an empty document or a
 /// syntax error) and every problem found.
+///
+/// A large document is read in two parts at once where that gives the same
+/// tree (see [`parts`]); any other document, and any document whose parts
+/// find a problem, is read whole.
 pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
+    if text.len() >= parts::MIN_BYTES
+        && let Some(root) = parts::parse(text)
+    {
+        return (Some(root), Vec::new());
+    }
+    let read = parse_at(text, 0, 0);
+    (read.root, read.problems)
+}
+
+/// What [`parse_at`] read.
+struct Read {
+    root: Option<Node>,
+    problems: Vec<Problem>,
+    /// The nodes read, aliases expanded.
+    nodes: usize,
+}
+
+/// Parses `text`, which starts at byte `base` of the document and is nested
+/// `depth` levels deep in it: every span is a byte range of the document.
+fn parse_at(text: &str, base: usize, depth: usize) -> Read {
     let offsets = Offsets::new(text);
     let mut problems = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
@@ -198,6 +222,11 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
     let mut nodes = 0usize;
     let mut documents = 0usize;
     let parser = Parser::new_from_str(text);
+    let done = |root, problems, nodes| Read {
+        root,
+        problems,
+        nodes,
+    };
 
     for event in parser {
         let (event, span) = match event {
@@ -205,15 +234,17 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
             Err(err) => {
                 let at = offsets.byte(text, err.marker().index());
                 let end = next_char_end(text, at);
+                let (at, end) = (base + at, base + end);
                 problems.push(
                     Problem::new(Kind::YamlSyntax, format!("the YAML is malformed: {}", err.info()))
                         .label(at..end, "here")
                         .help("fix the YAML syntax at this point (indentation, a missing `:` or an unclosed quote or bracket)"),
                 );
-                return (None, problems);
+                return done(None, problems, nodes);
             }
         };
-        let span_b = offsets.byte(text, span.start.index())..offsets.byte(text, span.end.index());
+        let span_b = base + offsets.byte(text, span.start.index())
+            ..base + offsets.byte(text, span.end.index());
         let node = match event {
             Event::StreamStart | Event::StreamEnd | Event::Nothing | Event::DocumentEnd => None,
             Event::DocumentStart(_) => {
@@ -224,7 +255,7 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
                             .label(span_b.clone(), "a second document starts here")
                             .help("keep one document per configuration file: remove this `---` and what follows, or merge it into the first document"),
                     );
-                    return (root, problems);
+                    return done(root, problems, nodes);
                 }
                 None
             }
@@ -255,7 +286,7 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
                                 .label(span_b.clone(), "this alias passes the limit")
                                 .help("use fewer or smaller aliases (`*name`); a configuration this large is refused to keep loading bounded"),
                         );
-                        return (None, problems);
+                        return done(None, problems, nodes);
                     }
                     let mut n = target.clone();
                     n.span = span_b.clone();
@@ -275,7 +306,7 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
             },
             Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
                 nodes += 1;
-                if stack.len() >= MAX_DEPTH {
+                if depth + stack.len() >= MAX_DEPTH {
                     problems.push(
                         Problem::new(
                             Kind::TooDeep,
@@ -284,7 +315,7 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
                         .label(span_b.clone(), "too deep here")
                         .help("flatten the structure; no configuration key nests this deep"),
                     );
-                    return (None, problems);
+                    return done(None, problems, nodes);
                 }
                 if matches!(event, Event::SequenceStart(..)) {
                     stack.push(Frame::Seq {
@@ -360,13 +391,13 @@ pub fn parse(text: &str) -> (Option<Node>, Vec<Problem>) {
                 .label(span_b.clone(), "the limit is passed here")
                 .help("split the deployment into several configurations"),
             );
-            return (None, problems);
+            return done(None, problems, nodes);
         }
         if let Some(node) = node {
             push(&mut stack, &mut open, &mut root, node, &mut problems);
         }
     }
-    (root, problems)
+    done(root, problems, nodes)
 }
 
 fn push(
@@ -585,6 +616,286 @@ fn resolve_float(s: &str) -> Option<f64> {
     digits
         .starts_with(|c: char| c.is_ascii_digit() || c == '.')
         .then_some(f)
+}
+
+/// Reading a large document in two parts at once.
+///
+/// A deployment of thousands of services is one long block mapping under
+/// `services:`, one entry after another at the same indentation. Each entry
+/// begins on a line of its own, and YAML ends every multi-line construct (a
+/// block scalar, a quoted or plain scalar, a flow collection) before a line
+/// that is not indented beyond the entry's keys. So the document is cut at
+/// the start of an entry near its middle and at the end of the `services:`
+/// block: the first part (from the start) is read on this thread while the
+/// second (the remaining entries) is read on another; what follows the block
+/// is read after the first part.
+///
+/// The parts are joined into the tree the whole document gives. Where the
+/// cut could not give that tree, the parts are not used: any problem in a
+/// part (a construct cut in two reads as malformed, an alias of an anchor in
+/// another part as unknown), a key defined in two parts, a directive or a
+/// second document, or more than [`MAX_NODES`] nodes in all. The whole
+/// document is then read as one, and its problems are reported as always.
+mod parts {
+    use super::{MAX_NODES, Node, Read, Value, parse_at};
+
+    /// Documents smaller than this are read whole.
+    pub(super) const MIN_BYTES: usize = 64 * 1024;
+
+    /// Where the document is cut: the first part is `..middle`, the second
+    /// `middle..end` (entries of `services`), the rest `end..`.
+    #[derive(Debug, PartialEq)]
+    struct Cut {
+        middle: usize,
+        end: usize,
+    }
+
+    /// The lines of `text` with the byte offset each starts at.
+    fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+        let mut at = 0;
+        text.split_inclusive('\n').map(move |line| {
+            let start = at;
+            at += line.len();
+            (start, line.trim_end_matches(['\n', '\r']))
+        })
+    }
+
+    /// The line's indentation in spaces, and what follows it; `None` for a
+    /// line that is blank or only a comment.
+    fn content(line: &str) -> Option<(usize, &str)> {
+        let rest = line.trim_start_matches(' ');
+        (!rest.is_empty() && !rest.starts_with('#')).then(|| (line.len() - rest.len(), rest))
+    }
+
+    /// Whether a line's content can only begin a plain or quoted mapping key
+    /// (not an indicator: a sequence entry, a flow collection, a tag, an
+    /// anchor or alias, a block scalar, a tab).
+    fn begins_key(rest: &str) -> bool {
+        rest.bytes()
+            .next()
+            .is_some_and(|b| !b"-?:,[]{}#&*!|>%@`\t".contains(&b) && !b.is_ascii_whitespace())
+    }
+
+    /// Whether a line ends the document or begins another.
+    fn another_document(line: &str) -> bool {
+        line.starts_with("---") || line.starts_with("...") || line.starts_with('%')
+    }
+
+    fn find(text: &str) -> Option<Cut> {
+        let mut lines = lines(text);
+        // The top-level `services:` key, its value on the lines below.
+        for (_, line) in lines.by_ref() {
+            if line.starts_with('%') {
+                return None; // a directive
+            }
+            if let Some(after) = line.strip_prefix("services:") {
+                let after = after.trim_start_matches(' ');
+                if after.is_empty() || after.starts_with('#') {
+                    break;
+                }
+                return None;
+            }
+        }
+        let mut indent = None;
+        let mut starts = Vec::new();
+        let mut end = text.len();
+        for (at, line) in lines.by_ref() {
+            let Some((n, rest)) = content(line) else {
+                continue;
+            };
+            let k = *indent.get_or_insert(n);
+            if k == 0 || (n == k && !begins_key(rest)) {
+                return None;
+            }
+            if n == k {
+                starts.push(at);
+            } else if n < k {
+                if n > 0 || another_document(line) {
+                    return None;
+                }
+                end = at;
+                break;
+            }
+        }
+        // What follows must be more keys of the same document.
+        if lines.any(|(_, line)| another_document(line)) {
+            return None;
+        }
+        let half = end / 2;
+        let middle = *starts.iter().skip(1).min_by_key(|at| at.abs_diff(half))?;
+        Some(Cut { middle, end })
+    }
+
+    /// The tree of `text`, read in parts; `None` where the parts would not
+    /// give the tree of the whole (then the document is read whole).
+    pub(super) fn parse(text: &str) -> Option<Node> {
+        let cut = find(text)?;
+        // The second part's entries sit two levels deep: in the root mapping,
+        // then in `services`.
+        let (first, second) = std::thread::scope(|scope| {
+            // Without a second thread the document is read whole.
+            let second = std::thread::Builder::new()
+                .spawn_scoped(scope, || {
+                    parse_at(&text[cut.middle..cut.end], cut.middle, 2)
+                })
+                .ok()?;
+            let first = parse_at(&text[..cut.middle], 0, 0);
+            match second.join() {
+                Ok(second) => Some((first, second)),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })?;
+        let rest = parse_at(&text[cut.end..], cut.end, 0);
+        join(first, second, rest)
+    }
+
+    fn join(first: Read, second: Read, rest: Read) -> Option<Node> {
+        let parts = [&first, &second, &rest];
+        if parts.iter().any(|p| !p.problems.is_empty())
+            || parts.iter().map(|p| p.nodes).sum::<usize>() > MAX_NODES
+        {
+            return None;
+        }
+        let mut root = first.root?;
+        let Value::Map(top) = &mut root.value else {
+            return None;
+        };
+        let (key, services) = top.last_mut()?;
+        if key.name != "services" {
+            return None;
+        }
+        let Value::Map(entries) = &mut services.value else {
+            return None;
+        };
+        let Node {
+            span,
+            value: Value::Map(more),
+        } = second.root?
+        else {
+            return None;
+        };
+        entries.extend(more);
+        services.span.end = span.end;
+        root.span.end = span.end;
+        let mut names = std::collections::HashSet::with_capacity(entries.len());
+        if !entries.iter().all(|(k, _)| names.insert(k.name.as_str())) {
+            return None;
+        }
+        if let Some(rest) = rest.root {
+            let Value::Map(more) = rest.value else {
+                return None;
+            };
+            if more
+                .iter()
+                .any(|(k, _)| top.iter().any(|(t, _)| t.name == k.name))
+            {
+                return None;
+            }
+            top.extend(more);
+            root.span.end = rest.span.end;
+        }
+        Some(root)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Documents as users write them, and the ones a cut must not change:
+        /// each is read in parts only where that gives the whole's tree.
+        fn documents() -> Vec<String> {
+            let entry = |i: usize| {
+                format!(
+                    "  s{i}:\n    command: server\n    args: [--port, \"{p}\"]\n    env:\n      MODE: prod # mode\n    ports:\n      - container_port: {p}\n",
+                    p = 20000 + i
+                )
+            };
+            let many = |n: usize| (0..n).map(entry).collect::<String>();
+            let more = |n: usize| (n..2 * n).map(entry).collect::<String>();
+            let head =
+                "# a deployment\nversion: \"1.0.0\"\nproject: big\nservices:  # all of them\n";
+            // Every construct that spans lines, valid, in every entry.
+            let spanning = (0..400)
+                .map(|i| {
+                    format!(
+                        "  t{i}:\n    command: |\n      echo one\n      t{i}x: not a key\n    description: \"a long\n      quoted line\"\n    note: plain\n      continued\n    args: [a,\n      b]\n# a comment at the margin\n\n  \"q{i}\": ~\n  r{i}:   \n"
+                    )
+                })
+                .collect::<String>();
+            vec![
+                format!("{head}{spanning}"),
+                format!("{head}{}", many(600)),
+                format!("---\n{head}{}settings:\n  data_dir: /tmp\n", many(600)),
+                format!("{head}{}\n# the end\n", many(600)),
+                format!("{head}{}secrets: [A]\nproject: again\n", many(600)),
+                format!("{head}{}{}", many(450), more(450)),
+                format!("{head}{}{}", many(450), many(450)),
+                format!("{head}{}---\nother: doc\n", many(600)),
+                format!("x: &x {{a: 1}}\n{head}{}  last: *x\n", many(600)),
+                format!(
+                    "{head}{}  block: |\n    line one\n  two\n{}",
+                    many(300),
+                    more(300)
+                ),
+                format!(
+                    "{head}{}  q: \"open\n  s: closed\"\n{}",
+                    many(300),
+                    more(300)
+                ),
+                format!("{head}{}  f: {{a: 1,\n  b: 2}}\n{}", many(300), more(300)),
+                format!(
+                    "{head}{}  s9999: {{name: \"héllo wörld\"}}\n{}",
+                    many(300),
+                    more(300)
+                ),
+                format!("%YAML 1.2\n---\n{head}{}", many(600)),
+                format!("{head}{}\r\n", many(600).replace('\n', "\r\n")),
+                format!("{head}{}", many(600).replace("  s1", "\ts1")),
+                format!("{head}{}  - item\n", many(600)),
+                format!("{head}{}  bad: [\n", many(600)),
+            ]
+        }
+
+        #[test]
+        fn parts_give_the_tree_the_whole_gives() {
+            let mut in_parts = 0;
+            for doc in documents() {
+                assert!(doc.len() >= MIN_BYTES, "{}", doc.len());
+                let whole = parse_at(&doc, 0, 0);
+                match parse(&doc) {
+                    Some(tree) => {
+                        in_parts += 1;
+                        assert!(whole.problems.is_empty(), "{:?}", whole.problems);
+                        assert_eq!(
+                            format!("{tree:?}"),
+                            format!("{:?}", whole.root.expect("a tree")),
+                            "{}",
+                            &doc[..200]
+                        );
+                    }
+                    None => {
+                        // Read whole, as a document with a problem or one
+                        // that does not cut cleanly must be.
+                        let (tree, problems) = super::super::parse(&doc);
+                        assert_eq!(format!("{tree:?}"), format!("{:?}", whole.root));
+                        assert_eq!(format!("{problems:?}"), format!("{:?}", whole.problems));
+                    }
+                }
+            }
+            assert!(
+                in_parts >= 7,
+                "only {in_parts} documents were read in parts"
+            );
+        }
+
+        #[test]
+        fn the_cut_falls_between_entries_near_the_middle() {
+            let doc = "services:\n  a: 1\n  b: 2\n  c: 3\n  d: 4\nnext: 5\n";
+            let cut = find(doc).expect("a cut");
+            assert_eq!(&doc[cut.end..], "next: 5\n");
+            assert!(doc[cut.middle..].starts_with("  b: 2"), "{cut:?}");
+        }
+    }
 }
 
 #[cfg(test)]
