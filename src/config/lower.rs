@@ -216,7 +216,8 @@ impl Lowering<'_> {
     pub fn lower(mut self, out: &mut Vec<Problem>) -> Option<DesiredState> {
         let start = out.len();
         let settings = self.settings(out);
-        let enabled: HashMap<&str, bool> = self
+        // Looked up by name for every dependency and port: a fast hash.
+        let enabled: foldhash::HashMap<&str, bool> = self
             .services
             .iter()
             .map(|e| {
@@ -230,7 +231,8 @@ impl Lowering<'_> {
 
         let mut specs = BTreeMap::new();
         let mut disabled = Vec::new();
-        let mut port_claims: HashMap<(u16, Protocol), (&str, Range<usize>)> = HashMap::new();
+        let mut port_claims: foldhash::HashMap<(u16, Protocol), (&str, Range<usize>)> =
+            foldhash::HashMap::default();
         let mut graph: BTreeMap<&str, Vec<(String, Range<usize>)>> = BTreeMap::new();
 
         for mut entry in services {

@@ -174,7 +174,7 @@ enum Frame {
         /// more than [`SCAN_KEYS`] of them, so that a duplicate is found in
         /// constant time (a config has thousands of services); a smaller
         /// mapping is scanned.
-        seen: std::collections::HashMap<String, usize>,
+        seen: foldhash::HashMap<String, usize>,
         pending: Option<Key>,
     },
 }
@@ -328,7 +328,7 @@ fn parse_at(text: &str, base: usize, depth: usize) -> Read {
                         start: span_b.start,
                         anchor,
                         from: open.entries.len(),
-                        seen: std::collections::HashMap::new(),
+                        seen: foldhash::HashMap::default(),
                         pending: None,
                     });
                 }
@@ -777,7 +777,8 @@ mod parts {
         entries.extend(more);
         services.span.end = span.end;
         root.span.end = span.end;
-        let mut names = std::collections::HashSet::with_capacity(entries.len());
+        let mut names =
+            foldhash::HashSet::with_capacity_and_hasher(entries.len(), Default::default());
         if !entries.iter().all(|(k, _)| names.insert(k.name.as_str())) {
             return None;
         }

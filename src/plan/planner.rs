@@ -10,31 +10,11 @@ use std::sync::Arc;
 use petgraph::Directed;
 use petgraph::graphmap::GraphMap;
 
-type DiGraphMap<N, E> = GraphMap<N, E, Directed, std::hash::BuildHasherDefault<Fnv>>;
-
-/// FNV-1a: the graphs hash short service names, for which SipHash's setup
-/// dominated. The graph's order is its insertion order, whatever the hash.
-#[derive(Default)]
-struct Fnv(u64);
-
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
+/// The phase graphs and their maps hash short service names, for which
+/// SipHash's setup dominated; foldhash with a fixed seed. A graph's order is
+/// its insertion order, whatever the hash.
+type NameHash = foldhash::fast::FixedState;
+type DiGraphMap<N, E> = GraphMap<N, E, Directed, NameHash>;
 
 use super::feasibility::{self, Demand};
 use super::*;
@@ -604,7 +584,8 @@ fn phases(
             }
         }
     }
-    let by_name: BTreeMap<&str, &ServiceName> = changes.keys().map(|n| (n.as_str(), *n)).collect();
+    let by_name: std::collections::HashMap<&str, &ServiceName, NameHash> =
+        changes.keys().map(|n| (n.as_str(), *n)).collect();
     let mut out = layers(&destroy);
     out.extend(layers(&build));
     out.into_iter()
@@ -621,7 +602,7 @@ fn phases(
 /// predecessors. Nodes left on a cycle (the config rejects cycles; a state could
 /// still hold one) go in one last layer.
 fn layers<'a>(g: &DiGraphMap<&'a str, ()>) -> Vec<Vec<&'a str>> {
-    let mut indegree: BTreeMap<&str, usize> = g
+    let mut indegree: std::collections::HashMap<&str, usize, NameHash> = g
         .nodes()
         .map(|n| {
             (
@@ -657,7 +638,9 @@ fn layers<'a>(g: &DiGraphMap<&'a str, ()>) -> Vec<Vec<&'a str>> {
         current = next;
     }
     if !indegree.is_empty() {
-        out.push(indegree.into_keys().collect());
+        let mut left: Vec<&str> = indegree.into_keys().collect();
+        left.sort_unstable();
+        out.push(left);
     }
     out
 }
