@@ -1452,6 +1452,7 @@ fn task_spec_hash(t: &Task) -> Option<&String> {
         .and_then(|c| c.labels.as_ref())
         .and_then(|l| l.get(marks::SPEC_HASH))
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
