@@ -43,12 +43,16 @@ pub struct Replicas {
     /// Replicas of an older spec that still run and are still wanted (an
     /// update that has not replaced them yet).
     pub stale: u32,
+    /// The engine is still watching the last update (Swarm's monitor window)
+    /// and may yet roll it back by itself.
+    pub updating: bool,
 }
 
 impl Replicas {
-    /// Every wanted replica runs the current spec, and no older one is left.
+    /// Every wanted replica runs the current spec, no older one is left and
+    /// the engine has finished the update.
     pub fn complete(&self) -> bool {
-        self.running >= self.wanted && self.stale == 0
+        self.running >= self.wanted && self.stale == 0 && !self.updating
     }
 }
 
@@ -57,6 +61,8 @@ impl std::fmt::Display for Replicas {
         write!(f, "{}/{} tasks running", self.running, self.wanted)?;
         if self.stale > 0 {
             write!(f, " ({} of an older spec still running)", self.stale)?;
+        } else if self.updating && self.running >= self.wanted {
+            f.write_str(" (the engine has not finished the update yet)")?;
         }
         match &self.detail {
             Some(d) => write!(f, ": {d}"),

@@ -316,6 +316,28 @@ impl Recorder<'_> {
         }
     }
 
+    /// Records `detail` unless the last record already says it (a wait that
+    /// polls often keeps its evidence and its progress line readable).
+    fn note(&mut self, healthy: bool, detail: String) {
+        if self
+            .probes
+            .last()
+            .is_none_or(|p| p.healthy != healthy || p.detail != detail)
+        {
+            self.push(healthy, detail);
+        }
+    }
+
+    /// The gate stopped waiting: an interrupt as it is; a deadline with what
+    /// the gate was still waiting for, when the last record says.
+    fn stopped(self, why: String) -> GateOutcome {
+        let reason = match self.probes.last().filter(|p| !p.healthy) {
+            Some(p) if why == OUT_OF_TIME => format!("{why} (last: {})", p.detail),
+            _ => why,
+        };
+        self.done(false, reason)
+    }
+
     fn done(self, healthy: bool, reason: String) -> GateOutcome {
         GateOutcome {
             healthy,
@@ -401,7 +423,7 @@ pub async fn gate(
                 return rec.done(true, String::new());
             }
             if let Some(why) = wait_or_stop(backoff, cancel, stop_at, deadline).await {
-                return rec.done(false, why);
+                return rec.stopped(why);
             }
             backoff = (backoff * 2).min(cap);
         }
@@ -412,14 +434,15 @@ pub async fn gate(
         let mut running_since: Option<Instant> = None;
         loop {
             if let Some(why) = wait_or_stop(FAST_CAP, cancel, stop_at, deadline).await {
-                return rec.done(false, why);
+                return rec.stopped(why);
             }
             if let Some((i, down)) = first_down(backend, handles).await {
                 let why = format!("replica {i} {down}");
                 rec.push(false, why.clone());
                 return rec.done(false, why);
             }
-            if shortfall(backend, handles).await.is_some() {
+            if let Some(r) = shortfall(backend, handles).await {
+                rec.note(false, r.to_string());
                 running_since = None;
                 continue;
             }
@@ -484,7 +507,7 @@ pub async fn gate(
                     if let Some(why) =
                         wait_or_stop(left.min(HOLD_PROBE), cancel, stop_at, deadline).await
                     {
-                        return rec.done(false, why);
+                        return rec.stopped(why);
                     }
                     continue;
                 }
@@ -511,7 +534,7 @@ pub async fn gate(
             }
         }
         if let Some(why) = wait_or_stop(backoff, cancel, stop_at, deadline).await {
-            return rec.done(false, why);
+            return rec.stopped(why);
         }
         // Fast probing (at most FAST_CAP apart) while the service may still be
         // coming up; the configured interval once it has had FAST_WINDOW (or its
@@ -544,6 +567,9 @@ async fn probe_key(
     }
 }
 
+/// Why a gate stops when its deadline passes.
+const OUT_OF_TIME: &str = "ran out of time";
+
 /// Sleeps `d`; returns why the gate must stop instead (interrupt or deadline).
 async fn wait_or_stop(
     d: Duration,
@@ -558,7 +584,7 @@ async fn wait_or_stop(
         Some(dl) => {
             let left = dl.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Some("ran out of time".into());
+                return Some(OUT_OF_TIME.into());
             }
             d.min(left)
         }

@@ -33,7 +33,16 @@ pub(crate) async fn log_tail(
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-    let all: Vec<String> = text.lines().map(str::to_owned).collect();
+    // An engine that cannot read a node's logs writes its error into the
+    // stream unframed: drop the stray frame bytes (control characters and
+    // undecodable bytes) a line may start with.
+    let all: Vec<String> = text
+        .lines()
+        .map(|l| {
+            l.trim_start_matches(|c: char| c == '\u{fffd}' || (c.is_control() && c != '\t'))
+                .to_owned()
+        })
+        .collect();
     let skip = all.len().saturating_sub(lines);
     all.into_iter().skip(skip).collect()
 }

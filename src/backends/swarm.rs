@@ -439,6 +439,10 @@ pub struct TaskCounts {
     /// Tasks of an older spec that run and are still wanted: the update has
     /// not replaced them (yet).
     pub stale: u32,
+    /// The Swarm is still carrying out or watching the last update
+    /// (`UpdateStatus` is `updating`): within the monitor window a failing
+    /// task still makes it roll the service back by itself.
+    pub updating: bool,
 }
 
 impl TaskCounts {
@@ -733,10 +737,15 @@ impl SwarmBackend {
                     .unwrap_or_else(|| "the update failed".into())
             })
         });
+        let updating = service
+            .update_status
+            .as_ref()
+            .is_some_and(|u| u.state == Some(U::UPDATING));
         let mut counts = TaskCounts {
             replicas,
             spec_hash: hash.clone(),
             update_failed,
+            updating,
             ..Default::default()
         };
         let mut tasks = self.tasks(id).await;
@@ -1270,6 +1279,7 @@ impl Backend for SwarmBackend {
             wanted: c.replicas,
             detail,
             stale: c.stale,
+            updating: c.updating,
         })
     }
 
@@ -1327,7 +1337,7 @@ impl Backend for SwarmBackend {
             return Some(false);
         }
         if c.running >= c.replicas {
-            if c.stale > 0 {
+            if c.stale > 0 || c.updating {
                 return None;
             }
             let Handle::SwarmService { id, .. } = handle else {

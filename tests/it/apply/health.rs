@@ -193,6 +193,31 @@ async fn an_interrupt_stops_a_gate() {
     b.stop(&handles, Duration::from_secs(2)).await.unwrap();
 }
 
+/// A gate that runs out of time says what it was still waiting for: the
+/// last probe's answer follows the reason.
+#[tokio::test]
+async fn a_gate_out_of_time_names_what_it_waited_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = ProcessBackend::new();
+    let port = free_port();
+    let mut s = spec("silent", &["sleep", "30"]);
+    s.health_check = Some(http_check(port, 30, 10));
+    let handles = b
+        .start(&s, &ctx(dir.path(), &project("deadline")))
+        .await
+        .unwrap();
+    let _reaper = Reaper(handles.iter().map(pid_of).collect());
+    let deadline = Instant::now() + Duration::from_millis(600);
+    let out = gate(&b, &s, &handles, &Cancel::new(), 1, Some(deadline), &|_| {}).await;
+    assert!(!out.healthy);
+    assert!(
+        out.reason.starts_with("ran out of time (last: ") && out.reason.contains(&port.to_string()),
+        "{}",
+        out.reason
+    );
+    b.stop(&handles, Duration::from_secs(2)).await.unwrap();
+}
+
 /// Behind a traffic switch a service's host port is the switch's: a probe of
 /// an instance whose own (private) port cannot be read yet fails, and never
 /// goes to the switch's port, where another instance would answer.
