@@ -494,6 +494,66 @@ fn read_environ(pid: u32) -> Option<HashMap<String, String>> {
     procfs::environ(pid, "DEPLOY_CODE_")
 }
 
+/// Processes that carry deploy-code's marks, by pid: their `DEPLOY_CODE_*`
+/// variables and their `stat`.
+type Marked = BTreeMap<u32, (HashMap<String, String>, procfs::Stat)>;
+
+/// The processes whose marks name `project` (`None`: any project), read
+/// from `/proc` now.
+fn read_marked(project: Option<&str>) -> Marked {
+    procfs::pids()
+        .into_iter()
+        .filter_map(|pid| {
+            let env = read_environ(pid)?;
+            let theirs = env.get(marks::ENV_PROJECT)?;
+            // Only the project's own processes are worth a second read.
+            if project.is_some_and(|p| p != theirs) {
+                return None;
+            }
+            Some((pid, (env, procfs::stat(pid)?)))
+        })
+        .collect()
+}
+
+/// A read of every marked process begun by [`read_marks_early`], and when.
+static EARLY: Mutex<Option<(Instant, std::thread::JoinHandle<Marked>)>> = Mutex::new(None);
+
+/// How old a read begun early may be and still stand for a read now.
+const EARLY_FRESH: Duration = Duration::from_secs(1);
+
+/// Begins reading `/proc` for marked processes on a thread of its own, for
+/// the next discovery of this process (within [`EARLY_FRESH`]) to use: a
+/// one-shot command such as `plan` reads them while its configuration
+/// loads, on the other core. Discovery reads afresh when nothing was begun,
+/// the thread could not start or the read is older than that.
+pub(crate) fn read_marks_early() {
+    let began = Instant::now();
+    if let Ok(handle) = std::thread::Builder::new()
+        .name("read-marks".into())
+        .spawn(|| read_marked(None))
+    {
+        *EARLY.lock().unwrap_or_else(|e| e.into_inner()) = Some((began, handle));
+    }
+}
+
+/// The processes of `project`: from the read begun early when it is fresh
+/// (taken once), else read now.
+fn marked_processes(project: &str) -> Marked {
+    let early = EARLY.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some((began, handle)) = early
+        && began.elapsed() < EARLY_FRESH
+        && let Ok(all) = handle.join()
+    {
+        return all
+            .into_iter()
+            .filter(|(_, (env, _))| {
+                env.get(marks::ENV_PROJECT).map(String::as_str) == Some(project)
+            })
+            .collect();
+    }
+    read_marked(Some(project))
+}
+
 /// The last `lines` lines of a file (reads at most the last 256 KiB).
 pub(crate) fn tail_file(path: &Path, lines: usize) -> Vec<String> {
     let Ok(mut f) = std::fs::File::open(path) else {
@@ -655,17 +715,7 @@ impl Backend for ProcessBackend {
 
     async fn discover(&self, project: &str) -> Result<Vec<Discovered>, BackendError> {
         let mut found = Vec::new();
-        let marked: BTreeMap<u32, (HashMap<String, String>, procfs::Stat)> = procfs::pids()
-            .into_iter()
-            .filter_map(|pid| {
-                let env = read_environ(pid)?;
-                // Only the project's own processes are worth a second read.
-                if env.get(marks::ENV_PROJECT).map(String::as_str) != Some(project) {
-                    return None;
-                }
-                Some((pid, (env, procfs::stat(pid)?)))
-            })
-            .collect();
+        let marked = marked_processes(project);
         for (&pid, (env, stat)) in &marked {
             // A child of an instance inherits its marks; it is part of that
             // instance while the process that leads its group or session runs.
@@ -835,4 +885,49 @@ pub(crate) fn recorded_state(
             None => m.summary(),
         });
     Some((state, detail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read begun early finds what a read now finds: the project's marked
+    /// processes and none of another project's; it is taken once, and the
+    /// next discovery reads afresh.
+    #[test]
+    fn a_read_begun_early_stands_for_a_read_now() {
+        let project = format!("early-read-{}", std::process::id());
+        let start = |p: &str| {
+            Command::new("sleep")
+                .arg("30")
+                .env(marks::ENV_PROJECT, p)
+                .env(marks::ENV_SERVICE, "web")
+                .spawn()
+                .unwrap()
+        };
+        let mut ours = start(&project);
+        let mut theirs = start(&format!("{project}-other"));
+        let (pid, other) = (ours.id(), theirs.id());
+        // The child's environment is readable once it has exec'd.
+        let seen = |m: &Marked| m.contains_key(&pid);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !seen(&read_marked(Some(&project))) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let now = read_marked(Some(&project));
+        read_marks_early();
+        let early = marked_processes(&project);
+        assert!(seen(&early), "{early:?}");
+        assert!(!early.contains_key(&other));
+        assert_eq!(
+            early.keys().collect::<Vec<_>>(),
+            now.keys().collect::<Vec<_>>()
+        );
+        assert!(EARLY.lock().unwrap().is_none(), "taken once");
+        let _ = ours.kill();
+        let _ = theirs.kill();
+        let _ = ours.wait();
+        let _ = theirs.wait();
+        assert!(!seen(&marked_processes(&project)), "read afresh");
+    }
 }

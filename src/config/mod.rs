@@ -332,9 +332,14 @@ struct Read<'a> {
     problems: Vec<Problem>,
 }
 
+/// A configuration at least this large keeps a second core busy while it
+/// loads: it is checked against the schema on a second thread while this one
+/// reads its typed definitions (and `plan` reads its local processes then).
+pub(crate) const LARGE_BYTES: usize = 64 * 1024;
+
 /// Documents at least this large are checked against the schema on a second
 /// thread while this one reads their typed definitions.
-const CHECK_BESIDE_READ_BYTES: usize = 64 * 1024;
+const CHECK_BESIDE_READ_BYTES: usize = LARGE_BYTES;
 
 /// The schema check of `root` (its problems), and its typed definitions,
 /// read around what the check reported.
