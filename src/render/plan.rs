@@ -38,11 +38,7 @@ pub fn reason(r: &Reason) -> String {
         Cause::Tainted => TAINTED.to_owned(),
         Cause::Pending => "pending: an earlier apply was interrupted while changing it".to_owned(),
         Cause::ReplaceRequested => "replacement requested with `--replace`".to_owned(),
-        Cause::RepairsDrift { drift } => format!(
-            "repairs drift: {} ({})",
-            drift_detail(drift),
-            drift.kind.as_str()
-        ),
+        Cause::RepairsDrift { drift } => format!("repairs drift: {}", drift_detail(drift)),
         Cause::UpdatableFields { paths } => {
             format!("{} changed (updated in place)", tick_list(paths))
         }

@@ -332,7 +332,7 @@ fn drift_is_reported_and_repaired() {
     assert_eq!(action(&p, "db"), "replace");
     assert_eq!(
         words(p.change("db").unwrap()).as_deref(),
-        Some("repairs drift: replica 0 (pid 4000000) is exited (exited)")
+        Some("repairs drift: replica 0 (pid 4000000) is exited")
     );
     assert_eq!(action(&p, "web"), "replace");
     let kinds: Vec<(&str, &str)> = p
