@@ -33,18 +33,21 @@ pub(crate) async fn log_tail(
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-    // An engine that cannot read a node's logs writes its error into the
-    // stream unframed: drop the stray frame bytes (control characters and
-    // undecodable bytes) a line may start with.
-    let all: Vec<String> = text
-        .lines()
-        .map(|l| {
-            l.trim_start_matches(|c: char| c == '\u{fffd}' || (c.is_control() && c != '\t'))
-                .to_owned()
-        })
-        .collect();
+    last_lines(&text, lines)
+}
+
+/// The last `lines` lines of a log's text. An engine that cannot read a
+/// node's logs writes its error into the stream unframed: the stray frame
+/// bytes a line may start with (control characters and undecodable bytes)
+/// are dropped; an indenting tab and a colour's escape are kept.
+fn last_lines(text: &str, lines: usize) -> Vec<String> {
+    let stray = |c: char| c == '\u{fffd}' || (c.is_control() && c != '\t' && c != '\u{1b}');
+    let all: Vec<&str> = text.lines().collect();
     let skip = all.len().saturating_sub(lines);
-    all.into_iter().skip(skip).collect()
+    all[skip..]
+        .iter()
+        .map(|l| l.trim_start_matches(stray).to_owned())
+        .collect()
 }
 
 /// Connects to the local engine (`DOCKER_HOST` or the default socket) and
@@ -511,5 +514,26 @@ pub(crate) fn split_image(image: &str) -> (&str, &str) {
     match image.rsplit_once(':') {
         Some((name, tag)) if !tag.contains('/') => (name, tag),
         _ => (image, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The engine's unframed error loses its stray bytes; a tab, a colour's
+    /// escape and the line's own text stay; only the last lines are kept.
+    #[test]
+    fn a_log_tail_drops_stray_frame_bytes_only() {
+        let text = "first\n\u{1}\u{0}\u{0}\u{fffd}Error grabbing logs: node is not available\n\tat main\n\u{1b}[32mok\u{1b}[0m\n";
+        assert_eq!(
+            last_lines(text, 3),
+            [
+                "Error grabbing logs: node is not available",
+                "\tat main",
+                "\u{1b}[32mok\u{1b}[0m"
+            ]
+        );
+        assert_eq!(last_lines(text, 10).len(), 4);
     }
 }
