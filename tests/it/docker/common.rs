@@ -24,11 +24,10 @@ pub async fn engine(test: &str) -> Option<DockerBackend> {
             Some(b)
         }
         Err(e) => {
-            if std::env::var("DEPLOY_CODE_REQUIRE_DOCKER").as_deref() == Ok("1") {
-                panic!("DEPLOY_CODE_REQUIRE_DOCKER=1 but the Docker engine is not reachable: {e}");
-            }
-            eprintln!(
-                "SKIP {test}: the Docker engine is not reachable ({e}); set DEPLOY_CODE_REQUIRE_DOCKER=1 to fail instead"
+            crate::support::skip(
+                test,
+                "DEPLOY_CODE_REQUIRE_DOCKER",
+                &format!("the Docker engine is not reachable ({e})"),
             );
             None
         }
@@ -42,12 +41,11 @@ pub fn swarm_active(test: &str) -> bool {
         .output();
     let active = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "true");
     if !active {
-        if std::env::var("DEPLOY_CODE_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!(
-                "DEPLOY_CODE_REQUIRE_DOCKER=1 but this engine is not a Swarm manager (docker swarm init)"
-            );
-        }
-        eprintln!("SKIP {test}: this engine is not a Swarm manager (run `docker swarm init`)");
+        crate::support::skip(
+            test,
+            "DEPLOY_CODE_REQUIRE_DOCKER",
+            "this engine is not a Swarm manager (run `docker swarm init`)",
+        );
     }
     active
 }

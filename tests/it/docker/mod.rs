@@ -1,5 +1,6 @@
 //! The Docker and Swarm backends against a real engine. Without an engine
-//! every test prints SKIP and passes, unless DEPLOY_CODE_REQUIRE_DOCKER=1.
+//! every test is counted as skipped (`support::skip`), unless
+//! DEPLOY_CODE_REQUIRE_DOCKER=1 makes it fail.
 
 mod cli;
 mod common;

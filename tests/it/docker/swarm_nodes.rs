@@ -36,8 +36,10 @@ fn turn() -> MutexGuard<'static, ()> {
 /// The cluster, or `None` after printing why the test is skipped.
 pub fn cluster(test: &str) -> Option<Cluster> {
     let Ok(socket) = std::env::var(ENV) else {
-        eprintln!(
-            "SKIP {test}: {ENV} is not set (run `.ci/swarm-nodes.sh up` and export what it prints)"
+        crate::support::skip(
+            test,
+            "DEPLOY_CODE_REQUIRE_DOCKER",
+            &format!("{ENV} is not set (run `.ci/swarm-nodes.sh up` and export what it prints)"),
         );
         return None;
     };
@@ -52,10 +54,7 @@ pub fn cluster(test: &str) -> Option<Cluster> {
             c.socket,
             c.docker(&["node", "ls"])
         );
-        if std::env::var("DEPLOY_CODE_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!("{why}");
-        }
-        eprintln!("SKIP {test}: {why}");
+        crate::support::skip(test, "DEPLOY_CODE_REQUIRE_DOCKER", &why);
         return None;
     }
     build_image();

@@ -1,6 +1,10 @@
 //! The README's first command and the getting-started tour, run exactly as
 //! written (read from the documents themselves), in a fresh temporary
 //! directory with `deploy-code` on the `PATH`, as a newcomer runs them.
+//!
+//! The quickstart numbers its ports from `variables.base_port`; the tour
+//! moves them to free ports of its own through `DEPLOY_CODE_VAR_BASE_PORT`,
+//! so that it passes beside a quickstart the reader still runs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,20 +37,27 @@ fn command(line: &str) -> String {
 struct Shell {
     path: String,
     tour: PathBuf,
+    base_port: u16,
 }
 
 impl Shell {
+    /// Runs one line of the documents; a shell that cannot start is a failed
+    /// line (exit -1), never a panic, since guards run this while unwinding.
     fn run(&self, dir: &Path, cmd: &str) -> (i32, String) {
         let cmd = cmd.replace("/tmp/tour", &self.tour.display().to_string());
-        let out = Command::new("sh")
+        let out = match Command::new("sh")
             .arg("-c")
             .arg(&cmd)
             .current_dir(dir)
             .env("PATH", &self.path)
+            .env("DEPLOY_CODE_VAR_BASE_PORT", self.base_port.to_string())
             .env_remove("DEPLOY_CODE_STATE")
             .env_remove("DEPLOY_CODE_CONFIG")
             .output()
-            .unwrap();
+        {
+            Ok(out) => out,
+            Err(e) => return (-1, format!("$ {cmd}\ncannot start sh: {e}\n")),
+        };
         (
             out.status.code().unwrap_or(-1),
             format!(
@@ -96,6 +107,7 @@ fn the_readme_and_the_tour_work_as_written() {
             std::env::var("PATH").unwrap_or_default()
         ),
         tour: home.path().join("tour"),
+        base_port: crate::support::free_ports(3),
     };
     let _guard = Guard {
         shell: &shell,

@@ -25,38 +25,82 @@ pub mod image;
 /// process starts at its own offset and walks the range, so two tests never
 /// share a port, even when one releases it before the other binds.
 pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// `count` consecutive ports, each free on every address right now and none
+/// given to another test of this process: the first is returned. (A
+/// configuration such as the quickstart's numbers its ports from one base.)
+pub fn free_ports(count: u16) -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FIRST: u32 = 20_000;
     const COUNT: u32 = 12_768;
     static NEXT: OnceLock<AtomicU32> = OnceLock::new();
     let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id().wrapping_mul(7919) % COUNT));
-    for _ in 0..COUNT {
-        let port = (FIRST + next.fetch_add(1, Ordering::Relaxed) % COUNT) as u16;
+    let free = |port: u32| {
         // One address at a time: a listener still held would make the next
         // bind fail.
-        let on_all = TcpListener::bind(("0.0.0.0", port)).is_ok();
-        let on_loopback = on_all && TcpListener::bind(("127.0.0.1", port)).is_ok();
-        if on_loopback {
-            return port;
+        let Ok(port) = u16::try_from(port) else {
+            return false;
+        };
+        TcpListener::bind(("0.0.0.0", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+    };
+    for _ in 0..COUNT {
+        let first = FIRST + next.fetch_add(u32::from(count), Ordering::Relaxed) % COUNT;
+        if (first..first + u32::from(count)).all(free) && first + u32::from(count) <= FIRST + COUNT
+        {
+            return first as u16;
         }
     }
-    panic!("no free port in {FIRST}–{}", FIRST + COUNT - 1)
+    panic!("no {count} free ports in {FIRST}–{}", FIRST + COUNT - 1)
 }
 
-/// Whether a program is on PATH; tests that need it fail when CI demands it.
+/// Whether a program is on PATH; tests that need it fail when CI demands it
+/// (`DEPLOY_CODE_REQUIRE_TOOLS`), and are counted as skipped otherwise.
 pub fn have(program: &str) -> bool {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !found && std::env::var_os("DEPLOY_CODE_REQUIRE_TOOLS").is_some() {
-        panic!("`{program}` is required in CI (.ci/run installs it)");
-    }
     if !found {
-        eprintln!("skipping: `{program}` is not installed");
+        skip(
+            std::thread::current().name().unwrap_or("a test"),
+            "DEPLOY_CODE_REQUIRE_TOOLS",
+            &format!("`{program}` is not installed"),
+        );
     }
     found
+}
+
+/// The test `test` cannot run here: with `strict` set in the environment
+/// (CI sets it), that fails the test; otherwise the test is counted as
+/// skipped, says so, and returns. The run's last line names every skip and
+/// why, so that nothing passes by doing nothing unseen.
+pub fn skip(test: &str, strict: &str, why: &str) {
+    use std::sync::{Mutex, PoisonError};
+    static SKIPS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    extern "C" fn report() {
+        let skips = SKIPS.lock().unwrap_or_else(PoisonError::into_inner);
+        eprintln!(
+            "\nskipped {} test{}: {}",
+            skips.len(),
+            if skips.len() == 1 { "" } else { "s" },
+            skips.join("; ")
+        );
+    }
+    if std::env::var_os(strict).is_some_and(|v| !v.is_empty() && v != "0") {
+        panic!("{why}, and {strict} demands it (.ci/run installs and starts what the tests need)");
+    }
+    eprintln!("SKIP {test}: {why}");
+    let mut skips = SKIPS.lock().unwrap_or_else(PoisonError::into_inner);
+    if skips.is_empty() {
+        // libtest ends the process through `exit`, which runs these.
+        // SAFETY: `report` is a plain function that only locks and prints.
+        unsafe { libc::atexit(report) };
+    }
+    skips.push(format!("{test} ({why})"));
 }
 
 /// The real python3 binary (not a version-manager shim).
