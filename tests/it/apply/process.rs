@@ -123,10 +123,18 @@ async fn replicas_are_separate_processes_with_their_own_logs() {
         .unwrap();
     let _reaper = Reaper(handles.iter().map(pid_of).collect());
     assert_eq!(handles.len(), 3);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     for (i, h) in handles.iter().enumerate() {
         assert!(log_of(h).ends_with(format!("logs/multi-{i}.log")));
-        assert_eq!(b.logs(h, 5).await, vec![format!("replica {i}")]);
+        // Each replica writes its line once it runs.
+        let mut lines = b.logs(h, 5).await;
+        for _ in 0..200 {
+            if !lines.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            lines = b.logs(h, 5).await;
+        }
+        assert_eq!(lines, vec![format!("replica {i}")]);
     }
     b.stop(&handles, Duration::from_secs(2)).await.unwrap();
     for h in &handles {
