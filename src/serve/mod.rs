@@ -28,9 +28,11 @@ use crate::error::{Code, Failure, Plain};
 use crate::output::Output;
 use crate::state::EventOutcome;
 
-/// The generated messages, server and client of `deploy_code.v1`.
+/// The generated messages, server and client of `deploy_code.v1`: generated
+/// from `proto/` and committed (`proto/generated/`), so that a build needs no
+/// protobuf compiler; `tests/it/ops/proto.rs` holds the file to the `.proto`.
 pub mod pb {
-    tonic::include_proto!("deploy_code.v1");
+    include!("../../proto/generated/deploy_code.v1.rs");
 }
 
 use pb::deploy_code_server::{DeployCode, DeployCodeServer};

@@ -5,6 +5,7 @@ mod cli;
 mod docs;
 mod doctor;
 mod metrics;
+mod proto;
 mod recipes;
 mod serve;
 mod tidy;
