@@ -364,7 +364,11 @@ impl Drop for Site {
                 libc::kill(pid as i32, libc::SIGKILL);
             }
         }
-        for c in self.foreign.lock().unwrap().iter_mut() {
+        let mut foreign = self
+            .foreign
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for c in foreign.iter_mut() {
             let _ = c.kill();
             let _ = c.wait();
         }

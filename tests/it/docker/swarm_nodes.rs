@@ -68,14 +68,16 @@ impl Cluster {
     }
 
     /// `docker -H <node1> args`: its standard output.
+    /// Empty when the client cannot start: guards call this while a failed
+    /// test unwinds, and must not panic.
     pub fn docker(&self, args: &[&str]) -> String {
-        let out = Command::new("docker")
+        Command::new("docker")
             .arg("-H")
             .arg(self.host())
             .args(args)
             .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     /// Node name -> (state, address).
@@ -217,13 +219,27 @@ impl Cluster {
 
     /// The script that makes the cluster (`stop N`, `start N`).
     pub fn script(&self, args: &[&str]) {
+        if let Err(e) = self.try_script(args) {
+            panic!("{e}");
+        }
+    }
+
+    /// [`Cluster::script`], telling a failure instead of panicking (for
+    /// guards, which run while a failed test unwinds).
+    fn try_script(&self, args: &[&str]) -> Result<(), String> {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/swarm-nodes.sh");
-        let out = Command::new(script).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "swarm-nodes.sh {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = Command::new(script)
+            .args(args)
+            .output()
+            .map_err(|e| format!("swarm-nodes.sh {args:?}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "swarm-nodes.sh {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     }
 }
 
@@ -835,12 +851,17 @@ struct Restart<'a>(&'a Cluster);
 
 impl Drop for Restart<'_> {
     fn drop(&mut self) {
-        self.0.script(&["start", "2"]);
-        assert!(
-            self.0.wait_ready(Duration::from_secs(120)),
-            "node2 is back: {:?}",
-            self.0.nodes()
-        );
+        if let Err(e) = self.0.try_script(&["start", "2"]) {
+            eprintln!("{e}");
+        }
+        let ready = self.0.wait_ready(Duration::from_secs(120));
+        // A second panic while the test unwinds would abort the whole
+        // binary: then the failure is only told.
+        if !ready && std::thread::panicking() {
+            eprintln!("node2 is not back: {:?}", self.0.nodes());
+        } else {
+            assert!(ready, "node2 is back: {:?}", self.0.nodes());
+        }
     }
 }
 
