@@ -16,6 +16,8 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod fsperm;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod heap;
 pub mod hooks;
 pub mod instance;
