@@ -11,8 +11,10 @@
 //! the JSON form (which reads the true line and column) is built from the
 //! diagnostic itself, not from this view.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 
 use miette::{
     Diagnostic, LabeledSpan, MietteError, MietteSpanContents, Severity, SourceCode, SourceSpan,
@@ -26,46 +28,67 @@ const BEFORE: usize = 64;
 /// Bytes kept after a label's end on a long line.
 const AFTER: usize = 192;
 const ELLIPSIS: &str = "…";
+/// Lines kept around each label's lines (miette shows one by default).
+const CONTEXT: usize = 3;
 
-/// The diagnostic to draw in place of `diag`, when some label of it (or of a
-/// related diagnostic) lies on a line longer than [`LONG_LINE`] bytes.
+/// The diagnostic to draw in place of `diag`, when an end of some label of it
+/// (or of a related diagnostic) lies more than [`LONG_LINE`] bytes into its
+/// line.
 pub(crate) fn fitted(diag: &dyn Diagnostic) -> Option<Fitted> {
-    needs_window(diag).then(|| Fitted::of(diag))
+    if !needs_window(diag) {
+        return None;
+    }
+    Some(Fitted::of(diag, &mut HashMap::new()))
+}
+
+/// A source by its name (a configuration's problems point into the file as
+/// written, its rendered text or a var file, each named differently).
+type SourceKey = Option<String>;
+
+fn source_key(src: &dyn SourceCode) -> SourceKey {
+    src.read_span(&SourceSpan::from(0..0), 0, 0)
+        .ok()
+        .and_then(|c| c.name().map(str::to_owned))
 }
 
 fn needs_window(diag: &dyn Diagnostic) -> bool {
-    if let Some(related) = diag.related()
-        && related.into_iter().any(needs_window)
+    if let Some(mut related) = diag.related()
+        && related.any(needs_window)
     {
         return true;
     }
-    let (Some(src), Some(labels)) = (diag.source_code(), diag.labels()) else {
+    let (Some(src), Some(mut labels)) = (diag.source_code(), diag.labels()) else {
         return false;
     };
-    let Some(text) = whole(src) else {
-        return false;
-    };
-    let text = text.1.as_bytes();
-    labels.into_iter().any(|l| {
-        let (start, end) = (l.offset(), l.offset() + l.len());
-        [start, end].into_iter().any(|p| {
-            let line = line_around(text, p.min(text.len()));
-            line.end - line.start > LONG_LINE
+    // The column of each end of each label, as miette reads it (without
+    // copying the text).
+    labels.any(|l| {
+        [l.offset(), l.offset() + l.len()].into_iter().any(|p| {
+            src.read_span(&SourceSpan::from(p..p), 0, 0)
+                .is_ok_and(|c| c.column() > LONG_LINE)
         })
     })
 }
 
-/// The whole text of a source, with its name and language.
-fn whole(src: &dyn SourceCode) -> Option<(Option<String>, String, Option<String>)> {
+/// A source's whole text, with its name and language: read once per
+/// source, each diagnostic pointing into it cut from it.
+#[derive(Debug)]
+struct Whole {
+    name: Option<String>,
+    text: String,
+    language: Option<String>,
+}
+
+fn whole(src: &dyn SourceCode) -> Option<Whole> {
     let contents = src
         .read_span(&SourceSpan::from(0..0), usize::MAX, usize::MAX)
         .ok()?;
     let text = std::str::from_utf8(contents.data()).ok()?.to_owned();
-    Some((
-        contents.name().map(str::to_owned),
+    Some(Whole {
+        name: contents.name().map(str::to_owned),
         text,
-        contents.language().map(str::to_owned),
-    ))
+        language: contents.language().map(str::to_owned),
+    })
 }
 
 /// The line (without its terminator) holding byte `at`.
@@ -142,38 +165,40 @@ impl SourceCode for Windowed {
 }
 
 impl Fitted {
-    fn of(diag: &dyn Diagnostic) -> Self {
+    fn of(diag: &dyn Diagnostic, sources: &mut HashMap<SourceKey, Option<Arc<Whole>>>) -> Self {
         let labels: Vec<LabeledSpan> = diag.labels().map(|l| l.collect()).unwrap_or_default();
-        let (source, labels) = match diag.source_code().and_then(whole) {
-            Some((name, text, language)) if !labels.is_empty() => {
-                let points: Vec<usize> = labels
-                    .iter()
-                    .flat_map(|l| [l.offset(), l.offset() + l.len()])
-                    .map(|p| p.min(text.len()))
-                    .collect();
-                let cut = Cut::new(&text, &points);
-                let labels = labels
-                    .iter()
-                    .map(|l| {
-                        let start = cut.map(l.offset());
-                        let end = cut.map(l.offset() + l.len()).max(start);
-                        LabeledSpan::new_with_span(
-                            l.label().map(str::to_owned),
-                            SourceSpan::from(start..end),
-                        )
-                        .with_primary(l.primary())
-                    })
-                    .collect();
-                (
-                    Some(Windowed {
-                        cut,
-                        name,
-                        language,
-                    }),
-                    labels,
-                )
-            }
-            _ => (None, labels),
+        let windowed = match diag.source_code() {
+            Some(src) if !labels.is_empty() => sources
+                .entry(source_key(src))
+                .or_insert_with(|| whole(src).map(Arc::new))
+                .clone()
+                .map(|w| {
+                    let spans: Vec<Range<usize>> = labels
+                        .iter()
+                        .map(|l| l.offset()..l.offset() + l.len())
+                        .collect();
+                    Windowed {
+                        cut: Cut::new(&w.text, &spans),
+                        name: w.name.clone(),
+                        language: w.language.clone(),
+                    }
+                }),
+            _ => None,
+        };
+        let labels = match &windowed {
+            Some(w) => labels
+                .iter()
+                .map(|l| {
+                    let start = w.cut.map(l.offset());
+                    let end = w.cut.map(l.offset() + l.len()).max(start);
+                    LabeledSpan::new_with_span(
+                        l.label().map(str::to_owned),
+                        SourceSpan::from(start..end),
+                    )
+                    .with_primary(l.primary())
+                })
+                .collect(),
+            None => labels,
         };
         Self {
             message: diag.to_string(),
@@ -181,11 +206,11 @@ impl Fitted {
             help: diag.help().map(|h| h.to_string()),
             url: diag.url().map(|u| u.to_string()),
             severity: diag.severity(),
-            source,
+            source: windowed,
             labels,
             related: diag
                 .related()
-                .map(|r| r.map(Fitted::of).collect())
+                .map(|r| r.map(|d| Fitted::of(d, sources)).collect())
                 .unwrap_or_default(),
         }
     }
@@ -275,11 +300,42 @@ struct Piece {
 }
 
 impl Cut {
-    /// Cuts every line longer than [`LONG_LINE`] to windows around the
-    /// `points` on it (its start when none is).
-    fn new(original: &str, points: &[usize]) -> Self {
+    /// The text of a diagnostic labelling `spans`: the lines the spans touch
+    /// and [`CONTEXT`] lines around them, each longer than [`LONG_LINE`]
+    /// cut to windows around the spans' ends on it (its start when none is);
+    /// every other line empty, so that line numbers stay the file's without
+    /// a copy of the whole text per diagnostic.
+    fn new(original: &str, spans: &[Range<usize>]) -> Self {
         let bytes = original.as_bytes();
-        let mut text = String::with_capacity(original.len().min(1 << 20));
+        // Each line: its text, and where the next one starts (after its
+        // terminator, `\n`, `\r` or `\r\n`, kept as it is).
+        let mut lines: Vec<(Range<usize>, usize)> = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let line = line_around(bytes, at);
+            let mut next = line.end;
+            if bytes.get(next) == Some(&b'\r') {
+                next += 1;
+            }
+            if bytes.get(next) == Some(&b'\n') {
+                next += 1;
+            }
+            at = next.max(at + 1);
+            lines.push((line, at));
+        }
+        let last = lines.len().saturating_sub(1);
+        let line_of = |p: usize| lines.partition_point(|(_, next)| *next <= p).min(last);
+        let mut shown = vec![false; lines.len()];
+        for s in spans {
+            let (first, end) = (line_of(s.start), line_of(s.end.max(s.start)));
+            for i in first.saturating_sub(CONTEXT)..=(end + CONTEXT).min(last) {
+                if let Some(x) = shown.get_mut(i) {
+                    *x = true;
+                }
+            }
+        }
+        let points: Vec<usize> = spans.iter().flat_map(|s| [s.start, s.end]).collect();
+        let mut text = String::new();
         let mut pieces: Vec<Piece> = Vec::new();
         let mut keep = |range: Range<usize>, line_start: usize, text: &mut String| {
             pieces.push(Piece {
@@ -289,35 +345,25 @@ impl Cut {
             });
             text.push_str(&original[range]);
         };
-        let mut at = 0;
-        while at < bytes.len() {
-            let line = line_around(bytes, at);
-            // The terminator (`\n`, `\r` or `\r\n`) after the line, kept as it is.
-            let mut next = line.end;
-            if bytes.get(next) == Some(&b'\r') {
-                next += 1;
-            }
-            if bytes.get(next) == Some(&b'\n') {
-                next += 1;
+        for ((line, next), shown) in lines.iter().zip(shown) {
+            let (line, next) = (line.clone(), *next);
+            if !shown {
+                text.push_str(&original[line.end..next]);
+                continue;
             }
             if line.end - line.start <= LONG_LINE {
                 keep(line.start..next, line.start, &mut text);
-                at = next.max(at + 1);
                 continue;
             }
-            let mut windows: Vec<Range<usize>> = Vec::new();
-            let on_line = points
+            let mut windows: Vec<Range<usize>> = points
                 .iter()
-                .copied()
-                .filter(|p| (line.start..=line.end).contains(p));
-            let mut any = false;
-            for p in on_line {
-                any = true;
-                let start = floor(original, p.saturating_sub(BEFORE).max(line.start));
-                let end = ceil(original, (p + AFTER).min(line.end));
-                windows.push(start..end);
-            }
-            if !any {
+                .filter(|p| (line.start..=line.end).contains(*p))
+                .map(|&p| {
+                    floor(original, p.saturating_sub(BEFORE).max(line.start))
+                        ..ceil(original, (p + AFTER).min(line.end))
+                })
+                .collect();
+            if windows.is_empty() {
                 windows.push(line.start..ceil(original, line.start + LONG_LINE));
             }
             windows.sort_by_key(|w| w.start);
@@ -343,7 +389,6 @@ impl Cut {
                 text.push_str(ELLIPSIS);
             }
             keep(line.end..next, line.start, &mut text);
-            at = next.max(at + 1);
         }
         Self { text, pieces }
     }
@@ -362,9 +407,9 @@ impl Cut {
     /// The column (bytes from its line's start) in the original text of
     /// byte `at` of the cut text; `None` inside an inserted `…`.
     fn original_column(&self, at: usize) -> Option<usize> {
-        let i = self.pieces.partition_point(|p| p.to + p.from.len() < at);
-        let p = self.pieces.get(i)?;
-        (p.to <= at).then(|| p.from.start + (at - p.to) - p.line_start)
+        let i = self.pieces.partition_point(|p| p.to <= at);
+        let p = self.pieces.get(i.checked_sub(1)?)?;
+        (at <= p.to + p.from.len()).then(|| p.from.start + (at - p.to) - p.line_start)
     }
 }
 
@@ -393,12 +438,13 @@ mod tests {
         let long: String = (0..5000).map(|i| format!("{i}, ")).collect();
         let text = format!("a: 1\nsteps: [{long}x]\nb: 2\n");
         let x = text.find('x').unwrap();
-        let cut = Cut::new(&text, &[x, x + 1]);
+        let cut = Cut::new(&text, std::slice::from_ref(&(x..x + 1)));
         let at = cut.map(x);
         assert_eq!(&cut.text[at..at + 1], "x");
         let line_start = text.find("steps").unwrap();
         assert_eq!(cut.original_column(at), Some(x - line_start));
-        assert!(cut.text.starts_with("a: 1\nsteps: ["));
+        // The line's start is far from the point: cut.
+        assert!(cut.text.starts_with("a: 1\n… "), "{}", &cut.text[..20]);
         assert!(cut.text.ends_with("x]\nb: 2\n"));
         assert!(cut.text.contains(ELLIPSIS));
         assert!(cut.text.len() < 2 * LONG_LINE);
@@ -406,9 +452,23 @@ mod tests {
     }
 
     #[test]
+    fn lines_far_from_the_labels_are_left_empty() {
+        let text: String = (0..100).map(|i| format!("line{i}: {i}\n")).collect();
+        let at = text.find("line50").unwrap();
+        let cut = Cut::new(&text, std::slice::from_ref(&(at..at + 6)));
+        assert_eq!(cut.text.lines().count(), 100);
+        let kept: Vec<&str> = cut.text.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(kept.first(), Some(&"line47: 47"));
+        assert_eq!(kept.last(), Some(&"line53: 53"));
+        let m = cut.map(at);
+        assert_eq!(&cut.text[m..m + 6], "line50");
+        assert_eq!(cut.original_column(m), Some(0));
+    }
+
+    #[test]
     fn short_lines_are_kept_whole() {
         let text = "a: 1\r\nb: [1, 2]\n";
-        let cut = Cut::new(text, &[7]);
+        let cut = Cut::new(text, std::slice::from_ref(&(7..8)));
         assert_eq!(cut.text, text);
         assert_eq!(cut.map(7), 7);
     }
