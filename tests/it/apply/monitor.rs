@@ -536,8 +536,7 @@ fn an_overflowing_backoff_is_refused_and_a_gone_monitor_is_not_running() {
     let (code, out) = site.run(&["validate"]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("`services.web.restart.multiplier` must be at most 100, found 1e308")
-            || out.contains("must be at most 100"),
+        out.contains("`services.web.restart.multiplier` must be at most 100"),
         "{out}"
     );
     assert!(
