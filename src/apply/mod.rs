@@ -352,7 +352,26 @@ pub async fn execute(
             "timings": timings,
         })
     };
-    exec.with_store(|s| s.finish_deployment(revision, outcome, &evidence))?;
+    let mut outcome = outcome;
+    if let Err(e) = exec.with_store(|s| s.finish_deployment(revision, outcome, &evidence)) {
+        if outcome == Outcome::Succeeded {
+            return Err(e.into());
+        }
+        // A failed run that cannot record its end (a full disk) still says
+        // what it left where: its rollback is not recorded as done, so it is
+        // not one.
+        outcome = Outcome::RollbackFailed;
+        left.push(format!(
+            "the state could not record how revision {revision} ended ({e}): it still shows revision {revision} as pending"
+        ));
+        let touched: Vec<ServiceName> = plan
+            .changes
+            .iter()
+            .filter(|c| c.action != Action::NoOp)
+            .map(|c| c.service.clone())
+            .collect();
+        left.extend(exec.what_is_left(&touched).await);
+    }
     let elapsed_ms = began.elapsed().as_millis() as u64;
     exec.emit(Event::Finished {
         revision,

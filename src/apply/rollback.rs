@@ -82,7 +82,10 @@ impl Exec<'_> {
                     });
                     let ok = res.is_ok() && st.is_ok();
                     let detail = match (res, st) {
-                        (Err(e), _) => e.message,
+                        (Err(e), _) => {
+                            let running = self.still_running(&spec, &handles).await;
+                            format!("{}; {running}", e.message)
+                        }
                         (_, Err(e)) => e.to_string(),
                         _ => format!("stopped {} instance(s)", handles.len()),
                     };
@@ -255,6 +258,65 @@ impl Exec<'_> {
             ok,
             detail,
         }
+    }
+}
+
+impl Exec<'_> {
+    /// Which of `handles` still run: `still running: process 42 (replica 0)`.
+    async fn still_running(&self, spec: &ServiceSpec, handles: &[Handle]) -> String {
+        let Ok(b) = self.backend(spec) else {
+            return "whether its new instances run is unknown".to_owned();
+        };
+        let mut running = Vec::new();
+        for h in handles {
+            if b.liveness(h).await == crate::instance::Liveness::Running {
+                running.push(h.describe());
+            }
+        }
+        if running.is_empty() {
+            "none of its new instances runs".to_owned()
+        } else {
+            format!("still running: {}", running.join(", "))
+        }
+    }
+
+    /// What the state records of each service this run touched, and
+    /// whether those instances run: said when the run could not record its
+    /// end, so that what the state believes is never left unsaid.
+    pub(super) async fn what_is_left(&self, touched: &[ServiceName]) -> Vec<String> {
+        let snap = match self.with_store(|s| s.snapshot()) {
+            Ok(snap) => snap,
+            Err(e) => return vec![format!("the state cannot be read: {e}")],
+        };
+        let mut out = Vec::new();
+        for name in touched {
+            let Some(r) = snap.services.get(name) else {
+                out.push(format!("the state records no `{name}`"));
+                continue;
+            };
+            let mut instances = Vec::new();
+            for h in &r.handles {
+                let live = match self.backends.get(r.backend) {
+                    Some(b) if b.liveness(h).await == crate::instance::Liveness::Running => {
+                        "running"
+                    }
+                    Some(_) => "not running",
+                    None => "unknown",
+                };
+                instances.push(format!("{} ({live})", h.describe()));
+            }
+            out.push(format!(
+                "the state records `{name}` at revision {}, {}, with {}",
+                r.revision,
+                format!("{:?}", r.status).to_lowercase(),
+                if instances.is_empty() {
+                    "no instance".to_owned()
+                } else {
+                    instances.join(", ")
+                }
+            ));
+        }
+        out
     }
 }
 

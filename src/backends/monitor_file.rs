@@ -94,6 +94,10 @@ pub enum MonitorState {
     Exited,
     /// `deploy-code` stopped the instance.
     Stopped,
+    /// The monitor is no longer running although its last status said it
+    /// was watching (it was killed, or ended without a last word): never
+    /// written by a monitor, only read in place of a status it left behind.
+    Gone,
 }
 
 impl MonitorState {
@@ -104,6 +108,7 @@ impl MonitorState {
             MonitorState::CircuitOpen => "circuit-open",
             MonitorState::Exited => "exited",
             MonitorState::Stopped => "stopped",
+            MonitorState::Gone => "gone",
         }
     }
 }
@@ -196,10 +201,29 @@ impl MonitorStatus {
     }
 }
 
-/// Reads a status file; `None` when there is none or it cannot be read.
+/// Reads a status file; `None` when there is none or it cannot be read. A
+/// status that says its monitor watches (`running`, `backing-off`) is read as
+/// `gone` once that monitor (its pid and start time) no longer runs: a
+/// monitor killed or ended abruptly leaves its last word behind.
 pub fn read_status(path: &Path) -> Option<MonitorStatus> {
     let bytes = std::fs::read(path).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    let mut status: MonitorStatus = serde_json::from_slice(&bytes).ok()?;
+    if matches!(
+        status.state,
+        MonitorState::Running | MonitorState::BackingOff
+    ) && !monitor_runs(status.monitor_pid, status.monitor_start_time)
+    {
+        status.state = MonitorState::Gone;
+        status.child_pid = None;
+        status.child_start_time = None;
+        status.next_start_at = None;
+    }
+    Some(status)
+}
+
+/// Whether the process `pid` started at `start_time` still runs.
+fn monitor_runs(pid: u32, start_time: u64) -> bool {
+    crate::procfs::stat(pid).is_some_and(|s| !s.is_dead() && s.start_time == start_time)
 }
 
 /// The monitor's status for an instance that logs to `log_path` and whose

@@ -2,6 +2,7 @@
 //! [`super::schema`], with spans: every mismatch is one [`Problem`].
 
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use serde_json::Value as J;
@@ -15,10 +16,11 @@ pub fn schema() -> &'static J {
     SCHEMA.get_or_init(super::schema::json_schema)
 }
 
-/// Checks `node` against the whole document schema.
-pub(crate) fn check_document(node: &Node, out: &mut Vec<Problem>) {
+/// Checks `node` against the whole document schema; `text` is what its spans
+/// point into.
+pub(crate) fn check_document(node: &Node, text: &str, out: &mut Vec<Problem>) {
     let root = schema();
-    let walk = Walk::new(root);
+    let walk = Walk::new(root, text);
     let mut path = Vec::new();
     walk.check(node, root, &mut path, out);
 }
@@ -88,6 +90,8 @@ impl<'a> Facts<'a> {
 /// The facts of every schema reachable from the root, by address.
 struct Walk<'a> {
     root: &'a J,
+    /// The document's text, to show an integer too large to read as written.
+    text: &'a str,
     facts: std::collections::HashMap<*const J, Facts<'a>, BuildHasherDefault<AddrHasher>>,
 }
 
@@ -116,9 +120,10 @@ impl Hasher for AddrHasher {
 }
 
 impl<'a> Walk<'a> {
-    fn new(root: &'a J) -> Self {
+    fn new(root: &'a J, text: &'a str) -> Self {
         let mut walk = Walk {
             root,
+            text,
             facts: std::collections::HashMap::default(),
         };
         walk.learn(root);
@@ -363,6 +368,19 @@ fn where_(path: &[String]) -> String {
 }
 
 impl<'a> Walk<'a> {
+    /// The integer as written at `span` (a value too large for `i64` is read
+    /// as a float, which cannot show it digit for digit).
+    fn written_integer(&self, span: &Range<usize>) -> Option<String> {
+        let written = self.text.get(span.clone())?.trim();
+        let digits = written.trim_start_matches(['+', '-']);
+        (!digits.is_empty()
+            && digits.len() <= 64
+            && digits
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .then(|| written.to_owned())
+    }
+
     fn check(&self, node: &Node, schema: &'a J, path: &mut Vec<String>, out: &mut Vec<Problem>) {
         let facts = self.facts(schema);
         if facts.anything {
@@ -422,7 +440,9 @@ impl<'a> Walk<'a> {
         // The value as messages show it; written only for a problem.
         let shown = || match node.value {
             Value::Int(i) => i.to_string(),
-            Value::Float(f) if is_big_integer(f) => "an integer beyond 64 bits".to_owned(),
+            Value::Float(f) if is_big_integer(f) => self
+                .written_integer(&node.span)
+                .unwrap_or_else(|| "an integer beyond 64 bits".to_owned()),
             Value::Float(f) => fmt_num(f),
             _ => String::new(),
         };

@@ -1434,7 +1434,10 @@ impl Lowering<'_> {
         if c.steps.as_ref().is_some_and(Vec::is_empty) {
             out.push(
                 Problem::new(Kind::InvalidValue, "`deployment.canary.steps` is empty")
-                    .label(step_span(0), "no step")
+                    .label(
+                        steps_node.map_or(0..0, |n| n.span.clone()),
+                        "no step",
+                    )
                     .help("give at least one step (`{weight: 10, pause_seconds: 30}`), or use `strategy: BlueGreen` to move every connection at once"),
             );
         }

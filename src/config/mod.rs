@@ -356,7 +356,7 @@ fn check_and_read<'a>(
 ) -> (Vec<Problem>, Read<'a>) {
     let check = || {
         let mut found = Vec::new();
-        check::check_document(root, &mut found);
+        check::check_document(root, rendered, &mut found);
         found
     };
     let (found, read) = if beside {

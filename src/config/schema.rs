@@ -435,21 +435,23 @@ impl RestartDef {
 pub struct RestartSettingsDef {
     /// no, on-failure, always or unless-stopped. Default no.
     pub policy: Option<Restart>,
-    /// Pause before the first restart, milliseconds. Default 100.
+    /// Pause before the first restart, milliseconds, from 0 to 3600000 (an hour). Default 100.
+    #[schemars(range(max = 3_600_000))]
     pub initial_delay_ms: Option<u64>,
-    /// Longest pause between restarts, seconds, at least 1. Default 30.
-    #[schemars(range(min = 1))]
+    /// Longest pause between restarts, seconds, from 1 to 86400 (a day). Default 30.
+    #[schemars(range(min = 1, max = 86_400))]
     pub max_delay_seconds: Option<u64>,
-    /// Each pause is the previous one times this, 1 or more. Default 2.
-    #[schemars(range(min = 1))]
+    /// Each pause is the previous one times this, from 1 to 100. Default 2.
+    #[schemars(range(min = 1, max = 100))]
     pub multiplier: Option<f64>,
-    /// The back-off starts again once an instance has run (and passed its health check) this long, seconds. Default 10.
+    /// The back-off starts again once an instance has run (and passed its health check) this long, seconds, from 0 to 31536000 (a year). Default 10.
+    #[schemars(range(max = 31_536_000))]
     pub reset_after_seconds: Option<u64>,
     /// Restarts allowed within `window_seconds`; one more opens the circuit (`failed (circuit open)`) until the next apply or `deploy-code restart`. At least 1. Default 5.
     #[schemars(range(min = 1))]
     pub max_restarts: Option<u32>,
-    /// The circuit breaker's window, seconds, at least 1. Default 60.
-    #[schemars(range(min = 1))]
+    /// The circuit breaker's window, seconds, from 1 to 31536000 (a year). Default 60.
+    #[schemars(range(min = 1, max = 31_536_000))]
     pub window_seconds: Option<u64>,
 }
 

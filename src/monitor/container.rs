@@ -126,15 +126,16 @@ async fn run(
     let after_failures = check.as_ref().and_then(|h| h.restart_after_failures);
     let mut healthy_since = check.is_none().then_some(started);
     let reset_after = Duration::from_secs(m.settings.reset_after_seconds);
+    let far = || Instant::now() + super::LONGEST_BACKOFF;
+    let later = |t: Instant, d: Duration| t.checked_add(d).unwrap_or_else(far);
     let mut next_probe = check
         .as_ref()
-        .map(|h| started + Duration::from_secs(h.start_period_seconds));
-    let far = || Instant::now() + Duration::from_secs(86_400 * 365);
+        .map(|h| later(started, Duration::from_secs(h.start_period_seconds)));
     let wait = backend.wait_end(&target.id);
     tokio::pin!(wait);
     loop {
         let reset_at = match healthy_since {
-            Some(t) if m.streak > 0 => t + reset_after,
+            Some(t) if m.streak > 0 => later(t, reset_after),
             _ => far(),
         };
         let probe_at = next_probe.unwrap_or_else(far);
@@ -158,7 +159,7 @@ async fn run(
             }
             () = tokio::time::sleep_until(probe_at.into()) => {
                 let Some(h) = check.as_ref() else { continue };
-                next_probe = Some(Instant::now() + h.interval());
+                next_probe = Some(later(Instant::now(), h.interval()));
                 let out = crate::apply::health::probe_once(
                     backend,
                     &m.launch.spec,

@@ -122,7 +122,7 @@ fn write_status(path: &Path, status: &MonitorStatus) -> std::io::Result<()> {
         std::process::id()
     ));
     let bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
-    {
+    let written = (|| {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -131,13 +131,23 @@ fn write_status(path: &Path, status: &MonitorStatus) -> std::io::Result<()> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(&bytes)?;
+        std::fs::rename(&tmp, path)
+    })();
+    // A part written to a full disk is not left behind; the last whole
+    // status stays in place.
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)
+    written
 }
 
-/// UTC now plus `after`, RFC 3339 with milliseconds.
+/// UTC now plus `after` (now when that is past what a date can hold), RFC
+/// 3339 with milliseconds.
 fn stamp(after: Duration) -> String {
-    let t = time::OffsetDateTime::now_utc() + after;
+    let now = time::OffsetDateTime::now_utc();
+    let t = now
+        .checked_add(after.try_into().unwrap_or(time::Duration::ZERO))
+        .unwrap_or(now);
     let ms = t.millisecond();
     t.replace_nanosecond(0)
         .unwrap_or(t)
@@ -149,12 +159,19 @@ fn stamp(after: Duration) -> String {
         .unwrap_or_default()
 }
 
+/// The longest pause a monitor waits, whatever its settings say: a state
+/// written before `validate` bounded the back-off may hold larger ones, and
+/// every time computed from a pause (the next start's date, a deadline)
+/// stays far inside what a date and the clock can hold.
+const LONGEST_BACKOFF: Duration = Duration::from_secs(86_400 * 366);
+
 /// The pause before restart number `n + 1` since the last reset.
 pub fn backoff(settings: &RestartSettings, n: u32) -> Duration {
     let cap = settings.max_delay_seconds.saturating_mul(1000) as f64;
     let ms =
         (settings.initial_delay_ms as f64) * settings.multiplier.max(1.0).powi(n.min(1000) as i32);
-    Duration::from_millis(ms.min(cap).max(0.0) as u64)
+    // `as` saturates: an infinite or NaN product is a `u64` at its bounds.
+    Duration::from_millis(ms.min(cap).max(0.0) as u64).min(LONGEST_BACKOFF)
 }
 
 /// Whether `policy` restarts a child that ended as `exit` (a health-driven
@@ -575,17 +592,18 @@ async fn run_child(
     // Without a health check, running is healthy.
     let mut healthy_since = check.is_none().then_some(started);
     let reset_after = Duration::from_secs(m.settings.reset_after_seconds);
+    let far = || Instant::now() + LONGEST_BACKOFF;
+    let later = |t: Instant, d: Duration| t.checked_add(d).unwrap_or_else(far);
     let mut next_probe = check
         .as_ref()
-        .map(|h| started + Duration::from_secs(h.start_period_seconds));
+        .map(|h| later(started, Duration::from_secs(h.start_period_seconds)));
     let backend = crate::backends::process::ProcessBackend::new();
     let me = std::process::id();
     let handle =
         crate::backends::process::own_handle(m.launch.replica, me, m.status.monitor_start_time);
-    let far = || Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
         let reset_at = match healthy_since {
-            Some(t) if m.streak > 0 => t + reset_after,
+            Some(t) if m.streak > 0 => later(t, reset_after),
             _ => far(),
         };
         let probe_at = next_probe.unwrap_or_else(far);
@@ -612,7 +630,7 @@ async fn run_child(
             }
             () = tokio::time::sleep_until(probe_at.into()) => {
                 let Some(h) = check.as_ref() else { continue };
-                next_probe = Some(Instant::now() + h.interval());
+                next_probe = Some(later(Instant::now(), h.interval()));
                 let out = crate::apply::health::probe_once(
                     &backend,
                     &m.launch.spec,
@@ -659,6 +677,24 @@ mod tests {
             ..s
         };
         assert_eq!(backoff(&flat, 50).as_millis(), 100);
+    }
+
+    /// Settings a state may hold from before `validate` bounded them: the
+    /// pause and the next start's date are computed without overflowing.
+    #[test]
+    fn a_backoff_past_any_clock_is_bounded() {
+        let s = RestartSettings {
+            initial_delay_ms: u64::MAX,
+            max_delay_seconds: 9_000_000_000_000_000_000,
+            multiplier: 1e308,
+            ..RestartSettings::default()
+        };
+        for n in [0, 1, 5, u32::MAX] {
+            let d = backoff(&s, n);
+            assert_eq!(d, LONGEST_BACKOFF, "restart {n}");
+            assert!(!stamp(d).is_empty());
+        }
+        assert!(!stamp(Duration::MAX).is_empty());
     }
 
     #[test]

@@ -6,11 +6,16 @@ pub mod plan;
 pub mod state;
 pub mod status;
 pub mod validate;
+mod window;
 
 /// An error as a person reads it on a terminal: miette's report through the
 /// handler `cli` installs (colors, width), redacted.
 pub(crate) fn diagnostic_human(report: &miette::Report) -> String {
-    crate::redact::text(&format!("{report:?}")).into_owned()
+    let text = match window::fitted(report.as_ref()) {
+        Some(fitted) => format!("{:?}", miette::Report::new(fitted)),
+        None => format!("{report:?}"),
+    };
+    crate::redact::text(&text).into_owned()
 }
 
 /// An error as plain text, without colors or links (the server's status
@@ -18,7 +23,11 @@ pub(crate) fn diagnostic_human(report: &miette::Report) -> String {
 pub(crate) fn diagnostic_plain(diag: &dyn miette::Diagnostic) -> String {
     let mut text = String::new();
     let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::none());
-    if handler.render_report(&mut text, diag).is_err() {
+    let fitted = window::fitted(diag);
+    let shown = fitted
+        .as_ref()
+        .map_or(diag, |f| f as &dyn miette::Diagnostic);
+    if handler.render_report(&mut text, shown).is_err() {
         text = diag.to_string();
     }
     crate::redact::text(text.trim()).into_owned()

@@ -117,7 +117,8 @@ pub struct InstanceView {
 /// What a process's monitor reports (see `crate::monitor`).
 #[derive(Clone, Debug, Serialize)]
 pub struct MonitorView {
-    /// running, backing-off, circuit-open, exited or stopped.
+    /// running, backing-off, circuit-open, exited, stopped, or gone (the
+    /// monitor no longer runs, its last status said it watched).
     pub state: String,
     pub restarts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -165,6 +166,10 @@ impl MonitorView {
             )),
             "circuit-open" => parts
                 .push("circuit open: restarted by the next apply or `deploy-code restart`".into()),
+            "gone" => parts.push(
+                "monitor gone (it ended without a last status): the next apply starts the instance again"
+                    .into(),
+            ),
             _ => parts.push(format!("next back-off {} ms", self.backoff_ms)),
         }
         parts.join(", ")

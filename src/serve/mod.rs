@@ -47,6 +47,10 @@ pub(crate) const EXIT_KEY: &str = "deploy-code-exit";
 pub(crate) struct Hub {
     inner: Mutex<HubInner>,
     tx: broadcast::Sender<pb::Event>,
+    /// How many runs are under way: a stream told to stop at shutdown
+    /// still delivers the events of a run under way (a SIGTERM interrupts
+    /// the run, whose rollback is what a subscriber most needs to see).
+    runs: tokio::sync::watch::Sender<usize>,
 }
 
 #[derive(Default)]
@@ -62,6 +66,7 @@ impl Hub {
         Hub {
             inner: Mutex::new(HubInner::default()),
             tx: broadcast::channel(4096).0,
+            runs: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -75,11 +80,13 @@ impl Hub {
             i.current.clear();
         }
         i.running += 1;
+        self.runs.send_replace(i.running);
     }
 
     fn end(&self) {
         let mut i = self.lock();
         i.running = i.running.saturating_sub(1);
+        self.runs.send_replace(i.running);
     }
 
     fn publish(&self, e: pb::Event) {
@@ -573,25 +580,41 @@ impl DeployCode for Service {
         let (replay, rx) = self.hub.subscribe();
         let replay: VecDeque<pb::Event> = replay.into();
         let stop = self.stopping.subscribe();
+        let runs = self.hub.runs.subscribe();
         let stream = futures_util::stream::unfold(
-            (replay, rx, stop),
-            |(mut replay, mut rx, mut stop)| async move {
+            (replay, rx, stop, runs),
+            |(mut replay, mut rx, mut stop, mut runs)| async move {
                 if let Some(e) = replay.pop_front() {
-                    return Some((Ok(e), (replay, rx, stop)));
+                    return Some((Ok(e), (replay, rx, stop, runs)));
                 }
                 loop {
-                    if *stop.borrow() {
-                        return None;
+                    // At shutdown a stream ends once no run is under way
+                    // and it has delivered what the last run published.
+                    let stopping = *stop.borrow();
+                    if stopping && *runs.borrow_and_update() == 0 {
+                        return match rx.try_recv() {
+                            Ok(e) => Some((Ok(e), (replay, rx, stop, runs))),
+                            Err(_) => None,
+                        };
                     }
                     tokio::select! {
                         r = rx.recv() => match r {
-                            Ok(e) => return Some((Ok(e), (replay, rx, stop))),
+                            Ok(e) => return Some((Ok(e), (replay, rx, stop, runs))),
                             Err(broadcast::error::RecvError::Lagged(n)) => {
                                 tracing::warn!("a subscriber fell {n} events behind; they were skipped");
                             }
                             Err(broadcast::error::RecvError::Closed) => return None,
                         },
-                        _ = stop.changed() => return None,
+                        changed = stop.changed(), if !stopping => {
+                            if changed.is_err() {
+                                return None;
+                            }
+                        }
+                        changed = runs.changed(), if stopping => {
+                            if changed.is_err() {
+                                return None;
+                            }
+                        }
                     }
                 }
             },
@@ -640,7 +663,8 @@ pub async fn serve(
             _ = int.recv() => {},
             _ = term.recv() => {},
         }
-        // Event streams end; calls under way finish.
+        // Calls under way finish (a run interrupted by the same signal
+        // rolls back); event streams end once no run is under way.
         let _ = stopping.send(true);
     };
     builder

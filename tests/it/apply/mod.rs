@@ -3,6 +3,7 @@
 mod canary;
 mod cli;
 mod common;
+mod diskfull;
 mod edges;
 mod engine;
 mod health;

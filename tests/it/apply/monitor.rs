@@ -518,3 +518,56 @@ fn restarts_are_recorded_as_state_events_once() {
     );
     site.teardown();
 }
+
+/// A back-off past what a clock can add (a multiplier of 1e308, a cap of
+/// 9e18 s) is refused by `validate` at the value; a monitor that is gone
+/// (killed, so it wrote no last word) is not shown as `running` by its last
+/// status file.
+#[test]
+fn an_overflowing_backoff_is_refused_and_a_gone_monitor_is_not_running() {
+    let site = Site::new("mon-gone");
+    let port = free_port();
+    site.write(&web(
+        &site,
+        port,
+        "    restart: {policy: always, multiplier: 1e308, max_delay_seconds: 9000000000000000000}\n",
+        "",
+    ));
+    let (code, out) = site.run(&["validate"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("`services.web.restart.multiplier` must be at most 100"),
+        "{out}"
+    );
+    assert!(
+        out.contains("must be at most 86400, found 9000000000000000000"),
+        "{out}"
+    );
+    site.write(&web(&site, port, "    restart: always\n", ""));
+    site.apply_ok();
+    let s = wait_status(&site, "start", |s| s.child_pid.is_some());
+    let (_, json) = site.run(&["status", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        v["services"][0]["instances"][0]["monitor"]["state"], "running",
+        "{json}"
+    );
+    kill(s.monitor_pid, libc::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(s.monitor_pid)),
+        "the monitor is gone"
+    );
+    // Its status file still says `running`: it had no time to say more.
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(status_file(&site)).unwrap()).unwrap();
+    assert_eq!(written["state"], "running");
+    let (_, json) = site.run(&["status", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let instance = &v["services"][0]["instances"][0];
+    assert_eq!(instance["monitor"]["state"], "gone", "{json}");
+    assert!(instance["monitor"]["child_pid"].is_null(), "{json}");
+    assert_ne!(instance["state"], "running", "{json}");
+    let (_, text) = site.run(&["status"]);
+    assert!(text.contains("monitor gone"), "{text}");
+    site.teardown();
+}

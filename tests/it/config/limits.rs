@@ -485,3 +485,103 @@ fn restart_settings_lower_into_the_spec() {
     assert_eq!(spec.restart_settings, None);
     assert!(!spec.canonical().to_string().contains("restart_settings"));
 }
+
+/// The back-off of a restart policy takes the ranges docs/configuration.md
+/// gives: a value outside them (the largest `u64` included) is one problem at
+/// the value, naming the bound and the value as written, never a failure to
+/// read the whole `restart` mapping.
+#[test]
+fn restart_backoff_out_of_its_range_is_refused_at_the_value() {
+    let cases = [
+        (
+            "max_delay_seconds: 18446744073709551615",
+            "18446744073709551615",
+            "`services.api.restart.max_delay_seconds` must be at most 86400, found 18446744073709551615",
+        ),
+        (
+            "max_delay_seconds: 9000000000000000000",
+            "9000000000000000000",
+            "`services.api.restart.max_delay_seconds` must be at most 86400, found 9000000000000000000",
+        ),
+        (
+            "multiplier: 1e308",
+            "1e308",
+            "`services.api.restart.multiplier` must be at most 100",
+        ),
+        (
+            "initial_delay_ms: 99999999999",
+            "99999999999",
+            "`services.api.restart.initial_delay_ms` must be at most 3600000, found 99999999999",
+        ),
+        (
+            "reset_after_seconds: 18446744073709551615",
+            "18446744073709551615",
+            "`services.api.restart.reset_after_seconds` must be at most 31536000",
+        ),
+        (
+            "window_seconds: 0",
+            "0",
+            "`services.api.restart.window_seconds` must be at least 1, found 0",
+        ),
+    ];
+    for (setting, value, want) in cases {
+        let text = format!("{SERVICE}    restart: {{policy: always, {setting}}}\n");
+        let (code, message, help) = problem_at(&text, value);
+        assert_eq!(code, "E002::invalid_value", "{text}");
+        assert!(message.starts_with(want), "`{message}` for\n{text}");
+        assert!(!message.contains("untagged"), "{message}");
+        assert!(help.contains("use a value of at"), "{help}");
+    }
+    // The bounds themselves load.
+    let text = format!(
+        "{SERVICE}    restart: {{policy: always, initial_delay_ms: 3600000, max_delay_seconds: 86400, multiplier: 100, reset_after_seconds: 31536000, window_seconds: 31536000}}\n"
+    );
+    load(&text).expect("the largest back-off in range loads");
+}
+
+/// An empty `deployment.canary.steps` is reported at the empty list, on its
+/// own line, not at the top of the file.
+#[test]
+fn empty_canary_steps_are_reported_at_the_list() {
+    let text = "deployment:\n  strategy: Canary\n  canary:\n    steps: []\nservices:\n  api:\n    command: x\n    ports: [{container_port: 8080, host_port: 18080}]\n";
+    let err = load(text).expect_err("empty steps are refused");
+    let p = err
+        .problems
+        .iter()
+        .find(|p| p.to_string().contains("`deployment.canary.steps` is empty"))
+        .unwrap_or_else(|| panic!("{}", rendered(&err)));
+    let label = p.labels().and_then(|mut l| l.next()).unwrap();
+    assert_eq!(
+        (label.offset(), label.len()),
+        (text.find("[]").unwrap(), 2),
+        "{}",
+        rendered(&err)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deploy-code.yaml");
+    std::fs::write(&path, text).unwrap();
+    let out = cargo_bin_cmd!("deploy-code")
+        .env("NO_COLOR", "1")
+        .arg("-c")
+        .arg(&path)
+        .args(["validate", "--format", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = v["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| {
+            d["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("steps` is empty")
+        })
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(
+        (d["line"].as_u64(), d["column"].as_u64()),
+        (Some(4), Some(12)),
+        "{v}"
+    );
+}

@@ -8,5 +8,6 @@ mod metrics;
 mod proto;
 mod recipes;
 mod serve;
+mod serve_signal;
 mod tidy;
 mod tour;
