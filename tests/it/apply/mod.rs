@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod edges;
 mod engine;
+mod environment;
 mod health;
 mod hooks;
 mod monitor;
