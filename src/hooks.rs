@@ -107,20 +107,21 @@ pub async fn run(
     out
 }
 
-/// A hook program that is running: on drop (its timeout, an interrupt),
-/// its whole process group is killed, so that what it started (a shell's
-/// `sleep`) does not outlive it holding its output open.
+/// A hook program that is running: dropped before it ended (its timeout,
+/// an interrupt), its whole process group is killed, so that what it
+/// started (a shell's `sleep`) does not outlive it holding its output open.
 struct Running {
     child: tokio::process::Child,
+    /// The group it leads, until it has exited and its output closed.
     group: Option<i32>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(group) = self.group
-            && matches!(self.child.try_wait(), Ok(None))
-        {
-            // SAFETY: a plain syscall on the group this hook's program leads.
+        if let Some(group) = self.group {
+            // SAFETY: a plain syscall on the group this hook's program
+            // leads; its id is not reused while a member lives, and some
+            // member still holds the output that did not close.
             unsafe {
                 libc::kill(-group, libc::SIGKILL);
             }
@@ -160,7 +161,7 @@ async fn command(
             drop(stdin);
         };
         // Its output is read while it runs, so that a full pipe never
-        // blocks it; only the last line of stderr is kept.
+        // blocks it: stdout is dropped, stderr kept for its last line.
         let drain = |pipe: Option<tokio::process::ChildStdout>| async move {
             if let Some(mut p) = pipe {
                 let _ = tokio::io::copy(&mut p, &mut tokio::io::sink()).await;
@@ -176,7 +177,12 @@ async fn command(
         let ((), (), (), status) = tokio::join!(feed, drain(stdout.take()), read_err, child.wait());
         status.map(|s| (s, err))
     };
-    match tokio::time::timeout(timeout, run).await {
+    let ended = tokio::time::timeout(timeout, run).await;
+    if ended.is_ok() {
+        // It exited and its output closed: nothing of it is left to stop.
+        running.group = None;
+    }
+    match ended {
         Err(_) => Err(format!(
             "did not finish within {} s (killed)",
             timeout.as_secs()
