@@ -89,7 +89,7 @@ pub async fn run(
                 ))
             }),
             () = cancel.reached(level.saturating_add(1)) => {
-                Err("interrupted (SIGINT or SIGTERM): stopped, and the hooks after it were not run".to_owned())
+                Err("interrupted by SIGINT or SIGTERM (stopped)".to_owned())
             }
         };
         let (ok, detail) = match result {
