@@ -248,6 +248,8 @@ fn execute(
             () = ticker => unreachable!("the ticker never ends"),
         }
     })?;
+    // A signal from here on stops the hooks that tell about the run.
+    let after_run = cancel.level();
     publish_metrics(rt, loaded, store);
     let whens: &[When] = match report.outcome {
         Outcome::Succeeded if is_rollback => &[When::PostApply, When::OnRollback],
@@ -267,16 +269,17 @@ fn execute(
         }
         // Reported, never changing the outcome; an interrupt while they
         // run stops them, and the run's outcome stands.
-        let level = cancel.level();
-        let results = rt.block_on(crate::hooks::run(
-            list,
-            when,
-            &hook_payload(when, p, loaded, Some(&report)),
-            loaded.base_dir(),
-            &cancel,
-        ));
-        show_hooks(inv, &results);
-        if cancel.level() > level {
+        if cancel.level() == after_run {
+            let results = rt.block_on(crate::hooks::run(
+                list,
+                when,
+                &hook_payload(when, p, loaded, Some(&report)),
+                loaded.base_dir(),
+                &cancel,
+            ));
+            show_hooks(inv, &results);
+        }
+        if cancel.level() > after_run {
             inv.out
                 .status("interrupted: the hooks that were left were not run");
             break;

@@ -366,7 +366,15 @@ impl Lowering<'_> {
                     }
                 }
             }
-            let spec = self.service(&entry, def, name.clone(), deps, &settings, &common, out);
+            let spec = self
+                .service(&entry, def, name.clone(), deps, &settings, out)
+                .map(|mut spec| {
+                    // `deployment.inherit_env` is every service's too.
+                    spec.inherit_env.extend(common.iter().cloned());
+                    spec.inherit_env.sort();
+                    spec.inherit_env.dedup();
+                    spec
+                });
             if let (Some(spec), Some(name)) = (spec, name) {
                 if is_enabled {
                     specs.insert(name, std::sync::Arc::new(spec));
@@ -1015,21 +1023,17 @@ impl Lowering<'_> {
         name: Option<ServiceName>,
         dependencies: Vec<ServiceName>,
         settings: &Settings,
-        common_inherit: &[String],
         out: &mut Vec<Problem>,
     ) -> Option<ServiceSpec> {
         let start = out.len();
         let sname = &entry.key.name;
         let node = entry.node;
-        let mut inherit_env = self.inherit_env(
+        let inherit_env = self.inherit_env(
             node.get("inherit_env"),
             def.inherit_env.as_deref(),
             &format!("services.{sname}.inherit_env"),
             out,
         );
-        inherit_env.extend(common_inherit.iter().cloned());
-        inherit_env.sort();
-        inherit_env.dedup();
         let invalid = |msg: String, span: Option<Range<usize>>, help: &str| {
             Problem::new(Kind::InvalidService, msg)
                 .label(span.unwrap_or_else(|| entry.key.span.clone()), "here")
