@@ -78,6 +78,7 @@ fn service(name: &str, port: u16, delay_ms: u64, deps: Vec<ServiceName>, www: &s
         network: None,
         behind_switch: false,
         swarm_update: None,
+        inherit_env: Vec::new(),
     }
 }
 

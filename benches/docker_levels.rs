@@ -193,6 +193,7 @@ fn spec(name: &str) -> ServiceSpec {
         network: None,
         behind_switch: false,
         swarm_update: None,
+        inherit_env: Vec::new(),
     }
 }
 

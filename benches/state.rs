@@ -53,6 +53,7 @@ fn record(i: usize, key: &SecretKey) -> ServiceRecord {
         network: None,
         behind_switch: false,
         swarm_update: None,
+        inherit_env: Vec::new(),
     };
     ServiceRecord {
         name,

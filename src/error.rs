@@ -287,6 +287,10 @@ pub(crate) enum RunError {
     /// A service failed and the rollback did not complete (or was not made).
     #[error("apply of revision {revision} failed and was not fully rolled back: {what}")]
     NotRolledBack { revision: u64, what: String },
+    /// SIGINT or SIGTERM stopped the run before its first change: as an
+    /// interrupted run that rolled back, the previous deployment runs.
+    #[error("interrupted during {during}: nothing was changed")]
+    Interrupted { during: String },
 }
 
 impl Coded for RunError {
@@ -295,6 +299,7 @@ impl Coded for RunError {
             RunError::Infeasible { .. } => Code::E004,
             RunError::RolledBack { code, .. } => *code,
             RunError::NotRolledBack { .. } => Code::E009,
+            RunError::Interrupted { .. } => Code::E008,
         }
     }
 
@@ -307,13 +312,14 @@ impl Coded for RunError {
             }
             RunError::RolledBack { .. } => "the previous deployment runs again; fix the failing service (see the evidence above, or `deploy-code state history`) and apply again".to_owned(),
             RunError::NotRolledBack { .. } => "`deploy-code status` shows what runs; `deploy-code plan` shows what an apply would repair".to_owned(),
+            RunError::Interrupted { .. } => "the previous deployment runs as it did; run the command again to make the change".to_owned(),
         })
     }
 
     fn exit_code(&self) -> u8 {
         match self {
             RunError::Infeasible { .. } => exit::INFEASIBLE,
-            RunError::RolledBack { .. } => exit::ROLLED_BACK,
+            RunError::RolledBack { .. } | RunError::Interrupted { .. } => exit::ROLLED_BACK,
             RunError::NotRolledBack { .. } => exit::ROLLBACK_FAILED,
         }
     }

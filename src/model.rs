@@ -621,6 +621,50 @@ pub struct ServiceSpec {
     /// [`SwarmUpdate::hybrid`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swarm_update: Option<SwarmUpdate>,
+    /// The variables of the environment `deploy-code` runs in that an
+    /// instance is given besides its `env` (names, or patterns with `*`),
+    /// sorted and each once: `inherit_env` of the service and of
+    /// `deployment`. Only names travel in the spec, never values; a process
+    /// also gets the [`BASE_ENV`] set. Left out of the canonical form when
+    /// empty, so that specs recorded before it existed keep their hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherit_env: Vec<String>,
+}
+
+/// What every local process (and nothing else) inherits from the environment
+/// `deploy-code` runs in, whatever its `inherit_env`: what a program needs to
+/// find programs, its home and its locale. `LC_*` is every locale variable.
+pub const BASE_ENV: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_*", "TZ", "TERM"];
+
+/// The prefix of `deploy-code`'s own variables (marks, the state key, the
+/// secrets directory, template variables): never inherited by an instance,
+/// whatever pattern names it.
+pub const OWN_ENV_PREFIX: &str = "DEPLOY_CODE_";
+
+/// Whether the variable `name` matches `pattern`: a name, or a pattern in
+/// which `*` stands for any run of characters (none included).
+pub fn env_pattern_matches(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    // Where the last `*` was, and where in `name` its run ends so far.
+    let mut star: Option<(usize, usize)> = None;
+    while j < n.len() {
+        if i < p.len() && p[i] == b'*' {
+            star = Some((i, j));
+            i += 1;
+        } else if i < p.len() && p[i] == n[j] {
+            i += 1;
+            j += 1;
+        } else if let Some((si, sj)) = star {
+            // Let the last `*` take one more character.
+            i = si + 1;
+            j = sj + 1;
+            star = Some((si, sj + 1));
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|c| *c == b'*')
 }
 
 /// In what order Swarm replaces a task: the new one first, or the old one
@@ -746,6 +790,21 @@ impl ServiceSpec {
         }
         self.args.iter_mut().for_each(|a| a.rekey(key));
         self.env.values_mut().for_each(|v| v.rekey(key));
+    }
+
+    /// Whether an instance of this spec is given the variable `name` of the
+    /// environment `deploy-code` runs in: a name its `inherit_env` matches
+    /// or, for a local process (`base`), one of [`BASE_ENV`]; never one of
+    /// `deploy-code`'s own ([`OWN_ENV_PREFIX`]).
+    pub fn inherits(&self, name: &str, base: bool) -> bool {
+        if name.starts_with(OWN_ENV_PREFIX) {
+            return false;
+        }
+        let base = base && BASE_ENV.iter().any(|p| env_pattern_matches(p, name));
+        base || self
+            .inherit_env
+            .iter()
+            .any(|p| env_pattern_matches(p, name))
     }
 
     /// True when any value of this spec is sensitive.
@@ -1187,6 +1246,39 @@ pub struct HookSpec {
     pub retries: u32,
 }
 
+impl HookSpec {
+    /// The most seconds one attempt may take (`timeout_seconds`).
+    pub const MAX_TIMEOUT_SECONDS: u64 = 300;
+    /// The most further attempts of a webhook (`retries`).
+    pub const MAX_RETRIES: u32 = 10;
+    /// The most a hook may take, its attempts and pauses together: what
+    /// `validate` allows, and where a run stops waiting for it.
+    pub const MAX_TOTAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+    /// The pause before further attempt `n` (from 1): 0.5 s, doubled each
+    /// time, at most 5 s.
+    pub fn backoff(n: u32) -> std::time::Duration {
+        let ms = 500u64.saturating_mul(1u64 << n.saturating_sub(1).min(20));
+        std::time::Duration::from_millis(ms.min(5_000))
+    }
+
+    /// The longest the hook can take: every attempt to its timeout, with
+    /// the pauses between them.
+    pub fn worst_case(&self) -> std::time::Duration {
+        let attempts = match self.target {
+            HookTarget::Command(_) => 1,
+            HookTarget::Webhook(_) => self.retries.saturating_add(1),
+        };
+        // The pauses double from 0.5 s for the first four, then stay at 5 s.
+        let pauses = u64::from(attempts - 1);
+        let doubling = pauses.min(4);
+        let pause_ms = 500 * ((1u64 << doubling) - 1) + (pauses - doubling) * 5_000;
+        self.timeout
+            .saturating_mul(attempts)
+            .saturating_add(std::time::Duration::from_millis(pause_ms))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum HookTarget {
     /// A program and its arguments, run without a shell.
@@ -1220,6 +1312,57 @@ impl DesiredState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hooks_worst_case_counts_every_attempt_and_pause() {
+        use std::time::Duration;
+        let hook = |retries| HookSpec {
+            target: HookTarget::Webhook(Text::plain("http://127.0.0.1:1/")),
+            timeout: Duration::from_secs(10),
+            retries,
+        };
+        let pauses: Vec<Duration> = (1..=6).map(HookSpec::backoff).collect();
+        assert_eq!(
+            pauses,
+            [500, 1000, 2000, 4000, 5000, 5000].map(Duration::from_millis)
+        );
+        for retries in [0, 1, 4, 5, 10] {
+            let summed: Duration = (1..=retries).map(HookSpec::backoff).sum();
+            assert_eq!(
+                hook(retries).worst_case(),
+                Duration::from_secs(10) * (retries + 1) + summed,
+                "{retries}"
+            );
+        }
+        // Bounded arithmetic for any count, so that `validate` can say how
+        // long an out-of-range hook would take.
+        assert!(hook(u32::MAX).worst_case() > HookSpec::MAX_TOTAL);
+        let program = HookSpec {
+            target: HookTarget::Command(vec!["true".into()]),
+            ..hook(3)
+        };
+        assert_eq!(program.worst_case(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn an_env_pattern_matches_names_as_a_glob_of_stars() {
+        for (pattern, name, want) in [
+            ("AWS_*", "AWS_SECRET_ACCESS_KEY", true),
+            ("AWS_*", "AWS_", true),
+            ("AWS_*", "MY_AWS_KEY", false),
+            ("*_TOKEN", "GITHUB_TOKEN", true),
+            ("*_TOKEN", "GITHUB_TOKEN_FILE", false),
+            ("A*B*C", "AxxBxxBxC", true),
+            ("A*B*C", "AxxBxxBxD", false),
+            ("*", "ANYTHING", true),
+            ("PATH", "PATH", true),
+            ("PATH", "PATHS", false),
+            ("LC_*", "LC_ALL", true),
+            ("LC_*", "LANG", false),
+        ] {
+            assert_eq!(env_pattern_matches(pattern, name), want, "{pattern} {name}");
+        }
+    }
 
     #[test]
     fn seconds_keep_whole_numbers_as_integers() {

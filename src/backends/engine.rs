@@ -158,14 +158,17 @@ pub fn labels(
 
 /// `KEY=value` pairs with plaintext secrets, for the engine only.
 pub(crate) fn env_list(spec: &ServiceSpec) -> Result<Vec<String>, BackendError> {
-    spec.env
-        .iter()
-        .map(|(k, v)| {
-            v.expose()
-                .map(|p| format!("{k}={p}"))
-                .ok_or_else(|| missing_secret(spec, k))
-        })
-        .collect()
+    // What `inherit_env` names of this run's environment (a container gets
+    // no base set: its image has its own `PATH` and `HOME`), then `env`.
+    let inherited = super::inherited_env(spec, false)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"));
+    let own = spec.env.iter().map(|(k, v)| {
+        v.expose()
+            .map(|p| format!("{k}={p}"))
+            .ok_or_else(|| missing_secret(spec, k))
+    });
+    inherited.map(Ok).chain(own).collect()
 }
 
 pub(crate) fn missing_secret(spec: &ServiceSpec, what: &str) -> BackendError {

@@ -47,6 +47,22 @@ pub mod marks {
     pub(crate) const ENV_PORTS: &str = "DEPLOY_CODE_PORTS";
 }
 
+/// The variables of the environment `deploy-code` runs in that an instance
+/// of `spec` is given besides its `env` (which wins over them): those its
+/// `inherit_env` names and, for a local process (`base`), the base set
+/// ([`crate::model::BASE_ENV`]). Nothing else of this environment reaches an
+/// instance: the operator's credentials and keys stay here, as systemd,
+/// Nomad and Compose keep them. Read at each start, so that a new value
+/// reaches the next instance; a value that is not UTF-8 is left out.
+pub(crate) fn inherited_env(spec: &ServiceSpec, base: bool) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| spec.inherits(k, base) && !spec.env.contains_key(k))
+        .collect();
+    out.sort();
+    out
+}
+
 /// What a backend needs to know about the run that starts an instance.
 #[derive(Clone, Debug)]
 pub struct StartContext {

@@ -5,7 +5,10 @@
 //! `deploy-code`. stdout and stderr are appended to `<log_dir>/<service>.log`
 //! (`<service>-<replica>.log` when there are several replicas); stdin is null.
 //! Sensitive values reach the process only through its environment or argv,
-//! never a log line of ours.
+//! never a log line of ours. Its environment starts empty, as under systemd:
+//! the service's `env`, the base set and what its `inherit_env` names (see
+//! [`super::inherited_env`]), its ports and the marks; nothing else of the
+//! environment `deploy-code` runs in.
 //!
 //! An instance is identified by its pid plus its start time (field 22 of
 //! `/proc/<pid>/stat`), so a pid that the kernel gave to another process is never
@@ -76,7 +79,10 @@ impl ProcessBackend {
         };
         drop(log);
         let mut cmd = Command::new(program);
+        // The writer reads its secrets on stdin and needs nothing of this
+        // run's environment.
         cmd.arg(super::logwriter::ARG)
+            .env_clear()
             .env(procfs::SMALL_HEAP_ENV.0, procfs::SMALL_HEAP_ENV.1)
             .arg(log_path)
             .stdin(Stdio::piped())
@@ -140,7 +146,9 @@ impl ProcessBackend {
             .output(spec, &log_path, log)
             .map_err(|e| start_failed(format!("log file `{}`: {e}", log_path.display())))?;
 
-        let mut env: Vec<(String, String)> = Vec::with_capacity(spec.env.len() + 1);
+        // The base set and what `inherit_env` names, then the service's own
+        // `env`: nothing else of this run's environment.
+        let mut env = super::inherited_env(spec, true);
         for (k, v) in &spec.env {
             env.push((
                 k.clone(),
@@ -162,8 +170,8 @@ impl ProcessBackend {
                 )
             })?;
             // The monitor's own environment is its marks alone: the child's
-            // (this run's environment and the service's, secrets included)
-            // goes through its stdin with the rest of its launch.
+            // (the service's, secrets included) goes through its stdin with
+            // the rest of its launch.
             let mut cmd = Command::new(monitor);
             cmd.arg(super::monitor_file::ARG)
                 .env_clear()
@@ -174,6 +182,7 @@ impl ProcessBackend {
             let mut cmd = Command::new(program);
             cmd.args(&argv)
                 .stdin(Stdio::null())
+                .env_clear()
                 .envs(env.iter().map(|(k, v)| (k, v)));
             cmd
         };
@@ -206,13 +215,10 @@ impl ProcessBackend {
         if monitored {
             // The monitor learns what to run through its stdin, so that the
             // secrets in it never touch a file or an argument list.
-            let inherited = std::env::vars_os()
-                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-                .filter(|(k, _)| !spec.env.contains_key(k));
             let launch = super::monitor_file::Launch {
                 program: program.to_owned(),
                 args: argv.iter().map(|a| (*a).to_owned()).collect(),
-                env: inherited.chain(env).collect(),
+                env,
                 cwd: cwd.clone(),
                 status_path: super::monitor_file::status_path(&log_path),
                 replica,

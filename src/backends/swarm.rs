@@ -1504,6 +1504,7 @@ mod tests {
             network: None,
             behind_switch: false,
             swarm_update: None,
+            inherit_env: Vec::new(),
         }
     }
 

@@ -194,14 +194,26 @@ fn execute(
 ) -> Result<CommandOutcome, Failure> {
     let rt = inv.runtime()?;
     let hooks = &loaded.desired.settings.hooks;
+    // SIGINT and SIGTERM interrupt alike, from the first hook to the last:
+    // the first stops a `pre_apply` hook (nothing changes) or the run's
+    // launching (which rolls back), the next aborts the rollback or stops
+    // the hooks that tell about the run.
+    let cancel = Cancel::new();
+    let _signals = Interrupts::listen(rt, &cancel);
     if !hooks.pre_apply.is_empty() {
         let results = rt.block_on(crate::hooks::run(
             &hooks.pre_apply,
             When::PreApply,
             &hook_payload(When::PreApply, p, loaded, None),
             loaded.base_dir(),
+            &cancel,
         ));
         show_hooks(inv, &results);
+        if cancel.level() > 0 {
+            return Err(Failure::coded(RunError::Interrupted {
+                during: "a `pre_apply` hook".to_owned(),
+            }));
+        }
         if let Some(bad) = results.iter().find(|r| !r.ok) {
             return Err(Plain::new(
                 Code::E016,
@@ -216,7 +228,6 @@ fn execute(
     }
     let progress = Progress::new(progress_mode(inv), &inv.out);
     let hook = |e: &Event| progress.handle(e);
-    let cancel = Cancel::new();
     let opts = apply::Options {
         no_rollback,
         command: command_line(),
@@ -226,38 +237,19 @@ fn execute(
         base_dir: loaded.base_dir().to_path_buf(),
     };
     let report = rt.block_on(async {
-        let c = cancel.clone();
-        // SIGINT and SIGTERM interrupt alike: the first stops launching and
-        // rolls back, the second aborts at once.
-        let sig = tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut int), Ok(mut term)) = (
-                signal(SignalKind::interrupt()),
-                signal(SignalKind::terminate()),
-            ) else {
-                return;
-            };
-            loop {
-                tokio::select! {
-                    Some(()) = int.recv() => c.interrupt(),
-                    Some(()) = term.recv() => c.interrupt(),
-                    else => return,
-                }
-            }
-        });
         let ticker = async {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 progress.tick();
             }
         };
-        let r = tokio::select! {
+        tokio::select! {
             r = apply::execute(p, &loaded.desired, store, backends, &opts, &hook, &cancel) => r,
             () = ticker => unreachable!("the ticker never ends"),
-        };
-        sig.abort();
-        r
+        }
     })?;
+    // A signal from here on stops the hooks that tell about the run.
+    let after_run = cancel.level();
     publish_metrics(rt, loaded, store);
     let whens: &[When] = match report.outcome {
         Outcome::Succeeded if is_rollback => &[When::PostApply, When::OnRollback],
@@ -275,14 +267,23 @@ fn execute(
         if list.is_empty() {
             continue;
         }
-        // Reported, never changing the outcome.
-        let results = rt.block_on(crate::hooks::run(
-            list,
-            when,
-            &hook_payload(when, p, loaded, Some(&report)),
-            loaded.base_dir(),
-        ));
-        show_hooks(inv, &results);
+        // Reported, never changing the outcome; an interrupt while they
+        // run stops them, and the run's outcome stands.
+        if cancel.level() == after_run {
+            let results = rt.block_on(crate::hooks::run(
+                list,
+                when,
+                &hook_payload(when, p, loaded, Some(&report)),
+                loaded.base_dir(),
+                &cancel,
+            ));
+            show_hooks(inv, &results);
+        }
+        if cancel.level() > after_run {
+            inv.out
+                .status("interrupted: the hooks that were left were not run");
+            break;
+        }
     }
     if inv.format() != Format::Json && !report.failures.is_empty() {
         // The evidence of a failure: shown with `-q` too.
@@ -355,6 +356,46 @@ fn execute(
                 report.left.join("; ")
             },
         })),
+    }
+}
+
+/// The SIGINT and SIGTERM listener of a run, raising its [`Cancel`]'s
+/// level at each signal while it lasts. Once listened for, a signal no
+/// longer ends the process by itself (the runtime keeps its handler), so
+/// the listener lasts as long as anything of the run can wait: the hooks
+/// before it, the run, the hooks after it.
+struct Interrupts(tokio::task::JoinHandle<()>);
+
+impl Interrupts {
+    fn listen(rt: &tokio::runtime::Runtime, cancel: &Cancel) -> Self {
+        let c = cancel.clone();
+        // Registered before this returns, so that no signal in between
+        // ends the process unheard.
+        let handlers = rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            )
+        });
+        Self(rt.spawn(async move {
+            let (Ok(mut int), Ok(mut term)) = handlers else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    Some(()) = int.recv() => c.interrupt(),
+                    Some(()) = term.recv() => c.interrupt(),
+                    else => return,
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Interrupts {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

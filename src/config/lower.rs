@@ -226,6 +226,17 @@ impl Lowering<'_> {
             })
             .collect();
         let names: Vec<&str> = self.services.iter().map(|e| e.key.name.as_str()).collect();
+        let common = self.inherit_env(
+            self.root
+                .get("deployment")
+                .and_then(|n| n.get("inherit_env")),
+            self.file
+                .deployment
+                .as_ref()
+                .and_then(|d| d.inherit_env.as_deref()),
+            "deployment.inherit_env",
+            out,
+        );
         // Each service's typed definition is dropped once it is lowered.
         let services = std::mem::take(&mut self.services);
 
@@ -355,7 +366,15 @@ impl Lowering<'_> {
                     }
                 }
             }
-            let spec = self.service(&entry, def, name.clone(), deps, &settings, out);
+            let spec = self
+                .service(&entry, def, name.clone(), deps, &settings, out)
+                .map(|mut spec| {
+                    // `deployment.inherit_env` is every service's too.
+                    spec.inherit_env.extend(common.iter().cloned());
+                    spec.inherit_env.sort();
+                    spec.inherit_env.dedup();
+                    spec
+                });
             if let (Some(spec), Some(name)) = (spec, name) {
                 if is_enabled {
                     specs.insert(name, std::sync::Arc::new(spec));
@@ -949,11 +968,34 @@ impl Lowering<'_> {
                         continue;
                     }
                 };
-                specs.push(HookSpec {
+                let spec = HookSpec {
                     target,
                     timeout: std::time::Duration::from_secs(hook.timeout_seconds.unwrap_or(10)),
                     retries: hook.retries.unwrap_or(2),
-                });
+                };
+                // Each bound alone is the schema's (its diagnostic names the
+                // range); together they must fit the hook's total.
+                let in_range = spec.retries <= HookSpec::MAX_RETRIES
+                    && spec.timeout.as_secs() <= HookSpec::MAX_TIMEOUT_SECONDS;
+                let worst = spec.worst_case();
+                if in_range && worst > HookSpec::MAX_TOTAL {
+                    let attempts = spec.retries + 1;
+                    let pauses = worst - spec.timeout * attempts;
+                    out.push(bad(
+                        format!(
+                            "`hooks.{when}[{i}]` may take {} s: {attempts} attempts of up to {} s and {} s of pauses, more than the {} s a hook may take",
+                            worst.as_secs_f64(),
+                            spec.timeout.as_secs(),
+                            pauses.as_secs_f64(),
+                            HookSpec::MAX_TOTAL.as_secs()
+                        ),
+                        &format!(
+                            "lower `timeout_seconds` or `retries`: (retries + 1) × timeout_seconds plus the pauses between attempts must stay within {} s",
+                            HookSpec::MAX_TOTAL.as_secs()
+                        ),
+                    ));
+                }
+                specs.push(spec);
             }
             specs
         };
@@ -986,6 +1028,12 @@ impl Lowering<'_> {
         let start = out.len();
         let sname = &entry.key.name;
         let node = entry.node;
+        let inherit_env = self.inherit_env(
+            node.get("inherit_env"),
+            def.inherit_env.as_deref(),
+            &format!("services.{sname}.inherit_env"),
+            out,
+        );
         let invalid = |msg: String, span: Option<Range<usize>>, help: &str| {
             Problem::new(Kind::InvalidService, msg)
                 .label(span.unwrap_or_else(|| entry.key.span.clone()), "here")
@@ -1269,7 +1317,62 @@ impl Lowering<'_> {
             },
             behind_switch,
             swarm_update,
+            inherit_env,
         })
+    }
+
+    /// An `inherit_env` list (`at`, the list's node; `path`, its key for the
+    /// messages): each entry a variable's name, or a pattern in which `*`
+    /// stands for any run of characters. `deploy-code`'s own variables
+    /// (`DEPLOY_CODE_*`) are never passed on, so a pattern that can only
+    /// name them would have no effect and is refused.
+    fn inherit_env(
+        &self,
+        at: Option<&Node>,
+        list: Option<&[String]>,
+        path: &str,
+        out: &mut Vec<Problem>,
+    ) -> Vec<String> {
+        let mut kept = Vec::new();
+        for (i, pattern) in list.into_iter().flatten().enumerate() {
+            let span = at
+                .and_then(|n| match &n.value {
+                    Value::Seq(items) => items.get(i).map(|n| n.span.clone()),
+                    _ => None,
+                })
+                .or_else(|| at.map(|n| n.span.clone()))
+                .unwrap_or(0..0);
+            let well_formed = !pattern.is_empty()
+                && !pattern.starts_with(|c: char| c.is_ascii_digit())
+                && pattern
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '*');
+            if !well_formed {
+                out.push(
+                    Problem::new(
+                        Kind::InvalidValue,
+                        format!("`{path}[{i}]` `{pattern}` is not a variable name or pattern"),
+                    )
+                    .label(span, "not a name")
+                    .help("give a variable's name (letters, digits and `_`, not starting with a digit), or a pattern in which `*` stands for any run of characters, e.g. `AWS_*`"),
+                );
+            } else if pattern.starts_with(crate::model::OWN_ENV_PREFIX) {
+                out.push(
+                    Problem::new(
+                        Kind::InvalidValue,
+                        format!(
+                            "`{path}[{i}]` `{pattern}` has no effect: deploy-code's own `{}*` variables are never passed on",
+                            crate::model::OWN_ENV_PREFIX
+                        ),
+                    )
+                    .label(span, "would have no effect")
+                    .help("the state key, the secrets directory and the marks stay with deploy-code; give what the service needs in `env`, or remove the entry"),
+                );
+            } else {
+                kept.push(pattern.clone());
+            }
+        }
+        kept
     }
 
     /// A Swarm service's update policy from the strategy (`None` when it is

@@ -265,6 +265,8 @@ pub struct Deployment {
     pub rolling: Option<Rolling>,
     /// BlueGreen only: how long the old set is kept after the flip.
     pub blue_green: Option<BlueGreen>,
+    /// Variables of the environment `deploy-code` runs in that every service is given besides its `env` (names or `*` patterns, as a service's `inherit_env`, to which they are added).
+    pub inherit_env: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
@@ -572,6 +574,8 @@ pub struct Service {
     /// no, on-failure, always or unless-stopped (default no), or a map with `policy` and the back-off and circuit breaker of a monitored instance (`initial_delay_ms`, `max_delay_seconds`, `multiplier`, `reset_after_seconds`, `max_restarts`, `window_seconds`). A local process is restarted by its monitor; a Docker container with `health_check.restart_after_failures` by a monitor too; any other container by its engine.
     pub restart: Option<RestartDef>,
     pub labels: Option<BTreeMap<String, String>>,
+    /// Variables of the environment `deploy-code` runs in that the service is given besides its `env`: names, or patterns in which `*` stands for any run of characters (`AWS_*`), added to `deployment.inherit_env`. Nothing else is passed on, except for a local process the base set `PATH`, `HOME`, `USER`, `LANG`, `LC_*`, `TZ` and `TERM`; `deploy-code`'s own `DEPLOY_CODE_*` variables never are. `plan` shows the names, never the values.
+    pub inherit_env: Option<Vec<String>>,
 }
 
 /// What one replica needs.
@@ -801,9 +805,10 @@ pub(crate) struct Hook {
     pub command: Option<Vec<String>>,
     /// The webhook, `http://` or `https://`; may hold a secret (`{{ secret('SLACK_WEBHOOK') }}`).
     pub url: Option<String>,
-    /// How long one attempt may take, seconds. Default 10.
-    #[schemars(range(min = 1))]
+    /// How long one attempt may take, seconds, 1 to 300. Default 10.
+    #[schemars(range(min = 1, max = 300))]
     pub timeout_seconds: Option<u64>,
-    /// Further attempts of a webhook that failed (connection error or non-2xx). Default 2.
+    /// Further attempts of a webhook that failed (connection error or non-2xx), 0 to 10, after a pause of 0.5 s, then 1 s, 2 s, 4 s, at most 5 s. Default 2. A hook's attempts and pauses together may take at most 600 s.
+    #[schemars(range(min = 0, max = 10))]
     pub retries: Option<u32>,
 }

@@ -189,7 +189,11 @@ impl SwitchClient {
         }
         let log_len = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
         let mut cmd = Command::new(program);
+        // Its environment is its marks and its allocator setting alone: it
+        // forwards bytes and reads nothing else of this run's environment
+        // (which holds the operator's credentials).
         cmd.arg(ARG)
+            .env_clear()
             .env(
                 crate::procfs::SMALL_HEAP_ENV.0,
                 crate::procfs::SMALL_HEAP_ENV.1,

@@ -177,3 +177,213 @@ fn a_rollback_command_tells_on_rollback() {
     assert_eq!(doc["revision"], 3);
     site.teardown();
 }
+
+/// A loopback port that accepts every connection and never answers: a
+/// webhook that hangs. Counts what it accepted; stops on drop.
+struct Silent {
+    port: u16,
+    accepted: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Silent {
+    fn start() -> Silent {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (held, stopped) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => held.lock().unwrap().push(stream),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Silent {
+            port,
+            accepted,
+            stop,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+}
+
+impl Drop for Silent {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A `deploy-code` run in the background, killed by its pid if a test ends
+/// while it still runs.
+struct Background(Option<std::process::Child>);
+
+impl Background {
+    fn start(site: &Site, args: &[&str]) -> Background {
+        let child = site
+            .cmd()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Background(Some(child))
+    }
+
+    fn signal(&self, sig: i32) {
+        let pid = self.0.as_ref().unwrap().id();
+        unsafe {
+            libc::kill(pid as i32, sig);
+        }
+    }
+
+    /// Its exit code and output once it has exited within `limit` (a
+    /// bound, not a timing: a run that ignores the signal never ends),
+    /// else `None` (it is then killed).
+    fn exited_within(&mut self, limit: Duration) -> Option<(Option<i32>, String)> {
+        let child = self.0.as_mut().unwrap();
+        if !wait_until(limit, || matches!(child.try_wait(), Ok(Some(_)))) {
+            return None;
+        }
+        let out = self.0.take().unwrap().wait_with_output().unwrap();
+        Some((
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A webhook that accepts and never answers, with retries and a long
+/// timeout, held `apply` and `destroy` (and their lock) past SIGTERM and
+/// SIGINT: each signal now stops the hook at once, the run's outcome
+/// stands, and the next command takes the lock.
+#[test]
+fn a_signal_stops_a_webhook_that_never_answers_and_frees_the_lock() {
+    let site = Site::new("hooks-hang");
+    let port = super::common::free_port();
+    let silent = Silent::start();
+    let write = |hooks: bool| {
+        site.write(&format!(
+            "{}{}{}",
+            site.header(),
+            site.web(ProbeKind::Path, port, 0, "v1", Fault::None),
+            if hooks {
+                format!(
+                    "hooks:\n  post_apply:\n    - url: http://127.0.0.1:{}/\n      timeout_seconds: 250\n      retries: 1\n",
+                    silent.port
+                )
+            } else {
+                String::new()
+            }
+        ))
+    };
+    write(true);
+    for (args, sig, seen) in [
+        (&["apply", "--auto-approve"][..], libc::SIGTERM, 1),
+        (&["destroy", "--auto-approve"][..], libc::SIGINT, 2),
+    ] {
+        let mut run = Background::start(&site, args);
+        assert!(
+            wait_until(Duration::from_secs(60), || silent.accepted() >= seen),
+            "`{}` never called its hook",
+            args[0]
+        );
+        run.signal(sig);
+        let (code, out) = run
+            .exited_within(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("`{}` went on after the signal", args[0]));
+        // The run itself had succeeded before its hook: that stands.
+        assert_eq!(code, Some(0), "`{}`: {out}", args[0]);
+        assert!(out.contains("interrupted"), "`{}`: {out}", args[0]);
+        if args[0] == "apply" {
+            assert_eq!(site.marked().len(), 1, "the service runs");
+            site.assert_consistent("after the interrupted hook");
+        } else {
+            assert!(site.marked().is_empty(), "destroyed");
+        }
+    }
+    // The lock was let go: the next command takes it at once.
+    write(false);
+    let (code, out) = site.apply();
+    assert_eq!(code, 0, "{out}");
+    site.teardown();
+}
+
+/// A `pre_apply` program that sleeps is stopped by SIGTERM with what it
+/// started (its process group): the run exits as an interrupted run does
+/// (4, E008), before any change, and the lock is free.
+#[test]
+fn a_signal_stops_a_pre_apply_program_before_any_change() {
+    let site = Site::new("hooks-pre-hang");
+    let port = super::common::free_port();
+    let pidfile = site.dir.path().join("sleeper.pid");
+    site.write(&format!(
+        "{}{}hooks:\n  pre_apply:\n    - command: [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep 300 & echo $! > {}; wait\"]\n      timeout_seconds: 300\n",
+        site.header(),
+        site.web(ProbeKind::Path, port, 0, "v1", Fault::None),
+        pidfile.display()
+    ));
+    let mut run = Background::start(&site, &["apply", "--auto-approve"]);
+    let sleeper = || -> Option<u32> {
+        std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || sleeper().is_some()),
+        "the hook never started"
+    );
+    let sleeper = sleeper().unwrap();
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            if deploy_code::procfs::stat(self.0).is_some_and(|s| s.state != 'Z') {
+                unsafe {
+                    libc::kill(self.0 as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
+    let _sleeper = Kill(sleeper);
+    run.signal(libc::SIGTERM);
+    let (code, out) = run
+        .exited_within(Duration::from_secs(30))
+        .expect("`apply` went on after SIGTERM");
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("E008") && out.contains("pre_apply"), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            deploy_code::procfs::stat(sleeper).is_none_or(|s| s.state == 'Z')
+        }),
+        "what the hook started was left running"
+    );
+    assert!(site.marked().is_empty(), "nothing started");
+    // The lock was let go: the next command takes it at once.
+    site.write(&format!(
+        "{}{}",
+        site.header(),
+        site.web(ProbeKind::Path, port, 0, "v1", Fault::None),
+    ));
+    let (code, out) = site.apply();
+    assert_eq!(code, 0, "{out}");
+    site.teardown();
+}

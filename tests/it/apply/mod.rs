@@ -6,6 +6,7 @@ mod common;
 mod diskfull;
 mod edges;
 mod engine;
+mod environment;
 mod health;
 mod hooks;
 mod monitor;

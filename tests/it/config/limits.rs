@@ -585,3 +585,92 @@ fn empty_canary_steps_are_reported_at_the_list() {
         "{v}"
     );
 }
+
+/// A hook's retries and timeout have documented maxima, and together they
+/// must fit the most a hook may take: a webhook that never answers can no
+/// longer hold a run (and its lock) for ever.
+#[test]
+fn hook_bounds_are_refused_at_the_value() {
+    let hook = |keys: &str| {
+        format!("{SERVICE}hooks:\n  post_apply:\n    - {{url: \"http://127.0.0.1:9/\"{keys}}}\n")
+    };
+    let (code, message, help) = problem_at(&hook(", retries: 4294967295"), "4294967295");
+    assert!(code.starts_with("E002"), "{code}");
+    assert!(
+        message.starts_with("`hooks.post_apply.0.retries` must be at most 10, found 4294967295"),
+        "{message}"
+    );
+    assert!(help.contains("at most 10"), "{help}");
+    let (_, message, _) = problem_at(&hook(", timeout_seconds: 301"), "301");
+    assert!(
+        message.starts_with("`hooks.post_apply.0.timeout_seconds` must be at most 300"),
+        "{message}"
+    );
+    // Each in range, together too long: said at the hook, with the sum.
+    let text = hook(", timeout_seconds: 60, retries: 10");
+    let (code, message, help) = problem_at(
+        &text,
+        "{url: \"http://127.0.0.1:9/\", timeout_seconds: 60, retries: 10}",
+    );
+    assert!(code.starts_with("E002"), "{code}");
+    assert!(
+        message.contains("may take 697.5 s: 11 attempts of up to 60 s and 37.5 s of pauses")
+            && message.contains("600 s"),
+        "{message}"
+    );
+    assert!(
+        help.contains("timeout_seconds") && help.contains("retries"),
+        "{help}"
+    );
+    // The largest that fit load.
+    assert!(load(&hook(", timeout_seconds: 50, retries: 10")).is_ok());
+    assert!(load(&hook(", timeout_seconds: 300, retries: 0")).is_ok());
+    let program = format!(
+        "{SERVICE}hooks:\n  pre_apply:\n    - {{command: [\"true\"], timeout_seconds: 300}}\n"
+    );
+    assert!(load(&program).is_ok());
+}
+
+/// `inherit_env` (a service's, and `deployment`'s for all) lowers into the
+/// spec sorted and once each; what is not a name or pattern, or names only
+/// deploy-code's own variables, is refused at the entry.
+#[test]
+fn inherit_env_lowers_into_the_spec_and_refuses_what_it_cannot_pass() {
+    let text = format!(
+        "deployment:\n  inherit_env: [B_TOKEN, \"AWS_*\"]\n{SERVICE}    inherit_env: [\"AWS_*\", A]\n  other:\n    command: y\n"
+    );
+    let loaded = load(&text).expect("loads");
+    let specs = &loaded.desired.services;
+    let api = specs.values().find(|s| s.name.as_str() == "api").unwrap();
+    let other = specs.values().find(|s| s.name.as_str() == "other").unwrap();
+    assert_eq!(api.inherit_env, ["A", "AWS_*", "B_TOKEN"]);
+    assert_eq!(other.inherit_env, ["AWS_*", "B_TOKEN"]);
+    // A spec without the key keeps the hash it had before the key existed.
+    let plain = load(SERVICE).unwrap();
+    let spec = plain.desired.services.values().next().unwrap();
+    assert!(!spec.canonical().to_string().contains("inherit_env"));
+    assert_ne!(
+        spec.spec_hash(),
+        api.spec_hash(),
+        "the list is part of the spec"
+    );
+
+    let (code, message, help) =
+        problem_at(&format!("{SERVICE}    inherit_env: [AWS-KEY]\n"), "AWS-KEY");
+    assert!(code.starts_with("E002"), "{code}");
+    assert!(
+        message.contains("`services.api.inherit_env[0]` `AWS-KEY` is not a variable name"),
+        "{message}"
+    );
+    assert!(help.contains("AWS_*"), "{help}");
+    let (_, message, _) = problem_at(
+        &format!("deployment:\n  inherit_env: [PATH, DEPLOY_CODE_STATE_KEY]\n{SERVICE}"),
+        "DEPLOY_CODE_STATE_KEY",
+    );
+    assert!(
+        message.contains("`deployment.inherit_env[1]` `DEPLOY_CODE_STATE_KEY` has no effect"),
+        "{message}"
+    );
+    let (_, message, _) = problem_at(&format!("{SERVICE}    inherit_env: [9LIVES]\n"), "9LIVES");
+    assert!(message.contains("not a variable name"), "{message}");
+}

@@ -455,3 +455,70 @@ async fn logs_follow_streams_a_container_as_it_prints() {
     let (code, out, err) = d.run(&["destroy", "--auto-approve"]);
     assert_eq!(code, 0, "{out}\n{err}");
 }
+
+/// A container gets its declared `env` and what `inherit_env` names of the
+/// environment `deploy-code apply` runs in, nothing else of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_gets_what_inherit_env_names_and_nothing_else() {
+    let Some(_b) = engine("a_container_gets_what_inherit_env_names_and_nothing_else").await else {
+        return;
+    };
+    let d = Deployment::new("inherit");
+    let _guard = Cleanup::new(&d.project);
+    std::fs::write(
+        d.config(),
+        format!(
+            "version: \"1.0.0\"\nproject: {}\ninfrastructure:\n  container_runtime: Docker\ndeployment:\n  timeout_seconds: 60\n  stop_grace_seconds: 1\nservices:\n  box:\n    image: {IMAGE}\n    args: [\"sh\", \"-c\", \"sleep 300\"]\n    env: {{OWN: declared}}\n    inherit_env: [\"DCT_PASS_*\"]\n",
+            d.project
+        ),
+    )
+    .unwrap();
+    let canary = format!("dct-secret-{}", std::process::id());
+    let out = Command::new(env!("CARGO_BIN_EXE_deploy-code"))
+        .current_dir(d.dir.path())
+        .arg("-c")
+        .arg(d.config())
+        .args(["apply", "--auto-approve"])
+        .env_remove("DEPLOY_CODE_STATE")
+        .env_remove("DEPLOY_CODE_CONFIG")
+        .env("DCT_PASS_REGION", "eu-west-3")
+        .env("DCT_OTHER_SECRET", &canary)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids = Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=io.deploy-code.project={}", d.project),
+        ])
+        .output()
+        .unwrap();
+    let ids = String::from_utf8_lossy(&ids.stdout).into_owned();
+    let id = ids.lines().next().expect("the container runs");
+    let env = Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{range .Config.Env}}{{println .}}{{end}}",
+            id,
+        ])
+        .output()
+        .unwrap();
+    let env = String::from_utf8_lossy(&env.stdout).into_owned();
+    let lines: Vec<&str> = env.lines().collect();
+    assert!(lines.contains(&"DCT_PASS_REGION=eu-west-3"), "{env}");
+    assert!(lines.contains(&"OWN=declared"), "{env}");
+    assert!(
+        !env.contains(&canary) && !env.contains("DCT_OTHER_SECRET"),
+        "{env}"
+    );
+    let (code, out, err) = d.run(&["destroy", "--auto-approve"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+}

@@ -191,6 +191,7 @@ impl Spec {
             network: None,
             behind_switch: false,
             swarm_update: None,
+            inherit_env: Vec::new(),
         })
     }
 
