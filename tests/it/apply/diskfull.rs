@@ -36,7 +36,11 @@ fn a_full_disk_during_the_rollback_exits_5_and_the_next_apply_repairs() {
     // The state, the logs and the monitors' files live on a small disk.
     let Some(_disk) = Tmpfs::mount(&site.dir.path().join(".deploy-code"), "16m") else {
         // Mounting needs root (CI runs the tests as root).
-        eprintln!("skipped: cannot mount a tmpfs here");
+        crate::support::skip(
+            "a_full_disk_during_the_rollback_exits_5_and_the_next_apply_repairs",
+            "DEPLOY_CODE_REQUIRE_TOOLS",
+            "cannot mount a tmpfs here (needs root)",
+        );
         return;
     };
     let port = free_port();
