@@ -36,7 +36,7 @@ services:
 }
 
 /// A directory whose `index.html` names `version`.
-fn site_dir(site: &Site, version: &str) -> PathBuf {
+pub(super) fn site_dir(site: &Site, version: &str) -> PathBuf {
     let dir = site.dir.path().join(version);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), format!("{version}\n")).unwrap();
@@ -105,7 +105,7 @@ fn switches(site: &Site) -> Vec<u32> {
 }
 
 /// Destroys what the site runs, then kills whatever is left of it by pid.
-struct Cleanup<'a>(&'a Site);
+pub(super) struct Cleanup<'a>(pub(super) &'a Site);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
@@ -733,10 +733,20 @@ struct TestSwitch {
     rt: tokio::runtime::Runtime,
     project: String,
     pid: u32,
+    tuning: deploy_code::switch::Tuning,
 }
 
 impl TestSwitch {
     fn start(dir: &std::path::Path, port: u16, project: String) -> TestSwitch {
+        Self::start_with(dir, port, project, Default::default())
+    }
+
+    fn start_with(
+        dir: &std::path::Path,
+        port: u16,
+        project: String,
+        tuning: deploy_code::switch::Tuning,
+    ) -> TestSwitch {
         let client = deploy_code::switch::SwitchClient::new(&dir.join("state.db"), "web", port);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -748,6 +758,7 @@ impl TestSwitch {
                 &project,
                 "lineage-1",
                 &dir.join("switch.log"),
+                &tuning,
             ))
             .unwrap();
         assert!(started);
@@ -757,11 +768,14 @@ impl TestSwitch {
             rt,
             project,
             pid,
+            tuning,
         }
     }
 
     fn set(&self, backends: &[std::net::SocketAddr], drain: Duration) {
-        self.rt.block_on(self.client.set(backends, drain)).unwrap();
+        self.rt
+            .block_on(self.client.set(backends, drain, &self.tuning))
+            .unwrap();
     }
 }
 
