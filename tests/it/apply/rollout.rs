@@ -863,6 +863,45 @@ fn an_earlier_drain_does_not_cut_a_later_one_short() {
     assert_eq!(say(&mut old, "2").as_deref(), Some("blue:2"));
 }
 
+/// A connection on which nothing is sent either way for the idle timeout
+/// is closed and counted; one that keeps talking is not.
+#[test]
+fn the_switch_closes_an_idle_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = super::common::free_port();
+    let blue = echo_server("blue");
+    let tuning = deploy_code::switch::Tuning {
+        http: false,
+        limits: deploy_code::switch::Limits {
+            idle_timeout_ms: 1000,
+            ..Default::default()
+        },
+    };
+    let switch = TestSwitch::start_with(
+        dir.path(),
+        port,
+        format!("switch-idle-{}", std::process::id()),
+        tuning,
+    );
+    switch.set(&[blue], Duration::from_millis(0));
+    let mut quiet = connect(port);
+    let mut talking = connect(port);
+    assert_eq!(say(&mut quiet, "1").as_deref(), Some("blue:1"));
+    for i in 0..6 {
+        assert_eq!(
+            say(&mut talking, &i.to_string()),
+            Some(format!("blue:{i}"))
+        );
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // 2.4 s without a byte: the quiet one is closed, the talking one is not.
+    assert_eq!(say(&mut quiet, "2"), None);
+    assert_eq!(say(&mut talking, "7").as_deref(), Some("blue:7"));
+    let status = switch.rt.block_on(switch.client.status()).unwrap();
+    assert_eq!(status.timed_out, 1);
+    assert_eq!(status.open, 1);
+}
+
 /// Moving a service that holds its port itself behind a switch stops it
 /// first, and the plan says so before `apply`; moving it back out stops the
 /// switch.
