@@ -888,10 +888,7 @@ fn the_switch_closes_an_idle_connection() {
     let mut talking = connect(port);
     assert_eq!(say(&mut quiet, "1").as_deref(), Some("blue:1"));
     for i in 0..6 {
-        assert_eq!(
-            say(&mut talking, &i.to_string()),
-            Some(format!("blue:{i}"))
-        );
+        assert_eq!(say(&mut talking, &i.to_string()), Some(format!("blue:{i}")));
         std::thread::sleep(Duration::from_millis(400));
     }
     // 2.4 s without a byte: the quiet one is closed, the talking one is not.

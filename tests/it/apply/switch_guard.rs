@@ -271,7 +271,7 @@ fn connections_beyond_the_cap_are_shed_with_503_and_shown() {
     // Logged once for the three.
     let log = switch_log(&site, port);
     assert_eq!(log.matches("shedding connections").count(), 1, "{log}");
-    let (code, metrics) = site.run(&["metrics"]);
+    let (code, metrics) = site.run_with(&["metrics"], &[("SITE", v1.to_str().unwrap())]);
     assert_eq!(code, 0, "{metrics}");
     let labels = format!("service=\"web\",port=\"{port}\"");
     assert!(
