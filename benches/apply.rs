@@ -77,6 +77,7 @@ fn service(name: &str, port: u16, delay_ms: u64, deps: Vec<ServiceName>, www: &s
         labels: BTreeMap::new(),
         network: None,
         behind_switch: false,
+        switch: None,
         swarm_update: None,
         inherit_env: Vec::new(),
     }

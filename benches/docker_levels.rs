@@ -192,6 +192,7 @@ fn spec(name: &str) -> ServiceSpec {
         labels: BTreeMap::new(),
         network: None,
         behind_switch: false,
+        switch: None,
         swarm_update: None,
         inherit_env: Vec::new(),
     }

@@ -52,6 +52,7 @@ fn record(i: usize, key: &SecretKey) -> ServiceRecord {
         labels: BTreeMap::new(),
         network: None,
         behind_switch: false,
+        switch: None,
         swarm_update: None,
         inherit_env: Vec::new(),
     };

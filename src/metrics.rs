@@ -100,9 +100,16 @@ fn monitor_statuses(
         .collect()
 }
 
+/// What one traffic switch said about itself when the exposition was made.
+pub(crate) struct SwitchSample {
+    pub service: String,
+    pub port: u16,
+    pub status: crate::switch::Status,
+}
+
 /// The exposition for one project: `history` is every deployment, newest first.
 pub fn exposition(project: &str, snapshot: &Snapshot, history: &[Deployment]) -> String {
-    exposition_in(project, snapshot, history, None, &Default::default())
+    exposition_in(project, snapshot, history, None, &Default::default(), &[])
 }
 
 /// [`exposition`], with the monitors of containers read from `log_dir`
@@ -114,6 +121,7 @@ pub(crate) fn exposition_in(
     history: &[Deployment],
     log_dir: Option<&std::path::Path>,
     recorded: &std::collections::BTreeMap<String, u64>,
+    switches: &[SwitchSample],
 ) -> String {
     let mut w = Writer {
         out: String::new(),
@@ -247,6 +255,7 @@ pub(crate) fn exposition_in(
     w.sample("deploy_code_rollbacks_total", &[], rollbacks as f64);
 
     let last = history.iter().find(|d| d.outcome != Outcome::InProgress);
+    switch_families(&mut w, switches);
     if let Some(last) = last {
         w.family(
             "deploy_code_last_apply_info",
@@ -299,6 +308,72 @@ pub(crate) fn exposition_in(
         }
     }
     w.out
+}
+
+/// The traffic switches' connection counters, open connections and whether
+/// each sheds connections at its cap.
+fn switch_families(w: &mut Writer, switches: &[SwitchSample]) {
+    w.family(
+        "deploy_code_switch_connections_total",
+        "counter",
+        "Connections a traffic switch accepted since it started, by what became of them: forwarded, failed (no instance took it), shed (beyond its cap), timed_out (idle, or no whole request head in time).",
+    );
+    for sw in switches {
+        let port = sw.port.to_string();
+        let s = &sw.status;
+        for (outcome, n) in [
+            ("forwarded", s.forwarded.values().sum::<u64>()),
+            ("failed", s.failed),
+            ("shed", s.shed),
+            ("timed_out", s.timed_out),
+        ] {
+            w.sample(
+                "deploy_code_switch_connections_total",
+                &[
+                    ("service", &sw.service),
+                    ("port", &port),
+                    ("outcome", outcome),
+                ],
+                n as f64,
+            );
+        }
+    }
+    w.family(
+        "deploy_code_switch_open_connections",
+        "gauge",
+        "Client connections a traffic switch holds open now.",
+    );
+    for sw in switches {
+        w.sample(
+            "deploy_code_switch_open_connections",
+            &[("service", &sw.service), ("port", &sw.port.to_string())],
+            sw.status.open as f64,
+        );
+    }
+    w.family(
+        "deploy_code_switch_max_connections",
+        "gauge",
+        "The most client connections a traffic switch keeps open: its configured cap, or fewer where its open-file limit allows fewer.",
+    );
+    for sw in switches {
+        w.sample(
+            "deploy_code_switch_max_connections",
+            &[("service", &sw.service), ("port", &sw.port.to_string())],
+            sw.status.max_connections as f64,
+        );
+    }
+    w.family(
+        "deploy_code_switch_degraded",
+        "gauge",
+        "1 while a traffic switch sheds connections beyond its cap (it shed one in the last few seconds).",
+    );
+    for sw in switches {
+        w.sample(
+            "deploy_code_switch_degraded",
+            &[("service", &sw.service), ("port", &sw.port.to_string())],
+            if sw.status.shedding { 1.0 } else { 0.0 },
+        );
+    }
 }
 
 /// Publishes the exposition where `monitoring` says: a Pushgateway

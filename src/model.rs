@@ -614,6 +614,12 @@ pub struct ServiceSpec {
     /// behind a switch or out from behind one replaces it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub behind_switch: bool,
+    /// For a service behind switches: how its switches guard themselves
+    /// against clients that hold connections (`deployment.switch`). `None`
+    /// (left out of the canonical form, so that specs recorded before it
+    /// existed keep their hashes) is [`SwitchSettings::default`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<SwitchSettings>,
     /// For a Swarm service: how Swarm rolls its tasks over on an update
     /// (its `UpdateConfig`), derived from `deployment.strategy`. `None`
     /// (left out of the canonical form, so that specs recorded before it
@@ -665,6 +671,38 @@ pub fn env_pattern_matches(pattern: &str, name: &str) -> bool {
         }
     }
     p[i..].iter().all(|c| *c == b'*')
+}
+
+/// `deployment.switch`: how a traffic switch guards itself against clients
+/// that hold connections without using them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchSettings {
+    /// A connection on which neither side sent a byte for this long is closed.
+    pub idle_timeout_seconds: u32,
+    /// On a port that speaks HTTP, a client that has not sent its whole
+    /// request head this long after it connected is closed (slowloris).
+    pub header_timeout_seconds: u32,
+    /// Client connections open at once; those beyond are shed.
+    pub max_connections: u32,
+}
+
+impl SwitchSettings {
+    /// kamal-proxy's idle timeout.
+    pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u32 = 60;
+    /// kamal-proxy's read timeout (nginx's `client_header_timeout` is 60).
+    pub const DEFAULT_HEADER_TIMEOUT_SECONDS: u32 = 30;
+    /// Bounded below by what the switch's file descriptors allow.
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+}
+
+impl Default for SwitchSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout_seconds: Self::DEFAULT_IDLE_TIMEOUT_SECONDS,
+            header_timeout_seconds: Self::DEFAULT_HEADER_TIMEOUT_SECONDS,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+        }
+    }
 }
 
 /// In what order Swarm replaces a task: the new one first, or the old one
@@ -1043,6 +1081,10 @@ pub struct DeploymentSettings {
     /// `BlueGreen`: how long the old set is kept after the flip.
     #[serde(default)]
     pub blue_green: BlueGreenSettings,
+    /// `deployment.switch`, when given (lowered into each spec behind
+    /// switches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<SwitchSettings>,
 }
 
 /// `deployment.blue_green`.
@@ -1072,6 +1114,7 @@ impl Default for DeploymentSettings {
             canary: CanarySettings::default(),
             rolling: RollingSettings::default(),
             blue_green: BlueGreenSettings::default(),
+            switch: None,
         }
     }
 }

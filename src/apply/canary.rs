@@ -35,6 +35,9 @@ struct Groups {
     client: SwitchClient,
     stable: Vec<SocketAddr>,
     canary: Vec<SocketAddr>,
+    /// Its port speaks HTTP (the switch reads request heads and counts
+    /// responses there).
+    http: bool,
 }
 
 /// How a step ended, when it did not fail.
@@ -198,10 +201,12 @@ impl Exec<'_> {
                 .await
                 .map_err(fail)?;
             let canary = self.addresses(after, &handles, cp).await.map_err(fail)?;
+            let http = crate::switch::Tuning::of(after, client.port).http;
             groups.push(Groups {
                 client,
                 stable,
                 canary,
+                http,
             });
         }
         let http = speaks_http(after);
@@ -219,7 +224,7 @@ impl Exec<'_> {
                     for g in &groups {
                         let _ = g
                             .client
-                            .set_canary(&g.stable, &g.canary, 0, http, None)
+                            .set_canary(&g.stable, &g.canary, 0, g.http, None)
                             .await;
                     }
                     return Err(fail(e));
@@ -306,7 +311,7 @@ impl Exec<'_> {
             };
             let res = g
                 .client
-                .set_canary(&g.stable, &g.canary, step.weight, http, Some(at))
+                .set_canary(&g.stable, &g.canary, step.weight, g.http, Some(at))
                 .await;
             let outcome = if res.is_ok() { "succeeded" } else { "failed" };
             self.with_store(|s| s.close_intent(id, outcome, &serde_json::json!({})))?;

@@ -105,8 +105,9 @@ impl Exec<'_> {
                     &serde_json::json!({ "listen": listen }),
                 )
             })?;
+            let tuning = crate::switch::Tuning::of(spec, client.port);
             let res = client
-                .ensure(&listen, &self.ctx.project, &self.ctx.lineage, &log)
+                .ensure(&listen, &self.ctx.project, &self.ctx.lineage, &log, &tuning)
                 .await;
             let (outcome, detail) = match &res {
                 Ok(started) => ("succeeded", serde_json::json!({ "started": started })),
@@ -203,7 +204,8 @@ impl Exec<'_> {
                     &serde_json::json!({ "port": client.port, "backends": set }),
                 )
             })?;
-            let res = client.set(&set, self.drain).await;
+            let tuning = crate::switch::Tuning::of(spec, client.port);
+            let res = client.set(&set, self.drain, &tuning).await;
             let outcome = if res.is_ok() { "succeeded" } else { "failed" };
             self.with_store(|s| s.close_intent(id, outcome, &serde_json::json!({})))?;
             res.map_err(switch_error)?;
@@ -666,7 +668,9 @@ pub(crate) async fn flip_back(
                     &serde_json::json!({ "port": host, "backends": set, "flip_back": true }),
                 )
                 .map_err(|e| e.to_string())?;
-            let res = client.set(&set, drain).await;
+            let res = client
+                .set(&set, drain, &crate::switch::Tuning::of(spec, host))
+                .await;
             let outcome = if res.is_ok() { "succeeded" } else { "failed" };
             store
                 .close_intent(id, outcome, &serde_json::json!({}))

@@ -1385,6 +1385,7 @@ mod tests {
             labels: BTreeMap::new(),
             network: None,
             behind_switch: false,
+            switch: None,
             swarm_update: None,
             inherit_env: Vec::new(),
         }

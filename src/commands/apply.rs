@@ -523,6 +523,7 @@ fn publish_metrics(rt: &tokio::runtime::Runtime, loaded: &LoadedConfig, store: &
         &history,
         Some(&loaded.desired.settings.log_dir),
         &crate::state::restarts::counts(store.path()).unwrap_or_default(),
+        &rt.block_on(super::status::switch_samples(store.path(), &snapshot)),
     );
     for warning in rt.block_on(crate::metrics::publish(monitoring, project, &text)) {
         tracing::warn!("{warning}");

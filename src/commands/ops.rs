@@ -20,12 +20,16 @@ pub fn metrics(inv: &Invocation) -> Result<CommandOutcome, Failure> {
     let log_dir = super::status::log_dir(inv);
     super::status::import_restarts(inv, &snapshot);
     let recorded = crate::state::restarts::counts(state_path).unwrap_or_default();
+    let switches = inv
+        .runtime()?
+        .block_on(super::status::switch_samples(state_path, &snapshot));
     inv.out.data_lossy(&crate::metrics::exposition_in(
         &project,
         &snapshot,
         &history,
         log_dir.as_deref(),
         &recorded,
+        &switches,
     ));
     Ok(CommandOutcome::Done)
 }

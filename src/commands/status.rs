@@ -47,12 +47,17 @@ async fn switches_of(state_path: &std::path::Path, r: &ServiceRecord) -> Vec<Swi
         out.push(match client.status().await {
             Ok(s) => SwitchView {
                 port,
-                state: "running".into(),
+                // Shedding connections at its cap: some clients are turned away.
+                state: if s.shedding { "degraded" } else { "running" }.into(),
                 pid: Some(s.pid),
                 live: s.backends.iter().map(ToString::to_string).collect(),
                 active: s.active.values().sum(),
                 forwarded: s.forwarded.values().sum(),
                 failed: s.failed,
+                open: s.open,
+                max_connections: s.max_connections,
+                shed: s.shed,
+                timed_out: s.timed_out,
                 canary: canary_view(&s),
             },
             Err(e) => SwitchView {
@@ -63,9 +68,35 @@ async fn switches_of(state_path: &std::path::Path, r: &ServiceRecord) -> Vec<Swi
                 active: 0,
                 forwarded: 0,
                 failed: 0,
+                open: 0,
+                max_connections: 0,
+                shed: 0,
+                timed_out: 0,
                 canary: None,
             },
         });
+    }
+    out
+}
+
+/// What the switches of the state's services say about themselves (those
+/// that answer), for `metrics`.
+pub(crate) async fn switch_samples(
+    state_path: &std::path::Path,
+    snapshot: &Snapshot,
+) -> Vec<crate::metrics::SwitchSample> {
+    let mut out = Vec::new();
+    for r in snapshot.services.values().filter(|r| r.spec.behind_switch) {
+        for (port, _) in r.spec.host_ports() {
+            let client = crate::switch::SwitchClient::new(state_path, r.name.as_str(), port);
+            if let Ok(status) = client.status().await {
+                out.push(crate::metrics::SwitchSample {
+                    service: r.name.as_str().to_owned(),
+                    port,
+                    status,
+                });
+            }
+        }
     }
     out
 }

@@ -412,6 +412,22 @@ impl Lowering<'_> {
                 .help("only a long-running process or container (not a Swarm service) with a fixed TCP `host_port` runs behind a switch that can flip back to a kept set; remove the key"),
             );
         }
+        if settings.deployment.switch.is_some()
+            && !specs.is_empty()
+            && !specs.values().any(|s| s.behind_switch)
+        {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`deployment.switch` has no effect: no service runs behind a traffic switch",
+                )
+                .label(
+                    span_of(self.root, &["deployment", "switch"]).unwrap_or(0..0),
+                    "would have no effect",
+                )
+                .help("only a long-running process or container (not a Swarm service) with a fixed TCP `host_port` runs behind a switch; remove the section"),
+            );
+        }
         if out.len() > start {
             return None;
         }
@@ -497,6 +513,29 @@ impl Lowering<'_> {
                 .help("only `strategy: BlueGreen`, `RollingUpdate` and `Canary` put services behind a traffic switch that drains; remove the key or change the strategy"),
             );
         }
+        if d.switch.is_some() && !uses_switch {
+            out.push(
+                Problem::new(
+                    Kind::InvalidValue,
+                    "`deployment.switch` has no effect without a traffic switch",
+                )
+                .label(
+                    span_of(self.root, &["deployment", "switch"]).unwrap_or(0..0),
+                    "would have no effect",
+                )
+                .help("only `strategy: BlueGreen`, `RollingUpdate` and `Canary` put services behind a traffic switch; remove the section or change the strategy"),
+            );
+        }
+        let switch = d.switch.as_ref().map(|w| {
+            let sd = crate::model::SwitchSettings::default();
+            crate::model::SwitchSettings {
+                idle_timeout_seconds: w.idle_timeout_seconds.unwrap_or(sd.idle_timeout_seconds),
+                header_timeout_seconds: w
+                    .header_timeout_seconds
+                    .unwrap_or(sd.header_timeout_seconds),
+                max_connections: w.max_connections.unwrap_or(sd.max_connections),
+            }
+        });
         let canary = self.canary(&d, out);
         let deployment = DeploymentSettings {
             strategy: match d.strategy {
@@ -519,6 +558,7 @@ impl Lowering<'_> {
             canary,
             rolling,
             blue_green: self.blue_green(&d, out),
+            switch,
         };
         let n = infra.network.clone().unwrap_or_default();
         let nd = NetworkSettings::default();
@@ -1316,6 +1356,7 @@ impl Lowering<'_> {
                 settings.network.name.clone()
             },
             behind_switch,
+            switch: settings.deployment.switch.filter(|_| behind_switch),
             swarm_update,
             inherit_env,
         })

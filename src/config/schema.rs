@@ -267,6 +267,22 @@ pub struct Deployment {
     pub blue_green: Option<BlueGreen>,
     /// Variables of the environment `deploy-code` runs in that every service is given besides its `env` (names or `*` patterns, as a service's `inherit_env`, to which they are added).
     pub inherit_env: Option<Vec<String>>,
+    /// How each traffic switch guards itself against clients that hold connections without using them (RollingUpdate, BlueGreen and Canary only).
+    pub switch: Option<Switch>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Switch {
+    /// Seconds a client connection may stay open with no byte sent either way before the switch closes it, 1 to 86400. Default 60.
+    #[schemars(range(min = 1, max = 86400))]
+    pub idle_timeout_seconds: Option<u32>,
+    /// On a port that speaks HTTP (the service's health check is an `http://` probe of that port), seconds a client may take to send its whole request head after it connected; the switch connects to an instance only once the head is complete, and closes a slower client with `408`. 1 to 3600. Default 30.
+    #[schemars(range(min = 1, max = 3600))]
+    pub header_timeout_seconds: Option<u32>,
+    /// Client connections a switch keeps open at once, 1 to 1000000; one beyond is shed at once (`503` on a port that speaks HTTP, else closed) and the switch shows as degraded in `status`. Also bounded by the switch's open-file limit (two descriptors a connection). Default 10000.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_connections: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]

@@ -205,7 +205,8 @@ pub struct ServiceView {
 #[derive(Clone, Debug, Serialize)]
 pub struct SwitchView {
     pub port: u16,
-    /// `running`, or why it does not answer.
+    /// `running`; `degraded` while it sheds connections beyond its cap; or
+    /// why it does not answer.
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -216,6 +217,14 @@ pub struct SwitchView {
     /// Connections forwarded, and those no instance took, since it started.
     pub forwarded: u64,
     pub failed: u64,
+    /// Client connections open (forwarded, or still sending their request
+    /// head), and the most it keeps open.
+    pub open: u64,
+    pub max_connections: u64,
+    /// Connections shed at the cap, and those closed as idle or for a
+    /// request head not sent in time, since it started.
+    pub shed: u64,
+    pub timed_out: u64,
     /// The canary in progress on this switch, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryView>,
@@ -378,8 +387,13 @@ pub fn human(views: &[ServiceView], detailed: bool) -> String {
         for sw in &v.switches {
             lines.push(match sw.pid {
                 Some(pid) => format!(
-                    "    switch :{} (pid {pid}) -> {}  ({} open, {} forwarded, {} failed)",
+                    "    switch :{} (pid {pid}){} -> {}  ({} open, {} forwarded, {} failed{})",
                     sw.port,
+                    if sw.state == "running" {
+                        String::new()
+                    } else {
+                        format!(" {}", sw.state)
+                    },
                     if sw.live.is_empty() {
                         "-".to_owned()
                     } else {
@@ -387,7 +401,15 @@ pub fn human(views: &[ServiceView], detailed: bool) -> String {
                     },
                     sw.active,
                     sw.forwarded,
-                    sw.failed
+                    sw.failed,
+                    if sw.shed > 0 {
+                        format!(
+                            ", {} shed at its cap of {} connections",
+                            sw.shed, sw.max_connections
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
                 None => format!("    switch :{} {}", sw.port, sw.state),
             });

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::{ARG, CanaryStep, Decision, Reply, Request, Status, marks};
+use super::{ARG, CanaryStep, Decision, Reply, Request, Status, Tuning, marks};
 
 /// How long a control request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,15 +88,22 @@ impl SwitchClient {
     }
 
     /// Sends new connections to `backends` from now on; connections to the
-    /// others may finish for `drain`.
-    pub async fn set(&self, backends: &[SocketAddr], drain: Duration) -> Result<(), SwitchError> {
+    /// others may finish for `drain`. `tuning`: whether the port speaks HTTP
+    /// and the switch's limits from now on.
+    pub async fn set(
+        &self,
+        backends: &[SocketAddr],
+        drain: Duration,
+        tuning: &Tuning,
+    ) -> Result<(), SwitchError> {
         let req = Request::Set {
             backends: backends.to_vec(),
             drain_ms: drain.as_millis() as u64,
             canary: Vec::new(),
             weight: 0,
-            http: None,
+            http: Some(tuning.http),
             step: None,
+            limits: Some(tuning.limits),
         };
         self.ok(&req).await
     }
@@ -119,6 +126,7 @@ impl SwitchClient {
             weight,
             http: Some(http),
             step,
+            limits: None,
         };
         self.ok(&req).await
     }
@@ -166,14 +174,15 @@ impl SwitchClient {
         Ok(())
     }
 
-    /// Starts the switch unless one answers already; returns whether it
-    /// started one.
+    /// Starts the switch unless one answers already (`tuning`: what it is
+    /// started with); returns whether it started one.
     pub async fn ensure(
         &self,
         listen: &str,
         project: &str,
         lineage: &str,
         log: &Path,
+        tuning: &Tuning,
     ) -> Result<bool, SwitchError> {
         if self.status().await.is_ok() {
             return Ok(false);
@@ -204,6 +213,13 @@ impl SwitchClient {
             .arg(listen)
             .arg("--log")
             .arg(log)
+            .arg("--idle-timeout-ms")
+            .arg(tuning.limits.idle_timeout_ms.to_string())
+            .arg("--header-timeout-ms")
+            .arg(tuning.limits.header_timeout_ms.to_string())
+            .arg("--max-connections")
+            .arg(tuning.limits.max_connections.to_string())
+            .args(tuning.http.then_some("--http"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -29,6 +29,21 @@
 //!   (`deploy-code promote` / `abort`); refused when no canary is set;
 //! - `{"op":"stop"}`: the switch closes its port and exits.
 //!
+//! A `set` may also carry `"limits":{"idle_timeout_ms":…,"header_timeout_ms":…,
+//! "max_connections":…}` (given first on its command line): one client must
+//! not be able to take the port from every other. At start the switch raises
+//! its soft limit of open files to the hard limit; it closes a connection on
+//! which nothing was sent either way for `idle_timeout_ms`; on a port that
+//! speaks HTTP it reads each connection's request head itself before it
+//! connects to an instance, and closes a client that has not sent it within
+//! `header_timeout_ms` (slowloris); it keeps at most `max_connections` client
+//! connections open (fewer when its open-file limit allows fewer, two
+//! descriptors a connection) and sheds each one beyond at once (`503` on a
+//! port that speaks HTTP, else closed), counting it, logging it at most once
+//! every few seconds and showing itself as degraded in its status while it
+//! sheds. An `accept` that fails (out of descriptors) pauses the accept loop
+//! briefly instead of spinning.
+//!
 //! An instance behind a switch listens on a private port: a process is given
 //! it as `PORT` (its first port) and `PORT_<container_port>`; a container
 //! keeps its `container_port` and is reached at its address on its network.
@@ -45,6 +60,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use crate::model::{Probe, ServiceSpec, SwitchSettings};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Notify;
 
@@ -66,6 +83,94 @@ pub mod marks {
 
 /// How long a connect to a backend may take before the next one is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// File descriptors kept out of the connection cap: the runtime's own, the
+/// control socket's connections, the log file, and the shed connections
+/// being answered.
+const RESERVED_FDS: u64 = 64;
+/// Shed connections answered (`503`, then read until the client closes) at
+/// once; beyond, a shed connection is closed at once.
+const SHED_ANSWERS: u64 = 16;
+/// How long a shed connection is read after its `503`, at most.
+const SHED_LINGER: Duration = Duration::from_secs(1);
+/// How long the accept loop pauses after `accept` failed.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// At most one log line of a kind (shedding, failed accepts) per this many
+/// milliseconds.
+const LOG_INTERVAL_MS: u64 = 10_000;
+/// A switch that shed a connection this recently is degraded.
+const DEGRADED_FOR_MS: u64 = 10_000;
+/// The largest request head read before an instance is connected.
+const MAX_HEAD: usize = 64 * 1024;
+
+const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 20\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connections";
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// How a switch guards itself against clients that hold connections
+/// without using them (`deployment.switch`, in milliseconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub idle_timeout_ms: u64,
+    pub header_timeout_ms: u64,
+    pub max_connections: u64,
+}
+
+impl Limits {
+    pub(crate) fn of(s: &SwitchSettings) -> Self {
+        Self {
+            idle_timeout_ms: u64::from(s.idle_timeout_seconds) * 1000,
+            header_timeout_ms: u64::from(s.header_timeout_seconds) * 1000,
+            max_connections: u64::from(s.max_connections),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::of(&SwitchSettings::default())
+    }
+}
+
+/// What a switch is told about its port besides where to send connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuning {
+    /// The port speaks HTTP/1.x.
+    pub http: bool,
+    pub limits: Limits,
+}
+
+impl Tuning {
+    /// The switch of `spec`'s host port `host_port`: it speaks HTTP when the
+    /// service's health check is a plain `http://` probe of that port (the
+    /// host port, or the container port it forwards to).
+    pub fn of(spec: &ServiceSpec, host_port: u16) -> Self {
+        let port = spec.ports.iter().find(|p| p.host_port == Some(host_port));
+        let http = port.is_some_and(|p| {
+            spec.health_check.as_ref().is_some_and(|h| match &h.probe {
+                Probe::Http { url } => {
+                    url_port(url).is_some_and(|u| u == host_port || u == p.container_port)
+                }
+                _ => false,
+            })
+        });
+        Self {
+            http,
+            limits: Limits::of(&spec.switch.unwrap_or_default()),
+        }
+    }
+}
+
+/// The port of a plain `http://` URL (80 when it names none).
+fn url_port(url: &str) -> Option<u16> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    match authority.rsplit_once(':') {
+        Some((_, p)) if !p.contains(']') => p.parse().ok(),
+        _ => Some(80),
+    }
+}
 
 /// A request on the control socket.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -87,6 +192,9 @@ pub enum Request {
         /// The canary step this weight belongs to (`None`: no canary step).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         step: Option<CanaryStep>,
+        /// The switch's limits from now on (`None`: as before).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limits: Option<Limits>,
     },
     Status,
     Decide {
@@ -161,6 +269,31 @@ pub struct Status {
     /// The same, summed over the current groups' backends.
     #[serde(default)]
     pub groups: Groups,
+    /// Client connections open now (forwarded, or still sending their
+    /// request head).
+    #[serde(default)]
+    pub open: u64,
+    /// The most client connections it keeps open: `limits.max_connections`,
+    /// or fewer where its open-file limit allows fewer.
+    #[serde(default)]
+    pub max_connections: u64,
+    /// Connections shed since it started: closed at once (or answered `503`)
+    /// because `max_connections` were open.
+    #[serde(default)]
+    pub shed: u64,
+    /// It shed a connection in the last few seconds.
+    #[serde(default)]
+    pub shedding: bool,
+    /// Connections it closed because they were idle, or sent no complete
+    /// request head in time.
+    #[serde(default)]
+    pub timed_out: u64,
+    /// Its soft limit of open files.
+    #[serde(default)]
+    pub open_files_limit: u64,
+    /// Its limits now.
+    #[serde(default)]
+    pub limits: Option<Limits>,
 }
 
 impl Status {
@@ -208,6 +341,31 @@ struct Shared {
     failed: AtomicU64,
     forwarded: Mutex<HashMap<SocketAddr, u64>>,
     stop: Notify,
+    log: Option<PathBuf>,
+    started: Instant,
+    limits: Mutex<Limits>,
+    /// The soft limit of open files, once raised.
+    nofile: u64,
+    open: AtomicU64,
+    shed: AtomicU64,
+    /// Shed since the last line logged about it.
+    shed_unlogged: AtomicU64,
+    /// When it last shed, and when it last logged that or a failed accept
+    /// (milliseconds since `started`, plus one; 0: never).
+    last_shed: AtomicU64,
+    shed_logged: AtomicU64,
+    accept_logged: AtomicU64,
+    shed_answers: AtomicU64,
+    timed_out: AtomicU64,
+}
+
+/// One open client connection, counted in `Shared::open` while it lives.
+struct Open(Arc<Shared>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -231,6 +389,13 @@ impl Shared {
             step: *self.step.lock().expect("step"),
             counters: self.counters.lock().expect("counters").clone(),
             groups: Groups::default(),
+            open: self.open.load(Ordering::Relaxed),
+            max_connections: self.cap(),
+            shed: self.shed.load(Ordering::Relaxed),
+            shedding: self.shedding(),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
+            open_files_limit: self.nofile,
+            limits: Some(self.limits()),
         };
         s.groups = Groups {
             stable: s.sum(&s.backends),
@@ -269,6 +434,84 @@ impl Shared {
         }
     }
 
+    fn limits(&self) -> Limits {
+        *self.limits.lock().expect("limits")
+    }
+
+    /// Milliseconds since the switch started.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The most client connections kept open: the configured cap, or what
+    /// the open-file limit leaves for two descriptors a connection.
+    fn cap(&self) -> u64 {
+        let by_files = self.nofile.saturating_sub(RESERVED_FDS) / 2;
+        self.limits().max_connections.min(by_files).max(1)
+    }
+
+    fn shedding(&self) -> bool {
+        let last = self.last_shed.load(Ordering::Relaxed);
+        last != 0 && self.now_ms() + 1 - last < DEGRADED_FOR_MS
+    }
+
+    /// Logs `msg` unless a line of its kind (`last`) was logged in the last
+    /// `LOG_INTERVAL_MS`.
+    fn log_every(&self, last: &AtomicU64, msg: impl FnOnce() -> String) {
+        let now = self.now_ms() + 1;
+        let prev = last.load(Ordering::Relaxed);
+        if prev != 0 && now - prev < LOG_INTERVAL_MS {
+            return;
+        }
+        if last
+            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            log_line(self.log.as_deref(), &msg());
+        }
+    }
+
+    /// Sheds a connection beyond the cap: on a port that speaks HTTP it is
+    /// answered `503` and read until the client closes (so that closing does
+    /// not reset the connection under the answer), as long as few are being
+    /// answered; else it is closed at once.
+    fn shed(self: &Arc<Self>, stream: TcpStream) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        self.shed_unlogged.fetch_add(1, Ordering::Relaxed);
+        self.last_shed.store(self.now_ms() + 1, Ordering::Relaxed);
+        self.log_every(&self.shed_logged, || {
+            format!(
+                "shedding connections: {} open, at the cap of {}; {} shed since the last notice",
+                self.open.load(Ordering::Relaxed),
+                self.cap(),
+                self.shed_unlogged.swap(0, Ordering::Relaxed)
+            )
+        });
+        if !self.http.load(Ordering::Relaxed) {
+            return;
+        }
+        let _ = stream.try_write(SERVICE_UNAVAILABLE);
+        if self.shed_answers.fetch_add(1, Ordering::Relaxed) >= SHED_ANSWERS {
+            self.shed_answers.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let _ = stream.shutdown().await;
+            let mut buf = [0u8; 4096];
+            let _ = tokio::time::timeout(SHED_LINGER, async {
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+            shared.shed_answers.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
     fn count(&self, backend: SocketAddr, f: impl FnOnce(&mut Counters)) {
         f(self
             .counters
@@ -284,18 +527,29 @@ struct Args {
     socket: PathBuf,
     listen: String,
     log: Option<PathBuf>,
+    http: bool,
+    limits: Limits,
 }
 
 fn parse(args: &[std::ffi::OsString]) -> Option<Args> {
     let mut socket = None;
     let mut listen = None;
     let mut log = None;
+    let mut http = false;
+    let mut limits = Limits::default();
     let mut it = args.iter();
+    let number = |it: &mut std::slice::Iter<'_, std::ffi::OsString>| -> Option<u64> {
+        it.next()?.to_str()?.parse().ok().filter(|n| *n > 0)
+    };
     while let Some(a) = it.next() {
         match a.to_str()? {
             "--socket" => socket = Some(PathBuf::from(it.next()?)),
             "--listen" => listen = Some(it.next()?.to_str()?.to_owned()),
             "--log" => log = Some(PathBuf::from(it.next()?)),
+            "--http" => http = true,
+            "--idle-timeout-ms" => limits.idle_timeout_ms = number(&mut it)?,
+            "--header-timeout-ms" => limits.header_timeout_ms = number(&mut it)?,
+            "--max-connections" => limits.max_connections = number(&mut it)?,
             _ => return None,
         }
     }
@@ -303,7 +557,35 @@ fn parse(args: &[std::ffi::OsString]) -> Option<Args> {
         socket: socket?,
         listen: listen?,
         log,
+        http,
+        limits,
     })
+}
+
+/// Raises the soft limit of open files to the hard limit (a switch holds two
+/// descriptors a connection, and the usual soft limit of 1024 is soon
+/// reached); the soft limit then, and the one before.
+fn raise_open_files() -> (u64, u64) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return (1024, 1024);
+    }
+    let before = r.rlim_cur;
+    if r.rlim_cur < r.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: r.rlim_max,
+            rlim_max: r.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            r.rlim_cur = r.rlim_max;
+        }
+    }
+    (r.rlim_cur, before)
 }
 
 /// Appends a line to the switch's log file (its only output).
@@ -322,6 +604,13 @@ pub fn run(args: &[std::ffi::OsString]) -> u8 {
     let Some(args) = parse(args) else {
         return 2;
     };
+    let (nofile, before) = raise_open_files();
+    if nofile != before {
+        log_line(
+            args.log.as_deref(),
+            &format!("open-file limit raised from {before} to {nofile}"),
+        );
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -333,7 +622,7 @@ pub fn run(args: &[std::ffi::OsString]) -> u8 {
             return 1;
         }
     };
-    match rt.block_on(serve(&args)) {
+    match rt.block_on(serve(&args, nofile)) {
         Ok(()) => 0,
         Err(e) => {
             log_line(args.log.as_deref(), &e);
@@ -342,7 +631,7 @@ pub fn run(args: &[std::ffi::OsString]) -> u8 {
     }
 }
 
-async fn serve(args: &Args) -> Result<(), String> {
+async fn serve(args: &Args, nofile: u64) -> Result<(), String> {
     let listener = TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -371,7 +660,7 @@ async fn serve(args: &Args) -> Result<(), String> {
         canary: Mutex::new(Vec::new()),
         weight: AtomicU8::new(0),
         weighted: Mutex::new(Weighted::default()),
-        http: AtomicBool::new(false),
+        http: AtomicBool::new(args.http),
         decision: Mutex::new(None),
         step: Mutex::new(None),
         counters: Mutex::new(HashMap::new()),
@@ -383,26 +672,63 @@ async fn serve(args: &Args) -> Result<(), String> {
         failed: AtomicU64::new(0),
         forwarded: Mutex::new(HashMap::new()),
         stop: Notify::new(),
+        log: args.log.clone(),
+        started: Instant::now(),
+        limits: Mutex::new(args.limits),
+        nofile,
+        open: AtomicU64::new(0),
+        shed: AtomicU64::new(0),
+        shed_unlogged: AtomicU64::new(0),
+        last_shed: AtomicU64::new(0),
+        shed_logged: AtomicU64::new(0),
+        accept_logged: AtomicU64::new(0),
+        shed_answers: AtomicU64::new(0),
+        timed_out: AtomicU64::new(0),
     });
     log_line(
         args.log.as_deref(),
-        &format!("listening on {}", args.listen),
+        &format!(
+            "listening on {} (at most {} connections)",
+            args.listen,
+            shared.cap()
+        ),
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("no SIGTERM handler: {e}"))?;
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
                     shared.accepted.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(forward(shared.clone(), stream));
+                    if shared.open.load(Ordering::Relaxed) >= shared.cap() {
+                        shared.shed(stream);
+                    } else {
+                        shared.open.fetch_add(1, Ordering::Relaxed);
+                        let open = Open(shared.clone());
+                        tokio::spawn(forward(shared.clone(), stream, open));
+                    }
                 }
-            }
-            accepted = control.accept() => {
-                if let Ok((stream, _)) = accepted {
+                // Out of descriptors (or kernel memory): the connection stays
+                // in the backlog and the listener stays ready, so accepting
+                // again at once would spin.
+                Err(e) => {
+                    shared.log_every(&shared.accept_logged, || {
+                        format!("cannot accept a connection: {e}; pausing the accept loop")
+                    });
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            accepted = control.accept() => match accepted {
+                Ok((stream, _)) => {
                     tokio::spawn(control_conn(shared.clone(), stream));
                 }
-            }
+                Err(e) => {
+                    shared.log_every(&shared.accept_logged, || {
+                        format!("cannot accept a control connection: {e}; pausing the accept loop")
+                    });
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
             _ = shared.stop.notified() => break,
             _ = term.recv() => break,
         }
@@ -412,8 +738,63 @@ async fn serve(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-async fn forward(shared: Arc<Shared>, mut inbound: TcpStream) {
+/// How reading a request head ended.
+enum Head {
+    /// Complete, its first byte read at this instant.
+    Complete(Instant),
+    /// The client closed (or failed) first.
+    Closed,
+    /// Longer than `MAX_HEAD`.
+    TooLarge,
+}
+
+/// Reads from `stream` into `head` until it holds a whole request head
+/// (what follows it, read with it, stays in `head`).
+async fn read_head(stream: &mut TcpStream, head: &mut Vec<u8>) -> Head {
+    let mut buf = [0u8; 4096];
+    let mut first = None;
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return Head::Closed,
+            Ok(n) => n,
+        };
+        let at = *first.get_or_insert_with(Instant::now);
+        let from = head.len();
+        head.extend_from_slice(&buf[..n]);
+        if traffic::head_ends(head, from) {
+            return Head::Complete(at);
+        }
+        if head.len() > MAX_HEAD {
+            return Head::TooLarge;
+        }
+    }
+}
+
+async fn forward(shared: Arc<Shared>, mut inbound: TcpStream, open: Open) {
     let _ = inbound.set_nodelay(true);
+    let limits = shared.limits();
+    let http = shared.http.load(Ordering::Relaxed);
+    // On an HTTP port no instance is connected before the request head is
+    // whole: a client that connects and sends nothing, or drips its head,
+    // costs the instances nothing and is closed after the header timeout.
+    let mut head = Vec::new();
+    let mut asked = None;
+    if http {
+        let wait = Duration::from_millis(limits.header_timeout_ms);
+        match tokio::time::timeout(wait, read_head(&mut inbound, &mut head)).await {
+            Ok(Head::Complete(at)) => asked = Some(at),
+            Ok(Head::Closed) => return,
+            Ok(Head::TooLarge) => {
+                let _ = inbound.try_write(HEAD_TOO_LARGE);
+                return;
+            }
+            Err(_) => {
+                shared.timed_out.fetch_add(1, Ordering::Relaxed);
+                let _ = inbound.try_write(REQUEST_TIMEOUT);
+                return;
+            }
+        }
+    }
     let mut chosen = None;
     for addr in shared.order() {
         if let Ok(Ok(s)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
@@ -435,13 +816,27 @@ async fn forward(shared: Arc<Shared>, mut inbound: TcpStream) {
         .or_default() += 1;
     shared.count(addr, |c| c.connections += 1);
     let id = shared.ids.fetch_add(1, Ordering::Relaxed);
-    let task = if shared.http.load(Ordering::Relaxed) {
-        tokio::spawn(forward_http(shared.clone(), addr, inbound, outbound))
-    } else {
-        tokio::spawn(async move {
-            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-        })
-    };
+    let s = shared.clone();
+    let task = tokio::spawn(async move {
+        let _open = open;
+        if !head.is_empty() && outbound.write_all(&head).await.is_err() {
+            return;
+        }
+        let last = AtomicU64::new(s.now_ms());
+        let pumps = async {
+            if http {
+                forward_http(&s, addr, inbound, outbound, asked, &last).await;
+            } else {
+                forward_tcp(&s, inbound, outbound, &last).await;
+            }
+        };
+        tokio::select! {
+            () = pumps => {}
+            () = idle(&s, &last, limits.idle_timeout_ms) => {
+                s.timed_out.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
     shared.conns.lock().expect("conns").insert(
         id,
         Conn {
@@ -453,26 +848,53 @@ async fn forward(shared: Arc<Shared>, mut inbound: TcpStream) {
     shared.conns.lock().expect("conns").remove(&id);
 }
 
+/// Returns once nothing was sent either way on a connection (`last`: when
+/// something last was, in `Shared::now_ms`) for `idle_ms`.
+async fn idle(shared: &Shared, last: &AtomicU64, idle_ms: u64) {
+    loop {
+        let quiet = shared.now_ms().saturating_sub(last.load(Ordering::Relaxed));
+        if quiet >= idle_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(idle_ms - quiet)).await;
+    }
+}
+
+/// Forwards a connection byte for byte, both ways.
+async fn forward_tcp(shared: &Shared, inbound: TcpStream, outbound: TcpStream, last: &AtomicU64) {
+    let (client_read, client_write) = inbound.into_split();
+    let (backend_read, backend_write) = outbound.into_split();
+    let touch = |_: &[u8]| last.store(shared.now_ms(), Ordering::Relaxed);
+    tokio::join!(
+        pump(client_read, backend_write, touch),
+        pump(backend_read, client_write, touch)
+    );
+}
+
 /// Forwards an HTTP connection byte for byte, counting each response head
-/// on the way back (its class, and the time since the request's first byte).
+/// on the way back (its class, and the time since the request's first byte;
+/// `asked`: that of the request head already sent).
 async fn forward_http(
-    shared: Arc<Shared>,
+    shared: &Shared,
     backend: SocketAddr,
     inbound: TcpStream,
     outbound: TcpStream,
+    asked: Option<Instant>,
+    last: &AtomicU64,
 ) {
     let (client_read, client_write) = inbound.into_split();
     let (backend_read, backend_write) = outbound.into_split();
-    let asked: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
-    let asked_up = asked.clone();
-    let up = pump(client_read, backend_write, move |_| {
-        let mut a = asked_up.lock().expect("asked");
+    let asked: Mutex<Option<Instant>> = Mutex::new(asked);
+    let up = pump(client_read, backend_write, |_| {
+        last.store(shared.now_ms(), Ordering::Relaxed);
+        let mut a = asked.lock().expect("asked");
         if a.is_none() {
             *a = Some(Instant::now());
         }
     });
     let mut scanner = ResponseScanner::default();
-    let down = pump(backend_read, client_write, move |bytes| {
+    let down = pump(backend_read, client_write, |bytes| {
+        last.store(shared.now_ms(), Ordering::Relaxed);
         scanner.feed(bytes, |code| {
             let latency = asked
                 .lock()
@@ -539,7 +961,11 @@ async fn control_conn(shared: Arc<Shared>, stream: UnixStream) {
                 weight,
                 http,
                 step,
+                limits,
             }) => {
+                if let Some(l) = limits {
+                    *shared.limits.lock().expect("limits") = l;
+                }
                 {
                     // One lock order for a consistent view: backends, then canary.
                     let mut b = shared.backends.lock().expect("backends");

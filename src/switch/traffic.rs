@@ -324,9 +324,32 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// Whether `buf` holds the end of an HTTP/1.x request head (its empty
+/// line, after CRLF or bare LF line ends), looking only where the bytes
+/// read from `from` on could have completed it.
+pub(crate) fn head_ends(buf: &[u8], from: usize) -> bool {
+    let tail = &buf[from.saturating_sub(3).min(buf.len())..];
+    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_head_ends_at_its_empty_line_however_it_was_cut() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody";
+        for cut in 0..head.len() {
+            let mut buf = head[..cut].to_vec();
+            let ended_before = head_ends(&buf, 0);
+            let from = buf.len();
+            buf.extend_from_slice(&head[cut..]);
+            assert!(ended_before || head_ends(&buf, from), "cut at {cut}");
+        }
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
+        assert!(head_ends(b"GET / HTTP/1.0\n\n", 0));
+        assert!(!head_ends(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0));
+    }
 
     fn shares(weight: u8, n: usize) -> usize {
         let mut w = Weighted::default();

@@ -14,4 +14,5 @@ mod process;
 mod rollout;
 mod secrets;
 mod strategies;
+mod switch_guard;
 mod verdict;

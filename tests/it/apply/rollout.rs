@@ -36,7 +36,7 @@ services:
 }
 
 /// A directory whose `index.html` names `version`.
-fn site_dir(site: &Site, version: &str) -> PathBuf {
+pub(super) fn site_dir(site: &Site, version: &str) -> PathBuf {
     let dir = site.dir.path().join(version);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), format!("{version}\n")).unwrap();
@@ -105,7 +105,7 @@ fn switches(site: &Site) -> Vec<u32> {
 }
 
 /// Destroys what the site runs, then kills whatever is left of it by pid.
-struct Cleanup<'a>(&'a Site);
+pub(super) struct Cleanup<'a>(pub(super) &'a Site);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
@@ -733,10 +733,20 @@ struct TestSwitch {
     rt: tokio::runtime::Runtime,
     project: String,
     pid: u32,
+    tuning: deploy_code::switch::Tuning,
 }
 
 impl TestSwitch {
     fn start(dir: &std::path::Path, port: u16, project: String) -> TestSwitch {
+        Self::start_with(dir, port, project, Default::default())
+    }
+
+    fn start_with(
+        dir: &std::path::Path,
+        port: u16,
+        project: String,
+        tuning: deploy_code::switch::Tuning,
+    ) -> TestSwitch {
         let client = deploy_code::switch::SwitchClient::new(&dir.join("state.db"), "web", port);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -748,6 +758,7 @@ impl TestSwitch {
                 &project,
                 "lineage-1",
                 &dir.join("switch.log"),
+                &tuning,
             ))
             .unwrap();
         assert!(started);
@@ -757,11 +768,14 @@ impl TestSwitch {
             rt,
             project,
             pid,
+            tuning,
         }
     }
 
     fn set(&self, backends: &[std::net::SocketAddr], drain: Duration) {
-        self.rt.block_on(self.client.set(backends, drain)).unwrap();
+        self.rt
+            .block_on(self.client.set(backends, drain, &self.tuning))
+            .unwrap();
     }
 }
 
@@ -847,6 +861,42 @@ fn an_earlier_drain_does_not_cut_a_later_one_short() {
     switch.set(&[green], Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(say(&mut old, "2").as_deref(), Some("blue:2"));
+}
+
+/// A connection on which nothing is sent either way for the idle timeout
+/// is closed and counted; one that keeps talking is not.
+#[test]
+fn the_switch_closes_an_idle_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = super::common::free_port();
+    let blue = echo_server("blue");
+    let tuning = deploy_code::switch::Tuning {
+        http: false,
+        limits: deploy_code::switch::Limits {
+            idle_timeout_ms: 1000,
+            ..Default::default()
+        },
+    };
+    let switch = TestSwitch::start_with(
+        dir.path(),
+        port,
+        format!("switch-idle-{}", std::process::id()),
+        tuning,
+    );
+    switch.set(&[blue], Duration::from_millis(0));
+    let mut quiet = connect(port);
+    let mut talking = connect(port);
+    assert_eq!(say(&mut quiet, "1").as_deref(), Some("blue:1"));
+    for i in 0..6 {
+        assert_eq!(say(&mut talking, &i.to_string()), Some(format!("blue:{i}")));
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // 2.4 s without a byte: the quiet one is closed, the talking one is not.
+    assert_eq!(say(&mut quiet, "2"), None);
+    assert_eq!(say(&mut talking, "7").as_deref(), Some("blue:7"));
+    let status = switch.rt.block_on(switch.client.status()).unwrap();
+    assert_eq!(status.timed_out, 1);
+    assert_eq!(status.open, 1);
 }
 
 /// Moving a service that holds its port itself behind a switch stops it

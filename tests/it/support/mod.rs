@@ -190,6 +190,7 @@ impl Spec {
             labels: BTreeMap::new(),
             network: None,
             behind_switch: false,
+            switch: None,
             swarm_update: None,
             inherit_env: Vec::new(),
         })
