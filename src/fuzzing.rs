@@ -26,6 +26,33 @@ pub fn config(text: &str) {
     }
 }
 
+/// The switch's two readers of an HTTP/1.x stream over `stream` fed in
+/// pieces cut at `cuts`: the response scanner (see [`switch_responses`]) and
+/// the test for a complete request head, which, looking only at what each
+/// piece could have completed, finds the head's end where a look at the
+/// whole buffer finds it.
+pub fn switch_http(stream: &[u8], cuts: &[usize]) {
+    switch_responses(stream, cuts);
+    use crate::switch::traffic::head_ends;
+    let mut buf = Vec::new();
+    let mut at = 0;
+    for cut in cuts.iter().map(|c| c % 64).chain([stream.len()]) {
+        let end = (at + cut).min(stream.len());
+        let from = buf.len();
+        buf.extend_from_slice(&stream[at..end]);
+        at = end;
+        let ended = head_ends(&buf, 0);
+        assert_eq!(
+            head_ends(&buf, from),
+            ended,
+            "a head's end missed at {from}"
+        );
+        if ended {
+            return;
+        }
+    }
+}
+
 /// The switch's scanner of HTTP/1.x response heads and bodies (lengths,
 /// chunks, trailers) over `stream` fed in pieces cut at `cuts`: it never
 /// panics, and how the stream is cut never changes the statuses it reports.

@@ -1,5 +1,6 @@
-//! The switch's HTTP/1.x response scanner (heads, `Content-Length` and
-//! chunked bodies, trailers) on arbitrary streams cut at arbitrary points.
+//! The switch's HTTP/1.x readers on arbitrary streams cut at arbitrary
+//! points: the response scanner (heads, `Content-Length` and chunked
+//! bodies, trailers) and the end of a request head.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -9,5 +10,5 @@ fuzz_target!(|data: &[u8]| {
     let split = data.first().map_or(0, |n| usize::from(*n % 16)).min(data.len().saturating_sub(1));
     let (cuts, stream) = data.get(1..).unwrap_or_default().split_at(split);
     let cuts: Vec<usize> = cuts.iter().map(|b| usize::from(*b)).collect();
-    deploy_code::fuzzing::switch_responses(stream, &cuts);
+    deploy_code::fuzzing::switch_http(stream, &cuts);
 });
