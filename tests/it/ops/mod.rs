@@ -7,5 +7,6 @@ mod doctor;
 mod metrics;
 mod recipes;
 mod serve;
+mod serve_attacks;
 mod tidy;
 mod tour;
