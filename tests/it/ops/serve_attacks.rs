@@ -61,15 +61,19 @@ fn a_short_or_missing_jwt_key_is_refused_before_serving() {
     .unwrap();
     let listen = format!("127.0.0.1:{}", crate::support::free_port());
     for secret in ["", "short-secret-of-31-bytes-xxxxxx"] {
-        let (out, text) = run(dir.path(), &["validate"], secret);
+        let (out, text) = run(dir.path(), &["validate", "--format", "json"], secret);
         assert_eq!(out.status.code(), Some(1), "{secret:?}: {text}");
-        assert!(text.contains("`JWT_SECRET`"), "{text}");
-        assert!(text.contains("at least 32 bytes"), "{text}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let message = v["diagnostics"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("the secret `JWT_SECRET`"), "{text}");
+        assert!(message.contains("at least 32 bytes"), "{text}");
+        assert_eq!(v["diagnostics"][0]["line"], 5, "{text}");
         assert!(secret.is_empty() || !text.contains(secret), "{text}");
         let (out, text) = run(dir.path(), &["serve", "--listen", &listen], secret);
         assert_eq!(out.status.code(), Some(1), "{secret:?}: {text}");
         assert!(!text.contains("listening"), "{text}");
-        assert!(text.contains("at least 32 bytes"), "{text}");
+        assert!(text.contains("32 bytes"), "{text}");
+        assert!(secret.is_empty() || !text.contains(secret), "{text}");
     }
     let (out, text) = run(dir.path(), &["validate"], SECRET);
     assert!(out.status.success(), "{text}");
