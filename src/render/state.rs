@@ -581,8 +581,7 @@ const CELL_MAX_CHARS: usize = 1024;
 /// terminal; at most [`CELL_MAX_CHARS`] characters, then how many more.
 fn cell(text: &str) -> String {
     let mut out = String::with_capacity(text.len().min(CELL_MAX_CHARS));
-    let mut shown = 0;
-    for (i, c) in text.char_indices() {
+    for (shown, (i, c)) in text.char_indices().enumerate() {
         if shown >= CELL_MAX_CHARS {
             let _ = write!(out, "… ({} characters more)", text[i..].chars().count());
             break;
@@ -592,7 +591,6 @@ fn cell(text: &str) -> String {
         } else {
             out.push(c);
         }
-        shown += 1;
     }
     out
 }
