@@ -1236,13 +1236,19 @@ pub struct TlsSettings {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuthSettings {
-    /// `None` when the configuration names no key (`serve` refuses to start).
+    /// `None` when the configuration names no key (`validate` and `serve`
+    /// refuse it).
     pub key: Option<JwtKey>,
     /// The longest token lifetime accepted, seconds.
     pub max_lifetime: Option<u64>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
 }
+
+/// The shortest HS256 secret accepted, bytes: RFC 7518 §3.2 asks for a key
+/// at least as long as the hash's output (256 bits); a shorter one, the
+/// empty string above all, lets anyone who guesses it sign tokens.
+pub(crate) const MIN_HS256_SECRET_BYTES: usize = 32;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum JwtKey {

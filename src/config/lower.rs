@@ -825,6 +825,48 @@ impl Lowering<'_> {
                 .help("give it as a secret: `jwt_secret: \"{{ secret('JWT_SECRET') }}\"`"),
             );
         }
+        if auth_on && let Some(crate::model::Text::Sensitive(value)) = &secret {
+            // Only the secret's name and whether it is empty are said: its
+            // length would tell a guesser where to start.
+            let len = value.expose().map_or(0, str::len);
+            if len < crate::model::MIN_HS256_SECRET_BYTES {
+                let names = a
+                    .jwt_secret
+                    .as_deref()
+                    .map(|s| self.secrets.names(s))
+                    .unwrap_or_default();
+                let named = match names.as_slice() {
+                    [] => "the secret".to_owned(),
+                    [one] => format!("the secret `{one}`"),
+                    many => format!("the secrets `{}`", many.join("`, `")),
+                };
+                out.push(
+                    Problem::new(
+                        Kind::InvalidValue,
+                        format!(
+                            "`security.auth.jwt_secret` ({named}) is {}: an HS256 secret needs at least {} bytes",
+                            if len == 0 { "empty" } else { "too short" },
+                            crate::model::MIN_HS256_SECRET_BYTES
+                        ),
+                    )
+                    .label(at(&["auth", "jwt_secret"]), "a guessable key signs tokens anyone could forge")
+                    .help(format!(
+                        "give {named} at least {} random bytes (RFC 7518 §3.2), e.g. `openssl rand -base64 48`",
+                        crate::model::MIN_HS256_SECRET_BYTES
+                    )),
+                );
+            }
+        }
+        if auth_on && a.jwt_secret.is_none() && a.jwt_public_key_path.is_none() {
+            out.push(
+                Problem::new(
+                    Kind::MissingKey,
+                    "`security.auth` is enabled but names no key: no token could be checked",
+                )
+                .label(at(&["auth", "enabled"]), "tokens need a key")
+                .help("give `jwt_secret: \"{{ secret('JWT_SECRET') }}\"` (HS256) or `jwt_public_key_path` with `jwt_algorithm` (RS256 or EdDSA)"),
+            );
+        }
         let key = match (secret, &a.jwt_public_key_path, a.jwt_algorithm) {
             (Some(s), _, _) => Some(JwtKey::Hs256(s)),
             (None, Some(p), Some(algorithm)) => Some(JwtKey::Public {
@@ -860,6 +902,9 @@ impl Lowering<'_> {
         }
         let defaults = crate::model::default_roles();
         let mut roles = BTreeMap::new();
+        // Where each role was first defined: a second definition of a name
+        // would replace the first one's permissions without a word.
+        let mut defined: BTreeMap<&str, Range<usize>> = BTreeMap::new();
         match &r.roles {
             None => roles = defaults.clone(),
             Some(list) => {
@@ -874,6 +919,25 @@ impl Lowering<'_> {
                             _ => None,
                         })
                         .unwrap_or(0..0);
+                    let name = match role {
+                        schema::Role::Name(name) => name,
+                        schema::Role::Full(def) => &def.name,
+                    };
+                    if let Some(first) = defined.get(name.as_str()) {
+                        out.push(
+                            Problem::new(
+                                Kind::InvalidValue,
+                                format!("the role `{name}` is defined twice"),
+                            )
+                            .label(span.clone(), "defined again here")
+                            .label(first.clone(), "first defined here")
+                            .help(format!(
+                                "keep one definition of `{name}`: a second one would replace the first one's permissions"
+                            )),
+                        );
+                        continue;
+                    }
+                    defined.insert(name, span.clone());
                     match role {
                         schema::Role::Name(name) => match defaults.get(name) {
                             Some(p) => {

@@ -178,14 +178,14 @@ pub(crate) struct TlsDef {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Auth {
-    /// Every call needs a valid bearer token. Default false.
+    /// Every call needs a valid bearer token; needs a key (`jwt_secret`, or `jwt_public_key_path` with `jwt_algorithm`). Default false.
     pub enabled: Option<bool>,
     /// `JWT` (the only method). OAuth2 and Basic are refused.
     pub method: Option<String>,
-    /// The longest lifetime accepted: a token whose `exp` is further than this from its `iat` (or from now, without `iat`) is refused.
+    /// The longest lifetime accepted: a token whose `exp` is further than this from the server's clock (5 s of slack), or from its own `iat`, is refused.
     #[schemars(range(min = 1))]
     pub token_expiry_seconds: Option<u64>,
-    /// HS256 key, as `"{{ secret('NAME') }}"` (a secret, never plain text in the file).
+    /// HS256 key, as `"{{ secret('NAME') }}"` (a secret, never plain text in the file), at least 32 bytes.
     pub jwt_secret: Option<String>,
     /// A public key (PEM) checking RS256 or EdDSA tokens, relative to the config's directory.
     pub jwt_public_key_path: Option<String>,
@@ -207,7 +207,7 @@ pub use crate::model::JwtAlgorithm;
 pub(crate) struct Rbac {
     /// A token's `role` (or `roles`) claim decides what it may call. Default false: every valid token may call everything.
     pub enabled: Option<bool>,
-    /// The roles that exist: a default role by name, or a role with its permissions (call names: validate, plan, apply (or deploy), destroy, rollback, restart, status, health, history, events, audit; `*` for all).
+    /// The roles that exist, each name once: a default role by name, or a role with its permissions (call names: validate, plan, apply (or deploy), destroy, rollback, restart, status, health, history, events, audit; `*` for all).
     pub roles: Option<Vec<Role>>,
 }
 

@@ -120,6 +120,34 @@ impl Secrets {
         out
     }
 
+    /// The names of the secrets whose tokens `s` holds, in order (a secret
+    /// of `${VAR}` is named `$VAR`): what a diagnostic about a secret's
+    /// value may say instead of the value.
+    pub(crate) fn names(&self, s: &str) -> Vec<String> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names = Vec::new();
+        let mut rest = s;
+        while let Some(at) = rest.find(TOKEN_PREFIX) {
+            let after = &rest[at + TOKEN_PREFIX.len()..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            let named = after[..digits]
+                .parse::<usize>()
+                .ok()
+                .filter(|_| after[digits..].starts_with(TOKEN_SUFFIX))
+                .and_then(|i| inner.values.get(i));
+            match named {
+                Some((name, _)) => {
+                    if !names.contains(name) {
+                        names.push(name.clone());
+                    }
+                    rest = &after[digits + TOKEN_SUFFIX.len()..];
+                }
+                None => rest = after,
+            }
+        }
+        names
+    }
+
     /// Replaces every token in `s`: with the plaintext (`reveal`) or `(sensitive)`.
     /// Returns the new text and whether any token was found.
     pub(crate) fn substitute(&self, s: &str, reveal: bool) -> (String, bool) {

@@ -570,36 +570,76 @@ fn paint_outcome(o: OutcomeView, text: &str, color: bool) -> String {
     }
 }
 
-/// A plain table: columns padded to their widest cell (colour added after padding).
+/// The most characters a cell of a plain table shows (the JSON documents
+/// show every value whole): a stored value of any size makes a table of
+/// bounded width.
+const CELL_MAX_CHARS: usize = 1024;
+
+/// A value as one cell of a plain table: control characters (a newline, a
+/// terminal escape) and the marks that reorder text written as escapes,
+/// so that a row stays one line and a stored value cannot steer the
+/// terminal; at most [`CELL_MAX_CHARS`] characters, then how many more.
+fn cell(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(CELL_MAX_CHARS));
+    for (shown, (i, c)) in text.char_indices().enumerate() {
+        if shown >= CELL_MAX_CHARS {
+            let _ = write!(out, "… ({} characters more)", text[i..].chars().count());
+            break;
+        }
+        if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            let _ = write!(out, "{}", c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `text` and spaces up to `width` characters. Padding by hand: a format
+/// width above 65535 panics, and a cell may be that wide.
+fn pad(text: &str, width: usize) -> String {
+    let len = text.chars().count();
+    let mut out = String::with_capacity(text.len() + width.saturating_sub(len));
+    out.push_str(text);
+    out.extend(std::iter::repeat_n(' ', width.saturating_sub(len)));
+    out
+}
+
+/// A plain table: columns padded to their widest cell (colour added after
+/// padding), the last one not padded; each cell as [`cell`] shows it.
 pub(crate) fn table(
     headers: &[&str],
     rows: &[Vec<String>],
     paint: &dyn Fn(usize, usize, &str) -> String,
     color: bool,
 ) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| cell(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: Vec<String>| -> String {
-        let mut l = String::new();
-        let last = cells.len() - 1;
-        for (i, c) in cells.into_iter().enumerate() {
-            l.push_str(&c);
-            if i != last {
-                l.push_str("  ");
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
             }
         }
-        l.trim_end().to_owned()
+    }
+    let last = headers.len().saturating_sub(1);
+    let width = |i: usize| {
+        if i == last {
+            0
+        } else {
+            widths.get(i).copied().unwrap_or(0)
+        }
     };
+    let mut out = String::new();
+    let line = |cells: Vec<String>| -> String { cells.join("  ").trim_end().to_owned() };
     let head: Vec<String> = headers
         .iter()
         .enumerate()
         .map(|(i, h)| {
-            let padded = format!("{h:<w$}", w = widths[i]);
+            let padded = pad(h, width(i));
             if color {
                 padded.bold().to_string()
             } else {
@@ -613,10 +653,7 @@ pub(crate) fn table(
         let cells: Vec<String> = row
             .iter()
             .enumerate()
-            .map(|(i, c)| {
-                let padded = format!("{c:<w$}", w = widths[i]);
-                paint(r, i, &padded)
-            })
+            .map(|(i, c)| paint(r, i, &pad(c, width(i))))
             .collect();
         out.push_str(&line(cells));
         out.push('\n');
@@ -625,10 +662,14 @@ pub(crate) fn table(
 }
 
 fn fields(pairs: &[(&str, String)]) -> String {
-    let w = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let w = pairs
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
     for (k, v) in pairs {
-        let _ = writeln!(out, "{k:<w$}  {v}");
+        let _ = writeln!(out, "{}  {v}", pad(k, w));
     }
     out
 }

@@ -336,10 +336,16 @@ pub fn human(views: &[ServiceView], detailed: bool) -> String {
     let mut notes: Vec<Vec<String>> = Vec::new();
     for v in views {
         // Replicas: a Swarm service counts its tasks, any other instance one.
-        let (running, total) = v.instances.iter().fold((0, 0), |(r, t), i| match &i.tasks {
-            Some(x) => (r + x.running, t + x.replicas),
-            None => (r + u32::from(i.state == "running"), t + 1),
-        });
+        let (running, total) = v
+            .instances
+            .iter()
+            .fold((0u32, 0u32), |(r, t), i| match &i.tasks {
+                Some(x) => (r.saturating_add(x.running), t.saturating_add(x.replicas)),
+                None => (
+                    r.saturating_add(u32::from(i.state == "running")),
+                    t.saturating_add(1),
+                ),
+            });
         let ids: Vec<&str> = v.instances.iter().map(|i| i.id.as_str()).collect();
         let inst = if v.instances.is_empty() {
             "-".to_owned()

@@ -1,8 +1,9 @@
 //! Who is calling and what they may call: JWT bearer tokens (HS256 with a
-//! secret, RS256 or EdDSA with a public key), expiry, issuer and audience
-//! checks, and roles from the `role` (a string) or `roles` (a list) claim
-//! judged against `security.rbac`. Nothing here reaches the engine: a call
-//! that is refused here never runs.
+//! secret of at least 32 bytes, RS256 or EdDSA with a public key), their
+//! times (`exp`, `nbf`, `iat`) judged against the server's clock, issuer and
+//! audience checks, and roles from the `role` (a string) or `roles` (a list)
+//! claim judged against `security.rbac`. Nothing here reaches the engine: a
+//! call that is refused here never runs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,6 +38,8 @@ struct Claims {
     #[serde(default)]
     iat: Option<u64>,
     #[serde(default)]
+    nbf: Option<u64>,
+    #[serde(default)]
     role: Option<String>,
     #[serde(default)]
     roles: Option<Vec<String>>,
@@ -54,7 +57,10 @@ struct Verifier {
     max_lifetime: Option<u64>,
 }
 
-/// Clock slack allowed on `exp`, seconds.
+/// Clock slack between the server and whoever minted a token, seconds: a
+/// token expired this recently still passes, one whose `nbf` or `iat` lies
+/// this far in the server's future too, and one that expires this much
+/// later than `token_expiry_seconds` from now. Documented in docs/serve.md.
 const LEEWAY: u64 = 5;
 
 impl Gate {
@@ -114,23 +120,18 @@ impl Gate {
                 )
             })?
             .claims;
+        let judged = judge_times(&claims, now(), v.max_lifetime);
         let mut held: Vec<String> = claims.role.into_iter().collect();
         held.extend(claims.roles.unwrap_or_default());
         let caller = |role: String| Caller {
             subject: claims.sub.clone(),
             role,
         };
-        if let Some(max) = v.max_lifetime {
-            let from = claims.iat.unwrap_or_else(now);
-            if claims.exp.saturating_sub(from) > max {
-                return Err((
-                    caller(held.join(",")),
-                    Refusal::Unauthenticated(format!(
-                        "the token lives {} s, longer than `token_expiry_seconds` ({max} s)",
-                        claims.exp.saturating_sub(from)
-                    )),
-                ));
-            }
+        if let Err(why) = judged {
+            return Err((
+                caller(held.join(",")),
+                Refusal::Unauthenticated(format!("the token was refused: {why}")),
+            ));
         }
         let Some(roles) = &self.roles else {
             return Ok(caller(held.join(",")));
@@ -191,6 +192,18 @@ impl Verifier {
                 let Some(secret) = text.expose() else {
                     return Err("`security.auth.jwt_secret` has no value".into());
                 };
+                // `validate` refuses it first; this holds for any settings.
+                if secret.len() < crate::model::MIN_HS256_SECRET_BYTES {
+                    return Err(format!(
+                        "`security.auth.jwt_secret` is {}: an HS256 secret needs at least {} bytes (RFC 7518 §3.2)",
+                        if secret.is_empty() {
+                            "empty"
+                        } else {
+                            "too short"
+                        },
+                        crate::model::MIN_HS256_SECRET_BYTES
+                    ));
+                }
                 (
                     DecodingKey::from_secret(secret.as_bytes()),
                     Algorithm::HS256,
@@ -219,6 +232,7 @@ impl Verifier {
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         match &auth.issuer {
             Some(i) => validation.set_issuer(&[i]),
@@ -260,6 +274,43 @@ fn claimed_subject(token: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Judges a token's times against the server's clock `now`, never against
+/// one another alone: a token minted with a future `iat` must not buy itself
+/// a longer life than `token_expiry_seconds`.
+fn judge_times(c: &Claims, now: u64, max_lifetime: Option<u64>) -> Result<(), String> {
+    if c.exp.saturating_add(LEEWAY) < now {
+        return Err("it has expired".into());
+    }
+    if let Some(nbf) = c.nbf
+        && nbf > now.saturating_add(LEEWAY)
+    {
+        return Err("it is not valid yet (`nbf` lies in the future)".into());
+    }
+    if let Some(iat) = c.iat
+        && iat > now.saturating_add(LEEWAY)
+    {
+        return Err("it was issued in the future (`iat` is later than the server's clock)".into());
+    }
+    let Some(max) = max_lifetime else {
+        return Ok(());
+    };
+    let left = c.exp.saturating_sub(now);
+    if left > max.saturating_add(LEEWAY) {
+        return Err(format!(
+            "it is good for another {left} s, longer than `token_expiry_seconds` ({max} s)"
+        ));
+    }
+    if let Some(iat) = c.iat
+        && c.exp.saturating_sub(iat) > max
+    {
+        return Err(format!(
+            "it lives {} s, longer than `token_expiry_seconds` ({max} s)",
+            c.exp.saturating_sub(iat)
+        ));
+    }
+    Ok(())
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -273,7 +324,7 @@ fn describe(e: &jsonwebtoken::errors::Error) -> String {
     match e.kind() {
         K::InvalidSignature => "its signature does not match the server's key".into(),
         K::ExpiredSignature => "it has expired".into(),
-        K::ImmatureSignature => "it is not valid yet (`nbf`)".into(),
+        K::ImmatureSignature => "it is not valid yet (`nbf` lies in the future)".into(),
         K::InvalidIssuer => "its issuer (`iss`) is not the one expected".into(),
         K::InvalidAudience => "its audience (`aud`) is not the one expected".into(),
         K::InvalidAlgorithm => "it is signed with another algorithm than the server's key".into(),
@@ -288,6 +339,8 @@ mod tests {
     use super::*;
     use crate::model::{AuthSettings, Text};
     use jsonwebtoken::{EncodingKey, Header};
+
+    const SECRET: &str = "unit-test-secret-0123456789abcdef";
 
     fn gate(secret: &str, rbac: bool) -> Gate {
         let key = crate::model::SecretKey::new([1; 32]);
@@ -318,10 +371,10 @@ mod tests {
 
     #[test]
     fn roles_decide_and_a_refusal_names_the_missing_role() {
-        let g = gate("s3cret", true);
+        let g = gate(SECRET, true);
         let exp = now() + 600;
         let viewer = token(
-            "s3cret",
+            SECRET,
             serde_json::json!({"sub": "ann", "role": "viewer", "exp": exp}),
         );
         let ok = g.admit(Some(&viewer), "Status", "status").unwrap();
@@ -336,7 +389,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let both = token(
-            "s3cret",
+            SECRET,
             serde_json::json!({"sub": "bob", "roles": ["viewer", "admin"], "exp": exp}),
         );
         assert_eq!(
@@ -347,18 +400,18 @@ mod tests {
 
     #[test]
     fn bad_tokens_are_unauthenticated() {
-        let g = gate("s3cret", true);
+        let g = gate(SECRET, true);
         let exp = now() + 600;
         let other = token(
             "other",
             serde_json::json!({"sub": "eve", "role": "admin", "exp": exp}),
         );
         let expired = token(
-            "s3cret",
+            SECRET,
             serde_json::json!({"sub": "old", "role": "admin", "exp": now() - 120}),
         );
         let long = token(
-            "s3cret",
+            SECRET,
             serde_json::json!({"sub": "long", "role": "admin", "exp": now() + 7200}),
         );
         for (t, what) in [
@@ -372,6 +425,71 @@ mod tests {
                 Err((_, Refusal::Unauthenticated(m))) => assert!(m.contains(what), "{m}"),
                 other => panic!("{what}: {other:?}"),
             }
+        }
+    }
+
+    fn claims(exp: u64, iat: Option<u64>, nbf: Option<u64>) -> Claims {
+        Claims {
+            sub: "t".into(),
+            exp,
+            iat,
+            nbf,
+            role: None,
+            roles: None,
+        }
+    }
+
+    /// Every time is judged against the server's clock: a future `iat`
+    /// does not shorten the lifetime `token_expiry_seconds` bounds.
+    #[test]
+    fn times_are_judged_against_the_server_clock() {
+        let now = 1_800_000_000;
+        let max = Some(3600);
+        let ok = |c: Claims| judge_times(&c, now, max);
+        assert!(ok(claims(now + 600, Some(now), None)).is_ok());
+        assert!(ok(claims(now + 3600, None, None)).is_ok());
+        // Clock slack both ways.
+        assert!(ok(claims(now - LEEWAY, Some(now + LEEWAY), Some(now + LEEWAY))).is_ok());
+        let far = now + 100_000_000;
+        for (c, what) in [
+            (claims(far, Some(far - 60), None), "issued in the future"),
+            (claims(far, None, None), "token_expiry_seconds"),
+            (claims(now + 600, None, Some(now + 60)), "`nbf`"),
+            (claims(now + 600, Some(now + 60), None), "`iat`"),
+            (claims(now - LEEWAY - 1, None, None), "expired"),
+            (claims(now + 600, Some(now - 7200), None), "lives 7800 s"),
+            (claims(u64::MAX, Some(u64::MAX), Some(u64::MAX)), "`nbf`"),
+        ] {
+            match ok(c) {
+                Err(m) => assert!(m.contains(what), "{what}: {m}"),
+                Ok(()) => panic!("{what}: accepted"),
+            }
+        }
+        // Without `token_expiry_seconds` a long token passes, a future one not.
+        assert!(judge_times(&claims(far, None, None), now, None).is_ok());
+        assert!(judge_times(&claims(far, Some(far - 60), None), now, None).is_err());
+    }
+
+    #[test]
+    fn a_short_hs256_secret_builds_no_gate() {
+        let key = crate::model::SecretKey::new([1; 32]);
+        for secret in ["", "q7Zx", &SECRET[..31]] {
+            let e = Gate::new(&SecuritySettings {
+                tls: None,
+                auth: Some(AuthSettings {
+                    key: Some(JwtKey::Hs256(Text::Sensitive(
+                        crate::model::Sensitive::new(&key, secret.to_owned()),
+                    ))),
+                    max_lifetime: None,
+                    issuer: None,
+                    audience: None,
+                }),
+                rbac: None,
+            })
+            .err()
+            .unwrap_or_else(|| panic!("{secret:?} was accepted"));
+            assert!(e.contains("at least 32 bytes"), "{e}");
+            assert!(secret.is_empty() || !e.contains(secret), "{e}");
         }
     }
 }

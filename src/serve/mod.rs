@@ -42,6 +42,37 @@ pub(crate) const CODE_KEY: &str = "deploy-code-code";
 /// Metadata key of the exit code the CLI would have returned.
 pub(crate) const EXIT_KEY: &str = "deploy-code-exit";
 
+/// The most service names one call may carry (`targets`, `services`); each
+/// must be a service name (at most 63 bytes). A configuration's services
+/// are all planned by naming none.
+pub(crate) const MAX_NAMES: usize = 256;
+/// The longest `Backup` path, bytes (Linux's `PATH_MAX`).
+pub(crate) const MAX_PATH_BYTES: usize = 4096;
+/// The largest `limit` of `History` and `Audit`.
+pub(crate) const MAX_LIMIT: u64 = 10_000;
+/// The longest status message a failed call returns, bytes: it rides in the
+/// trailing metadata, which clients bound (gRPC's own default is 8 KiB for
+/// all of it). The audit keeps a shorter cut (`state::AUDIT_DETAIL_MAX`).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 6 * 1024;
+
+/// Whether `names` (the field `field` of a call) is within what a call may
+/// carry: at most [`MAX_NAMES`] names, each a service name. The refusal
+/// says why without repeating what was sent.
+pub(crate) fn check_names(field: &str, names: &[String]) -> Result<(), String> {
+    if names.len() > MAX_NAMES {
+        return Err(format!(
+            "`{field}` names {} services; a call may name at most {MAX_NAMES} (name none to mean all)",
+            names.len()
+        ));
+    }
+    for (i, n) in names.iter().enumerate() {
+        if let Err(why) = crate::model::ServiceName::parse(n) {
+            return Err(format!("`{field}[{i}]` is not a service name: {why}"));
+        }
+    }
+    Ok(())
+}
+
 /// The events of runs: those of the run under way, kept for late
 /// subscribers, and a broadcast of every new one.
 pub(crate) struct Hub {
@@ -183,17 +214,34 @@ impl Service {
         self.gate
             .admit(header, call, permission)
             .map_err(|(caller, refusal)| {
+                // A token may claim roles without end; a refusal names them.
+                let bounded = |m: String| crate::state::cut(&m, MAX_MESSAGE_BYTES).into_owned();
                 let (outcome, status) = match refusal {
-                    auth::Refusal::Unauthenticated(m) => {
-                        (EventOutcome::Unauthenticated, Status::unauthenticated(m))
-                    }
+                    auth::Refusal::Unauthenticated(m) => (
+                        EventOutcome::Unauthenticated,
+                        Status::unauthenticated(bounded(m)),
+                    ),
                     auth::Refusal::Denied(m) => {
-                        (EventOutcome::Denied, Status::permission_denied(m))
+                        (EventOutcome::Denied, Status::permission_denied(bounded(m)))
                     }
                 };
                 self.record(&caller, call, outcome, status.message());
                 status
             })
+    }
+
+    /// Refuses a call whose arguments are past what a call may carry
+    /// (`check` is the verdict), with INVALID_ARGUMENT; a refusal is audited.
+    fn bounded(
+        &self,
+        caller: &auth::Caller,
+        call: &str,
+        check: Result<(), String>,
+    ) -> Result<(), Status> {
+        check.map_err(|why| {
+            self.record(caller, call, EventOutcome::Failed, &why);
+            Status::invalid_argument(why)
+        })
     }
 
     /// Runs `f` (a command function) on a thread of its own with its output
@@ -297,6 +345,7 @@ impl Service {
 pub(crate) fn failure_status(f: &Failure) -> Status {
     use crate::error::Code;
     let text = crate::render::diagnostic_plain(f.report.as_ref());
+    let text = crate::state::cut(&text, MAX_MESSAGE_BYTES).into_owned();
     let grpc = match f.code {
         Code::E011 => tonic::Code::Aborted,
         Code::E004 | Code::E013 => tonic::Code::FailedPrecondition,
@@ -311,6 +360,16 @@ pub(crate) fn failure_status(f: &Failure) -> Status {
         md.insert(EXIT_KEY, v);
     }
     Status::with_metadata(grpc, text, md)
+}
+
+/// Whether a `limit` is within [`MAX_LIMIT`].
+fn check_limit(limit: u64) -> Result<(), String> {
+    if limit > MAX_LIMIT {
+        return Err(format!(
+            "`limit` is {limit}; a call returns at most {MAX_LIMIT} entries"
+        ));
+    }
+    Ok(())
 }
 
 type EventStream = Pin<Box<dyn futures_util::Stream<Item = Result<pb::Event, Status>> + Send>>;
@@ -330,6 +389,7 @@ impl DeployCode for Service {
     async fn plan(&self, req: Request<pb::PlanRequest>) -> Result<Response<pb::PlanReply>, Status> {
         let caller = self.admit(&req, "Plan", "plan")?;
         let r = req.into_inner();
+        self.bounded(&caller, "Plan", check_names("targets", &r.targets))?;
         let dir = tempfile::tempdir().map_err(|e| Status::internal(e.to_string()))?;
         let file = dir.path().join("served.plan");
         let out = file.clone();
@@ -394,6 +454,7 @@ impl DeployCode for Service {
     ) -> Result<Response<pb::RunReply>, Status> {
         let caller = self.admit(&req, "Destroy", "destroy")?;
         let r = req.into_inner();
+        self.bounded(&caller, "Destroy", check_names("targets", &r.targets))?;
         let ran = self
             .run(true, move |inv| {
                 commands::apply::destroy(
@@ -436,6 +497,7 @@ impl DeployCode for Service {
     ) -> Result<Response<pb::RunReply>, Status> {
         let caller = self.admit(&req, "Restart", "restart")?;
         let r = req.into_inner();
+        self.bounded(&caller, "Restart", check_names("services", &r.services))?;
         let ran = self
             .run(true, move |inv| {
                 commands::apply::restart(
@@ -498,6 +560,7 @@ impl DeployCode for Service {
             0 => 20,
             n => n,
         };
+        self.bounded(&caller, "History", check_limit(limit))?;
         let ran = self
             .run(false, move |inv| {
                 commands::state::run(inv, &commands::state::StateRequest::History { limit })
@@ -517,6 +580,18 @@ impl DeployCode for Service {
             self.record(&caller, "Backup", EventOutcome::Failed, "no path given");
             return Err(Status::invalid_argument("a backup needs a `path`"));
         }
+        let long = file.as_os_str().len();
+        self.bounded(
+            &caller,
+            "Backup",
+            if long > MAX_PATH_BYTES {
+                Err(format!(
+                    "`path` has {long} bytes; a path has at most {MAX_PATH_BYTES}"
+                ))
+            } else {
+                Ok(())
+            },
+        )?;
         let ran = self
             .run(false, move |inv| {
                 commands::state::run(inv, &commands::state::StateRequest::Backup { file })
@@ -550,6 +625,7 @@ impl DeployCode for Service {
             0 => 100,
             n => n,
         };
+        self.bounded(&caller, "Audit", check_limit(limit))?;
         // Recorded first, so that the answer shows this call too.
         self.record(&caller, "Audit", EventOutcome::Succeeded, "");
         let rows = crate::state::audit_events(&self.state, limit)

@@ -17,6 +17,26 @@ pub(crate) struct AuditRecord {
     pub detail: String,
 }
 
+/// The most bytes an audit event keeps of a call's subject, role and call
+/// name (a token may claim roles without end).
+pub(crate) const AUDIT_NAME_MAX: usize = 256;
+/// The most bytes an audit event keeps of a call's detail (a refusal's or a
+/// failure's message).
+pub(crate) const AUDIT_DETAIL_MAX: usize = 4 * 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, then saying
+/// how many bytes were left out.
+pub(crate) fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes more)", &text[..end], text.len() - end).into()
+}
+
 /// The audit events of one state, on a connection of their own kept open
 /// by the server. An audit event takes no lock and leaves the serial alone:
 /// it changes nothing deployed, so a plan saved before it stays fresh, and
@@ -35,9 +55,18 @@ impl AuditLog {
         })
     }
 
-    /// Appends an audit event (`kind` [`AUDIT_KIND`]).
+    /// Appends an audit event (`kind` [`AUDIT_KIND`]), each field redacted
+    /// and then cut to its bound: what a caller sends cannot grow the state
+    /// (or a later `state audit`) without end.
     pub fn record(&self, record: &AuditRecord, outcome: EventOutcome) -> Result<(), StateError> {
-        let message = serde_json::to_string(record).unwrap_or_default();
+        let bound = |text: &str, max: usize| cut(&crate::redact::text(text), max).into_owned();
+        let record = AuditRecord {
+            subject: bound(&record.subject, AUDIT_NAME_MAX),
+            role: bound(&record.role, AUDIT_NAME_MAX),
+            call: bound(&record.call, AUDIT_NAME_MAX),
+            detail: bound(&record.detail, AUDIT_DETAIL_MAX),
+        };
+        let message = serde_json::to_string(&record).unwrap_or_default();
         let message = crate::redact::text(&message);
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         conn.execute(

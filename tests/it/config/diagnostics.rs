@@ -270,7 +270,7 @@ fn a_jwt_secret_in_plain_text_is_refused() {
 fn the_exact_security_of_the_remote_control_loads() {
     let l = load_with(
         "security: {auth: {enabled: true, method: JWT, jwt_secret: \"{{ secret('JWT_SECRET') }}\"}, rbac: {enabled: true}}\nservices:\n  api:\n    command: x\n",
-        &inputs(&[("JWT_SECRET", "jwt-canary-0123456789")]),
+        &inputs(&[("JWT_SECRET", "jwt-canary-0123456789abcdef0123456789")]),
     )
     .unwrap();
     let sec = &l.desired.settings.security;
@@ -278,7 +278,7 @@ fn the_exact_security_of_the_remote_control_loads() {
     match auth.key.as_ref().unwrap() {
         deploy_code::model::JwtKey::Hs256(t) => {
             assert!(t.is_sensitive());
-            assert_eq!(t.expose(), Some("jwt-canary-0123456789"));
+            assert_eq!(t.expose(), Some("jwt-canary-0123456789abcdef0123456789"));
         }
         other => panic!("{other:?}"),
     }

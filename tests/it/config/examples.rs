@@ -5,7 +5,7 @@ use super::*;
 fn platform_env() -> Inputs {
     inputs(&[
         ("POSTGRES_PASSWORD", "pg-canary-3141"),
-        ("JWT_SECRET", "jwt-canary-2718"),
+        ("JWT_SECRET", "jwt-canary-2718-0123456789abcdef0123"),
         ("OPENAI_API_KEY", "sk-openai-canary"),
         ("ANTHROPIC_API_KEY", "sk-anthropic-canary"),
         ("GOOGLE_API_KEY", "google-canary"),

@@ -9,5 +9,6 @@ mod proto;
 mod recipes;
 mod serve;
 mod serve_signal;
+mod serve_attacks;
 mod tidy;
 mod tour;

@@ -76,7 +76,7 @@ fn serve(config: &str, listen: &str) -> (i32, String) {
     )
 }
 
-const SERVICE: &str =
+pub(super) const SERVICE: &str =
     "services:\n  web:\n    command: /bin/busybox\n    args: [\"sleep\", \"60\"]\n";
 
 #[test]
@@ -169,7 +169,7 @@ fn the_tls_mapping_serves_over_tls() {
 }
 
 /// A request carrying `token` as its bearer token.
-fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+pub(super) fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut r = tonic::Request::new(message);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -177,14 +177,19 @@ fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
 }
 
 /// A server on a free port over `config`, stopped (by its pid) on drop.
-struct Server {
+pub(super) struct Server {
     child: std::process::Child,
-    addr: String,
-    _dir: tempfile::TempDir,
+    pub(super) addr: String,
+    pub(super) dir: tempfile::TempDir,
 }
 
 impl Server {
     fn start(dir: tempfile::TempDir, config: &str) -> Server {
+        Server::start_with(dir, config, &[])
+    }
+
+    /// A server over `config` with `env` set in its environment.
+    pub(super) fn start_with(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Server {
         use std::io::BufRead;
         std::fs::write(dir.path().join("deploy-code.yaml"), config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_deploy-code"))
@@ -192,6 +197,7 @@ impl Server {
             .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
             .env_remove("DEPLOY_CODE_STATE")
             .env_remove("DEPLOY_CODE_CONFIG")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -205,11 +211,7 @@ impl Server {
             .and_then(|r| r.split(' ').next())
             .unwrap_or_else(|| panic!("serve did not start: {line}"))
             .to_owned();
-        Server {
-            child,
-            addr,
-            _dir: dir,
-        }
+        Server { child, addr, dir }
     }
 }
 
