@@ -8,7 +8,7 @@ mod metrics;
 mod proto;
 mod recipes;
 mod serve;
-mod serve_signal;
 mod serve_attacks;
+mod serve_signal;
 mod tidy;
 mod tour;
