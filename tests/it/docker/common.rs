@@ -24,11 +24,7 @@ pub async fn engine(test: &str) -> Option<DockerBackend> {
             Some(b)
         }
         Err(e) => {
-            crate::support::skip(
-                test,
-                "DEPLOY_CODE_REQUIRE_DOCKER",
-                &format!("the Docker engine is not reachable ({e})"),
-            );
+            crate::support::skip(test, "DEPLOY_CODE_REQUIRE_DOCKER", &e.to_string());
             None
         }
     }
