@@ -95,19 +95,14 @@ impl Secrets {
         while let Some(at) = rest.find(TOKEN_PREFIX) {
             out.push_str(&raw(&rest[..at]));
             let after = &rest[at + TOKEN_PREFIX.len()..];
-            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-            let named = after[..digits]
-                .parse::<usize>()
-                .ok()
-                .filter(|_| after[digits..].starts_with(TOKEN_SUFFIX))
-                .and_then(|i| inner.values.get(i));
+            let named = token(after, &inner.values);
             match named {
-                Some((name, _)) => {
+                Some(((name, _), len)) => {
                     let quoted = serde_json::to_string(name).expect("a string");
                     out.push_str(&format!(
                         "{{% endraw %}}{{{{ secret({quoted}) }}}}{{% raw %}}"
                     ));
-                    rest = &after[digits + TOKEN_SUFFIX.len()..];
+                    rest = &after[len..];
                 }
                 None => {
                     out.push_str(TOKEN_PREFIX);
@@ -129,18 +124,13 @@ impl Secrets {
         let mut rest = s;
         while let Some(at) = rest.find(TOKEN_PREFIX) {
             let after = &rest[at + TOKEN_PREFIX.len()..];
-            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-            let named = after[..digits]
-                .parse::<usize>()
-                .ok()
-                .filter(|_| after[digits..].starts_with(TOKEN_SUFFIX))
-                .and_then(|i| inner.values.get(i));
+            let named = token(after, &inner.values);
             match named {
-                Some((name, _)) => {
+                Some(((name, _), len)) => {
                     if !names.contains(name) {
                         names.push(name.clone());
                     }
-                    rest = &after[digits + TOKEN_SUFFIX.len()..];
+                    rest = &after[len..];
                 }
                 None => rest = after,
             }
@@ -161,17 +151,12 @@ impl Secrets {
         while let Some(at) = rest.find(TOKEN_PREFIX) {
             out.push_str(&rest[..at]);
             let after = &rest[at + TOKEN_PREFIX.len()..];
-            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-            let value = after[..digits]
-                .parse::<usize>()
-                .ok()
-                .filter(|_| after[digits..].starts_with(TOKEN_SUFFIX))
-                .and_then(|i| inner.values.get(i));
+            let value = token(after, &inner.values);
             match value {
-                Some((_, plain)) => {
+                Some(((_, plain), len)) => {
                     found = true;
                     out.push_str(if reveal { plain } else { "(sensitive)" });
-                    rest = &after[digits + TOKEN_SUFFIX.len()..];
+                    rest = &after[len..];
                 }
                 None => {
                     out.push_str(TOKEN_PREFIX);
@@ -182,6 +167,18 @@ impl Secrets {
         out.push_str(rest);
         (out, found)
     }
+}
+
+/// The secret named by the token whose prefix `after` follows, and the
+/// length of the rest of that token (its index and suffix); `None` when
+/// `after` does not continue a token.
+fn token<'v>(after: &str, values: &'v [(String, String)]) -> Option<(&'v (String, String), usize)> {
+    let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+    let index = after[..digits].parse::<usize>().ok()?;
+    if !after[digits..].starts_with(TOKEN_SUFFIX) {
+        return None;
+    }
+    Some((values.get(index)?, digits + TOKEN_SUFFIX.len()))
 }
 
 /// Inputs to a rendering besides the template.

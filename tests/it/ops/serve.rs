@@ -184,8 +184,13 @@ pub(super) struct Server {
 }
 
 impl Server {
-    fn start(dir: tempfile::TempDir, config: &str) -> Server {
+    pub(super) fn start(dir: tempfile::TempDir, config: &str) -> Server {
         Server::start_with(dir, config, &[])
+    }
+
+    /// The server's pid, to signal it.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A server over `config` with `env` set in its environment.

@@ -2,27 +2,22 @@
 //! run is interrupted and rolled back, and `WatchEvents` delivers the
 //! rollback's events before the stream ends.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use deploy_code::serve::pb::{self, deploy_code_client::DeployCodeClient};
 
+use super::serve::Server;
 use crate::support::{free_port, kill_project};
 
-/// The server (stopped by its pid) and what its runs started (by the
-/// project's marks), whatever the test's outcome.
+/// The server (stopped by its pid when dropped) and what its runs started
+/// (by the project's marks), whatever the test's outcome.
 struct Served {
-    child: Child,
-    addr: String,
+    server: Server,
     project: String,
-    _dir: tempfile::TempDir,
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         kill_project(&self.project);
     }
 }
@@ -37,35 +32,13 @@ fn a_sigterm_to_serve_delivers_the_rollback_of_its_run() {
     let config = format!(
         "project: {project}\ndeployment:\n  stop_grace_seconds: 2\nservices:\n  slow:\n    command: /bin/busybox\n    args: [\"sleep\", \"600\"]\n    ports: [{{container_port: {port}}}]\n    health_check: {{tcp: {port}, interval_seconds: 1, timeout_seconds: 1, retries: 100}}\n"
     );
-    std::fs::write(dir.path().join("deploy-code.yaml"), config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deploy-code"))
-        .current_dir(dir.path())
-        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
-        .env_remove("DEPLOY_CODE_STATE")
-        .env_remove("DEPLOY_CODE_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .unwrap_or_else(|| panic!("serve did not start: {line}"))
-        .to_owned();
     let served = Served {
-        child,
-        addr,
+        server: Server::start(dir, &config),
         project,
-        _dir: dir,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (kinds, applied) = rt.block_on(async {
-        let mut client = DeployCodeClient::connect(format!("http://{}", served.addr))
+        let mut client = DeployCodeClient::connect(format!("http://{}", served.server.addr))
             .await
             .unwrap();
         let plan = client
@@ -98,7 +71,7 @@ fn a_sigterm_to_serve_delivers_the_rollback_of_its_run() {
                     // The gate waits: stop the server.
                     // SAFETY: plain syscall on the server this test started.
                     unsafe {
-                        libc::kill(served.child.id() as i32, libc::SIGTERM);
+                        libc::kill(served.server.pid() as i32, libc::SIGTERM);
                     }
                 }
             }
